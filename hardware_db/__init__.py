@@ -1,0 +1,1 @@
+"""The accelerator catalog: sourced data files, a typed loader and name lookup."""

@@ -1,0 +1,75 @@
+"""The ``fitplan`` command line.
+
+Each sub-command lives in its own module with two functions (the Accelerate pattern):
+``register(subparsers)`` adds its parser and ``run(args) -> int`` turns the parsed arguments into a
+typed call of the library and prints the result. This module only wires them together and turns
+user errors into one clear line on stderr with exit code 2 (never a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+# Order = order in `fitplan --help`. Each command module is appended here.
+COMMAND_MODULES: list = []
+
+EXIT_USER_ERROR = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fitplan",
+        description="Will it fit, what will it cost, and how should I compress it?",
+    )
+    parser.add_argument(
+        "--hardware-file",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="extra accelerator catalog TOML file (repeatable); entries override built-ins by name",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for module in COMMAND_MODULES:
+        module.register(subparsers)
+    return parser
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    import pydantic
+
+    import hardware_db
+    from planner.errors import FitplanError
+
+    return (FitplanError, hardware_db.CatalogError, pydantic.ValidationError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    user_errors = _user_error_types()
+    try:
+        if args.hardware_file:
+            import hardware_db
+
+            hardware_db.load_user_files(args.hardware_file)
+        return int(args.func(args) or 0)
+    except user_errors as error:
+        print(f"fitplan: error: {_one_line(error)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("fitplan: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text if text else type(error).__name__
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m planner.cli`
+    sys.exit(main())
