@@ -1,0 +1,137 @@
+"""The facts behind fine-tuning estimates, loaded from ``planner/data/training.toml``.
+
+Precision recipes, optimizers, framework behaviours and the DeepSpeed / throughput constants are data
+with a named source each; this module validates them (pydantic) and looks them up by name or alias,
+suggesting close spellings for unknown names.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from functools import cache
+from importlib import resources
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from hardware_db.names import did_you_mean, normalize_name
+from planner.errors import InvalidConfigError, InvalidRequestError
+
+SCHEMA_VERSION = 1
+
+
+class _Entry(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = ""
+    description: str
+    aliases: tuple[str, ...] = ()
+    source: str
+
+
+class Recipe(_Entry):
+    """How a precision recipe stores trainable weights, gradients, states and activations (bytes)."""
+
+    compute_dtype: Literal["fp32", "bf16", "fp16"]
+    trainable_weight_bytes: int = Field(ge=1)
+    gradient_bytes: int = Field(ge=1)
+    state_bytes: int = Field(ge=1, description="optimizer-state bytes when states follow the parameter dtype")
+    residual_bytes: int = Field(ge=1, description="residual stream and norm outputs (fp32 under autocast)")
+    matmul_bytes: int = Field(ge=1, description="matmul outputs, attention and MLP intermediates")
+
+    @property
+    def is_autocast(self) -> bool:
+        """Autocast recipes keep fp32 weights and run matmuls in the 16-bit compute dtype."""
+        return self.residual_bytes != self.matmul_bytes
+
+    @property
+    def compute_bytes(self) -> int:
+        return 4 if self.compute_dtype == "fp32" else 2
+
+
+class Optimizer(_Entry):
+    """Per-parameter optimizer state layout."""
+
+    state_tensors: int = Field(ge=0, description="state tensors per parameter (AdamW: exp_avg, exp_avg_sq)")
+    state_bytes: int = Field(ge=0, description="bytes per state element; 0 = the parameter's dtype")
+    block_size: int = Field(0, ge=0, description="quantization block of 8-bit states (one scale per block)")
+    block_scale_bytes: int = Field(0, ge=0)
+    min_8bit_size: int = Field(0, ge=0, description="smaller parameters keep 32-bit states (bitsandbytes)")
+    factored: bool = Field(False, description="Adafactor: row + column second moments for >=2-D parameters")
+    paged: bool = Field(False, description="states live in CUDA unified memory and page out to host RAM")
+    step_temporaries: int = Field(ge=0, description="parameter-sized temporaries while step() runs")
+    step_temporaries_scope: Literal["all", "largest", "none"]
+
+
+class Framework(_Entry):
+    """Implementation facts of a training stack that change the tensors kept for backward."""
+
+    loss: Literal["full-fp32", "full-compute", "chunked-compute", "chunked-fp32", "fused"]
+    norm_fp32_input: bool
+    lora_dropout_per_module: bool
+    quantized_base_saves_input: bool
+
+
+class DeepSpeedConstants(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    additional_buffer_factor: float = Field(gt=0)
+    reduce_bucket_size: int = Field(gt=0)
+    overlap_comm_stage12: bool
+    source: str
+
+
+class ThroughputDefaults(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mfu: float = Field(gt=0, le=1)
+    source: str
+
+
+class TrainingCatalog(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: int
+    recipes: dict[str, Recipe]
+    optimizers: dict[str, Optimizer]
+    frameworks: dict[str, Framework]
+    deepspeed: DeepSpeedConstants
+    throughput: ThroughputDefaults
+
+
+@cache
+def load_catalog() -> TrainingCatalog:
+    """The validated contents of ``planner/data/training.toml`` (read once)."""
+    text = (resources.files("planner") / "data" / "training.toml").read_text(encoding="utf-8")
+    raw = tomllib.loads(text)
+    if raw.get("schema_version") != SCHEMA_VERSION:
+        raise InvalidConfigError(f"training.toml: schema_version {raw.get('schema_version')!r} is not {SCHEMA_VERSION}.")
+    for table in ("recipes", "optimizers", "frameworks"):
+        for name, entry in raw.get(table, {}).items():
+            entry["name"] = name
+    return TrainingCatalog.model_validate(raw)
+
+
+def _lookup(kind: str, name: str, table: dict[str, _Entry]) -> _Entry:
+    wanted = normalize_name(name)
+    for entry in table.values():
+        if wanted in {normalize_name(label) for label in (entry.name, *entry.aliases)}:
+            return entry
+    labels = [label for entry in table.values() for label in (entry.name, *entry.aliases)]
+    raise InvalidRequestError(
+        f"unknown {kind} {name!r}.{did_you_mean(name, labels)} Known: {', '.join(sorted(table))}.")
+
+
+def get_recipe(name: str) -> Recipe:
+    """A precision recipe by name or alias ('mixed' -> bf16-mixed, 'bf16-true' -> bf16, ...)."""
+    return _lookup("training precision", name, load_catalog().recipes)  # type: ignore[return-value]
+
+
+def get_optimizer(name: str) -> Optimizer:
+    """An optimizer by name or alias ('adamw_bnb_8bit' -> adamw-8bit, ...)."""
+    return _lookup("optimizer", name, load_catalog().optimizers)  # type: ignore[return-value]
+
+
+def get_framework(name: str) -> Framework:
+    """A training-stack profile by name ('hf', 'litgpt', 'torchtune', 'liger')."""
+    return _lookup("framework", name, load_catalog().frameworks)  # type: ignore[return-value]
