@@ -151,6 +151,16 @@ def test_llama_autocast_activations_match_autograd():
     assert sum(predicted.values()) == measured
 
 
+def _assert_eager_fp32_with_config_dropout(build):
+    spec = _spec(build(1))
+    attention_dropout, hidden_dropout = config_dropouts(spec)
+    settings = ActivationSettings(residual_bytes=4, matmul_bytes=4, norm_fp32_input=False, attention="eager",
+                                  dropout_mask_bytes=4, attention_dropout=attention_dropout,
+                                  hidden_dropout=hidden_dropout)
+    predicted = layer_saved(spec, settings, _modes("trainable"), seq_len=SEQ, norms_trainable=True)
+    assert sum(predicted.values()) == _measured_per_layer(build, lambda m: m(input_ids=_ids()))
+
+
 def test_gpt2_eager_with_dropout_matches_autograd():
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -160,13 +170,7 @@ def test_gpt2_eager_with_dropout_matches_autograd():
         config._attn_implementation = "eager"
         return GPT2LMHeadModel(config).train()
 
-    spec = _spec(build(1))
-    attention_dropout, hidden_dropout = config_dropouts(spec)
-    settings = ActivationSettings(residual_bytes=4, matmul_bytes=4, norm_fp32_input=False, attention="eager",
-                                  dropout_mask_bytes=4, attention_dropout=attention_dropout,
-                                  hidden_dropout=hidden_dropout)
-    predicted = layer_saved(spec, settings, _modes("trainable"), seq_len=SEQ, norms_trainable=True)
-    assert sum(predicted.values()) == _measured_per_layer(build, lambda m: m(input_ids=_ids()))
+    _assert_eager_fp32_with_config_dropout(build)
 
 
 def test_bert_eager_with_dropout_matches_autograd():
@@ -178,10 +182,4 @@ def test_bert_eager_with_dropout_matches_autograd():
         config._attn_implementation = "eager"
         return BertForSequenceClassification(config).train()
 
-    spec = _spec(build(1))
-    attention_dropout, hidden_dropout = config_dropouts(spec)
-    settings = ActivationSettings(residual_bytes=4, matmul_bytes=4, norm_fp32_input=False, attention="eager",
-                                  dropout_mask_bytes=4, attention_dropout=attention_dropout,
-                                  hidden_dropout=hidden_dropout)
-    predicted = layer_saved(spec, settings, _modes("trainable"), seq_len=SEQ, norms_trainable=True)
-    assert sum(predicted.values()) == _measured_per_layer(build, lambda m: m(input_ids=_ids()))
+    _assert_eager_fp32_with_config_dropout(build)
