@@ -12,8 +12,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from planner.cli import hardware
+
 # Order = order in `fitplan --help`. Each command module is appended here.
-COMMAND_MODULES: list = []
+COMMAND_MODULES: list = [hardware]
 
 EXIT_USER_ERROR = 2
 

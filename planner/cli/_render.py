@@ -60,6 +60,7 @@ def print_frame(frame: pd.DataFrame, output: str, *, title: str | None = None,
         frame.to_csv(sys.stdout, index=False)
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     formats = formats or {}
@@ -68,7 +69,8 @@ def print_frame(frame: pd.DataFrame, output: str, *, title: str | None = None,
         numeric = pd.api.types.is_numeric_dtype(frame[column]) and not pd.api.types.is_bool_dtype(frame[column])
         table.add_column(str(column), justify="right" if numeric else "left", overflow="fold")
     for row in frame.itertuples(index=False):
-        table.add_row(*(_cell(value, formats.get(column)) for column, value in zip(frame.columns, row)))
+        # escape: cell text such as "[source, 2026] ..." is data, not rich markup
+        table.add_row(*(escape(_cell(value, formats.get(column))) for column, value in zip(frame.columns, row)))
     Console().print(table)
 
 
@@ -97,11 +99,12 @@ def print_mapping(title: str, items: list[tuple[str, Any]], output: str, payload
         print_json(payload if payload is not None else dict(items))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=title, show_header=False)
+    table = Table(title=escape(title), show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
     for key, value in items:
-        table.add_row(key, _cell(value, None))
+        table.add_row(escape(key), escape(_cell(value, None)))
     Console().print(table)
