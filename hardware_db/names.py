@@ -11,15 +11,19 @@ import re
 from collections.abc import Iterable
 
 _SEPARATORS = re.compile(r"[\s_\-/.()]+")
+_SEPARATORS_KEEPING_DOTS = re.compile(r"[\s_\-/()]+")
 
 
-def normalize_name(name: str) -> str:
-    """Lower-case ``name`` and drop spaces, dashes, underscores, dots, slashes and brackets.
+def normalize_name(name: str, *, keep_dots: bool = False) -> str:
+    """Lower-case ``name`` and drop spaces, dashes, underscores, slashes, brackets (and dots).
+
+    Model names keep their dots (``keep_dots=True``) because "opt-1.3b" and "opt-13b" differ.
 
     >>> normalize_name("NVIDIA H100-SXM")
     'nvidiah100sxm'
     """
-    return _SEPARATORS.sub("", name.strip().lower())
+    pattern = _SEPARATORS_KEEPING_DOTS if keep_dots else _SEPARATORS
+    return pattern.sub("", name.strip().lower())
 
 
 def close_matches(name: str, candidates: Iterable[str], limit: int = 3) -> list[str]:

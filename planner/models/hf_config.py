@@ -1,0 +1,414 @@
+"""Turn a Hugging Face ``config.json`` into a :class:`~planner.models.spec.ModelSpec`.
+
+Families name the same fact differently (``num_hidden_layers`` / ``n_layer`` / ``num_layers``) and
+each config class has its own defaults for keys a config.json may omit (``tie_word_embeddings`` is
+False for Llama but True for Gemma and GPT-2). Both live in the data tables below, one row per
+``model_type``; the readers only look facts up. A missing required fact is an error naming the key,
+never a guess. The defaults are checked against transformers' config classes by
+``tests/test_model_params_exact.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from planner.errors import InvalidConfigError
+from planner.models import params as _params
+from planner.models.spec import (
+    AttentionSpec,
+    EmbeddingSpec,
+    MLASpec,
+    MLPSpec,
+    ModelSpec,
+    MoESpec,
+    NormSpec,
+)
+
+# Key aliases: the first key present wins.
+_KEYS: dict[str, tuple[str, ...]] = {
+    "hidden_size": ("hidden_size", "n_embd", "d_model"),
+    "num_layers": ("num_hidden_layers", "n_layer", "num_layers"),
+    "num_heads": ("num_attention_heads", "n_head", "num_heads"),
+    "num_kv_heads": ("num_key_value_heads", "num_kv_heads", "n_head_kv"),
+    "intermediate_size": ("intermediate_size", "ffn_dim", "n_inner", "d_ff", "ffn_hidden_size"),
+    "vocab_size": ("vocab_size",),
+    "max_positions": ("max_position_embeddings", "n_positions", "seq_length", "max_seq_len"),
+    "activation": ("hidden_act", "hidden_activation", "activation_function", "feed_forward_proj"),
+}
+
+# One row per model_type: the family's layout and the config-class defaults for omitted keys.
+# family: "llama" = pre-norm decoder with RoPE (the generic layout), others as named.
+_PROFILES: dict[str, dict[str, Any]] = {
+    "llama": {"tie": False, "bias_key": "attention_bias", "mlp_bias_key": "mlp_bias"},
+    "mistral": {"tie": False, "all_sliding": True},
+    "mixtral": {"tie": False, "all_sliding": True, "moe": "mixtral"},
+    "qwen2": {"tie": False, "qkv_bias": True, "qwen_window": True},
+    "qwen2_moe": {"tie": False, "qkv_bias": True, "qwen_window": True, "moe": "qwen2_moe"},
+    "qwen3": {"tie": False, "bias_key": "attention_bias", "qk_norm": True, "qwen_window": True},
+    "qwen3_moe": {"tie": False, "bias_key": "attention_bias", "qk_norm": True, "qwen_window": True,
+                  "moe": "qwen3_moe"},
+    "gemma": {"tie": True, "bias_key": "attention_bias"},
+    "gemma2": {"tie": True, "bias_key": "attention_bias", "norms_per_layer": 4, "window_every": 2},
+    "gemma3_text": {"tie": True, "bias_key": "attention_bias", "norms_per_layer": 4, "qk_norm": True,
+                    "window_every": "sliding_window_pattern"},
+    "phi3": {"tie": False},
+    "deepseek_v2": {"tie": False, "bias_key": "attention_bias", "mla": True, "moe": "deepseek"},
+    "deepseek_v3": {"tie": False, "bias_key": "attention_bias", "mla": True, "moe": "deepseek"},
+    "gpt_oss": {"tie": False, "bias_key": "attention_bias", "sinks": True, "moe": "gpt_oss"},
+    "qwen": {"tie": False, "family": "qwen1"},
+    "gpt2": {"tie": True, "family": "gpt2"},
+    "gpt_bigcode": {"tie": True, "family": "gpt2"},
+    "opt": {"tie": True, "family": "opt"},
+    "falcon": {"tie": True, "family": "falcon"},
+    "bert": {"tie": True, "family": "bert"},
+    "t5": {"tie": True, "family": "t5"},
+}
+
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(sorted(_PROFILES))
+
+
+class _Reader:
+    """Reads facts from a config dict, naming the key in every error."""
+
+    def __init__(self, config: dict[str, Any], label: str):
+        self.config = config
+        self.label = label
+
+    def get(self, fact: str, default: Any = None) -> Any:
+        for key in _KEYS.get(fact, (fact,)):
+            if self.config.get(key) is not None:
+                return self.config[key]
+        return default
+
+    def require_int(self, fact: str) -> int:
+        value = self.get(fact)
+        keys = " / ".join(_KEYS.get(fact, (fact,)))
+        if value is None:
+            raise InvalidConfigError(f"{self.label}: config has no {keys!s} (needed for {fact}).")
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise InvalidConfigError(f"{self.label}: {keys} must be a positive integer, got {value!r}.")
+        return value
+
+    def optional_int(self, fact: str, default: int | None = None) -> int | None:
+        value = self.get(fact)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidConfigError(f"{self.label}: {fact} must be a non-negative integer, got {value!r}.")
+        return value
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self.config.get(key)
+        return default if value is None else bool(value)
+
+
+def spec_from_config(config: dict[str, Any], *, name: str | None = None, source: str = "dict") -> ModelSpec:
+    """Normalise ``config`` (a parsed config.json) into a ModelSpec with exact parameter groups."""
+    if not isinstance(config, dict):
+        raise InvalidConfigError(f"a model config must be a dict (parsed config.json), got {type(config).__name__}.")
+    label = name or config.get("_name_or_path") or "model config"
+    model_type = config.get("model_type")
+    if not model_type:
+        raise InvalidConfigError(f"{label}: config has no 'model_type'; fitplan reads the architecture from it.")
+    config = _flatten_text_config(config)
+    model_type = config["model_type"]
+    profile = _PROFILES.get(model_type)
+    if profile is None:
+        from hardware_db.names import did_you_mean
+
+        raise InvalidConfigError(
+            f"{label}: model_type {model_type!r} is not supported yet.{did_you_mean(model_type, _PROFILES)} "
+            f"Supported: {', '.join(SUPPORTED_MODEL_TYPES)}.")
+    reader = _Reader(config, label)
+    build = _FAMILY_BUILDERS[profile.get("family", "llama")]
+    fields = build(reader, profile)
+    fields.setdefault("max_position_embeddings", reader.optional_int("max_positions"))
+    fields.update(
+        name=name or config.get("_name_or_path") or model_type,
+        model_type=model_type,
+        source=source,
+        torch_dtype=config.get("torch_dtype") or config.get("dtype"),
+        quantization_config=config.get("quantization_config"),
+        config=config,
+    )
+    groups = _params.parameter_groups(fields)
+    return ModelSpec(param_groups=tuple(groups), params=_params.breakdown(groups, fields.get("moe")), **fields)
+
+
+def _flatten_text_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Multimodal wrappers (Gemma 3 4B+, Llava-style) keep the language model in ``text_config``."""
+    text = config.get("text_config")
+    if isinstance(text, dict) and text.get("model_type") in _PROFILES and config.get("model_type") not in _PROFILES:
+        merged = dict(text)
+        merged.setdefault("tie_word_embeddings", config.get("tie_word_embeddings"))
+        return merged
+    return config
+
+
+# --------------------------------------------------------------------------------------------
+# Family readers: each returns the ModelSpec fields (without name/source/params).
+# --------------------------------------------------------------------------------------------
+
+def _attention_dims(reader: _Reader, hidden: int) -> tuple[int, int, int]:
+    heads = reader.require_int("num_heads")
+    kv_heads = reader.optional_int("num_kv_heads", heads) or heads
+    head_dim = reader.optional_int("head_dim") or reader.optional_int("kv_channels") or reader.optional_int("d_kv")
+    if head_dim is None:
+        if hidden % heads:
+            raise InvalidConfigError(
+                f"{reader.label}: hidden_size {hidden} is not divisible by {heads} heads and no head_dim is given.")
+        head_dim = hidden // heads
+    if heads % kv_heads:
+        raise InvalidConfigError(
+            f"{reader.label}: {heads} attention heads are not a multiple of {kv_heads} key/value heads.")
+    return heads, kv_heads, head_dim
+
+
+def _layer_types(reader: _Reader, profile: dict[str, Any], num_layers: int) -> tuple[tuple[str, ...], int | None]:
+    config = reader.config
+    window = config.get("sliding_window")
+    explicit = config.get("layer_types")
+    if explicit:
+        if len(explicit) != num_layers:
+            raise InvalidConfigError(
+                f"{reader.label}: layer_types has {len(explicit)} entries for {num_layers} layers.")
+        types = tuple("sliding_attention" if t == "sliding_attention" else "full_attention" for t in explicit)
+        return types, window if "sliding_attention" in types else None
+    if profile.get("qwen_window"):
+        if not config.get("use_sliding_window") or not window:
+            return ("full_attention",) * num_layers, None
+        first = config.get("max_window_layers", num_layers)
+        return tuple("sliding_attention" if i >= first else "full_attention" for i in range(num_layers)), window
+    every = profile.get("window_every")
+    if every and window:
+        period = config.get(every) if isinstance(every, str) else every
+        period = period or 6
+        return tuple("full_attention" if (i + 1) % period == 0 else "sliding_attention"
+                     for i in range(num_layers)), window
+    if profile.get("all_sliding") and window:
+        return ("sliding_attention",) * num_layers, window
+    return ("full_attention",) * num_layers, None
+
+
+def _moe(reader: _Reader, kind: str | None, num_layers: int, hidden: int) -> MoESpec | None:
+    if kind is None:
+        return None
+    c = reader.config
+    if kind == "mixtral":
+        return MoESpec(num_experts=c["num_local_experts"], experts_per_token=c["num_experts_per_tok"],
+                       expert_intermediate_size=reader.require_int("intermediate_size"),
+                       moe_layers=tuple(range(num_layers)))
+    if kind == "gpt_oss":
+        return MoESpec(num_experts=c["num_local_experts"],
+                       experts_per_token=c.get("num_experts_per_tok") or c["experts_per_token"],
+                       expert_intermediate_size=reader.require_int("intermediate_size"),
+                       router_bias=True, expert_bias=True, moe_layers=tuple(range(num_layers)))
+    if kind in ("qwen3_moe", "qwen2_moe"):
+        step = c.get("decoder_sparse_step", 1) or 1
+        dense = set(c.get("mlp_only_layers") or [])
+        layers = tuple(i for i in range(num_layers) if i not in dense and (i + 1) % step == 0)
+        shared = c.get("shared_expert_intermediate_size", 0) if kind == "qwen2_moe" else 0
+        return MoESpec(num_experts=c["num_experts"], experts_per_token=c["num_experts_per_tok"],
+                       expert_intermediate_size=c["moe_intermediate_size"],
+                       num_shared_experts=1 if shared else 0, shared_expert_intermediate_size=shared,
+                       shared_expert_gate=bool(shared), moe_layers=layers)
+    if kind == "deepseek":
+        experts = c.get("n_routed_experts")
+        if not experts:
+            return None
+        first_dense = c.get("first_k_dense_replace", 0) or 0
+        freq = c.get("moe_layer_freq", 1) or 1
+        layers = tuple(i for i in range(num_layers) if i >= first_dense and i % freq == 0)
+        shared = c.get("n_shared_experts") or 0
+        return MoESpec(num_experts=experts, experts_per_token=c["num_experts_per_tok"],
+                       expert_intermediate_size=c["moe_intermediate_size"], num_shared_experts=shared,
+                       shared_expert_intermediate_size=shared * c["moe_intermediate_size"], moe_layers=layers)
+    raise InvalidConfigError(f"{reader.label}: unknown MoE layout {kind!r}.")
+
+
+def _read_llama_like(reader: _Reader, profile: dict[str, Any]) -> dict[str, Any]:
+    hidden = reader.require_int("hidden_size")
+    num_layers = reader.require_int("num_layers")
+    heads, kv_heads, head_dim = _attention_dims(reader, hidden)
+    bias = reader.flag(profile["bias_key"], False) if "bias_key" in profile else False
+    qkv_bias = profile.get("qkv_bias", bias)
+    mla = None
+    if profile.get("mla"):
+        c = reader.config
+        mla = MLASpec(q_lora_rank=c.get("q_lora_rank"), kv_lora_rank=c["kv_lora_rank"],
+                      qk_nope_head_dim=c["qk_nope_head_dim"], qk_rope_head_dim=c["qk_rope_head_dim"],
+                      v_head_dim=c["v_head_dim"])
+        head_dim = mla.qk_nope_head_dim + mla.qk_rope_head_dim
+        kv_heads = heads
+    layer_types, window = _layer_types(reader, profile, num_layers)
+    moe = _moe(reader, profile.get("moe"), num_layers, hidden)
+    intermediate = reader.require_int("intermediate_size")
+    return dict(
+        architecture="decoder",
+        hidden_size=hidden,
+        num_layers=num_layers,
+        vocab_size=reader.require_int("vocab_size"),
+        attention=AttentionSpec(num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim,
+                                qkv_bias=qkv_bias, o_bias=bias, qk_norm=profile.get("qk_norm", False),
+                                sinks=profile.get("sinks", False), sliding_window=window,
+                                layer_types=layer_types, mla=mla),
+        mlp=MLPSpec(intermediate_size=intermediate, gated=True,
+                    bias=reader.flag(profile["mlp_bias_key"], False) if "mlp_bias_key" in profile else False,
+                    activation=str(reader.get("activation", "silu"))),
+        moe=moe,
+        norm=NormSpec(kind="rmsnorm", bias=False, per_layer=profile.get("norms_per_layer", 2)),
+        tie_word_embeddings=reader.flag("tie_word_embeddings", profile["tie"]),
+    )
+
+
+def _read_qwen1(reader: _Reader, profile: dict[str, Any]) -> dict[str, Any]:
+    """Qwen-1 (remote code): fused c_attn with bias, gated MLP whose config width is the sum of halves."""
+    fields = _read_llama_like(reader, {**profile, "qkv_bias": True})
+    no_bias = reader.flag("no_bias", True)
+    total = reader.require_int("intermediate_size")
+    fields["attention"] = fields["attention"].model_copy(update={"o_bias": not no_bias})
+    fields["mlp"] = MLPSpec(intermediate_size=total // 2, gated=True, bias=not no_bias, activation="silu")
+    return fields
+
+
+def _read_gpt2(reader: _Reader, profile: dict[str, Any]) -> dict[str, Any]:
+    hidden = reader.require_int("hidden_size")
+    num_layers = reader.require_int("num_layers")
+    heads = reader.require_int("num_heads")
+    head_dim = hidden // heads
+    kv_heads = 1 if reader.flag("multi_query", reader.config.get("model_type") == "gpt_bigcode") else heads
+    positions = reader.require_int("max_positions")
+    return dict(
+        architecture="decoder",
+        hidden_size=hidden,
+        num_layers=num_layers,
+        vocab_size=reader.require_int("vocab_size"),
+        max_position_embeddings=positions,
+        attention=AttentionSpec(num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim, qkv_bias=True,
+                                o_bias=True, layer_types=("full_attention",) * num_layers),
+        mlp=MLPSpec(intermediate_size=reader.optional_int("intermediate_size") or 4 * hidden, gated=False,
+                    bias=True, activation=str(reader.get("activation", "gelu_new"))),
+        norm=NormSpec(kind="layernorm", bias=True, per_layer=2),
+        embeddings=EmbeddingSpec(learned_positions=positions),
+        tie_word_embeddings=reader.flag("tie_word_embeddings", profile["tie"]),
+    )
+
+
+def _read_opt(reader: _Reader, profile: dict[str, Any]) -> dict[str, Any]:
+    c = reader.config
+    hidden = reader.require_int("hidden_size")
+    num_layers = reader.require_int("num_layers")
+    heads = reader.require_int("num_heads")
+    positions = reader.require_int("max_positions")
+    projection = c.get("word_embed_proj_dim", hidden)
+    bias = reader.flag("enable_bias", True)
+    pre_norm = reader.flag("do_layer_norm_before", True)
+    final = pre_norm and not reader.flag("_remove_final_layer_norm", False)
+    return dict(
+        architecture="decoder",
+        hidden_size=hidden,
+        num_layers=num_layers,
+        vocab_size=reader.require_int("vocab_size"),
+        max_position_embeddings=positions,
+        attention=AttentionSpec(num_heads=heads, num_kv_heads=heads, head_dim=hidden // heads, qkv_bias=bias,
+                                o_bias=bias, layer_types=("full_attention",) * num_layers),
+        mlp=MLPSpec(intermediate_size=reader.require_int("intermediate_size"), gated=False, bias=bias,
+                    activation=str(reader.get("activation", "relu"))),
+        norm=NormSpec(kind="layernorm", bias=reader.flag("layer_norm_elementwise_affine", True), per_layer=2,
+                      final=final),
+        # OPT's learned positions are offset by 2 (OPTLearnedPositionalEmbedding).
+        embeddings=EmbeddingSpec(learned_positions=positions + 2,
+                                 projection_dim=projection if projection != hidden else None),
+        tie_word_embeddings=reader.flag("tie_word_embeddings", profile["tie"]),
+    )
+
+
+def _read_falcon(reader: _Reader, profile: dict[str, Any]) -> dict[str, Any]:
+    c = reader.config
+    hidden = reader.require_int("hidden_size")
+    num_layers = reader.require_int("num_layers")
+    heads = reader.require_int("num_heads")
+    new_arch = reader.flag("new_decoder_architecture", False)
+    if new_arch:
+        kv_heads = reader.optional_int("num_kv_heads", heads) or heads
+    else:
+        kv_heads = 1 if reader.flag("multi_query", True) else heads
+    parallel = reader.flag("parallel_attn", True)
+    if new_arch:
+        norms = c.get("num_ln_in_parallel_attn") or 2
+    else:
+        norms = 1 if parallel else 2
+    bias = reader.flag("bias", False)
+    return dict(
+        architecture="decoder",
+        hidden_size=hidden,
+        num_layers=num_layers,
+        vocab_size=reader.require_int("vocab_size"),
+        max_position_embeddings=reader.optional_int("max_positions", 2048),
+        attention=AttentionSpec(num_heads=heads, num_kv_heads=kv_heads, head_dim=hidden // heads,
+                                qkv_bias=bias, o_bias=bias, layer_types=("full_attention",) * num_layers),
+        mlp=MLPSpec(intermediate_size=reader.optional_int("intermediate_size") or 4 * hidden, gated=False,
+                    bias=bias, activation="gelu"),
+        norm=NormSpec(kind="layernorm", bias=True, per_layer=norms),
+        parallel_attention=parallel,
+        tie_word_embeddings=reader.flag("tie_word_embeddings", profile["tie"]),
+    )
+
+
+def _read_bert(reader: _Reader, profile: dict[str, Any]) -> dict[str, Any]:
+    hidden = reader.require_int("hidden_size")
+    num_layers = reader.require_int("num_layers")
+    heads = reader.require_int("num_heads")
+    positions = reader.optional_int("max_positions", 512) or 512
+    return dict(
+        architecture="encoder",
+        hidden_size=hidden,
+        num_layers=num_layers,
+        vocab_size=reader.require_int("vocab_size"),
+        max_position_embeddings=positions,
+        attention=AttentionSpec(num_heads=heads, num_kv_heads=heads, head_dim=hidden // heads, qkv_bias=True,
+                                o_bias=True, layer_types=("full_attention",) * num_layers),
+        mlp=MLPSpec(intermediate_size=reader.optional_int("intermediate_size") or 4 * hidden, gated=False,
+                    bias=True, activation=str(reader.get("activation", "gelu"))),
+        norm=NormSpec(kind="layernorm", bias=True, per_layer=2, final=False),
+        embeddings=EmbeddingSpec(learned_positions=positions,
+                                 token_types=reader.optional_int("type_vocab_size", 2) or 0, norm=True),
+        tie_word_embeddings=True,
+        pooler=True,
+    )
+
+
+def _read_t5(reader: _Reader, profile: dict[str, Any]) -> dict[str, Any]:
+    c = reader.config
+    hidden = reader.require_int("hidden_size")
+    encoder_layers = reader.require_int("num_layers")
+    decoder_layers = c.get("num_decoder_layers") or encoder_layers
+    heads = reader.require_int("num_heads")
+    proj = str(c.get("feed_forward_proj", "relu"))
+    return dict(
+        architecture="encoder-decoder",
+        hidden_size=hidden,
+        num_layers=decoder_layers,
+        num_encoder_layers=encoder_layers,
+        vocab_size=reader.require_int("vocab_size"),
+        max_position_embeddings=None,
+        attention=AttentionSpec(num_heads=heads, num_kv_heads=heads, head_dim=reader.require_int("d_kv"),
+                                layer_types=("full_attention",) * decoder_layers),
+        mlp=MLPSpec(intermediate_size=reader.require_int("intermediate_size"), gated=proj.startswith("gated"),
+                    bias=False, activation=proj.removeprefix("gated-")),
+        norm=NormSpec(kind="rmsnorm", bias=False, per_layer=2),
+        relative_attention_buckets=c.get("relative_attention_num_buckets", 32),
+        tie_word_embeddings=reader.flag("tie_word_embeddings", profile["tie"]),
+    )
+
+
+_FAMILY_BUILDERS: dict[str, Callable[[_Reader, dict[str, Any]], dict[str, Any]]] = {
+    "llama": _read_llama_like,
+    "qwen1": _read_qwen1,
+    "gpt2": _read_gpt2,
+    "opt": _read_opt,
+    "falcon": _read_falcon,
+    "bert": _read_bert,
+    "t5": _read_t5,
+}
