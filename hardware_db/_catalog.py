@@ -6,8 +6,8 @@ names ("A100": 40 or 80 GB, PCIe or SXM) is ambiguous and raises rather than pic
 choice changes whether a model fits.
 
 User entries (``register``, ``load_user_files``, the ``FITPLAN_HARDWARE`` variable) replace a
-catalog entry whose name or alias equals their name; an alias that would steal another entry's name
-is an error. The catalog lives in one module-level slot, filled on first use and cleared by
+catalog entry whose name or alias equals their name (its spellings then lead to the new entry); an
+alias that would steal another entry's name is an error. The catalog lives in one module-level slot, filled on first use and cleared by
 :func:`reset`.
 """
 
@@ -45,7 +45,11 @@ class Catalog:
         return builtins.list(self._entries.values())
 
     def add(self, entry: Accelerator, *, origin: str, replace: bool) -> None:
-        """Add ``entry``; with ``replace`` it supersedes the entry its name already resolves to."""
+        """Add ``entry``; with ``replace`` it supersedes the entry its name already resolves to.
+
+        The superseded entry's name and aliases then resolve to ``entry``, so references to the
+        built-in spelling keep working after an override.
+        """
         name_key = normalize_name(entry.name)
         if not name_key:
             raise CatalogError(f"{origin}: name {entry.name!r} has no letters or digits")
@@ -60,15 +64,13 @@ class Catalog:
             if owner is not None and owner != replaced:
                 raise CatalogError(f"{origin}: alias {alias!r} of {entry.name!r} already names "
                                    f"{self._entries[owner].name!r}")
+        # The replaced entry's spellings keep working and now lead to the new entry.
+        inherited = [key for key, owner in self._owner.items() if owner == replaced] if replaced else []
         if replaced is not None:
-            self._remove(replaced)
+            del self._entries[replaced]
         self._entries[name_key] = entry
-        for key in (name_key, *alias_keys):
+        for key in (*inherited, name_key, *alias_keys):
             self._owner[key] = name_key
-
-    def _remove(self, name_key: str) -> None:
-        del self._entries[name_key]
-        self._owner = {key: owner for key, owner in self._owner.items() if owner != name_key}
 
     def find(self, query: str) -> Accelerator | None:
         """The entry whose name or alias equals ``query`` (also without a leading vendor name)."""

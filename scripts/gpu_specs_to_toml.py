@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from hardware_db._schema import Accelerator  # noqa: E402  (after sys.path setup)
+from hardware_db.names import normalize_name  # noqa: E402
 
 DEFAULT_CSV = REPO.parent / "shared" / "research" / "gpu_specs.csv"
 DEFAULT_OUT = REPO / "hardware_db" / "data"
@@ -316,9 +317,11 @@ def convert(row: dict) -> tuple[dict, dict[str, str]]:
     notes, comments = [_tidy(row["notes"])], {}
     dropped = []
     aliases = []
+    seen = {normalize_name(name)}
     for alias in (a.strip() for a in row["aliases"].split(";")):
-        if not alias or alias == name:
+        if not alias or normalize_name(alias) in seen:  # same spelling up to case/spaces/dashes
             continue
+        seen.add(normalize_name(alias))
         if alias in SHARED_CODENAMES or alias in FAMILY_ALIASES or alias in WRONG_ALIASES:
             dropped.append(alias)
         else:
@@ -333,7 +336,7 @@ def convert(row: dict) -> tuple[dict, dict[str, str]]:
         "architecture": row["architecture"] + (" (Habana)" if "Habana" in row["vendor"] else ""),
         "compute_capability": row["compute_capability"] or None,
         "memory_gb": float(row["memory_gb_nominal"]),
-        "memory_usable_gib": round(usable_gib, 4),
+        "memory_usable_gib": usable_gib,  # exact: MiB/1024, x15/16 and x0.75 are binary fractions
         "memory_usable_basis": basis,
         "memory_type": row["memory_type"],
         "memory_kind": "unified" if row["vendor"] == "Apple" else "dedicated",
