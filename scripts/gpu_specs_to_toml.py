@@ -23,13 +23,13 @@ import csv
 import json
 import re
 import sys
-import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hardware_db._schema import Accelerator  # noqa: E402  (after sys.path setup)
+from hardware_db._loader import tomllib  # noqa: E402  (after sys.path setup; tomli on 3.10)
+from hardware_db._schema import Accelerator  # noqa: E402
 from hardware_db.names import normalize_name  # noqa: E402
 
 DEFAULT_CSV = REPO.parent / "shared" / "research" / "gpu_specs.csv"

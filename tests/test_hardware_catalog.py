@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import tomllib
 from collections import Counter
 from importlib import resources
 from pathlib import Path
@@ -14,7 +13,7 @@ from pydantic import ValidationError
 
 import hardware_db
 from hardware_db import Accelerator
-from hardware_db._loader import builtin_entries
+from hardware_db._loader import builtin_entries, tomllib  # tomllib, or tomli on Python 3.10
 from hardware_db.names import normalize_name
 
 REPO = Path(__file__).resolve().parents[1]

@@ -42,7 +42,7 @@ def _write(tmp_path, name, text):
 
 
 def _entry(**overrides) -> dict:
-    import tomllib
+    from hardware_db._loader import tomllib
 
     data = tomllib.loads(GOOD_FILE)["accelerator"][0]
     data.update(overrides)
