@@ -59,7 +59,7 @@ def run_list(args: argparse.Namespace) -> int:
         raise UnknownModelError(f"no registry model of family {args.family!r}.{did_you_mean(args.family, families)} "
                                 f"Families: {', '.join(families)}.")
     print_frame(frame, args.output, title=f"{len(frame)} registry models",
-                formats={"params_b": "{:.2f}", "active_b": "{:.2f}", "max_context": "{:,}"})
+                formats={"params_b": "{:.2f}", "active_b": "{:.2f}", "max_context": "{:,.0f}"})
     return 0
 
 
