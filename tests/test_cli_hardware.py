@@ -32,11 +32,6 @@ verified = true
 """
 
 
-@pytest.fixture(autouse=True)
-def _wide_terminal(monkeypatch):
-    monkeypatch.setenv("COLUMNS", "250")  # rich wraps long names at the default 80 columns
-
-
 def run(capsys, *argv):
     code = main(list(argv))
     out, err = capsys.readouterr()
