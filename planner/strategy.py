@@ -1,0 +1,213 @@
+"""CompressionStrategy: the shared, serialisable description of what is done to a model.
+
+The planner predicts the cost and quality of a strategy, the search proposes strategies and the
+executors apply them for real, all through this one vocabulary. A strategy has up to four parts,
+applied in the order of the seed documents: distill -> prune -> quantize (low-rank factorisation,
+when asked, runs after pruning and before quantization):
+
+- :class:`DistillationSpec`: a smaller student (depth and/or width ratio of the teacher, or a named
+  model) and its training budget;
+- :class:`SparsitySpec`: a sparsity level, pattern (unstructured, N:M, attention heads, FFN channels,
+  whole layers) and method (magnitude, Wanda);
+- :class:`LowRankSpec`: SVD factorisation of Linear layers keeping a fraction of the rank;
+- :class:`QuantizationSpec`: a weight format per module group, layers kept at higher precision and
+  a KV-cache dtype.
+
+``str(strategy)`` gives the short summary ("nf4 | 2:4 magnitude | depth 0.5"); ``to_json`` /
+``from_json`` round-trip it (the payload carries ``version`` so old files keep loading).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+STRATEGY_VERSION = 1
+
+# Weight formats a strategy may name. The planner's format registry knows how to size each of them;
+# executors apply those they can run on the current machine and report the rest as unsupported.
+WEIGHT_FORMATS: tuple[str, ...] = (
+    "fp32", "fp16", "bf16", "int8", "nf4", "nf4-dq", "fp4", "fp4-dq", "dynamic-int8",
+    "fp8", "gptq-int4", "gptq-int8", "awq-int4",
+)
+KV_DTYPES: tuple[str, ...] = ("fp16", "bf16", "fp8", "int8", "int4")
+SPARSITY_PATTERNS: tuple[str, ...] = ("unstructured", "2:4", "4:8", "heads", "ffn", "layers")
+STRUCTURED_PATTERNS: tuple[str, ...] = ("heads", "ffn", "layers")
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _check_choice(value: str | None, allowed: tuple[str, ...], what: str) -> str | None:
+    if value is None:
+        return None
+    normalized = value.strip().lower()
+    if normalized not in allowed:
+        from hardware_db.names import did_you_mean
+
+        raise ValueError(f"unknown {what} {value!r}.{did_you_mean(value, allowed)} Allowed: {', '.join(allowed)}.")
+    return normalized
+
+
+class QuantizationSpec(_Part):
+    """Weight format per module group. ``None`` for a group means "same as ``weights``" except for
+    embeddings and lm_head, which stay in the compute dtype unless set (as bitsandbytes does)."""
+
+    weights: str = Field(description="format of the Linear layers of the transformer blocks")
+    attention: str | None = Field(None, description="override for attention projections")
+    mlp: str | None = Field(None, description="override for MLP / expert projections")
+    embeddings: str | None = Field(None, description="format of the token embeddings (None = unquantized)")
+    lm_head: str | None = Field(None, description="format of the output head (None = unquantized)")
+    keep_first_layers: int = Field(0, ge=0, description="first k blocks kept at keep_format")
+    keep_last_layers: int = Field(0, ge=0, description="last k blocks kept at keep_format")
+    keep_format: str = Field("bf16", description="format of the kept blocks")
+    compute_dtype: Literal["fp32", "bf16", "fp16"] = Field("bf16", description="dtype of the matmuls and the "
+                                                           "unquantized rest")
+    kv_cache: str | None = Field(None, description="KV-cache dtype (None = compute dtype)")
+
+    @field_validator("weights", "attention", "mlp", "embeddings", "lm_head", "keep_format")
+    @classmethod
+    def _known_format(cls, value: str | None) -> str | None:
+        return _check_choice(value, WEIGHT_FORMATS, "weight format")
+
+    @field_validator("kv_cache")
+    @classmethod
+    def _known_kv(cls, value: str | None) -> str | None:
+        return _check_choice(value, KV_DTYPES, "KV-cache dtype")
+
+    def format_for(self, group: str) -> str | None:
+        """Format of a module group: 'attention', 'mlp', 'embeddings' or 'lm_head'."""
+        if group == "attention":
+            return self.attention or self.weights
+        if group == "mlp":
+            return self.mlp or self.weights
+        if group == "embeddings":
+            return self.embeddings
+        if group == "lm_head":
+            return self.lm_head
+        raise ValueError(f"unknown module group {group!r}; use attention, mlp, embeddings or lm_head.")
+
+    def summary(self) -> str:
+        parts = [self.weights]
+        if self.attention and self.attention != self.weights:
+            parts.append(f"attn {self.attention}")
+        if self.mlp and self.mlp != self.weights:
+            parts.append(f"mlp {self.mlp}")
+        if self.keep_first_layers or self.keep_last_layers:
+            parts.append(f"keep {self.keep_first_layers}+{self.keep_last_layers} at {self.keep_format}")
+        if self.kv_cache:
+            parts.append(f"kv {self.kv_cache}")
+        return " ".join(parts)
+
+
+class SparsitySpec(_Part):
+    level: float = Field(gt=0, lt=1, description="fraction removed: of weights (unstructured, N:M is fixed by the "
+                         "pattern), of heads, of FFN channels or of layers")
+    pattern: str = Field("unstructured")
+    method: Literal["magnitude", "wanda"] = "magnitude"
+    scope: Literal["global", "per-layer"] = Field("per-layer", description="rank weights over the whole model or "
+                                                  "within each layer (unstructured only)")
+    gradual_steps: int = Field(1, ge=1, description="raise the level in this many steps (seeds/004 scheduler)")
+    max_quality_drop: float | None = Field(None, gt=0, lt=1, description="gradual schedule stops before the "
+                                           "retained quality falls by more than this fraction")
+    finetune_steps: int = Field(0, ge=0, description="fine-tuning steps between gradual steps")
+
+    @field_validator("pattern")
+    @classmethod
+    def _known_pattern(cls, value: str) -> str:
+        return _check_choice(value, SPARSITY_PATTERNS, "sparsity pattern")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SparsitySpec":
+        if self.pattern in ("2:4", "4:8") and abs(self.level - 0.5) > 1e-9:
+            raise ValueError(f"pattern {self.pattern} removes exactly half of the weights; set level=0.5 "
+                             f"(got {self.level}).")
+        if self.method == "wanda" and self.pattern in STRUCTURED_PATTERNS:
+            raise ValueError("method 'wanda' scores single weights; use it with unstructured, 2:4 or 4:8 patterns.")
+        return self
+
+    @property
+    def structured(self) -> bool:
+        return self.pattern in STRUCTURED_PATTERNS
+
+    def summary(self) -> str:
+        level = "" if self.pattern in ("2:4", "4:8") else f"{self.level:g} "
+        return f"{level}{self.pattern} {self.method}".strip()
+
+
+class DistillationSpec(_Part):
+    depth_ratio: float | None = Field(None, gt=0, le=1, description="student layers / teacher layers")
+    width_ratio: float | None = Field(None, gt=0, le=1, description="student MLP width / teacher MLP width")
+    student: str | None = Field(None, description="a named smaller model (registry name or local path) instead "
+                                "of a derived student")
+    steps: int = Field(200, ge=1)
+    learning_rate: float = Field(5e-4, gt=0)
+    temperature: float = Field(2.0, gt=0)
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the soft (teacher) loss")
+    batch_size: int = Field(8, ge=1)
+    seq_len: int = Field(128, ge=8)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "DistillationSpec":
+        derived = self.depth_ratio is not None or self.width_ratio is not None
+        if derived == (self.student is not None):
+            raise ValueError("a distillation target is either depth_ratio/width_ratio or a named student, "
+                             "exactly one of the two.")
+        return self
+
+    def summary(self) -> str:
+        if self.student:
+            return f"student {self.student}"
+        parts = []
+        if self.depth_ratio is not None:
+            parts.append(f"depth {self.depth_ratio:g}")
+        if self.width_ratio is not None:
+            parts.append(f"width {self.width_ratio:g}")
+        return " ".join(parts)
+
+
+class LowRankSpec(_Part):
+    rank_ratio: float = Field(gt=0, lt=1, description="kept rank / full rank of each factorised Linear")
+    targets: Literal["all-linear", "mlp", "attention"] = "all-linear"
+
+    def summary(self) -> str:
+        return f"low-rank {self.rank_ratio:g}"
+
+
+class CompressionStrategy(_Part):
+    version: int = Field(STRATEGY_VERSION, description="format version of the serialised strategy")
+    distillation: DistillationSpec | None = None
+    sparsity: SparsitySpec | None = None
+    low_rank: LowRankSpec | None = None
+    quantization: QuantizationSpec | None = None
+
+    @field_validator("version")
+    @classmethod
+    def _known_version(cls, value: int) -> int:
+        if value > STRATEGY_VERSION:
+            raise ValueError(f"strategy version {value} is newer than this fitplan understands "
+                             f"({STRATEGY_VERSION}); upgrade fitplan.")
+        return value
+
+    @property
+    def is_identity(self) -> bool:
+        return not any((self.distillation, self.sparsity, self.low_rank, self.quantization))
+
+    def summary(self) -> str:
+        """Short human-readable form, parts in application order reversed as people say them:
+        'nf4 | 2:4 magnitude | depth 0.5'."""
+        parts = [p.summary() for p in (self.quantization, self.sparsity, self.low_rank, self.distillation) if p]
+        return " | ".join(parts) if parts else "baseline"
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def to_json(self, **kwargs) -> str:
+        return self.model_dump_json(exclude_none=True, **kwargs)
+
+    @classmethod
+    def from_json(cls, text: str) -> "CompressionStrategy":
+        return cls.model_validate(json.loads(text))
