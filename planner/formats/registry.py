@@ -7,20 +7,14 @@ several formats ("int4") is an error listing them; an unknown name is an error w
 from __future__ import annotations
 
 import re
-import sys
 from functools import cache
-from importlib import resources
 
+from planner._data import read_data_toml
 from planner.errors import InvalidConfigError, InvalidRequestError, UnknownFormatError
 from planner.formats.schema import FormatCatalog, KVDtype, WeightFormat
 
 SCHEMA_VERSION = 1
 _SEPARATORS = re.compile(r"[\s_]+")
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 
 def _key(name: str) -> str:
@@ -30,10 +24,7 @@ def _key(name: str) -> str:
 @cache
 def format_catalog() -> FormatCatalog:
     """The parsed, validated formats.toml (cached)."""
-    text = (resources.files("planner") / "data" / "formats.toml").read_text(encoding="utf-8")
-    raw = tomllib.loads(text)
-    if raw.get("schema_version") != SCHEMA_VERSION:
-        raise InvalidConfigError(f"formats.toml: schema_version {raw.get('schema_version')!r} is not {SCHEMA_VERSION}.")
+    raw = read_data_toml("formats.toml", SCHEMA_VERSION)
     raw["formats"] = {name: {"name": name, **entry} for name, entry in raw.get("formats", {}).items()}
     raw["kv_dtypes"] = {name: {"name": name, **entry} for name, entry in raw.get("kv_dtypes", {}).items()}
     return FormatCatalog.model_validate(raw)
