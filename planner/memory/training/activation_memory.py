@@ -35,22 +35,32 @@ CHECKPOINTING: tuple[str, ...] = ("none", "full", "selective")
 
 @dataclass(frozen=True)
 class ActivationMemory:
-    """Bytes for one micro-batch on one GPU."""
+    """Activation bytes of one sequence as ``per_token x s + per_token_sq x s^2`` (times the batch).
 
-    stored: float
-    recompute: float
-    workspace: float
-    host: float
-    per_layer_bytes_per_token: float
-    checkpoint_bytes_per_token: float
+    ``stored`` is alive from the forward pass until each layer's backward; ``recompute`` is the
+    layer rebuilt by checkpointing during backward; ``workspace`` the gradients of the layer in
+    backward; ``host`` what activation offloading keeps in CPU RAM instead.
+    """
+
+    stored_per_token: float
+    stored_per_token_sq: float
+    recompute_per_token: float
+    recompute_per_token_sq: float
+    workspace_per_token: float
+    host_per_token: float
+    host_per_token_sq: float
+    layer_per_token: float
+    checkpoint_per_token: float
     grad_layers: int
-    tokens: int
     largest_tensors: tuple[tuple[str, float], ...]
 
-    @property
-    def backward_peak(self) -> float:
+    def stored(self, batch: int, seq_len: int) -> float:
+        return batch * seq_len * (self.stored_per_token + self.stored_per_token_sq * seq_len)
+
+    def backward_peak(self, batch: int, seq_len: int) -> float:
         """Stored tensors + the recomputed layer + that layer's gradient workspace."""
-        return self.stored + self.recompute + self.workspace
+        extra = self.recompute_per_token + self.recompute_per_token_sq * seq_len + self.workspace_per_token
+        return self.stored(batch, seq_len) + batch * seq_len * extra
 
 
 def lora_ranks(plan: TrainablePlan) -> dict[str, int]:
@@ -85,37 +95,44 @@ def model_level_bytes(spec: ModelSpec, settings: ActivationSettings, plan: Train
     return total
 
 
-def activation_memory(spec: ModelSpec, settings: ActivationSettings, plan: TrainablePlan, *, batch: int,
-                      seq_len: int, checkpointing: str = "none", offload: bool = False) -> ActivationMemory:
-    """Activation bytes of one micro-batch of ``batch`` sequences of ``seq_len`` tokens."""
+def _split(saved: dict[str, float], saved_at_one: dict[str, float]) -> tuple[float, float]:
+    """(bytes per token independent of s, bytes per token per token of s) of one layer."""
+    linear = sum(saved.values())
+    return linear, sum(saved_at_one.values()) - linear
+
+
+def activation_memory(spec: ModelSpec, settings: ActivationSettings, plan: TrainablePlan, *,
+                      checkpointing: str = "none", offload: bool = False) -> ActivationMemory:
+    """Activation coefficients of one sequence (see :class:`ActivationMemory`)."""
     if checkpointing not in CHECKPOINTING:
         raise InvalidRequestError(
             f"unknown gradient checkpointing {checkpointing!r}; use one of {', '.join(CHECKPOINTING)}.")
     if checkpointing == "selective":
         settings = replace(settings, attention="flash")
-    tokens = batch * seq_len
-    cache: dict = {}
+    caches: tuple[dict, dict] = ({}, {})
     grad_layers = range(plan.first_grad_layer, spec.num_layers)
-    layers = [_layer_bytes(spec, settings, plan, i, seq_len, cache) for i in grad_layers]
-    per_layer = [sum(saved.values()) for saved in layers]
-    largest_layer = max(per_layer, default=0.0)
+    parts = [_split(_layer_bytes(spec, settings, plan, i, 0, caches[0]),
+                    _layer_bytes(spec, settings, plan, i, 1, caches[1])) for i in grad_layers]
+    largest = max(parts, key=lambda part: part[0] + part[1] * 4096, default=(0.0, 0.0))
     checkpoint = float(settings.residual_bytes * spec.hidden_size)
-    model_level = model_level_bytes(spec, settings, plan) * tokens
+    model_level = model_level_bytes(spec, settings, plan)
     if checkpointing == "full":
-        unit = checkpoint
-        stored = checkpoint * len(layers) * tokens
-        recompute = largest_layer * tokens
+        unit = (checkpoint, 0.0)
+        stored = (checkpoint * len(parts), 0.0)
+        recompute = largest
     else:
-        unit = largest_layer
-        stored = sum(per_layer) * tokens
-        recompute = 0.0
-    host = 0.0
-    if offload:
+        unit = largest
+        stored = (sum(p[0] for p in parts), sum(p[1] for p in parts))
+        recompute = (0.0, 0.0)
+    host = (0.0, 0.0)
+    if offload and parts:
         host = stored
-        stored = min(stored, 2 * unit * tokens)
-    biggest = sorted(max(layers, key=lambda d: sum(d.values()), default={}).items(), key=lambda kv: -kv[1])[:6]
+        stored = (min(stored[0], 2 * unit[0]), min(stored[1], 2 * unit[1]))
+    saved_one = _layer_bytes(spec, settings, plan, spec.num_layers - 1, 0, caches[0]) if parts else {}
+    biggest = tuple(sorted(saved_one.items(), key=lambda kv: -kv[1])[:6])
     return ActivationMemory(
-        stored=stored + model_level, recompute=recompute,
-        workspace=backward_workspace(spec, settings) * tokens if layers else 0.0, host=host,
-        per_layer_bytes_per_token=largest_layer, checkpoint_bytes_per_token=checkpoint,
-        grad_layers=len(layers), tokens=tokens, largest_tensors=tuple(biggest))
+        stored_per_token=stored[0] + model_level, stored_per_token_sq=stored[1],
+        recompute_per_token=recompute[0], recompute_per_token_sq=recompute[1],
+        workspace_per_token=backward_workspace(spec, settings) if parts else 0.0,
+        host_per_token=host[0], host_per_token_sq=host[1], layer_per_token=largest[0],
+        checkpoint_per_token=checkpoint, grad_layers=len(parts), largest_tensors=biggest)

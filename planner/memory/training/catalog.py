@@ -7,15 +7,14 @@ suggesting close spellings for unknown names.
 
 from __future__ import annotations
 
-import tomllib
 from functools import cache
-from importlib import resources
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from hardware_db.names import did_you_mean, normalize_name
-from planner.errors import InvalidConfigError, InvalidRequestError
+from planner._data import read_data_toml
+from planner.errors import InvalidRequestError
 
 SCHEMA_VERSION = 1
 
@@ -35,7 +34,6 @@ class Recipe(_Entry):
     compute_dtype: Literal["fp32", "bf16", "fp16"]
     trainable_weight_bytes: int = Field(ge=1)
     gradient_bytes: int = Field(ge=1)
-    state_bytes: int = Field(ge=1, description="optimizer-state bytes when states follow the parameter dtype")
     residual_bytes: int = Field(ge=1, description="residual stream and norm outputs (fp32 under autocast)")
     matmul_bytes: int = Field(ge=1, description="matmul outputs, attention and MLP intermediates")
 
@@ -70,6 +68,8 @@ class Framework(_Entry):
     norm_fp32_input: bool
     lora_dropout_per_module: bool
     quantized_base_saves_input: bool
+    kbit_upcasts_unquantized: bool
+    quantizes_lm_head: bool
 
 
 class DeepSpeedConstants(BaseModel):
@@ -102,10 +102,7 @@ class TrainingCatalog(BaseModel):
 @cache
 def load_catalog() -> TrainingCatalog:
     """The validated contents of ``planner/data/training.toml`` (read once)."""
-    text = (resources.files("planner") / "data" / "training.toml").read_text(encoding="utf-8")
-    raw = tomllib.loads(text)
-    if raw.get("schema_version") != SCHEMA_VERSION:
-        raise InvalidConfigError(f"training.toml: schema_version {raw.get('schema_version')!r} is not {SCHEMA_VERSION}.")
+    raw = read_data_toml("training.toml", SCHEMA_VERSION)
     for table in ("recipes", "optimizers", "frameworks"):
         for name, entry in raw.get(table, {}).items():
             entry["name"] = name

@@ -1,0 +1,265 @@
+"""``estimate_training_memory``: peak memory of one fine-tuning step per GPU, with its breakdown.
+
+Called by ``planner.estimate_memory(model, precision, mode=...)`` for ``mode`` in full, lora, qlora,
+freeze. ``precision`` is the format the model is loaded in (the frozen base of LoRA/QLoRA/freeze; for
+full fine-tuning the recipe decides how trainable weights are stored); ``train_precision`` is the
+recipe of trainable weights, gradients, optimizer states and activations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from hardware_db import Accelerator
+from planner.errors import InvalidRequestError, UnsupportedError
+from planner.formats import WeightFormat
+from planner.memory.devices import fits_on, format_support
+from planner.memory.phases import peak_phase, phase_totals, safe_bytes, to_memory_terms
+from planner.memory.result import GIB, MemoryEstimate, sum_terms
+from planner.memory.training import optimizers as opt
+from planner.memory.training.activation_memory import activation_memory
+from planner.memory.training.activations import ActivationSettings, config_dropouts
+from planner.memory.training.catalog import Framework, Recipe, get_framework, get_optimizer, get_recipe, load_catalog
+from planner.memory.training.logits import loss_memory
+from planner.memory.training.options import TrainingOptions, training_options
+from planner.memory.training.sharding import StateInputs, shard_states, validate
+from planner.memory.training.terms import PHASES, StepInputs, step_terms
+from planner.memory.training.throughput import training_flops_per_token, training_time
+from planner.memory.training.trainable import TrainablePlan, plan_trainable
+from planner.memory.weights import WeightBytes, weight_bytes
+from planner.models.spec import ModelSpec
+
+DEFAULT_TRAIN_SEQ_LEN = 2048
+MAX_TOKENS = 10_000_000
+FOUR_BIT_FAMILIES = ("bnb", "gptq", "awq")
+
+
+def check_base_format(fmt: WeightFormat, mode: str) -> None:
+    """QLoRA needs a 4-bit base; the other modes a float base (LoRA also accepts bitsandbytes int8)."""
+    four_bit = fmt.family in FOUR_BIT_FAMILIES and fmt.bits == 4
+    if mode == "qlora" and not four_bit:
+        raise InvalidRequestError(
+            f"QLoRA trains adapters on a 4-bit base, but precision {fmt.name!r} is not 4-bit; use nf4, nf4-dq, fp4, "
+            "fp4-dq, gptq-int4 or awq-int4 (or mode='lora' for a 16-bit base).")
+    if mode == "lora" and fmt.family != "float" and fmt.name != "int8":
+        hint = " (a 4-bit base is QLoRA: mode='qlora')" if four_bit else ""
+        raise InvalidRequestError(f"LoRA needs a float or bitsandbytes int8 base, not {fmt.name!r}{hint}.")
+    if mode in ("full", "freeze") and fmt.family != "float":
+        raise InvalidRequestError(f"mode {mode!r} updates the weights themselves, so they must be a float format "
+                                  f"(fp32, bf16, fp16), not {fmt.name!r}; quantized bases train adapters: mode='qlora'.")
+
+
+def check_gpu(recipe: Recipe, fmt: WeightFormat, acc: Accelerator | None) -> None:
+    if acc is None or acc.is_generic:
+        return
+    if recipe.compute_dtype == "bf16" and not acc.supports_bf16:
+        raise UnsupportedError(f"training precision {recipe.name} computes in bf16, which {acc.name} does not support; "
+                               "use train_precision='fp16-mixed' (or fp32).")
+    support = format_support(fmt, acc)
+    if support.supported is False:
+        raise UnsupportedError(f"{support.reason}.")
+
+
+@dataclass(frozen=True)
+class _Frozen:
+    quantized: float
+    unquantized: float
+    weights: WeightBytes
+
+
+def frozen_weights(spec: ModelSpec, fmt: WeightFormat, plan: TrainablePlan, framework: Framework,
+                   options: TrainingOptions) -> _Frozen:
+    """Bytes of the weights that are not trained, in the load format (split quantized / float)."""
+    engine = "litgpt" if framework.quantizes_lm_head else "hf"
+    w = weight_bytes(spec, fmt, engine=engine)
+    if plan.mode == "full":
+        return _Frozen(0.0, 0.0, w)
+    quantized, unquantized = w.quantized, w.unquantized
+    if plan.mode == "freeze":
+        trained = [g for g in w.groups if g.group.layers and any(i in plan.trainable_layers for i in g.group.layers)]
+        for item in trained:
+            share = sum(1 for i in item.group.layers if i in plan.trainable_layers) / len(item.group.layers)
+            unquantized -= item.bytes * share
+    if upcasts_unquantized(plan.mode, fmt, framework):
+        unquantized *= 4 / 2  # peft.prepare_model_for_kbit_training: 16-bit non-quantized parameters -> fp32
+    if options.sharding in ("zero1", "zero2", "zero3") and fmt.family == "float" and fmt.bits == 32:
+        unquantized /= 2  # DeepSpeed casts the module to its 16-bit dtype
+    return _Frozen(quantized, unquantized, w)
+
+
+def upcasts_unquantized(mode: str, fmt: WeightFormat, framework: Framework) -> bool:
+    """peft.prepare_model_for_kbit_training casts a bitsandbytes model's float parameters to fp32."""
+    return mode == "qlora" and fmt.family == "bnb" and framework.kbit_upcasts_unquantized
+
+
+def autocast_copy_bytes(plan: TrainablePlan, recipe: Recipe, frozen: _Frozen, upcast: bool, sharding: str) -> float:
+    """16-bit copies autocast makes of wider Linear weights in layers gradients flow through.
+
+    Each matmul casts its fp32 weight; the copy is saved for backward (to compute the input gradient)
+    whether the weight is trained or frozen, so all copies are alive when backward starts.
+    """
+    if not recipe.is_autocast or sharding not in ("none", "ddp"):
+        return 0.0
+    total = 0.0
+    for item in frozen.weights.groups:
+        group = item.group
+        if group.kind != "linear" or item.quantized or (group.layers and max(group.layers) < plan.first_grad_layer):
+            continue
+        trained = plan.mode == "full" or (plan.mode == "freeze" and set(group.layers) & plan.trainable_layers)
+        stored = recipe.trainable_weight_bytes if trained else item.bytes / group.params * (2 if upcast else 1)
+        if stored > recipe.compute_bytes:
+            total += group.params * recipe.compute_bytes
+    if plan.mode in ("lora", "qlora") and recipe.trainable_weight_bytes > recipe.compute_bytes:
+        total += plan.trainable_params * recipe.compute_bytes
+    return total
+
+
+def activation_settings(spec: ModelSpec, recipe: Recipe, framework: Framework, fmt: WeightFormat,
+                        options: TrainingOptions, mode: str) -> ActivationSettings:
+    attention_dropout, hidden_dropout = config_dropouts(spec)
+    return ActivationSettings(
+        residual_bytes=recipe.residual_bytes, matmul_bytes=recipe.matmul_bytes,
+        norm_fp32_input=framework.norm_fp32_input, attention=options.attention, dropout_mask_bytes=1,
+        lora_dropout=options.lora_dropout if mode in ("lora", "qlora") else 0.0,
+        lora_dropout_per_module=framework.lora_dropout_per_module,
+        quantized_base_saves_input=mode == "qlora" and fmt.family == "bnb" and framework.quantized_base_saves_input,
+        attention_dropout=attention_dropout, hidden_dropout=hidden_dropout)
+
+
+def _seq_len(spec: ModelSpec, seq_len: int | None, warnings: list[str]) -> tuple[int, str]:
+    if seq_len is None:
+        return DEFAULT_TRAIN_SEQ_LEN, f"seq_len not given: {DEFAULT_TRAIN_SEQ_LEN} tokens per sequence"
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or not 1 <= seq_len <= MAX_TOKENS:
+        raise InvalidRequestError(f"seq_len must be a whole number between 1 and {MAX_TOKENS:,}, got {seq_len!r}.")
+    limit = spec.max_position_embeddings
+    if limit is not None and seq_len > limit:
+        warnings.append(f"seq_len {seq_len:,} exceeds {spec.name}'s max_position_embeddings ({limit:,})")
+    return seq_len, "seq_len as given"
+
+
+def _resident_tensors(spec: ModelSpec, plan: TrainablePlan, states_per_tensor: int, grad_layers: int) -> int:
+    weights = sum(g.count for g in spec.param_groups)
+    trainable = sum(t.count for t in plan.tensors) * (1 + states_per_tensor)
+    return weights + trainable + 12 * grad_layers
+
+
+def estimate_training_memory(spec: ModelSpec, fmt: WeightFormat, mode: str = "lora", *, batch: int = 1,
+                             seq_len: int | None = None, gpus: int = 1, gpu: Accelerator | None = None,
+                             **training: Any) -> MemoryEstimate:
+    """Per-GPU memory of one fine-tuning step (see ``planner/memory/training/terms.py`` for the phases)."""
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise InvalidRequestError(f"batch (the micro-batch per GPU) must be a positive integer, got {batch!r}.")
+    if spec.architecture == "encoder-decoder":
+        raise UnsupportedError(f"training estimates cover decoder and encoder models; {spec.name} is encoder-decoder.")
+    options = training_options(mode, gpus, **training)
+    warnings: list[str] = list(validate(options.sharding, gpus, options.offload))
+    check_base_format(fmt, mode)
+    recipe, optimizer = get_recipe(options.train_precision), get_optimizer(options.optimizer)
+    framework = get_framework(options.framework)
+    check_gpu(recipe, fmt, gpu)
+    seq, seq_note = _seq_len(spec, seq_len, warnings)
+    plan = plan_trainable(spec, mode, lora_rank=options.lora_rank, lora_targets=options.lora_targets,
+                          train_embeddings=options.train_embeddings, trainable_layers=options.trainable_layers)
+    frozen = frozen_weights(spec, fmt, plan, framework, options)
+    catalog = load_catalog()
+    deepspeed = options.sharding in ("zero1", "zero2", "zero3")
+    param_bytes = recipe.trainable_weight_bytes
+    inputs = StateInputs(
+        trainable_params=plan.trainable_params, frozen_weight_bytes=frozen.quantized + frozen.unquantized,
+        param_bytes=param_bytes, grad_bytes=recipe.gradient_bytes, compute_bytes=recipe.compute_bytes,
+        states_at_param_dtype=opt.state_bytes(optimizer, plan.tensors, param_bytes),
+        states_fp32=opt.state_bytes(optimizer, plan.tensors, 4), largest_layer_params=max(spec.layer_params()))
+    states = shard_states(inputs, sharding=options.sharding, gpus=gpus, offload=options.offload,
+                          gpus_per_node=options.gpus_per_node,
+                          buffer_factor=catalog.deepspeed.additional_buffer_factor,
+                          bucket_elements=options.zero_bucket_elements or catalog.deepspeed.reduce_bucket_size,
+                          overlap_comm=catalog.deepspeed.overlap_comm_stage12 if options.overlap_comm is None
+                          else options.overlap_comm)
+    frozen_share = states.frozen_weights / inputs.frozen_weight_bytes if inputs.frozen_weight_bytes else 0.0
+    on_gpu_step = options.offload == "none"
+    divisor = gpus if options.sharding in ("zero1", "zero2", "zero3", "fsdp") else 1
+    temporaries = opt.step_temporary_bytes(optimizer, plan.tensors, 4 if deepspeed else param_bytes) / divisor \
+        if on_gpu_step else 0.0
+    settings = activation_settings(spec, recipe, framework, fmt, options, mode)
+    acts = activation_memory(spec, settings, plan, checkpointing=options.grad_checkpointing,
+                             offload=options.activation_offload)
+    vocab = 0 if spec.architecture == "encoder" else spec.vocab_size
+    loss = loss_memory(vocab=vocab, hidden=spec.hidden_size, impl=framework.loss, compute_bytes=recipe.compute_bytes,
+                       softcap=bool(spec.config.get("final_logit_softcapping")))
+    dequant = frozen.weights.largest_quantized_tensor_params * recipe.compute_bytes if mode == "qlora" else 0.0
+    step = StepInputs(
+        plan=plan, recipe=recipe, optimizer=optimizer, fmt=fmt, weights=frozen.weights,
+        frozen_quantized=frozen.quantized * frozen_share, frozen_unquantized=frozen.unquantized * frozen_share,
+        states=states, step_temporaries=temporaries,
+        autocast_copies=autocast_copy_bytes(plan, recipe, frozen, upcasts_unquantized(mode, fmt, framework),
+                                            options.sharding), dequant_workspace=dequant,
+        activations=acts, loss=loss, grad_accum=options.grad_accum, optimizer_in_backward=options.optimizer_in_backward,
+        largest_grad=plan.largest_tensor * recipe.gradient_bytes, sharding=options.sharding, gpus=gpus,
+        framework=framework.name, module_loading=options.cuda_module_loading,
+        compute_capability=gpu.compute_capability_tuple if gpu is not None else None,
+        resident_tensors=_resident_tensors(spec, plan, optimizer.state_tensors, acts.grad_layers))
+    raw = step_terms(step)
+    phases = list(PHASES)
+    totals = phase_totals(raw, phases, batch=batch, prompt=seq, total=seq, window=None)
+    peak = peak_phase(totals)
+    phase = next(p for p in phases if p.name == peak.name)
+    terms = to_memory_terms(raw, phase, batch=batch, prompt=seq, total=seq, window=None)
+    safe = safe_bytes(totals)
+    host = states.host + batch * seq * (acts.host_per_token + acts.host_per_token_sq * seq)
+    if optimizer.paged:
+        warnings.append("paged optimizer states live in CUDA unified memory: nvidia-smi shows them while resident, "
+                        "torch.cuda.max_memory_allocated does not, and they page out to host RAM when the GPU is full")
+    extras = _extras(spec, plan, options, recipe, fmt, gpu, gpus, batch, seq, totals, peak, safe, acts, states, host)
+    assumptions = {
+        **options.as_dict(), "precision": fmt.name, "seq_len_note": seq_note, "recipe": recipe.description,
+        "framework_profile": framework.description, "loss_implementation": framework.loss,
+        "micro_batch_per_gpu": batch, "effective_batch": batch * options.grad_accum * (
+            gpus if options.sharding != "none" else 1),
+        "first_layer_with_gradients": plan.first_grad_layer, "dropout_mask": "1-byte bool (CUDA native_dropout)",
+        "packing": "peak memory is set by seq_len whether rows are packed or padded to it" if options.packing else
+        "rows padded to seq_len (the longest sequence sets the peak)",
+        "safe_rule": "safe = largest phase with every term at its upper bound",
+    }
+    if deepspeed:
+        assumptions["deepspeed_layout"] = "16-bit params/grads + fp32 master weights, fp32 gradient partition, " \
+                                          "fp32 optimizer states (DeepSpeed's estimator)"
+    return MemoryEstimate(
+        model=spec.name, params_total=spec.params.total, params_active=spec.params.active, precision=fmt.name,
+        mode=mode, engine=framework.name, gpus=gpus, batch=batch, seq_len=seq,
+        peak_allocated_gib=peak.allocated / GIB, device_total_gib=peak.device / GIB, safe_gib=safe / GIB,
+        breakdown_gib=sum_terms(terms), terms=terms, host_ram_gib=host / GIB, assumptions=assumptions,
+        warnings=tuple(warnings), extras=extras)
+
+
+def _extras(spec, plan, options, recipe, fmt, gpu, gpus, batch, seq, totals, peak, safe, acts, states,
+            host) -> dict[str, Any]:
+    flops = training_flops_per_token(spec, plan, seq, options.grad_checkpointing)
+    extras: dict[str, Any] = {
+        "peak_phase": peak.name, "phases_gib": {t.name: round(t.allocated / GIB, 4) for t in totals},
+        "safe_allocated_gib": max(t.upper_allocated for t in totals) / GIB,
+        "trainable_params": plan.trainable_params, "adapter_params": plan.adapter_params,
+        "activation_bytes_per_token_per_layer": round(acts.layer_per_token, 1),
+        "largest_saved_tensors_bytes_per_token": dict(acts.largest_tensors),
+        "flops_per_token": flops.per_token, "flops_formula": flops.formula,
+        "host_ram_gib": host / GIB,
+    }
+    if states.notes:
+        extras["sharding_notes"] = list(states.notes)
+    if gpu is not None:
+        fits, headroom, pct = fits_on(safe / GIB, gpu)
+        extras.update(gpu=gpu.name, usable_gib=gpu.memory_usable_gib, fits=fits, headroom_gib=headroom,
+                      headroom_pct=pct)
+        peak_tflops = gpu.peak_tflops(recipe.compute_dtype) if not gpu.is_generic else None
+        if peak_tflops:
+            mfu = options.mfu or load_catalog().throughput.mfu
+            tokens = options.training_tokens or batch * seq * options.grad_accum * gpus
+            time = training_time(tokens=tokens, flops_per_token=flops.per_token, gpus=gpus, peak_tflops=peak_tflops,
+                                 mfu=mfu, usd_per_gpu_hour=gpu.cloud_usd_per_hour)
+            extras.update(tokens_per_second=time.tokens_per_second, mfu=mfu, peak_tflops=peak_tflops,
+                          mfu_source=load_catalog().throughput.source)
+            if options.training_tokens:
+                extras.update(training_tokens=options.training_tokens, training_hours=time.seconds / 3600,
+                              gpu_hours=time.gpu_hours, cost_usd=time.cost_usd,
+                              usd_per_gpu_hour=gpu.cloud_usd_per_hour)
+    return extras
