@@ -183,3 +183,18 @@ def test_bert_eager_with_dropout_matches_autograd():
         return BertForSequenceClassification(config).train()
 
     _assert_eager_fp32_with_config_dropout(build)
+
+
+def test_dropout_defaults_match_transformers_config_classes():
+    from transformers import CONFIG_MAPPING
+
+    from planner.memory.training.activations import config_dropouts
+    from planner.models.hf_config import SUPPORTED_MODEL_TYPES
+
+    for model_type in SUPPORTED_MODEL_TYPES:
+        if model_type not in CONFIG_MAPPING:
+            continue  # remote-code families (Qwen-1) state their dropouts in config.json
+        config = CONFIG_MAPPING[model_type]().to_dict()
+        spec = type("Spec", (), {"config": {}, "model_type": model_type})()
+        expected = type("Spec", (), {"config": config, "model_type": "none"})()
+        assert config_dropouts(spec) == config_dropouts(expected), model_type

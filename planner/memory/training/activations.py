@@ -289,16 +289,20 @@ def backward_workspace(spec: ModelSpec, settings: ActivationSettings) -> float:
 
 
 def config_dropouts(spec: ModelSpec) -> tuple[float, float]:
-    """(attention dropout, hidden dropout) from the config.json keys each family uses (0 if absent)."""
-    config = spec.config
+    """(attention dropout, hidden dropout): the config.json keys each family uses, else its config-class
+    default (``[dropout_defaults]`` in training.toml)."""
+    from planner.memory.training.catalog import load_catalog
 
-    def first(keys: tuple[str, ...]) -> float:
+    config = spec.config
+    defaults = load_catalog().dropout_defaults.for_model_type(spec.model_type)
+
+    def first(keys: tuple[str, ...], default: float) -> float:
         for key in keys:
-            if isinstance(config.get(key), (int, float)):
+            if isinstance(config.get(key), (int, float)) and not isinstance(config.get(key), bool):
                 return float(config[key])
-        return 0.0
+        return default
 
     attention = first(("attention_probs_dropout_prob", "attn_pdrop", "attention_dropout", "attn_dropout_prob",
-                       "dropout_rate"))
-    hidden = first(("hidden_dropout_prob", "resid_pdrop", "hidden_dropout", "dropout", "dropout_rate"))
+                       "dropout_rate"), defaults[0])
+    hidden = first(("hidden_dropout_prob", "resid_pdrop", "hidden_dropout", "dropout", "dropout_rate"), defaults[1])
     return attention, hidden

@@ -88,6 +88,18 @@ class ThroughputDefaults(BaseModel):
     source: str
 
 
+class DropoutDefaults(BaseModel):
+    """(attention, hidden) dropout per model_type when config.json omits the keys."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    source: str
+
+    def for_model_type(self, model_type: str) -> tuple[float, float]:
+        attention, hidden = (self.model_extra or {}).get(model_type, (0.0, 0.0))
+        return float(attention), float(hidden)
+
+
 class TrainingCatalog(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -97,6 +109,7 @@ class TrainingCatalog(BaseModel):
     frameworks: dict[str, Framework]
     deepspeed: DeepSpeedConstants
     throughput: ThroughputDefaults
+    dropout_defaults: DropoutDefaults
 
 
 @cache
