@@ -71,6 +71,9 @@ class WeightFormat(_Frozen):
     unquantized_dtype: str = "compute"
     unties_tied_lm_head: bool = False
     unties_tied_lm_head_source: str = ""
+    prefill_dequantizes: Literal["point", "upper"] | None = Field(
+        None, description="prefill matmuls dequantize one weight to 16-bit (point) or may (upper bound only)")
+    prefill_dequant_source: str = ""
     load_transient_bytes_per_param: float = Field(0, ge=0)
     load_transient_source: str = ""
     requires_feature: Feature | None = None
@@ -100,6 +103,8 @@ class WeightFormat(_Frozen):
             raise ValueError(f"{self.name}: unquantized_dtype must be compute, fp32, fp16 or bf16")
         if self.unties_tied_lm_head and not self.unties_tied_lm_head_source:
             raise ValueError(f"{self.name}: unties_tied_lm_head needs unties_tied_lm_head_source")
+        if self.prefill_dequantizes and not self.prefill_dequant_source:
+            raise ValueError(f"{self.name}: prefill_dequantizes needs prefill_dequant_source")
         if self.load_transient_bytes_per_param and not self.load_transient_source:
             raise ValueError(f"{self.name}: load_transient_bytes_per_param needs load_transient_source")
         return self

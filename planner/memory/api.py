@@ -40,6 +40,9 @@ class InferenceOptions(BaseModel):
 
     hf_logits: Literal["last", "full"] | None = Field(
         None, description="'last' (transformers >= ~4.45) or 'full' (<= 4.44: fp32 logits for the whole prompt)")
+    hf_cache: Literal["dynamic", "legacy"] = Field(
+        "dynamic", description="transformers >= 4.36 DynamicCache, or 'legacy' tuple caches (older versions, "
+                               "remote-code models) that keep the previous step's cache alive")
     attention: Literal["flash", "sdpa", "eager"] = Field("sdpa", description="attention kernel (eager holds T^2 scores)")
     parallel: Literal["tensor", "pipeline"] | None = Field(None, description="how gpus > 1 split the model")
     cuda_module_loading: Literal["lazy", "eager"] = "lazy"
@@ -150,6 +153,7 @@ def prepare_inference(model: Any, precision: str | WeightFormat = "bf16", *, bat
     logits = opts.hf_logits or profile.logits_default
     setup = InferenceSetup(
         spec=spec, fmt=fmt, engine=profile, kv=kv, tp=tp, pp=pp, attention=opts.attention, logits=logits,
+        hf_cache=opts.hf_cache,
         module_loading=opts.cuda_module_loading,
         compute_capability=acc.compute_capability_tuple if acc is not None else None,
         gpu_memory_utilization=opts.gpu_memory_utilization or constant("vllm_gpu_memory_utilization").value,
@@ -168,6 +172,7 @@ def prepare_inference(model: Any, precision: str | WeightFormat = "bf16", *, bat
         "prompt_tokens": tokens.prompt, "new_tokens": tokens.new, "tokens_note": tokens.note,
         "parallel": f"tensor x{tp}" if tp > 1 else f"pipeline x{pp}" if pp > 1 else "single device",
         "attention": setup.attention, "logits": logits, "cuda_module_loading": setup.module_loading,
+        **({"hf_cache": setup.hf_cache} if profile.name == "hf" else {}),
         "gpu": acc.name if acc is not None else None,
     }
     if profile.name == "vllm":
@@ -198,6 +203,7 @@ def build_inference_estimate(prepared: PreparedInference) -> MemoryEstimate:
     extras: dict[str, Any] = {
         "peak_phase": peak.name, "peak_phase_description": phase.description,
         "phases_gib": {t.name: round(t.allocated / GIB, 4) for t in totals},
+        "phases_safe_gib": {t.name: round(t.upper_device / plan.safe_divisor / GIB, 4) for t in totals},
         "safe_allocated_gib": max(t.upper_allocated for t in totals) / GIB,
         "kv_cache_bytes_per_token": plan.kv_bytes_per_token,
         "weights_all_devices_gib": plan.weights.total_all_devices / GIB,

@@ -49,6 +49,7 @@ class InferenceSetup:
     pp: int = 1
     attention: str = "sdpa"
     logits: str = "last"
+    hf_cache: str = "dynamic"
     module_loading: str = "lazy"
     compute_capability: tuple[int, int] | None = None
     gpu_memory_utilization: float = 0.9
@@ -146,7 +147,14 @@ def _generate_plan(setup: InferenceSetup) -> InferencePlan:
         terms.append(RawTerm("kv_cache", _kv_label(setup, layout, "prompt+new"), kv, formula=kv_formula,
                              source=KV_SOURCE, phases=frozenset({"decode"}), tokens="total",
                              inputs={"bytes_per_token": kv_per_token}))
-        if engine.kv_cache == "dynamic":
+        if engine.kv_cache == "dynamic" and setup.hf_cache == "legacy":
+            terms.append(RawTerm("kv_cache", "previous step's past_key_values (legacy tuple cache)", kv,
+                                 formula="the whole cache again: tokens x batch x per-token bytes",
+                                 source="transformers < 4.36 and remote-code models (e.g. Qwen-1) return a new "
+                                        "tuple of torch.cat-grown K/V per layer while generate() still holds the "
+                                        "previous step's tuple, so two caches are alive at the end of each step",
+                                 phases=frozenset({"decode"}), tokens="total"))
+        elif engine.kv_cache == "dynamic":
             one = layout.per_layer_max / 2 * setup.kv.bytes_per_element
             terms.append(RawTerm("kv_cache", "torch.cat copy of one layer's K (DynamicCache growth)",
                                  Coeffs(per_token=one), formula="tokens x batch x per-layer K elements x bytes",
@@ -157,6 +165,14 @@ def _generate_plan(setup: InferenceSetup) -> InferencePlan:
             terms.append(RawTerm("kv_cache", "cross-attention K/V of the encoder input", Coeffs(per_token=cross),
                                  formula="encoder tokens x layers x 2 x heads x d_kv x bytes", source=KV_SOURCE,
                                  phases=frozenset({"decode"}), tokens="prompt"))
+
+    if fmt.prefill_dequantizes and w.largest_quantized_tensor_params:
+        dequant = w.largest_quantized_tensor_params * a / setup.tp
+        point = Coeffs(const=dequant) if fmt.prefill_dequantizes == "point" else Coeffs()
+        terms.append(RawTerm("activations", "16-bit dequantized copy of the largest quantized weight", point,
+                             upper=Coeffs(const=dequant), formula="params of the largest quantized tensor x a",
+                             source=fmt.prefill_dequant_source, phases=prefill,
+                             inputs={"params": w.largest_quantized_tensor_params, "a": a}))
 
     chunk = setup.prefill_chunk_size
     for moment in moments:
@@ -194,14 +210,7 @@ def _generate_plan(setup: InferenceSetup) -> InferencePlan:
                              source=engine.source, phases=running, tokens="total"))
 
     terms += _runtime_terms(setup, w, running, everywhere)
-    if not encoder_only:
-        unreused = max(moments, key=lambda m: m.upper_per_token or m.per_token)
-        terms.append(allocator_slack_term(w.resident_tensors, frozenset({"decode"}),
-                                          unreused=Coeffs(per_token=unreused.upper_per_token or unreused.per_token,
-                                                          per_token_sq=unreused.per_token_sq)))
-        terms.append(allocator_slack_term(w.resident_tensors, everywhere - {"decode"}))
-    else:
-        terms.append(allocator_slack_term(w.resident_tensors, everywhere))
+    terms.append(allocator_slack_term(w.allocator_waste, everywhere))
     return InferencePlan(terms, phases, layout.window, w, kv_per_token)
 
 
@@ -245,7 +254,7 @@ def _vllm_plan(setup: InferenceSetup) -> InferencePlan:
                          inputs={"bytes_per_token": kv_per_token}))
     terms += _runtime_terms(setup, w, everywhere, everywhere)
     terms.append(cudagraph_term(everywhere))
-    terms.append(allocator_slack_term(w.resident_tensors, everywhere))
+    terms.append(allocator_slack_term(w.allocator_waste, everywhere))
     return InferencePlan(terms, phases, layout.window, w, kv_per_token, safe_divisor=setup.gpu_memory_utilization)
 
 

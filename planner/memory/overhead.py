@@ -57,20 +57,15 @@ def cudagraph_term(phases: frozenset[str]) -> RawTerm:
                    counted_in="device")
 
 
-def allocator_slack_term(resident_tensors: int, phases: frozenset[str], *,
-                         unreused: Coeffs | None = None, unreused_tokens: str = "prompt") -> RawTerm:
-    """The caching allocator's reserve beyond the live tensors.
+def allocator_slack_term(weight_waste: float, phases: frozenset[str]) -> RawTerm:
+    """The caching allocator's reserve beyond the live tensors: the segment rounding of the resident
+    weights (``weights.segment_waste``) plus the partly used 20 MiB and 2 MiB segments.
 
-    Point: the partly used 20 MiB and 2 MiB segments. Upper: + up to 2 MiB rounding per resident
-    tensor, + (``unreused``) blocks freed by an earlier phase that the caching allocator keeps but
-    cannot hand out again (worst case: none is reused).
+    Blocks freed after the prefill stay reserved but are split and reused for the (smaller) cache
+    growth, so the device total of a run is the largest phase, not a sum of phases.
     """
     slack = constant("allocator_min_slack")
-    rounding = constant("allocator_round_large")
-    upper = Coeffs(const=slack.bytes + rounding.bytes * resident_tensors) + (unreused or Coeffs())
-    formula = "min slack; upper = min slack + 2 MiB x resident tensors" + (
-        " + freed prefill activations" if unreused else "")
-    return RawTerm("allocator_reserve", "caching-allocator reserve", Coeffs(const=slack.bytes), formula=formula,
-                   source=f"{slack.source}; {rounding.source}", phases=phases, upper=upper,
-                   tokens=unreused_tokens if unreused else "none",
-                   inputs={"resident_tensors": resident_tensors}, counted_in="reserved")
+    return RawTerm("allocator_reserve", "caching-allocator reserve", Coeffs(const=slack.bytes + weight_waste),
+                   formula="weights' segment rounding + min slack",
+                   source=f"{slack.source}; {constant('allocator_round_large').source}", phases=phases,
+                   inputs={"weight_segment_waste_mib": round(weight_waste / 2**20, 1)}, counted_in="reserved")

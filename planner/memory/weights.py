@@ -29,12 +29,32 @@ class WeightBytes:
     total_all_devices: float
     largest_quantized_tensor_params: int
     resident_tensors: int
+    allocator_waste: float
     groups: tuple[GroupStorage, ...]
     separate_lm_head: bool
 
     @property
     def total(self) -> float:
         return self.quantized + self.unquantized
+
+
+_MIB = 2**20
+
+
+def segment_waste(tensor_bytes: float, count: int) -> float:
+    """Bytes the PyTorch caching allocator reserves beyond ``count`` tensors of ``tensor_bytes`` each.
+
+    CUDACachingAllocator.cpp: requests up to 1 MiB share 2 MiB segments (kSmallBuffer), requests up
+    to 10 MiB share 20 MiB segments (kLargeBuffer), larger ones get their own segment rounded up to
+    2 MiB (kRoundLarge); every block is rounded to 512 bytes (kMinBlockSize).
+    """
+    size = max(512.0, -(-tensor_bytes // 512) * 512)
+    if size > 10 * _MIB:
+        return count * (-(-size // (2 * _MIB)) * 2 * _MIB - tensor_bytes)
+    segment = 2 * _MIB if size <= _MIB else 20 * _MIB
+    per_segment = max(1, int(segment // size))
+    segments = -(-count // per_segment)
+    return segments * segment - count * tensor_bytes
 
 
 def _resident_groups(spec: ModelSpec, fmt: WeightFormat, engine: EngineProfile) -> tuple[list[ParamGroup], bool]:
@@ -61,6 +81,7 @@ def weight_bytes(spec: ModelSpec, precision: str | WeightFormat = "bf16", *, eng
     first_extra, last_extra = [0.0, 0.0], [0.0, 0.0]
     largest = 0
     tensors = 0
+    waste = 0.0
     stage = layer_fraction(spec, pp)
     for item in stored:
         group = item.group
@@ -80,10 +101,12 @@ def weight_bytes(spec: ModelSpec, precision: str | WeightFormat = "bf16", *, eng
         if item.quantized and group.kind == "linear":
             largest = max(largest, group.params_each)
         tensors += group.count
+        waste += segment_waste(item.bytes / group.count, group.count) * (stage if group.layers else 1.0) \
+            * shard_fraction(spec, group, tp)
     if pp > 1:
         extra = first_extra if sum(first_extra) >= sum(last_extra) else last_extra
         quantized += extra[0]
         unquantized += extra[1]
     return WeightBytes(quantized=quantized, unquantized=unquantized, total_all_devices=total,
-                       largest_quantized_tensor_params=largest, resident_tensors=tensors,
+                       largest_quantized_tensor_params=largest, resident_tensors=tensors, allocator_waste=waste,
                        groups=tuple(stored), separate_lm_head=untied)
