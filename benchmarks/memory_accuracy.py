@@ -35,6 +35,8 @@ from planner import estimate_memory, get_model  # noqa: E402
 from planner.memory import weight_bytes  # noqa: E402
 from planner.memory.result import GIB  # noqa: E402
 
+import training_rows  # noqa: E402  (benchmarks/training_rows.py: fine-tuning evaluators)
+
 DEFAULT_CSV = ROOT.parent / "shared" / "calibration" / "public_memory_measurements.csv"
 MODELS_FILE = ROOT / "benchmarks" / "data" / "calibration_models.json"
 GB = 1e9
@@ -231,6 +233,7 @@ def evaluate_weights_only(row: pd.Series, spec, fmt: str, group: str, unit: floa
 EVALUATORS: dict[str, Callable[..., RowResult]] = {
     "inference": evaluate_inference,
     "weights-only": evaluate_weights_only,
+    **training_rows.evaluators(RowResult),
 }
 
 
@@ -295,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     results, skipped = evaluate(args.csv)
     if args.group:
         results = [r for r in results if r.group == args.group]
+    finetune = [r for r in results if r.mode.startswith("finetune")]
+    results = [r for r in results if not r.mode.startswith("finetune")]
     summary, frame = summarize(results)
     pd.set_option("display.width", 250)
     pd.set_option("display.max_columns", 30)
@@ -313,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {group}: engine {settings.engine} {settings.options or ''} - {settings.why}")
         if settings.compare != "peak":
             print(f"      compared with phase '{settings.compare}': {settings.compare_why}")
+    specs, registry_names = load_models()
+    training_rows.print_finetune(finetune, pd.read_csv(args.csv),
+                                 lambda name: resolve_model(name, specs, registry_names), args.rows)
     return 0
 
 

@@ -15,18 +15,23 @@ V = 128_256
 
 def test_hf_fp32_loss_holds_three_fp32_logits_tensors():
     # Llama-3 vocabulary, 2048 tokens: log-probs + their gradient + the logits' gradient, fp32
-    assert loss_memory(vocab=V, hidden=4096, impl="full-fp32", compute_bytes=2).at(1, 2048) == 2048 * V * 4 * 3
+    assert loss_memory(vocab=V, hidden=4096, impl="full", compute_bytes=2, fp32_loss=True).at(1, 2048) \
+        == 2048 * V * 4 * 3
+    # without the fp32 cast (Qwen-1 remote code, no autocast) the same three tensors are bf16
+    assert loss_memory(vocab=V, hidden=4096, impl="full", compute_bytes=2, fp32_loss=False).at(1, 2048) \
+        == 2048 * V * 2 * 3
 
 
 def test_loss_implementations_order_by_memory():
-    at = {impl: loss_memory(vocab=V, hidden=4096, impl=impl, compute_bytes=2).at(2, 4096) for impl in LOSS_IMPLS}
-    assert at["fused"] < at["chunked-compute"] < at["chunked-fp32"] < at["full-fp32"]
-    assert at["chunked-compute"] == 2 * (4096 * V * 4 + 128 * V * 4)
+    at = {impl: loss_memory(vocab=V, hidden=4096, impl=impl, compute_bytes=2, fp32_loss=True).at(2, 4096)
+          for impl in LOSS_IMPLS}
+    assert at["fused"] < at["chunked-128"] < at["chunked-8"] < at["full"]
+    assert at["chunked-128"] == 2 * (4096 * V * (2 + 4) + 128 * V * 2 * 4)
 
 
 def test_unknown_loss_implementation():
-    with pytest.raises(InvalidRequestError, match="full-fp32"):
-        loss_memory(vocab=V, hidden=4096, impl="sparse", compute_bytes=2)
+    with pytest.raises(InvalidRequestError, match="chunked-128"):
+        loss_memory(vocab=V, hidden=4096, impl="sparse", compute_bytes=2, fp32_loss=True)
 
 
 @pytest.fixture(scope="module")

@@ -53,9 +53,28 @@ class ActivationMemory:
     checkpoint_per_token: float
     grad_layers: int
     largest_tensors: tuple[tuple[str, float], ...]
+    live_tensors: int = 0
+    layer_tensors_per_token: tuple[float, ...] = ()
 
     def stored(self, batch: int, seq_len: int) -> float:
         return batch * seq_len * (self.stored_per_token + self.stored_per_token_sq * seq_len)
+
+    def upper(self, other: "ActivationMemory") -> "ActivationMemory":
+        """The larger of two variants, coefficient by coefficient (for the safe bound)."""
+        larger = {name: max(getattr(self, name), getattr(other, name)) for name in (
+            "stored_per_token", "stored_per_token_sq", "recompute_per_token", "recompute_per_token_sq",
+            "workspace_per_token", "live_tensors")}
+        return replace(self, **larger)
+
+    def segment_waste(self, batch: int, seq_len: int, checkpointing: str) -> float:
+        """Caching-allocator bytes reserved beyond the stored tensors (planner.memory.weights.segment_waste)."""
+        from planner.memory.weights import segment_waste
+
+        tokens = batch * seq_len
+        if checkpointing == "full":
+            return segment_waste(self.checkpoint_per_token * tokens, self.grad_layers) + sum(
+                segment_waste(t * tokens, 1) for t in self.layer_tensors_per_token)
+        return sum(segment_waste(t * tokens, self.grad_layers) for t in self.layer_tensors_per_token)
 
     def backward_peak(self, batch: int, seq_len: int) -> float:
         """Stored tensors + the recomputed layer + that layer's gradient workspace."""
@@ -130,9 +149,12 @@ def activation_memory(spec: ModelSpec, settings: ActivationSettings, plan: Train
         stored = (min(stored[0], 2 * unit[0]), min(stored[1], 2 * unit[1]))
     saved_one = _layer_bytes(spec, settings, plan, spec.num_layers - 1, 0, caches[0]) if parts else {}
     biggest = tuple(sorted(saved_one.items(), key=lambda kv: -kv[1])[:6])
+    per_layer_tensors = len(saved_one)
+    live = len(parts) + per_layer_tensors if checkpointing == "full" else len(parts) * per_layer_tensors
     return ActivationMemory(
         stored_per_token=stored[0] + model_level, stored_per_token_sq=stored[1],
         recompute_per_token=recompute[0], recompute_per_token_sq=recompute[1],
         workspace_per_token=backward_workspace(spec, settings) if parts else 0.0,
         host_per_token=host[0], host_per_token_sq=host[1], layer_per_token=largest[0],
-        checkpoint_per_token=checkpoint, grad_layers=len(parts), largest_tensors=biggest)
+        checkpoint_per_token=checkpoint, grad_layers=len(parts), largest_tensors=biggest, live_tensors=live,
+        layer_tensors_per_token=tuple(saved_one.values()))

@@ -53,6 +53,9 @@ class ActivationSettings:
     quantized_base_saves_input: bool = False
     attention_dropout: float = 0.0
     hidden_dropout: float = 0.0
+    fused_qkv: bool = False
+    fused_gelu: bool = False
+    softmax_saves_input: bool = False
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,14 @@ def _attention(tape: _Tape, spec: ModelSpec, groups: dict[str, ParamGroup], x: _
         q = _T("q_rope", q_w, m) if rope else fused
         k = _T("k_rope", kv_w, m) if rope else fused
         v = fused
+    elif s.fused_qkv:  # one qkv Linear (LitGPT): views of its output, repeated copies for GQA
+        for role in ("q", "k", "v"):
+            tape.linear(groups.get(role), x, q_w if role == "q" else kv_w)
+        fused = _T("qkv_fused", q_w + 2 * kv_w, m)
+        gqa = kv_w != q_w
+        q = _T("q_rope", q_w, m)
+        k = _T("k_repeated", q_w, m) if gqa else (_T("k_rope", kv_w, m) if rope else fused)
+        v = _T("v_repeated", q_w, m) if gqa else fused
     else:
         q_out = tape.linear(groups.get("q"), x, q_w)
         k_out = tape.linear(groups.get("k"), x, kv_w)
@@ -164,6 +175,8 @@ def _attention(tape: _Tape, spec: ModelSpec, groups: dict[str, ParamGroup], x: _
         tape.save("k_bmm", m * q_w)
         tape.save("v_bmm", m * q_w)
         tape.save("softmax_out", (4 if m != 4 else m) * heads_s)
+        if s.softmax_saves_input:  # PyTorch < 1.11: _softmax_backward_data(grad, result, dim, self)
+            tape.save("softmax_in", 4 * heads_s)
         if s.attention_dropout > 0:
             tape.save("attn_dropout.mask", s.dropout_mask_bytes * heads_s)
             tape.save("attn_dropout.out", m * heads_s)
@@ -197,7 +210,7 @@ def _mla_attention(tape: _Tape, spec: ModelSpec, groups: dict[str, ParamGroup], 
 def _mlp(tape: _Tape, spec: ModelSpec, groups: dict[str, ParamGroup], x: _T, width: int, tag: str) -> _T:
     """Saves of one (dense or expert) MLP on input ``x``; returns its output."""
     m, act = tape.settings.matmul_bytes, spec.mlp.activation
-    extra = _ACTIVATION_EXTRA.get(act, 0)
+    extra = 0 if tape.settings.fused_gelu else _ACTIVATION_EXTRA.get(act, 0)
     if spec.mlp.gated:
         if "gate_up" in groups:
             gate = up = tape.linear(groups["gate_up"], x, 2 * width)

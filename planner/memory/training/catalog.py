@@ -32,15 +32,9 @@ class Recipe(_Entry):
     """How a precision recipe stores trainable weights, gradients, states and activations (bytes)."""
 
     compute_dtype: Literal["fp32", "bf16", "fp16"]
-    trainable_weight_bytes: int = Field(ge=1)
+    autocast: bool = Field(description="torch.autocast: matmuls in compute_dtype, norms/softmax/loss in fp32")
+    trainable_weight_bytes: int = Field(ge=1, description="storage of trainable weights in full fine-tuning")
     gradient_bytes: int = Field(ge=1)
-    residual_bytes: int = Field(ge=1, description="residual stream and norm outputs (fp32 under autocast)")
-    matmul_bytes: int = Field(ge=1, description="matmul outputs, attention and MLP intermediates")
-
-    @property
-    def is_autocast(self) -> bool:
-        """Autocast recipes keep fp32 weights and run matmuls in the 16-bit compute dtype."""
-        return self.residual_bytes != self.matmul_bytes
 
     @property
     def compute_bytes(self) -> int:
@@ -64,12 +58,17 @@ class Optimizer(_Entry):
 class Framework(_Entry):
     """Implementation facts of a training stack that change the tensors kept for backward."""
 
-    loss: Literal["full-fp32", "full-compute", "chunked-compute", "chunked-fp32", "fused"]
+    loss: Literal["full", "chunked-128", "chunked-8", "fused"]
+    loss_upcast: bool
+    adapter_dtype: Literal["fp32", "base"]
     norm_fp32_input: bool
     lora_dropout_per_module: bool
     quantized_base_saves_input: bool
     kbit_upcasts_unquantized: bool
     quantizes_lm_head: bool
+    fused_qkv: bool
+    fused_gelu: bool
+    softmax_saves_input: bool
 
 
 class DeepSpeedConstants(BaseModel):
@@ -78,6 +77,13 @@ class DeepSpeedConstants(BaseModel):
     additional_buffer_factor: float = Field(gt=0)
     reduce_bucket_size: int = Field(gt=0)
     overlap_comm_stage12: bool
+    source: str
+
+
+class AllocatorConstants(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    unsplit_remainder_mib: float = Field(ge=0)
     source: str
 
 
@@ -109,6 +115,7 @@ class TrainingCatalog(BaseModel):
     frameworks: dict[str, Framework]
     deepspeed: DeepSpeedConstants
     throughput: ThroughputDefaults
+    allocator: AllocatorConstants
     dropout_defaults: DropoutDefaults
 
 

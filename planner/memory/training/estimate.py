@@ -93,13 +93,14 @@ def upcasts_unquantized(mode: str, fmt: WeightFormat, framework: Framework) -> b
     return mode == "qlora" and fmt.family == "bnb" and framework.kbit_upcasts_unquantized
 
 
-def autocast_copy_bytes(plan: TrainablePlan, recipe: Recipe, frozen: _Frozen, upcast: bool, sharding: str) -> float:
+def autocast_copy_bytes(plan: TrainablePlan, recipe: Recipe, frozen: _Frozen, upcast: bool, sharding: str,
+                        adapter_bytes: int) -> float:
     """16-bit copies autocast makes of wider Linear weights in layers gradients flow through.
 
     Each matmul casts its fp32 weight; the copy is saved for backward (to compute the input gradient)
     whether the weight is trained or frozen, so all copies are alive when backward starts.
     """
-    if not recipe.is_autocast or sharding not in ("none", "ddp"):
+    if not recipe.autocast or sharding not in ("none", "ddp"):
         return 0.0
     total = 0.0
     for item in frozen.weights.groups:
@@ -110,21 +111,63 @@ def autocast_copy_bytes(plan: TrainablePlan, recipe: Recipe, frozen: _Frozen, up
         stored = recipe.trainable_weight_bytes if trained else item.bytes / group.params * (2 if upcast else 1)
         if stored > recipe.compute_bytes:
             total += group.params * recipe.compute_bytes
-    if plan.mode in ("lora", "qlora") and recipe.trainable_weight_bytes > recipe.compute_bytes:
+    if plan.mode in ("lora", "qlora") and adapter_bytes > recipe.compute_bytes:
         total += plan.trainable_params * recipe.compute_bytes
     return total
 
 
+def trainable_param_bytes(plan: TrainablePlan, recipe: Recipe, framework: Framework, fmt: WeightFormat) -> int:
+    """Bytes per trainable parameter: the recipe's for full/freeze; adapters per the framework."""
+    if plan.mode in ("full", "freeze"):
+        return recipe.trainable_weight_bytes
+    if framework.adapter_dtype == "fp32":
+        return 4
+    return int(fmt.bits // 8) if fmt.family == "float" else recipe.compute_bytes
+
+
+def residual_bytes(plan: TrainablePlan, recipe: Recipe, fmt: WeightFormat, upcast: bool) -> int:
+    """Bytes of the residual stream: under autocast the dtype of the stored embeddings and norms
+    (fp32 weights keep it fp32), otherwise the compute dtype."""
+    if not recipe.autocast:
+        return recipe.compute_bytes
+    if plan.mode == "full":
+        return recipe.trainable_weight_bytes
+    if fmt.family == "float":
+        return int(fmt.bits // 8)
+    return 4 if upcast else recipe.compute_bytes
+
+
 def activation_settings(spec: ModelSpec, recipe: Recipe, framework: Framework, fmt: WeightFormat,
-                        options: TrainingOptions, mode: str) -> ActivationSettings:
+                        options: TrainingOptions, plan: TrainablePlan, upcast: bool,
+                        any_quantized_base: bool = False) -> ActivationSettings:
+    """The saved-tensor facts of this run; ``any_quantized_base`` applies the framework's 4-bit-input
+    rule to every quantized base, not only bitsandbytes (used for the upper bound)."""
     attention_dropout, hidden_dropout = config_dropouts(spec)
+    lora = plan.mode in ("lora", "qlora")
+    quantized_family = fmt.family != "float" if any_quantized_base else fmt.family == "bnb"
     return ActivationSettings(
-        residual_bytes=recipe.residual_bytes, matmul_bytes=recipe.matmul_bytes,
+        residual_bytes=residual_bytes(plan, recipe, fmt, upcast), matmul_bytes=recipe.compute_bytes,
         norm_fp32_input=framework.norm_fp32_input, attention=options.attention, dropout_mask_bytes=1,
-        lora_dropout=options.lora_dropout if mode in ("lora", "qlora") else 0.0,
-        lora_dropout_per_module=framework.lora_dropout_per_module,
-        quantized_base_saves_input=mode == "qlora" and fmt.family == "bnb" and framework.quantized_base_saves_input,
-        attention_dropout=attention_dropout, hidden_dropout=hidden_dropout)
+        lora_dropout=options.lora_dropout if lora else 0.0, lora_dropout_per_module=framework.lora_dropout_per_module,
+        quantized_base_saves_input=plan.mode == "qlora" and quantized_family and framework.quantized_base_saves_input,
+        attention_dropout=attention_dropout, hidden_dropout=hidden_dropout, fused_qkv=framework.fused_qkv,
+        fused_gelu=framework.fused_gelu, softmax_saves_input=framework.softmax_saves_input)
+
+
+def activation_bounds(spec: ModelSpec, recipe: Recipe, framework: Framework, fmt: WeightFormat,
+                      options: TrainingOptions, plan: TrainablePlan, upcast: bool):
+    """(point, upper): the activations of this framework, and the largest over every framework profile
+    of the catalog (the implementations differ in fp32 norm copies, 4-bit layers keeping their input,
+    fused-qkv storage, Python GELU, softmax inputs): the safe bound covers whichever stack runs it."""
+    def run(profile: Framework, any_quantized: bool):
+        settings = activation_settings(spec, recipe, profile, fmt, options, plan, upcast, any_quantized)
+        return activation_memory(spec, settings, plan, checkpointing=options.grad_checkpointing,
+                                 offload=options.activation_offload), settings
+    point, settings = run(framework, False)
+    upper = point
+    for profile in load_catalog().frameworks.values():
+        upper = upper.upper(run(profile, True)[0])
+    return point, upper, settings
 
 
 def _seq_len(spec: ModelSpec, seq_len: int | None, warnings: list[str]) -> tuple[int, str]:
@@ -142,6 +185,23 @@ def _resident_tensors(spec: ModelSpec, plan: TrainablePlan, states_per_tensor: i
     weights = sum(g.count for g in spec.param_groups)
     trainable = sum(t.count for t in plan.tensors) * (1 + states_per_tensor)
     return weights + trainable + 12 * grad_layers
+
+
+def _state_segment_waste(plan: TrainablePlan, grad_bytes: int, param_bytes: int, optimizer, states,
+                         inputs: StateInputs) -> float:
+    """Segment waste of per-tensor gradients and optimizer states (unsharded layouts only: ZeRO and
+    FSDP keep them in flat buffers)."""
+    from planner.memory.weights import segment_waste
+
+    if states.gradients != inputs.trainable_params * grad_bytes:
+        return 0.0
+    waste = 0.0
+    for tensor in plan.tensors:
+        waste += segment_waste(tensor.numel * grad_bytes, tensor.count)
+        per_state = opt.tensor_state_bytes(optimizer, tensor.shape, param_bytes) / max(1, optimizer.state_tensors)
+        if per_state:
+            waste += optimizer.state_tensors * segment_waste(per_state, tensor.count)
+    return waste
 
 
 def estimate_training_memory(spec: ModelSpec, fmt: WeightFormat, mode: str = "lora", *, batch: int = 1,
@@ -164,10 +224,12 @@ def estimate_training_memory(spec: ModelSpec, fmt: WeightFormat, mode: str = "lo
     frozen = frozen_weights(spec, fmt, plan, framework, options)
     catalog = load_catalog()
     deepspeed = options.sharding in ("zero1", "zero2", "zero3")
-    param_bytes = recipe.trainable_weight_bytes
+    upcast = upcasts_unquantized(mode, fmt, framework)
+    param_bytes = trainable_param_bytes(plan, recipe, framework, fmt)
+    grad_bytes = recipe.gradient_bytes if mode in ("full", "freeze") else param_bytes
     inputs = StateInputs(
         trainable_params=plan.trainable_params, frozen_weight_bytes=frozen.quantized + frozen.unquantized,
-        param_bytes=param_bytes, grad_bytes=recipe.gradient_bytes, compute_bytes=recipe.compute_bytes,
+        param_bytes=param_bytes, grad_bytes=grad_bytes, compute_bytes=recipe.compute_bytes,
         states_at_param_dtype=opt.state_bytes(optimizer, plan.tensors, param_bytes),
         states_fp32=opt.state_bytes(optimizer, plan.tensors, 4), largest_layer_params=max(spec.layer_params()))
     states = shard_states(inputs, sharding=options.sharding, gpus=gpus, offload=options.offload,
@@ -181,24 +243,25 @@ def estimate_training_memory(spec: ModelSpec, fmt: WeightFormat, mode: str = "lo
     divisor = gpus if options.sharding in ("zero1", "zero2", "zero3", "fsdp") else 1
     temporaries = opt.step_temporary_bytes(optimizer, plan.tensors, 4 if deepspeed else param_bytes) / divisor \
         if on_gpu_step else 0.0
-    settings = activation_settings(spec, recipe, framework, fmt, options, mode)
-    acts = activation_memory(spec, settings, plan, checkpointing=options.grad_checkpointing,
-                             offload=options.activation_offload)
+    acts, acts_upper, settings = activation_bounds(spec, recipe, framework, fmt, options, plan, upcast)
     vocab = 0 if spec.architecture == "encoder" else spec.vocab_size
     loss = loss_memory(vocab=vocab, hidden=spec.hidden_size, impl=framework.loss, compute_bytes=recipe.compute_bytes,
+                       fp32_loss=framework.loss_upcast or recipe.autocast,
                        softcap=bool(spec.config.get("final_logit_softcapping")))
     dequant = frozen.weights.largest_quantized_tensor_params * recipe.compute_bytes if mode == "qlora" else 0.0
     step = StepInputs(
         plan=plan, recipe=recipe, optimizer=optimizer, fmt=fmt, weights=frozen.weights,
         frozen_quantized=frozen.quantized * frozen_share, frozen_unquantized=frozen.unquantized * frozen_share,
         states=states, step_temporaries=temporaries,
-        autocast_copies=autocast_copy_bytes(plan, recipe, frozen, upcasts_unquantized(mode, fmt, framework),
-                                            options.sharding), dequant_workspace=dequant,
-        activations=acts, loss=loss, grad_accum=options.grad_accum, optimizer_in_backward=options.optimizer_in_backward,
-        largest_grad=plan.largest_tensor * recipe.gradient_bytes, sharding=options.sharding, gpus=gpus,
+        autocast_copies=autocast_copy_bytes(plan, recipe, frozen, upcast, options.sharding, param_bytes),
+        dequant_workspace=dequant,
+        activations=acts, activations_upper=acts_upper, loss=loss, grad_accum=options.grad_accum, optimizer_in_backward=options.optimizer_in_backward,
+        largest_grad=plan.largest_tensor * grad_bytes, sharding=options.sharding, gpus=gpus,
         framework=framework.name, module_loading=options.cuda_module_loading,
         compute_capability=gpu.compute_capability_tuple if gpu is not None else None,
-        resident_tensors=_resident_tensors(spec, plan, optimizer.state_tensors, acts.grad_layers))
+        resident_tensors=_resident_tensors(spec, plan, optimizer.state_tensors, acts.grad_layers),
+        activation_segment_waste=acts.segment_waste(batch, seq, options.grad_checkpointing),
+        state_segment_waste=_state_segment_waste(plan, grad_bytes, param_bytes, optimizer, states, inputs))
     raw = step_terms(step)
     phases = list(PHASES)
     totals = phase_totals(raw, phases, batch=batch, prompt=seq, total=seq, window=None)
@@ -214,6 +277,7 @@ def estimate_training_memory(spec: ModelSpec, fmt: WeightFormat, mode: str = "lo
     assumptions = {
         **options.as_dict(), "precision": fmt.name, "seq_len_note": seq_note, "recipe": recipe.description,
         "framework_profile": framework.description, "loss_implementation": framework.loss,
+        "trainable_bytes_per_param": param_bytes, "residual_stream_bytes": settings.residual_bytes,
         "micro_batch_per_gpu": batch, "effective_batch": batch * options.grad_accum * (
             gpus if options.sharding != "none" else 1),
         "first_layer_with_gradients": plan.first_grad_layer, "dropout_mask": "1-byte bool (CUDA native_dropout)",

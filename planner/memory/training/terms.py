@@ -23,7 +23,7 @@ from planner.memory.engines import get_engine
 from planner.memory.overhead import allocator_slack_term, cublas_workspace_term, cuda_context_term, nccl_term
 from planner.memory.phases import Coeffs, PhaseSpec, RawTerm
 from planner.memory.training.activation_memory import ActivationMemory
-from planner.memory.training.catalog import Optimizer, Recipe
+from planner.memory.training.catalog import Optimizer, Recipe, load_catalog
 from planner.memory.training.logits import LossMemory
 from planner.memory.training.sharding import ShardedStates
 from planner.memory.training.trainable import TrainablePlan
@@ -57,6 +57,7 @@ class StepInputs:
     autocast_copies: float
     dequant_workspace: float
     activations: ActivationMemory
+    activations_upper: ActivationMemory
     loss: LossMemory
     grad_accum: int
     optimizer_in_backward: bool
@@ -67,6 +68,8 @@ class StepInputs:
     module_loading: str
     compute_capability: tuple[int, int] | None
     resident_tensors: int
+    activation_segment_waste: float
+    state_segment_waste: float
 
 
 def _const(key: str, label: str, value: float, phases: frozenset[str], formula: str, source: str,
@@ -133,16 +136,18 @@ def state_terms(s: StepInputs) -> list[RawTerm]:
 
 
 def activation_terms(s: StepInputs) -> list[RawTerm]:
-    a, terms = s.activations, []
+    a, up, terms = s.activations, s.activations_upper, []
     ckpt = "checkpointed layer inputs" if a.recompute_per_token else "saved tensors"
     terms.append(RawTerm("activations", f"activations: {ckpt} of {a.grad_layers} layers", Coeffs(
         per_token=a.stored_per_token, per_token_sq=a.stored_per_token_sq), formula="batch x s x (per-token bytes of "
         "all layers + s x per-token-squared bytes of eager attention)", source=ACTIVATION_SOURCE,
-        phases=FORWARD_BACKWARD, tokens="total", inputs={"bytes_per_token_per_layer": round(a.layer_per_token, 1)}))
+        phases=FORWARD_BACKWARD, tokens="total", inputs={"bytes_per_token_per_layer": round(a.layer_per_token, 1)},
+        upper=Coeffs(per_token=up.stored_per_token, per_token_sq=up.stored_per_token_sq)))
     if a.recompute_per_token or a.recompute_per_token_sq:
         terms.append(RawTerm("activations", "one layer recomputed for backward (checkpointing)", Coeffs(
             per_token=a.recompute_per_token, per_token_sq=a.recompute_per_token_sq), formula="one layer's saved tensors",
-            source="Chen et al. 2016; transformers gradient checkpointing", phases=frozenset({BACKWARD}), tokens="total"))
+            source="Chen et al. 2016; transformers gradient checkpointing", phases=frozenset({BACKWARD}), tokens="total",
+            upper=Coeffs(per_token=up.recompute_per_token, per_token_sq=up.recompute_per_token_sq)))
     if a.workspace_per_token:
         upper = max(a.workspace_per_token, a.layer_per_token)
         terms.append(RawTerm("activations", "gradient workspace of the layer in backward", Coeffs(
@@ -169,11 +174,28 @@ def runtime_terms(s: StepInputs) -> list[RawTerm]:
     nccl = nccl_term(min(s.gpus, 8), ALL) if s.gpus > 1 else None
     if nccl is not None:
         terms.append(replace(nccl, label=f"NCCL communicator buffers ({s.gpus} GPUs, data parallel)"))
-    # Blocks the loss freed are cached; in the worst case backward and step cannot reuse them.
-    unreused = Coeffs(per_seq=s.loss.per_seq, per_token=s.loss.per_token)
-    terms.append(allocator_slack_term(s.resident_tensors, frozenset({LOSS})))
-    terms.append(replace(allocator_slack_term(s.resident_tensors, frozenset({BACKWARD, STEP}), unreused=unreused),
-                         tokens="total"))
+    terms.append(allocator_slack_term(s.weights.allocator_waste, ALL))
+    # Segment packing of same-size tensors (planner.memory.weights.segment_waste) assumes no mixing of sizes
+    # within a 20 MiB segment, so it bounds the waste from above: it only feeds the safe bound.
+    waste = s.state_segment_waste + s.activation_segment_waste
+    if waste:
+        terms.append(RawTerm("allocator_reserve", "allocator segments of gradients, states and activations (upper "
+                             "bound only)", Coeffs(), formula="segment_waste per tensor size x count",
+                             source="PyTorch CUDACachingAllocator.cpp segment sizes (planner.memory.weights."
+                             "segment_waste)", phases=FORWARD_BACKWARD, counted_in="reserved",
+                             upper=Coeffs(const=waste)))
+    allocator = load_catalog().allocator
+    live = s.activations_upper.live_tensors + len(s.plan.tensors)
+    terms.append(RawTerm("allocator_reserve", "whole cached blocks handed to saved tensors (upper bound only)",
+                         Coeffs(), formula=f"{allocator.unsplit_remainder_mib:g} MiB x live saved tensors",
+                         source=allocator.source, phases=FORWARD_BACKWARD, inputs={"live_tensors": live},
+                         upper=Coeffs(const=live * allocator.unsplit_remainder_mib * 2**20)))
+    if s.loss.per_token or s.loss.per_seq:
+        terms.append(RawTerm("allocator_reserve", "logits blocks freed after the loss, still cached (upper bound only)",
+                             Coeffs(), formula="the loss phase's logits bytes", source="PyTorch caching allocator: "
+                             "freed blocks stay reserved; backward and step may not fit their requests into them",
+                             phases=frozenset({BACKWARD, STEP}), tokens="total", counted_in="reserved",
+                             upper=Coeffs(per_token=s.loss.per_token, per_seq=s.loss.per_seq)))
     return terms
 
 
