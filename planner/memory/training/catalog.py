@@ -77,6 +77,7 @@ class DeepSpeedConstants(BaseModel):
     additional_buffer_factor: float = Field(gt=0)
     reduce_bucket_size: int = Field(gt=0)
     overlap_comm_stage12: bool
+    stage3_max_live_parameters: int = Field(gt=0)
     source: str
 
 

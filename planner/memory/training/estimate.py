@@ -21,7 +21,7 @@ from planner.memory.training import optimizers as opt
 from planner.memory.training.activation_memory import activation_memory
 from planner.memory.training.activations import ActivationSettings, config_dropouts
 from planner.memory.training.catalog import Framework, Recipe, get_framework, get_optimizer, get_recipe, load_catalog
-from planner.memory.training.logits import loss_memory
+from planner.memory.training.logits import LITGPT_CHUNK_TOKENS, loss_memory
 from planner.memory.training.options import TrainingOptions, training_options
 from planner.memory.training.sharding import StateInputs, shard_states, validate
 from planner.memory.training.terms import PHASES, StepInputs, step_terms
@@ -94,11 +94,13 @@ def upcasts_unquantized(mode: str, fmt: WeightFormat, framework: Framework) -> b
 
 
 def autocast_copy_bytes(plan: TrainablePlan, recipe: Recipe, frozen: _Frozen, upcast: bool, sharding: str,
-                        adapter_bytes: int) -> float:
+                        adapter_bytes: int, lm_head_calls: int) -> float:
     """16-bit copies autocast makes of wider Linear weights in layers gradients flow through.
 
-    Each matmul casts its fp32 weight; the copy is saved for backward (to compute the input gradient)
-    whether the weight is trained or frozen, so all copies are alive when backward starts.
+    Each matmul casts its fp32 weight and the copy is saved for backward (to compute the input
+    gradient), trained or frozen, so all copies are alive when backward starts. autocast caches the
+    cast only for leaf tensors that require grad; a frozen weight called several times (LitGPT's
+    chunked lm_head: one call per 128-token chunk) leaves one saved copy per call.
     """
     if not recipe.autocast or sharding not in ("none", "ddp"):
         return 0.0
@@ -110,10 +112,16 @@ def autocast_copy_bytes(plan: TrainablePlan, recipe: Recipe, frozen: _Frozen, up
         trained = plan.mode == "full" or (plan.mode == "freeze" and set(group.layers) & plan.trainable_layers)
         stored = recipe.trainable_weight_bytes if trained else item.bytes / group.params * (2 if upcast else 1)
         if stored > recipe.compute_bytes:
-            total += group.params * recipe.compute_bytes
+            calls = lm_head_calls if group.role == "lm_head" and not trained else 1
+            total += group.params * recipe.compute_bytes * calls
     if plan.mode in ("lora", "qlora") and adapter_bytes > recipe.compute_bytes:
         total += plan.trainable_params * recipe.compute_bytes
     return total
+
+
+def lm_head_calls(loss_impl: str, batch: int, seq_len: int) -> int:
+    """How many times the output layer runs per micro-batch (LitGPT splits the sequence into 128-token chunks)."""
+    return -(-seq_len // LITGPT_CHUNK_TOKENS) if loss_impl == "chunked-128" else 1
 
 
 def trainable_param_bytes(plan: TrainablePlan, recipe: Recipe, framework: Framework, fmt: WeightFormat) -> int:
@@ -187,6 +195,13 @@ def _resident_tensors(spec: ModelSpec, plan: TrainablePlan, states_per_tensor: i
     return weights + trainable + 12 * grad_layers
 
 
+def largest_module_params(spec: ModelSpec) -> int:
+    """DeepSpeed's largest_layer_params: the largest module ZeRO-3 gathers at once (a decoder layer, or the
+    embedding / output layer when it is bigger)."""
+    outside = [g.params_each for g in spec.param_groups if not g.layers]
+    return max([*spec.layer_params(), *outside])
+
+
 def _state_segment_waste(plan: TrainablePlan, grad_bytes: int, param_bytes: int, optimizer, states,
                          inputs: StateInputs) -> float:
     """Segment waste of per-tensor gradients and optimizer states (unsharded layouts only: ZeRO and
@@ -231,18 +246,21 @@ def estimate_training_memory(spec: ModelSpec, fmt: WeightFormat, mode: str = "lo
         trainable_params=plan.trainable_params, frozen_weight_bytes=frozen.quantized + frozen.unquantized,
         param_bytes=param_bytes, grad_bytes=grad_bytes, compute_bytes=recipe.compute_bytes,
         states_at_param_dtype=opt.state_bytes(optimizer, plan.tensors, param_bytes),
-        states_fp32=opt.state_bytes(optimizer, plan.tensors, 4), largest_layer_params=max(spec.layer_params()))
+        states_fp32=opt.state_bytes(optimizer, plan.tensors, 4), largest_layer_params=largest_module_params(spec),
+        total_params=spec.params.total)
     states = shard_states(inputs, sharding=options.sharding, gpus=gpus, offload=options.offload,
                           gpus_per_node=options.gpus_per_node,
                           buffer_factor=catalog.deepspeed.additional_buffer_factor,
                           bucket_elements=options.zero_bucket_elements or catalog.deepspeed.reduce_bucket_size,
                           overlap_comm=catalog.deepspeed.overlap_comm_stage12 if options.overlap_comm is None
-                          else options.overlap_comm)
+                          else options.overlap_comm,
+                          max_live_parameters=catalog.deepspeed.stage3_max_live_parameters)
     frozen_share = states.frozen_weights / inputs.frozen_weight_bytes if inputs.frozen_weight_bytes else 0.0
     on_gpu_step = options.offload == "none"
-    divisor = gpus if options.sharding in ("zero1", "zero2", "zero3", "fsdp") else 1
-    temporaries = opt.step_temporary_bytes(optimizer, plan.tensors, 4 if deepspeed else param_bytes) / divisor \
-        if on_gpu_step else 0.0
+    divisor = gpus if options.sharding == "fsdp" else 1
+    # DeepSpeed steps with its own fused Adam kernels (no temporaries); torch optimizers as catalogued.
+    temporaries = 0.0 if deepspeed or not on_gpu_step else \
+        opt.step_temporary_bytes(optimizer, plan.tensors, param_bytes) / divisor
     acts, acts_upper, settings = activation_bounds(spec, recipe, framework, fmt, options, plan, upcast)
     vocab = 0 if spec.architecture == "encoder" else spec.vocab_size
     loss = loss_memory(vocab=vocab, hidden=spec.hidden_size, impl=framework.loss, compute_bytes=recipe.compute_bytes,
@@ -253,7 +271,8 @@ def estimate_training_memory(spec: ModelSpec, fmt: WeightFormat, mode: str = "lo
         plan=plan, recipe=recipe, optimizer=optimizer, fmt=fmt, weights=frozen.weights,
         frozen_quantized=frozen.quantized * frozen_share, frozen_unquantized=frozen.unquantized * frozen_share,
         states=states, step_temporaries=temporaries,
-        autocast_copies=autocast_copy_bytes(plan, recipe, frozen, upcast, options.sharding, param_bytes),
+        autocast_copies=autocast_copy_bytes(plan, recipe, frozen, upcast, options.sharding, param_bytes,
+                                            lm_head_calls(framework.loss, batch, seq)),
         dequant_workspace=dequant,
         activations=acts, activations_upper=acts_upper, loss=loss, grad_accum=options.grad_accum, optimizer_in_backward=options.optimizer_in_backward,
         largest_grad=plan.largest_tensor * grad_bytes, sharding=options.sharding, gpus=gpus,

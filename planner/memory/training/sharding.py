@@ -22,7 +22,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from planner.errors import InvalidRequestError
@@ -44,6 +44,7 @@ class StateInputs:
     states_at_param_dtype: float
     states_fp32: float
     largest_layer_params: int
+    total_params: int = 0
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class ShardedStates:
     host: float
     formulas: dict[str, str] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    buffers_upper: float | None = None
 
 
 def validate(sharding: str, gpus: int, offload: str) -> list[str]:
@@ -86,7 +88,7 @@ def validate(sharding: str, gpus: int, offload: str) -> list[str]:
 
 def shard_states(inputs: StateInputs, *, sharding: str, gpus: int, offload: str = "none", gpus_per_node: int = 8,
                  buffer_factor: float = 1.5, bucket_elements: int = 500_000_000,
-                 overlap_comm: bool = False) -> ShardedStates:
+                 overlap_comm: bool = False, max_live_parameters: int = 1_000_000_000) -> ShardedStates:
     """Per-GPU model states for ``sharding`` over ``gpus`` (see the module docstring)."""
     validate(sharding, gpus, offload)
     n, p = gpus, inputs.trainable_params
@@ -98,8 +100,12 @@ def shard_states(inputs: StateInputs, *, sharding: str, gpus: int, offload: str 
                              {"gradients": "P x grad_bytes", "buffers": "DDP buckets = P x grad_bytes"})
     if sharding == "fsdp":
         return _fsdp(inputs, n, offload)
-    return _zero(inputs, int(sharding[-1]), n, offload, max(1, -(-n // gpus_per_node)), min(n, gpus_per_node),
-                 buffer_factor, bucket_elements, overlap_comm)
+    states = _zero(inputs, int(sharding[-1]), n, offload, max(1, -(-n // gpus_per_node)), min(n, gpus_per_node),
+                   buffer_factor, bucket_elements, overlap_comm)
+    if sharding == "zero3":  # up to stage3_max_live_parameters gathered 16-bit parameters stay resident
+        resident = min(max_live_parameters, inputs.total_params or max_live_parameters) * inputs.compute_bytes
+        return replace(states, buffers_upper=max(states.buffers, resident))
+    return states
 
 
 def _zero(inputs: StateInputs, stage: int, n: int, offload: str, nodes: int, per_node: int, factor: float,

@@ -129,9 +129,11 @@ def state_terms(s: StepInputs) -> list[RawTerm]:
     if st.buffers:
         phases = {"ddp": ALL, "zero1": frozenset({BACKWARD}), "zero2": frozenset({BACKWARD})}.get(
             s.sharding, FORWARD_BACKWARD)
+        upper = Coeffs(const=st.buffers_upper) if st.buffers_upper is not None else None
         terms.append(_const("communication_buffers", f"{s.sharding} buffers", st.buffers, phases,
                             st.formulas.get("buffers", ""), "torch DDP docs (gradient_as_bucket_view); DeepSpeed "
-                            "stage_1_and_2.py ipg_buffer / stage3 estimator; FSDP FULL_SHARD unit all-gather"))
+                            "stage_1_and_2.py ipg_buffer / stage3 estimator (upper: stage3_max_live_parameters "
+                            "gathered); FSDP FULL_SHARD unit all-gather", upper=upper))
     return terms
 
 
