@@ -1,6 +1,7 @@
 """Accuracy of fitplan's memory estimates on published measurements.
 
-Runs the estimator over ../shared/calibration/public_memory_measurements.csv and prints, per source
+Runs the estimator over benchmarks/data/public_memory_measurements.csv (published measurements, see
+public_memory_measurements.md for their sources) and prints, per source
 group and overall, the median and p90 absolute % error of the point estimate, the share of rows where
 the safe bound is >= the measurement, and the median safe/measured ratio, next to two baselines:
 
@@ -37,7 +38,7 @@ from planner.memory.result import GIB  # noqa: E402
 
 import training_rows  # noqa: E402  (benchmarks/training_rows.py: fine-tuning evaluators)
 
-DEFAULT_CSV = ROOT.parent / "shared" / "calibration" / "public_memory_measurements.csv"
+DEFAULT_CSV = ROOT / "benchmarks" / "data" / "public_memory_measurements.csv"
 MODELS_FILE = ROOT / "benchmarks" / "data" / "calibration_models.json"
 GB = 1e9
 

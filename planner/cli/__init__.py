@@ -12,11 +12,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from planner.cli import estimate as _estimate
+from planner.cli import fits as _fits
 from planner.cli import hardware as _hardware
 from planner.cli import models as _models
+from planner.cli import size as _size
 
 # Order = order in `fitplan --help`. Each command module is appended here.
-COMMAND_MODULES: list = [_hardware, _models]
+COMMAND_MODULES: list = [_hardware, _models, _estimate, _fits, _size]
 
 EXIT_USER_ERROR = 2
 

@@ -118,8 +118,13 @@ class PreparedInference:
 def prepare_inference(model: Any, precision: str | WeightFormat = "bf16", *, batch: int = 1,
                       seq_len: int | None = None, prompt_len: int | None = None, new_tokens: int | None = None,
                       engine: str = "hf", gpus: int = 1, kv_dtype: str | KVDtype | None = None, gpu: Any = None,
-                      check_support: bool = True, **options: Any) -> PreparedInference:
-    """Validate an inference request and build its plan (raises FitplanError subclasses)."""
+                      check_support: bool = True, split: tuple[int, int] | None = None,
+                      **options: Any) -> PreparedInference:
+    """Validate an inference request and build its plan (raises FitplanError subclasses).
+
+    ``split=(tp, pp)`` sets tensor and pipeline sizes together (cluster sizing); otherwise ``gpus``
+    is split the engine's way (or ``parallel=``).
+    """
     spec: ModelSpec = get_model(model)
     fmt = get_format(precision)
     profile = get_engine(engine)
@@ -145,7 +150,7 @@ def prepare_inference(model: Any, precision: str | WeightFormat = "bf16", *, bat
     if kv_ok.supported is False:
         raise UnsupportedError(f"{kv_ok.reason}.")
     parallel = opts.parallel or profile.parallel_default
-    tp, pp = (gpus, 1) if parallel == "tensor" else (1, gpus)
+    tp, pp = split if split is not None else ((gpus, 1) if parallel == "tensor" else (1, gpus))
     if tp > 1:
         require_tensor_parallel(spec, tp)
     if pp > spec.total_layers:
