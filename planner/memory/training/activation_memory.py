@@ -66,15 +66,22 @@ class ActivationMemory:
             "workspace_per_token", "live_tensors")}
         return replace(self, **larger)
 
-    def segment_waste(self, batch: int, seq_len: int, checkpointing: str) -> float:
-        """Caching-allocator bytes reserved beyond the stored tensors (planner.memory.weights.segment_waste)."""
-        from planner.memory.weights import segment_waste
-
+    def tensor_sizes(self, batch: int, seq_len: int, checkpointing: str) -> dict[float, float]:
+        """``{bytes: count}`` of the stored tensors (for planner.memory.weights.allocator_waste)."""
         tokens = batch * seq_len
+        sizes: dict[float, float] = {}
+
+        def add(size: float, count: float) -> None:
+            if size > 0:
+                sizes[size] = sizes.get(size, 0) + count
         if checkpointing == "full":
-            return segment_waste(self.checkpoint_per_token * tokens, self.grad_layers) + sum(
-                segment_waste(t * tokens, 1) for t in self.layer_tensors_per_token)
-        return sum(segment_waste(t * tokens, self.grad_layers) for t in self.layer_tensors_per_token)
+            add(self.checkpoint_per_token * tokens, self.grad_layers)
+            for per_token in self.layer_tensors_per_token:
+                add(per_token * tokens, 1)
+        else:
+            for per_token in self.layer_tensors_per_token:
+                add(per_token * tokens, self.grad_layers)
+        return sizes
 
     def backward_peak(self, batch: int, seq_len: int) -> float:
         """Stored tensors + the recomputed layer + that layer's gradient workspace."""

@@ -69,6 +69,7 @@ class Framework(_Entry):
     fused_qkv: bool
     fused_gelu: bool
     softmax_saves_input: bool
+    dequantized_weight_saved: bool
 
 
 class DeepSpeedConstants(BaseModel):

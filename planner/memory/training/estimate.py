@@ -27,7 +27,7 @@ from planner.memory.training.sharding import StateInputs, shard_states, validate
 from planner.memory.training.terms import PHASES, StepInputs, step_terms
 from planner.memory.training.throughput import training_flops_per_token, training_time
 from planner.memory.training.trainable import TrainablePlan, plan_trainable
-from planner.memory.weights import WeightBytes, weight_bytes
+from planner.memory.weights import WeightBytes, allocator_waste, weight_bytes
 from planner.models.spec import ModelSpec
 
 DEFAULT_TRAIN_SEQ_LEN = 2048
@@ -115,8 +115,22 @@ def autocast_copy_bytes(plan: TrainablePlan, recipe: Recipe, frozen: _Frozen, up
             calls = lm_head_calls if group.role == "lm_head" and not trained else 1
             total += group.params * recipe.compute_bytes * calls
     if plan.mode in ("lora", "qlora") and adapter_bytes > recipe.compute_bytes:
-        total += plan.trainable_params * recipe.compute_bytes
+        total += (plan.trainable_params - plan.trainable_copy_params) * recipe.compute_bytes
     return total
+
+
+def saved_dequantized_bytes(spec: ModelSpec, frozen: _Frozen, plan: TrainablePlan, recipe: Recipe,
+                            checkpointing: str) -> float:
+    """Dequantized weights autograd keeps when the 4-bit matmul is plain PyTorch: one layer's worth under
+    full checkpointing (the recomputed layer), every layer's otherwise."""
+    per_layer = [0.0] * spec.num_layers
+    for item in frozen.weights.groups:
+        group = item.group
+        if item.quantized and group.layers:
+            for index in group.layers:
+                per_layer[index] += group.params / len(group.layers) * recipe.compute_bytes
+    grad_layers = per_layer[plan.first_grad_layer:]
+    return max(grad_layers, default=0.0) if checkpointing == "full" else sum(grad_layers)
 
 
 def lm_head_calls(loss_impl: str, batch: int, seq_len: int) -> int:
@@ -124,13 +138,16 @@ def lm_head_calls(loss_impl: str, batch: int, seq_len: int) -> int:
     return -(-seq_len // LITGPT_CHUNK_TOKENS) if loss_impl == "chunked-128" else 1
 
 
-def trainable_param_bytes(plan: TrainablePlan, recipe: Recipe, framework: Framework, fmt: WeightFormat) -> int:
-    """Bytes per trainable parameter: the recipe's for full/freeze; adapters per the framework."""
+def trainable_param_bytes(plan: TrainablePlan, recipe: Recipe, framework: Framework, fmt: WeightFormat,
+                          upcast: bool) -> tuple[int, int]:
+    """(adapter or trainable-weight bytes, bytes of trainable embedding copies).
+
+    Full/freeze: the recipe's storage. LoRA adapters: fp32 or the base's float dtype per the framework.
+    peft ``modules_to_save`` deep-copies the module, so copies keep the dtype of the original."""
     if plan.mode in ("full", "freeze"):
-        return recipe.trainable_weight_bytes
-    if framework.adapter_dtype == "fp32":
-        return 4
-    return int(fmt.bits // 8) if fmt.family == "float" else recipe.compute_bytes
+        return recipe.trainable_weight_bytes, recipe.trainable_weight_bytes
+    base = int(fmt.bits // 8) if fmt.family == "float" else (4 if upcast else recipe.compute_bytes)
+    return (4 if framework.adapter_dtype == "fp32" else base), base
 
 
 def residual_bytes(plan: TrainablePlan, recipe: Recipe, fmt: WeightFormat, upcast: bool) -> int:
@@ -202,21 +219,20 @@ def largest_module_params(spec: ModelSpec) -> int:
     return max([*spec.layer_params(), *outside])
 
 
-def _state_segment_waste(plan: TrainablePlan, grad_bytes: int, param_bytes: int, optimizer, states,
-                         inputs: StateInputs) -> float:
-    """Segment waste of per-tensor gradients and optimizer states (unsharded layouts only: ZeRO and
+def _state_tensor_sizes(plan: TrainablePlan, grad_bytes: int, param_bytes: int, optimizer, states,
+                        inputs: StateInputs) -> dict[float, float]:
+    """``{bytes: count}`` of per-tensor gradients and optimizer states (unsharded layouts only: ZeRO and
     FSDP keep them in flat buffers)."""
-    from planner.memory.weights import segment_waste
-
+    sizes: dict[float, float] = {}
     if states.gradients != inputs.trainable_params * grad_bytes:
-        return 0.0
-    waste = 0.0
+        return sizes
     for tensor in plan.tensors:
-        waste += segment_waste(tensor.numel * grad_bytes, tensor.count)
         per_state = opt.tensor_state_bytes(optimizer, tensor.shape, param_bytes) / max(1, optimizer.state_tensors)
-        if per_state:
-            waste += optimizer.state_tensors * segment_waste(per_state, tensor.count)
-    return waste
+        for size, count in ((tensor.numel * grad_bytes, tensor.count),
+                            (per_state, tensor.count * optimizer.state_tensors)):
+            if size:
+                sizes[size] = sizes.get(size, 0) + count
+    return sizes
 
 
 def estimate_training_memory(spec: ModelSpec, fmt: WeightFormat, mode: str = "lora", *, batch: int = 1,
@@ -240,12 +256,17 @@ def estimate_training_memory(spec: ModelSpec, fmt: WeightFormat, mode: str = "lo
     catalog = load_catalog()
     deepspeed = options.sharding in ("zero1", "zero2", "zero3")
     upcast = upcasts_unquantized(mode, fmt, framework)
-    param_bytes = trainable_param_bytes(plan, recipe, framework, fmt)
+    adapter_bytes, copy_bytes = trainable_param_bytes(plan, recipe, framework, fmt, upcast)
+    adapters, copies = plan.adapter_tensors, plan.copy_tensors
+    copy_params = plan.trainable_copy_params
+    trainable = max(1, plan.trainable_params)
+    param_bytes = (adapter_bytes * (plan.trainable_params - copy_params) + copy_bytes * copy_params) / trainable
     grad_bytes = recipe.gradient_bytes if mode in ("full", "freeze") else param_bytes
     inputs = StateInputs(
         trainable_params=plan.trainable_params, frozen_weight_bytes=frozen.quantized + frozen.unquantized,
         param_bytes=param_bytes, grad_bytes=grad_bytes, compute_bytes=recipe.compute_bytes,
-        states_at_param_dtype=opt.state_bytes(optimizer, plan.tensors, param_bytes),
+        states_at_param_dtype=opt.state_bytes(optimizer, adapters, adapter_bytes)
+        + opt.state_bytes(optimizer, copies, copy_bytes),
         states_fp32=opt.state_bytes(optimizer, plan.tensors, 4), largest_layer_params=largest_module_params(spec),
         total_params=spec.params.total)
     states = shard_states(inputs, sharding=options.sharding, gpus=gpus, offload=options.offload,
@@ -260,27 +281,31 @@ def estimate_training_memory(spec: ModelSpec, fmt: WeightFormat, mode: str = "lo
     divisor = gpus if options.sharding == "fsdp" else 1
     # DeepSpeed steps with its own fused Adam kernels (no temporaries); torch optimizers as catalogued.
     temporaries = 0.0 if deepspeed or not on_gpu_step else \
-        opt.step_temporary_bytes(optimizer, plan.tensors, param_bytes) / divisor
+        (opt.step_temporary_bytes(optimizer, adapters, adapter_bytes)
+         + opt.step_temporary_bytes(optimizer, copies, copy_bytes)) / divisor
     acts, acts_upper, settings = activation_bounds(spec, recipe, framework, fmt, options, plan, upcast)
     vocab = 0 if spec.architecture == "encoder" else spec.vocab_size
     loss = loss_memory(vocab=vocab, hidden=spec.hidden_size, impl=framework.loss, compute_bytes=recipe.compute_bytes,
                        fp32_loss=framework.loss_upcast or recipe.autocast,
                        softcap=bool(spec.config.get("final_logit_softcapping")))
     dequant = frozen.weights.largest_quantized_tensor_params * recipe.compute_bytes if mode == "qlora" else 0.0
+    saved_dequant = saved_dequantized_bytes(spec, frozen, plan, recipe, options.grad_checkpointing) \
+        if mode == "qlora" and framework.dequantized_weight_saved else 0.0
     step = StepInputs(
         plan=plan, recipe=recipe, optimizer=optimizer, fmt=fmt, weights=frozen.weights,
         frozen_quantized=frozen.quantized * frozen_share, frozen_unquantized=frozen.unquantized * frozen_share,
         states=states, step_temporaries=temporaries,
-        autocast_copies=autocast_copy_bytes(plan, recipe, frozen, upcast, options.sharding, param_bytes,
+        autocast_copies=autocast_copy_bytes(plan, recipe, frozen, upcast, options.sharding, adapter_bytes,
                                             lm_head_calls(framework.loss, batch, seq)),
-        dequant_workspace=dequant,
+        dequant_workspace=dequant, saved_dequantized=saved_dequant,
         activations=acts, activations_upper=acts_upper, loss=loss, grad_accum=options.grad_accum, optimizer_in_backward=options.optimizer_in_backward,
         largest_grad=plan.largest_tensor * grad_bytes, sharding=options.sharding, gpus=gpus,
         framework=framework.name, module_loading=options.cuda_module_loading,
         compute_capability=gpu.compute_capability_tuple if gpu is not None else None,
         resident_tensors=_resident_tensors(spec, plan, optimizer.state_tensors, acts.grad_layers),
-        activation_segment_waste=acts.segment_waste(batch, seq, options.grad_checkpointing),
-        state_segment_waste=_state_segment_waste(plan, grad_bytes, param_bytes, optimizer, states, inputs))
+        activation_segment_waste=allocator_waste(acts.tensor_sizes(batch, seq, options.grad_checkpointing)),
+        state_segment_waste=allocator_waste(_state_tensor_sizes(plan, grad_bytes, adapter_bytes, optimizer, states,
+                                                                inputs)))
     raw = step_terms(step)
     phases = list(PHASES)
     totals = phase_totals(raw, phases, batch=batch, prompt=seq, total=seq, window=None)
@@ -296,7 +321,7 @@ def estimate_training_memory(spec: ModelSpec, fmt: WeightFormat, mode: str = "lo
     assumptions = {
         **options.as_dict(), "precision": fmt.name, "seq_len_note": seq_note, "recipe": recipe.description,
         "framework_profile": framework.description, "loss_implementation": framework.loss,
-        "trainable_bytes_per_param": param_bytes, "residual_stream_bytes": settings.residual_bytes,
+        "trainable_bytes_per_param": round(param_bytes, 3), "residual_stream_bytes": settings.residual_bytes,
         "micro_batch_per_gpu": batch, "effective_batch": batch * options.grad_accum * (
             gpus if options.sharding != "none" else 1),
         "first_layer_with_gradients": plan.first_grad_layer, "dropout_mask": "1-byte bool (CUDA native_dropout)",

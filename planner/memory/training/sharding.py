@@ -38,8 +38,8 @@ class StateInputs:
 
     trainable_params: int
     frozen_weight_bytes: float
-    param_bytes: int
-    grad_bytes: int
+    param_bytes: float
+    grad_bytes: float
     compute_bytes: int
     states_at_param_dtype: float
     states_fp32: float

@@ -56,6 +56,7 @@ class StepInputs:
     step_temporaries: float
     autocast_copies: float
     dequant_workspace: float
+    saved_dequantized: float
     activations: ActivationMemory
     activations_upper: ActivationMemory
     loss: LossMemory
@@ -160,6 +161,12 @@ def activation_terms(s: StepInputs) -> list[RawTerm]:
         terms.append(_const("activations", "dequantized weight of the largest 4-bit Linear (transient)",
                             s.dequant_workspace, frozenset({BACKWARD}), "largest quantized params x compute bytes",
                             "bitsandbytes MatMul4Bit / GPTQ dequantize the weight for each matmul in forward and backward"))
+    if s.saved_dequantized:
+        phases = frozenset({BACKWARD}) if s.activations.recompute_per_token else FORWARD_BACKWARD
+        terms.append(_const("activations", "dequantized 4-bit weights saved for backward", s.saved_dequantized,
+                            phases, "quantized Linear params of the layers holding saved tensors x compute bytes",
+                            "torch.matmul on a dequantized weight saves the weight for the input gradient "
+                            "(auto-gptq QuantLinear without the exllama kernel)"))
     if s.loss.per_token or s.loss.per_seq:
         terms.append(RawTerm("logits", "logits and cross-entropy", Coeffs(per_seq=s.loss.per_seq,
                                                                             per_token=s.loss.per_token),
@@ -177,14 +184,14 @@ def runtime_terms(s: StepInputs) -> list[RawTerm]:
     if nccl is not None:
         terms.append(replace(nccl, label=f"NCCL communicator buffers ({s.gpus} GPUs, data parallel)"))
     terms.append(allocator_slack_term(s.weights.allocator_waste, ALL))
-    # Segment packing of same-size tensors (planner.memory.weights.segment_waste) assumes no mixing of sizes
-    # within a 20 MiB segment, so it bounds the waste from above: it only feeds the safe bound.
+    # Segment packing of same-size tensors (planner.memory.weights.allocator_waste) assumes no mixing of
+    # sizes within a 20 MiB segment, so it bounds the waste from above: it only feeds the safe bound.
     waste = s.state_segment_waste + s.activation_segment_waste
     if waste:
         terms.append(RawTerm("allocator_reserve", "allocator segments of gradients, states and activations (upper "
                              "bound only)", Coeffs(), formula="segment_waste per tensor size x count",
                              source="PyTorch CUDACachingAllocator.cpp segment sizes (planner.memory.weights."
-                             "segment_waste)", phases=FORWARD_BACKWARD, counted_in="reserved",
+                             "allocator_waste)", phases=FORWARD_BACKWARD, counted_in="reserved",
                              upper=Coeffs(const=waste)))
     allocator = load_catalog().allocator
     live = s.activations_upper.live_tensors + len(s.plan.tensors)
@@ -192,15 +199,29 @@ def runtime_terms(s: StepInputs) -> list[RawTerm]:
                          Coeffs(), formula=f"{allocator.unsplit_remainder_mib:g} MiB x live saved tensors",
                          source=allocator.source, phases=FORWARD_BACKWARD, inputs={"live_tensors": live},
                          upper=Coeffs(const=live * allocator.unsplit_remainder_mib * 2**20)))
-    if s.loss.per_token or s.loss.per_seq:
-        terms.append(RawTerm("allocator_reserve", "logits blocks freed after the loss, still cached (upper bound only)",
-                             Coeffs(), formula="the loss phase's logits bytes", source="PyTorch caching allocator: "
-                             "freed blocks stay reserved; backward and step may not fit their requests into them",
-                             phases=frozenset({BACKWARD, STEP}), tokens="total", counted_in="reserved",
-                             upper=Coeffs(per_token=s.loss.per_token, per_seq=s.loss.per_seq)))
     return terms
+
+
+def cached_block_terms(terms: list[RawTerm]) -> list[RawTerm]:
+    """Upper bound of the caching allocator's reserve in each phase: blocks of tensors that live only in
+    the other phases (logits, recomputed layer, step temporaries, buckets) stay cached after they are
+    freed; in the worst case the phase cannot reuse any of them (CUDACachingAllocator never returns
+    memory to the device without empty_cache)."""
+    extra = []
+    for phase in (LOSS, BACKWARD, STEP):
+        others = Coeffs()
+        for term in terms:
+            if term.counted_in == "allocated" and phase not in term.phases and term.phases - {phase}:
+                others = others + term.upper_coeffs
+        if any(others.as_tuple()):
+            extra.append(RawTerm("allocator_reserve", "blocks cached from the other phases (upper bound only)",
+                                 Coeffs(), formula="sum of the tensors alive only in other phases",
+                                 source="PyTorch CUDACachingAllocator: freed blocks stay reserved", phases=frozenset({phase}),
+                                 tokens="total", counted_in="reserved", upper=others))
+    return extra
 
 
 def step_terms(s: StepInputs) -> list[RawTerm]:
     """Every term of one training step on one GPU."""
-    return weight_terms(s) + state_terms(s) + activation_terms(s) + runtime_terms(s)
+    terms = weight_terms(s) + state_terms(s) + activation_terms(s) + runtime_terms(s)
+    return terms + cached_block_terms(terms)

@@ -49,6 +49,12 @@ class TrainablePlan:
     trainable_copy_params: int = 0
     first_grad_layer: int = 0
     trainable_layers: frozenset[int] = frozenset()
+    copy_tensors: tuple[TensorShape, ...] = ()
+
+    @property
+    def adapter_tensors(self) -> tuple[TensorShape, ...]:
+        """Trainable tensors that are not full copies of embeddings / output layer."""
+        return tuple(t for t in self.tensors if t not in self.copy_tensors) if self.copy_tensors else self.tensors
 
     @property
     def trainable_params(self) -> int:
@@ -134,10 +140,10 @@ def plan_trainable(spec: ModelSpec, mode: str, *, lora_rank: int = 8,
                              first_grad_layer=first, trainable_layers=chosen)
     adapters = lora_adapters(spec, lora_rank, lora_targets)
     tensors = _adapter_tensors(adapters)
-    copies = 0
+    copies: list[TensorShape] = []
     if train_embeddings:
         heads = [g for g in spec.param_groups if g.name == "embed_tokens" or g.role == "lm_head"]
-        tensors += all_tensors(spec, heads)
-        copies = sum(g.params for g in heads)
-    return TrainablePlan(mode=mode, tensors=tuple(tensors), adapters=adapters, frozen_params=total,
-                         trainable_copy_params=copies)  # type: ignore[arg-type]
+        copies = all_tensors(spec, heads)
+    return TrainablePlan(mode=mode, tensors=tuple(tensors + copies), adapters=adapters, frozen_params=total,
+                         trainable_copy_params=sum(t.numel * t.count for t in copies),
+                         copy_tensors=tuple(copies))  # type: ignore[arg-type]
