@@ -41,8 +41,9 @@ def add_model_flags(parser: argparse.ArgumentParser, *, many: bool = False) -> N
         parser.add_argument("--precision", action="append", metavar="P",
                             help="weight format (repeatable; default: eight common formats of the engine)")
     else:
-        parser.add_argument("--precision", default="bf16", metavar="P",
-                            help="weight format, e.g. bf16, fp8, nf4, awq-int4, q4_k_m (default bf16)")
+        parser.add_argument("--precision", default=None, metavar="P",
+                            help="weight format, e.g. bf16, fp8, nf4, awq-int4, q4_k_m (default bf16; nf4 for "
+                                 "--mode qlora)")
     parser.add_argument("--engine", default="hf", choices=ENGINES, help="inference engine (default hf)")
     parser.add_argument("--kv-dtype", metavar="D", help="KV-cache dtype: fp16, bf16, fp8, int8, int4")
     parser.add_argument("--batch", type=int, default=1, metavar="N", help="sequences at once (default 1)")

@@ -42,7 +42,7 @@ def _speed(estimate, args: argparse.Namespace) -> dict[str, Any] | None:
 
     if args.gpu is None or estimate.mode != "inference":
         return None
-    prepared = prepare_inference(args.model, args.precision, batch=args.batch, seq_len=args.seq_len,
+    prepared = prepare_inference(args.model, args.precision or "bf16", batch=args.batch, seq_len=args.seq_len,
                                  prompt_len=args.prompt_len, new_tokens=args.new_tokens, engine=args.engine,
                                  gpus=args.gpus, kv_dtype=args.kv_dtype, gpu=args.gpu, **engine_kwargs(args))
     setup, plan = prepared.setup, prepared.plan
@@ -121,9 +121,28 @@ def _print_estimate(estimate, speed: dict[str, Any] | None, *, explain: bool) ->
         measured = "measured" if speed["kernel_factor_measured"] else "not measured"
         lines.append(f"decode {rate(speed['decode_tok_s'])}, prefill {rate(speed['prefill_tok_s'])} "
                      f"(roofline; kernel factor {speed['kernel_factor']:g}, {measured})")
+    if estimate.mode != "inference":
+        lines += _training_lines(estimate)
     for warning in estimate.warnings:
         lines.append(f"warning: {warning}")
     if explain:
         lines.append("assumptions: " + ", ".join(f"{k}={v}" for k, v in a.items()))
     for line in lines:
         console.print(escape(line))
+
+
+def _training_lines(estimate) -> list[str]:
+    """Trainable parameters, host RAM, speed and cost of a fine-tuning estimate."""
+    extras = estimate.extras
+    lines = [f"trainable parameters: {extras['trainable_params']:,} of {estimate.params_total:,}; "
+             f"phases (GiB allocated): " + ", ".join(f"{k} {v:,.2f}" for k, v in extras["phases_gib"].items())]
+    if estimate.host_ram_gib:
+        lines.append(f"host RAM (offload): {estimate.host_ram_gib:,.2f} GiB")
+    if "tokens_per_second" in extras:
+        lines.append(f"training speed: {extras['tokens_per_second']:,.0f} tokens/s at MFU {extras['mfu']:.2f} "
+                     f"({extras['peak_tflops']:g} TFLOPS peak, {extras['flops_per_token']:.3g} FLOPs/token)")
+    if extras.get("gpu_hours") is not None:
+        cost = f", ${extras['cost_usd']:,.0f}" if extras.get("cost_usd") is not None else ", no cloud price"
+        lines.append(f"{extras['training_tokens']:,.0f} tokens: {extras['training_hours']:,.1f} h, "
+                     f"{extras['gpu_hours']:,.1f} GPU-hours{cost}")
+    return lines

@@ -15,7 +15,7 @@ from planner.cli._render import add_format_flags, print_frame
 
 TABLE_FORMATS = {"params_b": "{:.1f}", "safe_gib": "{:.1f}", "usable_gib": "{:.1f}", "headroom_gib": "{:.1f}",
                  "headroom_pct": "{:.0f}%", "peak_gib": "{:.1f}", "max_context": "{:,}", "max_batch": "{:,}",
-                 "decode_tok_s": "{:,.0f}"}
+                 "decode_tok_s": "{:,.0f}", "max_seq_len": "{:,}", "train_tok_s": "{:,.0f}"}
 
 
 def _bits(precision: str) -> float:
@@ -60,8 +60,10 @@ def run(args: argparse.Namespace) -> int:
     best = fitting.groupby("model", sort=False, observed=True).head(1)
     others = fitting.groupby("model", sort=False, observed=True)["precision"].apply(
         lambda s: ", ".join(str(p) for p in s.iloc[1:]))
-    view = best[["model", "params_b", "precision", "safe_gib", "headroom_pct", "max_context", "max_batch",
-                 "decode_tok_s", "note"]].copy()
+    training = "train_tok_s" in frame.columns
+    speed, length = ("train_tok_s", "max_seq_len") if training else ("decode_tok_s", "max_context")
+    view = best[["model", "params_b", "precision", "safe_gib", "headroom_pct", length, "max_batch", speed,
+                 "note"]].copy()
     view.insert(3, "also_fits", view["model"].map(others).fillna(""))
     caption = ("precision = the fitting format with the most bits per weight; safe_gib = upper bound of the "
                "per-GPU memory; "
@@ -72,11 +74,12 @@ def run(args: argparse.Namespace) -> int:
         caption = f"{gpu} is capacity-only: format support and speed are unknown. " + caption
     if (view["note"].astype(str) == "").all():
         view = view.drop(columns="note")
-    if view["decode_tok_s"].isna().all():
-        view = view.drop(columns="decode_tok_s")
+    if view[speed].isna().all():
+        view = view.drop(columns=speed)
     total = frame["model"].nunique()
+    workload = (f"{args.mode} fine-tuning, sequence {args.context:,}, micro-batch {args.batch}" if training else
+                f"context {args.context:,}, batch {args.batch}, engine {args.engine}")
     print_frame(view.reset_index(drop=True), "table",
-                title=f"{len(view)} of {total} models fit on {gpu} ({usable:.1f} GiB usable) at context "
-                      f"{args.context:,}, batch {args.batch}, engine {args.engine}",
+                title=f"{len(view)} of {total} models fit on {gpu} ({usable:.1f} GiB usable) at {workload}",
                 caption=caption, formats=TABLE_FORMATS)
     return 0

@@ -13,7 +13,8 @@ from planner.cli._render import add_format_flags, print_frame
 TABLE_FORMATS = {"usable_gib": "{:.0f}", "gpus": "{:.0f}", "tp": "{:.0f}", "pp": "{:.0f}",
                  "per_gpu_safe_gib": "{:.1f}", "memory_utilization_pct": "{:.0f}%", "decode_tok_s": "{:,.1f}",
                  "prefill_tok_s": "{:,.0f}", "usd_per_hour": "${:,.2f}", "purchase_usd": "${:,.0f}",
-                 "usd_per_million_tokens": "${:,.2f}"}
+                 "usd_per_million_tokens": "${:,.2f}", "train_tok_s": "{:,.0f}", "hours": "{:,.1f}",
+                 "usd_total": "${:,.0f}"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,7 +37,13 @@ def run(args: argparse.Namespace) -> int:
 
     frame = size_cluster(args.model, args.precision, batch=args.batch, seq_len=args.seq_len, engine=args.engine,
                          kv_dtype=args.kv_dtype, gpus=args.gpu, **hook_kwargs(args, "size"))
-    print_frame(frame, args.output, title=f"{args.model} in {args.precision}, batch {args.batch}, "
-                f"{args.seq_len:,} tokens, engine {args.engine}: GPUs needed per type", formats=TABLE_FORMATS,
-                caption="speed = roofline decode of the whole batch; $/1M tokens at that speed; '-' = unknown")
+    training = "train_tok_s" in frame.columns
+    workload = (f"{args.mode} fine-tuning, micro-batch {args.batch}, {args.seq_len:,} tokens, sharding "
+                f"{frame['sharding'].iloc[0]}" if training else
+                f"batch {args.batch}, {args.seq_len:,} tokens, engine {args.engine}")
+    caption = ("speed = training tokens/s of all GPUs at the default MFU; hours and $ with --training-tokens; "
+               "'-' = unknown" if training else
+               "speed = roofline decode of the whole batch; $/1M tokens at that speed; '-' = unknown")
+    print_frame(frame, args.output, title=f"{args.model} in {args.precision or 'its default format'}, {workload}: "
+                f"GPUs needed per type", formats=TABLE_FORMATS, caption=caption)
     return 0

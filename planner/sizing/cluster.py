@@ -58,14 +58,29 @@ def _safe_gib(prepared: PreparedInference) -> float:
     return safe_bytes(totals) / prepared.plan.safe_divisor / GIB
 
 
-def size_cluster(model: Any, precision: str = "bf16", *, batch: int = 1, seq_len: int = 4096, engine: str = "hf",
-                 kv_dtype: str | None = None, gpus: list[Any] | None = None) -> pd.DataFrame:
+def size_cluster(model: Any, precision: str | None = None, *, batch: int = 1, seq_len: int = 4096, engine: str = "hf",
+                 kv_dtype: str | None = None, gpus: list[Any] | None = None, mode: str = "inference",
+                 **training: Any) -> pd.DataFrame:
     """One row per catalog accelerator (or the given ``gpus``): minimum GPU count, split, speed, cost.
 
     Columns: ``COLUMNS``. Sorted: usable GPUs first, by $ per 1M tokens (unknown last), then by count.
+    ``mode`` other than "inference" sizes a fine-tuning step over data-parallel GPUs instead (default
+    sharding zero3; training options as in ``estimate_memory``; see ``planner.memory.training.sizing``).
     """
     import hardware_db
 
+    accs: list[Accelerator] = [hardware_db.get(g) if not isinstance(g, Accelerator) else g for g in gpus] \
+        if gpus else [a for a in hardware_db.list() if not a.is_generic]
+    if mode != "inference":
+        from planner.memory.training import default_precision
+        from planner.memory.training.sizing import training_size_cluster
+
+        return training_size_cluster(model, precision or default_precision(mode), accs,
+                                     batch=_positive_int("batch", batch, MAX_BATCH),
+                                     seq_len=_positive_int("seq_len", seq_len, MAX_TOKENS), mode=mode, **training)
+    if training:
+        raise InvalidRequestError(f"unknown option(s) {', '.join(training)} for mode='inference'.")
+    precision = "bf16" if precision is None else precision
     spec = get_model(model)
     fmt = get_format(precision)
     profile = get_engine(engine)
@@ -73,8 +88,6 @@ def size_cluster(model: Any, precision: str = "bf16", *, batch: int = 1, seq_len
     seq_len = _positive_int("seq_len", seq_len, MAX_TOKENS)
     if profile.name not in fmt.engines:
         raise InvalidRequestError(f"{fmt.name} is not run by the {profile.name} engine (runs on: {', '.join(fmt.engines)}).")
-    accs: list[Accelerator] = [hardware_db.get(g) if not isinstance(g, Accelerator) else g for g in gpus] \
-        if gpus else [a for a in hardware_db.list() if not a.is_generic]
     cache: dict[tuple[int, int], tuple[float, PreparedInference] | None] = {}
 
     def per_device(tp: int, pp: int) -> tuple[float, PreparedInference] | None:

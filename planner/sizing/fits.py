@@ -75,14 +75,28 @@ def _gpus(gpu: Any) -> list[Accelerator]:
 
 
 def what_fits(gpu: Any, models: Iterable[Any] | None = None, precisions: Iterable[str] | None = None, *,
-              context: int = 4096, batch: int = 1, engine: str = "hf", kv_dtype: str | None = None) -> pd.DataFrame:
+              context: int = 4096, batch: int = 1, engine: str = "hf", kv_dtype: str | None = None,
+              mode: str = "inference", **training: Any) -> pd.DataFrame:
     """One row per (GPU, model, precision): does it fit, with what headroom, how far it stretches.
 
     ``gpu`` is a catalog name, a capacity string ("16GB") or a list of those. Defaults: every registry
     model x the engine's eight common precisions (``DEFAULT_PRECISIONS``); the whole context is taken
     as the prompt (the worst case for the prefill). Columns: ``COLUMNS``. Sorted per GPU: fitting rows
     first, then by parameters (largest first), then by memory (largest first).
+
+    ``mode`` other than "inference" (full, lora, qlora, freeze) sizes one fine-tuning step instead, with
+    the training options of ``estimate_memory`` (``seq_len`` = the training sequence, default
+    ``context``); columns ``planner.memory.training.sizing.FITS_COLUMNS``.
     """
+    if mode != "inference":
+        from planner.memory.training.sizing import training_what_fits
+
+        seq_len = _positive_int("seq_len", training.pop("seq_len", context), MAX_TOKENS)
+        return training_what_fits(_gpus(gpu), _models(models), list(precisions) if precisions else None,
+                                  seq_len=seq_len, batch=_positive_int("batch", batch, MAX_BATCH), mode=mode,
+                                  **training)
+    if training:
+        raise InvalidRequestError(f"unknown option(s) {', '.join(training)} for mode='inference'.")
     context = _positive_int("context", context, MAX_TOKENS)
     batch = _positive_int("batch", batch, MAX_BATCH)
     profile = get_engine(engine)

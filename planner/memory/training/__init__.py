@@ -8,7 +8,8 @@ tensors), ``logits``, ``sharding`` (DDP, ZeRO, FSDP, offload), ``throughput`` an
 
 from planner.memory.training.estimate import estimate_training_memory
 from planner.memory.training.lora import Adapter, lora_adapters
-from planner.memory.training.options import TrainingOptions
+from planner.memory.training.options import TrainingOptions, default_precision
 from planner.memory.training.trainable import MODES, plan_trainable
 
-__all__ = ["MODES", "Adapter", "TrainingOptions", "estimate_training_memory", "lora_adapters", "plan_trainable"]
+__all__ = ["MODES", "Adapter", "TrainingOptions", "default_precision", "estimate_training_memory", "lora_adapters",
+           "plan_trainable"]

@@ -67,6 +67,12 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
     return value
 
 
+def default_precision(mode: str) -> str:
+    """The load format when none is given: nf4 for QLoRA (the QLoRA paper's 4-bit NormalFloat; the HF
+    BitsAndBytesConfig snippet uses bnb_4bit_quant_type="nf4"), bf16 otherwise."""
+    return "nf4" if mode == "qlora" else "bf16"
+
+
 def default_checkpointing(mode: str) -> str:
     """'full' for QLoRA (peft.prepare_model_for_kbit_training(use_gradient_checkpointing=True) is the
     default of the QLoRA recipes and TRL), 'none' otherwise (transformers TrainingArguments default)."""

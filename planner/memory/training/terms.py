@@ -69,6 +69,7 @@ class StepInputs:
     module_loading: str
     compute_capability: tuple[int, int] | None
     resident_tensors: int
+    upcast: bool
     activation_segment_waste: float
     state_segment_waste: float
 
@@ -86,7 +87,10 @@ def weight_terms(s: StepInputs) -> list[RawTerm]:
         terms.append(_const("weights_quantized", f"frozen base weights ({s.fmt.name}){shard}", s.frozen_quantized, ALL,
                             "sum over quantized tensors of N x bits/8 + scales (formats.toml)", s.fmt.source))
     if s.frozen_unquantized:
-        terms.append(_const("weights_unquantized", f"frozen weights kept in float{shard}", s.frozen_unquantized, ALL,
+        label = (f"frozen {s.fmt.name} weights" if s.fmt.family == "float" else
+                 "frozen unquantized weights (embeddings, norms, ...)" +
+                 (" upcast to fp32 by peft.prepare_model_for_kbit_training" if s.upcast else ""))
+        terms.append(_const("weights_unquantized", label + shard, s.frozen_unquantized, ALL,
                             "params x bytes per element", s.fmt.source))
     if s.states.trainable_weights:
         lora = s.plan.mode in ("lora", "qlora")
@@ -140,8 +144,8 @@ def state_terms(s: StepInputs) -> list[RawTerm]:
 
 def activation_terms(s: StepInputs) -> list[RawTerm]:
     a, up, terms = s.activations, s.activations_upper, []
-    ckpt = "checkpointed layer inputs" if a.recompute_per_token else "saved tensors"
-    terms.append(RawTerm("activations", f"activations: {ckpt} of {a.grad_layers} layers", Coeffs(
+    ckpt = "checkpointed layer inputs" if a.recompute_per_token else "tensors saved for backward"
+    terms.append(RawTerm("activations", f"{ckpt} of {a.grad_layers} layers", Coeffs(
         per_token=a.stored_per_token, per_token_sq=a.stored_per_token_sq), formula="batch x s x (per-token bytes of "
         "all layers + s x per-token-squared bytes of eager attention)", source=ACTIVATION_SOURCE,
         phases=FORWARD_BACKWARD, tokens="total", inputs={"bytes_per_token_per_layer": round(a.layer_per_token, 1)},
