@@ -70,3 +70,14 @@ def test_unknown_target_lists_the_existing_modules(llama):
 def test_empty_target_list_is_refused(llama):
     with pytest.raises(InvalidRequestError, match="at least one target"):
         lora_adapters(llama, 8, [])
+
+
+def test_default_targets_are_the_query_and_value_projections_by_the_models_own_names():
+    from planner.memory.training.lora import default_targets
+
+    expected = {"meta-llama/Llama-3.1-8B": ("q_proj", "v_proj"), "openai-community/gpt2": ("c_attn",),
+                "tiiuae/falcon-7b": ("query_key_value",), "microsoft/Phi-3-mini-4k-instruct": ("qkv_proj",),
+                "google-bert/bert-large-uncased": ("query", "value"),
+                "deepseek-ai/DeepSeek-V3": ("q_b_proj", "kv_b_proj")}
+    for name, targets in expected.items():
+        assert default_targets(planner.get_model(name)) == targets, name

@@ -58,6 +58,8 @@ def build_training_estimate(p: PreparedTraining) -> MemoryEstimate:
         "rows padded to seq_len (the longest sequence sets the peak)",
         "safe_rule": "safe = largest phase with every term at its upper bound",
     }
+    if plan.adapters:
+        assumptions["lora_targets"] = tuple(a.module for a in plan.adapters)
     if deepspeed:
         assumptions["deepspeed_layout"] = "16-bit params/grads + fp32 master weights, fp32 gradient partition, " \
                                           "fp32 optimizer states (DeepSpeed's estimator)"

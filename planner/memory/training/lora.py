@@ -124,6 +124,22 @@ def lora_adapters(spec: ModelSpec, rank: int, targets: tuple[str, ...] | list[st
     return adapters
 
 
+def default_targets(spec: ModelSpec) -> tuple[str, ...]:
+    """The query and value projections, named as the model names them (peft's per-model default,
+    ``TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING``: q_proj/v_proj for Llama-style models, the
+    fused c_attn / query_key_value / qkv_proj module where q, k, v are one Linear; for MLA the query
+    and key-value up-projections)."""
+    by_role: dict[str, str] = {}
+    for group in spec.linear_groups():
+        if group.role and group.name.startswith("layers."):
+            by_role.setdefault(group.role, group.leaf_name)
+    if "qkv" in by_role:
+        return (by_role["qkv"],)
+    if "q" in by_role and "v" in by_role:
+        return by_role["q"], by_role["v"]
+    return tuple(by_role[r] for r in ("q_b", "q", "kv_b") if r in by_role) or (ALL_LINEAR,)
+
+
 def adapter_params(adapters: tuple[Adapter, ...]) -> int:
     """Total adapter parameters."""
     return sum(a.params for a in adapters)

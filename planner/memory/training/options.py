@@ -28,7 +28,7 @@ class TrainingOptions:
     train_precision: str = "bf16-mixed"
     grad_checkpointing: str | None = None
     lora_rank: int = 8
-    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    lora_targets: tuple[str, ...] | None = None
     lora_dropout: float = 0.05
     train_embeddings: bool = False
     trainable_layers: int = 2
@@ -85,7 +85,7 @@ def training_options(mode: str, gpus: int, **kwargs: Any) -> TrainingOptions:
     if unknown:
         raise InvalidRequestError(f"unknown training option {unknown[0]!r}.{did_you_mean(unknown[0], _NAMES)} "
                                   f"Options: {', '.join(n for n in _NAMES if n != 'mode')}.")
-    targets = kwargs.get("lora_targets", TrainingOptions.lora_targets)
+    targets = kwargs.get("lora_targets") or ()
     if isinstance(targets, str):
         targets = tuple(t.strip() for t in targets.split(",") if t.strip())
     mode = _choice("fine-tuning mode", mode, MODES)

@@ -281,7 +281,7 @@ def prepare_training(spec: ModelSpec, fmt: WeightFormat, mode: str = "lora", *, 
     framework = get_framework(options.framework)
     check_gpu(recipe, fmt, gpu)
     seq, seq_note = _seq_len(spec, seq_len, warnings)
-    plan = plan_trainable(spec, mode, lora_rank=options.lora_rank, lora_targets=options.lora_targets,
+    plan = plan_trainable(spec, mode, lora_rank=options.lora_rank, lora_targets=options.lora_targets or None,
                           train_embeddings=options.train_embeddings, trainable_layers=options.trainable_layers)
     frozen = frozen_weights(spec, fmt, plan, framework, options)
     catalog = load_catalog()

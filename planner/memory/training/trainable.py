@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from planner.errors import InvalidRequestError
-from planner.memory.training.lora import Adapter, adapter_params, lora_adapters
+from planner.memory.training.lora import Adapter, adapter_params, default_targets, lora_adapters
 from planner.models.spec import ModelSpec, ParamGroup
 
 Mode = Literal["full", "lora", "qlora", "freeze"]
@@ -110,7 +110,7 @@ def _adapter_tensors(adapters: tuple[Adapter, ...]) -> list[TensorShape]:
 
 
 def plan_trainable(spec: ModelSpec, mode: str, *, lora_rank: int = 8,
-                   lora_targets: tuple[str, ...] = ("q_proj", "v_proj"), train_embeddings: bool = False,
+                   lora_targets: tuple[str, ...] | None = None, train_embeddings: bool = False,
                    trainable_layers: int = 2) -> TrainablePlan:
     """The trainable tensors of ``spec`` under ``mode`` (see the module docstring)."""
     if mode not in MODES:
@@ -138,7 +138,7 @@ def plan_trainable(spec: ModelSpec, mode: str, *, lora_rank: int = 8,
         trainable = sum(t.numel * t.count for t in tensors)
         return TrainablePlan(mode="freeze", tensors=tuple(tensors), adapters=(), frozen_params=total - trainable,
                              first_grad_layer=first, trainable_layers=chosen)
-    adapters = lora_adapters(spec, lora_rank, lora_targets)
+    adapters = lora_adapters(spec, lora_rank, lora_targets or default_targets(spec))
     tensors = _adapter_tensors(adapters)
     copies: list[TensorShape] = []
     if train_embeddings:
