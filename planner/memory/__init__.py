@@ -7,6 +7,7 @@ device checks in :mod:`planner.memory.devices`. Names are imported on first use 
 importing one submodule (e.g. ``planner.memory.engines``) does not load the whole model.
 """
 
+from planner._lazy import lazy_getattr
 from planner.memory.result import BREAKDOWN_KEYS, GIB, MemoryEstimate, MemoryTerm, sum_terms
 
 _LAZY = {
@@ -24,11 +25,4 @@ _LAZY = {
 __all__ = ["BREAKDOWN_KEYS", "GIB", "MemoryEstimate", "MemoryTerm", "sum_terms", *_LAZY]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'planner.memory' has no attribute {name!r}")
+__getattr__ = lazy_getattr("planner.memory", _LAZY, globals())
