@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import sys
 from collections.abc import Callable
@@ -91,7 +90,9 @@ SETTINGS: dict[str, GroupSettings] = {
 }
 
 # measure_kind -> (unit bytes, which total). Qwen's speed-benchmark scripts divide bytes by 1024**2 for
-# the Qwen3 table (README: MB read as MiB); the Qwen2 table of the same benchmark reads the same way.
+# the Qwen3 table (README: MB read as MiB). The Qwen2 table of the same benchmark is read in GiB too: in
+# GB, QW2-02 (27.61 -> 25.71 GiB) would be below the bf16 + fp32 logits that transformers 4.38 must hold
+# for its 30720-token prompt alone (30720 x 151936 x 6 bytes = 26.08 GiB).
 MEASURES: list[tuple[str, str | None, float, str]] = [
     ("peak_alloc_GiB", None, GIB, "allocated"),
     ("peak_alloc_GB", None, GB, "allocated"),

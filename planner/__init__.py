@@ -12,6 +12,7 @@ from planner.errors import (
     UnknownModelError,
     UnsupportedError,
 )
+from planner._lazy import lazy_getattr
 from planner.models import ModelSpec, ParameterBreakdown, ParamGroup, get_model, list_models
 
 # Imported on first use (PEP 562), so `fitplan hardware ...` does not pay for the memory model.
@@ -29,11 +30,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'planner' has no attribute {name!r}")
+__getattr__ = lazy_getattr("planner", _LAZY, globals())

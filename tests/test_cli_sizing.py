@@ -6,6 +6,8 @@ import argparse
 import csv
 import io
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -105,3 +107,12 @@ def test_flag_hooks_extend_the_parsers(capsys, monkeypatch):
     monkeypatch.setattr(_options, "KWARG_HOOKS", [collect])
     code, _, _ = run(capsys, "estimate", "gpt2", "--seq-len", "16", "--note-for-test", "x", "--json")
     assert code == 0 and seen == {"estimate": "x"}
+
+
+def test_sizing_commands_do_not_load_torch():
+    code = ("import sys; from planner.cli import main; main(['fits', '--gpu', '16GB', '--model', 'gpt2', '--json']); "
+            "main(['estimate', 'gpt2', '--seq-len', '64', '--gpu', 'RTX 4090', '--json']); "
+            "heavy = [m for m in ('torch', 'transformers', 'bitsandbytes') if m in sys.modules]; "
+            "sys.stderr.write('HEAVY=' + ','.join(heavy))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stderr.strip().splitlines()[-1] == "HEAVY="

@@ -15,7 +15,6 @@ from typing import Any
 FLAG_HOOKS: list[Callable[[argparse.ArgumentParser, str], None]] = []
 KWARG_HOOKS: list[Callable[[argparse.Namespace, str], dict[str, Any]]] = []
 
-ENGINES = ("hf", "vllm", "llamacpp", "litgpt")
 
 # Inference engine options: flag -> (keyword of estimate_memory, argparse settings).
 ENGINE_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -44,7 +43,9 @@ def add_model_flags(parser: argparse.ArgumentParser, *, many: bool = False) -> N
         parser.add_argument("--precision", default=None, metavar="P",
                             help="weight format, e.g. bf16, fp8, nf4, awq-int4, q4_k_m (default bf16; nf4 for "
                                  "--mode qlora)")
-    parser.add_argument("--engine", default="hf", choices=ENGINES, help="inference engine (default hf)")
+    from planner.memory.engines import engine_names
+
+    parser.add_argument("--engine", default="hf", choices=engine_names(), help="inference engine (default hf)")
     parser.add_argument("--kv-dtype", metavar="D", help="KV-cache dtype: fp16, bf16, fp8, int8, int4")
     parser.add_argument("--batch", type=int, default=1, metavar="N", help="sequences at once (default 1)")
 

@@ -109,10 +109,12 @@ def _gguf_group(fmt: WeightFormat, spec: ModelSpec, group: ParamGroup) -> GroupS
     per_layer = group.count // max(1, len(group.layers)) if group.layers else group.count
     total = 0.0
     used: dict[str, int] = {}
+    bias = (group.out_features or 0) if group.bias and group.kind == "linear" else 0
+    weight_params = group.params_each - bias
     for layer in layers:
         wanted = gguf_type_for(fmt, spec, group, layer)
-        size, actual = gguf_bytes(wanted, rows, length) if rows * length == group.params_each else \
-            gguf_bytes("F32", 1, group.params_each)
+        size, actual = gguf_bytes(wanted, rows, length) if rows * length == weight_params else \
+            gguf_bytes("F32", 1, weight_params)
         total += size * per_layer
         used[actual] = used.get(actual, 0) + per_layer
         if group.bias and group.out_features:

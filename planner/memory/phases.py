@@ -17,7 +17,7 @@ takes its upper value. Nothing is a fudge factor: an exact term has upper == poi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from planner.memory.result import GIB, MemoryTerm
@@ -49,8 +49,6 @@ class Coeffs:
     def as_tuple(self) -> tuple[float, ...]:
         return (self.const, self.per_seq, self.per_token, self.per_window_token, self.per_token_sq)
 
-
-ZERO = Coeffs()
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +149,3 @@ def to_memory_terms(terms: list[RawTerm], phase: PhaseSpec, *, batch: int, promp
                                  inputs=inputs, source=term.source, counted_in=term.counted_in))
     return tuple(result)
 
-
-def with_phases(term: RawTerm, phases: frozenset[str]) -> RawTerm:
-    return replace(term, phases=phases)
