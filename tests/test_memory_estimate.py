@@ -86,14 +86,10 @@ def test_context_beyond_the_model_maximum_is_a_warning():
     assert not estimate_memory("meta-llama/Llama-2-7b-hf", "bf16", seq_len=4096).warnings
 
 
-def test_training_modes_are_reported_as_unavailable_until_the_training_estimator_exists():
-    try:
-        import planner.memory.training  # noqa: F401
-    except ModuleNotFoundError:
-        with pytest.raises(UnsupportedError, match="inference"):
-            estimate_memory("meta-llama/Llama-3.1-8B", "bf16", mode="lora")
-    else:
-        pytest.skip("the training estimator is installed; its own tests cover the modes")
+def test_unknown_mode_is_rejected_with_a_suggestion():
+    with pytest.raises(FitplanError, match="Did you mean 'lora'") as error:
+        estimate_memory("meta-llama/Llama-3.1-8B", "bf16", mode="lorra")
+    assert "full, lora, qlora, freeze" in str(error.value)
 
 
 def test_tensor_parallel_splits_weights_and_kv_and_adds_nccl():
