@@ -88,8 +88,11 @@ def _weights_terms(w: WeightBytes, fmt: WeightFormat, everywhere: frozenset[str]
         label = f"weights in {dtype}" if fmt.family == "float" else f"unquantized weights ({dtype}: embeddings, norms, ...)"
         if w.separate_lm_head:
             label += ", incl. a separate lm_head copy"
+        kept = ", ".join(fmt.keep_unquantized) or "nothing"
+        source = (f"{fmt.name} stores every weight in {dtype}" if fmt.family == "float" else
+                  f"formats.toml: {fmt.name} keeps {kept} unquantized, in {dtype}")
         terms.append(RawTerm("weights_unquantized", label + split, Coeffs(const=w.unquantized),
-                             formula="params x bytes per element", source=fmt.source, phases=everywhere,
+                             formula="params x bytes per element", source=source, phases=everywhere,
                              inputs={"dtype": dtype}))
     return terms
 
