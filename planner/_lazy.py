@@ -8,11 +8,15 @@ from typing import Any
 
 
 def lazy_getattr(package: str, names: dict[str, str], namespace: dict[str, Any]) -> Callable[[str], Any]:
-    """A module ``__getattr__`` that imports ``names[attr]`` (a module path) on first access."""
+    """A module ``__getattr__`` that imports ``names[attr]`` on first access.
+
+    ``names[attr]`` is a module path (the attribute has the same name there) or ``"module:other_name"``.
+    """
 
     def __getattr__(name: str) -> Any:
         if name in names:
-            value = getattr(importlib.import_module(names[name]), name)
+            module, _, source = names[name].partition(":")
+            value = getattr(importlib.import_module(module), source or name)
             namespace[name] = value
             return value
         raise AttributeError(f"module {package!r} has no attribute {name!r}")

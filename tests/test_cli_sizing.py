@@ -74,6 +74,43 @@ def test_fits_table_lists_fitting_models(capsys):
     assert "1 of 2 models fit" in out and "Llama-3.1-8B" in out and "capacity-only" in out
 
 
+def test_fits_table_shows_the_most_precise_fitting_format_per_model(capsys):
+    code, out, _ = run(capsys, "fits", "--gpu", "RTX 4090", "--json")
+    assert code == 0
+    fitting: dict[str, list[dict]] = {}
+    for row in json.loads(out):
+        if row["fits"]:
+            fitting.setdefault(row["model"], []).append(row)
+    bits = {"bf16": 16, "fp16": 16, "fp8-block": 8, "int8": 8, "nf4": 4, "nf4-dq": 4, "gptq-int4": 4, "awq-int4": 4}
+    expected = {model: max(rows, key=lambda r: (bits[r["precision"]], r["safe_gib"]))["precision"]
+                for model, rows in fitting.items()}
+    code, out, _ = run(capsys, "fits", "--gpu", "RTX 4090")
+    assert code == 0 and f"{len(expected)} of 73 models fit" in out
+    shown = {}
+    for line in out.splitlines():
+        cells = [cell.strip() for cell in line.split("│")[1:-1]]
+        if cells and cells[0] and cells[0] != "model":
+            shown[cells[0]] = cells[2]
+    assert shown == expected
+    big = max(expected, key=lambda m: fitting[m][0]["params_b"])
+    assert out.index(big) < min(out.index(m) for m in expected if m != big)  # largest model first
+
+
+def test_tables_from_numpy_columns_print_like_dataframes(capsys):
+    import numpy as np
+    import pandas as pd
+
+    from planner.cli._render import print_columns, print_frame
+
+    columns = {"name": np.array(["a [b]", "c"], dtype=object), "count": np.array([1200, 3]),
+               "share": np.array([0.25, np.nan]), "ok": np.array([True, False])}
+    print_frame(pd.DataFrame(columns), "table", title="t", formats={"share": "{:.0%}"})
+    from_frame = capsys.readouterr().out
+    print_columns(columns, title="t", formats={"share": "{:.0%}"})
+    assert capsys.readouterr().out == from_frame
+    assert "a [b]" in from_frame and "1,200" in from_frame and "25%" in from_frame and "-" in from_frame
+
+
 def test_fits_csv_has_every_row(capsys):
     code, out, _ = run(capsys, "fits", "--gpu", "RTX 4090", "--model", "meta-llama/Llama-3.1-8B", "--precision",
                        "bf16", "--precision", "nf4", "--csv")

@@ -1,7 +1,8 @@
 """Print results for people (rich tables) or machines (``--json``, ``--csv``).
 
 Commands hand over a pandas DataFrame (tables) or a dict (single objects) and the chosen format; this
-module is the only place that knows how each format looks.
+module is the only place that knows how each format looks. Tables can also come as numpy columns
+(:func:`print_columns`), so a command that has no DataFrame does not import pandas.
 """
 
 from __future__ import annotations
@@ -10,9 +11,12 @@ import argparse
 import json
 import math
 import sys
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
 
 
 def add_format_flags(parser: argparse.ArgumentParser, *, csv: bool = True) -> None:
@@ -35,9 +39,15 @@ def _jsonable(value: Any) -> Any:
         return [_jsonable(v) for v in value]
     if hasattr(value, "item") and callable(value.item):  # numpy scalars
         return _jsonable(value.item())
-    if value is pd.NA or value is pd.NaT:
+    if _is_pandas_missing(value):
         return None
     return value
+
+
+def _is_pandas_missing(value: Any) -> bool:
+    """``pd.NA`` / ``pd.NaT``, checked without importing pandas: if pandas is not loaded, no value is one."""
+    pd = sys.modules.get("pandas")
+    return pd is not None and (value is pd.NA or value is pd.NaT)
 
 
 def print_json(obj: Any) -> None:
@@ -59,17 +69,36 @@ def print_frame(frame: pd.DataFrame, output: str, *, title: str | None = None,
     if output == "csv":
         frame.to_csv(sys.stdout, index=False)
         return
-    from rich.markup import escape
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+    numeric = [is_numeric_dtype(frame[c]) and not is_bool_dtype(frame[c]) for c in frame.columns]
+    _print_table([str(c) for c in frame.columns], numeric, frame.itertuples(index=False), title=title,
+                 caption=caption, formats=formats)
+
+
+def print_columns(columns: dict[str, np.ndarray], *, title: str | None = None,
+                  formats: dict[str, str] | None = None, caption: str | None = None) -> None:
+    """Print equal-length numpy columns as a rich table, like :func:`print_frame` prints a DataFrame."""
+    numeric = [values.dtype.kind in "iufc" for values in columns.values()]
+    rows = zip(*(values.tolist() for values in columns.values()))
+    _print_table(list(columns), numeric, rows, title=title, caption=caption, formats=formats)
+
+
+def _print_table(headers: list[str], numeric: Sequence[bool], rows: Iterable[Sequence[Any]], *,
+                 title: str | None, caption: str | None, formats: dict[str, str] | None) -> None:
+    """Numbers right-aligned and never wrapped (the first column neither); missing values as "-"."""
     from rich.table import Table
+    from rich.text import Text
 
     formats = formats or {}
     table = Table(title=title, caption=caption, show_lines=False)
-    for index, column in enumerate(frame.columns):
-        numeric = pd.api.types.is_numeric_dtype(frame[column]) and not pd.api.types.is_bool_dtype(frame[column])
-        table.add_column(str(column), justify="right" if numeric else "left", no_wrap=index == 0 or numeric)
-    for row in frame.itertuples(index=False):
-        # escape: cell text such as "[source, 2026] ..." is data, not rich markup
-        table.add_row(*(escape(_cell(value, formats.get(column))) for column, value in zip(frame.columns, row)))
+    for index, (header, is_number) in enumerate(zip(headers, numeric)):
+        table.add_column(header, justify="right" if is_number else "left", no_wrap=index == 0 or is_number)
+    cell_formats = [formats.get(header) for header in headers]
+    for row in rows:
+        # Text, not str: cell text such as "[source, 2026] ..." is data, not rich markup (and skipping
+        # the markup parser makes a large table render faster).
+        table.add_row(*(Text(_cell(value, fmt)) for value, fmt in zip(row, cell_formats)))
     _console().print(table)
 
 
@@ -81,7 +110,7 @@ def _console():
 
 
 def _cell(value: Any, fmt: str | None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or _is_pandas_missing(value):
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"

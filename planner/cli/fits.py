@@ -9,9 +9,13 @@ or cannot run, with the reason. ``--json`` / ``--csv`` always print every row (c
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from planner.cli._options import add_model_flags, hook_kwargs, run_hooks
-from planner.cli._render import add_format_flags, print_frame
+from planner.cli._render import add_format_flags, print_columns, print_frame
+
+if TYPE_CHECKING:
+    import numpy as np
 
 TABLE_FORMATS = {"params_b": "{:.1f}", "safe_gib": "{:.1f}", "usable_gib": "{:.1f}", "headroom_gib": "{:.1f}",
                  "headroom_pct": "{:.0f}%", "peak_gib": "{:.1f}", "max_context": "{:,}", "max_batch": "{:,}",
@@ -42,44 +46,72 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    training = hook_kwargs(args, "fits")
+    if args.output == "table" and not args.all and not training:
+        # The default view needs no DataFrame: skip pandas (a quarter of a second of start-up).
+        from planner.sizing.fits import fit_columns
+
+        fitted = fit_columns(args.gpu, args.model, args.precision, context=args.context, batch=args.batch,
+                             engine=args.engine, kv_dtype=args.kv_dtype)
+        _print_best(args, {name: fitted.column(name) for name in fitted.data})
+        return 0
     from planner.sizing import what_fits
 
     frame = what_fits(args.gpu, args.model, args.precision, context=args.context, batch=args.batch,
-                      engine=args.engine, kv_dtype=args.kv_dtype, **hook_kwargs(args, "fits"))
-    gpu = str(frame["gpu"].iloc[0])
-    usable = float(frame["usable_gib"].iloc[0])
+                      engine=args.engine, kv_dtype=args.kv_dtype, **training)
     if args.output != "table" or args.all:
+        gpu = str(frame["gpu"].iloc[0])
+        usable = float(frame["usable_gib"].iloc[0])
         columns = [c for c in frame.columns if c != "gpu"] if args.output == "table" else list(frame.columns)
         print_frame(frame[columns], args.output, title=f"{gpu} ({usable:.1f} GiB usable), context {args.context:,}, "
                     f"batch {args.batch}, engine {args.engine}", formats=TABLE_FORMATS)
         return 0
-    fitting = frame[frame["fits"]].copy()
-    fitting["_bits"] = [_bits(str(p)) for p in fitting["precision"]]
-    fitting = fitting.sort_values(["_bits", "safe_gib"], ascending=False, kind="stable")
-    fitting = fitting.sort_values("params_b", ascending=False, kind="stable")
-    best = fitting.groupby("model", sort=False, observed=True).head(1)
-    others = fitting.groupby("model", sort=False, observed=True)["precision"].apply(
-        lambda s: ", ".join(str(p) for p in s.iloc[1:]))
-    training = "train_tok_s" in frame.columns
+    _print_best(args, {name: frame[name].to_numpy() for name in frame.columns})
+    return 0
+
+
+def _print_best(args: argparse.Namespace, rows: dict[str, np.ndarray]) -> None:
+    """Per model that fits: its most precise fitting format, the others that fit, and how far it stretches.
+
+    ``rows`` are the what_fits columns of one GPU (numpy arrays, text as objects), fitting rows first.
+    """
+    import numpy as np
+
+    training = "train_tok_s" in rows
     speed, length = ("train_tok_s", "max_seq_len") if training else ("decode_tok_s", "max_context")
-    view = best[["model", "params_b", "precision", "safe_gib", "headroom_pct", length, "max_batch", speed,
-                 "note"]].copy()
-    view.insert(3, "also_fits", view["model"].map(others).fillna(""))
+    gpu = str(rows["gpu"][0])
+    usable = float(rows["usable_gib"][0])
+    fitting = np.flatnonzero(rows["fits"])
+    precision, safe, params = rows["precision"], rows["safe_gib"], rows["params_b"]
+    bits = {str(p): _bits(str(p)) for p in set(precision[fitting])}
+    # Most bits per weight first (then the largest safe bound), then the largest models first; both
+    # sorts are stable (equal keys keep the what_fits order), like pandas' sort_values(kind="stable").
+    order = sorted(fitting, key=lambda i: (bits[str(precision[i])], safe[i]), reverse=True)
+    order = sorted(order, key=lambda i: params[i], reverse=True)
+    by_model: dict[str, list[int]] = {}
+    for i in order:
+        by_model.setdefault(str(rows["model"][i]), []).append(i)
+    best = np.array([indices[0] for indices in by_model.values()], dtype=np.int64)
+    also = np.array([", ".join(str(precision[i]) for i in indices[1:]) for indices in by_model.values()],
+                    dtype=object)
+    view = {name: rows[name][best] for name in ("model", "params_b", "precision")}
+    view["also_fits"] = also
+    view.update({name: rows[name][best] for name in ("safe_gib", "headroom_pct", length, "max_batch", speed, "note")})
     caption = ("precision = the fitting format with the most bits per weight; safe_gib = upper bound of the "
                "per-GPU memory; "
                "--all for every row and the reasons")
     unknown = "format support unknown on a capacity-only device"
-    if (view["note"].astype(str) == unknown).any():
-        view["note"] = view["note"].astype(str).replace(unknown, "")
+    notes = np.array([str(note) for note in view["note"]], dtype=object)
+    if (notes == unknown).any():
+        notes[notes == unknown] = ""
         caption = f"{gpu} is capacity-only: format support and speed are unknown. " + caption
-    if (view["note"].astype(str) == "").all():
-        view = view.drop(columns="note")
-    if view[speed].isna().all():
-        view = view.drop(columns=speed)
-    total = frame["model"].nunique()
+    view["note"] = notes
+    if (notes == "").all():
+        del view["note"]
+    if np.isnan(view[speed].astype(float)).all():
+        del view[speed]
+    total = len(set(rows["model"]))
     workload = (f"{args.mode} fine-tuning, sequence {args.context:,}, micro-batch {args.batch}" if training else
                 f"context {args.context:,}, batch {args.batch}, engine {args.engine}")
-    print_frame(view.reset_index(drop=True), "table",
-                title=f"{len(view)} of {total} models fit on {gpu} ({usable:.1f} GiB usable) at {workload}",
-                caption=caption, formats=TABLE_FORMATS)
-    return 0
+    print_columns(view, title=f"{len(best)} of {total} models fit on {gpu} ({usable:.1f} GiB usable) at {workload}",
+                  caption=caption, formats=TABLE_FORMATS)

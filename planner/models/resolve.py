@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import urllib.error
-import urllib.request
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -112,6 +110,10 @@ def _offline() -> bool:
 
 
 def _fetch_hub_config(repo_id: str) -> dict[str, Any]:
+    # Imported here: urllib.request (with http.client and email) costs every command ~20 ms at start-up.
+    import urllib.error
+    import urllib.request
+
     hint = (f"Download its config.json (or the model) and pass the local path, e.g. "
             f"`fitplan models show ./{repo_id.split('/')[-1]}/config.json`.")
     if _offline():

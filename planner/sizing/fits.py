@@ -8,10 +8,10 @@ at once by numpy broadcasting.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from hardware_db import Accelerator
 from planner.errors import InvalidRequestError
@@ -21,6 +21,9 @@ from planner.memory.devices import format_support, resolve_gpu
 from planner.memory.engines import get_engine
 from planner.models.resolve import get_model
 from planner.sizing.table import GIB, _cached_table
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # Eight common precisions per engine (the default of what_fits).
 DEFAULT_PRECISIONS: dict[str, tuple[str, ...]] = {
@@ -97,6 +100,48 @@ def what_fits(gpu: Any, models: Iterable[Any] | None = None, precisions: Iterabl
                                   **training)
     if training:
         raise InvalidRequestError(f"unknown option(s) {', '.join(training)} for mode='inference'.")
+    return fit_columns(gpu, models, precisions, context=context, batch=batch, engine=engine,
+                       kv_dtype=kv_dtype).to_frame()
+
+
+@dataclass(frozen=True)
+class FitColumns:
+    """The rows of an inference :func:`what_fits` as numpy columns (``COLUMNS`` order), before pandas.
+
+    Categorical columns (gpu, model, precision, note) hold codes into ``categories[column]``;
+    ``supported`` holds 1 / 0 / -1 for True / False / unknown. ``fitplan fits`` prints its default table
+    from these columns, so it does not import pandas (a quarter of a second of start-up).
+    """
+
+    data: dict[str, np.ndarray]
+    categories: dict[str, list[str]]
+
+    def column(self, name: str) -> np.ndarray:
+        """One column with categories decoded (object array of str) and ``supported`` as True/False/None."""
+        values = self.data[name]
+        if name in self.categories:
+            return np.array(self.categories[name], dtype=object)[values]
+        if name == "supported":
+            return np.array([None, False, True], dtype=object)[values + 1]
+        return values
+
+    def to_frame(self) -> pd.DataFrame:
+        import pandas as pd
+
+        columns: dict[str, Any] = {}
+        for name, values in self.data.items():
+            if name in self.categories:
+                columns[name] = pd.Categorical.from_codes(values, self.categories[name])
+            elif name == "supported":
+                columns[name] = pd.arrays.BooleanArray(values > 0, values < 0)
+            else:
+                columns[name] = values
+        return pd.DataFrame(columns)
+
+
+def fit_columns(gpu: Any, models: Iterable[Any] | None = None, precisions: Iterable[str] | None = None, *,
+                context: int = 4096, batch: int = 1, engine: str = "hf", kv_dtype: str | None = None) -> FitColumns:
+    """The rows of ``what_fits(..., mode="inference")`` as numpy columns (see :class:`FitColumns`)."""
     context = _positive_int("context", context, MAX_TOKENS)
     batch = _positive_int("batch", batch, MAX_BATCH)
     profile = get_engine(engine)
@@ -137,12 +182,12 @@ def what_fits(gpu: Any, models: Iterable[Any] | None = None, precisions: Iterabl
     def cells(array: np.ndarray) -> np.ndarray:
         return array.ravel()[order]
 
-    frame = pd.DataFrame({
-        "gpu": pd.Categorical.from_codes(gpu_index[order], [acc.name for acc in accs]),
-        "model": pd.Categorical.from_codes(row_index // len(formats), list(names)),
+    data = {
+        "gpu": gpu_index[order],
+        "model": row_index // len(formats),
         "params_b": params[row_index],
-        "precision": pd.Categorical.from_codes(fmt_index[row_index], list(formats)),
-        "supported": pd.arrays.BooleanArray(cells(state) > 0, cells(state) < 0),
+        "precision": fmt_index[row_index],
+        "supported": cells(state),
         "fits": cells(fits),
         "safe_gib": np.where(np.isfinite(safe), safe / GIB, np.nan)[row_index],
         "peak_gib": (peak / GIB)[row_index],
@@ -152,9 +197,11 @@ def what_fits(gpu: Any, models: Iterable[Any] | None = None, precisions: Iterabl
         "max_context": cells(np.where(unsupported, 0, table.max_context(batch, usable)).astype("int64")),
         "max_batch": cells(np.where(unsupported, 0, table.max_batch(context, usable)).astype("int64")),
         "decode_tok_s": cells(np.where(fits, tok_s, np.nan)),
-        "note": pd.Categorical.from_codes(cells(note[0]), note[1]),
-    })
-    return frame
+        "note": cells(note[0]),
+    }
+    categories = {"gpu": [acc.name for acc in accs], "model": list(names), "precision": list(formats),
+                  "note": note[1]}
+    return FitColumns(data, categories)
 
 
 def _notes(errors: np.ndarray, has_error: np.ndarray, reasons: np.ndarray, state: np.ndarray,
@@ -163,7 +210,8 @@ def _notes(errors: np.ndarray, has_error: np.ndarray, reasons: np.ndarray, state
     categories = ["", f"{context:,} tokens exceed the model's maximum context",
                   "format support unknown on a capacity-only device"]
     lookup = {text: i for i, text in enumerate(categories)}
-    for text in [*errors[has_error], *np.unique(reasons[state == 0])]:
+    # sorted(set()), not np.unique: on an object array np.unique imports numpy.ma (~40 ms at start-up).
+    for text in [*errors[has_error], *sorted(set(reasons[state == 0].tolist()))]:
         lookup.setdefault(text, len(lookup))
     categories = list(lookup)
     error_codes = np.array([lookup.get(text, 0) for text in errors])
