@@ -96,13 +96,12 @@ def _largest_root(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     return np.where(c > 0, np.where(root >= 0, root, -np.inf), root)
 
 
-def _phase_arrays(prepared: PreparedInference) -> tuple[np.ndarray, np.ndarray]:
-    """(device upper, allocated point) coefficient matrices, one row per phase."""
+def _phase_rows(prepared: PreparedInference) -> tuple[list[tuple[float, ...]], list[tuple[float, ...]]]:
+    """(device upper, allocated point) coefficients, one tuple per phase (upper not yet divided by
+    the plan's safe divisor)."""
     plan = prepared.plan
     sums = plan.phase_coefficients()
-    upper = np.array([sums[p.name][0] for p in plan.phases])
-    point = np.array([sums[p.name][1] for p in plan.phases])
-    return upper / plan.safe_divisor, point
+    return [sums[p.name][0] for p in plan.phases], [sums[p.name][1] for p in plan.phases]
 
 
 @lru_cache(maxsize=32)
@@ -128,7 +127,7 @@ def build_table(specs: list[ModelSpec], precisions: tuple[str, ...], *, engine: 
 
 def _build_table(specs: list[ModelSpec], precisions: tuple[str, ...], *, engine: str, kv_dtype: str | None,
                  context: int, batch: int) -> FitTable:
-    rows, uppers, points, prepared_list, reads = [], [], [], [], []
+    rows, uppers, points, divisors, prepared_list, reads = [], [], [], [], [], []
     windows, limits, kv_full, kv_window = [], [], [], []
     for spec in specs:
         for precision in precisions:
@@ -144,27 +143,29 @@ def _build_table(specs: list[ModelSpec], precisions: tuple[str, ...], *, engine:
             rows.append(row)
             prepared_list.append(prepared)
             if prepared is None:
-                uppers.append(np.full((1, len(BASIS)), np.inf))
-                points.append(np.full((1, len(BASIS)), np.nan))
+                uppers.append([(math.inf,) * len(BASIS)])
+                points.append([(math.nan,) * len(BASIS)])
+                divisors.append(1.0)
                 reads.append(None)
                 windows.append(math.inf)
                 kv_full.append(0.0)
                 kv_window.append(0.0)
             else:
-                upper, point = _phase_arrays(prepared)
+                upper, point = _phase_rows(prepared)
                 uppers.append(upper)
                 points.append(point)
                 plan = prepared.plan
+                divisors.append(plan.safe_divisor)
                 reads.append(read_bytes(spec, plan.weights, prepared.setup.tp))
                 windows.append(plan.window if plan.window else math.inf)
                 kv_full.append(plan.kv_coeffs.per_token)
                 kv_window.append(plan.kv_coeffs.per_window_token)
             limits.append(spec.max_position_embeddings or math.inf)
-    depth = max(a.shape[0] for a in uppers)
-    upper = np.zeros((len(rows), depth, len(BASIS)))
-    point = np.zeros((len(rows), depth, len(BASIS)))
-    for i, (u, p) in enumerate(zip(uppers, points)):
-        upper[i, : u.shape[0]] = u
-        point[i, : p.shape[0]] = p
+    # One array for all rows (rows with fewer phases padded with zero phases), not one per row.
+    depth = max(len(u) for u in uppers)
+    padding = (0.0,) * len(BASIS)
+    upper = np.array([u + [padding] * (depth - len(u)) for u in uppers])
+    point = np.array([p + [padding] * (depth - len(p)) for p in points])
+    upper /= np.array(divisors)[:, None, None]
     return FitTable(rows, upper, point, np.array(windows, dtype=float), np.array(limits, dtype=float), reads,
                     np.array(kv_full), np.array(kv_window), prepared_list)
