@@ -13,10 +13,12 @@ from planner.errors import (
     UnsupportedError,
 )
 from planner._lazy import lazy_getattr
-from planner.models import ModelSpec, ParameterBreakdown, ParamGroup, get_model, list_models
 
-# Imported on first use (PEP 562), so `fitplan hardware ...` does not pay for the memory model.
+# Imported on first use (PEP 562), so `fitplan hardware ...` does not pay for the model registry or the
+# memory model, and a command can choose when its imports happen (see planner.cli.console_main).
 _LAZY = {
+    "ModelSpec": "planner.models", "ParameterBreakdown": "planner.models", "ParamGroup": "planner.models",
+    "get_model": "planner.models", "list_models": "planner.models",
     "WeightFormat": "planner.formats", "get_format": "planner.formats", "list_formats": "planner.formats",
     "MemoryEstimate": "planner.memory", "MemoryTerm": "planner.memory", "estimate_memory": "planner.memory",
     "what_fits": "planner.sizing", "size_cluster": "planner.sizing",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 
-import hardware_db
 from planner.cli._render import add_format_flags, print_frame, print_json, print_mapping
 
 # Summary table: schema field -> column header (units in the header, as in the field names).
@@ -47,16 +46,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     list_parser.add_argument("--min-memory-gb", type=float, metavar="N", help="at least N GB marketed memory")
     list_parser.add_argument("--max-memory-gb", type=float, metavar="N", help="at most N GB marketed memory")
     add_format_flags(list_parser)
-    list_parser.set_defaults(func=run_list)
+    list_parser.set_defaults(func=run_list, cyclic_gc=False)  # see planner.cli.console_main
 
     show_parser = commands.add_parser("show", help="every field of one accelerator")
     show_parser.add_argument("name", metavar="NAME",
                              help='name, alias or capacity, e.g. "rtx 4090", "H100 SXM", "24GB"')
     add_format_flags(show_parser, csv=False)
-    show_parser.set_defaults(func=run_show)
+    show_parser.set_defaults(func=run_show, cyclic_gc=False)
 
 
 def run_list(args: argparse.Namespace) -> int:
+    import hardware_db
+
     entries = hardware_db.list(vendor=args.vendor, min_memory_gb=args.min_memory_gb,
                                max_memory_gb=args.max_memory_gb)
     records = [entry.model_dump(mode="json") for entry in entries]
@@ -78,6 +79,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
+    import hardware_db
+
     entry = hardware_db.get(args.name)
     payload = entry.model_dump(mode="json")
     missing = entry.missing_fields()
