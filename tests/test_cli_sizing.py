@@ -153,3 +153,12 @@ def test_sizing_commands_do_not_load_torch():
             "sys.stderr.write('HEAVY=' + ','.join(heavy))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stderr.strip().splitlines()[-1] == "HEAVY="
+
+
+def test_console_script_runs_sizing_commands_without_cyclic_gc():
+    code = ("import gc, sys; sys.argv = ['fitplan', 'fits', '--gpu', '16GB', '--model', 'gpt2']; "
+            "from planner.cli import console_main; status = console_main(); "
+            "sys.stderr.write(f'STATUS={status} GC={gc.isenabled()} FROZEN={gc.get_freeze_count() > 0}')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stderr.strip().splitlines()[-1] == "STATUS=0 GC=False FROZEN=True"
+    assert "1 of 1 models fit" in result.stdout
