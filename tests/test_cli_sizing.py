@@ -6,6 +6,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 
@@ -155,10 +156,13 @@ def test_sizing_commands_do_not_load_torch():
     assert result.stderr.strip().splitlines()[-1] == "HEAVY="
 
 
-def test_console_script_runs_sizing_commands_without_cyclic_gc():
-    code = ("import gc, sys; sys.argv = ['fitplan', 'fits', '--gpu', '16GB', '--model', 'gpt2']; "
+def test_console_script_runs_sizing_commands_quickly():
+    """Quick commands run without the cyclic GC (frozen at exit) and with one OpenBLAS thread."""
+    code = ("import gc, os, sys; sys.argv = ['fitplan', 'fits', '--gpu', '16GB', '--model', 'gpt2']; "
             "from planner.cli import console_main; status = console_main(); "
-            "sys.stderr.write(f'STATUS={status} GC={gc.isenabled()} FROZEN={gc.get_freeze_count() > 0}')")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stderr.strip().splitlines()[-1] == "STATUS=0 GC=False FROZEN=True"
+            "sys.stderr.write(f'STATUS={status} GC={gc.isenabled()} FROZEN={gc.get_freeze_count() > 0} '"
+            "f'BLAS={os.environ.get(\"OPENBLAS_NUM_THREADS\")}')")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert result.stderr.strip().splitlines()[-1] == "STATUS=0 GC=False FROZEN=True BLAS=1"
     assert "1 of 1 models fit" in result.stdout

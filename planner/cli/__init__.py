@@ -3,7 +3,7 @@
 Each sub-command lives in its own module with two functions (the Accelerate pattern):
 ``register(subparsers)`` adds its parser and ``run(args) -> int`` turns the parsed arguments into a
 typed call of the library and prints the result (``set_defaults(func=run)``; a command that answers in
-well under a second also sets ``cyclic_gc=False``, see :func:`console_main`). This module only wires
+well under a second also sets ``quick=True``, see :func:`console_main`). This module only wires
 them together and turns user errors into one clear line on stderr with exit code 2 (never a traceback).
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import sys
 from collections.abc import Sequence
 
@@ -80,22 +81,26 @@ def _run_command(args: argparse.Namespace) -> int:
 def console_main() -> int:
     """The ``fitplan`` program (console script and ``python -m planner.cli``): :func:`main` on ``sys.argv``.
 
-    Garbage collection is tuned for a process that ends after one command (not in :func:`main`,
-    which tests call many times in one process):
+    Tuned for a process that ends after one command (not in :func:`main`, which tests call many times
+    in one process). A command registered with ``quick=True`` (a sizing answer computed in well under a
+    second from data files and formulas) runs
 
-    - a command registered with ``cyclic_gc=False`` (a sizing answer computed in well under a second)
-      runs without the cyclic garbage collector: it creates ~0.1 million long-lived objects (numpy,
-      pydantic, the catalogs, memory plans) and almost no reference cycles, so collection passes only
-      cost time (~40 ms of `fitplan fits`). Reference counting still frees memory. Commands that run
-      real workloads keep the collector.
-    - ``gc.freeze()`` before the interpreter exits: its final collections then skip every object alive
-      at that point, which would otherwise add ~0.1 s after the output is printed.
+    - without the cyclic garbage collector: it creates ~0.1 million long-lived objects (numpy, pydantic,
+      the catalogs, memory plans) and almost no reference cycles, so collection passes only cost time
+      (~40 ms of `fitplan fits`); reference counting still frees memory;
+    - with one OpenBLAS thread unless ``OPENBLAS_NUM_THREADS`` is set: its arrays are far too small for
+      threaded BLAS, and starting the thread pool when numpy is imported costs ~30 ms.
 
-    Measured with benchmarks/planner_speed.py.
+    Other commands (real workloads) keep both. Before the interpreter exits, ``gc.freeze()`` spares its
+    final collections a walk over every live object (~0.1 s after the output is printed). Figures:
+    benchmarks/planner_speed.py.
     """
     gc.disable()  # building the parser imports the engine profiles: no cycles either
     args = build_parser().parse_args()
-    if getattr(args, "cyclic_gc", True):
+    if getattr(args, "quick", False):
+        # Read when numpy is first imported, which only the command itself does.
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    else:
         gc.enable()
     status = _run_command(args)
     gc.freeze()

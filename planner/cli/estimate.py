@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_engine_flags(parser)
     run_hooks(parser, "estimate")
     add_format_flags(parser, csv=False)
-    parser.set_defaults(func=run, cyclic_gc=False)  # a short computation: see planner.cli.console_main
+    parser.set_defaults(func=run, quick=True)  # see planner.cli.console_main
 
 
 def _speed(estimate, args: argparse.Namespace) -> dict[str, Any] | None:

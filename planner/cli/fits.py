@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--all", action="store_true", help="print every (model, precision) row")
     run_hooks(parser, "fits")
     add_format_flags(parser)
-    parser.set_defaults(func=run, cyclic_gc=False)  # a short computation: see planner.cli.console_main
+    parser.set_defaults(func=run, quick=True)  # see planner.cli.console_main
 
 
 def run(args: argparse.Namespace) -> int:

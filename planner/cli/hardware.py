@@ -46,13 +46,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     list_parser.add_argument("--min-memory-gb", type=float, metavar="N", help="at least N GB marketed memory")
     list_parser.add_argument("--max-memory-gb", type=float, metavar="N", help="at most N GB marketed memory")
     add_format_flags(list_parser)
-    list_parser.set_defaults(func=run_list, cyclic_gc=False)  # see planner.cli.console_main
+    list_parser.set_defaults(func=run_list, quick=True)  # see planner.cli.console_main
 
     show_parser = commands.add_parser("show", help="every field of one accelerator")
     show_parser.add_argument("name", metavar="NAME",
                              help='name, alias or capacity, e.g. "rtx 4090", "H100 SXM", "24GB"')
     add_format_flags(show_parser, csv=False)
-    show_parser.set_defaults(func=run_show, cyclic_gc=False)
+    show_parser.set_defaults(func=run_show, quick=True)
 
 
 def run_list(args: argparse.Namespace) -> int:

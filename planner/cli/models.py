@@ -17,13 +17,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     listing = commands.add_parser("list", help="list registry models")
     listing.add_argument("--family", help="only models of this family/model_type (e.g. llama, qwen3_moe)")
     add_format_flags(listing)
-    listing.set_defaults(func=run_list, cyclic_gc=False)  # see planner.cli.console_main
+    listing.set_defaults(func=run_list, quick=True)  # see planner.cli.console_main
 
     show = commands.add_parser("show", help="architecture facts and parameter breakdown of one model")
     show.add_argument("model", metavar="NAME_OR_PATH",
                       help="registry name or alias, a directory with config.json, or a config.json path")
     add_format_flags(show, csv=False)
-    show.set_defaults(func=run_show, cyclic_gc=False)
+    show.set_defaults(func=run_show, quick=True)
 
 
 def _registry_frame(family: str | None):

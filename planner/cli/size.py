@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--gpu", action="append", metavar="NAME", help="only these accelerators (repeatable)")
     run_hooks(parser, "size")
     add_format_flags(parser)
-    parser.set_defaults(func=run, cyclic_gc=False)  # a short computation: see planner.cli.console_main
+    parser.set_defaults(func=run, quick=True)  # see planner.cli.console_main
 
 
 def run(args: argparse.Namespace) -> int:
