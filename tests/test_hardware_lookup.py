@@ -125,6 +125,27 @@ def test_capacity_strings_give_generic_devices(text, gib):
     assert device.memory_usable_basis
 
 
+def test_no_built_in_spelling_is_a_capacity():
+    """hardware_db.get answers a capacity string without loading the catalog; that is only right while
+    no built-in name or alias (normalised, as lookups compare them) reads as a capacity."""
+    from hardware_db._catalog import _builtin_catalog
+    from hardware_db._generic import parse_capacity_gib
+
+    spellings = list(_builtin_catalog()._owner)
+    assert len(spellings) > 100
+    assert [key for key in spellings if parse_capacity_gib(key) is not None] == []
+
+
+def test_a_user_entry_named_like_a_capacity_wins_over_the_generic_device():
+    hardware_db.register({**hardware_db.get("RTX 4090").model_dump(), "name": "Lab 48GB card",
+                          "aliases": ["48GB"], "memory_gb": 48, "memory_usable_gib": 47.5})
+    try:
+        assert hardware_db.get("48GB").name == "Lab 48GB card"
+    finally:
+        hardware_db.reset()
+    assert hardware_db.get("48GB").is_generic
+
+
 def test_generic_devices_report_speed_and_price_as_missing():
     device = hardware_db.get("16GB")
     assert "binary" in device.memory_usable_basis
