@@ -12,11 +12,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from planner.cli import fixtures as _fixtures
 from planner.cli import hardware as _hardware
 from planner.cli import models as _models
+from planner.cli import run as _run
 
 # Order = order in `fitplan --help`. Each command module is appended here.
-COMMAND_MODULES: list = [_hardware, _models]
+COMMAND_MODULES: list = [_hardware, _models, _run, _fixtures]
 
 EXIT_USER_ERROR = 2
 
