@@ -10,7 +10,8 @@ path (fp32, bf16, int8 and 4-bit with float32 or bfloat16 compute) runs once thr
 
     S = startup peak of the runs without bitsandbytes;  B = startup peak with it - S
     L = RSS after load - startup RSS - weights converted while loading
-    T = (load peak - RSS after load) / float32 bytes of the converted tensors (0 when none)
+        (- their float32 source pages when the checkpoint stays mapped)
+    T = (load peak - RSS after load) / float32 bytes of the converted tensors (0 when none or mapped)
     E = evaluate peak - RSS after load - mapped weights a forward reads - activations of the evaluate batch
     P = speed peak - RSS after load - mapped weights a forward reads - activations of the timed batch
 
@@ -43,11 +44,13 @@ PATHS = {
     "4bit-fp32": QuantizationSpec(weights="nf4", compute_dtype="fp32"),
     "4bit-bf16": QuantizationSpec(weights="nf4", compute_dtype="bf16"),
 }
-LLAMA = {"vocab_size": 2048, "hidden_size": 192, "num_hidden_layers": 3, "num_attention_heads": 6,
-         "num_key_value_heads": 2, "intermediate_size": 512, "max_position_embeddings": 256,
+# Shapes unlike the validated models (MiniLM: BERT 384 x 6 layers; tiny-llama: 256 x 4 layers), at a scale
+# where the checkpoint's pages matter (~60 MB and ~110 MB float32).
+LLAMA = {"vocab_size": 2048, "hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 6,
+         "num_key_value_heads": 2, "intermediate_size": 1024, "max_position_embeddings": 256,
          "tie_word_embeddings": False, "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}
-BERT = {"vocab_size": 30522, "hidden_size": 192, "num_hidden_layers": 3, "num_attention_heads": 6,
-        "intermediate_size": 768, "max_position_embeddings": 512}
+BERT = {"vocab_size": 30522, "hidden_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8,
+        "intermediate_size": 2048, "max_position_embeddings": 512}
 MINILM_TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -95,8 +98,10 @@ def measure(models: dict[str, Path], out_dir: Path) -> tuple[dict, list[float], 
             load_end = phase["load"].rss_end_bytes
             transient = phase["load"].peak_rss_bytes - load_end
             paths[f"{kind}.{path}"] = {
-                "load_overhead_bytes": load_end - phase["startup"].rss_end_bytes - held.converted,
-                "load_transient_fraction": round(transient / held.converted_source, 3) if held.converted_source else 0.0,
+                "load_overhead_bytes": load_end - phase["startup"].rss_end_bytes - held.converted
+                - (held.converted_source if held.mapped else 0.0),
+                "load_transient_fraction": round(transient / held.converted_source, 3)
+                if held.converted_source and not held.mapped else 0.0,
                 "evaluate_overhead_bytes": phase["evaluate"].peak_rss_bytes - load_end - held.mapped_touched
                 - activations(spec, kind, workload.evaluate_batch, workload.evaluate_seq_len, compute,
                               workload.evaluator),
@@ -120,8 +125,8 @@ def render(paths: dict, plain: list[float], bnb: list[float]) -> str:
         "# Regenerate with `python benchmarks/cpu_profile.py --write` (bytes; see that script for the formulas).",
         "schema_version = 1",
         'measured_with = "python benchmarks/cpu_profile.py --write"',
-        'calibration_models = "random-initialised Llama (hidden 192, 3 layers, 6/2 heads, MLP 512, vocab 2048) and '
-        'BERT (hidden 192, 3 layers, 6 heads, MLP 768, vocab 30522), float32 checkpoints"',
+        'calibration_models = "random-initialised Llama (hidden 384, 6 layers, 6/2 heads, MLP 1024, vocab 2048) and '
+        'BERT (hidden 512, 4 layers, 8 heads, MLP 2048, vocab 30522), float32 checkpoints"',
         f"startup_bytes = {startup:.0f}",
         f"bitsandbytes_import_bytes = {statistics.median(bnb) - startup:.0f}",
         "",

@@ -8,13 +8,15 @@ its weights become resident matters more than their size (measured, transformers
   of an embedding table (counted as zero);
 - tensors that are converted while loading (a dtype cast, a bitsandbytes quantization) are new
   **anonymous** memory, resident at once, and the file pages of their float32 source are touched
-  while converting (the load transient).
+  while converting: a transient while the file is mapped, which stays resident after loading when
+  other tensors keep the file mapped (a bitsandbytes model with float32 compute keeps its embeddings
+  mapped).
 
 The RSS at each phase's peak is predicted as
 
     startup    = S (+ B when bitsandbytes is imported)
-    load end   = startup + L[path] + W_converted
-    load peak  = load end + T[path] x C_converted
+    load end   = startup + L[path] + W_converted (+ C_converted when the file stays mapped)
+    load peak  = load end + T[path] x C_converted (when it does not)
     evaluate   = load end + W_mapped_touched + E[path] + A(evaluate batch)
     speed      = load end + W_mapped_touched + P[path] + A(speed batch)
 
@@ -230,11 +232,17 @@ def estimate_cpu_process_memory(model: Any, strategy: CompressionStrategy | None
     base.append(_term("weights_quantized" if fmt.is_quantized else "weights_unquantized",
                       f"weights converted while loading ({fmt_name}, rest {compute})", held.converted,
                       "format registry bytes of the cast / quantized tensors", {"format": fmt_name}, fmt.source))
+    phases: dict[str, list[MemoryTerm]] = {}
+    if held.mapped:
+        base.append(_term("load_transient", "checkpoint pages read while converting, kept mapped",
+                          held.converted_source, "float32 bytes of the converted tensors (file stays mapped)",
+                          {"mapped_bytes": held.mapped}, "planner.memory.cpu module docstring"))
     load_end = sum(t.gib for t in base) * GIB
-    phases: dict[str, list[MemoryTerm]] = {"load": base + [_term(
-        "load_transient", "checkpoint pages read while converting", constants.load_transient_fraction
-        * held.converted_source, "T[path] x float32 bytes of the converted tensors",
-        {"T": constants.load_transient_fraction, "converted_source_bytes": held.converted_source}, measured)]}
+    transient = 0.0 if held.mapped else constants.load_transient_fraction * held.converted_source
+    phases["load"] = base + [_term(
+        "load_transient", "checkpoint pages read while converting", transient,
+        "T[path] x float32 bytes of the converted tensors",
+        {"T": constants.load_transient_fraction, "converted_source_bytes": held.converted_source}, measured)]
     touched = _term("weights_unquantized", "memory-mapped weights read by a forward (embedding tables excluded)",
                     held.mapped_touched, "checkpoint-dtype bytes of the non-embedding tensors kept as loaded",
                     {"mapped_bytes": held.mapped}, "planner.memory.cpu.weight_residency")
