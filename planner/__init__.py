@@ -8,12 +8,16 @@ from planner.errors import (
     InvalidConfigError,
     InvalidRequestError,
     OfflineError,
+    UnknownFormatError,
     UnknownModelError,
     UnsupportedError,
 )
+from planner.formats import WeightFormat, get_format, list_formats
+from planner.memory import MemoryEstimate, MemoryTerm, estimate_memory
 from planner.models import ModelSpec, ParameterBreakdown, ParamGroup, get_model, list_models
 
 __all__ = [
-    "FitplanError", "InvalidConfigError", "InvalidRequestError", "ModelSpec", "OfflineError",
-    "ParamGroup", "ParameterBreakdown", "UnknownModelError", "UnsupportedError", "get_model", "list_models",
+    "FitplanError", "InvalidConfigError", "InvalidRequestError", "MemoryEstimate", "MemoryTerm", "ModelSpec",
+    "OfflineError", "ParamGroup", "ParameterBreakdown", "UnknownFormatError", "UnknownModelError", "UnsupportedError",
+    "WeightFormat", "estimate_memory", "get_format", "get_model", "list_formats", "list_models",
 ]

@@ -30,3 +30,7 @@ class UnsupportedError(FitplanError):
 
 class InvalidRequestError(FitplanError):
     """A size, count or option is out of range (zero/negative batch, context beyond the model, ...)."""
+
+
+class UnknownFormatError(FitplanError, LookupError):
+    """A precision/format or KV-cache dtype name is not in the format registry."""

@@ -25,3 +25,14 @@ def pytest_collection_modifyitems(config, items):
         if "exec" in item.keywords:
             item.add_marker(pytest.mark.xfail(reason="needs the exec extra: pip install 'fitplan[test]'",
                                               run=False, strict=True))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_hardware_catalog(monkeypatch):
+    """Each test starts from the built-in accelerator catalog, without FITPLAN_HARDWARE or registrations."""
+    import hardware_db
+
+    monkeypatch.delenv("FITPLAN_HARDWARE", raising=False)
+    hardware_db.reset()
+    yield
+    hardware_db.reset()

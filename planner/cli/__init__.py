@@ -12,8 +12,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from planner.cli import fixtures as _fixtures
+from planner.cli import hardware as _hardware
+from planner.cli import models as _models
+from planner.cli import run as _run
+
 # Order = order in `fitplan --help`. Each command module is appended here.
-COMMAND_MODULES: list = []
+COMMAND_MODULES: list = [_hardware, _models, _run, _fixtures]
 
 EXIT_USER_ERROR = 2
 
@@ -67,7 +72,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _one_line(error: BaseException) -> str:
-    text = str(error).strip()
+    """One readable line: pydantic errors become 'field: reason; field: reason'."""
+    errors = getattr(error, "errors", None)
+    if callable(errors) and type(error).__name__ == "ValidationError":
+        parts = []
+        for item in errors():
+            location = ".".join(str(part) for part in item.get("loc", ()))
+            message = str(item.get("msg", "")).removeprefix("Value error, ")
+            parts.append(f"{location}: {message}" if location else message)
+        return "; ".join(parts)
+    text = " ".join(str(error).split())
     return text if text else type(error).__name__
 
 

@@ -59,17 +59,25 @@ def print_frame(frame: pd.DataFrame, output: str, *, title: str | None = None,
     if output == "csv":
         frame.to_csv(sys.stdout, index=False)
         return
-    from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     formats = formats or {}
     table = Table(title=title, caption=caption, show_lines=False)
-    for column in frame.columns:
+    for index, column in enumerate(frame.columns):
         numeric = pd.api.types.is_numeric_dtype(frame[column]) and not pd.api.types.is_bool_dtype(frame[column])
-        table.add_column(str(column), justify="right" if numeric else "left", overflow="fold")
+        table.add_column(str(column), justify="right" if numeric else "left", no_wrap=index == 0 or numeric)
     for row in frame.itertuples(index=False):
-        table.add_row(*(_cell(value, formats.get(column)) for column, value in zip(frame.columns, row)))
-    Console().print(table)
+        # escape: cell text such as "[source, 2026] ..." is data, not rich markup
+        table.add_row(*(escape(_cell(value, formats.get(column))) for column, value in zip(frame.columns, row)))
+    _console().print(table)
+
+
+def _console():
+    """A rich console; when stdout is not a terminal (a pipe, a file) tables are not squeezed to 80 columns."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=220)
 
 
 def _cell(value: Any, fmt: str | None) -> str:
@@ -96,12 +104,12 @@ def print_mapping(title: str, items: list[tuple[str, Any]], output: str, payload
     if output == "json":
         print_json(payload if payload is not None else dict(items))
         return
-    from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=title, show_header=False)
+    table = Table(title=escape(title), show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
     for key, value in items:
-        table.add_row(key, _cell(value, None))
-    Console().print(table)
+        table.add_row(escape(key), escape(_cell(value, None)))
+    _console().print(table)

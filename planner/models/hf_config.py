@@ -61,6 +61,8 @@ _PROFILES: dict[str, dict[str, Any]] = {
     "gpt_bigcode": {"tie": True, "family": "gpt2"},
     "opt": {"tie": True, "family": "opt"},
     "falcon": {"tie": True, "family": "falcon"},
+    "phi": {"tie": False, "family": "phi"},
+    "gpt_neox": {"tie": False, "family": "gpt_neox"},
     "bert": {"tie": True, "family": "bert"},
     "t5": {"tie": True, "family": "t5"},
 }
@@ -356,6 +358,51 @@ def _read_falcon(reader: _Reader, profile: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+def _read_phi(reader: _Reader, profile: dict[str, Any]) -> dict[str, Any]:
+    """Phi-1/1.5/2 (PhiForCausalLM): parallel attention + GELU MLP behind one LayerNorm, biased
+    projections (``dense`` output), a final LayerNorm and an lm_head with a bias."""
+    hidden = reader.require_int("hidden_size")
+    num_layers = reader.require_int("num_layers")
+    heads, kv_heads, head_dim = _attention_dims(reader, hidden)
+    return dict(
+        architecture="decoder",
+        hidden_size=hidden,
+        num_layers=num_layers,
+        vocab_size=reader.require_int("vocab_size"),
+        attention=AttentionSpec(num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim, qkv_bias=True,
+                                o_bias=True, qk_norm=reader.flag("qk_layernorm", False),
+                                layer_types=("full_attention",) * num_layers),
+        mlp=MLPSpec(intermediate_size=reader.require_int("intermediate_size"), gated=False, bias=True,
+                    activation=str(reader.get("activation", "gelu_new"))),
+        norm=NormSpec(kind="layernorm", bias=True, per_layer=1),
+        parallel_attention=True,
+        lm_head_bias=True,
+        tie_word_embeddings=reader.flag("tie_word_embeddings", profile["tie"]),
+    )
+
+
+def _read_gpt_neox(reader: _Reader, profile: dict[str, Any]) -> dict[str, Any]:
+    """GPT-NeoX / StableLM-alpha / Pythia: fused biased query_key_value, two LayerNorms per layer
+    (parallel residual or not, both exist), GELU MLP with biases, untied embed_out without bias."""
+    hidden = reader.require_int("hidden_size")
+    num_layers = reader.require_int("num_layers")
+    heads = reader.require_int("num_heads")
+    bias = reader.flag("attention_bias", True)
+    return dict(
+        architecture="decoder",
+        hidden_size=hidden,
+        num_layers=num_layers,
+        vocab_size=reader.require_int("vocab_size"),
+        attention=AttentionSpec(num_heads=heads, num_kv_heads=heads, head_dim=hidden // heads, qkv_bias=bias,
+                                o_bias=bias, layer_types=("full_attention",) * num_layers),
+        mlp=MLPSpec(intermediate_size=reader.require_int("intermediate_size"), gated=False, bias=True,
+                    activation=str(reader.get("activation", "gelu"))),
+        norm=NormSpec(kind="layernorm", bias=True, per_layer=2),
+        parallel_attention=reader.flag("use_parallel_residual", True),
+        tie_word_embeddings=reader.flag("tie_word_embeddings", profile["tie"]),
+    )
+
+
 def _read_bert(reader: _Reader, profile: dict[str, Any]) -> dict[str, Any]:
     hidden = reader.require_int("hidden_size")
     num_layers = reader.require_int("num_layers")
@@ -409,6 +456,8 @@ _FAMILY_BUILDERS: dict[str, Callable[[_Reader, dict[str, Any]], dict[str, Any]]]
     "gpt2": _read_gpt2,
     "opt": _read_opt,
     "falcon": _read_falcon,
+    "phi": _read_phi,
+    "gpt_neox": _read_gpt_neox,
     "bert": _read_bert,
     "t5": _read_t5,
 }

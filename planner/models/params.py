@@ -34,6 +34,10 @@ _MODULE_NAMES: dict[str, dict[str, str]] = {
     "gpt2": {"qkv": "attn.c_attn", "o": "attn.c_proj", "up": "mlp.c_fc", "down": "mlp.c_proj"},
     "gpt_bigcode": {"qkv": "attn.c_attn", "o": "attn.c_proj", "up": "mlp.c_fc", "down": "mlp.c_proj"},
     "qwen": {"qkv": "attn.c_attn", "o": "attn.c_proj", "gate": "mlp.w2", "up": "mlp.w1", "down": "mlp.c_proj"},
+    "phi": {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.dense",
+            "up": "mlp.fc1", "down": "mlp.fc2"},
+    "gpt_neox": {"qkv": "attention.query_key_value", "o": "attention.dense", "up": "mlp.dense_h_to_4h",
+                 "down": "mlp.dense_4h_to_h"},
     "falcon": {"qkv": "self_attention.query_key_value", "o": "self_attention.dense",
                "up": "mlp.dense_h_to_4h", "down": "mlp.dense_4h_to_h"},
     "opt": {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.out_proj",
@@ -43,7 +47,7 @@ _MODULE_NAMES: dict[str, dict[str, str]] = {
     "t5": {"q": "SelfAttention.q", "k": "SelfAttention.k", "v": "SelfAttention.v", "o": "SelfAttention.o",
            "gate": "DenseReluDense.wi_0", "up": "DenseReluDense.wi_1", "down": "DenseReluDense.wo"},
 }
-_FUSED_QKV = {"phi3", "gpt2", "gpt_bigcode", "qwen", "falcon"}
+_FUSED_QKV = {"phi3", "gpt2", "gpt_bigcode", "qwen", "falcon", "gpt_neox"}
 _FUSED_GATE_UP = {"phi3"}
 
 
@@ -104,7 +108,7 @@ def parameter_groups(f: dict[str, Any]) -> list[ParamGroup]:
     if f.get("pooler"):
         groups.append(_linear("pooler.dense", "other", "pooler", hidden, hidden, True))
     if f["architecture"] != "encoder" and not f["tie_word_embeddings"]:
-        groups.append(_linear("lm_head", "lm_head", "lm_head", embed_width, vocab, False))
+        groups.append(_linear("lm_head", "lm_head", "lm_head", embed_width, vocab, bool(f.get("lm_head_bias"))))
     return groups
 
 

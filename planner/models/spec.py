@@ -177,6 +177,7 @@ class ModelSpec(_Frozen):
     pooler: bool = Field(False, description="BERT pooler dense layer (AutoModel includes it)")
     relative_attention_buckets: int = Field(0, ge=0, description="T5 relative position buckets")
     parallel_attention: bool = Field(False, description="attention and MLP read the same input (Falcon)")
+    lm_head_bias: bool = Field(False, description="lm_head has a bias vector (Phi-1/1.5/2)")
     torch_dtype: str | None = Field(None, description="dtype the checkpoint is stored in, if stated")
     quantization_config: dict[str, Any] | None = Field(
         None, description="the checkpoint's own quantization_config (GPTQ/AWQ/FP8/MXFP4), if any")
