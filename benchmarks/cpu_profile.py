@@ -15,7 +15,13 @@ path (fp32, bf16, int8 and 4-bit with float32 or bfloat16 compute) runs once thr
     E = evaluate peak - RSS after load - mapped weights a forward reads - activations of the evaluate batch
     P = speed peak - RSS after load - mapped weights a forward reads - activations of the timed batch
 
-(weights split by planner.memory.cpu.weight_residency, activations by activation_bytes).
+(weights split by planner.memory.cpu.weight_residency, activations by activation_bytes). A last run per
+model goes through the compression steps (50 % unstructured magnitude pruning, then nf4 by module
+replacement, float32 checkpoint C):
+
+    L = RSS after load - startup RSS;  K = (compress peak - RSS after load) / C
+    R = (RSS after compress - RSS after load) / C
+    E, P = evaluate / speed peak - RSS after compress - activations
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from planner import get_model  # noqa: E402
 from planner.memory.cpu import CpuWorkload, activation_bytes, weight_residency, weights_path  # noqa: E402
-from planner.strategy import CompressionStrategy, QuantizationSpec  # noqa: E402
+from planner.strategy import CompressionStrategy, QuantizationSpec, SparsitySpec  # noqa: E402
 
 PATHS = {
     "fp32": None,
@@ -51,6 +57,7 @@ LLAMA = {"vocab_size": 2048, "hidden_size": 384, "num_hidden_layers": 6, "num_at
          "tie_word_embeddings": False, "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}
 BERT = {"vocab_size": 30522, "hidden_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8,
         "intermediate_size": 2048, "max_position_embeddings": 512}
+STEPS = CompressionStrategy(sparsity=SparsitySpec(level=0.5), quantization=QuantizationSpec(weights="nf4"))
 MINILM_TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -76,10 +83,35 @@ def activations(spec, kind: str, batch: int, seq_len: int, compute: str, evaluat
     return sum(value for value, _ in parts.values())
 
 
-def measure(models: dict[str, Path], out_dir: Path) -> tuple[dict, list[float], list[float]]:
+def measure_steps(kind: str, model_dir: Path, out_dir: Path) -> dict[str, float]:
+    from executors import execute
+
+    spec = get_model(model_dir)
+    workload = CpuWorkload.default(kind)
+    result = execute(model_dir, STEPS, out_dir=out_dir, device="cpu")
+    if not result.ok:
+        raise SystemExit(f"{kind} steps failed: {result.reason}")
+    phase = {p.name: p for p in result.phases}
+    checkpoint = spec.params.total * 4
+    load_end, compress_end = phase["load"].rss_end_bytes, phase["compress"].rss_end_bytes
+    values = {
+        "load_overhead_bytes": load_end - phase["startup"].rss_end_bytes,
+        "compress_peak_fraction": round((phase["compress"].peak_rss_bytes - load_end) / checkpoint, 3),
+        "compress_retained_fraction": round((compress_end - load_end) / checkpoint, 3),
+        "evaluate_overhead_bytes": phase["evaluate"].peak_rss_bytes - compress_end - activations(
+            spec, kind, workload.evaluate_batch, workload.evaluate_seq_len, "bf16", workload.evaluator),
+        "speed_overhead_bytes": phase["speed"].peak_rss_bytes - compress_end - activations(
+            spec, kind, workload.speed_batch, workload.speed_seq_len, "bf16", None),
+    }
+    print(f"  {kind:9s} steps     " + "  ".join(f"{k}={v:.3g}" for k, v in values.items()), file=sys.stderr, flush=True)
+    return values
+
+
+def measure(models: dict[str, Path], out_dir: Path) -> tuple[dict, list[float], list[float], dict]:
     from executors import execute
 
     paths: dict[str, dict[str, float]] = {}
+    steps = {kind: measure_steps(kind, model_dir, out_dir) for kind, model_dir in models.items()}
     plain_startups, bnb_startups = [], []
     for kind, model_dir in models.items():
         spec = get_model(model_dir)
@@ -111,10 +143,10 @@ def measure(models: dict[str, Path], out_dir: Path) -> tuple[dict, list[float], 
             print(f"  {kind:9s} {path:9s} " + "  ".join(
                 f"{k.removesuffix('_bytes')}={v / 2**20 if k.endswith('bytes') else v:.1f}"
                 for k, v in paths[f"{kind}.{path}"].items()), file=sys.stderr, flush=True)
-    return paths, plain_startups, bnb_startups
+    return paths, plain_startups, bnb_startups, steps
 
 
-def render(paths: dict, plain: list[float], bnb: list[float]) -> str:
+def render(paths: dict, plain: list[float], bnb: list[float], steps: dict) -> str:
     from executors._imports import package_versions
     from executors.environment import cpu_model
 
@@ -138,8 +170,10 @@ def render(paths: dict, plain: list[float], bnb: list[float]) -> str:
         f'date = "{datetime.date.today().isoformat()}"',
     ]
     lines += [f'{name} = "{version}"' for name, version in versions.items() if version]
-    for key, values in paths.items():
-        lines += ["", f'[paths."{key}"]']
+    sections = [("paths", key, values) for key, values in paths.items()]
+    sections += [("steps", key, values) for key, values in steps.items()]
+    for table, key, values in sections:
+        lines += ["", f'[{table}."{key}"]']
         lines += [f"{name} = {value:.0f}" if name.endswith("bytes") else f"{name} = {value}"
                   for name, value in values.items()]
     return "\n".join(lines) + "\n"
@@ -153,8 +187,8 @@ def main() -> int:
         root = Path(tmp)
         os.environ.setdefault("FITPLAN_CACHE", str(root / "cache"))  # references of throw-away models
         models = build_models(root / "models")
-        paths, plain, bnb = measure(models, root / "runs")
-    text = render(paths, plain, bnb)
+        paths, plain, bnb, steps = measure(models, root / "runs")
+    text = render(paths, plain, bnb, steps)
     print(text)
     if args.write:
         target = Path(__file__).resolve().parents[1] / "planner" / "data" / "cpu_profile.toml"

@@ -44,13 +44,19 @@ def main() -> int:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--load-only", action="store_true", help="only the load-time quantized candidates")
     group.add_argument("--steps-only", action="store_true", help="only the compression-step candidates")
+    parser.add_argument("--fixture-steps", type=int, default=None,
+                        help="training steps of the tiny-llama fixture to use (default: the standard build); "
+                             "peak memory does not depend on them")
     args = parser.parse_args()
     from executors import ensure_tiny_llm, execute, minilm_dir
 
     candidates = {} if args.steps_only else dict(LOAD_TIME)
     if not args.load_only:
         candidates.update(STEPS)
-    models = {"all-MiniLM-L6-v2": minilm_dir(), "tiny-llama-v1": Path(ensure_tiny_llm(progress=True).path)}
+    from executors.fixtures import DEFAULT_STEPS
+
+    tiny = ensure_tiny_llm(args.fixture_steps or DEFAULT_STEPS, progress=True)
+    models = {"all-MiniLM-L6-v2": minilm_dir(), "tiny-llama-v1": Path(tiny.path)}
     rows, phase_rows = [], []
     with tempfile.TemporaryDirectory(prefix="fitplan-memory-") as tmp:
         for model_name, model_dir in models.items():

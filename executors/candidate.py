@@ -75,7 +75,8 @@ def _speed_batch(loaded: Any, corpus: Any, settings: dict[str, int]) -> dict[str
 
 
 def model_facts(model: Any) -> dict[str, int]:
-    from executors.measure import logical_params, state_dict_bytes
+    from executors.measure import logical_params
+    from executors.steps.storage import state_dict_bytes
 
     return {"params": logical_params(model), "weight_bytes": state_dict_bytes(model)}
 
@@ -139,9 +140,9 @@ def run_candidate(request: dict[str, Any], progress: Progress, evaluator: Any = 
             model, reports = _apply_steps(model, remaining, loaded, evaluator, reference, request)
         out["steps"] = [report.model_dump(mode="json") for report in reports]
     model.eval()
-    out.update(model_facts(model))
 
     with _phase(meter, progress, "evaluate"):
+        out.update(model_facts(model))
         score = evaluator.evaluate(model, loaded.tokenizer, reference)
     out["quality"] = {"evaluator": evaluator.name, "metric": evaluator.metric,
                       "higher_is_better": evaluator.higher_is_better, "compressed": score.value,

@@ -5,7 +5,8 @@ is inherited from the parent's torch state, and the child's peak memory is its o
 
 - writes ``JOB_DIR/request.json`` (the importable function ``module:qualname`` and its JSON request);
 - polls the child every ``poll_s`` with ``os.wait4(pid, WNOHANG)``; at exit ``wait4`` returns the
-  child's exact peak RSS (``ru_maxrss``);
+  child's peak RSS (``ru_maxrss``; when the child resets its VmHWM through ``/proc/self/clear_refs``,
+  as measured runs do per phase, this is the peak since its last reset);
 - enforces the **timeout** (wall clock from spawn, imports included) and the **memory cap**: the
   child's ``VmRSS`` is read from ``/proc/<pid>/status`` on every poll and the child is killed
   (SIGKILL) once it exceeds the cap. This is cgroup-free and needs no privileges. It caps resident

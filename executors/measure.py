@@ -161,25 +161,6 @@ def measure_latency(model: Any, input_ids: Any, *, attention_mask: Any = None, w
                          tokens_per_s=batch * seq_len / median)
 
 
-def state_dict_bytes(model: Any) -> int:
-    """Bytes of every tensor in ``model.state_dict()`` (bitsandbytes packed weights and quantization
-    state included), a tensor shared by two keys (tied embeddings) counted once."""
-    from executors._imports import import_torch
-
-    torch = import_torch()
-    seen: set = set()
-    total = 0
-    for value in model.state_dict().values():
-        if not isinstance(value, torch.Tensor):
-            continue
-        key = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape), value.dtype)
-        if key in seen:
-            continue
-        seen.add(key)
-        total += value.numel() * value.element_size()
-    return total
-
-
 def logical_params(model: Any) -> int:
     """Parameters as the architecture counts them, whatever the storage: a bitsandbytes 4-bit weight
     packs two values per byte (its ``quant_state.shape`` is the logical shape), and a torch

@@ -106,8 +106,9 @@ class ExecutionResult(_Record):
     device: str
     isolated: bool
     phases: list[PhaseMeasurement] = Field(default_factory=list)
-    peak_rss_bytes: int | None = Field(None, description="peak RSS of the whole measured process: wait4 ru_maxrss "
-                                       "of the isolated child; in-process, the highest phase peak")
+    peak_rss_bytes: int | None = Field(None, description="peak RSS of the measured process: the highest phase peak "
+                                       "(the phases cover the isolated child's whole life); for a failed isolated "
+                                       "run, wait4's ru_maxrss = the peak of the phase it died in")
     cuda_peak_allocated_bytes: int | None = None
     params: int | None = Field(None, description="parameters of the compressed model (logical count)")
     params_baseline: int | None = None
@@ -131,7 +132,8 @@ class ExecutionResult(_Record):
                                         "was applied, modules skipped and why")
     environment: Environment | None = None
     notes: list[str] = Field(default_factory=list)
-    job_dir: str | None = Field(None, description="directory with the run's request, logs and result")
+    job_dir: str | None = Field(None, description="directory with the run's request, logs and job files")
+    result_path: str | None = Field(None, description="where this result's JSON was written")
 
     @property
     def ok(self) -> bool:

@@ -57,3 +57,25 @@ def uses_bitsandbytes(strategy: CompressionStrategy) -> bool:
         return False
     formats = {spec.weights, spec.attention, spec.mlp, spec.embeddings, spec.lm_head}
     return bool(formats & set(BNB_FORMATS))
+
+
+def group_format(spec: QuantizationSpec | None, component: str, kind: str, layer: int | None,
+                 num_layers: int) -> str:
+    """The format a module group ends up in under ``spec`` (what ``executors.steps.quantize`` does):
+    block Linears get their group's format, the first/last ``keep_*_layers`` blocks ``keep_format``,
+    embeddings and lm_head their own setting; everything else (norms, poolers, unset groups) the
+    compute dtype. Without a spec everything stays float32."""
+    if spec is None:
+        return "fp32"
+    if kind == "linear" and layer is not None:
+        if layer < spec.keep_first_layers or layer >= num_layers - spec.keep_last_layers:
+            return spec.keep_format
+        if component == "attention":
+            return spec.format_for("attention")
+        if component in ("mlp", "experts", "shared_experts", "router"):
+            return spec.format_for("mlp")
+    if component == "embeddings" and kind == "embedding":
+        return spec.embeddings or spec.compute_dtype
+    if component == "lm_head":
+        return spec.lm_head or spec.compute_dtype
+    return spec.compute_dtype

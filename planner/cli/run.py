@@ -107,6 +107,16 @@ def run(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def _number(value: float | None, unit: str) -> str | None:
+    if value is None:
+        return None
+    if unit == "count":
+        return f"{value:,.0f}"
+    if unit in ("MiB", "ms", "tokens/s"):
+        return f"{value:,.1f}"
+    return f"{value:.4g}"
+
+
 def print_result(result) -> None:  # noqa: ANN001 - ExecutionResult lives in executors
     import pandas as pd
 
@@ -118,13 +128,12 @@ def print_result(result) -> None:  # noqa: ANN001 - ExecutionResult lives in exe
         q = result.quality
         head.append(("quality", f"{q.metric}: {q.compressed:.4g} vs baseline {q.baseline:.4g} "
                                 f"({q.retained_pct:.1f}% retained)"))
-    head.append(("result", str(Path(result.job_dir).parent / "result.json") if result.job_dir else "-"))
+    head.append(("result", result.result_path or "-"))
     print_mapping("fitplan run", head, "table")
     if result.comparisons:
-        rows = [{"quantity": c.quantity, "unit": c.unit, "measured": c.measured, "predicted": c.predicted,
-                 "error %": c.error_pct} for c in result.comparisons]
-        print_frame(pd.DataFrame(rows), "table", title="measured vs predicted",
-                    formats={"measured": "{:,.2f}", "predicted": "{:,.2f}", "error %": "{:+.1f}"})
+        rows = [{"quantity": c.quantity, "unit": c.unit, "measured": _number(c.measured, c.unit),
+                 "predicted": _number(c.predicted, c.unit), "error %": c.error_pct} for c in result.comparisons]
+        print_frame(pd.DataFrame(rows), "table", title="measured vs predicted", formats={"error %": "{:+.1f}"})
     if result.phases:
         rows = [{"phase": p.name, "seconds": p.seconds,
                  "peak RSS MiB": p.peak_rss_bytes / MIB if p.peak_rss_bytes is not None else None,

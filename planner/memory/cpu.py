@@ -44,17 +44,18 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from planner._data import read_data_toml
-from planner.errors import UnsupportedError
-from planner.execution import BNB_FORMATS, load_time_format
-from planner.formats import get_format
+from planner.errors import InvalidConfigError, UnsupportedError
+from planner.execution import BNB_FORMATS, group_format, load_time_format
+from planner.formats import format_names, get_format
+from planner.formats.storage import group_storage
 from planner.memory.result import GIB, MemoryEstimate, MemoryTerm, sum_terms
 from planner.memory.weights import weight_bytes
 from planner.models.resolve import get_model
 from planner.models.spec import ModelSpec
-from planner.strategy import CompressionStrategy
+from planner.strategy import CompressionStrategy, QuantizationSpec
 
 Kind = Literal["causal-lm", "encoder"]
 PROFILE_FILE = "cpu_profile.toml"
@@ -71,6 +72,19 @@ class PathConstants(BaseModel):
     speed_overhead_bytes: float
 
 
+class StepsConstants(BaseModel):
+    """Constants of a run whose strategy goes through the compression steps (float32 load, then
+    module-level changes), measured with 50 % unstructured pruning + nf4 by module replacement."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    load_overhead_bytes: float
+    compress_peak_fraction: float
+    compress_retained_fraction: float
+    evaluate_overhead_bytes: float
+    speed_overhead_bytes: float
+
+
 class CpuProfile(BaseModel):
     """Measured constants of one machine + software stack (see the module docstring)."""
 
@@ -82,6 +96,13 @@ class CpuProfile(BaseModel):
     startup_bytes: float
     bitsandbytes_import_bytes: float
     paths: dict[str, PathConstants]
+    steps: dict[str, StepsConstants]
+
+    def steps_constants(self, kind: str) -> StepsConstants:
+        if kind not in self.steps:
+            raise UnsupportedError(f"the CPU profile has no compression-step measurements for {kind!r}; "
+                                   f"re-run benchmarks/cpu_profile.py.")
+        return self.steps[kind]
 
     def path(self, kind: str, path: str) -> PathConstants:
         key = f"{kind}.{path}"
@@ -95,7 +116,12 @@ class CpuProfile(BaseModel):
 def cpu_profile() -> CpuProfile:
     raw = read_data_toml(PROFILE_FILE, 1)
     raw.pop("schema_version")
-    return CpuProfile.model_validate(raw)
+    try:
+        return CpuProfile.model_validate(raw)
+    except ValidationError as error:
+        raise InvalidConfigError(f"{PROFILE_FILE} is incomplete or invalid ({error.error_count()} problem(s), first: "
+                                 f"{error.errors()[0]['loc']}: {error.errors()[0]['msg']}); regenerate it with "
+                                 f"`python benchmarks/cpu_profile.py --write`.") from None
 
 
 @dataclass(frozen=True)
@@ -132,6 +158,35 @@ def weights_path(strategy: CompressionStrategy) -> tuple[str, str, str]:
         family = "int8" if fmt == "int8" else "4bit"
         return f"{family}-{'bf16' if compute != 'fp32' else 'fp32'}", fmt, compute
     return ("fp32" if fmt == "fp32" else "bf16"), fmt, compute
+
+
+def weights_under(spec: ModelSpec, quantization: QuantizationSpec | None) -> tuple[float, dict[str, float]]:
+    """Exact stored bytes of ``spec`` with every group in the format ``quantization`` gives it
+    (:func:`planner.execution.group_format`, layer by layer), and the bytes per format.
+
+    Follows ``executors.steps.quantize``: embeddings stay in the compute dtype when given a
+    bitsandbytes format (its embedding modules cannot be saved), an lm_head given a format is
+    quantized. ``dynamic-int8`` has no storage record in the format registry: UnsupportedError.
+    """
+    compute = quantization.compute_dtype if quantization is not None else "fp32"
+    total = 0.0
+    by_format: dict[str, float] = {}
+    for group in spec.param_groups:
+        layers = group.layers or (None,)
+        per_layer = group.count // len(group.layers) if group.layers else group.count
+        for layer in layers:
+            name = group_format(quantization, group.component, group.kind, layer, spec.num_layers)
+            if group.kind == "embedding" and name in BNB_FORMATS:
+                name = compute
+            if name not in format_names():
+                raise UnsupportedError(f"the format registry has no storage record for {name!r}, so the weights "
+                                       f"of this strategy cannot be predicted.")
+            fmt = get_format(name).model_copy(update={"compute_dtype": compute})
+            part = group.model_copy(update={"count": per_layer, "layers": (layer,) if layer is not None else ()})
+            stored = group_storage(spec, fmt, part, quantize_lm_head=group.component == "lm_head")
+            total += stored.bytes
+            by_format[name] = by_format.get(name, 0.0) + stored.bytes
+    return total, by_format
 
 
 @dataclass(frozen=True)
@@ -201,6 +256,135 @@ def _term(key: str, label: str, value: float, formula: str, inputs: dict[str, An
                       counted_in="device")
 
 
+@dataclass
+class _Phases:
+    """Terms of every predicted phase: ``startup`` (imports), ``base`` (resident from the end of loading
+    on, startup included) and what each later phase adds on top of ``base``."""
+
+    startup: list[MemoryTerm]
+    base: list[MemoryTerm]
+    extra: dict[str, list[MemoryTerm]]
+    weight_bytes: float
+    label: str
+    compute: str
+
+    def totals(self) -> dict[str, float]:
+        totals = {"startup": sum(t.gib for t in self.startup) * GIB, "load_end": sum(t.gib for t in self.base) * GIB}
+        totals.update({name: sum(t.gib for t in self.base + terms) * GIB for name, terms in self.extra.items()})
+        return totals
+
+
+def _forward_phases(spec: ModelSpec, kind: str, workload: CpuWorkload, compute: str, resident: list[MemoryTerm],
+                    overheads: tuple[float, float], label: str, measured: str) -> dict[str, list[MemoryTerm]]:
+    """The evaluate and speed phases: what is resident, plus measured overhead and activations."""
+    phases: dict[str, list[MemoryTerm]] = {}
+    for phase, batch, seq_len, overhead, evaluator in (
+            ("evaluate", workload.evaluate_batch, workload.evaluate_seq_len, overheads[0], workload.evaluator),
+            ("speed", workload.speed_batch, workload.speed_seq_len, overheads[1], None)):
+        if batch is None or seq_len is None:
+            continue
+        terms = list(resident) + [_term("runtime_overhead", f"{phase}: math libraries and allocator caches",
+                                        overhead, f"{'E' if phase == 'evaluate' else 'P'}[{label}] (measured)",
+                                        {"path": label}, measured)]
+        for part, (value, formula) in activation_bytes(spec, kind, batch, seq_len, 4 if compute == "fp32" else 2,
+                                                       evaluator).items():
+            terms.append(_term("logits" if part == "logits" else "activations",
+                               f"{phase}: {part.replace('_', ' ')} ({batch} x {seq_len})", value, formula,
+                               {"batch": batch, "seq_len": seq_len}, "planner.memory.cpu.activation_bytes"))
+        phases[phase] = terms
+    return phases
+
+
+def _startup(profile: CpuProfile, bitsandbytes: bool, measured: str) -> list[MemoryTerm]:
+    terms = [_term("runtime_overhead", "python + torch + transformers imported", profile.startup_bytes,
+                   "S (measured)", {}, measured)]
+    if bitsandbytes:
+        terms.append(_term("runtime_overhead", "bitsandbytes imported", profile.bitsandbytes_import_bytes,
+                           "B (measured)", {}, measured))
+    return terms
+
+
+def _load_time_phases(spec: ModelSpec, kind: str, strategy: CompressionStrategy, workload: CpuWorkload,
+                      profile: CpuProfile, measured: str) -> _Phases:
+    path, fmt_name, compute = weights_path(strategy)
+    constants = profile.path(kind, path)
+    fmt = get_format(fmt_name).model_copy(update={"compute_dtype": compute})
+    held = weight_residency(spec, fmt_name, compute)
+    base = _startup(profile, fmt_name in BNB_FORMATS, measured)
+    startup = list(base)
+    base.append(_term("runtime_overhead", f"loading ({kind}, {path}): model code, tokenizer, allocator",
+                      constants.load_overhead_bytes, "L[path] (measured)", {"path": path}, measured))
+    base.append(_term("weights_quantized" if fmt.is_quantized else "weights_unquantized",
+                      f"weights converted while loading ({fmt_name}, rest {compute})", held.converted,
+                      "format registry bytes of the cast / quantized tensors", {"format": fmt_name}, fmt.source))
+    if held.mapped:
+        base.append(_term("load_transient", "checkpoint pages read while converting, kept mapped",
+                          held.converted_source, "float32 bytes of the converted tensors (file stays mapped)",
+                          {"mapped_bytes": held.mapped}, "planner.memory.cpu module docstring"))
+    transient = 0.0 if held.mapped else constants.load_transient_fraction * held.converted_source
+    extra = {"load": [_term(
+        "load_transient", "checkpoint pages read while converting", transient,
+        "T[path] x float32 bytes of the converted tensors",
+        {"T": constants.load_transient_fraction, "converted_source_bytes": held.converted_source}, measured)]}
+    touched = _term("weights_unquantized", "memory-mapped weights read by a forward (embedding tables excluded)",
+                    held.mapped_touched, "checkpoint-dtype bytes of the non-embedding tensors kept as loaded",
+                    {"mapped_bytes": held.mapped}, "planner.memory.cpu.weight_residency")
+    extra.update(_forward_phases(spec, kind, workload, compute, [touched],
+                                 (constants.evaluate_overhead_bytes, constants.speed_overhead_bytes), path, measured))
+    return _Phases(startup=startup, base=base, extra=extra, weight_bytes=held.total, label=f"{kind}.{path}",
+                   compute=compute)
+
+
+def distillation_training_bytes(student: ModelSpec, kind: str, batch: int, seq_len: int) -> tuple[float, str]:
+    """Working set of distilling into ``student`` (float32, AdamW): weights, gradients and the two Adam
+    moments (16 bytes per student parameter), the activations autograd keeps for the backward pass
+    (per layer b*s*(10*H + 4*I)*4 plus the attention probabilities b*heads*s^2*4), and for causal LMs
+    the logits of teacher and student with their softmax / log-softmax / KL terms (6*b*s*V*4)."""
+    h, inter, heads = student.hidden_size, student.mlp.intermediate_size, student.num_heads
+    tokens = batch * seq_len
+    value = 16 * student.params.total + student.num_layers * (tokens * (10 * h + 4 * inter) * 4
+                                                              + batch * heads * seq_len**2 * 4)
+    formula = "16*P_student + L*(b*s*(10*H + 4*I)*4 + b*heads*s^2*4)"
+    if kind == "causal-lm":
+        value += 6 * tokens * student.vocab_size * 4
+        formula += " + 6*b*s*V*4"
+    return value, formula
+
+
+def _steps_phases(spec: ModelSpec, derived: ModelSpec, kind: str, strategy: CompressionStrategy,
+                  workload: CpuWorkload, profile: CpuProfile, measured: str) -> _Phases:
+    from planner.execution import uses_bitsandbytes
+
+    constants = profile.steps_constants(kind)
+    quantization = strategy.quantization
+    compute = quantization.compute_dtype if quantization is not None else "fp32"
+    weights, _ = weights_under(derived, quantization)
+    checkpoint = spec.params.total * CHECKPOINT_BYTES_PER_PARAM
+    base = _startup(profile, uses_bitsandbytes(strategy), measured)
+    startup = list(base)
+    base.append(_term("runtime_overhead", f"loading ({kind}, float32, for the compression steps)",
+                      constants.load_overhead_bytes, "L[steps] (measured)", {}, measured))
+    compress = [_term("runtime_overhead", "compression steps: float32 copies, scores, new modules",
+                      constants.compress_peak_fraction * checkpoint, "K x float32 checkpoint bytes",
+                      {"K": constants.compress_peak_fraction, "checkpoint_bytes": checkpoint}, measured)]
+    if strategy.distillation is not None:
+        distill = strategy.distillation
+        value, formula = distillation_training_bytes(derived, kind, distill.batch_size, distill.seq_len)
+        compress.append(_term("optimizer_states", "distillation: student weights, gradients, AdamW moments, "
+                              "activations", value, formula, {"student_params": derived.params.total,
+                                                              "batch": distill.batch_size, "seq_len": distill.seq_len},
+                              "planner.memory.cpu.distillation_training_bytes"))
+    retained = _term("runtime_overhead", "kept after the steps: modified weights, new modules, allocator",
+                     constants.compress_retained_fraction * checkpoint, "R x float32 checkpoint bytes",
+                     {"R": constants.compress_retained_fraction, "checkpoint_bytes": checkpoint}, measured)
+    extra = {"load": [], "compress": compress}
+    extra.update(_forward_phases(derived, kind, workload, compute, [retained],
+                                 (constants.evaluate_overhead_bytes, constants.speed_overhead_bytes), "steps",
+                                 measured))
+    return _Phases(startup=startup, base=base, extra=extra, weight_bytes=weights, label=f"{kind}.steps",
+                   compute=compute)
+
+
 def estimate_cpu_process_memory(model: Any, strategy: CompressionStrategy | None = None, *,
                                 workload: CpuWorkload | None = None,
                                 profile: CpuProfile | None = None) -> MemoryEstimate:
@@ -208,74 +392,39 @@ def estimate_cpu_process_memory(model: Any, strategy: CompressionStrategy | None
 
     ``model``: anything :func:`planner.get_model` accepts. Returns a MemoryEstimate whose
     ``peak_allocated_gib`` and ``device_total_gib`` are the predicted peak RSS, with the terms of the
-    peak phase and ``extras["phases_bytes"]`` = the predicted peak of every phase.
+    peak phase, ``extras["phases_bytes"]`` = the predicted peak of every phase and
+    ``extras["weight_bytes"]`` = the exact stored weights of the resulting model.
     """
+    from planner.execution import split_load_time_quantization
+    from planner.models.derive import derive_spec
+
     spec = get_model(model)
     strategy = strategy or CompressionStrategy()
     profile = profile or cpu_profile()
     kind = _kind_of(spec)
     workload = workload or CpuWorkload.default(kind)
-    path, fmt_name, compute = weights_path(strategy)
-    constants = profile.path(kind, path)
-    fmt = get_format(fmt_name).model_copy(update={"compute_dtype": compute})
-    held = weight_residency(spec, fmt_name, compute)
-    compute_bytes = 4 if compute == "fp32" else 2
     measured = f"measured: {profile.measured_with}"
-
-    base = [_term("runtime_overhead", "python + torch + transformers imported", profile.startup_bytes,
-                  "S (measured)", {}, measured)]
-    if fmt_name in BNB_FORMATS:
-        base.append(_term("runtime_overhead", "bitsandbytes imported", profile.bitsandbytes_import_bytes,
-                          "B (measured)", {}, measured))
-    base.append(_term("runtime_overhead", f"loading ({kind}, {path}): model code, tokenizer, allocator",
-                      constants.load_overhead_bytes, "L[path] (measured)", {"path": path}, measured))
-    base.append(_term("weights_quantized" if fmt.is_quantized else "weights_unquantized",
-                      f"weights converted while loading ({fmt_name}, rest {compute})", held.converted,
-                      "format registry bytes of the cast / quantized tensors", {"format": fmt_name}, fmt.source))
-    phases: dict[str, list[MemoryTerm]] = {}
-    if held.mapped:
-        base.append(_term("load_transient", "checkpoint pages read while converting, kept mapped",
-                          held.converted_source, "float32 bytes of the converted tensors (file stays mapped)",
-                          {"mapped_bytes": held.mapped}, "planner.memory.cpu module docstring"))
-    load_end = sum(t.gib for t in base) * GIB
-    transient = 0.0 if held.mapped else constants.load_transient_fraction * held.converted_source
-    phases["load"] = base + [_term(
-        "load_transient", "checkpoint pages read while converting", transient,
-        "T[path] x float32 bytes of the converted tensors",
-        {"T": constants.load_transient_fraction, "converted_source_bytes": held.converted_source}, measured)]
-    touched = _term("weights_unquantized", "memory-mapped weights read by a forward (embedding tables excluded)",
-                    held.mapped_touched, "checkpoint-dtype bytes of the non-embedding tensors kept as loaded",
-                    {"mapped_bytes": held.mapped}, "planner.memory.cpu.weight_residency")
-    for phase, batch, seq_len, overhead, evaluator in (
-            ("evaluate", workload.evaluate_batch, workload.evaluate_seq_len, constants.evaluate_overhead_bytes,
-             workload.evaluator),
-            ("speed", workload.speed_batch, workload.speed_seq_len, constants.speed_overhead_bytes, None)):
-        if batch is None or seq_len is None:
-            continue
-        acts = activation_bytes(spec, kind, batch, seq_len, compute_bytes, evaluator)
-        terms = list(base) + [touched, _term(
-            "runtime_overhead", f"{phase}: math libraries and allocator caches", overhead,
-            f"{'E' if phase == 'evaluate' else 'P'}[path] (measured)", {"path": path}, measured)]
-        for part, (value, formula) in acts.items():
-            key = "logits" if part == "logits" else "activations"
-            terms.append(_term(key, f"{phase}: {part.replace('_', ' ')} ({batch} x {seq_len})", value, formula,
-                               {"batch": batch, "seq_len": seq_len}, "planner.memory.cpu.activation_bytes"))
-        phases[phase] = terms
-    totals = {name: sum(t.gib for t in terms) * GIB for name, terms in phases.items()}
-    totals["startup"] = sum(t.gib for t in base[:2 if fmt_name in BNB_FORMATS else 1]) * GIB
-    totals["load_end"] = load_end
-    peak_phase = max(("load", "evaluate", "speed"), key=lambda name: totals.get(name, 0.0))
-    peak_terms = tuple(phases[peak_phase])
+    _, remaining = split_load_time_quantization(strategy)
+    if remaining.is_identity:
+        derived = spec
+        phases = _load_time_phases(spec, kind, strategy, workload, profile, measured)
+    else:
+        derived = derive_spec(spec, strategy)
+        phases = _steps_phases(spec, derived, kind, strategy, workload, profile, measured)
+    totals = phases.totals()
+    peak_phase = max(phases.extra, key=lambda name: totals[name])
+    peak_terms = tuple(phases.base + phases.extra[peak_phase])
     peak_gib = totals[peak_phase] / GIB
     return MemoryEstimate(
-        model=spec.name, params_total=spec.params.total, params_active=spec.params.active, precision=fmt_name,
-        mode="inference", engine="hf-cpu", gpus=1, batch=workload.evaluate_batch, seq_len=workload.evaluate_seq_len,
-        peak_allocated_gib=peak_gib, device_total_gib=peak_gib, safe_gib=peak_gib * (1 + SAFE_MARGIN),
-        breakdown_gib=sum_terms(peak_terms), terms=peak_terms,
-        assumptions={"device": "cpu", "path": f"{kind}.{path}", "compute_dtype": compute, "peak_phase": peak_phase,
-                     "checkpoint_dtype": "fp32", "profile_machine": profile.machine,
-                     "workload": workload.__dict__},
+        model=derived.name, params_total=derived.params.total, params_active=derived.params.active,
+        precision=strategy.quantization.weights if strategy.quantization else "fp32", mode="inference",
+        engine="hf-cpu", gpus=1, batch=workload.evaluate_batch, seq_len=workload.evaluate_seq_len,
+        peak_allocated_gib=peak_gib,
+        device_total_gib=peak_gib, safe_gib=peak_gib * (1 + SAFE_MARGIN), breakdown_gib=sum_terms(peak_terms),
+        terms=peak_terms,
+        assumptions={"device": "cpu", "path": phases.label, "compute_dtype": phases.compute, "peak_phase": peak_phase,
+                     "checkpoint_dtype": "fp32", "profile_machine": profile.machine},
         warnings=("CPU constants were measured on one machine and software stack (see assumptions."
                   "profile_machine); other CPUs, allocators or library versions shift them.",),
-        extras={"device": "cpu", "phases_bytes": totals, "weight_bytes": held.total,
-                "weights_converted_bytes": held.converted, "weights_mapped_bytes": held.mapped})
+        extras={"device": "cpu", "phases_bytes": totals, "weight_bytes": phases.weight_bytes,
+                "params": derived.params.total})
