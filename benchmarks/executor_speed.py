@@ -12,6 +12,7 @@ imports and show what the measurement itself costs.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -40,6 +41,7 @@ def main() -> int:
     from executors import execute, minilm_dir
 
     model = minilm_dir()
+    load_before = os.getloadavg()
     rows = []
     with tempfile.TemporaryDirectory(prefix="fitplan-speed-") as tmp:
         warm = execute(model, None, out_dir=Path(tmp) / "warm", speed=False)  # caches the fidelity reference
@@ -65,6 +67,9 @@ def main() -> int:
     frame = pd.DataFrame(rows)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(frame.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    print(f"\nload average (1, 5, 15 min) before {tuple(round(v, 2) for v in load_before)}, after "
+          f"{tuple(round(v, 2) for v in os.getloadavg())} on {os.cpu_count()} CPUs: other processes slow every "
+          f"figure above")
     isolated = frame[frame["mode"] == "isolated"]["wall_s"]
     print(f"\nisolated MiniLM candidate: median {isolated.median():.1f} s, max {isolated.max():.1f} s "
           f"(target <= {TARGET_S:.0f} s): {'met' if isolated.max() <= TARGET_S else 'NOT met'}")

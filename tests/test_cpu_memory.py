@@ -106,6 +106,9 @@ def test_steps_path_uses_the_derived_model():
     training, _ = distillation_training_bytes(student, "causal-lm", 4, 64)
     assert phases["compress"] == pytest.approx(phases["load_end"] + constants.compress_peak_fraction * 16_000_000
                                                + training)
+    assert phases["load"] == phases["load_end"]  # float32 load, nothing converted
+    retained = constants.compress_retained_fraction * 16_000_000 + training  # the allocator keeps the training set
+    assert phases["evaluate"] > phases["load_end"] + retained + constants.evaluate_overhead_bytes
     assert "speed" not in phases
 
 
