@@ -1,6 +1,7 @@
 """Accuracy of fitplan's memory estimates on published measurements.
 
-Runs the estimator over ../shared/calibration/public_memory_measurements.csv and prints, per source
+Runs the estimator over benchmarks/data/public_memory_measurements.csv (published measurements, see
+public_memory_measurements.md for their sources) and prints, per source
 group and overall, the median and p90 absolute % error of the point estimate, the share of rows where
 the safe bound is >= the measurement, and the median safe/measured ratio, next to two baselines:
 
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import sys
 from collections.abc import Callable
@@ -35,7 +35,9 @@ from planner import estimate_memory, get_model  # noqa: E402
 from planner.memory import weight_bytes  # noqa: E402
 from planner.memory.result import GIB  # noqa: E402
 
-DEFAULT_CSV = ROOT.parent / "shared" / "calibration" / "public_memory_measurements.csv"
+import training_rows  # noqa: E402  (benchmarks/training_rows.py: fine-tuning evaluators)
+
+DEFAULT_CSV = ROOT / "benchmarks" / "data" / "public_memory_measurements.csv"
 MODELS_FILE = ROOT / "benchmarks" / "data" / "calibration_models.json"
 GB = 1e9
 
@@ -88,7 +90,9 @@ SETTINGS: dict[str, GroupSettings] = {
 }
 
 # measure_kind -> (unit bytes, which total). Qwen's speed-benchmark scripts divide bytes by 1024**2 for
-# the Qwen3 table (README: MB read as MiB); the Qwen2 table of the same benchmark reads the same way.
+# the Qwen3 table (README: MB read as MiB). The Qwen2 table of the same benchmark is read in GiB too: in
+# GB, QW2-02 (27.61 -> 25.71 GiB) would be below the bf16 + fp32 logits that transformers 4.38 must hold
+# for its 30720-token prompt alone (30720 x 151936 x 6 bytes = 26.08 GiB).
 MEASURES: list[tuple[str, str | None, float, str]] = [
     ("peak_alloc_GiB", None, GIB, "allocated"),
     ("peak_alloc_GB", None, GB, "allocated"),
@@ -231,6 +235,7 @@ def evaluate_weights_only(row: pd.Series, spec, fmt: str, group: str, unit: floa
 EVALUATORS: dict[str, Callable[..., RowResult]] = {
     "inference": evaluate_inference,
     "weights-only": evaluate_weights_only,
+    **training_rows.evaluators(RowResult),
 }
 
 
@@ -295,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     results, skipped = evaluate(args.csv)
     if args.group:
         results = [r for r in results if r.group == args.group]
+    finetune = [r for r in results if r.mode.startswith("finetune")]
+    results = [r for r in results if not r.mode.startswith("finetune")]
     summary, frame = summarize(results)
     pd.set_option("display.width", 250)
     pd.set_option("display.max_columns", 30)
@@ -313,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {group}: engine {settings.engine} {settings.options or ''} - {settings.why}")
         if settings.compare != "peak":
             print(f"      compared with phase '{settings.compare}': {settings.compare_why}")
+    specs, registry_names = load_models()
+    training_rows.print_finetune(finetune, pd.read_csv(args.csv),
+                                 lambda name: resolve_model(name, specs, registry_names), args.rows)
     return 0
 
 

@@ -59,6 +59,12 @@ class Catalog:
                                f"{self._entries[replaced].name!r}")
         alias_keys = {normalize_name(alias): alias for alias in entry.aliases}
         alias_keys = {key: alias for key, alias in alias_keys.items() if key not in (name_key, "")}
+        # The name without its vendor ("A100 80GB SXM" for "NVIDIA A100 80GB SXM") is an implicit alias
+        # unless another entry already owns that spelling.
+        vendor_key = normalize_name(entry.vendor)
+        short_key = name_key[len(vendor_key):] if vendor_key and name_key.startswith(vendor_key) else ""
+        if short_key and short_key not in alias_keys and self._owner.get(short_key) in (None, replaced):
+            alias_keys[short_key] = entry.name[len(entry.vendor):].strip()
         for key, alias in alias_keys.items():
             owner = self._owner.get(key)
             if owner is not None and owner != replaced:

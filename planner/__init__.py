@@ -12,12 +12,22 @@ from planner.errors import (
     UnknownModelError,
     UnsupportedError,
 )
-from planner.formats import WeightFormat, get_format, list_formats
-from planner.memory import MemoryEstimate, MemoryTerm, estimate_memory
+from planner._lazy import lazy_getattr
 from planner.models import ModelSpec, ParameterBreakdown, ParamGroup, get_model, list_models
+
+# Imported on first use (PEP 562), so `fitplan hardware ...` does not pay for the memory model.
+_LAZY = {
+    "WeightFormat": "planner.formats", "get_format": "planner.formats", "list_formats": "planner.formats",
+    "MemoryEstimate": "planner.memory", "MemoryTerm": "planner.memory", "estimate_memory": "planner.memory",
+    "what_fits": "planner.sizing", "size_cluster": "planner.sizing",
+}
 
 __all__ = [
     "FitplanError", "InvalidConfigError", "InvalidRequestError", "MemoryEstimate", "MemoryTerm", "ModelSpec",
     "OfflineError", "ParamGroup", "ParameterBreakdown", "UnknownFormatError", "UnknownModelError", "UnsupportedError",
-    "WeightFormat", "estimate_memory", "get_format", "get_model", "list_formats", "list_models",
+    "WeightFormat", "estimate_memory", "get_format", "get_model", "list_formats", "list_models", "size_cluster",
+    "what_fits",
 ]
+
+
+__getattr__ = lazy_getattr("planner", _LAZY, globals())

@@ -99,3 +99,12 @@ def test_checkpoint_modules_to_not_convert_are_respected():
     stored = {g.name: group_storage(spec, fmt, g) for g in spec.param_groups}
     assert not stored["layers.*.self_attn.q_proj"].quantized
     assert stored["layers.*.mlp.experts.*.down_proj"].quantized
+
+
+def test_gguf_quantizes_biased_linears_and_keeps_the_bias_in_f32():
+    spec = get_model("Qwen/Qwen2.5-14B")  # q/k/v projections have biases
+    fmt = get_format("gguf-q6_k")
+    q = next(g for g in spec.param_groups if g.name == "layers.*.self_attn.q_proj")
+    stored = group_storage(spec, fmt, q)
+    assert stored.quantized and stored.stored_as == "48xQ6_K"
+    assert stored.bytes == 48 * (5120 * (5120 // 256) * 210 + 5120 * 4)

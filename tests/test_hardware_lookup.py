@@ -306,3 +306,12 @@ def test_import_hardware_db_stays_light():
             "print(sorted(m for m in ('torch', 'transformers', 'pandas', 'numpy') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("query, expected", [
+    ("A100 80GB SXM", "NVIDIA A100 80GB SXM"),
+    ("GeForce RTX 4090", "NVIDIA GeForce RTX 4090"),
+    ("Instinct MI300X", "AMD Instinct MI300X"),
+])
+def test_canonical_name_without_the_vendor_resolves(query, expected):
+    assert hardware_db.get(query).name == expected

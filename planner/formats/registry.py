@@ -54,7 +54,14 @@ def get_format(name: str | WeightFormat) -> WeightFormat:
     """The format called ``name`` (canonical name or alias)."""
     if isinstance(name, WeightFormat):
         return name
-    if not isinstance(name, str) or not name.strip():
+    if isinstance(name, str):
+        return _format_by_name(name)
+    raise UnknownFormatError(f"a precision must be a format name, got {type(name).__name__}.")
+
+
+@cache
+def _format_by_name(name: str) -> WeightFormat:
+    if not name.strip():
         raise UnknownFormatError(f"a precision must be a non-empty format name, got {name!r}. "
                                  f"Known: {', '.join(format_names())}.")
     catalog = format_catalog()
@@ -82,6 +89,11 @@ def get_kv_dtype(name: str | KVDtype) -> KVDtype:
     """The KV-cache dtype called ``name`` (fp16, bf16, fp32, fp8, int8, int4 or an alias)."""
     if isinstance(name, KVDtype):
         return name
+    return _kv_dtype_by_name(str(name))
+
+
+@cache
+def _kv_dtype_by_name(name: str) -> KVDtype:
     catalog = format_catalog()
     key = _key(str(name))
     for dtype in catalog.kv_dtypes.values():

@@ -49,6 +49,14 @@ class GGUFRule(_Frozen):
     when: RuleCondition
 
 
+class KernelFactor(_Frozen):
+    """Decode speed of a format's kernels relative to the bandwidth roofline of its stored bytes."""
+
+    factor: float = Field(gt=0, le=1.5)
+    measured: bool
+    source: str = Field(min_length=1)
+
+
 class WeightFormat(_Frozen):
     """One weight storage format (see the storage formula at the top of formats.toml)."""
 
@@ -83,6 +91,8 @@ class WeightFormat(_Frozen):
     checkpoint_quant_methods: tuple[str, ...] = ()
     gguf_base_type: str | None = None
     gguf_rules: tuple[GGUFRule, ...] = ()
+    decode_speed: dict[str, KernelFactor] = Field(default_factory=dict,
+                                                  description="per engine: fraction of the 16-bit bandwidth efficiency")
     source: str = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -103,6 +113,10 @@ class WeightFormat(_Frozen):
             raise ValueError(f"{self.name}: unquantized_dtype must be compute, fp32, fp16 or bf16")
         if self.unties_tied_lm_head and not self.unties_tied_lm_head_source:
             raise ValueError(f"{self.name}: unties_tied_lm_head needs unties_tied_lm_head_source")
+        missing = [e for e in self.engines if e not in self.decode_speed]
+        extra = [e for e in self.decode_speed if e not in self.engines]
+        if missing or extra:
+            raise ValueError(f"{self.name}: decode_speed must cover exactly its engines (missing {missing}, extra {extra})")
         if self.prefill_dequantizes and not self.prefill_dequant_source:
             raise ValueError(f"{self.name}: prefill_dequantizes needs prefill_dequant_source")
         if self.load_transient_bytes_per_param and not self.load_transient_source:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cache
 
 from planner.formats.registry import dtype_bytes, format_catalog
 from planner.formats.schema import WeightFormat
@@ -108,10 +109,12 @@ def _gguf_group(fmt: WeightFormat, spec: ModelSpec, group: ParamGroup) -> GroupS
     per_layer = group.count // max(1, len(group.layers)) if group.layers else group.count
     total = 0.0
     used: dict[str, int] = {}
+    bias = (group.out_features or 0) if group.bias and group.kind == "linear" else 0
+    weight_params = group.params_each - bias
     for layer in layers:
         wanted = gguf_type_for(fmt, spec, group, layer)
-        size, actual = gguf_bytes(wanted, rows, length) if rows * length == group.params_each else \
-            gguf_bytes("F32", 1, group.params_each)
+        size, actual = gguf_bytes(wanted, rows, length) if rows * length == weight_params else \
+            gguf_bytes("F32", 1, weight_params)
         total += size * per_layer
         used[actual] = used.get(actual, 0) + per_layer
         if group.bias and group.out_features:
@@ -151,14 +154,22 @@ def group_storage(spec: ModelSpec, fmt: WeightFormat, group: ParamGroup, *,
         return _gguf_group(fmt, spec, group)
     if fmt.family == "float":
         return GroupStorage(group, False, group.params * fmt.bits / 8, fmt.name)
-    keep = set(fmt.keep_unquantized)
-    if quantize_lm_head:
-        keep.discard("lm_head")
+    keep, dtype, element = _kept_parts(fmt.name, quantize_lm_head)
     stays_16bit = (group.kind != "linear" and "non_linear" in keep) or group.component in keep \
-        or _excluded_by_checkpoint(spec, fmt, group)
+        or (spec.quantization_config is not None and _excluded_by_checkpoint(spec, fmt, group))
     if group.kind != "linear" or stays_16bit:
-        dtype = fmt.unquantized_dtype_resolved
-        return GroupStorage(group, False, group.params * dtype_bytes(dtype), dtype)
+        return GroupStorage(group, False, group.params * element, dtype)
     per_tensor = linear_bytes(fmt, group.out_features or 0, group.in_features or 0)
-    bias = (group.out_features or 0) * dtype_bytes(fmt.unquantized_dtype_resolved) if group.bias else 0.0
+    bias = (group.out_features or 0) * element if group.bias else 0.0
     return GroupStorage(group, True, group.count * (per_tensor + bias), fmt.name)
+
+
+@cache
+def _kept_parts(format_name: str, quantize_lm_head: bool) -> tuple[frozenset[str], str, float]:
+    """(parts kept in 16-bit, their dtype, its bytes) of a format."""
+    from planner.formats.registry import get_format
+
+    fmt = get_format(format_name)
+    keep = set(fmt.keep_unquantized) - ({"lm_head"} if quantize_lm_head else set())
+    dtype = fmt.unquantized_dtype_resolved
+    return frozenset(keep), dtype, dtype_bytes(dtype)

@@ -3,18 +3,26 @@
 Public pieces (shared with the training estimator): :func:`estimate_memory`, :func:`weight_bytes`,
 :func:`kv_bytes_per_token` / :func:`kv_cache_bytes`, the overhead term builders in
 :mod:`planner.memory.overhead`, the phase/safe-bound rule in :mod:`planner.memory.phases` and the
-device checks in :mod:`planner.memory.devices`.
+device checks in :mod:`planner.memory.devices`. Names are imported on first use (PEP 562), so
+importing one submodule (e.g. ``planner.memory.engines``) does not load the whole model.
 """
 
-from planner.memory.api import InferenceOptions, estimate_memory, prepare_inference
-from planner.memory.devices import fits_on, format_support, resolve_gpu, usable_gib
-from planner.memory.kv_cache import kv_bytes_per_token, kv_cache_bytes, kv_layout
-from planner.memory.phases import Coeffs, PhaseSpec, RawTerm, safe_bytes
+from planner._lazy import lazy_getattr
 from planner.memory.result import BREAKDOWN_KEYS, GIB, MemoryEstimate, MemoryTerm, sum_terms
-from planner.memory.weights import WeightBytes, weight_bytes
 
-__all__ = [
-    "BREAKDOWN_KEYS", "GIB", "Coeffs", "InferenceOptions", "MemoryEstimate", "MemoryTerm", "PhaseSpec", "RawTerm",
-    "WeightBytes", "estimate_memory", "fits_on", "format_support", "kv_bytes_per_token", "kv_cache_bytes",
-    "kv_layout", "prepare_inference", "resolve_gpu", "safe_bytes", "sum_terms", "usable_gib", "weight_bytes",
-]
+_LAZY = {
+    "InferenceOptions": "planner.memory.api", "estimate_memory": "planner.memory.api",
+    "prepare_inference": "planner.memory.api",
+    "fits_on": "planner.memory.devices", "format_support": "planner.memory.devices",
+    "resolve_gpu": "planner.memory.devices", "usable_gib": "planner.memory.devices",
+    "kv_bytes_per_token": "planner.memory.kv_cache", "kv_cache_bytes": "planner.memory.kv_cache",
+    "kv_layout": "planner.memory.kv_cache",
+    "Coeffs": "planner.memory.phases", "PhaseSpec": "planner.memory.phases", "RawTerm": "planner.memory.phases",
+    "safe_bytes": "planner.memory.phases",
+    "WeightBytes": "planner.memory.weights", "weight_bytes": "planner.memory.weights",
+}
+
+__all__ = ["BREAKDOWN_KEYS", "GIB", "MemoryEstimate", "MemoryTerm", "sum_terms", *_LAZY]
+
+
+__getattr__ = lazy_getattr("planner.memory", _LAZY, globals())

@@ -99,6 +99,6 @@ def prefill_moments(spec: ModelSpec, act_bytes: float, *, tp: int = 1, attention
     return moments
 
 
-def decode_activation_bytes(spec: ModelSpec, act_bytes: float, *, tp: int = 1) -> float:
-    """Activations of one decode step of one sequence (the largest prefill moment at T = 1)."""
-    return max(m.per_token + m.per_token_sq for m in prefill_moments(spec, act_bytes, tp=tp))
+def decode_activation_bytes(moments: list[Moment]) -> float:
+    """Activations of one decode step of one sequence: the largest prefill moment at T = 1."""
+    return max(m.per_token + m.per_token_sq for m in moments)

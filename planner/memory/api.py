@@ -118,8 +118,13 @@ class PreparedInference:
 def prepare_inference(model: Any, precision: str | WeightFormat = "bf16", *, batch: int = 1,
                       seq_len: int | None = None, prompt_len: int | None = None, new_tokens: int | None = None,
                       engine: str = "hf", gpus: int = 1, kv_dtype: str | KVDtype | None = None, gpu: Any = None,
-                      check_support: bool = True, **options: Any) -> PreparedInference:
-    """Validate an inference request and build its plan (raises FitplanError subclasses)."""
+                      check_support: bool = True, split: tuple[int, int] | None = None,
+                      **options: Any) -> PreparedInference:
+    """Validate an inference request and build its plan (raises FitplanError subclasses).
+
+    ``split=(tp, pp)`` sets tensor and pipeline sizes together (cluster sizing); otherwise ``gpus``
+    is split the engine's way (or ``parallel=``).
+    """
     spec: ModelSpec = get_model(model)
     fmt = get_format(precision)
     profile = get_engine(engine)
@@ -145,7 +150,7 @@ def prepare_inference(model: Any, precision: str | WeightFormat = "bf16", *, bat
     if kv_ok.supported is False:
         raise UnsupportedError(f"{kv_ok.reason}.")
     parallel = opts.parallel or profile.parallel_default
-    tp, pp = (gpus, 1) if parallel == "tensor" else (1, gpus)
+    tp, pp = split if split is not None else ((gpus, 1) if parallel == "tensor" else (1, gpus))
     if tp > 1:
         require_tensor_parallel(spec, tp)
     if pp > spec.total_layers:
@@ -255,7 +260,7 @@ def _vllm_pool(prepared: PreparedInference, capacity_bytes: float) -> dict[str, 
             "max_concurrent_sequences": tokens // prepared.tokens.total if prepared.tokens.total else 0}
 
 
-def estimate_memory(model: Any, precision: str | WeightFormat = "bf16", mode: str = "inference", *, batch: int = 1,
+def estimate_memory(model: Any, precision: str | WeightFormat | None = None, mode: str = "inference", *, batch: int = 1,
                     seq_len: int | None = None, prompt_len: int | None = None, new_tokens: int | None = None,
                     engine: str = "hf", gpus: int = 1, kv_dtype: str | None = None, gpu: Any = None,
                     **options: Any) -> MemoryEstimate:
@@ -267,6 +272,7 @@ def estimate_memory(model: Any, precision: str | WeightFormat = "bf16", mode: st
     if mode != "inference":
         return _training_estimate(model, precision, mode, batch=batch, seq_len=seq_len, gpus=gpus, gpu=gpu,
                                   options=options)
+    precision = "bf16" if precision is None else precision
     prepared = prepare_inference(model, precision, batch=batch, seq_len=seq_len, prompt_len=prompt_len,
                                  new_tokens=new_tokens, engine=engine, gpus=gpus, kv_dtype=kv_dtype, gpu=gpu,
                                  **options)
@@ -283,6 +289,6 @@ def _training_estimate(model: Any, precision: Any, mode: str, *, batch: int, seq
                                    f"{', '.join(INFERENCE_MODES)}.") from None
         raise
     spec = get_model(model)
-    fmt = get_format(precision)
+    fmt = get_format(precision if precision is not None else training.default_precision(mode))
     return training.estimate_training_memory(spec, fmt, mode=mode, batch=batch, seq_len=seq_len, gpus=gpus,
                                              gpu=resolve_gpu(gpu), **options)

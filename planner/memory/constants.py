@@ -45,7 +45,3 @@ def constant(name: str) -> Constant:
     """The constant called ``name`` (a KeyError here is a programming error, not user input)."""
     return _constants()[name]
 
-
-def all_constants() -> dict[str, Constant]:
-    """Every constant, by name."""
-    return dict(_constants())

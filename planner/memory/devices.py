@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 from hardware_db import Accelerator
 from planner.formats import KVDtype, WeightFormat
-from planner.memory.result import GIB
 
 
 def resolve_gpu(gpu: str | Accelerator | None) -> Accelerator | None:
@@ -83,6 +82,3 @@ def fits_on(safe_gib: float, acc: Accelerator) -> tuple[bool, float, float]:
     headroom = usable - safe_gib
     return headroom >= 0, headroom, 100.0 * headroom / usable
 
-
-def bytes_to_gib(value: float) -> float:
-    return value / GIB

@@ -67,7 +67,13 @@ class InferencePlan:
     window: int | None
     weights: WeightBytes
     kv_bytes_per_token: float
+    kv_coeffs: Coeffs
     safe_divisor: float = 1.0
+    sums: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] | None = None
+
+    def phase_coefficients(self) -> dict[str, tuple[tuple[float, ...], tuple[float, ...]]]:
+        """Per phase: (device-level upper coefficients, allocated point coefficients)."""
+        return self.sums if self.sums is not None else phase_sums(self.terms, self.phases)
 
 
 def _weights_terms(w: WeightBytes, fmt: WeightFormat, everywhere: frozenset[str], pp: int) -> list[RawTerm]:
@@ -82,19 +88,39 @@ def _weights_terms(w: WeightBytes, fmt: WeightFormat, everywhere: frozenset[str]
         label = f"weights in {dtype}" if fmt.family == "float" else f"unquantized weights ({dtype}: embeddings, norms, ...)"
         if w.separate_lm_head:
             label += ", incl. a separate lm_head copy"
+        kept = ", ".join(fmt.keep_unquantized) or "nothing"
+        source = (f"{fmt.name} stores every weight in {dtype}" if fmt.family == "float" else
+                  f"formats.toml: {fmt.name} keeps {kept} unquantized, in {dtype}")
         terms.append(RawTerm("weights_unquantized", label + split, Coeffs(const=w.unquantized),
-                             formula="params x bytes per element", source=fmt.source, phases=everywhere,
+                             formula="params x bytes per element", source=source, phases=everywhere,
                              inputs={"dtype": dtype}))
     return terms
 
 
+_PLAN_CACHE: dict[tuple, tuple[ModelSpec, InferencePlan]] = {}
+_PLAN_CACHE_SIZE = 4096
+
+
 def build_inference_plan(setup: InferenceSetup) -> InferencePlan:
-    """The terms and phases of one inference run (per device)."""
+    """The terms and phases of one inference run (per device); cached, as plans do not depend on
+    batch or tokens (those are applied when a plan is evaluated)."""
+    key = (id(setup.spec), setup.fmt.name, setup.engine.name, setup.kv.name, setup.tp, setup.pp, setup.attention,
+           setup.logits, setup.hf_cache, setup.module_loading, setup.compute_capability,
+           setup.gpu_memory_utilization, setup.max_num_batched_tokens, setup.max_num_seqs, setup.n_ubatch,
+           setup.flash_attn, setup.prefill_chunk_size)
+    hit = _PLAN_CACHE.get(key)
+    if hit is not None and hit[0] is setup.spec:
+        return hit[1]
     if setup.engine.name == "vllm":
-        return _vllm_plan(setup)
-    if setup.engine.name == "llamacpp":
-        return _llamacpp_plan(setup)
-    return _generate_plan(setup)
+        plan = _vllm_plan(setup)
+    elif setup.engine.name == "llamacpp":
+        plan = _llamacpp_plan(setup)
+    else:
+        plan = _generate_plan(setup)
+    if len(_PLAN_CACHE) >= _PLAN_CACHE_SIZE:
+        _PLAN_CACHE.pop(next(iter(_PLAN_CACHE)))
+    _PLAN_CACHE[key] = (setup.spec, plan)
+    return plan
 
 
 def _kv_coeffs(setup: InferenceSetup, latent_mla: bool) -> tuple[Coeffs, float, object]:
@@ -111,11 +137,94 @@ def _kv_label(setup: InferenceSetup, layout, tokens: str) -> str:
     return f"KV cache ({setup.kv.name}, {layout.kind}, {tokens} tokens{window})"
 
 
+@dataclass(frozen=True)
+class _SharedPart:
+    """The format-independent part of a generate() plan (shared by every format of one compute dtype)."""
+
+    terms: tuple[RawTerm, ...]
+    phases: tuple[PhaseSpec, ...]
+    window: int | None
+    kv: Coeffs
+    kv_per_token: float
+    prefill: frozenset[str]
+    everywhere: frozenset[str]
+    sums: dict[str, tuple[tuple[float, ...], tuple[float, ...]]]
+
+
+_SHARED_CACHE: dict[tuple, tuple[ModelSpec, _SharedPart]] = {}
+
+
+def phase_sums(terms: list[RawTerm] | tuple[RawTerm, ...], phases: list[PhaseSpec] | tuple[PhaseSpec, ...]
+               ) -> dict[str, tuple[tuple[float, ...], tuple[float, ...]]]:
+    """Per phase: (sum of every term's upper coefficients, sum of the allocated terms' point coefficients)."""
+    upper = {p.name: [0.0] * 5 for p in phases}
+    point = {p.name: [0.0] * 5 for p in phases}
+    for term in terms:
+        u = term.upper_coeffs.as_tuple()
+        c = term.point.as_tuple() if term.counted_in == "allocated" else None
+        for name in term.phases:
+            if name not in upper:
+                continue
+            acc = upper[name]
+            acc[0] += u[0]; acc[1] += u[1]; acc[2] += u[2]; acc[3] += u[3]; acc[4] += u[4]  # noqa: E702
+            if c is not None:
+                acc = point[name]
+                acc[0] += c[0]; acc[1] += c[1]; acc[2] += c[2]; acc[3] += c[3]; acc[4] += c[4]  # noqa: E702
+    return {name: (tuple(upper[name]), tuple(point[name])) for name in upper}
+
+
+def _add_sums(base: dict, extra: dict) -> dict:
+    out = {}
+    for name, (upper, point) in base.items():
+        eu, ep = extra[name]
+        out[name] = ((upper[0] + eu[0], upper[1] + eu[1], upper[2] + eu[2], upper[3] + eu[3], upper[4] + eu[4]),
+                     (point[0] + ep[0], point[1] + ep[1], point[2] + ep[2], point[3] + ep[3], point[4] + ep[4]))
+    return out
+
+
 def _generate_plan(setup: InferenceSetup) -> InferencePlan:
     """transformers generate() and LitGPT generate: prefill moments, then decode steps."""
     spec, fmt, engine = setup.spec, setup.fmt, setup.engine
     a = dtype_bytes(fmt.compute_dtype)
+    shared = _shared_generate_part(setup, a)
     w = weight_bytes(spec, fmt, engine=engine, tp=setup.tp, pp=setup.pp)
+    prefill, everywhere = shared.prefill, shared.everywhere
+    own = _weights_terms(w, fmt, everywhere, setup.pp)
+    if fmt.load_transient_bytes_per_param and w.largest_quantized_tensor_params:
+        transient = fmt.load_transient_bytes_per_param * w.largest_quantized_tensor_params
+        own.append(RawTerm("activations", "quantize-on-load copy of the largest tensor", Coeffs(const=transient),
+                           formula="bytes/param x params of the largest quantized tensor",
+                           source=fmt.load_transient_source, phases=frozenset({"load"}),
+                           inputs={"bytes_per_param": fmt.load_transient_bytes_per_param,
+                                   "params": w.largest_quantized_tensor_params}))
+    if fmt.prefill_dequantizes and w.largest_quantized_tensor_params:
+        dequant = w.largest_quantized_tensor_params * a / setup.tp
+        point = Coeffs(const=dequant) if fmt.prefill_dequantizes == "point" else Coeffs()
+        own.append(RawTerm("activations", "16-bit dequantized copy of the largest quantized weight", point,
+                           upper=Coeffs(const=dequant), formula="params of the largest quantized tensor x a",
+                           source=fmt.prefill_dequant_source, phases=prefill,
+                           inputs={"params": w.largest_quantized_tensor_params, "a": a}))
+    slack = allocator_slack_term(w.allocator_waste, everywhere)
+    terms = own + list(shared.terms) + [slack]
+    sums = _add_sums(shared.sums, phase_sums(own + [slack], shared.phases))
+    return InferencePlan(terms, list(shared.phases), shared.window, w, shared.kv_per_token, shared.kv, sums=sums)
+
+
+def _shared_generate_part(setup: InferenceSetup, a: float) -> _SharedPart:
+    key = (id(setup.spec), a, setup.engine.name, setup.kv.name, setup.tp, setup.pp, setup.attention, setup.logits,
+           setup.hf_cache, setup.module_loading, setup.compute_capability, setup.prefill_chunk_size)
+    hit = _SHARED_CACHE.get(key)
+    if hit is not None and hit[0] is setup.spec:
+        return hit[1]
+    part = _build_shared_generate_part(setup, a)
+    if len(_SHARED_CACHE) >= _PLAN_CACHE_SIZE:
+        _SHARED_CACHE.pop(next(iter(_SHARED_CACHE)))
+    _SHARED_CACHE[key] = (setup.spec, part)
+    return part
+
+
+def _build_shared_generate_part(setup: InferenceSetup, a: float) -> _SharedPart:
+    spec, engine = setup.spec, setup.engine
     moments = act.prefill_moments(spec, a, tp=setup.tp, attention=setup.attention)
     encoder_only = spec.architecture == "encoder"
     prefill_names = [f"prefill:{m.name}" for m in moments] + ([] if encoder_only else ["prefill:lm_head"])
@@ -126,15 +235,7 @@ def _generate_plan(setup: InferenceSetup) -> InferencePlan:
     everywhere = frozenset(p.name for p in phases)
     running = everywhere - {"load"}
     prefill = frozenset(prefill_names)
-    terms = _weights_terms(w, fmt, everywhere, setup.pp)
-
-    if fmt.load_transient_bytes_per_param and w.largest_quantized_tensor_params:
-        transient = fmt.load_transient_bytes_per_param * w.largest_quantized_tensor_params
-        terms.append(RawTerm("activations", "quantize-on-load copy of the largest tensor", Coeffs(const=transient),
-                             formula="bytes/param x params of the largest quantized tensor",
-                             source=fmt.load_transient_source, phases=frozenset({"load"}),
-                             inputs={"bytes_per_param": fmt.load_transient_bytes_per_param,
-                                     "params": w.largest_quantized_tensor_params}))
+    terms: list[RawTerm] = []
 
     kv, kv_per_token, layout = _kv_coeffs(setup, latent_mla=False)
     if not encoder_only:
@@ -166,14 +267,6 @@ def _generate_plan(setup: InferenceSetup) -> InferencePlan:
                                  formula="encoder tokens x layers x 2 x heads x d_kv x bytes", source=KV_SOURCE,
                                  phases=frozenset({"decode"}), tokens="prompt"))
 
-    if fmt.prefill_dequantizes and w.largest_quantized_tensor_params:
-        dequant = w.largest_quantized_tensor_params * a / setup.tp
-        point = Coeffs(const=dequant) if fmt.prefill_dequantizes == "point" else Coeffs()
-        terms.append(RawTerm("activations", "16-bit dequantized copy of the largest quantized weight", point,
-                             upper=Coeffs(const=dequant), formula="params of the largest quantized tensor x a",
-                             source=fmt.prefill_dequant_source, phases=prefill,
-                             inputs={"params": w.largest_quantized_tensor_params, "a": a}))
-
     chunk = setup.prefill_chunk_size
     for moment in moments:
         point = Coeffs(per_token=moment.per_token, per_token_sq=moment.per_token_sq)
@@ -201,21 +294,19 @@ def _generate_plan(setup: InferenceSetup) -> InferencePlan:
                              formula="vocab x (a + 4 + 4)", source=lg.SOURCE, phases=frozenset({"decode"}),
                              inputs={"vocab": spec.vocab_size}))
         terms.append(RawTerm("activations", "decode-step activations",
-                             Coeffs(per_seq=act.decode_activation_bytes(spec, a, tp=setup.tp)),
+                             Coeffs(per_seq=act.decode_activation_bytes(moments)),
                              formula="largest prefill moment at T = 1", source=act.SOURCE,
                              phases=frozenset({"decode"})))
     if engine.kv_cache == "preallocated" and engine.name == "litgpt" and not encoder_only:
         terms.append(RawTerm("activations", "LitGPT causal mask cache (bool, max_seq_length^2)",
                              Coeffs(per_token_sq=1.0), formula="(prompt + new)^2 x 1 byte",
                              source=engine.source, phases=running, tokens="total"))
+    terms += _runtime_terms(setup, running, everywhere)
+    return _SharedPart(tuple(terms), tuple(phases), layout.window, kv, kv_per_token, prefill, everywhere,
+                       phase_sums(terms, phases))
 
-    terms += _runtime_terms(setup, w, running, everywhere)
-    terms.append(allocator_slack_term(w.allocator_waste, everywhere))
-    return InferencePlan(terms, phases, layout.window, w, kv_per_token)
 
-
-def _runtime_terms(setup: InferenceSetup, w: WeightBytes, running: frozenset[str],
-                   everywhere: frozenset[str]) -> list[RawTerm]:
+def _runtime_terms(setup: InferenceSetup, running: frozenset[str], everywhere: frozenset[str]) -> list[RawTerm]:
     terms = [cuda_context_term(setup.engine, everywhere, module_loading=setup.module_loading)]
     if setup.engine.cublas_workspace:
         terms.append(cublas_workspace_term(setup.compute_capability, running))
@@ -252,10 +343,10 @@ def _vllm_plan(setup: InferenceSetup) -> InferencePlan:
                          formula="tokens x batch x per-token bytes (pages of 16: up to 15 tokens more)",
                          source=KV_SOURCE, phases=everywhere, tokens="total",
                          inputs={"bytes_per_token": kv_per_token}))
-    terms += _runtime_terms(setup, w, everywhere, everywhere)
+    terms += _runtime_terms(setup, everywhere, everywhere)
     terms.append(cudagraph_term(everywhere))
     terms.append(allocator_slack_term(w.allocator_waste, everywhere))
-    return InferencePlan(terms, phases, layout.window, w, kv_per_token, safe_divisor=setup.gpu_memory_utilization)
+    return InferencePlan(terms, phases, layout.window, w, kv_per_token, kv, safe_divisor=setup.gpu_memory_utilization)
 
 
 def _llamacpp_plan(setup: InferenceSetup) -> InferencePlan:
@@ -282,5 +373,5 @@ def _llamacpp_plan(setup: InferenceSetup) -> InferencePlan:
                                                                              " + 2 x n_ubatch x heads x n_kv x 4"),
                          source="gguf-parser-go file_estimate__llamacpp.go computation buffer; ggml-alloc reuses it per layer",
                          phases=everywhere, tokens="total", inputs={"n_ubatch": ub}))
-    terms += _runtime_terms(setup, w, everywhere, everywhere)
-    return InferencePlan(terms, phases, window, w, kv_per_token)
+    terms += _runtime_terms(setup, everywhere, everywhere)
+    return InferencePlan(terms, phases, window, w, kv_per_token, kv)

@@ -29,15 +29,15 @@ def cublas_workspace_term(compute_capability: tuple[int, int] | None, phases: fr
     default = constant("cublas_workspace_default")
     if compute_capability is None:
         point, upper, note = default.bytes, hopper.bytes, "GPU unknown: pre-Hopper size, Hopper size as upper bound"
+        source = f"{default.source}; {hopper.source}"
     elif compute_capability >= (9, 0):
         point = upper = hopper.bytes
-        note = "compute capability >= 9.0"
+        note, source = "compute capability >= 9.0", hopper.source
     else:
         point = upper = default.bytes
-        note = "compute capability < 9.0"
+        note, source = "compute capability < 9.0", default.source
     return RawTerm("runtime_overhead", "cuBLAS workspace", Coeffs(const=point), formula="constant",
-                   source=f"{hopper.source}; {default.source}", phases=phases, upper=Coeffs(const=upper),
-                   inputs={"note": note})
+                   source=source, phases=phases, upper=Coeffs(const=upper), inputs={"note": note})
 
 
 def nccl_term(tp: int, phases: frozenset[str]) -> RawTerm | None:

@@ -14,20 +14,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 from planner.errors import InvalidRequestError
 from planner.models.spec import ModelSpec, ParamGroup
-
-
-@dataclass(frozen=True)
-class ParallelPlan:
-    tp: int = 1
-    pp: int = 1
-
-    @property
-    def gpus(self) -> int:
-        return self.tp * self.pp
 
 
 def check_tensor_parallel(spec: ModelSpec, tp: int) -> str | None:

@@ -17,7 +17,7 @@ takes its upper value. Nothing is a fudge factor: an exact term has upper == poi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from planner.memory.result import GIB, MemoryTerm
@@ -25,7 +25,7 @@ from planner.memory.result import GIB, MemoryTerm
 BASIS: tuple[str, ...] = ("const", "per_seq", "per_token", "per_window_token", "per_token_sq")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Coeffs:
     """Bytes = const + batch * (per_seq + per_token*T + per_window_token*min(T, W) + per_token_sq*T^2)."""
 
@@ -47,13 +47,11 @@ class Coeffs:
         return Coeffs(*(getattr(self, n) + getattr(other, n) for n in BASIS))
 
     def as_tuple(self) -> tuple[float, ...]:
-        return tuple(getattr(self, n) for n in BASIS)
+        return (self.const, self.per_seq, self.per_token, self.per_window_token, self.per_token_sq)
 
 
-ZERO = Coeffs()
 
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RawTerm:
     """One additive term in plain floats; becomes a :class:`MemoryTerm` when an estimate is built.
 
@@ -151,6 +149,3 @@ def to_memory_terms(terms: list[RawTerm], phase: PhaseSpec, *, batch: int, promp
                                  inputs=inputs, source=term.source, counted_in=term.counted_in))
     return tuple(result)
 
-
-def with_phases(term: RawTerm, phases: frozenset[str]) -> RawTerm:
-    return replace(term, phases=phases)

@@ -41,20 +41,42 @@ class WeightBytes:
 _MIB = 2**20
 
 
-def segment_waste(tensor_bytes: float, count: int) -> float:
-    """Bytes the PyTorch caching allocator reserves beyond ``count`` tensors of ``tensor_bytes`` each.
+def allocator_waste(tensor_sizes: dict[float, float]) -> float:
+    """Bytes the PyTorch caching allocator reserves beyond resident tensors (``{bytes: count}``).
 
-    CUDACachingAllocator.cpp: requests up to 1 MiB share 2 MiB segments (kSmallBuffer), requests up
-    to 10 MiB share 20 MiB segments (kLargeBuffer), larger ones get their own segment rounded up to
-    2 MiB (kRoundLarge); every block is rounded to 512 bytes (kMinBlockSize).
+    CUDACachingAllocator.cpp: requests above 10 MiB get their own segment rounded up to 2 MiB
+    (kRoundLarge); requests of 1-10 MiB are carved from 20 MiB segments (kLargeBuffer, tensors of one
+    size packed together); smaller ones share 2 MiB segments (kSmallBuffer). Blocks are rounded to
+    512 bytes (kMinBlockSize).
     """
-    size = max(512.0, -(-tensor_bytes // 512) * 512)
-    if size > 10 * _MIB:
-        return count * (-(-size // (2 * _MIB)) * 2 * _MIB - tensor_bytes)
-    segment = 2 * _MIB if size <= _MIB else 20 * _MIB
-    per_segment = max(1, int(segment // size))
-    segments = -(-count // per_segment)
-    return segments * segment - count * tensor_bytes
+    large = medium_used = small = 0.0
+    medium_segments = 0
+    for size, count in tensor_sizes.items():
+        rounded = max(512.0, -(-size // 512) * 512)
+        if rounded > 10 * _MIB:
+            large += count * (-(-rounded // (2 * _MIB)) * 2 * _MIB - size)
+        elif rounded > _MIB:
+            medium_segments += -(-count // max(1, int(20 * _MIB // rounded)))
+            medium_used += count * size
+        else:
+            small += count * rounded
+    small_waste = -(-small // (2 * _MIB)) * 2 * _MIB - small if small else 0.0
+    return large + (medium_segments * 20 * _MIB - medium_used) + small_waste
+
+
+def _add_tensor_sizes(sizes: dict[float, float], item: GroupStorage, spec: ModelSpec, tp: int, share: float) -> None:
+    """Record the resident tensors of one group: weight and bias are separate allocations; MoE experts
+    are one 3-D parameter per layer in current transformers (GptOssExperts, ...)."""
+    group = item.group
+    fraction = shard_fraction(spec, group, tp)
+    pieces = len(group.layers) if group.component == "experts" and group.layers else group.count
+    each = item.bytes / pieces * fraction
+    bytes_per_param = item.bytes / group.params if group.params else 0.0
+    bias = (group.out_features or 0) * fraction * bytes_per_param if group.bias and group.kind == "linear" else 0.0
+    count = pieces * share
+    if bias:
+        sizes[bias] = sizes.get(bias, 0.0) + count
+    sizes[each - bias] = sizes.get(each - bias, 0.0) + count
 
 
 def _resident_groups(spec: ModelSpec, fmt: WeightFormat, engine: EngineProfile) -> tuple[list[ParamGroup], bool]:
@@ -81,7 +103,7 @@ def weight_bytes(spec: ModelSpec, precision: str | WeightFormat = "bf16", *, eng
     first_extra, last_extra = [0.0, 0.0], [0.0, 0.0]
     largest = 0
     tensors = 0
-    waste = 0.0
+    sizes: dict[float, float] = {}
     stage = layer_fraction(spec, pp)
     for item in stored:
         group = item.group
@@ -101,12 +123,12 @@ def weight_bytes(spec: ModelSpec, precision: str | WeightFormat = "bf16", *, eng
         if item.quantized and group.kind == "linear":
             largest = max(largest, group.params_each)
         tensors += group.count
-        waste += segment_waste(item.bytes / group.count, group.count) * (stage if group.layers else 1.0) \
-            * shard_fraction(spec, group, tp)
+        _add_tensor_sizes(sizes, item, spec, tp, stage if group.layers else 1.0)
     if pp > 1:
         extra = first_extra if sum(first_extra) >= sum(last_extra) else last_extra
         quantized += extra[0]
         unquantized += extra[1]
     return WeightBytes(quantized=quantized, unquantized=unquantized, total_all_devices=total,
-                       largest_quantized_tensor_params=largest, resident_tensors=tensors, allocator_waste=waste,
+                       largest_quantized_tensor_params=largest, resident_tensors=tensors,
+                       allocator_waste=allocator_waste(sizes),
                        groups=tuple(stored), separate_lm_head=untied)

@@ -124,7 +124,15 @@ def spec_from_config(config: dict[str, Any], *, name: str | None = None, source:
             f"Supported: {', '.join(SUPPORTED_MODEL_TYPES)}.")
     reader = _Reader(config, label)
     build = _FAMILY_BUILDERS[profile.get("family", "llama")]
-    fields = build(reader, profile)
+    # Facts every family has; a family reader overrides them where its layout differs (T5, BERT).
+    fields: dict[str, Any] = dict(
+        architecture="decoder",
+        hidden_size=reader.require_int("hidden_size"),
+        num_layers=reader.require_int("num_layers"),
+        vocab_size=reader.require_int("vocab_size"),
+        tie_word_embeddings=reader.flag("tie_word_embeddings", profile["tie"]),
+    )
+    fields.update(build(reader, profile))
     fields.setdefault("max_position_embeddings", reader.optional_int("max_positions"))
     fields.update(
         name=name or config.get("_name_or_path") or model_type,
@@ -247,10 +255,6 @@ def _read_llama_like(reader: _Reader, profile: dict[str, Any]) -> dict[str, Any]
     moe = _moe(reader, profile.get("moe"), num_layers, hidden)
     intermediate = reader.require_int("intermediate_size")
     return dict(
-        architecture="decoder",
-        hidden_size=hidden,
-        num_layers=num_layers,
-        vocab_size=reader.require_int("vocab_size"),
         attention=AttentionSpec(num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim,
                                 qkv_bias=qkv_bias, o_bias=bias, qk_norm=profile.get("qk_norm", False),
                                 sinks=profile.get("sinks", False), sliding_window=window,
@@ -260,7 +264,6 @@ def _read_llama_like(reader: _Reader, profile: dict[str, Any]) -> dict[str, Any]
                     activation=str(reader.get("activation", "silu"))),
         moe=moe,
         norm=NormSpec(kind="rmsnorm", bias=False, per_layer=profile.get("norms_per_layer", 2)),
-        tie_word_embeddings=reader.flag("tie_word_embeddings", profile["tie"]),
     )
 
 
@@ -282,10 +285,6 @@ def _read_gpt2(reader: _Reader, profile: dict[str, Any]) -> dict[str, Any]:
     kv_heads = 1 if reader.flag("multi_query", reader.config.get("model_type") == "gpt_bigcode") else heads
     positions = reader.require_int("max_positions")
     return dict(
-        architecture="decoder",
-        hidden_size=hidden,
-        num_layers=num_layers,
-        vocab_size=reader.require_int("vocab_size"),
         max_position_embeddings=positions,
         attention=AttentionSpec(num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim, qkv_bias=True,
                                 o_bias=True, layer_types=("full_attention",) * num_layers),
@@ -293,7 +292,6 @@ def _read_gpt2(reader: _Reader, profile: dict[str, Any]) -> dict[str, Any]:
                     bias=True, activation=str(reader.get("activation", "gelu_new"))),
         norm=NormSpec(kind="layernorm", bias=True, per_layer=2),
         embeddings=EmbeddingSpec(learned_positions=positions),
-        tie_word_embeddings=reader.flag("tie_word_embeddings", profile["tie"]),
     )
 
 
@@ -308,10 +306,6 @@ def _read_opt(reader: _Reader, profile: dict[str, Any]) -> dict[str, Any]:
     pre_norm = reader.flag("do_layer_norm_before", True)
     final = pre_norm and not reader.flag("_remove_final_layer_norm", False)
     return dict(
-        architecture="decoder",
-        hidden_size=hidden,
-        num_layers=num_layers,
-        vocab_size=reader.require_int("vocab_size"),
         max_position_embeddings=positions,
         attention=AttentionSpec(num_heads=heads, num_kv_heads=heads, head_dim=hidden // heads, qkv_bias=bias,
                                 o_bias=bias, layer_types=("full_attention",) * num_layers),
@@ -322,7 +316,6 @@ def _read_opt(reader: _Reader, profile: dict[str, Any]) -> dict[str, Any]:
         # OPT's learned positions are offset by 2 (OPTLearnedPositionalEmbedding).
         embeddings=EmbeddingSpec(learned_positions=positions + 2,
                                  projection_dim=projection if projection != hidden else None),
-        tie_word_embeddings=reader.flag("tie_word_embeddings", profile["tie"]),
     )
 
 
@@ -343,10 +336,6 @@ def _read_falcon(reader: _Reader, profile: dict[str, Any]) -> dict[str, Any]:
         norms = 1 if parallel else 2
     bias = reader.flag("bias", False)
     return dict(
-        architecture="decoder",
-        hidden_size=hidden,
-        num_layers=num_layers,
-        vocab_size=reader.require_int("vocab_size"),
         max_position_embeddings=reader.optional_int("max_positions", 2048),
         attention=AttentionSpec(num_heads=heads, num_kv_heads=kv_heads, head_dim=hidden // heads,
                                 qkv_bias=bias, o_bias=bias, layer_types=("full_attention",) * num_layers),
@@ -354,7 +343,6 @@ def _read_falcon(reader: _Reader, profile: dict[str, Any]) -> dict[str, Any]:
                     bias=bias, activation="gelu"),
         norm=NormSpec(kind="layernorm", bias=True, per_layer=norms),
         parallel_attention=parallel,
-        tie_word_embeddings=reader.flag("tie_word_embeddings", profile["tie"]),
     )
 
 
@@ -365,10 +353,6 @@ def _read_phi(reader: _Reader, profile: dict[str, Any]) -> dict[str, Any]:
     num_layers = reader.require_int("num_layers")
     heads, kv_heads, head_dim = _attention_dims(reader, hidden)
     return dict(
-        architecture="decoder",
-        hidden_size=hidden,
-        num_layers=num_layers,
-        vocab_size=reader.require_int("vocab_size"),
         attention=AttentionSpec(num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim, qkv_bias=True,
                                 o_bias=True, qk_norm=reader.flag("qk_layernorm", False),
                                 layer_types=("full_attention",) * num_layers),
@@ -377,7 +361,6 @@ def _read_phi(reader: _Reader, profile: dict[str, Any]) -> dict[str, Any]:
         norm=NormSpec(kind="layernorm", bias=True, per_layer=1),
         parallel_attention=True,
         lm_head_bias=True,
-        tie_word_embeddings=reader.flag("tie_word_embeddings", profile["tie"]),
     )
 
 
@@ -389,17 +372,12 @@ def _read_gpt_neox(reader: _Reader, profile: dict[str, Any]) -> dict[str, Any]:
     heads = reader.require_int("num_heads")
     bias = reader.flag("attention_bias", True)
     return dict(
-        architecture="decoder",
-        hidden_size=hidden,
-        num_layers=num_layers,
-        vocab_size=reader.require_int("vocab_size"),
         attention=AttentionSpec(num_heads=heads, num_kv_heads=heads, head_dim=hidden // heads, qkv_bias=bias,
                                 o_bias=bias, layer_types=("full_attention",) * num_layers),
         mlp=MLPSpec(intermediate_size=reader.require_int("intermediate_size"), gated=False, bias=True,
                     activation=str(reader.get("activation", "gelu"))),
         norm=NormSpec(kind="layernorm", bias=True, per_layer=2),
         parallel_attention=reader.flag("use_parallel_residual", True),
-        tie_word_embeddings=reader.flag("tie_word_embeddings", profile["tie"]),
     )
 
 
@@ -410,9 +388,6 @@ def _read_bert(reader: _Reader, profile: dict[str, Any]) -> dict[str, Any]:
     positions = reader.optional_int("max_positions", 512) or 512
     return dict(
         architecture="encoder",
-        hidden_size=hidden,
-        num_layers=num_layers,
-        vocab_size=reader.require_int("vocab_size"),
         max_position_embeddings=positions,
         attention=AttentionSpec(num_heads=heads, num_kv_heads=heads, head_dim=hidden // heads, qkv_bias=True,
                                 o_bias=True, layer_types=("full_attention",) * num_layers),
@@ -421,7 +396,6 @@ def _read_bert(reader: _Reader, profile: dict[str, Any]) -> dict[str, Any]:
         norm=NormSpec(kind="layernorm", bias=True, per_layer=2, final=False),
         embeddings=EmbeddingSpec(learned_positions=positions,
                                  token_types=reader.optional_int("type_vocab_size", 2) or 0, norm=True),
-        tie_word_embeddings=True,
         pooler=True,
     )
 
@@ -435,10 +409,8 @@ def _read_t5(reader: _Reader, profile: dict[str, Any]) -> dict[str, Any]:
     proj = str(c.get("feed_forward_proj", "relu"))
     return dict(
         architecture="encoder-decoder",
-        hidden_size=hidden,
         num_layers=decoder_layers,
         num_encoder_layers=encoder_layers,
-        vocab_size=reader.require_int("vocab_size"),
         max_position_embeddings=None,
         attention=AttentionSpec(num_heads=heads, num_kv_heads=heads, head_dim=reader.require_int("d_kv"),
                                 layer_types=("full_attention",) * decoder_layers),
@@ -446,7 +418,6 @@ def _read_t5(reader: _Reader, profile: dict[str, Any]) -> dict[str, Any]:
                     bias=False, activation=proj.removeprefix("gated-")),
         norm=NormSpec(kind="rmsnorm", bias=False, per_layer=2),
         relative_attention_buckets=c.get("relative_attention_num_buckets", 32),
-        tie_word_embeddings=reader.flag("tie_word_embeddings", profile["tie"]),
     )
 
 

@@ -1,0 +1,165 @@
+"""Model states (weights, gradients, master weights, optimizer states) per GPU under data parallelism.
+
+``P`` = trainable parameters, ``N`` = GPUs, ``W_f`` = bytes of frozen weights in their load format.
+
+- ``none`` / ``ddp``: every GPU holds everything. DDP with ``gradient_as_bucket_view=False`` (the
+  default) also keeps its all-reduce buckets, one more copy of the gradients (torch DDP docs).
+- ``zero1`` / ``zero2`` / ``zero3`` (DeepSpeed, Rajbhandari et al. 2020 "ZeRO", section 5): with a
+  16-bit compute dtype DeepSpeed keeps 16-bit parameters and gradients plus fp32 master weights, an
+  fp32 gradient partition and the optimizer states; ZeRO-1 partitions the fp32 part, ZeRO-2 also the
+  gradients, ZeRO-3 also the parameters. For AdamW this is DeepSpeed's own estimator
+  ``2P + 18P/N`` (ZeRO-2) and ``18P/N + 4 x largest_layer`` (ZeRO-3). Stages 1-2 allocate the
+  contiguous-gradient bucket (``reduce_bucket_size`` elements, twice with ``overlap_comm``) in
+  ``backward()``. CPU offload of the optimizer keeps only 16-bit parameters on the GPU and puts
+  ``P x max(4N, 16) x 1.5`` (ZeRO-2) or ``P x 16 x 1.5`` (ZeRO-3) bytes in host RAM per node;
+  parameter offload (ZeRO-3) leaves only the largest layer on the GPU and ``P x 18 x 1.5`` in host RAM.
+  Frozen weights are replicated under ZeRO-1/2 and partitioned under ZeRO-3.
+- ``fsdp`` (PyTorch FSDP ``FULL_SHARD``, one unit per decoder layer): weights, gradients and states
+  in the recipe's dtypes divided by N, plus the unsharded parameters of the unit in use and the one
+  prefetched and the unsharded gradients of one unit; ``CPUOffload(offload_params=True)`` moves
+  parameters, gradients and the optimizer step to host RAM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from planner.errors import InvalidRequestError
+
+SHARDING: tuple[str, ...] = ("none", "ddp", "zero1", "zero2", "zero3", "fsdp")
+OFFLOAD: tuple[str, ...] = ("none", "optimizer", "params")
+Sharding = Literal["none", "ddp", "zero1", "zero2", "zero3", "fsdp"]
+
+
+@dataclass(frozen=True)
+class StateInputs:
+    """Unsharded quantities the sharding rules divide."""
+
+    trainable_params: int
+    frozen_weight_bytes: float
+    param_bytes: float
+    grad_bytes: float
+    compute_bytes: int
+    states_at_param_dtype: float
+    states_fp32: float
+    largest_layer_params: int
+    total_params: int = 0
+
+
+@dataclass(frozen=True)
+class ShardedStates:
+    """Bytes per GPU (and host RAM per node) with the formula used for each part."""
+
+    trainable_weights: float
+    frozen_weights: float
+    gradients: float
+    master_weights: float
+    optimizer_states: float
+    buffers: float
+    host: float
+    formulas: dict[str, str] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+    buffers_upper: float | None = None
+
+
+def validate(sharding: str, gpus: int, offload: str) -> list[str]:
+    """Check the combination; returns warnings for legal but pointless ones."""
+    if sharding not in SHARDING:
+        raise InvalidRequestError(f"unknown sharding {sharding!r}; use one of {', '.join(SHARDING)}.")
+    if offload not in OFFLOAD:
+        raise InvalidRequestError(f"unknown offload {offload!r}; use one of {', '.join(OFFLOAD)}.")
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
+        raise InvalidRequestError(f"gpus must be a positive integer, got {gpus!r}.")
+    if sharding == "none" and gpus > 1:
+        raise InvalidRequestError(
+            f"gpus={gpus} needs a data-parallel strategy: sharding='ddp' (replicas), 'zero1', 'zero2', "
+            "'zero3' or 'fsdp' (sharded model states).")
+    if offload == "optimizer" and sharding not in ("zero1", "zero2", "zero3"):
+        hint = " FSDP offloads parameters, gradients and optimizer together: use offload='params'." \
+            if sharding == "fsdp" else ""
+        raise InvalidRequestError(f"offload='optimizer' needs DeepSpeed ZeRO (zero1/zero2/zero3), not {sharding!r}.{hint}")
+    if offload == "params" and sharding not in ("zero3", "fsdp"):
+        raise InvalidRequestError(f"offload='params' needs sharded parameters (zero3 or fsdp), not {sharding!r}.")
+    if sharding in ("zero1", "zero2", "zero3", "fsdp") and gpus == 1 and offload == "none":
+        return [f"{sharding} on 1 GPU divides nothing; it only adds its buffers."]
+    return []
+
+
+def shard_states(inputs: StateInputs, *, sharding: str, gpus: int, offload: str = "none", gpus_per_node: int = 8,
+                 buffer_factor: float = 1.5, bucket_elements: int = 500_000_000,
+                 overlap_comm: bool = False, max_live_parameters: int = 1_000_000_000) -> ShardedStates:
+    """Per-GPU model states for ``sharding`` over ``gpus`` (see the module docstring)."""
+    validate(sharding, gpus, offload)
+    n, p = gpus, inputs.trainable_params
+    if sharding in ("none", "ddp"):
+        grads = p * inputs.grad_bytes
+        buckets = grads if sharding == "ddp" and n > 1 else 0.0
+        return ShardedStates(p * inputs.param_bytes, inputs.frozen_weight_bytes, grads, 0.0,
+                             inputs.states_at_param_dtype, buckets, 0.0,
+                             {"gradients": "P x grad_bytes", "buffers": "DDP buckets = P x grad_bytes"})
+    if sharding == "fsdp":
+        return _fsdp(inputs, n, offload)
+    states = _zero(inputs, int(sharding[-1]), n, offload, max(1, -(-n // gpus_per_node)), min(n, gpus_per_node),
+                   buffer_factor, bucket_elements, overlap_comm)
+    if sharding == "zero3":  # up to stage3_max_live_parameters gathered 16-bit parameters stay resident
+        resident = min(max_live_parameters, inputs.total_params or max_live_parameters) * inputs.compute_bytes
+        return replace(states, buffers_upper=max(states.buffers, resident))
+    return states
+
+
+def _zero(inputs: StateInputs, stage: int, n: int, offload: str, nodes: int, per_node: int, factor: float,
+          bucket_elements: int, overlap_comm: bool) -> ShardedStates:
+    p, low = inputs.trainable_params, inputs.compute_bytes
+    mixed = low < 4
+    master, fp32_grads = (4 if mixed else 0), (4 if mixed else 0)
+    largest = 4 * inputs.largest_layer_params  # DeepSpeed: fp16 param + fp16 grad of the largest layer
+    params = p * low / (n if stage == 3 else 1)
+    frozen = inputs.frozen_weight_bytes / (n if stage == 3 else 1)
+    # ZeRO-3 reduce-scatters straight into the fp32 gradient partition (DeepSpeed's estimator: 18 P / N)
+    grads = 0.0 if stage == 3 and mixed else p * low / (n if stage >= 2 else 1)
+    buckets = bucket_elements * low * (2 if overlap_comm else 1) if stage < 3 else float(largest)
+    formulas = {"trainable_weights": f"P x {low}" + (" / N" if stage == 3 else ""),
+                "gradients": _zero_gradient_formula(stage, low, mixed),
+                "master_weights": f"P x {master} / N", "optimizer_states": "states(fp32) / N",
+                "buffers": "reduce_bucket_size x bytes x (2 if overlap_comm)" if stage < 3
+                else "4 x largest_layer_params"}
+    if offload == "none":
+        return ShardedStates(params, frozen, grads + p * fp32_grads / n, p * master / n, inputs.states_fp32 / n,
+                             buckets, 0.0, formulas)
+    host_per_param = master + fp32_grads + (inputs.states_fp32 / p if p else 0.0)
+    if offload == "params":  # ZeRO-3 only (validated)
+        host = p * (host_per_param + low) * factor / nodes
+        formulas.update(host="P x 18 x 1.5 / nodes (AdamW)", trainable_weights="on host", gradients="on host")
+        return ShardedStates(0.0, frozen, 0.0, 0.0, 0.0, float(largest), host, formulas,
+                             ("ZeRO-3 parameter offload: only the layer being computed is on the GPU",))
+    if stage == 3:
+        host = p * host_per_param * factor / nodes
+        formulas.update(host="P x 16 x 1.5 / nodes (AdamW)")
+    else:
+        host = p * max(4 * n, host_per_param) * factor
+        formulas.update(host="P x max(4N, 16) x 1.5 (AdamW)")
+    return ShardedStates(params, frozen, buckets if stage < 3 else 0.0, 0.0, 0.0, float(largest) if stage == 3 else 0.0,
+                         host, formulas, ("ZeRO-Offload: gradients stream to host RAM through the buckets",))
+
+
+def _fsdp(inputs: StateInputs, n: int, offload: str) -> ShardedStates:
+    p, c, unit = inputs.trainable_params, inputs.compute_bytes, inputs.largest_layer_params
+    buffers = 2 * unit * c + unit * inputs.grad_bytes
+    formulas = {"trainable_weights": "P x param_bytes / N", "gradients": "P x grad_bytes / N",
+                "optimizer_states": "states / N",
+                "buffers": "2 x unit x compute_bytes (in use + prefetched) + unit x grad_bytes"}
+    if offload == "params":
+        host = p * (inputs.param_bytes + inputs.grad_bytes) + inputs.states_at_param_dtype + inputs.frozen_weight_bytes
+        formulas.update(host="P x (param + grad bytes) + states + frozen weights")
+        return ShardedStates(0.0, 0.0, 0.0, 0.0, 0.0, buffers, host, formulas,
+                             ("FSDP CPUOffload: parameters, gradients and the optimizer step live in host RAM",))
+    return ShardedStates(p * inputs.param_bytes / n, inputs.frozen_weight_bytes / n, p * inputs.grad_bytes / n, 0.0,
+                         inputs.states_at_param_dtype / n, buffers, 0.0, formulas)
+
+
+def _zero_gradient_formula(stage: int, low: int, mixed: bool) -> str:
+    parts = [] if stage == 3 and mixed else [f"P x {low}" + (" / N" if stage >= 2 else "")]
+    if mixed:
+        parts.append("P x 4 / N (fp32 partition)")
+    return " + ".join(parts)

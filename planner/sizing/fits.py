@@ -1,0 +1,176 @@
+"""``what_fits``: which (model, precision) pairs fit on a GPU, and how well.
+
+Rows are every (GPU, model, precision); the GPU-independent memory of each (model, precision) is
+computed once per (models, precisions, engine, KV dtype, context, batch) and compared with every GPU
+at once by numpy broadcasting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hardware_db import Accelerator
+from planner.errors import InvalidRequestError
+from planner.formats import get_format
+from planner.memory.api import MAX_BATCH, MAX_TOKENS, _positive_int
+from planner.memory.devices import format_support, resolve_gpu
+from planner.memory.engines import get_engine
+from planner.models.resolve import get_model
+from planner.sizing.table import GIB, _cached_table
+
+# Eight common precisions per engine (the default of what_fits).
+DEFAULT_PRECISIONS: dict[str, tuple[str, ...]] = {
+    "hf": ("bf16", "fp16", "fp8-block", "int8", "nf4", "nf4-dq", "gptq-int4", "awq-int4"),
+    "litgpt": ("bf16", "fp16", "fp32", "int8", "nf4", "nf4-dq", "fp4", "fp4-dq"),
+    "vllm": ("bf16", "fp16", "fp8", "fp8-block", "gptq-int8", "gptq-int4", "awq-int4", "nvfp4"),
+    "llamacpp": ("gguf-f16", "gguf-q8_0", "gguf-q6_k", "gguf-q5_k_m", "gguf-q4_k_m", "gguf-q4_0", "gguf-q3_k_m",
+                 "gguf-q2_k"),
+}
+
+COLUMNS: dict[str, str] = {
+    "gpu": "accelerator name",
+    "model": "model name",
+    "params_b": "total parameters, billions",
+    "precision": "weight format",
+    "supported": "the GPU and engine run this format: True, False, or <NA> when unknown (capacity-only device)",
+    "fits": "safe_gib <= usable_gib and the format is not unsupported",
+    "safe_gib": "upper bound of the per-device memory at this context and batch (what 'fits' uses)",
+    "peak_gib": "expected torch.cuda.max_memory_allocated",
+    "usable_gib": "memory a framework can allocate on the GPU",
+    "headroom_gib": "usable_gib - safe_gib",
+    "headroom_pct": "headroom as % of usable_gib",
+    "max_context": "longest context (tokens, prompt included) that fits at this batch, capped at the model's maximum",
+    "max_batch": "largest batch that fits at this context",
+    "decode_tok_s": "roofline decode tokens/s of the whole batch (NaN when the GPU's bandwidth is unknown)",
+    "note": "why a row cannot run, or a caveat",
+}
+
+
+def _models(models: Iterable[Any] | None) -> tuple[str, ...]:
+    if models is None:
+        from planner.models.registry import all_names
+
+        return tuple(all_names())
+    names = []
+    for model in models:
+        spec = get_model(model)
+        if spec.source != "registry":
+            raise InvalidRequestError(f"what_fits takes registry models; {model!r} is not one. "
+                                      "Use estimate_memory for a local config.")
+        names.append(spec.name)
+    return tuple(names)
+
+
+def _gpus(gpu: Any) -> list[Accelerator]:
+    if isinstance(gpu, (str, Accelerator)):
+        return [resolve_gpu(gpu)]
+    if isinstance(gpu, Sequence) and gpu:
+        unique = {acc.name: acc for acc in (resolve_gpu(g) for g in gpu)}
+        return list(unique.values())
+    raise InvalidRequestError(f"gpu must be a catalog name, a capacity such as '16GB' or a list of them; got {gpu!r}.")
+
+
+def what_fits(gpu: Any, models: Iterable[Any] | None = None, precisions: Iterable[str] | None = None, *,
+              context: int = 4096, batch: int = 1, engine: str = "hf", kv_dtype: str | None = None,
+              mode: str = "inference", **training: Any) -> pd.DataFrame:
+    """One row per (GPU, model, precision): does it fit, with what headroom, how far it stretches.
+
+    ``gpu`` is a catalog name, a capacity string ("16GB") or a list of those. Defaults: every registry
+    model x the engine's eight common precisions (``DEFAULT_PRECISIONS``); the whole context is taken
+    as the prompt (the worst case for the prefill). Columns: ``COLUMNS``. Sorted per GPU: fitting rows
+    first, then by parameters (largest first), then by memory (largest first).
+
+    ``mode`` other than "inference" (full, lora, qlora, freeze) sizes one fine-tuning step instead, with
+    the training options of ``estimate_memory`` (``seq_len`` = the training sequence, default
+    ``context``); columns ``planner.memory.training.sizing.FITS_COLUMNS``.
+    """
+    if mode != "inference":
+        from planner.memory.training.sizing import training_what_fits
+
+        seq_len = _positive_int("seq_len", training.pop("seq_len", context), MAX_TOKENS)
+        return training_what_fits(_gpus(gpu), _models(models), list(precisions) if precisions else None,
+                                  seq_len=seq_len, batch=_positive_int("batch", batch, MAX_BATCH), mode=mode,
+                                  **training)
+    if training:
+        raise InvalidRequestError(f"unknown option(s) {', '.join(training)} for mode='inference'.")
+    context = _positive_int("context", context, MAX_TOKENS)
+    batch = _positive_int("batch", batch, MAX_BATCH)
+    profile = get_engine(engine)
+    accs = _gpus(gpu)
+    names = tuple(dict.fromkeys(_models(models)))
+    formats = tuple(dict.fromkeys(get_format(p).name for p in (precisions or DEFAULT_PRECISIONS[profile.name])))
+    table = _cached_table(names, formats, profile.name, kv_dtype, context, batch)
+    rows = table.rows
+    n, g = len(rows), len(accs)
+    safe = table.safe_bytes(batch, context)
+    peak = table.peak_bytes(batch, context)
+    traffic = np.array([r.at(batch) if r is not None else np.nan for r in table.reads]) + table.kv_bytes(batch, context)
+    fmt_index = np.array([formats.index(r["precision"]) for r in rows])
+    factors = np.array([get_format(f).decode_speed[profile.name].factor if profile.name in get_format(f).decode_speed
+                        else np.nan for f in formats])[fmt_index]
+    errors = np.array([r["error"] or "" for r in rows], dtype=object)
+    has_error = errors != ""
+
+    # (G, P) support, broadcast to (G, R) through each row's precision.
+    support = [[format_support(get_format(f), acc, profile.name) for f in formats] for acc in accs]
+    state = np.array([[{True: 1, False: 0, None: -1}[s.supported] for s in per_gpu] for per_gpu in support])[:, fmt_index]
+    reasons = np.array([[s.reason for s in per_gpu] for per_gpu in support], dtype=object)[:, fmt_index]
+    unsupported = (state == 0) | has_error[None]
+    usable = np.array([acc.memory_usable_gib for acc in accs]) * GIB
+    fits = (safe[None] <= usable[:, None]) & ~unsupported
+    bandwidth = np.array([acc.memory_bandwidth_gbps or np.nan for acc in accs], dtype=float) * 1e9
+    tok_s = batch * bandwidth[:, None] * profile.decode_bandwidth_efficiency * factors[None] / traffic[None]
+    note = _notes(errors, has_error, reasons, state, context > table.max_tokens, context)
+    headroom = usable[:, None] - safe[None]
+    finite = np.isfinite(safe)[None]
+    state = np.where(has_error[None], 0, state)
+    params = np.array([r["params_b"] for r in rows])
+    gpu_index = np.repeat(np.arange(g), n)
+    safe_all = np.tile(np.where(np.isfinite(safe), safe, np.inf), g)
+    order = np.lexsort((-safe_all, -np.tile(params, g), ~fits.ravel(), gpu_index))
+    row_index = np.tile(np.arange(n), g)[order]
+
+    def cells(array: np.ndarray) -> np.ndarray:
+        return array.ravel()[order]
+
+    frame = pd.DataFrame({
+        "gpu": pd.Categorical.from_codes(gpu_index[order], [acc.name for acc in accs]),
+        "model": pd.Categorical.from_codes(row_index // len(formats), list(names)),
+        "params_b": params[row_index],
+        "precision": pd.Categorical.from_codes(fmt_index[row_index], list(formats)),
+        "supported": pd.arrays.BooleanArray(cells(state) > 0, cells(state) < 0),
+        "fits": cells(fits),
+        "safe_gib": np.where(np.isfinite(safe), safe / GIB, np.nan)[row_index],
+        "peak_gib": (peak / GIB)[row_index],
+        "usable_gib": (usable / GIB)[gpu_index[order]],
+        "headroom_gib": cells(np.where(finite, headroom / GIB, np.nan)),
+        "headroom_pct": cells(np.where(finite, 100 * headroom / usable[:, None], np.nan)),
+        "max_context": cells(np.where(unsupported, 0, table.max_context(batch, usable)).astype("int64")),
+        "max_batch": cells(np.where(unsupported, 0, table.max_batch(context, usable)).astype("int64")),
+        "decode_tok_s": cells(np.where(fits, tok_s, np.nan)),
+        "note": pd.Categorical.from_codes(cells(note[0]), note[1]),
+    })
+    return frame
+
+
+def _notes(errors: np.ndarray, has_error: np.ndarray, reasons: np.ndarray, state: np.ndarray,
+           beyond: np.ndarray, context: int) -> tuple[np.ndarray, list[str]]:
+    """(codes (G, R), categories): why a row cannot run, or a caveat ('' when none)."""
+    categories = ["", f"{context:,} tokens exceed the model's maximum context",
+                  "format support unknown on a capacity-only device"]
+    lookup = {text: i for i, text in enumerate(categories)}
+    for text in [*errors[has_error], *np.unique(reasons[state == 0])]:
+        lookup.setdefault(text, len(lookup))
+    categories = list(lookup)
+    error_codes = np.array([lookup.get(text, 0) for text in errors])
+    codes = np.where(state == -1, 2, 0)
+    codes = np.where(beyond[None], 1, codes)
+    if (state == 0).any():
+        reason_codes = np.vectorize(lookup.get, otypes=[int])(np.where(state == 0, reasons, ""))
+        codes = np.where(state == 0, reason_codes, codes)
+    codes = np.where(has_error[None], error_codes[None], codes)
+    return codes, categories

@@ -1,0 +1,170 @@
+"""GPU-independent memory tables for many (model, precision) pairs, evaluated with numpy.
+
+Each row keeps its plan's phases as coefficient arrays over the basis of ``planner.memory.phases``
+(``const, batch, batch*T, batch*min(T, window), batch*T^2``), with the whole context taken as the
+prompt (the worst case). Any batch/context and any capacity are then answered by array arithmetic:
+the safe bound, the longest context and the largest batch that fit (a quadratic in T per phase).
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from planner.errors import FitplanError
+from planner.formats import get_format
+from planner.memory.api import PreparedInference, prepare_inference
+from planner.memory.phases import BASIS
+from planner.models.spec import ModelSpec
+from planner.speed.roofline import ReadBytes, read_bytes
+
+GIB = 2**30
+MAX_BATCH = 1_000_000
+
+
+@dataclass
+class FitTable:
+    """Rows of (model, precision) with per-phase coefficient arrays (bytes)."""
+
+    rows: list[dict[str, Any]]
+    upper: np.ndarray        # (R, K, 5) device-level upper bound (already / vLLM utilization)
+    point: np.ndarray        # (R, K, 5) allocated point estimate
+    window: np.ndarray       # (R,) sliding window, inf when none
+    max_tokens: np.ndarray   # (R,) model max positions, inf when unknown
+    reads: list[ReadBytes | None]
+    kv_per_token: np.ndarray  # (R,) KV bytes per token (full layers; windowed share below)
+    kv_window_per_token: np.ndarray
+    prepared: list[PreparedInference | None]
+
+    def basis(self, batch: np.ndarray | float, tokens: np.ndarray | float) -> np.ndarray:
+        t = np.asarray(tokens, dtype=float)
+        b = np.asarray(batch, dtype=float)
+        capped = np.minimum(t, self.window)
+        return np.stack(np.broadcast_arrays(np.ones_like(capped), b + 0 * capped, b * t + 0 * capped,
+                                            b * capped, b * t * t + 0 * capped), axis=-1)
+
+    def safe_bytes(self, batch, tokens) -> np.ndarray:
+        return np.max(np.einsum("rkb,rb->rk", self.upper, self.basis(batch, tokens)), axis=1)
+
+    def peak_bytes(self, batch, tokens) -> np.ndarray:
+        return np.max(np.einsum("rkb,rb->rk", self.point, self.basis(batch, tokens)), axis=1)
+
+    def kv_bytes(self, batch: int, tokens: int) -> np.ndarray:
+        return batch * (self.kv_per_token * tokens + self.kv_window_per_token * np.minimum(tokens, self.window))
+
+    def max_batch(self, tokens: float, capacity: np.ndarray) -> np.ndarray:
+        """Largest batch whose safe bound fits ``capacity`` (bytes, shape (G,)) at ``tokens``: (G, R)."""
+        t = float(tokens)
+        capped = np.minimum(t, self.window)[:, None]
+        u = self.upper
+        per_seq = (u[..., 1] + u[..., 2] * t + u[..., 3] * capped + u[..., 4] * t * t)[None]
+        room = capacity[:, None, None] - u[None, ..., 0]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            limit = np.where(per_seq > 0, room / per_seq, np.where(room >= 0, np.inf, -np.inf))
+        best = np.floor(np.min(limit, axis=2))
+        return np.clip(np.nan_to_num(best, nan=0.0, posinf=MAX_BATCH, neginf=0.0), 0, MAX_BATCH)
+
+    def max_context(self, batch: float, capacity: np.ndarray) -> np.ndarray:
+        """Longest context (tokens) whose safe bound fits ``capacity`` (bytes, shape (G,)) at ``batch``,
+        capped at the model's max positions (0 if not even one token fits): (G, R)."""
+        u = self.upper[None]
+        b = float(batch)
+        w = self.window[None, :, None]
+        c = capacity[:, None, None]
+        with np.errstate(invalid="ignore"):
+            below = _largest_root(b * u[..., 4], b * (u[..., 2] + u[..., 3]), u[..., 0] + b * u[..., 1] - c)
+            finite_w = np.where(np.isfinite(w), w, 0.0)
+            above = _largest_root(b * u[..., 4], b * u[..., 2],
+                                  u[..., 0] + b * u[..., 1] + b * u[..., 3] * finite_w - c)
+            per_phase = np.where(below < w, below, np.maximum(above, w))
+            best = np.minimum(np.min(per_phase, axis=2), self.max_tokens[None])
+        return np.clip(np.floor(np.nan_to_num(best, nan=0.0, posinf=1e12, neginf=0.0)), 0, None)
+
+
+def _largest_root(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Largest T >= 0 with a T^2 + b T + c <= 0 (a, b >= 0): inf if always true, -inf if never."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        disc = np.sqrt(np.maximum(b * b - 4 * a * c, 0.0))
+        quad = (-b + disc) / (2 * a)
+        lin = -c / b
+    root = np.where(a > 0, quad, np.where(b > 0, lin, np.where(c <= 0, np.inf, -np.inf)))
+    return np.where(c > 0, np.where(root >= 0, root, -np.inf), root)
+
+
+def _phase_arrays(prepared: PreparedInference) -> tuple[np.ndarray, np.ndarray]:
+    """(device upper, allocated point) coefficient matrices, one row per phase."""
+    plan = prepared.plan
+    sums = plan.phase_coefficients()
+    upper = np.array([sums[p.name][0] for p in plan.phases])
+    point = np.array([sums[p.name][1] for p in plan.phases])
+    return upper / plan.safe_divisor, point
+
+
+@lru_cache(maxsize=32)
+def _cached_table(model_ids: tuple[str, ...], precisions: tuple[str, ...], engine: str,
+                  kv_dtype: str | None, context: int, batch: int) -> FitTable:
+    from planner.models.resolve import get_model
+
+    return build_table([get_model(m) for m in model_ids], precisions, engine=engine, kv_dtype=kv_dtype,
+                       context=context, batch=batch)
+
+
+def build_table(specs: list[ModelSpec], precisions: tuple[str, ...], *, engine: str, kv_dtype: str | None,
+                context: int, batch: int) -> FitTable:
+    """Prepare every (model, precision) once; rows an engine cannot run carry the reason."""
+    collecting = gc.isenabled()
+    gc.disable()  # thousands of short-lived small objects: cyclic GC passes only cost time here
+    try:
+        return _build_table(specs, precisions, engine=engine, kv_dtype=kv_dtype, context=context, batch=batch)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _build_table(specs: list[ModelSpec], precisions: tuple[str, ...], *, engine: str, kv_dtype: str | None,
+                 context: int, batch: int) -> FitTable:
+    rows, uppers, points, prepared_list, reads = [], [], [], [], []
+    windows, limits, kv_full, kv_window = [], [], [], []
+    for spec in specs:
+        for precision in precisions:
+            fmt = get_format(precision)
+            row = {"model": spec.name, "params_b": spec.params.total / 1e9, "active_params_b": spec.params.active / 1e9,
+                   "precision": fmt.name, "engine": engine, "error": None}
+            try:
+                prepared = prepare_inference(spec, fmt, batch=batch, seq_len=context, engine=engine,
+                                             kv_dtype=kv_dtype, check_support=False)
+            except FitplanError as error:
+                row["error"] = str(error)
+                prepared = None
+            rows.append(row)
+            prepared_list.append(prepared)
+            if prepared is None:
+                uppers.append(np.full((1, len(BASIS)), np.inf))
+                points.append(np.full((1, len(BASIS)), np.nan))
+                reads.append(None)
+                windows.append(math.inf)
+                kv_full.append(0.0)
+                kv_window.append(0.0)
+            else:
+                upper, point = _phase_arrays(prepared)
+                uppers.append(upper)
+                points.append(point)
+                plan = prepared.plan
+                reads.append(read_bytes(spec, plan.weights, prepared.setup.tp))
+                windows.append(plan.window if plan.window else math.inf)
+                kv_full.append(plan.kv_coeffs.per_token)
+                kv_window.append(plan.kv_coeffs.per_window_token)
+            limits.append(spec.max_position_embeddings or math.inf)
+    depth = max(a.shape[0] for a in uppers)
+    upper = np.zeros((len(rows), depth, len(BASIS)))
+    point = np.zeros((len(rows), depth, len(BASIS)))
+    for i, (u, p) in enumerate(zip(uppers, points)):
+        upper[i, : u.shape[0]] = u
+        point[i, : p.shape[0]] = p
+    return FitTable(rows, upper, point, np.array(windows, dtype=float), np.array(limits, dtype=float), reads,
+                    np.array(kv_full), np.array(kv_window), prepared_list)

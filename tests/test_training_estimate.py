@@ -1,0 +1,120 @@
+"""End-to-end fine-tuning estimates through planner.estimate_memory."""
+
+from __future__ import annotations
+
+import pytest
+
+from planner.errors import InvalidRequestError, UnsupportedError
+from planner.memory import estimate_memory
+from planner.memory.result import BREAKDOWN_KEYS
+
+LLAMA = "meta-llama/Llama-3.1-8B"
+
+
+def total(estimate, key):
+    return estimate.breakdown_gib.get(key, 0.0)
+
+
+def test_qlora_llama_has_a_full_breakdown():
+    e = estimate_memory(LLAMA, "nf4", mode="qlora", batch=1, seq_len=2048)
+    assert e.mode == "qlora" and e.precision == "nf4" and e.seq_len == 2048
+    for key in ("weights_quantized", "weights_unquantized", "adapters", "optimizer_states", "activations", "logits",
+                "runtime_overhead", "allocator_reserve"):
+        assert total(e, key) > 0, key
+    assert set(e.breakdown_gib) <= set(BREAKDOWN_KEYS)
+    assert e.peak_allocated_gib < e.device_total_gib < e.safe_gib
+    assert e.extras["trainable_params"] == 3_407_872
+    assert e.assumptions["grad_checkpointing"] == "full"  # peft.prepare_model_for_kbit_training default
+    # fp32 logits of a 128k vocabulary: 3 copies x 2048 x 128256 x 4 bytes
+    assert total(e, "logits") == pytest.approx(3 * 2048 * 128_256 * 4 / 2**30)
+
+
+def test_full_amp_adamw_model_states_are_16_bytes_per_parameter():
+    e = estimate_memory(LLAMA, "bf16", mode="full", batch=1, seq_len=512, train_precision="mixed")
+    p = e.params_total
+    assert e.extras["peak_phase"] in ("loss", "backward", "step")
+    step = estimate_memory(LLAMA, "bf16", mode="full", batch=1, seq_len=512, train_precision="mixed",
+                           optimizer="adamw-fused")
+    # in the step phase: fp32 weights 4 + fp32 grads 4 + AdamW 8 bytes per parameter
+    assert step.extras["phases_gib"]["step"] * 2**30 == pytest.approx(16 * p + 0.5e9, rel=0.05)
+
+
+def test_gradient_checkpointing_never_raises_the_peak():
+    kwargs = dict(mode="lora", batch=4, seq_len=4096)
+    none = estimate_memory(LLAMA, "bf16", grad_checkpointing="none", **kwargs)
+    full = estimate_memory(LLAMA, "bf16", grad_checkpointing="full", **kwargs)
+    assert full.peak_allocated_gib < none.peak_allocated_gib
+
+
+def test_more_gpus_under_zero3_never_raise_per_gpu_memory():
+    peaks = [estimate_memory(LLAMA, "bf16", mode="full", batch=1, seq_len=2048, gpus=n, sharding="zero3",
+                             grad_checkpointing="full").peak_allocated_gib for n in (1, 2, 4, 8, 16)]
+    assert all(b <= a for a, b in zip(peaks, peaks[1:]))
+    assert peaks[-1] < peaks[0] / 4
+
+
+def test_eight_bit_and_paged_optimizers():
+    adamw = estimate_memory(LLAMA, "bf16", mode="full", batch=1, seq_len=512, train_precision="bf16")
+    eight = estimate_memory(LLAMA, "bf16", mode="full", batch=1, seq_len=512, train_precision="bf16",
+                            optimizer="adamw_bnb_8bit")
+    assert total(eight, "optimizer_states") < total(adamw, "optimizer_states") / 1.9
+    paged = estimate_memory(LLAMA, "nf4", mode="qlora", batch=1, seq_len=512, optimizer="paged_adamw_8bit")
+    states = [t for t in paged.terms if t.key == "optimizer_states"]
+    assert states and all(t.counted_in == "device" for t in states)
+    assert any("unified memory" in w for w in paged.warnings)
+
+
+def test_offload_reports_host_ram():
+    e = estimate_memory(LLAMA, "bf16", mode="full", batch=1, seq_len=1024, gpus=4, sharding="zero3",
+                        offload="optimizer")
+    assert e.host_ram_gib > 8e9 * 16 * 1.5 / 2**30 * 0.9
+    assert total(e, "optimizer_states") == 0
+
+
+def test_freeze_trains_the_last_layers_only():
+    e = estimate_memory(LLAMA, "bf16", mode="freeze", batch=1, seq_len=1024, trainable_layers=2)
+    assert e.extras["trainable_params"] == 2 * 218_112_000
+    full = estimate_memory(LLAMA, "bf16", mode="full", batch=1, seq_len=1024)
+    assert e.peak_allocated_gib < full.peak_allocated_gib / 3
+
+
+def test_encoder_classification_has_no_vocabulary_logits():
+    e = estimate_memory("google-bert/bert-large-uncased", "fp32", mode="full", batch=4, seq_len=512,
+                        train_precision="fp32", attention="eager")
+    assert "logits" not in e.breakdown_gib and total(e, "activations") > 5
+
+
+def test_throughput_and_cost_with_a_gpu():
+    e = estimate_memory(LLAMA, "nf4", mode="qlora", batch=1, seq_len=2048, gpu="H100 SXM", training_tokens=1e8)
+    assert e.extras["tokens_per_second"] > 0 and e.extras["gpu_hours"] > 0
+    assert e.extras["fits"] is True
+
+
+@pytest.mark.parametrize("precision,mode,options,error,message", [
+    ("bf16", "qlora", {}, InvalidRequestError, "not 4-bit"),
+    ("int8", "qlora", {}, InvalidRequestError, "not 4-bit"),
+    ("nf4", "lora", {}, InvalidRequestError, "mode='qlora'"),
+    ("nf4", "full", {}, InvalidRequestError, "float format"),
+    ("bf16", "lora", {"optimizer": "adamm"}, InvalidRequestError, "Did you mean"),
+    ("bf16", "lora", {"lora_rank": 0}, InvalidRequestError, "rank"),
+    ("bf16", "lora", {"lora_targets": "query,value"}, InvalidRequestError, "q_proj, k_proj"),
+    ("bf16", "lora", {"gpus": 4}, InvalidRequestError, "data-parallel"),
+    ("bf16", "lora", {"grad_checkpointing": "partial"}, InvalidRequestError, "selective"),
+    ("bf16", "lora", {"lora_rnak": 8}, InvalidRequestError, "lora_rank"),
+    ("bf16", "tune", {}, InvalidRequestError, "fine-tuning mode"),
+    ("bf16", "lora", {"grad_accum": 4, "optimizer_in_backward": True}, InvalidRequestError, "accumulate"),
+    ("bf16", "lora", {"gpu": "NVIDIA V100 SXM2 32GB"}, UnsupportedError, "fp16-mixed"),
+])
+def test_bad_requests_are_explained(precision, mode, options, error, message):
+    options = dict(options)
+    gpus = options.pop("gpus", 1)
+    gpu = options.pop("gpu", None)
+    with pytest.raises(error, match=message):
+        estimate_memory(LLAMA, precision, mode=mode, batch=1, seq_len=512, gpus=gpus, gpu=gpu, **options)
+
+
+def test_zero3_on_one_gpu_is_allowed_with_a_warning():
+    e = estimate_memory(LLAMA, "bf16", mode="full", batch=1, seq_len=512, sharding="zero3")
+    assert any("divides nothing" in w for w in e.warnings)
+    single = estimate_memory(LLAMA, "bf16", mode="full", batch=1, seq_len=512, sharding="ddp")
+    assert single.breakdown_gib.get("communication_buffers", 0) == 0  # DDP on one GPU is plain training

@@ -1,0 +1,84 @@
+"""Model states per GPU: DDP, DeepSpeed ZeRO 1/2/3 (with offload) and FSDP."""
+
+from __future__ import annotations
+
+import pytest
+
+from planner.errors import InvalidRequestError
+from planner.memory.training.sharding import StateInputs, shard_states
+
+P = 1_000_000_000
+LARGEST = 100_000_000
+
+
+def amp_adamw(**overrides) -> StateInputs:
+    values = dict(trainable_params=P, frozen_weight_bytes=0.0, param_bytes=4, grad_bytes=4, compute_bytes=2,
+                  states_at_param_dtype=8.0 * P, states_fp32=8.0 * P, largest_layer_params=LARGEST)
+    return StateInputs(**{**values, **overrides})
+
+
+def on_gpu(states) -> float:
+    return states.trainable_weights + states.frozen_weights + states.gradients + states.master_weights \
+        + states.optimizer_states
+
+
+def test_single_gpu_amp_adamw_is_16_bytes_per_parameter():
+    assert on_gpu(shard_states(amp_adamw(), sharding="none", gpus=1)) == 16 * P
+
+
+def test_ddp_replicates_and_keeps_a_bucket_copy_of_the_gradients():
+    states = shard_states(amp_adamw(), sharding="ddp", gpus=4)
+    assert on_gpu(states) == 16 * P and states.buffers == 4 * P
+
+
+@pytest.mark.parametrize("gpus", [1, 2, 4, 8, 64])
+def test_zero2_matches_deepspeeds_estimator(gpus):
+    # estimate_zero2_model_states_mem_needs: gpu = 2P + 18P/N
+    assert on_gpu(shard_states(amp_adamw(), sharding="zero2", gpus=gpus)) == pytest.approx(2 * P + 18 * P / gpus)
+
+
+@pytest.mark.parametrize("gpus", [1, 2, 4, 8, 64])
+def test_zero3_divides_model_states_by_n_plus_the_largest_layer(gpus):
+    states = shard_states(amp_adamw(), sharding="zero3", gpus=gpus)
+    assert on_gpu(states) == pytest.approx(18 * P / gpus)
+    assert states.buffers == 4 * LARGEST
+
+
+def test_more_gpus_under_zero3_never_increase_per_gpu_states():
+    totals = [on_gpu(shard_states(amp_adamw(frozen_weight_bytes=3e9), sharding="zero3", gpus=n)) for n in range(1, 65)]
+    assert all(later <= earlier for earlier, later in zip(totals, totals[1:]))
+
+
+def test_zero_offload_host_ram_matches_deepspeed():
+    zero2 = shard_states(amp_adamw(), sharding="zero2", gpus=8, offload="optimizer")
+    assert zero2.host == pytest.approx(P * max(4 * 8, 16) * 1.5)
+    assert zero2.trainable_weights == 2 * P and zero2.optimizer_states == 0
+    zero3 = shard_states(amp_adamw(), sharding="zero3", gpus=4, offload="optimizer")
+    assert zero3.host == pytest.approx(P * 16 * 1.5) and zero3.trainable_weights == 2 * P / 4
+    params = shard_states(amp_adamw(), sharding="zero3", gpus=4, offload="params")
+    assert params.host == pytest.approx(P * 18 * 1.5) and on_gpu(params) == 0
+
+
+def test_frozen_weights_replicated_by_zero2_partitioned_by_zero3():
+    inputs = amp_adamw(frozen_weight_bytes=8e9)
+    assert shard_states(inputs, sharding="zero2", gpus=4).frozen_weights == 8e9
+    assert shard_states(inputs, sharding="zero3", gpus=4).frozen_weights == 2e9
+
+
+def test_fsdp_divides_the_recipes_bytes():
+    states = shard_states(amp_adamw(), sharding="fsdp", gpus=8)
+    assert on_gpu(states) == pytest.approx(16 * P / 8)
+    assert states.buffers == 2 * LARGEST * 2 + LARGEST * 4
+
+
+@pytest.mark.parametrize("sharding,gpus,offload,message", [
+    ("none", 4, "none", "needs a data-parallel strategy"),
+    ("ddp", 2, "optimizer", "needs DeepSpeed ZeRO"),
+    ("fsdp", 2, "optimizer", "use offload='params'"),
+    ("zero2", 2, "params", "zero3 or fsdp"),
+    ("zero4", 2, "none", "unknown sharding"),
+    ("ddp", 0, "none", "positive integer"),
+])
+def test_bad_combinations_are_explained(sharding, gpus, offload, message):
+    with pytest.raises(InvalidRequestError, match=message):
+        shard_states(amp_adamw(), sharding=sharding, gpus=gpus, offload=offload)
