@@ -15,39 +15,12 @@ import pytest
 import torch
 import transformers
 
-LLAMA = dict(model_type="llama", hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-             intermediate_size=704, vocab_size=256, max_position_embeddings=256, tie_word_embeddings=False)
-
-
-def _text() -> str:
-    from pydoc_data.topics import topics
-
-    return "\n".join(topics[key] for key in sorted(topics))
-
-
-def split(ids):
-    cut = int(len(ids) * 0.9)
-    return ids[:cut], ids[cut:]
-
-
-def chunk_source(ids):
-    """batches(batch_size, seq_len): consecutive blocks of ``ids``."""
-    def batches(batch_size, seq_len):
-        size = batch_size * seq_len
-        for start in range(0, len(ids) - size + 1, size):
-            yield ids[start:start + size].view(batch_size, seq_len)
-    return batches
-
-
-def llama(**overrides):
-    torch.manual_seed(0)
-    config = transformers.AutoConfig.for_model(**{**LLAMA, **overrides})
-    return transformers.AutoModelForCausalLM.from_config(config).eval()
+from tests.steps.step_helpers import corpus_text, split
 
 
 @pytest.fixture(scope="session")
 def byte_ids():
-    return split(torch.tensor(list(_text().encode()), dtype=torch.long))
+    return split(torch.tensor(list(corpus_text().encode()), dtype=torch.long))
 
 
 @pytest.fixture(scope="session")
@@ -98,7 +71,7 @@ def minilm_tokenizer(minilm_path):
 
 @pytest.fixture(scope="session")
 def minilm_ids(minilm_tokenizer):
-    ids = minilm_tokenizer(_text(), add_special_tokens=False)["input_ids"]
+    ids = minilm_tokenizer(corpus_text(), add_special_tokens=False)["input_ids"]
     return split(torch.tensor(ids, dtype=torch.long))
 
 

@@ -15,7 +15,7 @@ from executors.steps.training import causal_distillation_loss
 from planner.errors import InvalidRequestError, UnsupportedError
 from planner.models.derive import derive_spec
 from planner.strategy import CompressionStrategy, DistillationSpec, QuantizationSpec
-from tests.steps.conftest import chunk_source, llama
+from tests.steps.step_helpers import chunk_source, llama
 
 pytestmark = pytest.mark.exec
 

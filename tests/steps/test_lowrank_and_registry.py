@@ -21,7 +21,7 @@ from planner.strategy import (
     QuantizationSpec,
     SparsitySpec,
 )
-from tests.steps.conftest import chunk_source, llama
+from tests.steps.step_helpers import chunk_source, llama
 
 pytestmark = pytest.mark.exec
 

@@ -19,7 +19,7 @@ from executors.steps.storage import count_params, semi_structured_bytes
 from planner.errors import InvalidRequestError, UnsupportedError
 from planner.models.derive import derive_spec
 from planner.strategy import CompressionStrategy, QuantizationSpec, SparsitySpec
-from tests.steps.conftest import chunk_source, llama
+from tests.steps.step_helpers import chunk_source, llama
 
 pytestmark = pytest.mark.exec
 
