@@ -6,7 +6,7 @@
 
 1. ``startup``: import torch + transformers (+ bitsandbytes when a format needs it);
 2. ``load``: load the model directory, quantized at load time when the strategy allows it
-   (:func:`executors.loading.split_load_time_quantization`);
+   (:func:`planner.execution.split_load_time_quantization`);
 3. ``compress``: the compression steps (distill -> prune -> low-rank -> quantize);
 4. ``evaluate``: the evaluator against the cached baseline reference;
 5. ``speed``: forward latency on one fixed batch;
@@ -24,19 +24,11 @@ from typing import Any
 
 from executors.evaluate import evaluator_from_spec, retained_fraction
 from executors.evaluate.base import Reference
+from planner.execution import uses_bitsandbytes
 from planner.strategy import CompressionStrategy
 
-BNB_WEIGHT_FORMATS = ("int8", "nf4", "nf4-dq", "fp4", "fp4-dq")
 SPEED_DEFAULTS = {"causal-lm": {"batch_size": 8, "seq_len": 128}, "encoder": {"batch_size": 32, "seq_len": 64}}
 Progress = Callable[[str], None]
-
-
-def needs_bitsandbytes(strategy: CompressionStrategy) -> bool:
-    spec = strategy.quantization
-    if spec is None:
-        return False
-    formats = {spec.weights, spec.attention, spec.mlp, spec.embeddings, spec.lm_head}
-    return bool(formats & set(BNB_WEIGHT_FORMATS))
 
 
 def _imports(strategy: CompressionStrategy) -> Any:
@@ -44,7 +36,7 @@ def _imports(strategy: CompressionStrategy) -> Any:
 
     torch = import_torch()
     import_transformers()
-    if needs_bitsandbytes(strategy):
+    if uses_bitsandbytes(strategy):
         import_bitsandbytes()
     return torch
 
@@ -83,9 +75,9 @@ def _speed_batch(loaded: Any, corpus: Any, settings: dict[str, int]) -> dict[str
 
 
 def model_facts(model: Any) -> dict[str, int]:
-    from executors.measure import state_dict_bytes
+    from executors.measure import logical_params, state_dict_bytes
 
-    return {"params": sum(p.numel() for p in model.parameters()), "weight_bytes": state_dict_bytes(model)}
+    return {"params": logical_params(model), "weight_bytes": state_dict_bytes(model)}
 
 
 def compute_reference(request: dict[str, Any], progress: Progress, evaluator: Any = None) -> dict[str, Any]:
@@ -123,7 +115,8 @@ def run_candidate(request: dict[str, Any], progress: Progress, evaluator: Any = 
     progress("startup")
     torch = _imports(strategy)
     from executors.environment import describe_environment
-    from executors.loading import load_model, resolve_device, split_load_time_quantization
+    from executors.loading import load_model, resolve_device
+    from planner.execution import split_load_time_quantization
 
     device = resolve_device(request["device"])
     meter = _meter(torch, device)
@@ -210,4 +203,5 @@ def _save(model: Any, tokenizer: Any, save_dir: Path) -> dict[str, Any]:
         tokenizer.save_pretrained(save_dir)
     except Exception as error:  # a format transformers cannot serialise is reported, not fatal
         return {"save_error": f"{type(error).__name__}: {error}"}
-    return {"saved_to": str(save_dir), "disk_bytes": directory_bytes(save_dir)}
+    weights = sum(p.stat().st_size for p in save_dir.glob("*.safetensors"))
+    return {"saved_to": str(save_dir), "disk_bytes": directory_bytes(save_dir), "weights_file_bytes": weights}

@@ -6,8 +6,9 @@
   not supported by the executors yet.
 - A quantization-only strategy whose Linear layers all get one bitsandbytes format (int8, nf4, fp4,
   with or without double quant), or one plain dtype, is applied at load time through transformers'
-  ``BitsAndBytesConfig`` / ``dtype`` (the way users load quantized models). Everything else is loaded
-  in float32 and handed to the compression steps, which quantize by module replacement.
+  ``BitsAndBytesConfig`` / ``dtype`` (the way users load quantized models; the rule lives in
+  :mod:`planner.execution` so the CPU memory estimate follows the same path). Everything else is
+  loaded in float32 and handed to the compression steps, which quantize by module replacement.
 - The model is put in ``eval()`` mode: bitsandbytes dequantizes in train mode and is 1.2-1.9x slower
   than fp32 there (ENVIRONMENT.md).
 """
@@ -21,16 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from planner.errors import InvalidRequestError, UnknownModelError, UnsupportedError
-from planner.strategy import CompressionStrategy, QuantizationSpec
+from planner.execution import load_time_format
+from planner.strategy import QuantizationSpec
 
-BNB_FORMATS: dict[str, dict[str, Any]] = {
+BNB_OPTIONS: dict[str, dict[str, Any]] = {
     "int8": {"load_in_8bit": True},
     "nf4": {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": False},
     "nf4-dq": {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True},
     "fp4": {"load_in_4bit": True, "bnb_4bit_quant_type": "fp4", "bnb_4bit_use_double_quant": False},
     "fp4-dq": {"load_in_4bit": True, "bnb_4bit_quant_type": "fp4", "bnb_4bit_use_double_quant": True},
 }
-DTYPE_FORMATS = ("fp32", "bf16", "fp16")
 _TORCH_DTYPE = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 
@@ -77,39 +78,6 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load_time_format(spec: QuantizationSpec | None) -> str | None:
-    """The single format a quantization spec can be applied with at load time, or None.
-
-    Eligible: every Linear group has the same format (no attention/mlp override, no kept first/last
-    blocks), embeddings and lm_head unquantized, and the format is a bitsandbytes one or a plain dtype
-    equal to the compute dtype.
-    """
-    if spec is None:
-        return None
-    uniform = (spec.format_for("attention") == spec.weights == spec.format_for("mlp")
-               and spec.embeddings is None and spec.lm_head is None
-               and spec.keep_first_layers == 0 and spec.keep_last_layers == 0)
-    if not uniform:
-        return None
-    if spec.weights in BNB_FORMATS or (spec.weights in DTYPE_FORMATS and spec.weights == spec.compute_dtype):
-        return spec.weights
-    return None
-
-
-def split_load_time_quantization(strategy: CompressionStrategy) -> tuple[QuantizationSpec | None,
-                                                                         CompressionStrategy]:
-    """(the part applied while loading, what the compression steps still have to apply).
-
-    Only a quantization-only strategy is applied at load time: after distillation, pruning or low-rank
-    the model has changed and is quantized by module replacement instead.
-    """
-    spec = strategy.quantization
-    others = strategy.distillation or strategy.sparsity or strategy.low_rank
-    if others is None and load_time_format(spec) is not None:
-        return spec, strategy.model_copy(update={"quantization": None})
-    return None, strategy
-
-
 @dataclass
 class LoadedModel:
     model: Any
@@ -146,18 +114,18 @@ def load_model(model_dir: str | os.PathLike, *, quantization: QuantizationSpec |
     transformers = import_transformers()
     dtype_name = quantization.compute_dtype if quantization is not None else "fp32"
     kwargs: dict[str, Any] = {"dtype": getattr(torch, _TORCH_DTYPE[dtype_name])}
-    if fmt in BNB_FORMATS:
+    if fmt in BNB_OPTIONS:
         from executors._imports import import_bitsandbytes
 
         import_bitsandbytes()
-        options = dict(BNB_FORMATS[fmt])
+        options = dict(BNB_OPTIONS[fmt])
         if options.get("load_in_4bit"):
             options["bnb_4bit_compute_dtype"] = kwargs["dtype"]
         kwargs["quantization_config"] = transformers.BitsAndBytesConfig(**options)
         kwargs["device_map"] = {"": device}
     auto = transformers.AutoModelForCausalLM if kind == "causal-lm" else transformers.AutoModel
     model = auto.from_pretrained(str(model_dir), **kwargs)
-    if fmt not in BNB_FORMATS:
+    if fmt not in BNB_OPTIONS:
         model = model.to(device)
     model.eval()
     return LoadedModel(model=model, tokenizer=load_tokenizer(model_dir), kind=kind, model_dir=Path(model_dir),

@@ -178,3 +178,21 @@ def state_dict_bytes(model: Any) -> int:
         seen.add(key)
         total += value.numel() * value.element_size()
     return total
+
+
+def logical_params(model: Any) -> int:
+    """Parameters as the architecture counts them, whatever the storage: a bitsandbytes 4-bit weight
+    packs two values per byte (its ``quant_state.shape`` is the logical shape), and a torch
+    dynamic-int8 Linear keeps its weight outside ``parameters()``."""
+    import math
+
+    total = 0
+    for parameter in model.parameters():
+        state = getattr(parameter, "quant_state", None)
+        shape = getattr(state, "shape", None)
+        total += math.prod(shape) if shape is not None else parameter.numel()
+    for module in model.modules():
+        if type(module).__module__.startswith("torch.ao.nn.quantized.dynamic"):
+            weight, bias = module._packed_params._weight_bias()
+            total += weight.numel() + (bias.numel() if bias is not None else 0)
+    return total

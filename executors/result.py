@@ -62,9 +62,11 @@ class Prediction(_Record):
     device: str
     params: int | None = Field(None, description="parameters of the derived model (student / pruned)")
     weight_bytes: int | None = Field(None, description="exact stored bytes of the weights in the chosen formats")
-    disk_bytes: int | None = Field(None, description="size of the saved checkpoint (weights + format metadata)")
+    disk_bytes: int | None = Field(None, description="size of the saved *.safetensors files: the state-dict bytes "
+                                   "(the safetensors JSON header, a few KiB, is not counted)")
     peak_memory_bytes: int | None = Field(None, description="CPU: peak RSS of the process; CUDA: peak allocated")
     peak_memory_breakdown: dict[str, int] = Field(default_factory=dict, description="terms of the peak, bytes")
+    phase_peak_bytes: dict[str, int] = Field(default_factory=dict, description="CPU: predicted peak RSS per phase")
     latency_ms: float | None = None
     tokens_per_s: float | None = None
     quality: float | None = Field(None, description="None until fitplan has an accuracy model")
@@ -113,6 +115,7 @@ class ExecutionResult(_Record):
                                      "quantization state included, shared tensors once")
     weight_bytes_baseline: int | None = Field(None, description="the same for the uncompressed float32 model")
     disk_bytes: int | None = Field(None, description="size of the saved model directory (with --save)")
+    weights_file_bytes: int | None = Field(None, description="size of its *.safetensors files")
     saved_to: str | None = None
     quantized_at_load: str | None = Field(None, description="format applied by transformers' BitsAndBytesConfig "
                                           "or dtype while loading")

@@ -169,6 +169,7 @@ def _from_payload(request: dict[str, Any], plan: CompressionStrategy, payload: d
         peak_rss_bytes=peak_rss, cuda_peak_allocated_bytes=max(cuda_peaks) if cuda_peaks else None,
         params=payload["params"], params_baseline=_int(facts.get("params")), weight_bytes=payload["weight_bytes"],
         weight_bytes_baseline=_int(facts.get("weight_bytes")), disk_bytes=payload.get("disk_bytes"),
+        weights_file_bytes=payload.get("weights_file_bytes"),
         saved_to=payload.get("saved_to"), quantized_at_load=payload.get("quantized_at_load"),
         load_seconds=by_name.get("load", {}).get("seconds"), compress_seconds=by_name.get("compress", {}).get("seconds"),
         evaluate_seconds=by_name.get("evaluate", {}).get("seconds"), latency=payload.get("latency"),
