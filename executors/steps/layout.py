@@ -98,9 +98,6 @@ class ModelLayout:
                 return name
         raise LookupError("module is not part of the model")
 
-    def block_module(self, index: int, relative: str) -> nn.Module:
-        return self.blocks[index].get_submodule(relative)
-
 
 def model_spec(model: nn.Module) -> ModelSpec:
     """The planner's spec of ``model``, built from its live config."""
