@@ -17,12 +17,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from pydantic import BaseModel
-from torch import nn
 
-from planner.errors import UnsupportedError
+from executors._imports import import_torch
+
+import_torch("the compression steps")  # a missing exec extra is one clear error, not a traceback
+from torch import nn  # noqa: E402
+
+from planner.errors import UnsupportedError  # noqa: E402
 from planner.strategy import CompressionStrategy, DistillationSpec, LowRankSpec, QuantizationSpec, SparsitySpec
-from executors.steps.context import StepContext
-from executors.steps.report import ModuleChange, SkippedModule, StepReport
+from executors.steps.context import StepContext  # noqa: E402
+from executors.steps.report import ModuleChange, SkippedModule, StepReport  # noqa: E402
 
 Handler = Callable[[nn.Module, BaseModel, StepContext, CompressionStrategy], tuple[nn.Module, StepReport]]
 

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from executors._imports import import_transformers
 from planner.errors import InvalidRequestError, UnsupportedError
 from planner.models.derive import (
     check_structured_support,
@@ -78,8 +79,9 @@ def distill(teacher: nn.Module, spec: DistillationSpec, context: StepContext,
                 if step % every == 0 or step == spec.steps else None)
 
     if rec.history:
-        rec.metrics["loss_first"] = rec.history[0]["loss"]
-        rec.metrics["loss_last"] = rec.history[-1]["loss"]
+        quarter = max(1, len(rec.history) // 4)
+        rec.metrics["train_loss_start"] = sum(h["loss"] for h in rec.history[:quarter]) / quarter
+        rec.metrics["train_loss_end"] = sum(h["loss"] for h in rec.history[-quarter:]) / quarter
     if context.evaluator is not None:
         rec.metrics["student_quality_final"] = float(context.evaluator(student))
     what = "named student" if spec.student else f"student {spec.summary()}"
@@ -112,8 +114,7 @@ def _load_named_student(teacher: nn.Module, student: str) -> nn.Module:
     if not (path / "config.json").is_file():
         raise UnsupportedError(f"named student {student!r}: distillation needs the student's weights in a local "
                                f"directory with config.json (registry entries hold configs only).")
-    import transformers
-
+    transformers = import_transformers("loading a named student")
     decoder = ModelLayout(teacher).architecture == "decoder"
     auto = transformers.AutoModelForCausalLM if decoder else transformers.AutoModel
     model = auto.from_pretrained(path)

@@ -33,8 +33,8 @@ class GradualPruningScheduler:
     """Raise the pruning level step by step, keep the best state above the quality threshold.
 
     ``prune_to(model, level) -> model`` prunes (in place or not) to the cumulative ``level``;
-    ``finetune(model)`` optionally trains between increments; ``evaluator(model) -> float`` scores,
-    higher is better.
+    ``finetune(model)`` optionally trains between increments (what it returns, e.g. its loss log, is kept
+    in the step's history record); ``evaluator(model) -> float`` scores, higher is better.
     """
 
     def __init__(self, prune_to: Callable[[nn.Module, float], nn.Module], *, target_level: float, steps: int,
@@ -60,9 +60,9 @@ class GradualPruningScheduler:
         for level in self.levels():
             kept = copy.deepcopy(model) if self.max_quality_drop is not None else None
             model = self.prune_to(model, level)
-            if self.finetune is not None:
-                self.finetune(model)
             record: dict[str, Any] = {"level": level}
+            if self.finetune is not None:
+                record["finetune"] = self.finetune(model)
             if self.evaluator is not None:
                 quality = float(self.evaluator(model))
                 drop = (result.baseline_quality - quality) / abs(result.baseline_quality or 1.0)

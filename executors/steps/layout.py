@@ -37,6 +37,8 @@ class ModelLayout:
         self.spec = model_spec(model)
         self.blocks_path, self.blocks = _find_blocks(model, self.spec.num_layers)
         self._groups = {g.name: g for g in self.spec.param_groups}
+        head = self.output_embeddings
+        self._head_name = self.module_name(head) if head is not None else None
 
     @property
     def architecture(self) -> str:
@@ -55,7 +57,7 @@ class ModelLayout:
                 while rest and f"layers.*.{rest}" not in self._groups and "." in rest:
                     rest = rest.rpartition(".")[0]
                 return int(index_text), self._groups.get(f"layers.*.{rest}")
-        if self.output_embeddings is not None and name == self.module_name(self.output_embeddings):
+        if name == self._head_name:
             return None, self._groups.get("lm_head")
         return None, None
 
@@ -95,9 +97,6 @@ class ModelLayout:
             if candidate is module:
                 return name
         raise LookupError("module is not part of the model")
-
-    def block_module(self, index: int, relative: str) -> nn.Module:
-        return self.blocks[index].get_submodule(relative)
 
 
 def model_spec(model: nn.Module) -> ModelSpec:

@@ -73,11 +73,11 @@ def prune(model: nn.Module, spec: SparsitySpec, context: StepContext,
     scheduler = GradualPruningScheduler(
         pruner, target_level=spec.level, steps=spec.gradual_steps,
         evaluator=context.evaluator if scored else None, max_quality_drop=spec.max_quality_drop,
-        finetune=_Finetuner(model, spec, context, rec) if spec.finetune_steps else None)
+        finetune=_Finetuner(model, spec, context) if spec.finetune_steps else None)
     result = scheduler.run(model)
     model = result.model
 
-    rec.history[:0] = [{"phase": "prune", **record} for record in result.history]
+    rec.history = result.history
     rec.metrics["level_reached"] = result.level
     if result.baseline_quality is not None:
         rec.metrics["quality_before"] = result.baseline_quality
@@ -216,17 +216,16 @@ class _StructuredPruner:
 class _Finetuner:
     """Training between gradual steps; pruned (zero) weights stay zero."""
 
-    def __init__(self, model: nn.Module, spec: SparsitySpec, context: StepContext, rec: Recorder):
+    def __init__(self, model: nn.Module, spec: SparsitySpec, context: StepContext):
         self.spec = spec
         self.context = context
-        self.rec = rec
         self.source = context.require_batches("fine-tuning between pruning steps")
         self.causal = ModelLayout(model).architecture == "decoder"
         self.reference = None if self.causal else copy.deepcopy(model).eval()
         self.consumed = 0
         self.round = 0
 
-    def __call__(self, model: nn.Module) -> None:
+    def __call__(self, model: nn.Module) -> list[dict]:
         self.round += 1
         optimizer = adamw([p for p in model.parameters() if p.is_floating_point()], self.spec.finetune_learning_rate)
         batches = endless(self.source, self.context.calibration_batch_size, self.context.calibration_seq_len,
@@ -237,7 +236,7 @@ class _Finetuner:
                     progress=self.context.progress, description=f"fine-tuning round {self.round}",
                     after_step=keep_zeros(model))
         self.consumed += self.spec.finetune_steps
-        self.rec.history += [{"phase": "finetune", "round": self.round, **record} for record in log]
+        return log
 
     def _loss(self, model: nn.Module):
         if self.causal:

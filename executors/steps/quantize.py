@@ -25,13 +25,13 @@ dict converts back, so the reported bytes are those of the saved checkpoint form
 
 from __future__ import annotations
 
-import logging
 import warnings
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from executors._imports import import_bitsandbytes
 from planner.errors import InvalidRequestError, UnsupportedError
 from planner.models.derive import BNB_4BIT_FORMATS
 from planner.strategy import CompressionStrategy, QuantizationSpec
@@ -249,9 +249,6 @@ def _cast_rest(model: nn.Module, layout: ModelLayout, spec: QuantizationSpec, co
 def _bitsandbytes():
     """Import bitsandbytes quietly: its CPU-kernel probe logs a harmless failure and its torch.compile
     decorators import torch internals that warn about the deprecated torch.jit.script_method."""
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.script_method.*is deprecated.*")
-        import bitsandbytes
-
-    return bitsandbytes
+        return import_bitsandbytes("bitsandbytes int8/4-bit quantization")

@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from executors.steps.context import BatchSource
+from planner.errors import InvalidRequestError
 
 LossFn = Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
 
@@ -65,7 +66,7 @@ def endless(source: BatchSource, batch_size: int, seq_len: int, skip: int = 0) -
                 yield batch
             position += 1
         if not produced:
-            raise ValueError("the batch source produced no batches")
+            raise InvalidRequestError("the batch source (StepContext.batches) produced no batches.")
 
 
 @contextlib.contextmanager

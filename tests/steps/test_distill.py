@@ -15,7 +15,7 @@ from executors.steps.training import causal_distillation_loss
 from planner.errors import InvalidRequestError, UnsupportedError
 from planner.models.derive import derive_spec
 from planner.strategy import CompressionStrategy, DistillationSpec, QuantizationSpec
-from tests.steps.conftest import chunk_source, llama
+from tests.steps.step_helpers import chunk_source, llama
 
 pytestmark = pytest.mark.exec
 
@@ -49,16 +49,21 @@ def _teacher_kl(student, teacher, batches):
                                                   temperature=1.0, alpha=1.0)[0]) for b in batches) / len(batches)
 
 
-def test_distilling_the_llama_student_brings_it_closer_to_the_teacher(trained_llama, byte_ids):
-    held_out = list(chunk_source(byte_ids[1])(4, 64))[:3]
-    # alpha=1: the soft loss only. The fixture teacher is trained for seconds, so its own next-token
-    # loss is no better than the student's: the hard loss would pull the student away from it.
-    spec = DistillationSpec(depth_ratio=0.5, steps=8, batch_size=4, seq_len=64, learning_rate=3e-4, alpha=1.0,
-                            temperature=1.0)
-    initial, _ = build_student(trained_llama, spec, CompressionStrategy(distillation=spec))
-    student, report = apply_step(trained_llama, spec, StepContext(batches=chunk_source(byte_ids[0])))
-    assert _teacher_kl(student, trained_llama, held_out) < 0.5 * _teacher_kl(initial, trained_llama, held_out)
-    assert report.metrics["loss_last"] < report.metrics["loss_first"]
+def test_distilling_the_tiny_lm_improves_perplexity_and_fidelity(tiny_lm, tiny_lm_ids):
+    from executors.corpus import RandomWindows, evaluation_windows
+
+    held_out = evaluation_windows(tiny_lm_ids[1], 64, 1024)
+    spec = DistillationSpec(depth_ratio=0.5, steps=12, batch_size=4, seq_len=64, learning_rate=1e-4)
+    initial, _ = build_student(tiny_lm, spec, CompressionStrategy(distillation=spec))
+    student, report = apply_step(tiny_lm, spec, StepContext(batches=RandomWindows(tiny_lm_ids[0], seed=0)))
+
+    def loss(model):
+        with torch.no_grad():
+            return float(model(input_ids=held_out, labels=held_out).loss)
+    # loose margins: the fixture is a shared cache the core rebuilds when its recipe changes
+    assert loss(student) < loss(initial)
+    assert _teacher_kl(student, tiny_lm, [held_out]) < 0.9 * _teacher_kl(initial, tiny_lm, [held_out])
+    assert set(report.metrics) == {"train_loss_start", "train_loss_end"}
     assert report.params_after == count_params(student) < report.params_before
     assert not student.training
 
@@ -129,3 +134,11 @@ def test_named_student_must_be_a_local_directory():
 def test_distillation_needs_data():
     with pytest.raises(InvalidRequestError, match="distillation needs training"):
         apply_step(llama(), DistillationSpec(depth_ratio=0.5, steps=1), StepContext())
+
+
+def test_encoder_mse_hidden_loss_trains(_minilm, minilm_ids):
+    spec = DistillationSpec(depth_ratio=0.5, steps=3, batch_size=2, seq_len=32, hidden_loss="mse")
+    student, report = apply_step(copy.deepcopy(_minilm), spec, StepContext(batches=chunk_source(minilm_ids[0])))
+    assert "mse" in report.summary
+    assert [h["step"] for h in report.history] == [1, 2, 3]
+    assert all(h["loss"] > 0 for h in report.history)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from pydantic import BaseModel
@@ -19,7 +21,7 @@ from planner.strategy import (
     QuantizationSpec,
     SparsitySpec,
 )
-from tests.steps.conftest import chunk_source, llama
+from tests.steps.step_helpers import chunk_source, llama
 
 pytestmark = pytest.mark.exec
 
@@ -85,3 +87,5 @@ def test_strategy_runs_distill_prune_quantize_in_order(byte_ids):
     assert reports[2].state_bytes_after < 0.3 * reports[1].state_bytes_after
     logits = model(input_ids=byte_ids[1][:32].view(1, 32)).logits
     assert torch.isfinite(logits).all()
+    for report in reports:  # the reports travel as JSON in ExecutionResult
+        assert json.loads(report.model_dump_json())["step"] == report.step

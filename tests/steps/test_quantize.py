@@ -9,7 +9,7 @@ from executors.steps import StepContext, apply_step
 from executors.steps.storage import state_dict_bytes
 from planner.errors import InvalidRequestError, UnsupportedError
 from planner.strategy import QuantizationSpec
-from tests.steps.conftest import llama
+from tests.steps.step_helpers import llama
 
 pytestmark = pytest.mark.exec
 
