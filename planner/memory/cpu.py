@@ -21,7 +21,8 @@ The RSS at each phase's peak is predicted as
     speed      = load end + W_mapped_touched + P[path] + A(speed batch)
 
 - W_converted / W_mapped_touched: the stored weights, exact, from the format registry
-  (``planner.memory.weights.weight_bytes``), split by how they are held (:func:`weight_residency`);
+  (``planner.formats.storage.group_storage`` via :func:`group_bytes`), split by how they are held
+  (:func:`weight_residency`);
   C_converted: the float32 checkpoint bytes of the converted tensors;
 - S: the interpreter with torch, transformers and fitplan's executors imported; B: bitsandbytes'
   import (its CPU libraries); L, E, P[path]: what the process adds beyond weights and activations when
@@ -49,12 +50,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from planner._data import read_data_toml
 from planner.errors import InvalidConfigError, UnsupportedError
 from planner.execution import BNB_FORMATS, group_format, load_time_format
-from planner.formats import format_names, get_format
-from planner.formats.storage import group_storage
+from planner.formats import dtype_bytes, format_names, get_format
+from planner.formats.storage import GroupStorage, group_storage
 from planner.memory.result import GIB, MemoryEstimate, MemoryTerm, sum_terms
-from planner.memory.weights import weight_bytes
 from planner.models.resolve import get_model
-from planner.models.spec import ModelSpec
+from planner.models.spec import ModelSpec, ParamGroup
 from planner.strategy import CompressionStrategy, QuantizationSpec
 
 Kind = Literal["causal-lm", "encoder"]
@@ -160,6 +160,23 @@ def weights_path(strategy: CompressionStrategy) -> tuple[str, str, str]:
     return ("fp32" if fmt == "fp32" else "bf16"), fmt, compute
 
 
+def group_bytes(spec: ModelSpec, fmt_name: str, compute_dtype: str, group: ParamGroup, *,
+                quantize_lm_head: bool = False) -> GroupStorage:
+    """The format registry's exact storage of ``group`` in ``fmt_name``, with the parts the format
+    leaves unquantized (and the biases of quantized Linears) held in ``compute_dtype`` rather than the
+    format's default compute dtype (the executors load bitsandbytes models with float32 compute too)."""
+    fmt = get_format(fmt_name)
+    stored = group_storage(spec, fmt, group, quantize_lm_head=quantize_lm_head)
+    default = fmt.unquantized_dtype_resolved
+    if fmt.family == "float" or compute_dtype == default:
+        return stored
+    element = dtype_bytes(compute_dtype)
+    if not stored.quantized:
+        return GroupStorage(group, False, group.params * element, compute_dtype)
+    bias = group.count * (group.out_features or 0) * (element - dtype_bytes(default)) if group.bias else 0.0
+    return GroupStorage(group, True, stored.bytes + bias, stored.stored_as)
+
+
 def weights_under(spec: ModelSpec, quantization: QuantizationSpec | None) -> tuple[float, dict[str, float]]:
     """Exact stored bytes of ``spec`` with every group in the format ``quantization`` gives it
     (:func:`planner.execution.group_format`, layer by layer), and the bytes per format.
@@ -181,9 +198,8 @@ def weights_under(spec: ModelSpec, quantization: QuantizationSpec | None) -> tup
             if name not in format_names():
                 raise UnsupportedError(f"the format registry has no storage record for {name!r}, so the weights "
                                        f"of this strategy cannot be predicted.")
-            fmt = get_format(name).model_copy(update={"compute_dtype": compute})
             part = group.model_copy(update={"count": per_layer, "layers": (layer,) if layer is not None else ()})
-            stored = group_storage(spec, fmt, part, quantize_lm_head=group.component == "lm_head")
+            stored = group_bytes(spec, name, compute, part, quantize_lm_head=group.component == "lm_head")
             total += stored.bytes
             by_format[name] = by_format.get(name, 0.0) + stored.bytes
     return total, by_format
@@ -203,10 +219,10 @@ class WeightResidency:
 def weight_residency(spec: ModelSpec, fmt_name: str, compute_dtype: str,
                      checkpoint_dtype: str = "fp32") -> WeightResidency:
     """Split the format registry's exact weight bytes by how the loaded model holds them."""
-    fmt = get_format(fmt_name).model_copy(update={"compute_dtype": compute_dtype})
-    stored = weight_bytes(spec, fmt)
-    converted = mapped = touched = source = 0.0
-    for item in stored.groups:
+    converted = mapped = touched = source = total = 0.0
+    for group in spec.param_groups:
+        item = group_bytes(spec, fmt_name, compute_dtype, group)
+        total += item.bytes
         kept_as_is = not item.quantized and item.stored_as == checkpoint_dtype
         if kept_as_is:
             mapped += item.bytes
@@ -215,7 +231,7 @@ def weight_residency(spec: ModelSpec, fmt_name: str, compute_dtype: str,
         else:
             converted += item.bytes
             source += item.group.params * CHECKPOINT_BYTES_PER_PARAM
-    return WeightResidency(total=stored.total, converted=converted, mapped=mapped, mapped_touched=touched,
+    return WeightResidency(total=total, converted=converted, mapped=mapped, mapped_touched=touched,
                            converted_source=source)
 
 
