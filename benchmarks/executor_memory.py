@@ -5,8 +5,9 @@
 For all-MiniLM-L6-v2 (encoder, fidelity) and the tiny-llama fixture (causal LM, perplexity; built
 first if missing) it runs fp32, int8, nf4 and a pruned + quantized candidate (50 % unstructured
 magnitude pruning, then nf4 by module replacement) each in its own process (executors.execute,
-isolate=True, latency measured as in a normal run) and prints the whole-process peak RSS (wait4
-ru_maxrss) next to planner.memory.cpu.estimate_cpu_process_memory, plus each phase's peak.
+isolate=True, latency measured as in a normal run) and prints the whole-process peak RSS (the highest
+per-phase VmHWM of the child) next to planner.memory.cpu.estimate_cpu_process_memory, plus each phase's
+peak.
 Target: every whole-run prediction within 10 % of the measurement.
 
 The CPU constants of the prediction were measured on other (random-initialised) models by

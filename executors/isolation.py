@@ -4,9 +4,12 @@ Each job runs as ``python -m executors._worker JOB_DIR`` (a fresh interpreter, i
 is inherited from the parent's torch state, and the child's peak memory is its own). The parent:
 
 - writes ``JOB_DIR/request.json`` (the importable function ``module:qualname`` and its JSON request);
-- polls the child every ``poll_s`` with ``os.wait4(pid, WNOHANG)``; at exit ``wait4`` returns the
-  child's peak RSS (``ru_maxrss``; when the child resets its VmHWM through ``/proc/self/clear_refs``,
-  as measured runs do per phase, this is the peak since its last reset);
+- polls the child every ``poll_s`` with ``os.wait4(pid, WNOHANG)`` and reads its ``VmRSS``;
+- takes the child's peak RSS from the child itself (its ``VmHWM`` at exit, in ``result.json``), or,
+  when it died without reporting, the highest ``VmRSS`` the polls saw. Not ``wait4``'s
+  ``ru_maxrss``: Linux carries the pre-``exec`` high-water mark into it, i.e. the RSS of the parent
+  that forked it (measured: 698 MB for a 30 MB child of a pytest process holding models), and a
+  child's ``clear_refs`` reset lowers it too;
 - enforces the **timeout** (wall clock from spawn, imports included) and the **memory cap**: the
   child's ``VmRSS`` is read from ``/proc/<pid>/status`` on every poll and the child is killed
   (SIGKILL) once it exceeds the cap. This is cgroup-free and needs no privileges. It caps resident
@@ -52,7 +55,7 @@ class IsolatedOutcome:
     payload: dict[str, Any] | None
     exit_code: int | None
     signal: str | None
-    max_rss_bytes: int | None
+    max_rss_bytes: int | None  # the child's own VmHWM at exit, else the highest polled VmRSS
     wall_seconds: float
     last_phase: str | None
     job_dir: str
@@ -138,20 +141,19 @@ def run_isolated(function: str, request: dict[str, Any], job_dir: str | os.PathL
     peak_seen = 0
     try:
         while True:
-            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+            pid, status, _ = os.wait4(child.pid, os.WNOHANG)
             if pid == child.pid:
                 break
             elapsed = time.monotonic() - start
+            rss = _child_rss_bytes(child.pid) or 0
+            peak_seen = max(peak_seen, rss)
             if timeout_s is not None and elapsed > timeout_s:
                 killed_by = "timeout"
-            elif memory_cap_bytes is not None:
-                rss = _child_rss_bytes(child.pid) or 0
-                peak_seen = max(peak_seen, rss)
-                if rss > memory_cap_bytes:
-                    killed_by = "memory-cap"
+            elif memory_cap_bytes is not None and rss > memory_cap_bytes:
+                killed_by = "memory-cap"
             if killed_by:
                 os.kill(child.pid, signal.SIGKILL)
-                pid, status, usage = os.wait4(child.pid, 0)
+                pid, status, _ = os.wait4(child.pid, 0)
                 break
             time.sleep(poll_s)
     except BaseException:
@@ -164,12 +166,12 @@ def run_isolated(function: str, request: dict[str, Any], job_dir: str | os.PathL
         raise
     child.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4; keep Popen consistent
     wall = time.monotonic() - start
-    max_rss = usage.ru_maxrss * 1024  # Linux reports KiB
     exit_code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
     signal_name = _signal_name(os.WTERMSIG(status)) if os.WIFSIGNALED(status) else None
     progress = _read_json(job / PROGRESS_FILE) or {}
     last_phase = progress.get("phase")
     result = _read_json(job / RESULT_FILE)
+    max_rss = (result or {}).get("peak_rss_bytes") or peak_seen or None
     outcome = IsolatedOutcome(status="failed", reason=None, payload=None, exit_code=exit_code, signal=signal_name,
                               max_rss_bytes=max_rss, wall_seconds=wall, last_phase=last_phase, job_dir=str(job),
                               stderr_tail=_stderr_tail(job), killed_by=killed_by)
@@ -178,7 +180,7 @@ def run_isolated(function: str, request: dict[str, Any], job_dir: str | os.PathL
         outcome.reason = f"timeout: killed after {timeout_s:g} s{where}"
     elif killed_by == "memory-cap":
         outcome.reason = (f"memory cap exceeded: resident memory passed {memory_cap_bytes / 2**20:,.0f} MiB"
-                          f"{where} (peak {max_rss / 2**20:,.0f} MiB); killed")
+                          f"{where} (polled peak {max_rss / 2**20:,.0f} MiB); killed")
     elif result is not None and result.get("status") == "ok":
         outcome.status = "ok"
         outcome.payload = result.get("payload")

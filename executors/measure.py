@@ -7,9 +7,9 @@ Peak memory, per phase (startup, load, compress, evaluate):
   caching allocator's reserve predict).
 - CPU: the process's peak resident set size. Linux keeps it as ``VmHWM`` in ``/proc/self/status``;
   writing ``5`` to ``/proc/self/clear_refs`` resets it to the current RSS, so each phase gets its own
-  peak. It matched ``wait4``'s ``ru_maxrss`` within 1 MiB (ENVIRONMENT.md); psutil polling misses
-  spikes and tracemalloc does not see torch's allocations. The isolated runner also reads
-  ``ru_maxrss`` for the whole child from ``os.wait4``.
+  peak. It matched ``wait4``'s ``ru_maxrss`` within 1 MiB (ENVIRONMENT.md) for a child of a small
+  parent; ``ru_maxrss`` is not used because it also carries the forking parent's RSS (see
+  executors.isolation). psutil polling misses spikes and tracemalloc does not see torch's allocations.
 
 Speed: latency of one batch = median of ``repeats`` timed forwards after ``warmup`` untimed ones;
 tokens/s = batch x sequence length / median latency (one forward over the whole batch, the prefill

@@ -108,7 +108,7 @@ class ExecutionResult(_Record):
     phases: list[PhaseMeasurement] = Field(default_factory=list)
     peak_rss_bytes: int | None = Field(None, description="peak RSS of the measured process: the highest phase peak "
                                        "(the phases cover the isolated child's whole life); for a failed isolated "
-                                       "run, wait4's ru_maxrss = the peak of the phase it died in")
+                                       "run, the peak of the phase it died in (self-reported, or polled)")
     cuda_peak_allocated_bytes: int | None = None
     params: int | None = Field(None, description="parameters of the compressed model (logical count)")
     params_baseline: int | None = None

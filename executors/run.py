@@ -130,7 +130,8 @@ def _run_isolated(request: dict[str, Any], plan: CompressionStrategy, kind: str,
                            timeout_s=timeout_s, memory_cap_bytes=memory_cap_bytes)
     if outcome.status != "ok":
         notes = [f"stderr tail: {outcome.stderr_tail.strip()[-500:]}"] if outcome.stderr_tail.strip() else []
-        notes.append("peak_rss_bytes of a failed run is wait4's ru_maxrss: the peak since the last phase started")
+        notes.append("peak_rss_bytes of a failed run: the child's own peak since its last phase started, or the "
+                     "highest RSS the parent's polls saw when it died without reporting")
         return _failed(request, plan, kind, outcome.reason or "failed", peak_rss_bytes=outcome.max_rss_bytes,
                        job_dir=outcome.job_dir, notes=notes)
     return _from_payload(request, plan, outcome.payload, peak_rss=outcome.max_rss_bytes, job_dir=outcome.job_dir,
@@ -157,9 +158,8 @@ def _from_payload(request: dict[str, Any], plan: CompressionStrategy, payload: d
                   peak_rss: int | None, job_dir: str, reference_cached: bool) -> ExecutionResult:
     phases = payload["phases"]
     by_name = {p["name"]: p for p in phases}
-    # The phases cover the child's whole life, so their highest peak is the run's peak. wait4's
-    # ru_maxrss cannot be used here: resetting VmHWM (clear_refs) also resets what it reports, so it
-    # only gives the peak since the last phase started.
+    # The phases cover the child's whole life, so their highest peak is the run's peak (the child's
+    # VmHWM at exit only covers the time since the last phase started: each phase resets it).
     peaks = [p["peak_rss_bytes"] for p in phases if p.get("peak_rss_bytes") is not None]
     peak_rss = max(peaks) if peaks else peak_rss
     cuda_peaks = [p["cuda_peak_allocated_bytes"] for p in phases if p.get("cuda_peak_allocated_bytes") is not None]

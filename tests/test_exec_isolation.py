@@ -18,7 +18,7 @@ def test_result_and_peak_memory_come_back(tmp_path):
     assert outcome.status == "ok" and outcome.reason is None
     assert outcome.payload["echo"] == 7 and outcome.payload["pid"] != os.getpid()
     assert outcome.last_phase == "echo"
-    assert 5 * MIB < outcome.max_rss_bytes < 500 * MIB  # wait4 ru_maxrss of a small Python process
+    assert 5 * MIB < outcome.max_rss_bytes < 200 * MIB  # the child's own VmHWM, not the forking parent's
     assert json.loads((tmp_path / "job" / RESULT_FILE).read_text())["status"] == "ok"
 
 
@@ -44,10 +44,10 @@ def test_timeout_kills_the_child(tmp_path):
 
 def test_memory_cap_kills_a_hog_and_spares_a_small_job(tmp_path):
     cap = 250 * MIB
-    hog = run_isolated("tests.exec_helpers:hog_memory", {"mib": 2048}, tmp_path / "hog", memory_cap_bytes=cap)
+    hog = run_isolated("tests.exec_helpers:hog_memory", {"mib": 4096}, tmp_path / "hog", memory_cap_bytes=cap)
     assert hog.status == "failed" and hog.killed_by == "memory-cap"
     assert hog.reason.startswith("memory cap exceeded: resident memory passed 250 MiB during phase 'allocating'")
-    assert cap < hog.max_rss_bytes < cap + 200 * MIB  # polled every 20 ms: a small overshoot, not 2 GiB
+    assert cap < hog.max_rss_bytes < 1024 * MIB  # polled: killed far below the 4 GiB it wanted
     small = run_isolated("tests.exec_helpers:hog_memory", {"mib": 64}, tmp_path / "small", memory_cap_bytes=cap)
     assert small.status == "ok" and small.payload == {"allocated_mib": 64}
 
