@@ -4,7 +4,7 @@
 
 Target: <= 15 s per isolated MiniLM candidate on this machine, everything included (spawning the
 process, importing torch/transformers/bitsandbytes, loading, quantizing, evaluating fidelity on 60
-sentences, timing 7 forwards, writing the result). The baseline reference is computed first and
+sentences, timing 1 + 3 forwards, writing the result). The baseline reference is computed first and
 cached, as it is after the first run of any search. In-process candidates share this process's
 imports and show what the measurement itself costs.
 """

@@ -13,8 +13,7 @@ are loaded on first access).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from planner._lazy import lazy_getattr
 
 _LAZY = {
     "execute": "executors.run",
@@ -32,8 +31,4 @@ _LAZY = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'executors' has no attribute {name!r}")
+__getattr__ = lazy_getattr("executors", _LAZY, globals())

@@ -27,7 +27,9 @@ from executors.evaluate.base import Reference
 from planner.execution import uses_bitsandbytes
 from planner.strategy import CompressionStrategy
 
-SPEED_DEFAULTS = {"causal-lm": {"batch_size": 8, "seq_len": 128}, "encoder": {"batch_size": 32, "seq_len": 64}}
+# One fixed batch per kind; median of 3 timed forwards after 1 warm-up (each isolated candidate pays for them).
+SPEED_DEFAULTS = {"causal-lm": {"batch_size": 8, "seq_len": 128, "warmup": 1, "repeats": 3},
+                  "encoder": {"batch_size": 32, "seq_len": 64, "warmup": 1, "repeats": 3}}
 Progress = Callable[[str], None]
 
 
@@ -159,7 +161,7 @@ def run_candidate(request: dict[str, Any], progress: Progress, evaluator: Any = 
         with _phase(meter, progress, "speed"):
             batch = _speed_batch(loaded, request.get("corpus"), settings)
             latency = measure_latency(model, batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                                      warmup=settings.get("warmup", 2), repeats=settings.get("repeats", 5),
+                                      warmup=settings["warmup"], repeats=settings["repeats"],
                                       cuda=meter.cuda)
         out["latency"] = dataclasses.asdict(latency)
 
