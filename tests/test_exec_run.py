@@ -39,7 +39,7 @@ def test_nf4_in_process_matches_the_format_registry_and_keeps_fidelity(minilm, t
     assert 0.96 < quality.compressed < 0.985  # ENVIRONMENT.md: nf4 + bf16 rest 0.9738
     assert quality.retained_pct == pytest.approx(100 * quality.compressed)
     assert 0 < quality.extras["nn_agreement"] <= 1
-    assert [p.name for p in result.phases] == ["load", "evaluate", "speed"]  # in-process: no startup phase
+    assert [p.name for p in result.phases] == ["load", "evaluate", "speed", "save"]  # in-process: no startup
     assert result.latency.batch_size == 32 and result.latency.tokens_per_s > 0
     assert result.prediction.quality is None and "no accuracy model" in result.prediction.notes[0]
     # saved with save_pretrained: the safetensors file holds the state dict (transformers packs the 4-bit
