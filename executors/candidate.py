@@ -163,7 +163,7 @@ def run_candidate(request: dict[str, Any], progress: Progress, evaluator: Any = 
             latency = measure_latency(model, batch["input_ids"], attention_mask=batch.get("attention_mask"),
                                       warmup=settings["warmup"], repeats=settings["repeats"],
                                       cuda=meter.cuda)
-        out["latency"] = dataclasses.asdict(latency)
+        out["latency"] = latency.model_dump()
 
     if request.get("save_dir"):
         with _phase(meter, progress, "save"):

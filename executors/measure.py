@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from executors.result import LatencyMeasurement
+
 KIB = 1024
 PROC_STATUS = Path("/proc/self/status")
 PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -113,18 +115,6 @@ def directory_bytes(path: str | os.PathLike) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
-@dataclass
-class LatencyRecord:
-    batch_size: int
-    seq_len: int
-    warmup: int
-    repeats: int
-    median_ms: float
-    min_ms: float
-    max_ms: float
-    tokens_per_s: float
-
-
 def time_calls(function: Any, *, warmup: int, repeats: int) -> list[float]:
     """Seconds of ``repeats`` calls of ``function()`` after ``warmup`` untimed calls."""
     for _ in range(warmup):
@@ -138,7 +128,7 @@ def time_calls(function: Any, *, warmup: int, repeats: int) -> list[float]:
 
 
 def measure_latency(model: Any, input_ids: Any, *, attention_mask: Any = None, warmup: int = 2,
-                    repeats: int = 5, cuda: Any = None) -> LatencyRecord:
+                    repeats: int = 5, cuda: Any = None) -> LatencyMeasurement:
     """Median forward latency of ``model`` on one batch (see the module docstring)."""
     from executors._imports import import_torch
 
@@ -156,7 +146,7 @@ def measure_latency(model: Any, input_ids: Any, *, attention_mask: Any = None, w
     times = time_calls(forward, warmup=warmup, repeats=repeats)
     median = statistics.median(times)
     batch, seq_len = input_ids.shape
-    return LatencyRecord(batch_size=int(batch), seq_len=int(seq_len), warmup=warmup, repeats=repeats,
+    return LatencyMeasurement(batch_size=int(batch), seq_len=int(seq_len), warmup=warmup, repeats=repeats,
                          median_ms=median * 1e3, min_ms=min(times) * 1e3, max_ms=max(times) * 1e3,
                          tokens_per_s=batch * seq_len / median)
 
