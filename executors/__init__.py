@@ -1,4 +1,34 @@
 """Real runs of compression strategies (quantize, prune, distill, low-rank) and their measurement.
 
 Needs the ``exec`` extra (torch, transformers, bitsandbytes): ``pip install "fitplan[exec]"``.
+Importing this package stays light: torch is imported only when something runs (the names below
+are loaded on first access).
+
+- :func:`execute` (``executors.run``): apply a strategy to a model directory, measure it in an
+  isolated process, return an :class:`ExecutionResult` with the planner's predictions alongside;
+- evaluators (``executors.evaluate``): perplexity, fidelity, accuracy, any callable;
+- :func:`ensure_tiny_llm` / :func:`minilm_dir` (``executors.fixtures``): the test and benchmark models;
+- :func:`run_isolated` (``executors.isolation``): run any importable function in a capped process.
 """
+
+from __future__ import annotations
+
+from planner._lazy import lazy_getattr
+
+_LAZY = {
+    "execute": "executors.run",
+    "ExecutionResult": "executors.result",
+    "ensure_tiny_llm": "executors.fixtures",
+    "minilm_dir": "executors.fixtures",
+    "run_isolated": "executors.isolation",
+    "load_model": "executors.loading",
+    "PerplexityEvaluator": "executors.evaluate",
+    "FidelityEvaluator": "executors.evaluate",
+    "AccuracyEvaluator": "executors.evaluate",
+    "CallableEvaluator": "executors.evaluate",
+    "load_corpus": "executors.corpus",
+}
+
+__all__ = sorted(_LAZY)
+
+__getattr__ = lazy_getattr("executors", _LAZY, globals())

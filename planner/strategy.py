@@ -114,6 +114,7 @@ class SparsitySpec(_Part):
     max_quality_drop: float | None = Field(None, gt=0, lt=1, description="gradual schedule stops before the "
                                            "retained quality falls by more than this fraction")
     finetune_steps: int = Field(0, ge=0, description="fine-tuning steps between gradual steps")
+    finetune_learning_rate: float = Field(1e-4, gt=0, description="learning rate of those fine-tuning steps")
 
     @field_validator("pattern")
     @classmethod
@@ -149,6 +150,8 @@ class DistillationSpec(_Part):
     alpha: float = Field(0.5, ge=0, le=1, description="weight of the soft (teacher) loss")
     batch_size: int = Field(8, ge=1)
     seq_len: int = Field(128, ge=8)
+    hidden_loss: Literal["cosine", "mse"] = Field("cosine", description="encoders (no logits): 1 - cosine of the "
+                                                  "mean-pooled last hidden states, or MSE over every token's")
 
     @model_validator(mode="after")
     def _one_target(self) -> "DistillationSpec":

@@ -17,13 +17,15 @@ from collections.abc import Sequence
 
 from planner.cli import estimate as _estimate
 from planner.cli import fits as _fits
+from planner.cli import fixtures as _fixtures
 from planner.cli import hardware as _hardware
 from planner.cli import models as _models
+from planner.cli import run as _run
 from planner.cli import size as _size
 from planner.cli import training_flags as _training_flags  # noqa: F401  (registers the --mode flags)
 
 # Order = order in `fitplan --help`. Each command module is appended here.
-COMMAND_MODULES: list = [_hardware, _models, _estimate, _fits, _size]
+COMMAND_MODULES: list = [_hardware, _models, _estimate, _fits, _size, _run, _fixtures]
 
 EXIT_USER_ERROR = 2
 

@@ -20,6 +20,7 @@ _LAZY = {
     "Coeffs": "planner.memory.phases", "PhaseSpec": "planner.memory.phases", "RawTerm": "planner.memory.phases",
     "safe_bytes": "planner.memory.phases",
     "WeightBytes": "planner.memory.weights", "weight_bytes": "planner.memory.weights",
+    "CpuWorkload": "planner.memory.cpu", "estimate_cpu_process_memory": "planner.memory.cpu",
 }
 
 __all__ = ["BREAKDOWN_KEYS", "GIB", "MemoryEstimate", "MemoryTerm", "sum_terms", *_LAZY]

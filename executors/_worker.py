@@ -1,0 +1,53 @@
+"""Entry point of an isolated job: ``python -m executors._worker JOB_DIR`` (see executors.isolation).
+
+Reads ``request.json``, imports the named function, calls ``function(request, progress)`` and writes
+``result.json`` = ``{"status": "ok", "payload": ...}`` or ``{"status": "failed", "reason": ...}``, both
+with ``peak_rss_bytes`` = this process's VmHWM at the end (since its last reset, if it reset it).
+Imports nothing heavy itself: the job decides what it needs (and measures it).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+
+def main(job_dir: str) -> int:
+    from executors.evaluate.custom import import_function
+    from executors.isolation import PROGRESS_FILE, REQUEST_FILE, RESULT_FILE, write_json_atomic
+    from executors.measure import read_status_bytes
+
+    def peak() -> int | None:
+        return read_status_bytes(("VmHWM",)).get("VmHWM")
+
+    job = Path(job_dir)
+    spec = json.loads((job / REQUEST_FILE).read_text())
+    start = time.monotonic()
+
+    def progress(phase: str) -> None:
+        write_json_atomic(job / PROGRESS_FILE, {"phase": phase, "seconds": time.monotonic() - start})
+
+    try:
+        function = import_function(spec["function"])
+        payload = function(spec["request"], progress)
+    except MemoryError as error:
+        write_json_atomic(job / RESULT_FILE, {"status": "failed", "reason": f"out of memory: {error}".strip(),
+                                              "traceback": traceback.format_exc(), "peak_rss_bytes": peak()})
+        return 1
+    except Exception as error:  # the job's failure is reported, not raised: the parent carries on
+        reason = f"{type(error).__name__}: {error}"
+        if "can't allocate memory" in str(error) or "out of memory" in str(error).lower():
+            reason = f"out of memory: {reason}"
+        write_json_atomic(job / RESULT_FILE, {"status": "failed", "reason": reason,
+                                              "traceback": traceback.format_exc(), "peak_rss_bytes": peak()})
+        traceback.print_exc()
+        return 1
+    write_json_atomic(job / RESULT_FILE, {"status": "ok", "payload": payload, "peak_rss_bytes": peak()})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

@@ -1,0 +1,138 @@
+"""Put the planner's predictions next to an executed candidate's measurements.
+
+Runs in the calling process after the measured run (it never imports torch): the model's spec comes
+from its config.json, the derived spec of a student / structurally pruned model from
+``planner.models.derive``, weights from the format registry, and the peak memory from
+``planner.memory.cpu`` (CPU) or ``planner.estimate_memory`` (CUDA). A prediction that cannot be made
+is left None with a note saying why; it never turns a measured result into a failure.
+"""
+
+from __future__ import annotations
+
+from executors.result import Comparison, ExecutionResult, Prediction, compare
+from planner.errors import FitplanError, UnsupportedError
+from planner.memory.result import GIB
+from planner.strategy import CompressionStrategy
+
+MIB = 2**20
+QUALITY_NOTE = "quality is not predicted: fitplan has no accuracy model yet (predicted quality stays None)"
+CPU_SPEED_NOTE = ("CPU latency is not predicted: the speed roofline needs a device's memory bandwidth and FLOPS "
+                  "from the hardware catalog, which has no CPU entries")
+
+
+def _mib(value: float | None) -> float | None:
+    return value / MIB if value is not None else None
+
+
+def derived_params(strategy: CompressionStrategy, spec) -> int:  # noqa: ANN001 - ModelSpec
+    """Parameters of the model the strategy produces (student / structurally pruned / factorised)."""
+    from planner.models.derive import derive_spec, low_rank_params
+
+    derived = derive_spec(spec, strategy)
+    if strategy.low_rank is not None:
+        return low_rank_params(derived, strategy.low_rank)
+    return derived.params.total
+
+
+def predict(result: ExecutionResult, strategy: CompressionStrategy) -> Prediction:
+    from planner import get_model
+
+    spec = get_model(result.model_dir)
+    prediction = Prediction(device=result.device, notes=[QUALITY_NOTE])
+    notes = prediction.notes  # appended to below
+    try:
+        prediction.params = derived_params(strategy, spec)
+    except FitplanError as error:
+        notes.append(f"parameters not predicted: {error}")
+    if result.device == "cpu":
+        from planner.memory.cpu import CpuWorkload, estimate_cpu_process_memory
+
+        kind = result.model_kind or ("encoder" if spec.architecture == "encoder" else "causal-lm")
+        workload = CpuWorkload.default(kind, speed=result.latency is not None)
+        try:
+            if strategy.low_rank is not None:
+                raise UnsupportedError("a low-rank factorised model has no ModelSpec of its own, so its weights "
+                                       "and memory are not predicted")
+            estimate = estimate_cpu_process_memory(spec, strategy, workload=workload)
+        except FitplanError as error:
+            notes.append(f"memory not predicted: {error}")
+        else:
+            prediction.peak_memory_bytes = round(estimate.peak_allocated_gib * GIB)
+            prediction.weight_bytes = round(estimate.extras["weight_bytes"])
+            prediction.disk_bytes = prediction.weight_bytes
+            prediction.peak_memory_breakdown = {k: round(v * GIB) for k, v in estimate.breakdown_gib.items()}
+            prediction.phase_peak_bytes = {k: round(v) for k, v in estimate.extras["phases_bytes"].items()
+                                           if k != "load_end"}
+        notes.append(CPU_SPEED_NOTE)
+    else:
+        _predict_gpu(result, strategy, spec, prediction)
+    return prediction
+
+
+def _predict_gpu(result: ExecutionResult, strategy: CompressionStrategy, spec, prediction: Prediction) -> None:  # noqa: ANN001
+    """CUDA: planner.estimate_memory for the derived model in the strategy's Linear format, on the GPU the
+    run reported (when the catalog knows it), at the evaluation batch; compared with
+    torch.cuda.max_memory_allocated."""
+    from planner import estimate_memory
+    from planner.memory.cpu import CpuWorkload
+    from planner.models.derive import derive_spec
+
+    kind = result.model_kind or ("encoder" if spec.architecture == "encoder" else "causal-lm")
+    workload = CpuWorkload.default(kind)
+    precision = strategy.quantization.weights if strategy.quantization else "fp32"
+    gpu = None
+    if result.environment is not None:
+        import hardware_db
+
+        try:
+            gpu = hardware_db.get(result.environment.device_name)
+        except (hardware_db.CatalogError, FitplanError):
+            prediction.notes.append(f"GPU {result.environment.device_name!r} is not in the catalog: memory is "
+                                    f"predicted without its device facts")
+    try:
+        estimate = estimate_memory(derive_spec(spec, strategy), precision, batch=workload.evaluate_batch,
+                                   seq_len=workload.evaluate_seq_len, gpu=gpu)
+    except FitplanError as error:
+        prediction.notes.append(f"memory not predicted: {error}")
+        return
+    prediction.peak_memory_bytes = round(estimate.peak_allocated_gib * GIB)
+    prediction.peak_memory_breakdown = {k: round(v * GIB) for k, v in estimate.breakdown_gib.items()}
+    prediction.notes.append(f"CUDA peak predicted for {precision} weights (per-group formats are not modelled), "
+                            f"batch {workload.evaluate_batch} x {workload.evaluate_seq_len}")
+
+
+def comparisons(result: ExecutionResult, prediction: Prediction) -> list[Comparison]:
+    if result.device == "cpu":
+        rows = [compare("peak RSS (whole run)", "MiB", _mib(result.peak_rss_bytes),
+                        _mib(prediction.peak_memory_bytes))]
+    else:
+        rows = [compare("peak allocated (CUDA)", "MiB", _mib(result.cuda_peak_allocated_bytes),
+                        _mib(prediction.peak_memory_bytes))]
+    for phase in result.phases:
+        if phase.name in prediction.phase_peak_bytes and phase.peak_rss_bytes is not None:
+            rows.append(compare(f"peak RSS: {phase.name}", "MiB", _mib(phase.peak_rss_bytes),
+                                _mib(prediction.phase_peak_bytes[phase.name])))
+    rows.append(compare("weights (state dict)", "MiB", _mib(result.weight_bytes), _mib(prediction.weight_bytes)))
+    rows.append(compare("parameters", "count", result.params, prediction.params))
+    if result.weights_file_bytes is not None:
+        rows.append(compare("saved weights (*.safetensors)", "MiB", _mib(result.weights_file_bytes),
+                            _mib(prediction.disk_bytes)))
+    if result.latency is not None:
+        rows.append(compare("latency per batch", "ms", result.latency.median_ms, prediction.latency_ms))
+        rows.append(compare("throughput", "tokens/s", result.latency.tokens_per_s, prediction.tokens_per_s))
+    if result.quality is not None:
+        rows.append(compare(f"quality ({result.quality.evaluator})", result.quality.metric,
+                            result.quality.compressed, prediction.quality))
+    return rows
+
+
+def attach_predictions(result: ExecutionResult, strategy: CompressionStrategy) -> None:
+    """Fill ``result.prediction`` and ``result.comparisons`` (failed runs get the prediction only)."""
+    try:
+        prediction = predict(result, strategy)
+    except Exception as error:  # a prediction problem never costs the measurement (already saved)
+        result.notes.append(f"no prediction: {type(error).__name__}: {error}")
+        return
+    result.prediction = prediction
+    if result.ok:
+        result.comparisons = comparisons(result, prediction)

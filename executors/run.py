@@ -1,0 +1,185 @@
+"""``execute``: apply a compression strategy to a model for real, measure it, and put the planner's
+predictions next to the measurements.
+
+By default each candidate runs in its own process (:mod:`executors.isolation`): its peak memory is its
+own, and a crash, an out-of-memory kill or a timeout becomes ``status="failed"`` while the caller
+carries on. The baseline's reference outputs (what quality is compared with) are computed once per
+model and evaluator, in their own process, and cached (:mod:`executors.evaluate.reference`).
+
+Results are written to ``out_dir`` as soon as they exist: ``<out_dir>/<candidate>/result.json`` and
+one line appended to ``<out_dir>/results.jsonl``, before predictions are added (which then rewrite
+the file), so no measurement is lost if anything later fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from executors.evaluate import EvaluatorLike, get_evaluator
+from executors.evaluate.base import fingerprint
+from executors.loading import model_kind
+from executors.result import ExecutionResult
+from planner.errors import InvalidRequestError
+from planner.strategy import CompressionStrategy
+
+RESULT_FILE = "result.json"
+RESULTS_LOG = "results.jsonl"
+GIB = 2**30
+
+StrategyLike = CompressionStrategy | dict | str | None
+
+
+def as_strategy(strategy: StrategyLike) -> CompressionStrategy:
+    if strategy is None:
+        return CompressionStrategy()
+    if isinstance(strategy, CompressionStrategy):
+        return strategy
+    if isinstance(strategy, str):
+        return CompressionStrategy.from_json(strategy)
+    if isinstance(strategy, dict):
+        return CompressionStrategy.model_validate(strategy)
+    raise InvalidRequestError(f"a strategy must be a CompressionStrategy, a dict or its JSON; got "
+                              f"{type(strategy).__name__}.")
+
+
+def candidate_name(strategy: CompressionStrategy, model_dir: Path, evaluator_key: str) -> str:
+    """A readable, unique directory name: the summary as a slug plus a short hash of the request."""
+    slug = re.sub(r"[^a-z0-9.]+", "-", strategy.summary().lower()).strip("-")[:60] or "baseline"
+    return f"{slug}-{fingerprint([strategy.to_json(), str(model_dir.resolve()), evaluator_key])[:8]}"
+
+
+def execute(model: str | os.PathLike, strategy: StrategyLike = None, *, evaluator: EvaluatorLike = None,
+            device: str = "auto", out_dir: str | os.PathLike | None = None, timeout_s: float | None = None,
+            isolate: bool = True, memory_cap_bytes: int | None = None, save: bool = False, speed: bool = True,
+            corpus: str | list[str] | None = None, seed: int = 0, progress: bool = False) -> ExecutionResult:
+    """Apply ``strategy`` to the model directory ``model`` and measure the result.
+
+    ``evaluator``: 'perplexity', 'fidelity', 'accuracy', an evaluator object or a function
+    ``(model, tokenizer) -> float`` (higher is better); None = perplexity for causal LMs, fidelity for
+    encoders. ``device``: 'auto', 'cpu' or 'cuda[:N]'. ``out_dir``: where results (and the saved
+    model with ``save``) go; None = a temporary directory. ``timeout_s`` / ``memory_cap_bytes`` bound
+    the isolated process (ignored with ``isolate=False``, which runs in this process: faster, but
+    the peaks then include whatever this process already holds). ``corpus``: training/calibration
+    text for the steps (default: pydoc topics). ``speed``: measure forward latency.
+
+    User mistakes (missing directory, invalid strategy, evaluator that does not fit the model) raise a
+    FitplanError; anything that goes wrong while running the candidate returns ``status="failed"``.
+    """
+    model_dir = Path(model).expanduser()
+    kind = model_kind(model_dir)
+    plan = as_strategy(strategy)
+    chosen = get_evaluator(evaluator, kind)
+    if isolate:
+        chosen.spec()  # a non-importable callable fails here, with its own message
+    if timeout_s is not None and timeout_s <= 0:
+        raise InvalidRequestError(f"timeout_s must be positive, got {timeout_s}.")
+    root = Path(out_dir).expanduser() if out_dir is not None else Path(tempfile.mkdtemp(prefix="fitplan-run-"))
+    candidate_dir = root / candidate_name(plan, model_dir, chosen.key())
+    candidate_dir.mkdir(parents=True, exist_ok=True)
+    request = {
+        "model_dir": str(model_dir.resolve()), "strategy": json.loads(plan.to_json()), "device": device,
+        "evaluator": chosen.spec() if isolate else None, "corpus": corpus, "seed": seed, "isolated": isolate,
+        "save_dir": str(candidate_dir / "model") if save else None, "work_dir": str(candidate_dir / "work"),
+        "speed": {} if speed else None, "progress_bar": progress,
+    }
+    start = time.monotonic()
+    if isolate:
+        result = _run_isolated(request, plan, kind, candidate_dir, timeout_s, memory_cap_bytes)
+    else:
+        result = _run_in_process(request, plan, kind, chosen, candidate_dir)
+    result.wall_seconds = time.monotonic() - start
+    result.result_path = str(candidate_dir / RESULT_FILE)
+    result.save(candidate_dir / RESULT_FILE)
+    with open(root / RESULTS_LOG, "a") as log:
+        log.write(result.model_dump_json() + "\n")
+    from executors.predict import attach_predictions
+
+    attach_predictions(result, plan)
+    result.save(candidate_dir / RESULT_FILE)
+    return result
+
+
+def _failed(request: dict[str, Any], plan: CompressionStrategy, kind: str, reason: str,
+            **fields: Any) -> ExecutionResult:
+    return ExecutionResult(status="failed", reason=reason, model_dir=request["model_dir"], model_kind=kind,
+                           strategy=request["strategy"], strategy_summary=plan.summary(), device=request["device"],
+                           isolated=request["isolated"], **fields)
+
+
+def _run_isolated(request: dict[str, Any], plan: CompressionStrategy, kind: str, candidate_dir: Path,
+                  timeout_s: float | None, memory_cap_bytes: int | None) -> ExecutionResult:
+    from executors.evaluate import evaluator_from_spec
+    from executors.evaluate.reference import has_reference
+    from executors.isolation import run_isolated
+
+    evaluator = evaluator_from_spec(request["evaluator"])
+    reference_cached = has_reference(request["model_dir"], evaluator)
+    if not reference_cached:
+        outcome = run_isolated("executors.candidate:compute_reference", request, candidate_dir / "reference",
+                               timeout_s=timeout_s, memory_cap_bytes=memory_cap_bytes)
+        if outcome.status != "ok":
+            return _failed(request, plan, kind, f"computing the baseline reference failed: {outcome.reason}",
+                           job_dir=outcome.job_dir)
+    outcome = run_isolated("executors.candidate:run_candidate", request, candidate_dir / "job",
+                           timeout_s=timeout_s, memory_cap_bytes=memory_cap_bytes)
+    if outcome.status != "ok":
+        notes = [f"stderr tail: {outcome.stderr_tail.strip()[-500:]}"] if outcome.stderr_tail.strip() else []
+        notes.append("peak_rss_bytes of a failed run: the child's own peak since its last phase started, or the "
+                     "highest RSS the parent's polls saw when it died without reporting")
+        return _failed(request, plan, kind, outcome.reason or "failed", peak_rss_bytes=outcome.max_rss_bytes,
+                       job_dir=outcome.job_dir, notes=notes)
+    return _from_payload(request, plan, outcome.payload, peak_rss=outcome.max_rss_bytes, job_dir=outcome.job_dir,
+                         reference_cached=reference_cached)
+
+
+def _run_in_process(request: dict[str, Any], plan: CompressionStrategy, kind: str, evaluator: Any,
+                    candidate_dir: Path) -> ExecutionResult:
+    from executors.candidate import compute_reference, run_candidate
+
+    def progress(_phase: str) -> None:
+        return None
+
+    try:
+        reference = compute_reference(request, progress, evaluator=evaluator)
+        payload = run_candidate(request, progress, evaluator=evaluator)
+    except Exception as error:  # the candidate's failure is a result, as in the isolated runner
+        return _failed(request, plan, kind, f"{type(error).__name__}: {error}", job_dir=str(candidate_dir))
+    return _from_payload(request, plan, payload, peak_rss=None, job_dir=str(candidate_dir),
+                         reference_cached=reference["cached"])
+
+
+def _from_payload(request: dict[str, Any], plan: CompressionStrategy, payload: dict[str, Any],
+                  peak_rss: int | None, job_dir: str, reference_cached: bool) -> ExecutionResult:
+    phases = payload["phases"]
+    by_name = {p["name"]: p for p in phases}
+    # The phases cover the child's whole life, so their highest peak is the run's peak (the child's
+    # VmHWM at exit only covers the time since the last phase started: each phase resets it).
+    peaks = [p["peak_rss_bytes"] for p in phases if p.get("peak_rss_bytes") is not None]
+    peak_rss = max(peaks) if peaks else peak_rss
+    cuda_peaks = [p["cuda_peak_allocated_bytes"] for p in phases if p.get("cuda_peak_allocated_bytes") is not None]
+    facts = payload.get("reference_facts", {})
+    notes = []
+    if payload.get("save_error"):
+        notes.append(f"saving failed: {payload['save_error']}")
+    return ExecutionResult(
+        status="ok", model_dir=request["model_dir"], model_kind=payload["model_kind"], strategy=request["strategy"],
+        strategy_summary=plan.summary(), device=payload["device"], isolated=request["isolated"], phases=phases,
+        peak_rss_bytes=peak_rss, cuda_peak_allocated_bytes=max(cuda_peaks) if cuda_peaks else None,
+        params=payload["params"], params_baseline=_int(facts.get("params")), weight_bytes=payload["weight_bytes"],
+        weight_bytes_baseline=_int(facts.get("weight_bytes")), disk_bytes=payload.get("disk_bytes"),
+        weights_file_bytes=payload.get("weights_file_bytes"),
+        saved_to=payload.get("saved_to"), quantized_at_load=payload.get("quantized_at_load"),
+        load_seconds=by_name.get("load", {}).get("seconds"), compress_seconds=by_name.get("compress", {}).get("seconds"),
+        evaluate_seconds=by_name.get("evaluate", {}).get("seconds"), latency=payload.get("latency"),
+        quality=payload["quality"] | {"baseline_cached": reference_cached}, steps=payload.get("steps", []),
+        environment=payload.get("environment"), notes=notes, job_dir=job_dir)
+
+
+def _int(value: Any) -> int | None:
+    return int(value) if value is not None else None

@@ -1,0 +1,79 @@
+"""Low-rank factorisation of Linear layers by truncated SVD (seeds/003 ``LowRankDecomposer``).
+
+``W (out x in) ~ U_r diag(S_r) V_r^T``: the Linear becomes ``first: in -> r`` (weight ``diag(S_r) V_r^T``, no
+bias) followed by ``second: r -> out`` (weight ``U_r``, the original bias), ``r = ceil(ratio * min(in, out))``
+(:func:`planner.models.derive.low_rank_rank`). Layers where ``r (in + out) >= in * out`` would not save
+parameters; they stay whole and the report says so. :func:`planner.models.derive.low_rank_params` predicts
+the resulting parameter count. The factorised module has different state-dict keys (``q_proj.first.weight``),
+so ``from_pretrained`` cannot reload such a checkpoint into the original architecture.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from planner.models.derive import low_rank_rank, low_rank_saves
+from planner.strategy import CompressionStrategy, LowRankSpec
+from executors.steps import register_step
+from executors.steps._recorder import Recorder
+from executors.steps.context import StepContext
+from executors.steps.layout import ModelLayout, linear_like, set_module
+from executors.steps.report import StepReport
+from executors.steps.storage import count_params, state_dict_bytes
+
+_TARGETS = {"all-linear": ("attention", "mlp"), "attention": ("attention",), "mlp": ("mlp",)}
+
+
+class LowRankLinear(nn.Module):
+    """``second(first(x))``: a rank-``r`` replacement of an ``in -> out`` Linear."""
+
+    def __init__(self, first: nn.Linear, second: nn.Linear):
+        super().__init__()
+        self.first = first
+        self.second = second
+        self.in_features = first.in_features
+        self.out_features = second.out_features
+        self.rank = first.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(self.first(x))
+
+
+def factorise(linear: nn.Linear, rank: int) -> LowRankLinear:
+    weight = linear.weight.detach().float()
+    u, s, vh = torch.linalg.svd(weight, full_matrices=False)
+    first = linear_like(linear, s[:rank, None] * vh[:rank], None)
+    second = linear_like(linear, u[:, :rank], linear.bias)
+    return LowRankLinear(first, second)
+
+
+@register_step(LowRankSpec)
+def low_rank(model: nn.Module, spec: LowRankSpec, context: StepContext,
+             strategy: CompressionStrategy) -> tuple[nn.Module, StepReport]:
+    rec = Recorder("low_rank", spec, model)
+    layout = ModelLayout(model)
+    targets = _TARGETS[spec.targets]
+    for site in layout.linear_sites():
+        module = site.module
+        if site.layer is None or site.component not in targets:
+            rec.skip(site.name, f"not a {'/'.join(targets)} Linear of the transformer blocks")
+            continue
+        if not module.weight.is_floating_point():
+            rec.skip(site.name, f"already quantized ({type(module).__name__})")
+            continue
+        rank = low_rank_rank(module.in_features, module.out_features, spec.rank_ratio)
+        if not low_rank_saves(module.in_features, module.out_features, rank):
+            rec.skip(site.name, f"rank {rank} would not save parameters: {rank} x ({module.in_features} + "
+                                f"{module.out_features}) >= {module.in_features} x {module.out_features}")
+            continue
+        before, params = state_dict_bytes(module), count_params(module)
+        new = factorise(module, rank)
+        set_module(model, site.name, new)
+        rec.change(name=site.name, action=f"rank {rank}", params_before=params, params_after=count_params(new),
+                   bytes_before=before, bytes_after=state_dict_bytes(new),
+                   detail={"rank": rank, "in_features": module.in_features, "out_features": module.out_features})
+    rec.notes.append("factorised modules have new state-dict keys (.first/.second): from_pretrained cannot reload "
+                     "them into the original architecture")
+    return model, rec.finish(model, f"{spec.summary()}: {len(rec.modules)} linears factorised, "
+                                    f"{rec.params_before:,} -> {count_params(model):,} params")

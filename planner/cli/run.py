@@ -1,0 +1,151 @@
+"""``fitplan run MODEL_DIR [...]``: apply a compression strategy for real and print measured vs predicted.
+
+Builds a :class:`~planner.strategy.CompressionStrategy` from the flags, calls ``executors.execute``
+(an isolated process per candidate by default) and prints the measurements next to the planner's
+predictions. The result JSON is saved under ``--out`` (default ``./fitplan-runs``); ``--save`` also
+saves the compressed model there. Needs the ``exec`` extra; executors is imported only when the
+command runs, so the rest of the CLI never loads torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from planner.cli._render import add_format_flags, print_frame, print_json, print_mapping
+from planner.errors import InvalidRequestError
+from planner.strategy import (
+    CompressionStrategy,
+    DistillationSpec,
+    LowRankSpec,
+    QuantizationSpec,
+    SparsitySpec,
+)
+
+QUANT_CHOICES = ("nf4", "nf4-dq", "int8", "fp4", "fp4-dq", "bf16", "fp16", "dynamic-int8")
+PATTERN_CHOICES = ("unstructured", "2:4", "4:8", "heads", "ffn", "layers")
+EVAL_CHOICES = ("perplexity", "fidelity", "accuracy")
+DEFAULT_OUT = "fitplan-runs"
+MIB = 2**20
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "run", help="apply a compression strategy to a local model for real and measure it",
+        description="Apply quantization / pruning / distillation / low-rank to a local Hugging Face model "
+                    "directory, measure memory, size, speed and quality, and print them next to the "
+                    "planner's predictions. Needs the exec extra (torch, transformers, bitsandbytes).")
+    parser.add_argument("model_dir", help="local Hugging Face model directory (config.json + weights)")
+    parser.add_argument("--quant", choices=QUANT_CHOICES, help="weight format of the Linear layers")
+    parser.add_argument("--compute-dtype", choices=("fp32", "bf16", "fp16"), default=None,
+                        help="dtype of matmuls and unquantized layers with --quant (default bf16; fp32 for "
+                             "dynamic-int8)")
+    parser.add_argument("--sparsity", type=float, help="fraction removed (weights, heads, FFN channels or layers)")
+    parser.add_argument("--pattern", choices=PATTERN_CHOICES, help="sparsity pattern (default unstructured; 2:4 "
+                        "and 4:8 imply --sparsity 0.5)")
+    parser.add_argument("--distill-depth", type=float, help="student depth / teacher depth (0-1]")
+    parser.add_argument("--distill-width", type=float, help="student MLP width / teacher MLP width (0-1]")
+    parser.add_argument("--distill-steps", type=int, help="distillation training steps (default 200)")
+    parser.add_argument("--low-rank", type=float, help="kept rank ratio of SVD-factorised Linear layers (0-1)")
+    parser.add_argument("--eval", dest="evaluator", choices=EVAL_CHOICES,
+                        help="quality metric (default: perplexity for causal LMs, fidelity for encoders)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    parser.add_argument("--out", default=DEFAULT_OUT, help=f"directory for result JSON (default ./{DEFAULT_OUT})")
+    parser.add_argument("--save", action="store_true", help="also save the compressed model under --out")
+    parser.add_argument("--timeout", type=float, help="seconds before the candidate's process is killed")
+    parser.add_argument("--memory-cap-gib", type=float, help="kill the candidate's process above this RSS (GiB)")
+    parser.add_argument("--in-process", action="store_true", help="run in this process instead of an isolated "
+                        "one (faster; memory peaks then include this process)")
+    parser.add_argument("--no-speed", action="store_true", help="skip the latency measurement")
+    add_format_flags(parser, csv=False)
+    parser.set_defaults(func=run)
+
+
+def strategy_from_args(args: argparse.Namespace) -> CompressionStrategy:
+    """The strategy the flags describe (pydantic validates ranges and combinations)."""
+    parts = {}
+    if args.quant:
+        compute = args.compute_dtype or ("fp32" if args.quant == "dynamic-int8" else "bf16")
+        parts["quantization"] = QuantizationSpec(weights=args.quant, compute_dtype=compute)
+    elif args.compute_dtype:
+        raise InvalidRequestError("--compute-dtype applies to --quant; add --quant or drop --compute-dtype.")
+    if args.sparsity is not None or args.pattern:
+        pattern = args.pattern or "unstructured"
+        level = args.sparsity
+        if level is None:
+            if pattern not in ("2:4", "4:8"):
+                raise InvalidRequestError(f"--pattern {pattern} needs --sparsity (the fraction to remove).")
+            level = 0.5
+        parts["sparsity"] = SparsitySpec(level=level, pattern=pattern)
+    if args.distill_depth is not None or args.distill_width is not None:
+        extra = {"steps": args.distill_steps} if args.distill_steps is not None else {}
+        parts["distillation"] = DistillationSpec(depth_ratio=args.distill_depth, width_ratio=args.distill_width,
+                                                 **extra)
+    elif args.distill_steps is not None:
+        raise InvalidRequestError("--distill-steps needs --distill-depth and/or --distill-width.")
+    if args.low_rank is not None:
+        parts["low_rank"] = LowRankSpec(rank_ratio=args.low_rank)
+    return CompressionStrategy(**parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    model_dir = Path(args.model_dir).expanduser()
+    if not model_dir.is_dir():
+        raise InvalidRequestError(f"model directory {args.model_dir!r} does not exist; pass a local Hugging Face "
+                                  f"model directory (config.json + weights).")
+    strategy = strategy_from_args(args)
+    from executors import execute
+
+    cap = int(args.memory_cap_gib * 2**30) if args.memory_cap_gib else None
+    result = execute(model_dir, strategy, evaluator=args.evaluator, device=args.device, out_dir=args.out,
+                     timeout_s=args.timeout, isolate=not args.in_process, memory_cap_bytes=cap, save=args.save,
+                     speed=not args.no_speed)
+    if args.output == "json":
+        print_json(result.model_dump(mode="json"))
+    else:
+        print_result(result)
+    return 0 if result.ok else 1
+
+
+def _number(value: float | None, unit: str) -> str | None:
+    if value is None:
+        return None
+    if unit == "count":
+        return f"{value:,.0f}"
+    if unit in ("MiB", "ms", "tokens/s"):
+        return f"{value:,.1f}"
+    return f"{value:.4g}"
+
+
+def print_result(result) -> None:  # noqa: ANN001 - ExecutionResult lives in executors
+    import pandas as pd
+
+    head = [("status", result.status), ("strategy", result.strategy_summary), ("model", result.model_dir),
+            ("device", result.device)]
+    if result.reason:
+        head.append(("reason", result.reason))
+    if result.quality:
+        q = result.quality
+        head.append(("quality", f"{q.metric}: {q.compressed:.4g} vs baseline {q.baseline:.4g} "
+                                f"({q.retained_pct:.1f}% retained)"))
+    head.append(("result", result.result_path or "-"))
+    print_mapping("fitplan run", head, "table")
+    if result.comparisons:
+        rows = [{"quantity": c.quantity, "unit": c.unit, "measured": _number(c.measured, c.unit),
+                 "predicted": _number(c.predicted, c.unit), "error %": c.error_pct} for c in result.comparisons]
+        print_frame(pd.DataFrame(rows), "table", title="measured vs predicted", formats={"error %": "{:+.1f}"})
+    if result.phases:
+        rows = [{"phase": p.name, "seconds": p.seconds,
+                 "peak RSS MiB": p.peak_rss_bytes / MIB if p.peak_rss_bytes is not None else None,
+                 "RSS after MiB": p.rss_end_bytes / MIB if p.rss_end_bytes is not None else None}
+                for p in result.phases]
+        print_frame(pd.DataFrame(rows), "table", title="phases")
+    for step in result.steps:
+        skipped = step.get("skipped") or []
+        line = f"step {step.get('step')}: {step.get('summary')}"
+        if skipped:
+            line += f" ({len(skipped)} module(s) skipped: " + "; ".join(
+                f"{s['name']}: {s['reason']}" for s in skipped[:3]) + (" ..." if len(skipped) > 3 else "") + ")"
+        print(line)
+    for note in result.notes + (result.prediction.notes if result.prediction else []):
+        print(f"note: {note}")

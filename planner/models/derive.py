@@ -1,0 +1,218 @@
+"""The model a compression strategy produces, as a new :class:`ModelSpec` (no torch).
+
+A derived student (fewer layers, narrower MLP) or a structurally pruned model (fewer attention heads,
+FFN channels or layers) is a different architecture with its own exact parameter count. This module
+edits the config dict the way :mod:`executors.steps` edits the Hugging Face config of the real model
+and rebuilds the spec with :meth:`ModelSpec.from_config`, so a prediction and a measurement describe the
+same model. The structural rules below are the single source of truth: the torch code calls them.
+
+Rules (documented once, used by planner and executors alike):
+
+- **Rounding** is half-up (``round_half_up(2.5) == 3``), never Python's banker's rounding.
+- **Student depth** (``DistillationSpec.depth_ratio``): ``n = max(1, round_half_up(ratio * L))`` layers at
+  the evenly spaced indices ``round_half_up(i * (L - 1) / (n - 1))``: first and last layer always kept,
+  the rest "every k-th" (DistilBERT kept every other layer of BERT, arXiv 1910.01108).
+- **Student width** (``width_ratio``) and **FFN pruning** (``level``): the MLP keeps
+  ``round_half_up(F * keep)`` channels (the same number in every layer: the config has one
+  ``intermediate_size``). When the strategy later quantizes the MLP to a bitsandbytes 4-bit format the
+  width is rounded to a multiple of 64 (at least 64, at most the largest multiple of 64 <= F): the CPU
+  4-bit kernel needs the output width of gate/up to be a multiple of 32 and the input width of down a
+  multiple of the 64-value quantization block (measured, bitsandbytes 0.50.2; see ENVIRONMENT.md).
+- **Attention heads** (``level``): whole key/value groups are removed, each with the query heads that
+  share it (for MHA a group is one head), so the KV cache shrinks with the heads and every remaining
+  group keeps ``num_heads / num_kv_heads`` query heads. ``kept = max(1, round_half_up(G * (1 - level)))``
+  of the ``G = num_kv_heads`` groups. The per-head width stays; it is written into the config as
+  ``head_dim`` because the head count no longer divides ``hidden_size`` into it. Needs a family whose
+  config carries ``head_dim`` (the Llama-like decoders below): BERT derives the head size from
+  ``hidden_size / num_attention_heads``, so a head-pruned BERT has no valid config.
+- **Whole layers** (``level``): ``max(1, L - round_half_up(level * L))`` layers kept. Which ones the
+  executor drops is measured (lowest block influence on calibration data); this module assumes the
+  evenly spaced pick unless ``kept_layers`` (from the executor's report) is given. Only models whose
+  layers differ (sliding/full attention mixes) need it: the parameter count does not depend on it.
+- Unstructured and N:M sparsity, low-rank factorisation and quantization keep every shape: the spec is
+  returned unchanged (low-rank changes the parameter count: :func:`low_rank_params`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from planner.errors import InvalidRequestError, UnsupportedError
+from planner.models.spec import ModelSpec
+from planner.strategy import CompressionStrategy, LowRankSpec, SparsitySpec
+
+# Decoder families with separate q/k/v/o projections, a gated MLP (gate/up/down) and a head_dim key.
+LLAMA_LIKE_MODEL_TYPES: tuple[str, ...] = ("gemma", "gemma2", "gemma3_text", "llama", "mistral", "qwen2", "qwen3")
+# Families whose layers, MLP width and (for Llama-like) heads the executors can cut.
+STRUCTURED_MODEL_TYPES: tuple[str, ...] = (*LLAMA_LIKE_MODEL_TYPES, "bert")
+HEAD_PRUNABLE_MODEL_TYPES: tuple[str, ...] = LLAMA_LIKE_MODEL_TYPES
+# bitsandbytes 4-bit formats and the width their CPU kernel needs (see module docstring).
+BNB_4BIT_FORMATS: tuple[str, ...] = ("nf4", "nf4-dq", "fp4", "fp4-dq")
+BNB_4BIT_ALIGNMENT = 64
+
+
+def round_half_up(value: float) -> int:
+    """Round to the nearest integer, halves away from zero for positive values (2.5 -> 3)."""
+    return math.floor(value + 0.5)
+
+
+def student_layer_indices(num_layers: int, depth_ratio: float) -> list[int]:
+    """Evenly spaced layers of a ``depth_ratio`` student, first and last included."""
+    count = max(1, round_half_up(depth_ratio * num_layers))
+    if count >= num_layers:
+        return list(range(num_layers))
+    if count == 1:
+        return [0]
+    return [round_half_up(i * (num_layers - 1) / (count - 1)) for i in range(count)]
+
+
+def kept_layer_count(num_layers: int, level: float) -> int:
+    """Layers left after removing the fraction ``level`` of ``num_layers`` (at least one)."""
+    return max(1, num_layers - round_half_up(level * num_layers))
+
+
+def kept_ffn_width(intermediate_size: int, keep_fraction: float, alignment: int = 1) -> int:
+    """MLP channels kept out of ``intermediate_size`` when keeping ``keep_fraction`` of them.
+
+    With ``alignment > 1`` the width is a multiple of it, between ``alignment`` and the largest multiple
+    not above ``intermediate_size`` (a width smaller than ``alignment`` cannot be aligned and is kept).
+    """
+    raw = intermediate_size * keep_fraction
+    if alignment <= 1 or intermediate_size < alignment:
+        return min(intermediate_size, max(1, round_half_up(raw)))
+    ceiling = intermediate_size // alignment * alignment
+    return min(ceiling, max(alignment, round_half_up(raw / alignment) * alignment))
+
+
+def kept_kv_groups(num_kv_heads: int, level: float) -> int:
+    """Key/value groups kept when removing the fraction ``level`` of attention heads (at least one)."""
+    return max(1, round_half_up(num_kv_heads * (1 - level)))
+
+
+def evenly_spaced_kept_layers(num_layers: int, kept: int) -> list[int]:
+    """The default pick of ``kept`` layers out of ``num_layers``: evenly spaced, first and last kept."""
+    return student_layer_indices(num_layers, kept / num_layers)
+
+
+def ffn_alignment(strategy: CompressionStrategy | None) -> int:
+    """Width multiple the MLP must keep for the strategy's later quantization step (1 = none)."""
+    quant = strategy.quantization if strategy is not None else None
+    if quant is not None and quant.format_for("mlp") in BNB_4BIT_FORMATS:
+        return BNB_4BIT_ALIGNMENT
+    return 1
+
+
+def check_structured_support(spec: ModelSpec, what: str, *, heads: bool = False) -> None:
+    """Raise :class:`UnsupportedError` when ``spec``'s family cannot be cut structurally (``what``)."""
+    allowed = HEAD_PRUNABLE_MODEL_TYPES if heads else STRUCTURED_MODEL_TYPES
+    if spec.model_type not in allowed:
+        why = (" (its config derives the head size from hidden_size / num_attention_heads, so fewer heads "
+               "cannot be described)" if heads and spec.model_type == "bert" else "")
+        raise UnsupportedError(f"{what} is not implemented for model_type {spec.model_type!r}{why}. "
+                               f"Supported: {', '.join(allowed)}.")
+
+
+def derive_spec(spec: ModelSpec, strategy: CompressionStrategy, *,
+                kept_layers: Sequence[int] | None = None) -> ModelSpec:
+    """The spec of the model ``strategy`` turns ``spec`` into (same spec if no shape changes).
+
+    ``kept_layers``: indices (into the possibly distilled model) that whole-layer pruning kept, as
+    reported by the executor; default: the evenly spaced pick.
+    """
+    current = spec
+    distill = strategy.distillation
+    if distill is not None and distill.student is not None:
+        from planner.models.resolve import get_model
+
+        current = get_model(distill.student)
+    elif distill is not None:
+        check_structured_support(current, "a derived student")
+        config = dict(current.config)
+        if distill.depth_ratio is not None:
+            config.update(layer_config_updates(current, student_layer_indices(current.num_layers,
+                                                                             distill.depth_ratio)))
+        if distill.width_ratio is not None:
+            config["intermediate_size"] = kept_ffn_width(current.mlp.intermediate_size, distill.width_ratio,
+                                                         ffn_alignment(strategy))
+        current = _rebuild(config, current, strategy)
+
+    sparsity = strategy.sparsity
+    if sparsity is not None and sparsity.structured:
+        current = _structurally_pruned(current, sparsity, strategy, kept_layers)
+    return current
+
+
+def _structurally_pruned(spec: ModelSpec, sparsity: SparsitySpec, strategy: CompressionStrategy,
+                         kept_layers: Sequence[int] | None) -> ModelSpec:
+    config = dict(spec.config)
+    if sparsity.pattern == "layers":
+        check_structured_support(spec, "whole-layer pruning")
+        count = kept_layer_count(spec.num_layers, sparsity.level)
+        indices = list(kept_layers) if kept_layers is not None else evenly_spaced_kept_layers(spec.num_layers, count)
+        if len(indices) != count or len(set(indices)) != count or not all(0 <= i < spec.num_layers for i in indices):
+            raise InvalidRequestError(f"kept_layers must be {count} distinct indices in 0..{spec.num_layers - 1} "
+                                      f"for level {sparsity.level}, got {list(indices)}.")
+        config.update(layer_config_updates(spec, sorted(indices)))
+    elif sparsity.pattern == "ffn":
+        check_structured_support(spec, "FFN-channel pruning")
+        config["intermediate_size"] = kept_ffn_width(spec.mlp.intermediate_size, 1 - sparsity.level,
+                                                     ffn_alignment(strategy))
+    elif sparsity.pattern == "heads":
+        check_structured_support(spec, "attention-head pruning", heads=True)
+        groups = kept_kv_groups(spec.num_kv_heads, sparsity.level)
+        config.update(head_counts_config(spec, groups))
+    return _rebuild(config, spec, strategy)
+
+
+def head_counts_config(spec: ModelSpec, kept_groups: int) -> dict[str, int]:
+    """Config keys of a Llama-like model keeping ``kept_groups`` key/value groups."""
+    per_group = spec.num_heads // spec.num_kv_heads
+    return {"num_attention_heads": kept_groups * per_group, "num_key_value_heads": kept_groups,
+            "head_dim": spec.head_dim}
+
+
+def layer_config_updates(spec: ModelSpec, indices: Sequence[int]) -> dict[str, Any]:
+    """Config keys of ``spec`` keeping only the layers at ``indices`` (layer_types sliced to match)."""
+    updates: dict[str, Any] = {"num_hidden_layers": len(indices)}
+    types = spec.attention.layer_types
+    if "layer_types" in spec.config or len(set(types)) > 1:
+        updates["layer_types"] = [types[i] for i in indices]
+    return updates
+
+
+def _rebuild(config: dict[str, Any], base: ModelSpec, strategy: CompressionStrategy) -> ModelSpec:
+    return ModelSpec.from_config(config, name=f"{base.name} [{strategy.summary()}]", source=base.source)
+
+
+def low_rank_rank(in_features: int, out_features: int, rank_ratio: float) -> int:
+    """Rank of the factorisation of an ``in -> out`` Linear: ``ceil(ratio * min(in, out))``."""
+    return math.ceil(rank_ratio * min(in_features, out_features))
+
+
+def low_rank_saves(in_features: int, out_features: int, rank: int) -> bool:
+    """Whether ``W ~ B A`` with ``A: in -> rank``, ``B: rank -> out`` has fewer weights than ``W``."""
+    return rank * (in_features + out_features) < in_features * out_features
+
+
+_LOW_RANK_COMPONENTS = {"all-linear": ("attention", "mlp"), "attention": ("attention",), "mlp": ("mlp",)}
+
+
+def low_rank_params(spec: ModelSpec, low_rank: LowRankSpec) -> int:
+    """Total parameters after factorising the block Linears ``low_rank`` targets.
+
+    Each targeted ``in -> out`` Linear of the transformer blocks (attention and/or dense MLP projections;
+    not embeddings, lm_head, routers or MoE experts) becomes ``in -> r`` (no bias) and ``r -> out``
+    (the original bias), ``r = ceil(ratio * min(in, out))``: ``r (in + out)`` weights instead of
+    ``in * out``. Layers where that would not save parameters stay whole.
+    """
+    total = spec.params.total
+    for group in spec.linear_groups():
+        if not group.layers or group.component not in _LOW_RANK_COMPONENTS[low_rank.targets]:
+            continue
+        rank = low_rank_rank(group.in_features, group.out_features, low_rank.rank_ratio)
+        if low_rank_saves(group.in_features, group.out_features, rank):
+            saved = group.in_features * group.out_features - rank * (group.in_features + group.out_features)
+            total -= saved * group.count
+    return total
