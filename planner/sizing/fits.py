@@ -166,6 +166,13 @@ def fit_columns(gpu: Any, models: Iterable[Any] | None = None, precisions: Itera
     reasons = np.array([[s.reason for s in per_gpu] for per_gpu in support], dtype=object)[:, fmt_index]
     unsupported = (state == 0) | has_error[None]
     usable = np.array([acc.memory_usable_gib for acc in accs]) * GIB
+    # GPUs of equal capacity (69 catalog entries have 29 sizes) share the longest context and largest
+    # batch of every row: solve once per distinct capacity.
+    distinct: dict[float, int] = {}
+    capacity_of_gpu = np.array([distinct.setdefault(c, len(distinct)) for c in usable.tolist()])
+    capacities = np.array(list(distinct))
+    max_context = table.max_context(batch, capacities)[capacity_of_gpu]
+    max_batch = table.max_batch(context, capacities)[capacity_of_gpu]
     fits = (safe[None] <= usable[:, None]) & ~unsupported
     bandwidth = np.array([acc.memory_bandwidth_gbps or np.nan for acc in accs], dtype=float) * 1e9
     tok_s = batch * bandwidth[:, None] * profile.decode_bandwidth_efficiency * factors[None] / traffic[None]
@@ -194,8 +201,8 @@ def fit_columns(gpu: Any, models: Iterable[Any] | None = None, precisions: Itera
         "usable_gib": (usable / GIB)[gpu_index[order]],
         "headroom_gib": cells(np.where(finite, headroom / GIB, np.nan)),
         "headroom_pct": cells(np.where(finite, 100 * headroom / usable[:, None], np.nan)),
-        "max_context": cells(np.where(unsupported, 0, table.max_context(batch, usable)).astype("int64")),
-        "max_batch": cells(np.where(unsupported, 0, table.max_batch(context, usable)).astype("int64")),
+        "max_context": cells(np.where(unsupported, 0, max_context).astype("int64")),
+        "max_batch": cells(np.where(unsupported, 0, max_batch).astype("int64")),
         "decode_tok_s": cells(np.where(fits, tok_s, np.nan)),
         "note": cells(note[0]),
     }
