@@ -19,11 +19,11 @@ from planner.strategy import (
     DistillationSpec,
     LowRankSpec,
     QuantizationSpec,
+    SPARSITY_PATTERNS,
     SparsitySpec,
 )
 
 QUANT_CHOICES = ("nf4", "nf4-dq", "int8", "fp4", "fp4-dq", "bf16", "fp16", "dynamic-int8")
-PATTERN_CHOICES = ("unstructured", "2:4", "4:8", "heads", "ffn", "layers")
 EVAL_CHOICES = ("perplexity", "fidelity", "accuracy")
 DEFAULT_OUT = "fitplan-runs"
 MIB = 2**20
@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="dtype of matmuls and unquantized layers with --quant (default bf16; fp32 for "
                              "dynamic-int8)")
     parser.add_argument("--sparsity", type=float, help="fraction removed (weights, heads, FFN channels or layers)")
-    parser.add_argument("--pattern", choices=PATTERN_CHOICES, help="sparsity pattern (default unstructured; 2:4 "
+    parser.add_argument("--pattern", choices=SPARSITY_PATTERNS, help="sparsity pattern (default unstructured; 2:4 "
                         "and 4:8 imply --sparsity 0.5)")
     parser.add_argument("--distill-depth", type=float, help="student depth / teacher depth (0-1]")
     parser.add_argument("--distill-width", type=float, help="student MLP width / teacher MLP width (0-1]")
