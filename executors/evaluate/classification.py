@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from executors.evaluate.base import Reference, Score, fingerprint
-from executors.evaluate.embeddings import mean_pooled_embeddings, nearest_neighbours
+from executors.evaluate.embeddings import mean_pooled_embeddings, nearest_neighbours, tokenized_batches
 from executors.evaluate.sentences import default_labels, default_sentences
 from planner.errors import InvalidRequestError
 
@@ -93,11 +93,8 @@ def _head_predictions(model: Any, tokenizer: Any, texts: tuple[str, ...], max_le
     from executors._imports import import_torch
 
     torch = import_torch()
-    device = next(model.parameters()).device
     predictions = []
     with torch.no_grad():
-        for start in range(0, len(texts), batch_size):
-            batch = tokenizer(list(texts[start: start + batch_size]), padding=True, truncation=True,
-                              max_length=max_length, return_tensors="pt").to(device)
+        for batch in tokenized_batches(model, tokenizer, texts, max_length=max_length, batch_size=batch_size):
             predictions.append(model(**batch).logits.argmax(dim=-1).cpu())
     return torch.cat(predictions)

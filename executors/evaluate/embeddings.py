@@ -7,8 +7,17 @@ compared the same way. Embeddings are L2-normalised float32 on the CPU.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
+
+
+def tokenized_batches(model: Any, tokenizer: Any, texts: Sequence[str], *, max_length: int,
+                      batch_size: int) -> Iterator[Any]:
+    """Padded, truncated batches of ``texts`` on the model's device."""
+    device = next(model.parameters()).device
+    for start in range(0, len(texts), batch_size):
+        yield tokenizer(list(texts[start: start + batch_size]), padding=True, truncation=True,
+                        max_length=max_length, return_tensors="pt").to(device)
 
 
 def mean_pooled_embeddings(model: Any, tokenizer: Any, sentences: Sequence[str], *, max_length: int = 64,
@@ -16,12 +25,9 @@ def mean_pooled_embeddings(model: Any, tokenizer: Any, sentences: Sequence[str],
     from executors._imports import import_torch
 
     torch = import_torch()
-    device = next(model.parameters()).device
     rows = []
     with torch.no_grad():
-        for start in range(0, len(sentences), batch_size):
-            batch = tokenizer(list(sentences[start: start + batch_size]), padding=True, truncation=True,
-                              max_length=max_length, return_tensors="pt").to(device)
+        for batch in tokenized_batches(model, tokenizer, sentences, max_length=max_length, batch_size=batch_size):
             output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                            output_hidden_states=True)
             hidden = output.hidden_states[-1].float()
