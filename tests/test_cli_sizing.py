@@ -102,7 +102,7 @@ def test_tables_from_numpy_columns_print_like_dataframes(capsys):
     import numpy as np
     import pandas as pd
 
-    from planner.cli._render import print_columns, print_frame
+    from planner.render import print_columns, print_frame
 
     columns = {"name": np.array(["a [b]", "c"], dtype=object), "count": np.array([1200, 3]),
                "share": np.array([0.25, np.nan]), "ok": np.array([True, False])}

@@ -24,7 +24,7 @@ def test_versions_come_from_metadata():
 
 def test_importing_executors_and_its_light_modules_loads_no_torch():
     code = ("import sys, executors, executors.run, executors.result, executors.isolation, executors.evaluate, "
-            "executors.predict, planner.memory.cpu, planner.cli.run; "
+            "executors.predict, planner.memory.cpu, executors.cli.run; "
             "print(','.join(m for m in ('torch', 'transformers', 'bitsandbytes') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""

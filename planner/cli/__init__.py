@@ -5,6 +5,14 @@ Each sub-command lives in its own module with two functions (the Accelerate patt
 typed call of the library and prints the result (``set_defaults(func=run)``; a command that answers in
 well under a second also sets ``quick=True``, see :func:`console_main`). This module only wires
 them together and turns user errors into one clear line on stderr with exit code 2 (never a traceback).
+
+The planner's own commands (sizing, catalog, registry) are listed in ``COMMAND_MODULES``. The upper
+packages (``executors``: run, fixtures, ...; ``search``: search, results, report, ...) register theirs
+through the ``fitplan.commands`` entry-point group (``pyproject.toml``): each entry names a function
+``register(subparsers)``. The planner never imports them by name, so the dependency arrows keep pointing
+one way (planner <- executors, planner <- search). Plugins are loaded only when the command line names
+a command the planner does not own (or asks for help), so the quick sizing commands do not pay for
+reading the package metadata.
 """
 
 from __future__ import annotations
@@ -13,24 +21,59 @@ import argparse
 import gc
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from planner.cli import estimate as _estimate
 from planner.cli import fits as _fits
-from planner.cli import fixtures as _fixtures
 from planner.cli import hardware as _hardware
 from planner.cli import models as _models
-from planner.cli import run as _run
 from planner.cli import size as _size
 from planner.cli import training_flags as _training_flags  # noqa: F401  (registers the --mode flags)
 
-# Order = order in `fitplan --help`. Each command module is appended here.
-COMMAND_MODULES: list = [_hardware, _models, _estimate, _fits, _size, _run, _fixtures]
+# Order = order in `fitplan --help`; the planner's own commands first, then the registered ones.
+COMMAND_MODULES: list = [_hardware, _models, _estimate, _fits, _size]
+# Top-level command names of COMMAND_MODULES (a command line naming one of them needs no plugins).
+BUILTIN_COMMANDS: frozenset[str] = frozenset({"hardware", "models", "estimate", "fits", "size"})
+PLUGIN_GROUP = "fitplan.commands"
 
 EXIT_USER_ERROR = 2
 
 
-def build_parser() -> argparse.ArgumentParser:
+def plugin_registrars() -> list[tuple[str, Callable[[argparse._SubParsersAction], None]]]:
+    """``(name, register)`` of every ``fitplan.commands`` entry point, sorted by name.
+
+    An entry whose module cannot be imported is reported on stderr (one line) and skipped, so one
+    broken installation does not take the sizing commands down with it.
+    """
+    from importlib.metadata import entry_points
+
+    found = []
+    for entry in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
+        try:
+            found.append((entry.name, entry.load()))
+        except Exception as error:  # noqa: BLE001 - a broken plugin must not break the planner's commands
+            print(f"fitplan: warning: the {entry.name!r} commands are unavailable ({entry.value}: "
+                  f"{_one_line(error)})", file=sys.stderr)
+    return found
+
+
+def _needs_plugins(argv: Sequence[str]) -> bool:
+    """True unless the first command word of ``argv`` is one of the planner's own commands."""
+    words = iter(argv)
+    for word in words:
+        if word == "--hardware-file":
+            next(words, None)
+        elif word.startswith("--hardware-file="):
+            continue
+        elif word.startswith("-"):
+            return True  # --help, --version or a mistake: show everything there is
+        else:
+            return word not in BUILTIN_COMMANDS
+    return True
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``fitplan`` parser; registered plugin commands are added unless ``argv`` names a built-in one."""
     parser = argparse.ArgumentParser(
         prog="fitplan",
         description="Will it fit, what will it cost, and how should I compress it?",
@@ -46,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers.required = True
     for module in COMMAND_MODULES:
         module.register(subparsers)
+    if argv is None or _needs_plugins(argv):
+        for _, register in plugin_registrars():
+            register(subparsers)
     return parser
 
 
@@ -59,7 +105,8 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return _run_command(build_parser().parse_args(argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return _run_command(build_parser(argv).parse_args(argv))
 
 
 def _run_command(args: argparse.Namespace) -> int:
@@ -98,7 +145,8 @@ def console_main() -> int:
     benchmarks/planner_speed.py.
     """
     gc.disable()  # building the parser imports the engine profiles: no cycles either
-    args = build_parser().parse_args()
+    argv = sys.argv[1:]
+    args = build_parser(argv).parse_args(argv)
     if getattr(args, "quick", False):
         # Read when numpy is first imported, which only the command itself does.
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")

@@ -12,7 +12,7 @@ import argparse
 from typing import Any
 
 from planner.cli._options import add_engine_flags, add_model_flags, engine_kwargs, hook_kwargs, run_hooks
-from planner.cli._render import add_format_flags, print_json
+from planner.render import add_format_flags, print_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -80,9 +80,9 @@ def _print_estimate(estimate, speed: dict[str, Any] | None, *, explain: bool) ->
     from rich.markup import escape
     from rich.table import Table
 
-    from planner.cli._render import _console
+    from planner.render import console as make_console
 
-    console = _console()
+    console = make_console()
     a = estimate.assumptions
     tokens = (f"{a.get('prompt_tokens', estimate.seq_len):,} prompt + {a.get('new_tokens', 0):,} new tokens"
               if "prompt_tokens" in a else f"{estimate.seq_len:,} tokens")

@@ -12,7 +12,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from planner.cli._options import add_model_flags, hook_kwargs, run_hooks
-from planner.cli._render import add_format_flags, print_columns, print_frame
+from planner.render import add_format_flags, print_columns, print_frame
 
 if TYPE_CHECKING:
     import numpy as np

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from planner.cli._render import add_format_flags, print_frame, print_json, print_mapping
+from planner.render import add_format_flags, print_frame, print_json, print_mapping
 
 # Summary table: schema field -> column header (units in the header, as in the field names).
 LIST_COLUMNS = {

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from planner.cli._options import add_model_flags, hook_kwargs, run_hooks
-from planner.cli._render import add_format_flags, print_frame
+from planner.render import add_format_flags, print_frame
 
 TABLE_FORMATS = {"usable_gib": "{:.0f}", "gpus": "{:.0f}", "tp": "{:.0f}", "pp": "{:.0f}",
                  "per_gpu_safe_gib": "{:.1f}", "memory_utilization_pct": "{:.0f}%", "decode_tok_s": "{:,.1f}",

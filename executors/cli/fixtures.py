@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from planner.cli._render import add_format_flags, print_mapping
+from planner.render import add_format_flags, print_mapping
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

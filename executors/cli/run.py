@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from planner.cli._render import add_format_flags, print_frame, print_json, print_mapping
+from planner.render import add_format_flags, print_frame, print_json, print_mapping
 from planner.errors import InvalidRequestError
 from planner.strategy import (
     CompressionStrategy,

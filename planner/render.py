@@ -1,4 +1,4 @@
-"""Print results for people (rich tables) or machines (``--json``, ``--csv``).
+"""Print results for people (rich tables) or machines (``--json``, ``--csv``): shared by every command.
 
 Commands hand over a pandas DataFrame (tables) or a dict (single objects) and the chosen format; this
 module is the only place that knows how each format looks. Tables can also come as numpy columns
@@ -99,10 +99,10 @@ def _print_table(headers: list[str], numeric: Sequence[bool], rows: Iterable[Seq
         # Text, not str: cell text such as "[source, 2026] ..." is data, not rich markup (and skipping
         # the markup parser makes a large table render faster).
         table.add_row(*(Text(_cell(value, fmt)) for value, fmt in zip(row, cell_formats)))
-    _console().print(table)
+    console().print(table)
 
 
-def _console():
+def console():
     """A rich console; when stdout is not a terminal (a pipe, a file) tables are not squeezed to 80 columns."""
     from rich.console import Console
 
@@ -141,4 +141,4 @@ def print_mapping(title: str, items: list[tuple[str, Any]], output: str, payload
     table.add_column("value", overflow="fold")
     for key, value in items:
         table.add_row(escape(key), escape(_cell(value, None)))
-    _console().print(table)
+    console().print(table)
