@@ -24,9 +24,9 @@ def test_builtin_commands_do_not_load_plugins():
     choices = parser._subparsers._group_actions[0].choices  # noqa: SLF001
     assert "run" not in choices and "fits" in choices
     code = ("import sys; from planner.cli import main; main(['fits', '--gpu', '16GB', '--model', 'gpt2', '--json']); "
-            "print(','.join(m for m in ('executors', 'search') if m in sys.modules))")
+            "print('loaded:' + ','.join(m for m in ('executors', 'search') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip().splitlines()[-1] == ""
+    assert result.stdout.strip().splitlines()[-1] == "loaded:"
 
 
 def test_planner_source_never_names_the_upper_packages():
