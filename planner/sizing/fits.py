@@ -214,22 +214,28 @@ def decode_speed_columns(table, accs: list[Accelerator], formats: tuple[str, ...
     ``planner.speed.step`` on every (GPU, row) at once (NaN: bandwidth unknown or the row failed)."""
     from planner.speed.engines import get_speed_engine
     from planner.speed.model import moe_experts_run
-    from planner.speed.roofline import decode_flops
-    from planner.speed.step import step_terms
+    from planner.speed.roofline import decode_step_flops
+    from planner.speed.step import matmul_peak, step_terms
 
     speed = get_speed_engine(engine)
     specs = [p.setup.spec if p is not None else None for p in table.prepared]
-    traffic = np.array([r.at(batch) if r is not None else np.nan for r in table.reads]) + table.kv_bytes(batch, context)
-    flops = np.array([decode_flops(s, context, batch) if s is not None else np.nan for s in specs])
+    weights = np.array([r.at(batch) if r is not None else np.nan for r in table.reads])
+    flops = [decode_step_flops(s, context, batch) if s is not None else None for s in specs]
+    linear = np.array([f.linear if f is not None else np.nan for f in flops])
+    attention = np.array([f.attention if f is not None else np.nan for f in flops])
     layers = np.array([s.total_layers if s is not None else 0 for s in specs], dtype=float)
     experts = np.array([moe_experts_run(s, batch) if s is not None else 0.0 for s in specs])
     fmts = [get_format(f) for f in formats]
     factors = np.array([speed.kernel_factor(f)[0] for f in fmts])[fmt_index]
+    compute = np.array([speed.compute_factor(f)[0] for f in fmts])[fmt_index]
     bandwidth = np.array([acc.memory_bandwidth_gbps or np.nan for acc in accs], dtype=float)
-    peak = np.array([[acc.peak_tflops(f.matmul_dtype) or np.nan for f in fmts] for acc in accs], dtype=float)
-    *_, seconds = step_terms(speed, bytes_read=traffic[None], flops=flops[None], bandwidth_gbps=bandwidth[:, None],
-                             peak_tflops=peak[:, fmt_index], mfu=speed.decode_mfu, kernel_factor=factors[None],
-                             layers=layers[None], experts_run=experts[None])
+    vector = np.array([acc.fp32_tflops or np.nan for acc in accs], dtype=float)
+    peak = np.array([[matmul_peak(speed, acc, f.matmul_dtype) or np.nan for f in fmts] for acc in accs], dtype=float)
+    *_, seconds = step_terms(speed, weight_bytes=weights[None], kv_bytes=table.kv_bytes(batch, context)[None],
+                             linear_flops=linear[None], attention_flops=attention[None],
+                             bandwidth_gbps=bandwidth[:, None], peak_tflops=peak[:, fmt_index],
+                             vector_tflops=vector[:, None], mfu=speed.decode_mfu, kernel_factor=factors[None],
+                             compute_factor=compute[None], layers=layers[None], experts_run=experts[None])
     return batch / seconds
 
 
