@@ -50,6 +50,7 @@ RIDGE = 0.1
 MIN_KERNEL_ROWS = 3
 MIN_SUPPORT_ROWS = 5
 MIN_SOURCES = 2
+LLMFIT_EFFICIENCY = 0.55  # llmfit how-it-works: tok/s = bandwidth / model bytes x 0.55
 
 
 @dataclass
@@ -271,6 +272,17 @@ def main() -> None:
         if title.startswith("leave"):
             print(summary(frame, "source").to_string())
             print(summary(frame, "fp_measure").to_string())
+    decode = loso[(loso.fp_measure == "decode_tok_s") & (loso.fp_batch == 1)].copy()
+    rows = work.frame.reset_index().merge(decode[["id"]], on="id")["index"].to_numpy()
+    bandwidth, weights = work.dec["bandwidth"][rows], work.dec["weight_bytes"][rows]
+    decode["llmfit"] = 100 * (bandwidth * 1e9 * LLMFIT_EFFICIENCY / weights / decode.fp_value.to_numpy() - 1).__abs__()
+    print(f"\nbatch-1 decode rows ({len(decode)}): one constant per backend (llmfit: bandwidth / weight bytes x "
+          f"{LLMFIT_EFFICIENCY}) vs this model (leave-one-source-out)")
+    print(pd.DataFrame({"llmfit median_%": decode.groupby("fp_engine").llmfit.median(),
+                        "llmfit within_30%": decode.groupby("fp_engine").llmfit.apply(lambda e: 100 * (e <= 30).mean()),
+                        "fitplan median_%": decode.groupby("fp_engine").abs_pct_error.median(),
+                        "fitplan within_30%": decode.groupby("fp_engine").abs_pct_error.apply(
+                            lambda e: 100 * (e <= 30).mean())}).round(1).to_string())
     target = summary(loso, "fp_engine")
     target = target[target.rows >= 20]
     met = (target["median_%"] <= 25) & (target["within_30%"] >= 65)

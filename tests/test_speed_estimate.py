@@ -192,3 +192,36 @@ def test_geforce_fp16_accumulate_doubles_the_matmul_peak_only_for_engines_that_u
     assert matmul_peak(get_speed_engine("vllm"), acc, "fp16") == acc.peak_tflops("fp16")
     h100 = hardware_db.get("H100 SXM")
     assert matmul_peak(get_speed_engine("llamacpp"), h100, "fp16") == h100.peak_tflops("fp16")
+
+
+def test_recommended_format_follows_the_documented_rule():
+    from planner.sizing.recommend import HEADROOM_PCT, SLOW_FACTOR
+
+    frame = planner.what_fits("RTX 4090", ["meta-llama/Llama-3.1-8B", "Qwen/Qwen3-30B-A3B"])
+    for _, rows in frame.groupby("model", observed=True):
+        best = rows[rows.recommended]
+        assert len(best) == 1
+        best = best.iloc[0]
+        assert best.fits and best.supported is not False
+        fastest = rows[rows.fits].decode_tok_s.max()
+        candidates = rows[rows.fits & (rows.headroom_pct >= HEADROOM_PCT) & (rows.decode_tok_s * SLOW_FACTOR >= fastest)]
+        if len(candidates):
+            assert best.quality_loss_pct <= candidates.quality_loss_pct.min() + 0.5
+            assert best.decode_tok_s * SLOW_FACTOR >= fastest
+    # the slow bitsandbytes int8 kernels are never recommended over a format several times faster
+    llama = frame[frame.model == "meta-llama/Llama-3.1-8B"]
+    assert llama[llama.recommended].precision.iloc[0] != "int8"
+
+
+def test_capacity_only_gpu_does_not_recommend_formats_needing_recent_hardware():
+    frame = planner.what_fits("16GB", ["meta-llama/Llama-3.1-8B", "Qwen/Qwen2.5-7B"])
+    chosen = set(frame[frame.recommended].precision.astype(str))
+    assert chosen and not chosen & {"fp8-block", "bf16", "fp8", "nvfp4"}
+
+
+def test_planner_estimate_stays_callable_after_the_submodule_is_imported():
+    import planner.estimate as module
+    from planner.estimate import Estimate
+
+    assert isinstance(planner.estimate("Qwen/Qwen2.5-0.5B", seq_len=64), Estimate)
+    assert isinstance(module("Qwen/Qwen2.5-0.5B", seq_len=64), Estimate)

@@ -20,6 +20,7 @@ from planner.memory.api import MAX_BATCH, MAX_TOKENS, _positive_int
 from planner.memory.devices import format_support, resolve_gpu
 from planner.memory.engines import get_engine
 from planner.models.resolve import get_model
+from planner.sizing.recommend import loss_of, needs_hardware, recommended
 from planner.sizing.table import GIB, _cached_table
 
 if TYPE_CHECKING:
@@ -50,6 +51,8 @@ COLUMNS: dict[str, str] = {
     "max_batch": "largest batch that fits at this context",
     "decode_tok_s": "decode tokens/s of the whole batch at the full context (planner.speed; NaN when the GPU's "
                     "bandwidth is unknown)",
+    "quality_loss_pct": "typical quality loss of the format (published perplexity increase, %; NaN: no figure)",
+    "recommended": "the format fitplan recommends for this model on this GPU (planner.sizing.recommend.RULE)",
     "note": "why a row cannot run, or a caveat",
 }
 
@@ -186,6 +189,14 @@ def fit_columns(gpu: Any, models: Iterable[Any] | None = None, precisions: Itera
     def cells(array: np.ndarray) -> np.ndarray:
         return array.ravel()[order]
 
+    loss = loss_of(formats)[fmt_index]
+    headroom_pct = np.where(finite, 100 * headroom / usable[:, None], np.nan)
+    decode = np.where(fits, tok_s, np.nan)
+    group = gpu_index * len(names) + np.tile(np.arange(n) // len(formats), g)  # (GPU, model) of each cell
+    unsure = (state == -1) & needs_hardware(formats)[fmt_index][None]
+    best = recommended(cells(group), cells(fits), cells(headroom_pct), np.tile(loss, g)[order], cells(decode),
+                       cells(unsure))
+
     data = {
         "gpu": gpu_index[order],
         "model": row_index // len(formats),
@@ -197,10 +208,12 @@ def fit_columns(gpu: Any, models: Iterable[Any] | None = None, precisions: Itera
         "peak_gib": (peak / GIB)[row_index],
         "usable_gib": (usable / GIB)[gpu_index[order]],
         "headroom_gib": cells(np.where(finite, headroom / GIB, np.nan)),
-        "headroom_pct": cells(np.where(finite, 100 * headroom / usable[:, None], np.nan)),
+        "headroom_pct": cells(headroom_pct),
         "max_context": cells(np.where(unsupported, 0, max_context).astype("int64")),
         "max_batch": cells(np.where(unsupported, 0, max_batch).astype("int64")),
-        "decode_tok_s": cells(np.where(fits, tok_s, np.nan)),
+        "decode_tok_s": cells(decode),
+        "quality_loss_pct": np.tile(loss, g)[order],
+        "recommended": best,
         "note": cells(note[0]),
     }
     categories = {"gpu": [acc.name for acc in accs], "model": list(names), "precision": list(formats),
