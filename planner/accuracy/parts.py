@@ -74,7 +74,7 @@ def model_facts(spec, priors: Priors, training_tokens: float | None = None) -> M
                       embedding_share=p.embeddings / blocks, lm_head_share=p.lm_head / blocks, notes=tuple(notes))
 
 
-def _format_damage(name: str, facts: ModelFacts, priors: Priors, notes: list[str]) -> Damage | None:
+def format_damage(name: str, facts: ModelFacts, priors: Priors, notes: list[str]) -> Damage | None:
     """Damage of a whole model stored in this weight format; None when lossless."""
     fmt = priors.quant_format(name)
     if fmt is not None and fmt.lossless:
@@ -114,20 +114,20 @@ def quantization_damage(q, facts: ModelFacts, priors: Priors) -> PartDamage | No
     body = 1.0 - kept
     weighted: list[tuple[float, Damage]] = []
     for share, fmt in ((facts.attention_share, q.format_for("attention")), (facts.mlp_share, q.format_for("mlp"))):
-        damage = _format_damage(fmt, facts, priors, notes)
+        damage = format_damage(fmt, facts, priors, notes)
         if damage:
             weighted.append((body * share, damage))
     if kept:
-        damage = _format_damage(q.keep_format, facts, priors, notes)
+        damage = format_damage(q.keep_format, facts, priors, notes)
         if damage:
             weighted.append((kept, damage))
     for share, fmt in ((facts.embedding_share, q.embeddings), (facts.lm_head_share, q.lm_head)):
         if fmt:
-            damage = _format_damage(fmt, facts, priors, notes)
+            damage = format_damage(fmt, facts, priors, notes)
             if damage:
                 weighted.append((share, damage))
     if q.kv_cache in KV_FORMATS:
-        damage = _format_damage(KV_FORMATS[q.kv_cache], facts, priors, notes)
+        damage = format_damage(KV_FORMATS[q.kv_cache], facts, priors, notes)
         if damage:
             weighted.append((KV_SHARE, damage))
             notes.append(f"KV cache in {q.kv_cache}: weighted as {KV_SHARE:g} of a whole-model format of the same "
