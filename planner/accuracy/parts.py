@@ -109,23 +109,28 @@ def _mix(weighted: list[tuple[float, Damage]]) -> Damage | None:
 
 
 def quantization_damage(q, facts: ModelFacts, priors: Priors) -> PartDamage | None:
+    """Share-weighted damage of the formats a QuantizationSpec puts on each block's attention and MLP
+    (per-block overrides and kept layers included), embeddings, lm_head and KV cache."""
     notes: list[str] = []
-    kept = min((q.keep_first_layers + q.keep_last_layers) / facts.num_layers, 1.0)
-    body = 1.0 - kept
-    weighted: list[tuple[float, Damage]] = []
-    for share, fmt in ((facts.attention_share, q.format_for("attention")), (facts.mlp_share, q.format_for("mlp"))):
-        damage = format_damage(fmt, facts, priors, notes)
-        if damage:
-            weighted.append((body * share, damage))
-    if kept:
-        damage = format_damage(q.keep_format, facts, priors, notes)
-        if damage:
-            weighted.append((kept, damage))
+    shares: dict[str, float] = {}
+    n = facts.num_layers
+    if q.block_formats or q.keep_first_layers or q.keep_last_layers:
+        for block in range(n):
+            for group, share in (("attention", facts.attention_share), ("mlp", facts.mlp_share)):
+                fmt = q.block_format(block, group, n)
+                shares[fmt] = shares.get(fmt, 0.0) + share / n
+    else:
+        for group, share in (("attention", facts.attention_share), ("mlp", facts.mlp_share)):
+            fmt = q.format_for(group)
+            shares[fmt] = shares.get(fmt, 0.0) + share
     for share, fmt in ((facts.embedding_share, q.embeddings), (facts.lm_head_share, q.lm_head)):
         if fmt:
-            damage = format_damage(fmt, facts, priors, notes)
-            if damage:
-                weighted.append((share, damage))
+            shares[fmt] = shares.get(fmt, 0.0) + share
+    weighted: list[tuple[float, Damage]] = []
+    for fmt, share in shares.items():
+        damage = format_damage(fmt, facts, priors, notes)
+        if damage:
+            weighted.append((share, damage))
     if q.kv_cache in KV_FORMATS:
         damage = format_damage(KV_FORMATS[q.kv_cache], facts, priors, notes)
         if damage:
@@ -152,10 +157,23 @@ def sparsity_damage(sp, facts: ModelFacts, priors: Priors) -> PartDamage:
     if sp.structured:
         share = {"heads": facts.attention_share, "ffn": facts.mlp_share, "layers": 1.0}[sp.pattern]
         return _structure(1.0 - sp.level * share, tokens, facts, priors, sp.summary(), notes)
-    mu, s = priors.rules["sparsity"].predict_log(sparsity_features(
-        sp.level, sp.pattern, sp.method, facts.params, facts.tokens_per_param, tokens, priors.data))
-    return PartDamage("sparsity", sp.summary(), Damage(mu, s), priors.rules["sparsity"].n_rows,
-                      "prior:sparsity", notes)
+    levels: dict[float, float] = {}
+    if sp.block_levels:
+        n = facts.num_layers
+        for block in range(n):
+            for group, share in (("attention", facts.attention_share), ("mlp", facts.mlp_share)):
+                level = sp.block_level(block, group)
+                levels[level] = levels.get(level, 0.0) + share / n
+    else:
+        levels[sp.level] = 1.0
+    weighted = []
+    for level, share in levels.items():
+        if level > 0:
+            mu, s = priors.rules["sparsity"].predict_log(sparsity_features(
+                level, sp.pattern, sp.method, facts.params, facts.tokens_per_param, tokens, priors.data))
+            weighted.append((share, Damage(mu, s)))
+    mixed = _mix(weighted) or Damage(math.log(1e-4), 0.0)
+    return PartDamage("sparsity", sp.summary(), mixed, priors.rules["sparsity"].n_rows, "prior:sparsity", notes)
 
 
 def _structure(kept: float, tokens: float, facts: ModelFacts, priors: Priors, setting: str,

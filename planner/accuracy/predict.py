@@ -114,9 +114,8 @@ def profile_parts(strategy: CompressionStrategy, profile: SensitivityProfile, sc
     if q is not None:
         effects, missing = [], set()
         for block in blocks:
-            keep = block < q.keep_first_layers or block >= n_blocks - q.keep_last_layers
             for group in ("attention", "mlp"):
-                fmt = q.keep_format if keep else q.format_for(group)
+                fmt = q.block_format(block, group, n_blocks)
                 if fmt in ("fp32", "fp16", "bf16"):
                     continue
                 effect = profile.effect(block, group, fmt)
@@ -136,9 +135,11 @@ def profile_parts(strategy: CompressionStrategy, profile: SensitivityProfile, sc
             used += len(effects)
     sp = strategy.sparsity
     if sp is not None and not sp.structured:
-        option = sparsity_option(sp.pattern, sp.level)
-        effects = [profile.effect(b, g, option) for b in blocks for g in ("attention", "mlp")]
-        if all(e is not None for e in effects):
+        wanted = [(b, g, sparsity_option(sp.pattern, sp.block_level(b, g))) for b in blocks
+                  for g in ("attention", "mlp") if sp.block_level(b, g) > 0]
+        effects = [profile.effect(b, g, option) for b, g, option in wanted]
+        option = ", ".join(sorted({o for _, _, o in wanted}))
+        if effects and all(e is not None for e in effects):
             if sp.method != profile.settings.sparsity_method:
                 notes.append(f"profile measured {profile.settings.sparsity_method} sparsity, strategy uses {sp.method}.")
             covered["sparsity"] = PartDamage("sparsity", sp.summary(),
