@@ -4,7 +4,9 @@ For every cited observation the rules are refitted without it and the held-out r
 the table reports, per technique and overall, the median absolute error of the predicted quality
 retained (percentage points on the row's own metric), the share of cited values inside the
 predicted 80% interval (target >= 80%) and the mean interval width (points). Also the in-sample
-figures (all rows fitted) for comparison. Pure arithmetic: no torch, runs in about a second.
+figures (all rows fitted) for comparison, and the cost of one ``predict_quality`` call over a grid of
+strategies for Llama-3.1-8B (target < 100 us per call; first call per part vs cached). Pure arithmetic:
+no torch, runs in a few seconds (timings on a shared machine vary: quote medians).
 
     python benchmarks/accuracy_priors.py [--rows] [--json]
 """
@@ -49,6 +51,49 @@ def summarise(results: list[dict]) -> list[dict]:
              "mean_width_pp": statistics.fmean(r["width"] for r in rs)} for name, rs in groups.items()]
 
 
+def strategy_grid():
+    from planner.strategy import CompressionStrategy, DistillationSpec, QuantizationSpec, SparsitySpec
+
+    formats = ("nf4", "int8", "gptq-int4", "awq-int4", "fp8", "fp4", "nf4-dq", None)
+    sparsity = (None, SparsitySpec(level=0.5, pattern="2:4", method="wanda"), SparsitySpec(level=0.3, method="wanda"),
+                SparsitySpec(level=0.25, pattern="layers"))
+    distill = (None, DistillationSpec(depth_ratio=0.75), DistillationSpec(depth_ratio=0.5, width_ratio=0.75))
+    kv = (None, "fp8")
+    grid = []
+    for fmt in formats:
+        for sp in sparsity:
+            for dist in distill:
+                for cache in kv:
+                    if fmt is None and cache:
+                        continue
+                    q = QuantizationSpec(weights=fmt, kv_cache=cache) if fmt else None
+                    grid.append(CompressionStrategy(quantization=q, sparsity=sp, distillation=dist))
+    return grid
+
+
+def time_predictions(repeats: int = 5) -> dict:
+    import time
+
+    from planner.accuracy import predict_quality
+    from planner.accuracy.predict import _part_cache
+    from planner.models import get_model
+
+    spec = get_model("meta-llama/Llama-3.1-8B")
+    grid = strategy_grid()
+    _part_cache.clear()
+    start = time.perf_counter()
+    for strategy in grid:
+        predict_quality(spec, strategy)
+    cold = (time.perf_counter() - start) / len(grid)
+    warm = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for strategy in grid:
+            predict_quality(spec, strategy)
+        warm.append((time.perf_counter() - start) / len(grid))
+    return {"strategies": len(grid), "cold_us": cold * 1e6, "warm_median_us": statistics.median(warm) * 1e6}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", action="store_true", help="print every held-out row")
@@ -58,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     fitted = evaluate(leave_one_out=False)
     summary = {"leave_one_out": summarise(loo), "in_sample": summarise(fitted)}
     if args.json:
+        summary["speed"] = time_predictions()
         print(json.dumps(summary, indent=1))
         return 0
     if args.rows:
@@ -76,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     met = overall["coverage_80"] >= TARGET_COVERAGE
     print(f"target: leave-one-out coverage >= {TARGET_COVERAGE:.0%}: {'met' if met else 'MISSED'} "
           f"({overall['coverage_80']:.0%})")
+    speed = time_predictions()
+    print(f"predict_quality, Llama-3.1-8B, {speed['strategies']} strategies: first call per part "
+          f"{speed['cold_us']:.0f} us, cached {speed['warm_median_us']:.0f} us per call (target < 100 us)")
     return 0
 
 

@@ -51,6 +51,8 @@ class PartDamage:
     n_rows: int
     source: str
     notes: list[str] = field(default_factory=list)
+    shown: dict = field(default_factory=dict, repr=False, compare=False)
+    """QualityPart views of this damage per (metric scale, basis, n), filled by predict_quality"""
 
 
 def model_facts(spec, priors: Priors, training_tokens: float | None = None) -> ModelFacts:
@@ -178,7 +180,7 @@ def sparsity_damage(sp, facts: ModelFacts, priors: Priors) -> PartDamage:
 
 def _structure(kept: float, tokens: float, facts: ModelFacts, priors: Priors, setting: str,
                notes: list[str]) -> PartDamage:
-    mu, s = priors.rules["structure"].predict_log(structure_features(kept, tokens, facts.params))
+    mu, s = priors.rules["structure"].predict_log(structure_features(kept, tokens, facts.params, priors.data))
     notes = notes + [f"{setting}: keeps {kept:.0%} of the block parameters, {tokens:,.0f} recovery tokens."]
     return PartDamage("structure", setting, Damage(mu, s), priors.rules["structure"].n_rows,
                       "prior:structure", notes)

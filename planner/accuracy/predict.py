@@ -57,7 +57,7 @@ def prior_parts(strategy: CompressionStrategy, facts: ModelFacts, priors: Priors
                        ("low_rank", strategy.low_rank), ("quantization", strategy.quantization)):
         if part is None:
             continue
-        key = (id(priors), facts, kind, part)
+        key = (id(priors), id(facts), kind, tuple(part.__dict__.values()))  # facts live in _facts_cache
         cached = _part_cache.get(key)
         if cached is None:
             if kind == "quantization":
@@ -153,11 +153,16 @@ def profile_parts(strategy: CompressionStrategy, profile: SensitivityProfile, sc
 
 # ------------------------------------------------------------------------------------------------
 def _to_part(p: PartDamage, scale: float, basis: str, n: int) -> QualityPart:
-    return QualityPart(technique=p.technique, setting=p.setting,
-                       retained_pct=retained_from_damage(p.damage.median, scale),
-                       low_pct=retained_from_damage(p.damage.quantile(Z80), scale),
-                       high_pct=retained_from_damage(p.damage.quantile(-Z80), scale),
-                       basis=basis, n_measurements=n, source=p.source)
+    key = (scale, basis, n)
+    shown = p.shown.get(key)
+    if shown is None:
+        # trusted values computed here: model_construct skips validation (this runs per candidate)
+        shown = p.shown[key] = QualityPart.model_construct(
+            technique=p.technique, setting=p.setting, retained_pct=retained_from_damage(p.damage.median, scale),
+            low_pct=retained_from_damage(p.damage.quantile(Z80), scale),
+            high_pct=retained_from_damage(p.damage.quantile(-Z80), scale),
+            basis=basis, n_measurements=n, source=p.source)
+    return shown
 
 
 def predict_quality(spec, strategy: CompressionStrategy, *, profile: SensitivityProfile | None = None,
@@ -177,8 +182,9 @@ def predict_quality(spec, strategy: CompressionStrategy, *, profile: Sensitivity
     facts = _facts(spec, priors, training_tokens)
     notes = list(facts.notes)
     if strategy.is_identity:
-        return QualityPrediction(retained_pct=100.0, low_pct=100.0, high_pct=100.0, basis="prior",
-                                 n_measurements=0, metric=metric, notes=("uncompressed: nothing to predict.",))
+        return QualityPrediction.model_construct(
+            retained_pct=100.0, low_pct=100.0, high_pct=100.0, basis="prior", n_measurements=0, metric=metric,
+            parts=(), interaction_pct=0.0, notes=("uncompressed: nothing to predict.",))
     parts = prior_parts(strategy, facts, priors)
     bases: list[str] = []
     ns: list[int] = []
@@ -230,7 +236,7 @@ def predict_quality(spec, strategy: CompressionStrategy, *, profile: Sensitivity
     retained = retained_from_damage(total.median, scale)
     basis = "profile" if "profile" in bases else "calibrated" if "calibrated" in bases else "prior"
     no_interaction = retained_from_damage(total.median - total.interaction, scale)
-    return QualityPrediction(
+    return QualityPrediction.model_construct(
         retained_pct=retained, low_pct=retained_from_damage(total.high, scale),
         high_pct=retained_from_damage(total.low, scale), basis=basis,
         n_measurements=sum(n for n, b in zip(ns, bases) if b == basis) if parts else 0,

@@ -155,7 +155,7 @@ def coefficient_names(technique: str, data: PriorsFile) -> tuple[str, ...]:
         return ("intercept", "level", "pattern:2:4", "pattern:4:8", "method:magnitude", "method:sparsegpt",
                 "size", "tokens", "recovery", "magnitude_size")
     if technique == "structure":
-        return ("intercept", "removed", "recovery")
+        return ("intercept", "removed", "recovery", "size")
     if technique == "low_rank":
         return ("intercept", "removed")
     raise ValueError(f"unknown technique {technique!r}")
@@ -179,9 +179,10 @@ def sparsity_features(level: float, pattern: str, method: str, params: float, tp
             math.log1p(recovery_tokens / params), size * float(method == "magnitude")]
 
 
-def structure_features(kept: float, recovery_tokens: float, params: float) -> list[float]:
+def structure_features(kept: float, recovery_tokens: float, params: float, data: PriorsFile) -> list[float]:
     kept = min(max(kept, 1e-3), 1 - 1e-6)
-    return [1.0, math.log((1.0 - kept) / kept), math.log1p(recovery_tokens / params)]
+    return [1.0, math.log((1.0 - kept) / kept), math.log1p(recovery_tokens / params),
+            math.log(params / data.pretraining.reference_params)]
 
 
 def low_rank_features(kept: float) -> list[float]:
@@ -202,7 +203,7 @@ def row_features(row: PriorRow, data: PriorsFile) -> tuple[list[float], float]:
         return sparsity_features(float(s["level"]), str(s["pattern"]), str(s["method"]), row.params, tpp,
                                  float(s.get("recovery_tokens", 0.0)), data), math.log(fraction)
     if row.technique == "structure":
-        return structure_features(float(s["kept"]), float(s.get("recovery_tokens", 0.0)), row.params), 0.0
+        return structure_features(float(s["kept"]), float(s.get("recovery_tokens", 0.0)), row.params, data), 0.0
     return low_rank_features(float(s["kept"])), math.log(fraction)
 
 
