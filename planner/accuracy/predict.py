@@ -17,6 +17,7 @@ call costs tens of microseconds once a model's facts are known.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from planner.accuracy.calibration import CalibrationStore
 from planner.accuracy.combine import Damage, combine
@@ -26,7 +27,11 @@ from planner.accuracy.parts import (ModelFacts, PartDamage, distillation_damage,
 from planner.accuracy.priors import Z80, Priors, load_priors
 from planner.accuracy.profile import SensitivityProfile, damage_sum, sparsity_option
 from planner.accuracy.result import QualityPart, QualityPrediction
+from planner.errors import InvalidRequestError
 from planner.strategy import CompressionStrategy
+
+if TYPE_CHECKING:
+    from planner.models import ModelSpec
 
 PROFILE_SIGMA = 0.25
 """log-spread of a profile's additive estimate of one part (measurement noise of the per-block effects and
@@ -165,10 +170,10 @@ def _to_part(p: PartDamage, scale: float, basis: str, n: int) -> QualityPart:
     return shown
 
 
-def predict_quality(spec, strategy: CompressionStrategy, *, profile: SensitivityProfile | None = None,
+def predict_quality(spec: "ModelSpec | str", strategy: CompressionStrategy, *, profile: SensitivityProfile | None = None,
                     calibration: CalibrationStore | None = None, metric: str = "accuracy",
                     training_tokens: float | None = None, priors: Priors | None = None) -> QualityPrediction:
-    """Predicted quality retained by ``spec`` compressed with ``strategy``.
+    """Predicted quality retained by ``spec`` (a ModelSpec or a model name) compressed with ``strategy``.
 
     ``metric``: the family the percentage is expressed in (``accuracy`` by default, see
     :mod:`planner.accuracy.metrics`). ``training_tokens``: the model's pretraining tokens when the
@@ -178,6 +183,17 @@ def predict_quality(spec, strategy: CompressionStrategy, *, profile: Sensitivity
     """
     priors = priors or load_priors()
     metric = check_metric(metric)
+    if isinstance(spec, str):
+        from planner.models import get_model
+
+        spec = get_model(spec)
+    if not isinstance(strategy, CompressionStrategy):
+        raise InvalidRequestError(f"strategy must be a CompressionStrategy (CompressionStrategy.from_json reads "
+                                  f"a file's JSON), got {type(strategy).__name__}.")
+    if training_tokens is not None and not (isinstance(training_tokens, (int, float))
+                                            and math.isfinite(training_tokens) and training_tokens > 0):
+        raise InvalidRequestError(f"training_tokens must be a positive number of pretraining tokens, got "
+                                  f"{training_tokens!r}.")
     scale = priors.metric_scale(metric)
     facts = _facts(spec, priors, training_tokens)
     notes = list(facts.notes)
