@@ -130,7 +130,13 @@ def test_profile_block_drop_and_sparsity_levels(spec):
     depth = predict_quality(spec, CompressionStrategy(distillation=DistillationSpec(depth_ratio=0.5)), profile=profile,
                             metric="perplexity")
     assert depth.basis == "profile"
-    assert depth.retained_pct == pytest.approx(100 * 0.97 ** (spec.num_layers // 2), rel=1e-3)
+    one_shot = 100 * 0.97 ** (spec.num_layers // 2)
+    # 200 distillation steps x 8 x 128 tokens recover a little (structure prior's recovery term)
+    assert one_shot < depth.retained_pct < one_shot + 1.0
+    assert any("one-shot" in n for n in depth.notes)
+    trained = predict_quality(spec, CompressionStrategy(distillation=DistillationSpec(
+        depth_ratio=0.5, steps=50_000, batch_size=64, seq_len=4096)), profile=profile, metric="perplexity")
+    assert trained.retained_pct > depth.retained_pct + 5
 
 
 # -- calibration from the executors' results.jsonl --------------------------------------------------------

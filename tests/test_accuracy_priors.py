@@ -111,3 +111,13 @@ def test_t_quantile():
     assert t90(math.inf) == pytest.approx(1.2816, abs=1e-4)
     assert t90(30) == pytest.approx(1.3104, abs=2e-3)
     assert t90(5) == pytest.approx(1.4759, abs=5e-3)
+
+
+def test_accuracy_scale_is_its_cited_derivation():
+    """Task-accuracy log-loss / perplexity log-loss of the same GGUF formats (Q2_K vs Q4_K_M): Qwen3-8B
+    10-task average 0.6075 / 0.6308 (intel/auto-round) over LLaMA-1-7B perplexity +0.8698 / +0.0535 on
+    F16 5.9 (llama.cpp QUANT_OPTIONS)."""
+    accuracy_loss = -math.log(0.6075 / 0.6308)
+    perplexity_loss = math.log((5.9 + 0.8698) / (5.9 + 0.0535))
+    assert PRIORS.metric_scale("accuracy") == pytest.approx(accuracy_loss / perplexity_loss, abs=0.005)
+    assert PRIORS.metric_scale("perplexity") == 1.0

@@ -97,9 +97,26 @@ def _kept_blocks(strategy: CompressionStrategy, num_blocks: int) -> list[int] | 
     return None
 
 
+def _depth_recovery_tokens(strategy: CompressionStrategy) -> float:
+    """Training tokens that follow a depth change (distillation, or fine-tuning of layer pruning)."""
+    from planner.accuracy.parts import _recovery_tokens
+
+    if strategy.distillation is not None:
+        d = strategy.distillation
+        return float(d.steps * d.batch_size * d.seq_len)
+    if strategy.sparsity is not None:
+        return _recovery_tokens(strategy.sparsity)[0]
+    return 0.0
+
+
 def profile_parts(strategy: CompressionStrategy, profile: SensitivityProfile, scale: float,
-                  notes: list[str]) -> tuple[dict[str, PartDamage], int]:
-    """Parts the profile covers (technique -> damage) and how many entries were used."""
+                  notes: list[str], facts: ModelFacts | None = None,
+                  priors: Priors | None = None) -> tuple[dict[str, PartDamage], int]:
+    """Parts the profile covers (technique -> damage) and how many entries were used.
+
+    Block-drop effects are measured one-shot; when training follows the depth change (distillation
+    steps, fine-tuning steps), the structure rule's recovery factor ``exp(recovery * ln(1 + T/N))`` of
+    the priors scales them down (noted)."""
     n_blocks = profile.model.num_blocks
     covered: dict[str, PartDamage] = {}
     used = 0
@@ -109,9 +126,15 @@ def profile_parts(strategy: CompressionStrategy, profile: SensitivityProfile, sc
         effects = [profile.drop_effect(b) for b in range(n_blocks) if b not in set(kept)]
         if effects and all(e is not None for e in effects):
             key = "structure"
+            mu = math.log(damage_sum(effects, scale))
+            tokens = _depth_recovery_tokens(strategy)
+            if tokens and facts is not None and priors is not None:
+                factor = priors.rules["structure"].coefficients()["recovery"] * math.log1p(tokens / facts.params)
+                mu += factor
+                notes.append(f"profile block-drop effects are one-shot: {tokens:,.0f} training tokens scale their "
+                             f"damage by {math.exp(factor):.2f} (structure prior's recovery term).")
             covered[key] = PartDamage(key, f"drop {len(effects)} of {n_blocks} blocks",
-                                      Damage(math.log(damage_sum(effects, scale)), PROFILE_SIGMA), len(effects),
-                                      "profile:block_drop")
+                                      Damage(mu, PROFILE_SIGMA), len(effects), "profile:block_drop")
             used += len(effects)
         elif effects:
             notes.append("profile lacks block-drop effects for some removed blocks: depth from the priors.")
@@ -214,7 +237,7 @@ def predict_quality(spec: "ModelSpec | str", strategy: CompressionStrategy, *, p
             notes.append(f"sensitivity profile is for {profile.model.name}, not {spec.name}: not applied.")
         else:
             profile_scale = priors.metric_scale(profile.evaluator.metric_family)
-            covered, _ = profile_parts(strategy, profile, profile_scale, notes)
+            covered, _ = profile_parts(strategy, profile, profile_scale, notes, facts, priors)
             for i, p in enumerate(parts):
                 if p.technique in covered:
                     parts[i] = covered.pop(p.technique)
