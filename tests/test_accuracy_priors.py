@@ -121,3 +121,17 @@ def test_accuracy_scale_is_its_cited_derivation():
     perplexity_loss = math.log((5.9 + 0.8698) / (5.9 + 0.0535))
     assert PRIORS.metric_scale("accuracy") == pytest.approx(accuracy_loss / perplexity_loss, abs=0.005)
     assert PRIORS.metric_scale("perplexity") == 1.0
+
+
+def test_smaller_models_are_more_fragile(specs):
+    """Same family and pretraining tokens (Llama 2, 2T): the 7B model loses more than the 70B."""
+    small = predict_quality(specs["meta-llama/Llama-2-7b-hf"], q("nf4")).retained_pct
+    large = predict_quality(specs["meta-llama/Llama-2-70b-hf"], q("nf4")).retained_pct
+    assert small < large
+
+
+def test_pretraining_tokens_table_matches_names():
+    assert PRIORS.pretraining_tokens("meta-llama/Llama-3.2-1B", "llama")[0] == 9e12
+    assert PRIORS.pretraining_tokens("meta-llama/Llama-3.1-8B", "llama")[0] == 15e12
+    assert PRIORS.pretraining_tokens("meta-llama/Llama-2-7b-hf", "llama")[0] == 2e12
+    assert PRIORS.pretraining_tokens("some/unknown-model", "unknown")[0] is None
