@@ -159,6 +159,10 @@ def test_results_jsonl_is_a_calibration_source(tmp_path):
         {"status": "failed", "reason": "OOM", "model_dir": str(model_dir), "strategy": strategy,
          "strategy_summary": "nf4", "device": "cpu", "isolated": True},
     ]
+    from executors.result import ExecutionResult  # the lines are real ExecutionResult JSON (no torch needed)
+
+    for line in lines:
+        ExecutionResult.model_validate(line)
     (runs / "results.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\nnot json\n")
     store = CalibrationStore.load(tmp_path)
     assert len(store) == 1 and store.families == {"llama"}

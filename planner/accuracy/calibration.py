@@ -113,22 +113,25 @@ def _family_of(model_dir: str | None) -> str | None:
         return None
 
 
-def _prior_prediction(model_dir: str, strategy: dict, metric: str | None) -> float | None:
-    """Today's prior prediction for a run that carried none (None if the model cannot be read)."""
+def _prior_prediction(model_dir: str, strategy: dict, metric: str | None,
+                      specs: dict[str, Any] | None = None) -> float | None:
+    """Today's prior prediction for a run that carried none (None if the model cannot be read).
+    ``specs`` caches model specs by directory while a store loads."""
     from planner.accuracy.predict import predict_quality
     from planner.errors import FitplanError
     from planner.models import get_model
     from planner.strategy import CompressionStrategy
 
     try:
-        spec = get_model(model_dir)
+        specs = {} if specs is None else specs
+        spec = specs.get(model_dir) or specs.setdefault(model_dir, get_model(model_dir))
         return predict_quality(spec, CompressionStrategy.model_validate(strategy),
                                metric=metric or "accuracy").retained_pct
     except (FitplanError, ValidationError, OSError):
         return None
 
 
-def record_from_result(payload: dict, source: str) -> CalibrationRecord | None:
+def record_from_result(payload: dict, source: str, specs: dict[str, Any] | None = None) -> CalibrationRecord | None:
     """A record from one executors results.jsonl line (None for a failed or unmeasured run). Without a
     recorded prediction, today's prior prediction is used (``prediction_source="recomputed"``)."""
     quality = payload.get("quality") or {}
@@ -141,7 +144,7 @@ def record_from_result(payload: dict, source: str) -> CalibrationRecord | None:
     metric = metric_family(str(quality.get("metric", "")))
     predicted, how = prediction.get("quality"), "recorded"
     if predicted is None and family is not None:
-        predicted, how = _prior_prediction(str(model_dir), payload.get("strategy") or {}, metric), "recomputed"
+        predicted, how = _prior_prediction(str(model_dir), payload.get("strategy") or {}, metric, specs), "recomputed"
     return CalibrationRecord(
         strategy=payload.get("strategy") or {}, model_name=str(model_dir), family=family,
         params=payload.get("params_baseline"), evaluator=str(quality.get("evaluator")),
@@ -169,6 +172,7 @@ class CalibrationStore:
         if not directory.is_dir():
             raise InvalidConfigError(f"calibration store {directory} is not a directory.")
         records, skipped = [], []
+        specs: dict[str, Any] = {}
         for path in sorted(directory.rglob("*.jsonl")):
             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
                 if not line.strip():
@@ -179,7 +183,7 @@ class CalibrationStore:
                     if payload.get("kind") == RECORD_KIND:
                         record = CalibrationRecord.model_validate(payload)
                     else:
-                        record = record_from_result(payload, where)
+                        record = record_from_result(payload, where, specs)
                 except (json.JSONDecodeError, ValidationError, AttributeError, TypeError, ValueError) as error:
                     skipped.append(f"{where}: not a calibration record ({type(error).__name__})")
                     continue
