@@ -11,7 +11,8 @@ A store is a directory of JSONL files, read recursively (``**/*.jsonl``). Two ki
    is compared with today's prior prediction for its model directory and strategy.
 
 The correction (:meth:`CalibrationStore.correction`): for each record of the same model family that
-used a technique, the log-ratio of measured to predicted damage ``r = ln(d_measured / d_predicted)``
+used a technique, measured on a model of comparable size (within a factor of ``SIZE_FACTOR`` = 8 of the
+predicted model's parameters, when both are known: a tiny test model does not calibrate a 70B one), the log-ratio of measured to predicted damage ``r = ln(d_measured / d_predicted)``
 (metric-independent: both damages are on the record's metric). The prior damage of that technique is
 multiplied by ``exp(n / (n + N0) * mean(r))`` (shrunk towards the prior with ``N0 = 2`` pseudo-records)
 and its log-spread becomes ``sqrt(scatter^2 + sigma_prior^2 * N0 / (N0 + n))``, scatter = the standard
@@ -35,6 +36,7 @@ from planner.errors import InvalidConfigError
 
 RECORD_KIND = "fitplan.calibration_record"
 SHRINK_PSEUDO_RECORDS = 2.0
+SIZE_FACTOR = 8.0
 TECHNIQUE_OF_PART = {"quantization": "quantization", "sparsity": "sparsity", "low_rank": "low_rank",
                      "distillation": "structure"}
 
@@ -164,7 +166,7 @@ class CalibrationStore:
         self.records = tuple(records)
         self.directory = directory
         self.skipped = tuple(skipped or ())
-        self._corrections: dict[tuple[str, str], Correction | None] = {}
+        self._corrections: dict[tuple, Correction | None] = {}
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "CalibrationStore":
@@ -220,11 +222,17 @@ class CalibrationStore:
         technique = TECHNIQUE_OF_PART.get(technique, technique)
         return [r for r in self.records if r.family == family and technique in r.techniques]
 
-    def correction(self, family: str, technique: str) -> Correction | None:
-        """Correction of one technique's prior for one family; None without usable records."""
-        key = (family, technique)
+    def comparable(self, family: str, technique: str, params: float | None) -> list[CalibrationRecord]:
+        """records_for(family, technique) measured on a model within SIZE_FACTOR of ``params``."""
+        return [r for r in self.records_for(family, technique)
+                if params is None or not r.params or 1 / SIZE_FACTOR <= r.params / params <= SIZE_FACTOR]
+
+    def correction(self, family: str, technique: str, params: float | None = None) -> Correction | None:
+        """Correction of one technique's prior for one family (and model size); None without usable
+        records."""
+        key = (family, technique, params)
         if key not in self._corrections:
-            residuals = [r.log_residual for r in self.records_for(family, technique)]
+            residuals = [r.log_residual for r in self.comparable(family, technique, params)]
             residuals = [x for x in residuals if x is not None]
             if not residuals:
                 self._corrections[key] = None

@@ -253,7 +253,7 @@ def predict_quality(spec: "ModelSpec | str", strategy: CompressionStrategy, *, p
         for i, p in enumerate(parts):
             if bases[i] != "prior":
                 continue
-            correction = calibration.correction(facts.family, p.technique)
+            correction = calibration.correction(facts.family, p.technique, facts.params)
             if correction is None:
                 continue
             sigma_prior = p.damage.s
@@ -266,8 +266,13 @@ def predict_quality(spec: "ModelSpec | str", strategy: CompressionStrategy, *, p
             applied = True
         if not applied:
             families = ", ".join(sorted(calibration.families)) or "none"
-            notes.append(f"calibration store has no measured {facts.family} records for these techniques "
-                         f"(families: {families}): not applied.")
+            other_size = sum(len(calibration.records_for(facts.family, p.technique)) for p in parts)
+            if other_size:
+                notes.append(f"calibration store: {other_size} {facts.family} records come from models more than "
+                             f"8x smaller or larger than this one: not applied.")
+            else:
+                notes.append(f"calibration store has no measured {facts.family} records for these techniques "
+                             f"(families: {families}): not applied.")
 
     quality_parts = tuple(_to_part(p, scale, b, n) for p, b, n in zip(parts, bases, ns))
     interaction = priors.interaction
