@@ -120,6 +120,16 @@ def test_profile_rewards_protecting_the_sensitive_block(spec):
     assert b.retained_pct / a.retained_pct == pytest.approx(0.999 / 0.98, rel=1e-3)
 
 
+def test_profile_adds_prior_damage_outside_the_blocks(spec):
+    profile = make_profile(spec, {"nf4": {"attention": 99.9, "mlp": 99.8}})
+    blocks_only = predict_quality(spec, CompressionStrategy(quantization=QuantizationSpec(weights="nf4")), profile=profile)
+    with_head = predict_quality(spec, CompressionStrategy(quantization=QuantizationSpec(weights="nf4", lm_head="nf4",
+                                                                                        kv_cache="int4")),
+                                profile=profile)
+    assert with_head.basis == "profile" and with_head.retained_pct < blocks_only.retained_pct
+    assert any("from the priors" in n for n in with_head.notes)
+
+
 def test_profile_block_drop_and_sparsity_levels(spec):
     profile = make_profile(spec, {"sparsity:unstructured:0.5": {"attention": 99.5, "mlp": 99.0}}, drop=97.0)
     sparse = CompressionStrategy(sparsity=SparsitySpec(level=0.5, method="wanda"))

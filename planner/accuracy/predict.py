@@ -109,6 +109,16 @@ def _depth_recovery_tokens(strategy: CompressionStrategy) -> float:
     return 0.0
 
 
+def _outside_blocks(q, facts: ModelFacts | None, priors: Priors | None) -> Damage | None:
+    """Prior damage of what a QuantizationSpec does outside the blocks (embeddings, lm_head, KV cache)."""
+    if facts is None or priors is None or not (q.embeddings or q.lm_head or q.kv_cache):
+        return None
+    part = quantization_damage(q.model_copy(update={"weights": "bf16", "attention": None, "mlp": None,
+                                                    "block_formats": (), "keep_first_layers": 0,
+                                                    "keep_last_layers": 0}), facts, priors)
+    return part.damage if part is not None else None
+
+
 def profile_parts(strategy: CompressionStrategy, profile: SensitivityProfile, scale: float,
                   notes: list[str], facts: ModelFacts | None = None,
                   priors: Priors | None = None) -> tuple[dict[str, PartDamage], int]:
@@ -154,11 +164,12 @@ def profile_parts(strategy: CompressionStrategy, profile: SensitivityProfile, sc
         if missing:
             notes.append(f"profile has no entries for {', '.join(sorted(missing))}: quantization from the priors.")
         elif effects:
-            extra = [x for x in (q.embeddings, q.lm_head, q.kv_cache) if x]
-            if extra:
-                notes.append("profile covers blocks only: embeddings / lm_head / KV formats are not in its estimate.")
-            covered["quantization"] = PartDamage("quantization", q.summary(),
-                                                 Damage(math.log(damage_sum(effects, scale)), PROFILE_SIGMA),
+            total = damage_sum(effects, scale)
+            rest = _outside_blocks(q, facts, priors)
+            if rest is not None:
+                total += rest.median
+                notes.append("profile covers the blocks; embeddings / lm_head / KV-cache formats come from the priors.")
+            covered["quantization"] = PartDamage("quantization", q.summary(), Damage(math.log(total), PROFILE_SIGMA),
                                                  len(effects), "profile:entries")
             used += len(effects)
     sp = strategy.sparsity
