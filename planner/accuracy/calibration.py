@@ -11,7 +11,7 @@ A store is a directory of JSONL files, read recursively (``**/*.jsonl``). Two ki
    is compared with today's prior prediction for its model directory and strategy.
 
 The correction (:meth:`CalibrationStore.correction`): for each record of the same model family that
-used a technique, measured on a model of comparable size (within a factor of ``SIZE_FACTOR`` = 8 of the
+used this technique alone (a stacked run cannot tell which part was off, so it is not used), measured on a model of comparable size (within a factor of ``SIZE_FACTOR`` = 8 of the
 predicted model's parameters, when both are known: a tiny test model does not calibrate a 70B one), the log-ratio of measured to predicted damage ``r = ln(d_measured / d_predicted)``
 (metric-independent: both damages are on the record's metric). The prior damage of that technique is
 multiplied by ``exp(n / (n + N0) * mean(r))`` (shrunk towards the prior with ``N0 = 2`` pseudo-records)
@@ -223,9 +223,11 @@ class CalibrationStore:
         return [r for r in self.records if r.family == family and technique in r.techniques]
 
     def comparable(self, family: str, technique: str, params: float | None) -> list[CalibrationRecord]:
-        """records_for(family, technique) measured on a model within SIZE_FACTOR of ``params``."""
+        """Records of this family that used only this technique, on a model within SIZE_FACTOR of
+        ``params`` (the records a correction is made of)."""
         return [r for r in self.records_for(family, technique)
-                if params is None or not r.params or 1 / SIZE_FACTOR <= r.params / params <= SIZE_FACTOR]
+                if len(r.techniques) == 1
+                and (params is None or not r.params or 1 / SIZE_FACTOR <= r.params / params <= SIZE_FACTOR)]
 
     def correction(self, family: str, technique: str, params: float | None = None) -> Correction | None:
         """Correction of one technique's prior for one family (and model size); None without usable

@@ -277,10 +277,10 @@ def predict_quality(spec: "ModelSpec | str", strategy: CompressionStrategy, *, p
             applied = True
         if not applied:
             families = ", ".join(sorted(calibration.families)) or "none"
-            other_size = sum(len(calibration.records_for(facts.family, p.technique)) for p in parts)
-            if other_size:
-                notes.append(f"calibration store: {other_size} {facts.family} records come from models more than "
-                             f"8x smaller or larger than this one: not applied.")
+            unusable = sum(len(calibration.records_for(facts.family, p.technique)) for p in parts)
+            if unusable:
+                notes.append(f"calibration store: {unusable} {facts.family} records stack several techniques or "
+                             f"come from models more than 8x smaller or larger than this one: not applied.")
             else:
                 notes.append(f"calibration store has no measured {facts.family} records for these techniques "
                              f"(families: {families}): not applied.")
