@@ -135,3 +135,18 @@ def test_pretraining_tokens_table_matches_names():
     assert PRIORS.pretraining_tokens("meta-llama/Llama-3.1-8B", "llama")[0] == 15e12
     assert PRIORS.pretraining_tokens("meta-llama/Llama-2-7b-hf", "llama")[0] == 2e12
     assert PRIORS.pretraining_tokens("some/unknown-model", "unknown")[0] is None
+
+
+def test_every_strategy_format_has_a_prediction(specs):
+    """Every weight format a strategy may name gets a finite prediction (its own prior, or the
+    bits + group-size fallback with a note); lossless floats predict exactly 100%."""
+    from planner.strategy import WEIGHT_FORMATS
+
+    spec = specs["meta-llama/Llama-3.1-8B"]
+    for fmt in WEIGHT_FORMATS:
+        p = predict_quality(spec, q(fmt))
+        assert 0 < p.low_pct <= p.retained_pct <= p.high_pct <= 100, fmt
+        if fmt in ("fp32", "fp16", "bf16"):
+            assert p.retained_pct == 100.0
+        elif PRIORS.quant_format(fmt) is None:
+            assert any("no specific prior" in n for n in p.notes), fmt
