@@ -22,13 +22,15 @@ _LAZY = {
     "WeightFormat": "planner.formats", "get_format": "planner.formats", "list_formats": "planner.formats",
     "MemoryEstimate": "planner.memory", "MemoryTerm": "planner.memory", "estimate_memory": "planner.memory",
     "what_fits": "planner.sizing", "size_cluster": "planner.sizing",
+    "Constraints": "planner.planning", "Plan": "planner.planning", "plan": "planner.planning",
+    "evaluate_candidate": "planner.planning",
 }
 
 __all__ = [
     "FitplanError", "InvalidConfigError", "InvalidRequestError", "MemoryEstimate", "MemoryTerm", "ModelSpec",
     "OfflineError", "ParamGroup", "ParameterBreakdown", "UnknownFormatError", "UnknownModelError", "UnsupportedError",
     "WeightFormat", "estimate_memory", "get_format", "get_model", "list_formats", "list_models", "size_cluster",
-    "what_fits",
+    "what_fits", "Constraints", "Plan", "plan", "evaluate_candidate",
 ]
 
 

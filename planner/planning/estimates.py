@@ -1,0 +1,122 @@
+"""The planner's one door to the memory / speed / cost model: :func:`deployment`.
+
+Every figure of a candidate (memory, GPUs needed, tokens/s, $/h, $/1M tokens) comes from the shared
+estimator through this function, for the derived architecture (``planner.models.derive``) in the
+candidate's weight format and KV dtype. The planner adds nothing to the physics but the sparse-weight
+bytes of ``sparse_storage`` (which the dense estimator does not know): the resident weight bytes change
+by ``weight_delta_bytes`` (all devices, split evenly over the GPUs), and with a 2:4 kernel the bytes a
+decode step reads change by ``read_delta_bytes``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from planner.memory.result import GIB
+from planner.models.spec import ModelSpec
+from planner.planning.constraints import Constraints
+
+# GPU counts tried when one model copy does not fit on the constraint's count (multiples of it).
+GPU_COUNT_STEPS = (1, 2, 4, 8)
+FINE_TUNING_MODES = {"float": "lora", "bnb": "qlora"}
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """Figures of one (architecture, weight format, KV dtype) on the constraint's hardware.
+
+    ``memory_gib`` and ``fits`` are at the constraint's GPU count; ``gpus_needed`` is the smallest of
+    1, 2, 4, 8 times that count on which it fits (0: none); speed and cost are for ``gpus`` GPUs: the
+    constraint's count when it fits there, else ``gpus_needed`` (else the constraint's count).
+    """
+
+    memory_gib: float
+    weights_gib: float
+    gpus: int
+    gpus_needed: int
+    fits: bool
+    decode_tok_s: float | None
+    prefill_tok_s: float | None
+    usd_per_hour: float | None
+    usd_per_1m_tokens: float | None
+
+
+def deployment(spec: ModelSpec, weight_format: str, kv_dtype: str | None, constraints: Constraints, *,
+               weight_delta_bytes: float = 0.0, read_delta_bytes: float = 0.0,
+               more_gpus: bool = True) -> Deployment:
+    """Memory, speed and cost of ``spec`` in ``weight_format`` under ``constraints`` (raises FitplanError
+    when the estimator rejects the combination, e.g. a format the engine does not run).
+
+    ``more_gpus=False``: figures at the constraint's GPU count only, fitting or not (the speed reference).
+    """
+    base = constraints.gpus
+    first = _at(spec, weight_format, kv_dtype, constraints, base, weight_delta_bytes, read_delta_bytes)
+    if first.fits or not more_gpus:
+        return first
+    for step in GPU_COUNT_STEPS[1:]:
+        more = _at(spec, weight_format, kv_dtype, constraints, base * step, weight_delta_bytes, read_delta_bytes)
+        if more.fits:
+            return replace(more, memory_gib=first.memory_gib, fits=False)
+    return replace(first, gpus_needed=0)
+
+
+def _at(spec: ModelSpec, weight_format: str, kv_dtype: str | None, constraints: Constraints, gpus: int,
+        weight_delta: float, read_delta: float) -> Deployment:
+    limit = constraints.memory_limit_gib()
+    if constraints.mode == "fine-tuning":
+        return _fine_tuning(spec, weight_format, constraints, gpus, weight_delta)
+    from planner.memory.api import build_inference_estimate, prepare_inference
+
+    prepared = prepare_inference(spec, weight_format, batch=constraints.resolved_batch,
+                                 seq_len=constraints.resolved_context, engine=constraints.resolved_engine,
+                                 gpus=gpus, kv_dtype=kv_dtype, gpu=constraints.gpu_accelerator())
+    estimate = build_inference_estimate(prepared)
+    memory = estimate.safe_gib + weight_delta / gpus / GIB
+    weights = estimate.extras["weights_all_devices_gib"] + weight_delta / GIB
+    decode = prefill = hourly = per_million = None
+    acc = prepared.gpu
+    if acc is not None and not acc.is_generic:
+        decode, prefill = _speed(prepared, read_delta)
+        from planner.speed.cost import usd_per_hour, usd_per_million_tokens
+
+        hourly = usd_per_hour(acc, gpus)
+        per_million = usd_per_million_tokens(hourly, decode)
+    fits = memory <= limit
+    return Deployment(memory, weights, gpus, gpus if fits else 0, fits, decode, prefill, hourly, per_million)
+
+
+def _speed(prepared, read_delta: float) -> tuple[float | None, float | None]:
+    """Roofline decode and prefill tokens/s of a prepared request (interim: ``planner.speed`` directly)."""
+    from planner.speed.roofline import ReadBytes, decode_tokens_per_s, prefill_tokens_per_s, read_bytes
+
+    setup, plan = prepared.setup, prepared.plan
+    reads = read_bytes(setup.spec, plan.weights, setup.tp)
+    if read_delta:
+        reads = ReadBytes(reads.dense + read_delta / setup.tp, reads.experts, reads.num_experts,
+                          reads.experts_per_token)
+    kv = plan.kv_coeffs.at(prepared.batch, prepared.tokens.total, plan.window) * setup.pp
+    decode = decode_tokens_per_s(reads, kv, prepared.batch, prepared.gpu, setup.fmt, setup.engine, gpus=setup.tp)
+    prefill = prefill_tokens_per_s(setup.spec, prepared.tokens.prompt, prepared.batch, prepared.gpu, setup.fmt,
+                                   setup.engine, gpus=setup.tp)
+    return decode, prefill
+
+
+def _fine_tuning(spec: ModelSpec, weight_format: str, constraints: Constraints, gpus: int,
+                 weight_delta: float) -> Deployment:
+    """Memory of LoRA (float / int8 base) or QLoRA (bitsandbytes 4-bit base) training on the compressed model."""
+    from planner.errors import UnsupportedError
+    from planner.formats import get_format
+    from planner.memory import estimate_memory
+
+    fmt = get_format(weight_format)
+    mode = "lora" if fmt.name == "int8" else FINE_TUNING_MODES.get(fmt.family)
+    if mode is None or (mode == "qlora" and fmt.bits != 4):
+        raise UnsupportedError(f"fine-tuning needs a float, int8 or bitsandbytes 4-bit base; {fmt.name} has no "
+                               "LoRA/QLoRA path")
+    estimate = estimate_memory(spec, fmt, mode=mode, batch=constraints.resolved_batch,
+                               seq_len=constraints.resolved_context, gpus=gpus, gpu=constraints.gpu_accelerator())
+    memory = estimate.safe_gib + weight_delta / gpus / GIB
+    weights = (estimate.breakdown_gib.get("weights_quantized", 0.0)
+               + estimate.breakdown_gib.get("weights_unquantized", 0.0)) * gpus + weight_delta / GIB
+    fits = memory <= constraints.memory_limit_gib()
+    return Deployment(memory, weights, gpus, gpus if fits else 0, fits, None, None, None, None)
