@@ -155,7 +155,7 @@ class Evaluator:
             skey = (arch, fmt, sparsity.pattern, sparsity.level)
             if skey not in self._sparse:
                 self._sparse[skey] = sparse_storage(spec, get_format(fmt), sparsity,
-                                                    engine=self.constraints.resolved_engine, acc=self.acc)
+                                                    engine=self.constraints.memory_engine, acc=self.acc)
             storage = self._sparse[skey]
             weight_delta += storage.resident_bytes - storage.dense_bytes
             read_delta += storage.read_bytes_delta

@@ -111,9 +111,9 @@ class Constraints(BaseModel):
     def _known_engine(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        from planner.memory.engines import get_engine
+        from planner.speed import get_speed_engine
 
-        return get_engine(value.strip().lower()).name
+        return get_speed_engine(value).name
 
     @field_validator("gpu")
     @classmethod
@@ -169,6 +169,13 @@ class Constraints(BaseModel):
     @property
     def resolved_engine(self) -> str:
         return self.engine or DEFAULT_ENGINE
+
+    @property
+    def memory_engine(self) -> str:
+        """The engine whose memory behaviour and format support apply (speed-only engines map to one)."""
+        from planner.speed import get_speed_engine
+
+        return get_speed_engine(self.resolved_engine).memory_engine
 
     @property
     def resolved_batch(self) -> int:

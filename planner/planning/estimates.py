@@ -62,61 +62,64 @@ def deployment(spec: ModelSpec, weight_format: str, kv_dtype: str | None, constr
 
 def _at(spec: ModelSpec, weight_format: str, kv_dtype: str | None, constraints: Constraints, gpus: int,
         weight_delta: float, read_delta: float) -> Deployment:
+    from planner.estimate import estimate
+
     limit = constraints.memory_limit_gib()
+    acc = constraints.gpu_accelerator()
     if constraints.mode == "fine-tuning":
         return _fine_tuning(spec, weight_format, constraints, gpus, weight_delta)
-    from planner.memory.api import build_inference_estimate, prepare_inference
-
-    prepared = prepare_inference(spec, weight_format, batch=constraints.resolved_batch,
-                                 seq_len=constraints.resolved_context, engine=constraints.resolved_engine,
-                                 gpus=gpus, kv_dtype=kv_dtype, gpu=constraints.gpu_accelerator())
-    estimate = build_inference_estimate(prepared)
-    memory = estimate.safe_gib + weight_delta / gpus / GIB
-    weights = estimate.extras["weights_all_devices_gib"] + weight_delta / GIB
-    decode = prefill = hourly = per_million = None
-    acc = prepared.gpu
-    if acc is not None and not acc.is_generic:
-        decode, prefill = _speed(prepared, read_delta)
-        from planner.speed.cost import usd_per_hour, usd_per_million_tokens
-
-        hourly = usd_per_hour(acc, gpus)
-        per_million = usd_per_million_tokens(hourly, decode)
+    result = estimate(spec, weight_format, gpu=acc, gpus=gpus, engine=constraints.resolved_engine,
+                      batch=constraints.resolved_batch, seq_len=constraints.resolved_context, kv_dtype=kv_dtype)
+    memory = result.memory.safe_gib + weight_delta / gpus / GIB
+    weights = (result.memory.weights_all_devices_gib or 0.0) + weight_delta / GIB
+    speed, cost = result.speed, result.cost
+    if read_delta and speed is not None:
+        speed, cost = _speed_with_read_delta(spec, weight_format, kv_dtype, constraints, gpus, read_delta)
     fits = memory <= limit
-    return Deployment(memory, weights, gpus, gpus if fits else 0, fits, decode, prefill, hourly, per_million)
+    return Deployment(memory, weights, gpus, gpus if fits else 0, fits,
+                      speed.decode_tokens_per_s if speed else None, speed.prefill_tokens_per_s if speed else None,
+                      cost.usd_per_hour if cost else None, cost.usd_per_million_output_tokens if cost else None)
 
 
-def _speed(prepared, read_delta: float) -> tuple[float | None, float | None]:
-    """Roofline decode and prefill tokens/s of a prepared request (interim: ``planner.speed`` directly)."""
-    from planner.speed.roofline import ReadBytes, decode_tokens_per_s, prefill_tokens_per_s, read_bytes
+def _speed_with_read_delta(spec: ModelSpec, weight_format: str, kv_dtype: str | None, constraints: Constraints,
+                           gpus: int, read_delta: float):
+    """Speed and cost when a decode step reads ``read_delta`` more bytes than the one-format weights
+    (2:4 weights read compressed by a sparse kernel; per-group formats): the speed model's own
+    ``predict_speed`` on the changed bytes."""
+    from planner.memory.api import prepare_inference
+    from planner.speed import ReadBytes, estimate_cost, get_speed_engine, predict_speed, read_bytes
 
+    engine = get_speed_engine(constraints.resolved_engine)
+    prepared = prepare_inference(spec, weight_format, batch=constraints.resolved_batch,
+                                 seq_len=constraints.resolved_context, engine=engine.memory_engine, gpus=gpus,
+                                 kv_dtype=kv_dtype, gpu=constraints.gpu_accelerator())
     setup, plan = prepared.setup, prepared.plan
     reads = read_bytes(setup.spec, plan.weights, setup.tp)
-    if read_delta:
-        reads = ReadBytes(reads.dense + read_delta / setup.tp, reads.experts, reads.num_experts,
-                          reads.experts_per_token)
-    kv = plan.kv_coeffs.at(prepared.batch, prepared.tokens.total, plan.window) * setup.pp
-    decode = decode_tokens_per_s(reads, kv, prepared.batch, prepared.gpu, setup.fmt, setup.engine, gpus=setup.tp)
-    prefill = prefill_tokens_per_s(setup.spec, prepared.tokens.prompt, prepared.batch, prepared.gpu, setup.fmt,
-                                   setup.engine, gpus=setup.tp)
-    return decode, prefill
+    reads = ReadBytes(max(0.0, reads.dense + read_delta / setup.tp), reads.experts, reads.num_experts,
+                      reads.experts_per_token)
+    speed = predict_speed(setup.spec, setup.fmt, engine, prepared.gpu, reads=reads,
+                          kv_bytes_at=lambda b, t: plan.kv_coeffs.at(b, t, plan.window), batch=prepared.batch,
+                          prompt=prepared.tokens.prompt, new=prepared.tokens.new, tp=setup.tp, pp=setup.pp)
+    cost = estimate_cost(prepared.gpu, setup.tp * setup.pp, speed.decode_tokens_per_s, speed.prefill_tokens_per_s)
+    return speed, cost
 
 
 def _fine_tuning(spec: ModelSpec, weight_format: str, constraints: Constraints, gpus: int,
                  weight_delta: float) -> Deployment:
     """Memory of LoRA (float / int8 base) or QLoRA (bitsandbytes 4-bit base) training on the compressed model."""
     from planner.errors import UnsupportedError
+    from planner.estimate import estimate
     from planner.formats import get_format
-    from planner.memory import estimate_memory
 
     fmt = get_format(weight_format)
     mode = "lora" if fmt.name == "int8" else FINE_TUNING_MODES.get(fmt.family)
     if mode is None or (mode == "qlora" and fmt.bits != 4):
         raise UnsupportedError(f"fine-tuning needs a float, int8 or bitsandbytes 4-bit base; {fmt.name} has no "
                                "LoRA/QLoRA path")
-    estimate = estimate_memory(spec, fmt, mode=mode, batch=constraints.resolved_batch,
-                               seq_len=constraints.resolved_context, gpus=gpus, gpu=constraints.gpu_accelerator())
-    memory = estimate.safe_gib + weight_delta / gpus / GIB
-    weights = (estimate.breakdown_gib.get("weights_quantized", 0.0)
-               + estimate.breakdown_gib.get("weights_unquantized", 0.0)) * gpus + weight_delta / GIB
+    result = estimate(spec, fmt.name, mode=mode, batch=constraints.resolved_batch,
+                      seq_len=constraints.resolved_context, gpus=gpus, gpu=constraints.gpu_accelerator())
+    memory = result.memory.safe_gib + weight_delta / gpus / GIB
+    weights = (result.memory.breakdown_gib.get("weights_quantized", 0.0)
+               + result.memory.breakdown_gib.get("weights_unquantized", 0.0)) * gpus + weight_delta / GIB
     fits = memory <= constraints.memory_limit_gib()
     return Deployment(memory, weights, gpus, gpus if fits else 0, fits, None, None, None, None)

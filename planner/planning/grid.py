@@ -59,7 +59,7 @@ class Grid(BaseModel):
 def baseline_format(constraints: Constraints) -> str:
     """bf16 where the GPU (and engine) runs it, else fp16: the reference of ``min_speedup``."""
     acc = constraints.gpu_accelerator()
-    support = format_support(get_format("bf16"), acc, constraints.resolved_engine)
+    support = format_support(get_format("bf16"), acc, constraints.memory_engine)
     return "fp16" if support.supported is False else "bf16"
 
 
@@ -72,7 +72,7 @@ def runnable_formats(formats: tuple[str, ...], constraints: Constraints) -> tupl
         fmt = get_format(name)
         if fmt.family == "float" and fmt.name != baseline:
             continue  # the other 16-bit dtype is not a compression
-        support = format_support(fmt, acc, constraints.resolved_engine)
+        support = format_support(fmt, acc, constraints.memory_engine)
         if support.supported is False:
             dropped[fmt.name] = support.reason
         else:
@@ -86,7 +86,7 @@ def runnable_kv_dtypes(kv_dtypes: tuple[str, ...], constraints: Constraints) -> 
     keep: list[str | None] = [None]
     for name in kv_dtypes:
         kv = get_kv_dtype(name)
-        if kv.name in KV_DTYPES and kv_dtype_support(kv, acc, constraints.resolved_engine).supported is not False:
+        if kv.name in KV_DTYPES and kv_dtype_support(kv, acc, constraints.memory_engine).supported is not False:
             keep.append(kv.name)
     return keep
 
