@@ -8,10 +8,21 @@
 - :mod:`flags`: the command-line flags of a ``Constraints`` (shared by ``fitplan plan`` and ``search``).
 """
 
-from planner.planning.candidate import Candidate, Violation, evaluate_candidate
-from planner.planning.constraints import DEPLOYMENT_TARGETS, OBJECTIVES, Constraints, deployment_targets
-from planner.planning.grid import Grid
-from planner.planning.plan import TABLE_COLUMNS, MissedCandidate, Plan, plan
+from planner._lazy import lazy_getattr
+
+# Imported on first use: `fitplan` builds the plan command's flags (planner.planning.flags) for every
+# command line, and that must not pay for numpy, pandas or the estimator.
+_LAZY = {
+    "Candidate": "planner.planning.candidate", "Violation": "planner.planning.candidate",
+    "evaluate_candidate": "planner.planning.candidate",
+    "Constraints": "planner.planning.constraints", "DEPLOYMENT_TARGETS": "planner.planning.constraints",
+    "OBJECTIVES": "planner.planning.constraints", "deployment_targets": "planner.planning.constraints",
+    "Grid": "planner.planning.grid", "compare_formats": "planner.planning.compare",
+    "TABLE_COLUMNS": "planner.planning.plan", "MissedCandidate": "planner.planning.plan",
+    "Plan": "planner.planning.plan", "plan": "planner.planning.plan:plan",
+}
 
 __all__ = ["Candidate", "Constraints", "DEPLOYMENT_TARGETS", "Grid", "MissedCandidate", "OBJECTIVES", "Plan",
-           "TABLE_COLUMNS", "Violation", "deployment_targets", "evaluate_candidate", "plan"]
+           "TABLE_COLUMNS", "Violation", "compare_formats", "deployment_targets", "evaluate_candidate", "plan"]
+
+__getattr__ = lazy_getattr("planner.planning", _LAZY, globals())

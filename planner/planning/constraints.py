@@ -34,9 +34,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from planner._data import read_data_toml
+from planner.planning.names import DEPLOYMENT_TARGETS, OBJECTIVES  # noqa: F401  (re-exported)
 
-DEPLOYMENT_TARGETS: tuple[str, ...] = ("cloud_inference", "edge", "consumer_gpu", "cpu")
-OBJECTIVES: tuple[str, ...] = ("accuracy", "cost", "speed", "memory")
 DEFAULT_BATCH = 1
 DEFAULT_CONTEXT = 4096
 DEFAULT_ENGINE = "hf"
