@@ -91,6 +91,7 @@ class Evaluator:
         self.acc = constraints.gpu_accelerator()
         self._specs: dict[tuple, ModelSpec] = {}
         self._deployments: dict[tuple, Deployment] = {}
+        self._estimates: dict[tuple, Any] = {}
         self._sparse: dict[tuple, Any] = {}
         self._mixed: dict[tuple, tuple[float, float]] = {}
         # The speed reference: the uncompressed model at the constraint's GPU count, fitting or not.
@@ -111,7 +112,8 @@ class Evaluator:
         key = (arch, fmt, kv, round(weight_delta), round(read_delta))
         if key not in self._deployments:
             self._deployments[key] = deployment(spec, fmt, kv, self.constraints, weight_delta_bytes=weight_delta,
-                                                read_delta_bytes=read_delta)
+                                                read_delta_bytes=read_delta, cache=self._estimates,
+                                                key=(arch, fmt, kv))
         return self._deployments[key]
 
     def _mixed_delta(self, spec: ModelSpec, quant: QuantizationSpec, arch: tuple) -> tuple[float, float]:

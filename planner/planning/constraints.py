@@ -31,7 +31,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from planner._data import read_data_toml
 from planner.planning.names import DEPLOYMENT_TARGETS, OBJECTIVES  # noqa: F401  (re-exported)
@@ -91,6 +91,7 @@ class Constraints(BaseModel):
     mode: Literal["inference", "fine-tuning"] = "inference"
     engine: str | None = Field(None, description="hf, vllm, llamacpp or litgpt")
     deployment_target: str | None = Field(None, description=f"preset: {', '.join(DEPLOYMENT_TARGETS)}")
+    _accelerator: Any = PrivateAttr(None)
 
     @field_validator("deployment_target")
     @classmethod
@@ -192,9 +193,11 @@ class Constraints(BaseModel):
         """The target ``hardware_db.Accelerator`` (None without a gpu)."""
         if self.gpu is None:
             return None
-        import hardware_db
+        if self._accelerator is None:  # looked up once per Constraints: plans ask thousands of times
+            import hardware_db
 
-        return hardware_db.get(self.gpu)
+            self._accelerator = hardware_db.get(self.gpu)
+        return self._accelerator
 
     def memory_limit_gib(self) -> float:
         """The per-device budget: min(max_memory_gb, the GPU's usable capacity)."""

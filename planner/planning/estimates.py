@@ -41,44 +41,69 @@ class Deployment:
     usd_per_1m_tokens: float | None
 
 
+@dataclass(frozen=True)
+class _Raw:
+    """What the estimator says for one GPU count, before the planner's weight-byte change."""
+
+    memory_gib: float
+    weights_gib: float
+    decode_tok_s: float | None
+    prefill_tok_s: float | None
+    usd_per_hour: float | None
+    usd_per_1m_tokens: float | None
+
+
 def deployment(spec: ModelSpec, weight_format: str, kv_dtype: str | None, constraints: Constraints, *,
-               weight_delta_bytes: float = 0.0, read_delta_bytes: float = 0.0,
-               more_gpus: bool = True) -> Deployment:
+               weight_delta_bytes: float = 0.0, read_delta_bytes: float = 0.0, more_gpus: bool = True,
+               cache: dict | None = None, key: object = None) -> Deployment:
     """Memory, speed and cost of ``spec`` in ``weight_format`` under ``constraints`` (raises FitplanError
     when the estimator rejects the combination, e.g. a format the engine does not run).
 
     ``more_gpus=False``: figures at the constraint's GPU count only, fitting or not (the speed reference).
+    ``cache`` / ``key``: estimator answers are kept in ``cache`` under ``(key, gpus, read delta)``, where
+    ``key`` identifies (architecture, format, KV dtype); the weight-byte change is applied afterwards,
+    so strategies that differ only in stored sparse bytes share one estimator call.
     """
+    limit = constraints.memory_limit_gib()
+
+    def at(gpus: int) -> Deployment:
+        ident = (key, gpus, round(read_delta_bytes))
+        raw = cache.get(ident) if cache is not None and key is not None else None
+        if raw is None:
+            raw = _estimator(spec, weight_format, kv_dtype, constraints, gpus, read_delta_bytes)
+            if cache is not None and key is not None:
+                cache[ident] = raw
+        memory = raw.memory_gib + weight_delta_bytes / gpus / GIB
+        fits = memory <= limit
+        return Deployment(memory, raw.weights_gib + weight_delta_bytes / GIB, gpus, gpus if fits else 0, fits,
+                          raw.decode_tok_s, raw.prefill_tok_s, raw.usd_per_hour, raw.usd_per_1m_tokens)
+
     base = constraints.gpus
-    first = _at(spec, weight_format, kv_dtype, constraints, base, weight_delta_bytes, read_delta_bytes)
+    first = at(base)
     if first.fits or not more_gpus:
         return first
     for step in GPU_COUNT_STEPS[1:]:
-        more = _at(spec, weight_format, kv_dtype, constraints, base * step, weight_delta_bytes, read_delta_bytes)
+        more = at(base * step)
         if more.fits:
             return replace(more, memory_gib=first.memory_gib, fits=False)
     return replace(first, gpus_needed=0)
 
 
-def _at(spec: ModelSpec, weight_format: str, kv_dtype: str | None, constraints: Constraints, gpus: int,
-        weight_delta: float, read_delta: float) -> Deployment:
+def _estimator(spec: ModelSpec, weight_format: str, kv_dtype: str | None, constraints: Constraints, gpus: int,
+               read_delta: float) -> _Raw:
     from planner.estimate import estimate
 
-    limit = constraints.memory_limit_gib()
-    acc = constraints.gpu_accelerator()
     if constraints.mode == "fine-tuning":
-        return _fine_tuning(spec, weight_format, constraints, gpus, weight_delta)
-    result = estimate(spec, weight_format, gpu=acc, gpus=gpus, engine=constraints.resolved_engine,
-                      batch=constraints.resolved_batch, seq_len=constraints.resolved_context, kv_dtype=kv_dtype)
-    memory = result.memory.safe_gib + weight_delta / gpus / GIB
-    weights = (result.memory.weights_all_devices_gib or 0.0) + weight_delta / GIB
+        return _fine_tuning(spec, weight_format, constraints, gpus)
+    result = estimate(spec, weight_format, gpu=constraints.gpu_accelerator(), gpus=gpus,
+                      engine=constraints.resolved_engine, batch=constraints.resolved_batch,
+                      seq_len=constraints.resolved_context, kv_dtype=kv_dtype)
     speed, cost = result.speed, result.cost
     if read_delta and speed is not None:
         speed, cost = _speed_with_read_delta(spec, weight_format, kv_dtype, constraints, gpus, read_delta)
-    fits = memory <= limit
-    return Deployment(memory, weights, gpus, gpus if fits else 0, fits,
-                      speed.decode_tokens_per_s if speed else None, speed.prefill_tokens_per_s if speed else None,
-                      cost.usd_per_hour if cost else None, cost.usd_per_million_output_tokens if cost else None)
+    return _Raw(result.memory.safe_gib, result.memory.weights_all_devices_gib or 0.0,
+                speed.decode_tokens_per_s if speed else None, speed.prefill_tokens_per_s if speed else None,
+                cost.usd_per_hour if cost else None, cost.usd_per_million_output_tokens if cost else None)
 
 
 def _speed_with_read_delta(spec: ModelSpec, weight_format: str, kv_dtype: str | None, constraints: Constraints,
@@ -104,8 +129,7 @@ def _speed_with_read_delta(spec: ModelSpec, weight_format: str, kv_dtype: str | 
     return speed, cost
 
 
-def _fine_tuning(spec: ModelSpec, weight_format: str, constraints: Constraints, gpus: int,
-                 weight_delta: float) -> Deployment:
+def _fine_tuning(spec: ModelSpec, weight_format: str, constraints: Constraints, gpus: int) -> _Raw:
     """Memory of LoRA (float / int8 base) or QLoRA (bitsandbytes 4-bit base) training on the compressed model."""
     from planner.errors import UnsupportedError
     from planner.estimate import estimate
@@ -118,8 +142,6 @@ def _fine_tuning(spec: ModelSpec, weight_format: str, constraints: Constraints, 
                                "LoRA/QLoRA path")
     result = estimate(spec, fmt.name, mode=mode, batch=constraints.resolved_batch,
                       seq_len=constraints.resolved_context, gpus=gpus, gpu=constraints.gpu_accelerator())
-    memory = result.memory.safe_gib + weight_delta / gpus / GIB
     weights = (result.memory.breakdown_gib.get("weights_quantized", 0.0)
-               + result.memory.breakdown_gib.get("weights_unquantized", 0.0)) * gpus + weight_delta / GIB
-    fits = memory <= constraints.memory_limit_gib()
-    return Deployment(memory, weights, gpus, gpus if fits else 0, fits, None, None, None, None)
+               + result.memory.breakdown_gib.get("weights_unquantized", 0.0)) * gpus
+    return _Raw(result.memory.safe_gib, weights, None, None, None, None)

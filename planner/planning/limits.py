@@ -49,7 +49,7 @@ def format_value(limit: Limit, value: float) -> str:
     if limit.unit.startswith("$"):
         return f"${value:,.2f}{limit.unit[1:]}"
     if limit.unit == "%":
-        return f"{value:.1f}%"
+        return f"{value:.2f}%" if abs(value) < 1 else f"{value:.1f}%"
     if limit.unit == "tok/s":
         return f"{value:,.0f} tok/s"
     return f"{value:.1f} {limit.unit}"

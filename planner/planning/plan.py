@@ -83,22 +83,32 @@ class MissedCandidate:
 class Plan:
     """The answer of :func:`plan`: ranked candidates, Pareto front, recommendation, nearest misses."""
 
-    def __init__(self, *, model: str, constraints: Constraints, objective: str, frame, strategies, recommended,
-                 reason: str, nearest_misses: list[MissedCandidate], relaxations: list[str], binding: str | None,
-                 excluded_formats: dict[str, str], baseline: dict[str, Any], notes: list[str]):
+    def __init__(self, *, model: str, constraints: Constraints, objective: str, state: _Grid, misses: int,
+                 excluded_formats: dict[str, str]):
         self.model = model
         self.constraints = constraints
         self.objective = objective
-        self._frame = frame
-        self._strategies = strategies
-        self.recommended: Candidate | None = recommended
-        self.reason = reason
-        self.nearest_misses = nearest_misses
-        self.relaxations = relaxations
-        self.binding = binding
         self.excluded_formats = excluded_formats
-        self.baseline = baseline
-        self.notes = notes
+        self._state = state
+        self._misses = misses
+        self._load(_assemble(state, objective, misses))
+
+    def _load(self, parts: dict[str, Any]) -> None:
+        self._frame = parts["frame"]
+        self._strategies: list[CompressionStrategy] = parts["strategies"]
+        self.recommended: Candidate | None = parts["recommended"]
+        self.reason: str = parts["reason"]
+        self.nearest_misses: list[MissedCandidate] = parts["nearest_misses"]
+        self.relaxations: list[str] = parts["relaxations"]
+        self.binding: str | None = parts["binding"]
+        self.baseline: dict[str, Any] = parts["baseline"]
+        self.notes: list[str] = parts["notes"]
+
+    def evaluate_all(self) -> None:
+        """Run every candidate through the memory/speed model (those beyond max_accuracy_loss included)."""
+        if not self._frame["_evaluated"].all():
+            self._state.complete()
+            self._load(_assemble(self._state, self.objective, self._misses))
 
     @property
     def n_candidates(self) -> int:
@@ -110,6 +120,8 @@ class Plan:
 
     def table(self, which: str = "feasible"):
         """A DataFrame with :data:`TABLE_COLUMNS`: ``feasible`` (ranked), ``pareto`` or ``all`` candidates."""
+        if which == "all":
+            self.evaluate_all()
         frame = self._frame
         if which == "feasible":
             frame = frame[frame["feasible"]]
@@ -208,72 +220,190 @@ def plan(model: Any, constraints: Constraints | dict, *, objective: str = "accur
             gc.enable()
 
 
-def _plan(spec, constraints: Constraints, objective: str, profile, calibration, grid, misses: int) -> Plan:
-    import pandas as pd
+_DESCRIPTOR_COLUMNS = ["strategy", "weights", "kv_cache", "sparsity", "distillation", "retained_pct",
+                       "retained_low_pct", "retained_high_pct", "basis", "n_measurements", "loss_pct"]
+_FIGURE_COLUMNS = ["params_b", "memory_gib", "fits", "gpus_needed", "tokens_per_s", "prefill_tokens_per_s",
+                   "speedup", "usd_per_hour", "usd_per_1m_tokens"]
+_FILL_CHUNK = 16
 
+
+class _Grid:
+    """The grid being planned: candidates in enumeration order, evaluated against the estimator in stages.
+
+    Predicted quality is cheap and computed for every strategy first. With ``max_accuracy_loss`` set,
+    only the strategies within it go through the estimator at once; the others are evaluated when an
+    answer needs them (nearest misses, the accuracy relaxation, ``Plan.table('all')``). A candidate is
+    feasible only once evaluated, so no answer rests on a figure that was not computed.
+    """
+
+    def __init__(self, evaluator: Evaluator, strategies: list[CompressionStrategy], limits: dict[str, float]):
+        import pandas as pd
+
+        self.evaluator = evaluator
+        self.strategies = strategies
+        self.limits = limits
+        records = []
+        for strategy in strategies:
+            quality = evaluator.predict(strategy)
+            quant, sparsity, distill = strategy.quantization, strategy.sparsity, strategy.distillation
+            records.append((strategy.summary(), quant.weights if quant else evaluator.baseline_format,
+                            (quant.kv_cache if quant else None) or "-", sparsity.summary() if sparsity else "-",
+                            distill.summary() if distill else "-", quality.retained_pct, quality.low_pct,
+                            quality.high_pct, quality.basis, quality.n_measurements, quality.loss_pct))
+        frame = pd.DataFrame.from_records(records, columns=_DESCRIPTOR_COLUMNS)
+        for name in _FIGURE_COLUMNS:
+            frame[name] = np.nan
+        frame["fits"] = False
+        frame["gpus_needed"] = 0
+        frame["_evaluated"] = False
+        frame["_rejected"] = False
+        self.frame = frame
+
+    def fill(self, rows) -> None:
+        """Evaluate memory, speed and cost of ``rows`` (positions) not evaluated yet."""
+        frame, evaluator = self.frame, self.evaluator
+        evaluated, rejected = frame["_evaluated"].to_numpy(copy=True), frame["_rejected"].to_numpy(copy=True)
+        values = {name: frame[name].to_numpy(dtype=float if name not in ("fits", "gpus_needed") else object,
+                                             copy=True) for name in _FIGURE_COLUMNS}
+        for i in rows:
+            if evaluated[i]:
+                continue
+            evaluated[i] = True
+            try:
+                derived, figures, _ = evaluator.figures(self.strategies[i])
+            except FitplanError:
+                rejected[i] = True  # a combination the estimator rejects (e.g. too few layers): not a candidate
+                continue
+            for name, value in (("params_b", derived.params.total / 1e9), ("memory_gib", figures.memory_gib),
+                                ("fits", figures.fits), ("gpus_needed", figures.gpus_needed),
+                                ("tokens_per_s", figures.decode_tok_s), ("prefill_tokens_per_s", figures.prefill_tok_s),
+                                ("speedup", evaluator.speedup(figures)), ("usd_per_hour", figures.usd_per_hour),
+                                ("usd_per_1m_tokens", figures.usd_per_1m_tokens)):
+                values[name][i] = np.nan if value is None else value
+        for name, column in values.items():
+            frame[name] = column
+        frame["fits"] = frame["fits"].astype(bool)
+        frame["gpus_needed"] = frame["gpus_needed"].astype(int)
+        frame["_evaluated"] = evaluated
+        frame["_rejected"] = rejected
+
+    def amounts(self) -> dict[str, np.ndarray]:
+        """Violation amount of every limit per row (NaN: not evaluated yet, so unknown)."""
+        evaluated = self.frame["_evaluated"].to_numpy()
+        out = {}
+        for name, bound in self.limits.items():
+            limit = LIMITS[name]
+            amount = violation_amounts(self.frame[limit.column].to_numpy(dtype=float), limit, bound)
+            out[name] = amount if name == "max_accuracy_loss" else np.where(evaluated, amount, np.nan)
+        return out
+
+    def relative(self, amounts: dict[str, np.ndarray]) -> np.ndarray:
+        """Sum of violations relative to their limits (unknown parts count as 0: a lower bound)."""
+        total = np.zeros(len(self.frame))
+        for name, amount in amounts.items():
+            total += np.nan_to_num(amount, nan=0.0) / max(abs(self.limits[name]), 1e-12)
+        return total
+
+    def infeasible_order(self, amounts: dict[str, np.ndarray]) -> list[int]:
+        feasible = self.feasible(amounts)
+        relative = self.relative(amounts)
+        candidates = np.nonzero(~feasible & ~self.frame["_rejected"].to_numpy())[0]
+        return [int(i) for i in candidates[np.argsort(relative[candidates], kind="stable")]]
+
+    def feasible(self, amounts: dict[str, np.ndarray]) -> np.ndarray:
+        ok = self.frame["_evaluated"].to_numpy() & ~self.frame["_rejected"].to_numpy()
+        for amount in amounts.values():
+            ok &= np.nan_to_num(amount, nan=1.0) <= 0
+        return ok
+
+    def settle_misses(self, count: int) -> None:
+        """Evaluate until the ``count`` nearest misses are all fully evaluated (their order is then exact)."""
+        while count > 0:
+            top = self.infeasible_order(self.amounts())[:count]
+            todo = [i for i in top if not self.frame.at[i, "_evaluated"]]
+            if not todo:
+                return
+            self.fill(todo)
+
+    def settle_accuracy_relaxation(self) -> None:
+        """Evaluate the candidates beyond max_accuracy_loss, least loss first, until one meets every other limit."""
+        if "max_accuracy_loss" not in self.limits:
+            return
+        loss = self.frame["loss_pct"].to_numpy(dtype=float)
+        waiting = [int(i) for i in np.argsort(loss, kind="stable") if not self.frame.at[int(i), "_evaluated"]]
+        for start in range(0, len(waiting), _FILL_CHUNK):
+            chunk = waiting[start:start + _FILL_CHUNK]
+            self.fill(chunk)
+            amounts = self.amounts()
+            others = [a for name, a in amounts.items() if name != "max_accuracy_loss"]
+            passes = np.ones(len(chunk), dtype=bool)
+            for amount in others:
+                passes &= np.nan_to_num(amount[chunk], nan=1.0) <= 0
+            if passes.any() and not self.frame["_rejected"].to_numpy()[chunk][passes].all():
+                return
+
+    def complete(self) -> None:
+        self.fill(range(len(self.frame)))
+
+
+def _plan(spec, constraints: Constraints, objective: str, profile, calibration, grid, misses: int) -> Plan:
     evaluator = Evaluator(spec, constraints, profile=profile, calibration=calibration)
     strategies, excluded = enumerate_strategies(spec, constraints, grid)
-    records = []
-    kept: list[CompressionStrategy] = []
-    for strategy in strategies:
-        try:
-            derived, figures, _ = evaluator.figures(strategy)
-        except FitplanError:
-            continue  # a combination the estimator rejects (e.g. too few layers for the GPUs): not a candidate
-        quality = evaluator.predict(strategy)
-        quant, sparsity, distill = strategy.quantization, strategy.sparsity, strategy.distillation
-        records.append((
-            strategy.summary(), quant.weights if quant else evaluator.baseline_format,
-            (quant.kv_cache if quant else None) or "-", sparsity.summary() if sparsity else "-",
-            distill.summary() if distill else "-", quality.retained_pct, quality.low_pct, quality.high_pct,
-            quality.basis, quality.n_measurements, quality.loss_pct, derived.params.total / 1e9, figures.memory_gib,
-            figures.fits, figures.gpus_needed, figures.decode_tok_s, figures.prefill_tok_s, evaluator.speedup(figures),
-            figures.usd_per_hour, figures.usd_per_1m_tokens))
-        kept.append(strategy)
-    columns = ["strategy", "weights", "kv_cache", "sparsity", "distillation", "retained_pct", "retained_low_pct",
-               "retained_high_pct", "basis", "n_measurements", "loss_pct", "params_b", "memory_gib", "fits",
-               "gpus_needed", "tokens_per_s", "prefill_tokens_per_s", "speedup", "usd_per_hour", "usd_per_1m_tokens"]
-    frame = pd.DataFrame.from_records(records, columns=columns)
-    for name in ("tokens_per_s", "prefill_tokens_per_s", "speedup", "usd_per_hour", "usd_per_1m_tokens"):
-        frame[name] = frame[name].astype(float)
     limits = constraints.active_limits()
-    amounts = {name: violation_amounts(frame[LIMITS[name].column].to_numpy(dtype=float), LIMITS[name], bound)
-               for name, bound in limits.items()}
-    violated = np.zeros(len(frame), dtype=bool)
-    relative = np.zeros(len(frame))
-    for name, amount in amounts.items():
-        violated |= amount > 0
-        relative += amount / max(abs(limits[name]), 1e-12)
-    frame["feasible"] = ~violated
-    frame["_relative"] = relative
-    # Rows in answer order: feasible ranked by the objective, then the rest from the nearest miss outwards.
-    order = _ranking(frame, objective)
-    feasible = frame["feasible"].to_numpy()
-    ordered = [i for i in order if feasible[i]] + sorted((i for i in order if not feasible[i]),
-                                                         key=lambda i: relative[i])
-    frame = frame.iloc[ordered].reset_index(drop=True)
-    kept = [kept[i] for i in ordered]
+    state = _Grid(evaluator, strategies, limits)
+    if "max_accuracy_loss" in limits:
+        state.fill(np.nonzero(state.frame["loss_pct"].to_numpy(dtype=float) <= limits["max_accuracy_loss"])[0])
+    else:
+        state.complete()
+    state.settle_misses(max(0, misses))
+    amounts = state.amounts()
+    if not state.feasible(amounts).any():
+        state.settle_accuracy_relaxation()
+    return Plan(model=spec.name, constraints=constraints, objective=objective, state=state, misses=misses,
+                excluded_formats=excluded)
+
+
+def _assemble(state: _Grid, objective: str, misses: int) -> dict[str, Any]:
+    """The ordered table, recommendation, misses, relaxations and binding limit of the grid's current state."""
+    import pandas as pd
+
+    constraints, evaluator, limits = state.evaluator.constraints, state.evaluator, state.limits
+    amounts = state.amounts()
+    feasible = state.feasible(amounts)
+    keep = ~state.frame["_rejected"].to_numpy()
+    order = _ranking(state.frame, objective)
+    ordered = [i for i in order if feasible[i]] + [i for i in state.infeasible_order(amounts)]
+    ordered = [i for i in ordered if keep[i]]
+    frame = state.frame.iloc[ordered].reset_index(drop=True)
     amounts = {name: amount[ordered] for name, amount in amounts.items()}
-    n_feasible = int(frame["feasible"].sum())
+    n_feasible = int(feasible[ordered].sum())
+    frame["feasible"] = feasible[ordered]
     frame["violations"] = _violation_texts(frame, amounts, limits)
     frame["rank"] = pd.array(list(range(1, n_feasible + 1)) + [None] * (len(frame) - n_feasible), dtype="Int64")
     frame["pareto"] = _pareto(frame, objective)
+    strategies = [state.strategies[i] for i in ordered]
 
     notes = []
     if objective == "cost" and frame["usd_per_1m_tokens"].isna().all():
         notes.append("no cloud price for this GPU: the cost objective fell back to predicted loss")
+    unevaluated = int((~frame["_evaluated"]).sum())
+    if unevaluated:
+        notes.append(f"{unevaluated} candidates beyond max_accuracy_loss were not run through the memory/speed "
+                     "model (Plan.table('all') or --all evaluates them)")
     recommended, reason = None, ""
     if n_feasible:
-        recommended = evaluator.evaluate(kept[0])
+        recommended = evaluator.evaluate(strategies[0])
         reason = _reason(frame.iloc[0], objective, n_feasible, constraints)
     miss_rows = list(range(n_feasible, min(len(frame), n_feasible + max(0, misses))))
-    nearest = [MissedCandidate(evaluator.evaluate(kept[i]), _hint(frame, i, amounts)) for i in miss_rows]
+    nearest = [MissedCandidate(evaluator.evaluate(strategies[i]), _hint(frame, i, amounts)) for i in miss_rows]
     relaxations = _relaxations(frame, amounts, limits, constraints)
     binding = None
     if amounts:
-        counts = {name: int((amount > 0).sum()) for name, amount in amounts.items()}
+        counts = {name: int((np.nan_to_num(amount, nan=0.0) > 0).sum()) for name, amount in amounts.items()}
+        checked = {name: int((~np.isnan(amount)).sum()) for name, amount in amounts.items()}
         top = max(counts, key=counts.get)
-        binding = f"{top} ({counts[top]} of {len(frame)} candidates violate it)" if counts[top] else None
+        binding = (f"{top} ({counts[top]} of the {checked[top]} candidates checked against it violate it)"
+                   if counts[top] else None)
     if not n_feasible:
         reason = (f"The binding limit is {binding}. " if binding else "") + (
             relaxations[0] if relaxations else "No single relaxation admits a candidate; see the nearest misses.")
@@ -281,9 +411,8 @@ def _plan(spec, constraints: Constraints, objective: str, profile, calibration, 
     baseline = {"format": evaluator.baseline_format, "memory_gib": base.memory_gib,
                 "decode_tokens_per_s": base.decode_tok_s, "prefill_tokens_per_s": base.prefill_tok_s,
                 "gpus": base.gpus}
-    return Plan(model=spec.name, constraints=constraints, objective=objective, frame=frame,
-                strategies=kept, recommended=recommended, reason=reason, nearest_misses=nearest,
-                relaxations=relaxations, binding=binding, excluded_formats=excluded, baseline=baseline, notes=notes)
+    return dict(frame=frame, strategies=strategies, recommended=recommended, reason=reason, nearest_misses=nearest,
+                relaxations=relaxations, binding=binding, baseline=baseline, notes=notes)
 
 
 def _violation_texts(frame, amounts: dict[str, np.ndarray], limits: dict[str, float]) -> list[str]:
