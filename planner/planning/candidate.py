@@ -67,7 +67,7 @@ class Candidate(BaseModel):
     weights_gib: float | None = Field(description="resident weights, all GPUs")
     fits: bool
     gpus: int
-    gpus_needed: int = Field(description="GPUs one copy needs (0: more than 8x the constraint's count)")
+    gpus_needed: int = Field(description="GPUs one copy needs (0: more than 16x the constraint's count)")
     tokens_per_s: float | None = Field(description="decode tokens/s of the whole batch")
     prefill_tokens_per_s: float | None
     speedup: float | None

@@ -19,7 +19,7 @@ SEED_CONTEXT = 2048
 COMPARE_COLUMNS: dict[str, str] = {
     "format": "weight format",
     "memory_gib": "memory of the whole model on one GPU (safe bound), GiB",
-    "gpus_needed": "GPUs of this type one copy needs (0: more than 8)",
+    "gpus_needed": "GPUs of this type one copy needs (0: more than 16)",
     "utilization_pct": "memory used per GPU at gpus_needed, % of its usable capacity",
     "usd_per_hour": "cloud $/h of those GPUs",
     "purchase_usd": "launch price of those GPUs",

@@ -17,7 +17,7 @@ from planner.models.spec import ModelSpec
 from planner.planning.constraints import Constraints
 
 # GPU counts tried when one model copy does not fit on the constraint's count (multiples of it).
-GPU_COUNT_STEPS = (1, 2, 4, 8)
+GPU_COUNT_STEPS = (1, 2, 4, 8, 16)
 FINE_TUNING_MODES = {"float": "lora", "bnb": "qlora"}
 
 
@@ -26,7 +26,8 @@ class Deployment:
     """Figures of one (architecture, weight format, KV dtype) on the constraint's hardware.
 
     ``memory_gib`` and ``fits`` are at the constraint's GPU count; ``gpus_needed`` is the smallest of
-    1, 2, 4, 8 times that count on which it fits (0: none); speed and cost are for ``gpus`` GPUs: the
+    1, 2, 4, 8, 16 times that count on which it fits (0: none; fine-tuning is not spread over more GPUs, that
+    needs a sharding choice); speed and cost are for ``gpus`` GPUs: the
     constraint's count when it fits there, else ``gpus_needed`` (else the constraint's count).
     """
 
@@ -80,8 +81,8 @@ def deployment(spec: ModelSpec, weight_format: str, kv_dtype: str | None, constr
 
     base = constraints.gpus
     first = at(base)
-    if first.fits or not more_gpus:
-        return first
+    if first.fits or not more_gpus or constraints.mode == "fine-tuning":
+        return first if first.fits or not more_gpus else replace(first, gpus_needed=0)
     for step in GPU_COUNT_STEPS[1:]:
         more = at(base * step)
         if more.fits:

@@ -64,3 +64,20 @@ def describe(limit: Limit, value: float | None, bound: float) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return f"{limit.what} unknown on this device (limit {bound_text})"
     return f"{limit.what} {shown} {sign} {bound_text}"
+
+
+def _decimals(limit: Limit, value: float) -> int:
+    if limit.unit in ("x",) or limit.unit.startswith("$"):
+        return 2
+    if limit.unit == "%":
+        return 2 if abs(value) < 1 else 1
+    if limit.unit == "tok/s":
+        return 0
+    return 1
+
+
+def admitting(limit: Limit, value: float) -> float:
+    """``value`` rounded to the precision it is shown with, in the direction that still admits it
+    (up for max limits, down for min limits), so a relaxation read off the screen works."""
+    scale = 10 ** _decimals(limit, value)
+    return (math.ceil(value * scale - 1e-9) if limit.kind == "max" else math.floor(value * scale + 1e-9)) / scale

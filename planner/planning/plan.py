@@ -25,7 +25,7 @@ from planner.errors import FitplanError, InvalidRequestError
 from planner.planning.candidate import Candidate, Evaluator
 from planner.planning.constraints import OBJECTIVES, Constraints
 from planner.planning.grid import Grid, enumerate_strategies
-from planner.planning.limits import LIMITS, format_value, violation_amounts
+from planner.planning.limits import LIMITS, admitting, format_value, violation_amounts
 from planner.strategy import CompressionStrategy
 
 # Columns of Plan.table(), in order, with their meaning (also the CSV/JSON field names).
@@ -45,7 +45,7 @@ TABLE_COLUMNS: dict[str, str] = {
     "params_b": "parameters of the derived model, billions",
     "memory_gib": "memory per GPU at the constraint's GPU count (safe bound), GiB",
     "fits": "memory_gib within the budget",
-    "gpus_needed": "GPUs one copy needs (0: more than 8x the constraint's count)",
+    "gpus_needed": "GPUs one copy needs (0: more than 16x the constraint's count)",
     "tokens_per_s": "decode tokens/s of the whole batch",
     "prefill_tokens_per_s": "prompt tokens/s",
     "speedup": "tokens/s over the uncompressed bf16/fp16 model on the same GPUs and engine",
@@ -513,7 +513,7 @@ def _relaxations(frame, amounts: dict[str, np.ndarray], limits: dict[str, float]
         need = amounts[name][rows]
         pick = int(rows[np.lexsort((loss[rows], need))[0]])
         limit = LIMITS[name]
-        new = limits[name] + amounts[name][pick] * (1 if limit.kind == "max" else -1)
+        new = admitting(limit, limits[name] + amounts[name][pick] * (1 if limit.kind == "max" else -1))
         if name == "max_memory_gb" and limits[name] < (constraints.max_memory_gb or math.inf):
             what = f"a GPU with {format_value(limit, new)} usable (now {format_value(limit, limits[name])})"
         else:
