@@ -60,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
     console.print(escape(f"{args.model} on {args.gpu}: {args.engine}, batch {args.batch} x {args.context:,} "
                          "tokens"), highlight=False)
     view = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
-    for header in ("format", "GiB", "GPUs", "util", "$/h", "buy $", "tok/s", "retained % [80%]"):
-        view.add_column(header, justify="left" if header in ("format", "retained % [80%]") else "right")
+    for header in ("format", "GiB", "GPUs", "util", "$/h", "buy $", "tok/s", "retained % [80%]", "basis"):
+        view.add_column(header, justify="left" if header in ("format", "retained % [80%]", "basis") else "right")
 
     def number(value, spec):
         return "-" if value is None or value != value else spec.format(value)
@@ -70,9 +70,11 @@ def run(args: argparse.Namespace) -> int:
         view.add_row(row.format, number(row.memory_gib, "{:.1f}"), str(row.gpus_needed) if row.gpus_needed else "-",
                      number(row.utilization_pct, "{:.0f}%"), number(row.usd_per_hour, "{:.2f}"),
                      number(row.purchase_usd, "{:,.0f}"), number(row.tokens_per_s, "{:,.0f}"),
-                     f"{row.retained_pct:.1f} [{row.retained_low_pct:.1f}-{row.retained_high_pct:.1f}] {row.basis}")
+                     f"{row.retained_pct:.1f} [{row.retained_low_pct:.1f}-{row.retained_high_pct:.1f}]", row.basis)
     console.print(view)
     for row in frame.itertuples(index=False):
         if row.note:
             console.print(escape(f"{row.format}: {row.note}"), highlight=False)
+        elif not row.gpus_needed:
+            console.print(escape(f"{row.format}: does not fit on 16 x {args.gpu}"), highlight=False)
     return 0

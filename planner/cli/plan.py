@@ -82,7 +82,8 @@ def _console():
 
 def _quality(row) -> str:
     """'99.4 [97.4-100]': the point prediction and its 80% interval."""
-    return f"{row.retained_pct:.1f} [{row.retained_low_pct:.1f}-{row.retained_high_pct:.4g}]"
+    high = "100" if row.retained_high_pct >= 99.95 else f"{row.retained_high_pct:.1f}"
+    return f"{row.retained_pct:.1f} [{row.retained_low_pct:.1f}-{high}]"
 
 
 def _number(value, spec: str) -> str:

@@ -20,7 +20,9 @@ one limit to rank against. Units and meanings (one meaning each, shared by ``fit
 - ``mode``: ``inference`` or ``fine-tuning`` (memory of LoRA / QLoRA training on the compressed
   base; speed and cost limits apply to inference only).
 - ``deployment_target``: a preset from ``planner/data/deployment_targets.toml`` that fills gpu,
-  engine, batch, context and the speedup metric when the user left them unset.
+  engine, batch, context and the speedup metric when the user left them unset. With neither a gpu nor
+  a target, the seed lab's ``cloud_inference`` applies (an NVIDIA L4 with vLLM): ``max_memory_gb`` then
+  stays the budget and the L4 supplies speed and price.
 
 NaN and infinity are rejected everywhere; so are limits that cannot be evaluated (a speed limit with no
 GPU, a cost limit on a GPU without a price).
@@ -36,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 from planner._data import read_data_toml
 from planner.planning.names import DEPLOYMENT_TARGETS, OBJECTIVES  # noqa: F401  (re-exported)
 
+DEFAULT_DEPLOYMENT_TARGET = "cloud_inference"
 DEFAULT_BATCH = 1
 DEFAULT_CONTEXT = 4096
 DEFAULT_ENGINE = "hf"
@@ -127,7 +130,12 @@ class Constraints(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
-        if not isinstance(data, dict) or not data.get("deployment_target"):
+        if not isinstance(data, dict):
+            return data
+        if not data.get("deployment_target") and data.get("gpu") is None:
+            # No hardware named: the seed lab's deployment (DEFAULT_DEPLOYMENT_TARGET) supplies it.
+            data = {**data, "deployment_target": DEFAULT_DEPLOYMENT_TARGET}
+        if not data.get("deployment_target"):
             return data
         key = str(data["deployment_target"]).strip().lower().replace("-", "_")
         preset = deployment_targets().get(key)

@@ -37,7 +37,8 @@ CONSTRAINT_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "mode": ("--mode", {"choices": ("inference", "fine-tuning"), "help": "inference (default) or fine-tuning"}),
     "engine": ("--engine", {"metavar": "ENGINE", "help": "hf (default), vllm, llamacpp, litgpt, tensorrt-llm, ..."}),
     "deployment_target": ("--deployment-target", {"choices": DEPLOYMENT_TARGETS,
-                                                  "help": "preset filling gpu, engine, batch and context"}),
+                                                  "help": "preset filling gpu, engine, batch and context "
+                                                          "(default cloud_inference when no --gpu)"}),
 }
 _FLOAT_FIELDS = ("max_memory_gb", "max_accuracy_loss", "min_speedup", "max_cost_per_hour", "max_cost_per_1m_tokens",
                  "min_tokens_per_s")
