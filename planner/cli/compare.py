@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from planner.cli.plan import _console, load_accuracy_inputs
+    from planner.cli.plan import _console, load_accuracy_inputs, quality_text
     from planner.errors import InvalidRequestError
     from planner.planning.compare import compare_formats
     from planner.render import print_frame
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     console = _console()
     console.print(escape(f"{args.model} on {args.gpu}: {args.engine}, batch {args.batch} x {args.context:,} "
                          "tokens"), highlight=False)
-    view = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+    view = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True)
     for header in ("format", "GiB", "GPUs", "util", "$/h", "buy $", "tok/s", "retained % [80%]", "basis"):
         view.add_column(header, justify="left" if header in ("format", "retained % [80%]", "basis") else "right")
 
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         view.add_row(row.format, number(row.memory_gib, "{:.1f}"), str(row.gpus_needed) if row.gpus_needed else "-",
                      number(row.utilization_pct, "{:.0f}%"), number(row.usd_per_hour, "{:.2f}"),
                      number(row.purchase_usd, "{:,.0f}"), number(row.tokens_per_s, "{:,.0f}"),
-                     f"{row.retained_pct:.1f} [{row.retained_low_pct:.1f}-{row.retained_high_pct:.1f}]", row.basis)
+                     quality_text(row.retained_pct, row.retained_low_pct, row.retained_high_pct), row.basis)
     console.print(view)
     for row in frame.itertuples(index=False):
         if row.note:

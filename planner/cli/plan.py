@@ -80,10 +80,11 @@ def _console():
     return Console(width=int(columns)) if columns.isdigit() else console()
 
 
-def _quality(row) -> str:
-    """'99.4 [97.4-100]': the point prediction and its 80% interval."""
-    high = "100" if row.retained_high_pct >= 99.95 else f"{row.retained_high_pct:.1f}"
-    return f"{row.retained_pct:.1f} [{row.retained_low_pct:.1f}-{high}]"
+def quality_text(retained: float, low: float, high: float) -> str:
+    """'99.4 [97.4-100]': a predicted quality retained and its 80% interval, short enough for 80 columns."""
+    def pct(value: float) -> str:
+        return "100" if value >= 99.95 else f"{value:.1f}"
+    return f"{pct(retained)} [{pct(low)}-{pct(high)}]"
 
 
 def _number(value, spec: str) -> str:
@@ -113,7 +114,7 @@ def print_plan(result, *, top: int) -> None:
                                 ("speed", "right"), ("$/1M", "right")):
             view.add_column(header, justify=justify, overflow="fold")
         for row in table.itertuples(index=False):
-            view.add_row(str(row.rank), escape(row.strategy), _quality(row), row.basis,
+            view.add_row(str(row.rank), escape(row.strategy), quality_text(row.retained_pct, row.retained_low_pct, row.retained_high_pct), row.basis,
                          f"{row.memory_gib:.1f}", str(row.gpus_needed), _number(row.tokens_per_s, "{:,.0f}"),
                          _number(row.speedup, "{:.2f}x"), _number(row.usd_per_1m_tokens, "{:.2f}"))
         console.print(view)
