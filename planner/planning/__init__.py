@@ -4,7 +4,7 @@
 - :mod:`grid`: the strategies the hardware runs; :mod:`sparse_storage`: bytes of sparse weights;
 - :mod:`estimates`: the one door to the memory/speed/cost estimator;
 - :mod:`candidate`: one strategy evaluated (:func:`evaluate_candidate`, used by ``fitplan search``);
-- :mod:`plan`: :func:`plan` ranks the grid, finds the Pareto front, recommends, explains misses;
+- :mod:`ranking`: :func:`plan` ranks the grid, finds the Pareto front, recommends, explains misses;
 - :mod:`flags`: the command-line flags of a ``Constraints`` (shared by ``fitplan plan`` and ``search``).
 """
 
@@ -18,8 +18,8 @@ _LAZY = {
     "Constraints": "planner.planning.constraints", "DEPLOYMENT_TARGETS": "planner.planning.constraints",
     "OBJECTIVES": "planner.planning.constraints", "deployment_targets": "planner.planning.constraints",
     "Grid": "planner.planning.grid", "compare_formats": "planner.planning.compare",
-    "TABLE_COLUMNS": "planner.planning.plan", "MissedCandidate": "planner.planning.plan",
-    "Plan": "planner.planning.plan", "plan": "planner.planning.plan:plan",
+    "TABLE_COLUMNS": "planner.planning.ranking", "MissedCandidate": "planner.planning.ranking",
+    "Plan": "planner.planning.ranking", "plan": "planner.planning.ranking",
 }
 
 __all__ = ["Candidate", "Constraints", "DEPLOYMENT_TARGETS", "Grid", "MissedCandidate", "OBJECTIVES", "Plan",

@@ -492,7 +492,7 @@ def _hint(frame, i: int, amounts: dict[str, np.ndarray]) -> str | None:
     change = _AXIS_WORDS[axis].format(value) if value != "-" else _AXIS_DEFAULTS[axis]
     only_memory = [name for name, amount in amounts.items() if amount[i] > 0] == ["max_memory_gb"]
     verdict = "it fits" if only_memory else "it meets every limit"
-    delta = loss[best] - loss[i]
+    delta = round(float(loss[best] - loss[i]), 1) + 0.0  # + 0.0: no "-0.0"
     return f"with {change} {verdict} at {delta:+.1f}% loss"
 
 
