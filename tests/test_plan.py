@@ -285,3 +285,17 @@ def test_fine_tuning_mode_plans_memory_only(llama8b):
     assert set(table["weights"]) == {"bf16", "nf4", "int8"}  # gptq has no LoRA/QLoRA path here
     assert table["tokens_per_s"].isna().all()
     assert result.n_feasible >= 1
+
+
+def test_evaluate_candidate_matches_the_plan_row_and_reuses_its_evaluator(llama8b):
+    from planner.planning.candidate import evaluator_for
+
+    constraints = Constraints(**SEED)
+    result = plan(llama8b, constraints, grid=SMALL_GRID)
+    row = result.table().iloc[0]
+    candidate = evaluate_candidate(llama8b, result.strategy(1), constraints)
+    assert candidate.summary == row["strategy"] and candidate.feasible
+    assert candidate.memory_gib == pytest.approx(row["memory_gib"])
+    assert candidate.tokens_per_s == pytest.approx(row["tokens_per_s"])
+    assert candidate.loss_pct == pytest.approx(row["loss_pct"])
+    assert evaluator_for(llama8b, Constraints(**SEED)) is evaluator_for(llama8b, constraints)

@@ -126,6 +126,8 @@ def print_plan(result, *, top: int) -> None:
         console.print(escape(f"  {result.reason}"), highlight=False)
         compact = result.recommended.strategy.model_dump_json(exclude_defaults=True)
         console.print(escape(f"  strategy: {compact}"), highlight=False)
+        for note in result.recommended.notes:
+            console.print(escape(f"  {note}"), highlight=False)
     else:
         console.print("No strategy meets every limit.", style="bold", highlight=False)
         console.print(escape(f"  {result.reason}"), highlight=False)

@@ -214,6 +214,24 @@ class Evaluator:
                          violations=tuple(violations), notes=tuple(notes))
 
 
+_EVALUATORS: list[Evaluator] = []
+_EVALUATORS_KEPT = 8
+
+
+def evaluator_for(spec: ModelSpec, constraints: Constraints, *, profile: Any = None,
+                  calibration: Any = None) -> Evaluator:
+    """An :class:`Evaluator` for these inputs, reused across calls (a search evaluates one model under
+    one set of constraints thousands of times: the baseline and the estimator answers are shared)."""
+    for evaluator in _EVALUATORS:
+        same = evaluator.constraints is constraints or evaluator.constraints.model_dump() == constraints.model_dump()
+        if same and evaluator.spec is spec and evaluator.profile is profile and evaluator.calibration is calibration:
+            return evaluator
+    evaluator = Evaluator(spec, constraints, profile=profile, calibration=calibration)
+    _EVALUATORS.insert(0, evaluator)
+    del _EVALUATORS[_EVALUATORS_KEPT:]
+    return evaluator
+
+
 def evaluate_candidate(spec: Any, strategy: CompressionStrategy, constraints: Constraints, *, profile: Any = None,
                        calibration: Any = None) -> Candidate:
     """Evaluate one strategy of ``spec`` (a ModelSpec or model name) under ``constraints``.
@@ -223,4 +241,6 @@ def evaluate_candidate(spec: Any, strategy: CompressionStrategy, constraints: Co
     """
     from planner.models.resolve import get_model
 
-    return Evaluator(get_model(spec), constraints, profile=profile, calibration=calibration).evaluate(strategy)
+    if not isinstance(constraints, Constraints):
+        constraints = Constraints(**constraints)
+    return evaluator_for(get_model(spec), constraints, profile=profile, calibration=calibration).evaluate(strategy)

@@ -54,6 +54,7 @@ TABLE_COLUMNS: dict[str, str] = {
     "feasible": "meets every limit",
     "pareto": "on the Pareto front of the feasible candidates (loss, memory, cost or speed)",
     "violations": "the limits it breaks and by how much",
+    "notes": "how sparse weights are stored and whether they speed anything up",
 }
 
 _AXES = ("weights", "kv_cache", "sparsity", "distillation")
@@ -255,6 +256,7 @@ class _Grid:
             frame[name] = np.nan
         frame["fits"] = False
         frame["gpus_needed"] = 0
+        frame["notes"] = ""
         frame["_evaluated"] = False
         frame["_rejected"] = False
         self.frame = frame
@@ -263,6 +265,7 @@ class _Grid:
         """Evaluate memory, speed and cost of ``rows`` (positions) not evaluated yet."""
         frame, evaluator = self.frame, self.evaluator
         evaluated, rejected = frame["_evaluated"].to_numpy(copy=True), frame["_rejected"].to_numpy(copy=True)
+        notes = frame["notes"].to_numpy(copy=True)
         values = {name: frame[name].to_numpy(dtype=float if name not in ("fits", "gpus_needed") else object,
                                              copy=True) for name in _FIGURE_COLUMNS}
         for i in rows:
@@ -270,7 +273,7 @@ class _Grid:
                 continue
             evaluated[i] = True
             try:
-                derived, figures, _ = evaluator.figures(self.strategies[i])
+                derived, figures, row_notes = evaluator.figures(self.strategies[i])
             except FitplanError:
                 rejected[i] = True  # a combination the estimator rejects (e.g. too few layers): not a candidate
                 continue
@@ -280,6 +283,8 @@ class _Grid:
                                 ("speedup", evaluator.speedup(figures)), ("usd_per_hour", figures.usd_per_hour),
                                 ("usd_per_1m_tokens", figures.usd_per_1m_tokens)):
                 values[name][i] = np.nan if value is None else value
+            notes[i] = "; ".join(row_notes)
+        frame["notes"] = notes
         for name, column in values.items():
             frame[name] = column
         frame["fits"] = frame["fits"].astype(bool)
