@@ -299,3 +299,17 @@ def test_evaluate_candidate_matches_the_plan_row_and_reuses_its_evaluator(llama8
     assert candidate.tokens_per_s == pytest.approx(row["tokens_per_s"])
     assert candidate.loss_pct == pytest.approx(row["loss_pct"])
     assert evaluator_for(llama8b, Constraints(**SEED)) is evaluator_for(llama8b, constraints)
+
+
+def test_kept_blocks_and_group_formats_are_sized_per_tensor(llama8b):
+    from planner.formats.storage import group_storage
+
+    constraints = Constraints(gpu="H100 SXM")
+    plain = evaluate_candidate(llama8b, CompressionStrategy(quantization=QuantizationSpec(weights="nf4")), constraints)
+    kept = evaluate_candidate(llama8b, CompressionStrategy(quantization=QuantizationSpec(
+        weights="nf4", keep_first_layers=2, keep_last_layers=2, keep_format="bf16")), constraints)
+    blocks = [g for g in llama8b.param_groups if g.layers]
+    extra = sum(group_storage(llama8b, get_format("bf16"), g).bytes - group_storage(llama8b, get_format("nf4"), g).bytes
+                for g in blocks) * 4 / llama8b.num_layers
+    assert (kept.weights_gib - plain.weights_gib) * 2**30 == pytest.approx(extra, rel=1e-9)
+    assert kept.memory_gib > plain.memory_gib and kept.tokens_per_s < plain.tokens_per_s
