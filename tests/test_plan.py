@@ -313,3 +313,16 @@ def test_kept_blocks_and_group_formats_are_sized_per_tensor(llama8b):
                 for g in blocks) * 4 / llama8b.num_layers
     assert (kept.weights_gib - plain.weights_gib) * 2**30 == pytest.approx(extra, rel=1e-9)
     assert kept.memory_gib > plain.memory_gib and kept.tokens_per_s < plain.tokens_per_s
+
+
+def test_too_big_for_one_gpu_suggests_the_gpu_count_that_admits_it():
+    grid = Grid(formats=("bf16", "nf4", "gptq-int4"), kv_dtypes=(), sparsity=(None,), depth_ratios=(1.0,),
+                width_ratios=(1.0,))
+    raw = {"gpu": "RTX 4090", "max_accuracy_loss": 3}
+    result = plan("meta-llama/Llama-3.1-70B", raw, grid=grid)
+    assert result.n_feasible == 0 and result.binding.startswith("max_memory_gb")
+    (text,) = [t for t in result.relaxations if t.startswith("use ") and "(gpus=" in t]
+    gpus = int(text.split("(gpus=")[1].split(")")[0])
+    admitted = text.split(" to admit ")[1].rsplit(" (", 1)[0]
+    again = plan("meta-llama/Llama-3.1-70B", {**raw, "gpus": gpus}, grid=grid)
+    assert admitted in set(again.table()["strategy"])

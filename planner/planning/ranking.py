@@ -402,13 +402,7 @@ def _assemble(state: _Grid, objective: str, misses: int) -> dict[str, Any]:
     miss_rows = list(range(n_feasible, min(len(frame), n_feasible + max(0, misses))))
     nearest = [MissedCandidate(evaluator.evaluate(strategies[i]), _hint(frame, i, amounts)) for i in miss_rows]
     relaxations = _relaxations(frame, amounts, limits, constraints)
-    binding = None
-    if amounts:
-        counts = {name: int((np.nan_to_num(amount, nan=0.0) > 0).sum()) for name, amount in amounts.items()}
-        checked = {name: int((~np.isnan(amount)).sum()) for name, amount in amounts.items()}
-        top = max(counts, key=counts.get)
-        binding = (f"{top} ({counts[top]} of the {checked[top]} candidates checked against it violate it)"
-                   if counts[top] else None)
+    binding = _binding(amounts)
     if not n_feasible:
         reason = (f"The binding limit is {binding}. " if binding else "") + (
             relaxations[0] if relaxations else "No single relaxation admits a candidate; see the nearest misses.")
@@ -501,14 +495,39 @@ def _hint(frame, i: int, amounts: dict[str, np.ndarray]) -> str | None:
     return f"with {change} {verdict} at {delta:+.1f}% loss"
 
 
+def _only(amounts: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(violated [row, limit], rows fully checked that break exactly one limit)."""
+    values = np.stack(list(amounts.values()), axis=1)
+    known = ~np.isnan(values).any(axis=1)
+    violated = np.nan_to_num(values, nan=0.0) > 0
+    return violated, known & (violated.sum(axis=1) == 1)
+
+
+def _binding(amounts: dict[str, np.ndarray]) -> str | None:
+    """The limit that alone keeps the most candidates out (else the most violated one), with the counts."""
+    if not amounts:
+        return None
+    violated, only = _only(amounts)
+    names = list(amounts)
+    alone = {name: int((only & violated[:, k]).sum()) for k, name in enumerate(names)}
+    top = max(alone, key=alone.get)
+    if alone[top]:
+        return f"{top} (it alone keeps out {alone[top]} candidates that meet every other limit)"
+    counts = {name: int(violated[:, k].sum()) for k, name in enumerate(names)}
+    checked = {name: int((~np.isnan(amount)).sum()) for name, amount in amounts.items()}
+    top = max(counts, key=counts.get)
+    return f"{top} ({counts[top]} of the {checked[top]} candidates checked against it violate it)" if counts[top] \
+        else None
+
+
 def _relaxations(frame, amounts: dict[str, np.ndarray], limits: dict[str, float],
                  constraints: Constraints) -> list[str]:
-    """For each limit: the smallest change of it alone that admits a candidate (best quality at that bound)."""
+    """For each limit: the smallest change of it alone that admits a candidate (best quality at that bound);
+    for memory also the GPU count that would."""
     out = []
     if not amounts:
         return out
-    stacked = np.stack([amounts[name] > 0 for name in amounts], axis=1)
-    only = stacked.sum(axis=1) == 1
+    stacked, only = _only(amounts)
     loss = frame["loss_pct"].to_numpy(dtype=float)
     scored = []
     for k, name in enumerate(amounts):
@@ -520,9 +539,19 @@ def _relaxations(frame, amounts: dict[str, np.ndarray], limits: dict[str, float]
         limit = LIMITS[name]
         new = admitting(limit, limits[name] + amounts[name][pick] * (1 if limit.kind == "max" else -1))
         if name == "max_memory_gb" and limits[name] < (constraints.max_memory_gb or math.inf):
-            what = f"a GPU with {format_value(limit, new)} usable (now {format_value(limit, limits[name])})"
+            what = f"use a GPU with {format_value(limit, new)} usable (this one has {format_value(limit, limits[name])})"
         else:
             what = f"relax {name} from {format_value(limit, limits[name])} to {format_value(limit, new)}"
         scored.append((amounts[name][pick] / max(abs(limits[name]), 1e-12),
                        f"{what} to admit {frame.at[pick, 'strategy']} ({frame.at[pick, 'retained_pct']:.1f}% retained)"))
+    if "max_memory_gb" in amounts and constraints.gpu is not None:
+        k = list(amounts).index("max_memory_gb")
+        gpus = frame["gpus_needed"].to_numpy()
+        rows = np.nonzero(only & stacked[:, k] & (gpus > 0))[0]
+        if len(rows):
+            pick = int(rows[np.lexsort((loss[rows], gpus[rows]))[0]])
+            n = int(gpus[pick])
+            scored.append((n / constraints.gpus - 1, f"use {n} x {constraints.gpu} (gpus={n}) to admit "
+                                                     f"{frame.at[pick, 'strategy']} "
+                                                     f"({frame.at[pick, 'retained_pct']:.1f}% retained)"))
     return [text for _, text in sorted(scored)]
