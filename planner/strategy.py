@@ -15,6 +15,12 @@ when asked, runs after pruning and before quantization):
 
 ``str(strategy)`` gives the short summary ("nf4 | 2:4 magnitude | depth 0.5"); ``to_json`` /
 ``from_json`` round-trip it (the payload carries ``version`` so old files keep loading).
+
+Version 2 adds per-block overrides, the choices a profile-driven allocator makes block by block:
+``QuantizationSpec.block_formats`` (a format for one block's attention or MLP) and
+``SparsitySpec.block_levels`` (a sparsity level for one block's attention or MLP; 0 = dense). Version-1
+files load unchanged (no overrides). The planner's accuracy model reads the overrides; the executors
+and the memory model do not apply them yet.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-STRATEGY_VERSION = 1
+STRATEGY_VERSION = 2
 
 # Weight formats a strategy may name. The planner's format registry knows how to size each of them;
 # executors apply those they can run on the current machine and report the rest as unsupported.
@@ -54,6 +60,36 @@ def _check_choice(value: str | None, allowed: tuple[str, ...], what: str) -> str
     return normalized
 
 
+class BlockFormat(_Part):
+    """Weight format of one module group of one transformer block (a per-block override)."""
+
+    block: int = Field(ge=0, description="block (layer) index")
+    group: Literal["attention", "mlp"]
+    format: str
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        return _check_choice(value, WEIGHT_FORMATS, "weight format")
+
+
+class BlockSparsity(_Part):
+    """Sparsity level of one module group of one transformer block (a per-block override; 0 = dense)."""
+
+    block: int = Field(ge=0, description="block (layer) index")
+    group: Literal["attention", "mlp"]
+    level: float = Field(ge=0, lt=1)
+
+
+def _unique_blocks(items: tuple, what: str) -> None:
+    seen = set()
+    for item in items:
+        key = (item.block, item.group)
+        if key in seen:
+            raise ValueError(f"{what}: block {item.block} {item.group} is given twice.")
+        seen.add(key)
+
+
 class QuantizationSpec(_Part):
     """Weight format per module group. ``None`` for a group means "same as ``weights``" except for
     embeddings and lm_head, which stay in the compute dtype unless set (as bitsandbytes does)."""
@@ -69,6 +105,8 @@ class QuantizationSpec(_Part):
     compute_dtype: Literal["fp32", "bf16", "fp16"] = Field("bf16", description="dtype of the matmuls and the "
                                                            "unquantized rest")
     kv_cache: str | None = Field(None, description="KV-cache dtype (None = compute dtype)")
+    block_formats: tuple[BlockFormat, ...] = Field((), description="per-block overrides (version 2): they win over "
+                                                   "weights/attention/mlp and the kept layers")
 
     @field_validator("weights", "attention", "mlp", "embeddings", "lm_head", "keep_format")
     @classmethod
@@ -79,6 +117,21 @@ class QuantizationSpec(_Part):
     @classmethod
     def _known_kv(cls, value: str | None) -> str | None:
         return _check_choice(value, KV_DTYPES, "KV-cache dtype")
+
+    @model_validator(mode="after")
+    def _unique_overrides(self) -> "QuantizationSpec":
+        _unique_blocks(self.block_formats, "block_formats")
+        return self
+
+    def block_format(self, block: int, group: str, num_blocks: int) -> str:
+        """Format of one block's 'attention' or 'mlp' Linear layers: its override, else the kept-layer
+        format for the first/last kept blocks, else the group's format."""
+        for override in self.block_formats:
+            if override.block == block and override.group == group:
+                return override.format
+        if block < self.keep_first_layers or block >= num_blocks - self.keep_last_layers:
+            return self.keep_format
+        return self.format_for(group)  # type: ignore[return-value]
 
     def format_for(self, group: str) -> str | None:
         """Format of a module group: 'attention', 'mlp', 'embeddings' or 'lm_head'."""
@@ -102,6 +155,8 @@ class QuantizationSpec(_Part):
             parts.append(f"keep {self.keep_first_layers}+{self.keep_last_layers} at {self.keep_format}")
         if self.kv_cache:
             parts.append(f"kv {self.kv_cache}")
+        if self.block_formats:
+            parts.append(f"+{len(self.block_formats)} block formats")
         return " ".join(parts)
 
 
@@ -117,6 +172,8 @@ class SparsitySpec(_Part):
                                            "retained quality falls by more than this fraction")
     finetune_steps: int = Field(0, ge=0, description="fine-tuning steps between gradual steps")
     finetune_learning_rate: float = Field(1e-4, gt=0, description="learning rate of those fine-tuning steps")
+    block_levels: tuple[BlockSparsity, ...] = Field((), description="per-block overrides of the level (version 2); "
+                                                    "N:M patterns allow 0 (dense) or 0.5")
 
     @field_validator("pattern")
     @classmethod
@@ -130,7 +187,20 @@ class SparsitySpec(_Part):
                              f"(got {self.level}).")
         if self.method == "wanda" and self.pattern in STRUCTURED_PATTERNS:
             raise ValueError("method 'wanda' scores single weights; use it with unstructured, 2:4 or 4:8 patterns.")
+        if self.block_levels:
+            if self.pattern in STRUCTURED_PATTERNS:
+                raise ValueError("block_levels apply to unstructured, 2:4 and 4:8 sparsity only.")
+            _unique_blocks(self.block_levels, "block_levels")
+            if self.pattern in ("2:4", "4:8") and any(b.level not in (0.0, 0.5) for b in self.block_levels):
+                raise ValueError(f"pattern {self.pattern}: a block's level is 0 (dense) or 0.5.")
         return self
+
+    def block_level(self, block: int, group: str) -> float:
+        """Sparsity level of one block's 'attention' or 'mlp' (its override, else ``level``)."""
+        for override in self.block_levels:
+            if override.block == block and override.group == group:
+                return override.level
+        return self.level
 
     @property
     def structured(self) -> bool:
@@ -138,7 +208,8 @@ class SparsitySpec(_Part):
 
     def summary(self) -> str:
         level = "" if self.pattern in ("2:4", "4:8") else f"{self.level:g} "
-        return f"{level}{self.pattern} {self.method}".strip()
+        overrides = f" +{len(self.block_levels)} block levels" if self.block_levels else ""
+        return f"{level}{self.pattern} {self.method}{overrides}".strip()
 
 
 class DistillationSpec(_Part):

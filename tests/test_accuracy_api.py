@@ -107,3 +107,45 @@ def test_calibration_corrects_its_family_only(llama8b, tmp_path):
     other = CalibrationStore([_record("qwen3", 50.0, 99.0)])
     p = predict_quality(llama8b, quant("nf4"), calibration=other)
     assert p.basis == "prior" and any("not applied" in n and "qwen3" in n for n in p.notes)
+
+
+def test_bad_inputs_are_one_clear_error(llama8b):
+    from planner.errors import FitplanError
+
+    for kwargs, match in (({"training_tokens": float("nan")}, "training_tokens"),
+                          ({"training_tokens": -1.0}, "training_tokens"),
+                          ({"metric": "bleu"}, "Allowed: accuracy")):
+        with pytest.raises(FitplanError, match=match):
+            predict_quality(llama8b, quant("nf4"), **kwargs)
+    with pytest.raises(FitplanError, match="CompressionStrategy"):
+        predict_quality(llama8b, {"quantization": {"weights": "nf4"}})
+    assert predict_quality("meta-llama/Llama-3.1-8B", quant("nf4")) == predict_quality(llama8b, quant("nf4"))
+
+
+def test_format_without_specific_prior_falls_back_on_bits_and_group(llama8b):
+    from planner.accuracy.parts import format_damage, model_facts
+    from planner.accuracy.priors import Priors, load_priors
+
+    priors = load_priors()
+    formats = dict(priors.data.quantization["formats"])
+    del formats["nvfp4"]
+    stripped = Priors(priors.data.model_copy(update={"quantization": {**priors.data.quantization,
+                                                                       "formats": formats}}), priors.rules)
+    notes: list[str] = []
+    fallback = format_damage("nvfp4", model_facts(llama8b, stripped), stripped, notes)
+    assert fallback is not None and notes and "no specific prior" in notes[0] and "group size 16" in notes[0]
+    # 4 bits in groups of 16 = 4.75 quality bits, round-to-nearest: the rule's own value at those features
+    from planner.accuracy.priors import quant_features
+
+    facts = model_facts(llama8b, priors)
+    mu, _ = priors.rules["quantization"].predict_log(
+        quant_features(4.75, "rtn", facts.params, facts.tokens_per_param, priors.data))
+    assert fallback.mu == pytest.approx(mu)
+
+
+def test_named_student_uses_its_size(llama8b):
+    from planner.strategy import DistillationSpec
+
+    small = predict_quality(llama8b, CompressionStrategy(distillation=DistillationSpec(student="meta-llama/Llama-3.2-1B")))
+    large = predict_quality(llama8b, CompressionStrategy(distillation=DistillationSpec(student="meta-llama/Llama-3.2-3B")))
+    assert small.retained_pct < large.retained_pct < 100

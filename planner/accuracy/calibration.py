@@ -7,7 +7,8 @@ A store is a directory of JSONL files, read recursively (``**/*.jsonl``). Two ki
 2. the executors' ``results.jsonl`` lines (``executors.result.ExecutionResult`` JSON): a successful run
    with ``quality.retained_pct`` becomes a record; its model family is the ``model_type`` of the
    ``config.json`` in its ``model_dir`` (a run whose model directory is gone has no family and is
-   skipped, with a note in :attr:`CalibrationStore.skipped`).
+   skipped, with a note in :attr:`CalibrationStore.skipped`). A run whose ``prediction.quality`` is empty
+   is compared with today's prior prediction for its model directory and strategy.
 
 The correction (:meth:`CalibrationStore.correction`): for each record of the same model family that
 used a technique, the log-ratio of measured to predicted damage ``r = ln(d_measured / d_predicted)``
@@ -56,6 +57,9 @@ class CalibrationRecord(BaseModel):
     predicted_retained_pct: float | None = Field(None, gt=0, allow_inf_nan=False,
                                                  description="the planner's prediction on the same metric when "
                                                  "the run was made")
+    prediction_source: Literal["recorded", "recomputed"] | None = Field(
+        None, description="recorded = predicted when the run was made; recomputed = from today's priors when "
+        "the result carried no prediction")
     device: str | None = None
     measured_memory_bytes: int | None = None
     measured_latency_ms: float | None = None
@@ -109,20 +113,41 @@ def _family_of(model_dir: str | None) -> str | None:
         return None
 
 
+def _prior_prediction(model_dir: str, strategy: dict, metric: str | None) -> float | None:
+    """Today's prior prediction for a run that carried none (None if the model cannot be read)."""
+    from planner.accuracy.predict import predict_quality
+    from planner.errors import FitplanError
+    from planner.models import get_model
+    from planner.strategy import CompressionStrategy
+
+    try:
+        spec = get_model(model_dir)
+        return predict_quality(spec, CompressionStrategy.model_validate(strategy),
+                               metric=metric or "accuracy").retained_pct
+    except (FitplanError, ValidationError, OSError):
+        return None
+
+
 def record_from_result(payload: dict, source: str) -> CalibrationRecord | None:
-    """A record from one executors results.jsonl line (None for a failed or unmeasured run)."""
+    """A record from one executors results.jsonl line (None for a failed or unmeasured run). Without a
+    recorded prediction, today's prior prediction is used (``prediction_source="recomputed"``)."""
     quality = payload.get("quality") or {}
     if payload.get("status") != "ok" or not quality.get("retained_pct"):
         return None
     prediction = payload.get("prediction") or {}
     latency = payload.get("latency") or {}
     model_dir = payload.get("model_dir")
+    family = _family_of(model_dir)
+    metric = metric_family(str(quality.get("metric", "")))
+    predicted, how = prediction.get("quality"), "recorded"
+    if predicted is None and family is not None:
+        predicted, how = _prior_prediction(str(model_dir), payload.get("strategy") or {}, metric), "recomputed"
     return CalibrationRecord(
-        strategy=payload.get("strategy") or {}, model_name=str(model_dir), family=_family_of(model_dir),
+        strategy=payload.get("strategy") or {}, model_name=str(model_dir), family=family,
         params=payload.get("params_baseline"), evaluator=str(quality.get("evaluator")),
-        metric=str(quality.get("metric")), metric_family=metric_family(str(quality.get("metric", ""))),
-        measured_retained_pct=float(quality["retained_pct"]),
-        predicted_retained_pct=prediction.get("quality"), device=payload.get("device"),
+        metric=str(quality.get("metric")), metric_family=metric,
+        measured_retained_pct=float(quality["retained_pct"]), predicted_retained_pct=predicted,
+        prediction_source=how if predicted is not None else None, device=payload.get("device"),
         measured_memory_bytes=payload.get("peak_rss_bytes") or payload.get("cuda_peak_allocated_bytes"),
         measured_latency_ms=latency.get("median_ms"), source=source,
     )

@@ -16,7 +16,7 @@ effects"), so stacked techniques get a wider interval than any of their parts. `
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from planner.accuracy.priors import Z80
 
@@ -27,10 +27,10 @@ class Damage:
 
     mu: float
     s: float
+    median: float = field(init=False, repr=False, compare=False)
 
-    @property
-    def median(self) -> float:
-        return math.exp(self.mu)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "median", math.exp(self.mu))
 
     def quantile(self, z: float) -> float:
         return math.exp(self.mu + z * self.s)
@@ -52,13 +52,21 @@ def combine(parts: list[Damage], gamma: float, sigma_per_pair: float) -> Combine
     if len(parts) == 1:
         p = parts[0]
         return Combined(p.median, p.quantile(-Z80), p.quantile(Z80))
-    mean = sum(math.exp(p.mu + p.s * p.s / 2) for p in parts)
-    var = sum(math.exp(2 * p.mu + p.s * p.s) * (math.exp(p.s * p.s) - 1) for p in parts)
-    medians = [p.median for p in parts]
-    interaction = gamma * sum(math.sqrt(medians[i] * medians[j])
-                              for i in range(len(parts)) for j in range(i + 1, len(parts)))
+    mean = var = interaction = 0.0
+    roots = []
+    for p in parts:
+        s2 = p.s * p.s
+        m = p.median * math.exp(s2 / 2)
+        mean += m
+        var += m * m * (math.exp(s2) - 1)
+        roots.append(math.sqrt(p.median))
+    for i in range(len(roots)):
+        for j in range(i + 1, len(roots)):
+            interaction += roots[i] * roots[j]
+    interaction *= gamma
     pairs = len(parts) * (len(parts) - 1) / 2
-    s2 = math.log1p(var / (mean * mean)) + pairs * sigma_per_pair ** 2
-    mu = math.log(mean + interaction) - math.log1p(var / (mean * mean)) / 2
-    s = math.sqrt(s2)
-    return Combined(math.exp(mu), math.exp(mu - Z80 * s), math.exp(mu + Z80 * s), interaction)
+    fw = math.log1p(var / (mean * mean))
+    s = math.sqrt(fw + pairs * sigma_per_pair ** 2)
+    median = (mean + interaction) * math.exp(-fw / 2)
+    spread = math.exp(Z80 * s)
+    return Combined(median, median / spread, median * spread, interaction)

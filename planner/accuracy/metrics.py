@@ -37,11 +37,12 @@ def metric_scale(metric: str) -> float:
 
 
 def check_metric(metric: str) -> str:
-    key = metric_family(metric)
+    key = metric_family(metric) if isinstance(metric, str) else None
     if key is None:
         from hardware_db.names import did_you_mean
+        from planner.errors import InvalidRequestError
 
-        raise ValueError(f"unknown metric family {metric!r}.{did_you_mean(metric, METRIC_FAMILIES)} "
+        raise InvalidRequestError(f"unknown metric family {metric!r}.{did_you_mean(metric, METRIC_FAMILIES)} "
                          f"Allowed: {', '.join(METRIC_FAMILIES)}.")
     return key
 

@@ -51,6 +51,8 @@ class PartDamage:
     n_rows: int
     source: str
     notes: list[str] = field(default_factory=list)
+    shown: dict = field(default_factory=dict, repr=False, compare=False)
+    """QualityPart views of this damage per (metric scale, basis, n), filled by predict_quality"""
 
 
 def model_facts(spec, priors: Priors, training_tokens: float | None = None) -> ModelFacts:
@@ -74,7 +76,7 @@ def model_facts(spec, priors: Priors, training_tokens: float | None = None) -> M
                       embedding_share=p.embeddings / blocks, lm_head_share=p.lm_head / blocks, notes=tuple(notes))
 
 
-def _format_damage(name: str, facts: ModelFacts, priors: Priors, notes: list[str]) -> Damage | None:
+def format_damage(name: str, facts: ModelFacts, priors: Priors, notes: list[str]) -> Damage | None:
     """Damage of a whole model stored in this weight format; None when lossless."""
     fmt = priors.quant_format(name)
     if fmt is not None and fmt.lossless:
@@ -109,25 +111,30 @@ def _mix(weighted: list[tuple[float, Damage]]) -> Damage | None:
 
 
 def quantization_damage(q, facts: ModelFacts, priors: Priors) -> PartDamage | None:
+    """Share-weighted damage of the formats a QuantizationSpec puts on each block's attention and MLP
+    (per-block overrides and kept layers included), embeddings, lm_head and KV cache."""
     notes: list[str] = []
-    kept = min((q.keep_first_layers + q.keep_last_layers) / facts.num_layers, 1.0)
-    body = 1.0 - kept
-    weighted: list[tuple[float, Damage]] = []
-    for share, fmt in ((facts.attention_share, q.format_for("attention")), (facts.mlp_share, q.format_for("mlp"))):
-        damage = _format_damage(fmt, facts, priors, notes)
-        if damage:
-            weighted.append((body * share, damage))
-    if kept:
-        damage = _format_damage(q.keep_format, facts, priors, notes)
-        if damage:
-            weighted.append((kept, damage))
+    shares: dict[str, float] = {}
+    n = facts.num_layers
+    if q.block_formats or q.keep_first_layers or q.keep_last_layers:
+        for block in range(n):
+            for group, share in (("attention", facts.attention_share), ("mlp", facts.mlp_share)):
+                fmt = q.block_format(block, group, n)
+                shares[fmt] = shares.get(fmt, 0.0) + share / n
+    else:
+        for group, share in (("attention", facts.attention_share), ("mlp", facts.mlp_share)):
+            fmt = q.format_for(group)
+            shares[fmt] = shares.get(fmt, 0.0) + share
     for share, fmt in ((facts.embedding_share, q.embeddings), (facts.lm_head_share, q.lm_head)):
         if fmt:
-            damage = _format_damage(fmt, facts, priors, notes)
-            if damage:
-                weighted.append((share, damage))
+            shares[fmt] = shares.get(fmt, 0.0) + share
+    weighted: list[tuple[float, Damage]] = []
+    for fmt, share in shares.items():
+        damage = format_damage(fmt, facts, priors, notes)
+        if damage:
+            weighted.append((share, damage))
     if q.kv_cache in KV_FORMATS:
-        damage = _format_damage(KV_FORMATS[q.kv_cache], facts, priors, notes)
+        damage = format_damage(KV_FORMATS[q.kv_cache], facts, priors, notes)
         if damage:
             weighted.append((KV_SHARE, damage))
             notes.append(f"KV cache in {q.kv_cache}: weighted as {KV_SHARE:g} of a whole-model format of the same "
@@ -152,15 +159,28 @@ def sparsity_damage(sp, facts: ModelFacts, priors: Priors) -> PartDamage:
     if sp.structured:
         share = {"heads": facts.attention_share, "ffn": facts.mlp_share, "layers": 1.0}[sp.pattern]
         return _structure(1.0 - sp.level * share, tokens, facts, priors, sp.summary(), notes)
-    mu, s = priors.rules["sparsity"].predict_log(sparsity_features(
-        sp.level, sp.pattern, sp.method, facts.params, facts.tokens_per_param, tokens, priors.data))
-    return PartDamage("sparsity", sp.summary(), Damage(mu, s), priors.rules["sparsity"].n_rows,
-                      "prior:sparsity", notes)
+    levels: dict[float, float] = {}
+    if sp.block_levels:
+        n = facts.num_layers
+        for block in range(n):
+            for group, share in (("attention", facts.attention_share), ("mlp", facts.mlp_share)):
+                level = sp.block_level(block, group)
+                levels[level] = levels.get(level, 0.0) + share / n
+    else:
+        levels[sp.level] = 1.0
+    weighted = []
+    for level, share in levels.items():
+        if level > 0:
+            mu, s = priors.rules["sparsity"].predict_log(sparsity_features(
+                level, sp.pattern, sp.method, facts.params, facts.tokens_per_param, tokens, priors.data))
+            weighted.append((share, Damage(mu, s)))
+    mixed = _mix(weighted) or Damage(math.log(1e-4), 0.0)
+    return PartDamage("sparsity", sp.summary(), mixed, priors.rules["sparsity"].n_rows, "prior:sparsity", notes)
 
 
 def _structure(kept: float, tokens: float, facts: ModelFacts, priors: Priors, setting: str,
                notes: list[str]) -> PartDamage:
-    mu, s = priors.rules["structure"].predict_log(structure_features(kept, tokens, facts.params))
+    mu, s = priors.rules["structure"].predict_log(structure_features(kept, tokens, facts.params, priors.data))
     notes = notes + [f"{setting}: keeps {kept:.0%} of the block parameters, {tokens:,.0f} recovery tokens."]
     return PartDamage("structure", setting, Damage(mu, s), priors.rules["structure"].n_rows,
                       "prior:structure", notes)

@@ -17,6 +17,7 @@ call costs tens of microseconds once a model's facts are known.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from planner.accuracy.calibration import CalibrationStore
 from planner.accuracy.combine import Damage, combine
@@ -26,7 +27,11 @@ from planner.accuracy.parts import (ModelFacts, PartDamage, distillation_damage,
 from planner.accuracy.priors import Z80, Priors, load_priors
 from planner.accuracy.profile import SensitivityProfile, damage_sum, sparsity_option
 from planner.accuracy.result import QualityPart, QualityPrediction
+from planner.errors import InvalidRequestError
 from planner.strategy import CompressionStrategy
+
+if TYPE_CHECKING:
+    from planner.models import ModelSpec
 
 PROFILE_SIGMA = 0.25
 """log-spread of a profile's additive estimate of one part (measurement noise of the per-block effects and
@@ -57,7 +62,7 @@ def prior_parts(strategy: CompressionStrategy, facts: ModelFacts, priors: Priors
                        ("low_rank", strategy.low_rank), ("quantization", strategy.quantization)):
         if part is None:
             continue
-        key = (id(priors), facts, kind, part)
+        key = (id(priors), id(facts), kind, tuple(part.__dict__.values()))  # facts live in _facts_cache
         cached = _part_cache.get(key)
         if cached is None:
             if kind == "quantization":
@@ -114,9 +119,8 @@ def profile_parts(strategy: CompressionStrategy, profile: SensitivityProfile, sc
     if q is not None:
         effects, missing = [], set()
         for block in blocks:
-            keep = block < q.keep_first_layers or block >= n_blocks - q.keep_last_layers
             for group in ("attention", "mlp"):
-                fmt = q.keep_format if keep else q.format_for(group)
+                fmt = q.block_format(block, group, n_blocks)
                 if fmt in ("fp32", "fp16", "bf16"):
                     continue
                 effect = profile.effect(block, group, fmt)
@@ -136,9 +140,11 @@ def profile_parts(strategy: CompressionStrategy, profile: SensitivityProfile, sc
             used += len(effects)
     sp = strategy.sparsity
     if sp is not None and not sp.structured:
-        option = sparsity_option(sp.pattern, sp.level)
-        effects = [profile.effect(b, g, option) for b in blocks for g in ("attention", "mlp")]
-        if all(e is not None for e in effects):
+        wanted = [(b, g, sparsity_option(sp.pattern, sp.block_level(b, g))) for b in blocks
+                  for g in ("attention", "mlp") if sp.block_level(b, g) > 0]
+        effects = [profile.effect(b, g, option) for b, g, option in wanted]
+        option = ", ".join(sorted({o for _, _, o in wanted}))
+        if effects and all(e is not None for e in effects):
             if sp.method != profile.settings.sparsity_method:
                 notes.append(f"profile measured {profile.settings.sparsity_method} sparsity, strategy uses {sp.method}.")
             covered["sparsity"] = PartDamage("sparsity", sp.summary(),
@@ -152,17 +158,22 @@ def profile_parts(strategy: CompressionStrategy, profile: SensitivityProfile, sc
 
 # ------------------------------------------------------------------------------------------------
 def _to_part(p: PartDamage, scale: float, basis: str, n: int) -> QualityPart:
-    return QualityPart(technique=p.technique, setting=p.setting,
-                       retained_pct=retained_from_damage(p.damage.median, scale),
-                       low_pct=retained_from_damage(p.damage.quantile(Z80), scale),
-                       high_pct=retained_from_damage(p.damage.quantile(-Z80), scale),
-                       basis=basis, n_measurements=n, source=p.source)
+    key = (scale, basis, n)
+    shown = p.shown.get(key)
+    if shown is None:
+        # trusted values computed here: model_construct skips validation (this runs per candidate)
+        shown = p.shown[key] = QualityPart.model_construct(
+            technique=p.technique, setting=p.setting, retained_pct=retained_from_damage(p.damage.median, scale),
+            low_pct=retained_from_damage(p.damage.quantile(Z80), scale),
+            high_pct=retained_from_damage(p.damage.quantile(-Z80), scale),
+            basis=basis, n_measurements=n, source=p.source)
+    return shown
 
 
-def predict_quality(spec, strategy: CompressionStrategy, *, profile: SensitivityProfile | None = None,
+def predict_quality(spec: "ModelSpec | str", strategy: CompressionStrategy, *, profile: SensitivityProfile | None = None,
                     calibration: CalibrationStore | None = None, metric: str = "accuracy",
                     training_tokens: float | None = None, priors: Priors | None = None) -> QualityPrediction:
-    """Predicted quality retained by ``spec`` compressed with ``strategy``.
+    """Predicted quality retained by ``spec`` (a ModelSpec or a model name) compressed with ``strategy``.
 
     ``metric``: the family the percentage is expressed in (``accuracy`` by default, see
     :mod:`planner.accuracy.metrics`). ``training_tokens``: the model's pretraining tokens when the
@@ -172,12 +183,24 @@ def predict_quality(spec, strategy: CompressionStrategy, *, profile: Sensitivity
     """
     priors = priors or load_priors()
     metric = check_metric(metric)
+    if isinstance(spec, str):
+        from planner.models import get_model
+
+        spec = get_model(spec)
+    if not isinstance(strategy, CompressionStrategy):
+        raise InvalidRequestError(f"strategy must be a CompressionStrategy (CompressionStrategy.from_json reads "
+                                  f"a file's JSON), got {type(strategy).__name__}.")
+    if training_tokens is not None and not (isinstance(training_tokens, (int, float))
+                                            and math.isfinite(training_tokens) and training_tokens > 0):
+        raise InvalidRequestError(f"training_tokens must be a positive number of pretraining tokens, got "
+                                  f"{training_tokens!r}.")
     scale = priors.metric_scale(metric)
     facts = _facts(spec, priors, training_tokens)
     notes = list(facts.notes)
     if strategy.is_identity:
-        return QualityPrediction(retained_pct=100.0, low_pct=100.0, high_pct=100.0, basis="prior",
-                                 n_measurements=0, metric=metric, notes=("uncompressed: nothing to predict.",))
+        return QualityPrediction.model_construct(
+            retained_pct=100.0, low_pct=100.0, high_pct=100.0, basis="prior", n_measurements=0, metric=metric,
+            parts=(), interaction_pct=0.0, notes=("uncompressed: nothing to predict.",))
     parts = prior_parts(strategy, facts, priors)
     bases: list[str] = []
     ns: list[int] = []
@@ -229,7 +252,7 @@ def predict_quality(spec, strategy: CompressionStrategy, *, profile: Sensitivity
     retained = retained_from_damage(total.median, scale)
     basis = "profile" if "profile" in bases else "calibrated" if "calibrated" in bases else "prior"
     no_interaction = retained_from_damage(total.median - total.interaction, scale)
-    return QualityPrediction(
+    return QualityPrediction.model_construct(
         retained_pct=retained, low_pct=retained_from_damage(total.high, scale),
         high_pct=retained_from_damage(total.low, scale), basis=basis,
         n_measurements=sum(n for n, b in zip(ns, bases) if b == basis) if parts else 0,

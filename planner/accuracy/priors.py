@@ -8,9 +8,11 @@ log-damage space, a few ms), so a rule can never drift from the rows it cites:
     ln d = x . b  (+ ln fraction),   b = argmin |X b + off - y|^2 + sum_j lambda_j (b_j - mu_j)^2
 
 ``d`` is the latent damage in log-perplexity units (:mod:`planner.accuracy.metrics`). The 80% interval
-of a prediction is ``ln d +- 1.2816 * s`` with ``s^2 = sigma^2 (1 + x (X'X + Lambda)^-1 x')``: sigma is
-the rule's residual scatter (at least ``min_sigma``), the second term the uncertainty of the fit
-where the rows are thin. :func:`fit_rules` refits on any subset of rows (the leave-one-row-out
+of a prediction is ``ln d +- 1.2816 * s`` with ``s^2 = sigma^2 (1 + x (X'WX + Lambda)^-1 x')``:
+sigma is the rule's residual scatter (at least ``min_sigma``), the leverage term the uncertainty of
+the fit where the rows are thin; the interval uses Student's t at the residual degrees of freedom
+(:func:`t90`) rather than the normal quantile. Rows are weighted by ``sigma^2 / (sigma^2 + (tau_i/d_i)^2)``, tau_i
+the resolution of the cited figure (:func:`row_noise`), so rounded near-lossless figures count little. :func:`fit_rules` refits on any subset of rows (the leave-one-row-out
 benchmark uses it).
 """
 
@@ -151,9 +153,9 @@ def coefficient_names(technique: str, data: PriorsFile) -> tuple[str, ...]:
             f"method:{m}" for m in _quant_methods(data))
     if technique == "sparsity":
         return ("intercept", "level", "pattern:2:4", "pattern:4:8", "method:magnitude", "method:sparsegpt",
-                "size", "tokens", "recovery")
+                "size", "tokens", "recovery", "magnitude_size")
     if technique == "structure":
-        return ("intercept", "removed", "recovery")
+        return ("intercept", "removed", "recovery", "size")
     if technique == "low_rank":
         return ("intercept", "removed")
     raise ValueError(f"unknown technique {technique!r}")
@@ -174,12 +176,13 @@ def sparsity_features(level: float, pattern: str, method: str, params: float, tp
     size, tokens = _size_tokens(params, tpp, data.pretraining)
     return [1.0, math.log(level / (1.0 - level)), float(pattern == "2:4"), float(pattern == "4:8"),
             float(method == "magnitude"), float(method == "sparsegpt"), size, tokens,
-            math.log1p(recovery_tokens / params)]
+            math.log1p(recovery_tokens / params), size * float(method == "magnitude")]
 
 
-def structure_features(kept: float, recovery_tokens: float, params: float) -> list[float]:
+def structure_features(kept: float, recovery_tokens: float, params: float, data: PriorsFile) -> list[float]:
     kept = min(max(kept, 1e-3), 1 - 1e-6)
-    return [1.0, math.log((1.0 - kept) / kept), math.log1p(recovery_tokens / params)]
+    return [1.0, math.log((1.0 - kept) / kept), math.log1p(recovery_tokens / params),
+            math.log(params / data.pretraining.reference_params)]
 
 
 def low_rank_features(kept: float) -> list[float]:
@@ -200,7 +203,7 @@ def row_features(row: PriorRow, data: PriorsFile) -> tuple[list[float], float]:
         return sparsity_features(float(s["level"]), str(s["pattern"]), str(s["method"]), row.params, tpp,
                                  float(s.get("recovery_tokens", 0.0)), data), math.log(fraction)
     if row.technique == "structure":
-        return structure_features(float(s["kept"]), float(s.get("recovery_tokens", 0.0)), row.params), 0.0
+        return structure_features(float(s["kept"]), float(s.get("recovery_tokens", 0.0)), row.params, data), 0.0
     return low_rank_features(float(s["kept"])), math.log(fraction)
 
 
@@ -216,7 +219,11 @@ class Rule:
     """A fitted log-linear rule of one technique."""
 
     def __init__(self, technique: str, names: tuple[str, ...], coef: np.ndarray, cov_unit: np.ndarray,
-                 sigma: float, n_rows: int, row_ids: tuple[str, ...]):
+                 sigma: float, n_rows: int, row_ids: tuple[str, ...], dof: float = math.inf):
+        self.dof = dof
+        self.t_ratio = t90(dof) / Z80
+        """Student-t over normal 80% quantile at the fit's residual degrees of freedom: folded into the
+        returned spread so that +-Z80 spreads give a t interval."""
         self.technique = technique
         self.names = names
         self.coef = coef
@@ -229,8 +236,7 @@ class Rule:
         """(median ln d, predictive standard deviation of ln d) at these features."""
         x = np.asarray(features)
         mu = float(x @ self.coef)
-        spread = self.sigma * math.sqrt(1.0 + float(x @ self.cov_unit @ x))
-        return mu, spread
+        return mu, self.sigma * self.t_ratio * math.sqrt(1.0 + float(x @ self.cov_unit @ x))
 
     def coefficients(self) -> dict[str, float]:
         return dict(zip(self.names, (float(c) for c in self.coef)))
@@ -244,8 +250,40 @@ def _prior_for(name: str, technique: TechniqueDef) -> CoefficientPrior:
         raise InvalidConfigError(f"accuracy_priors.toml: technique has no prior for coefficient {key!r}.") from None
 
 
+def _decimals(value: float) -> int:
+    text = repr(float(value))
+    if "e" in text:
+        return 6
+    return len(text.split(".")[1].rstrip("0")) if "." in text else 0
+
+
+def row_noise(row: PriorRow, data: PriorsFile) -> float:
+    """Absolute noise of a row's latent damage from its resolution: half a unit in the last cited digit
+    of the compressed metric, half the cited range, or 0.05 points of a cited percentage."""
+    scale = data.metrics[row.metric].scale
+    if row.retained_low_pct is not None and row.retained_high_pct is not None:
+        return (row.retained_high_pct - row.retained_low_pct) / 2 / 100 / scale
+    if row.retained_pct is not None:
+        return 0.5 * 10 ** -max(_decimals(row.retained_pct), 1) / 100 / scale
+    assert row.compressed is not None
+    return 0.5 * 10 ** -_decimals(row.compressed) / row.compressed / scale
+
+
+def t90(dof: float) -> float:
+    """0.9 quantile of Student's t (Cornish-Fisher expansion; exact to ~1e-3 for dof >= 2)."""
+    if not math.isfinite(dof):
+        return Z80
+    dof = max(dof, 1.0)
+    z = Z80
+    return z + (z ** 3 + z) / (4 * dof) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * dof ** 2)
+
+
 def fit_rule(technique: str, rows: list[PriorRow], data: PriorsFile) -> Rule:
-    """Ridge fit of one technique's rule on these point rows (see the module docstring)."""
+    """Weighted ridge fit of one technique's rule on these point rows (see the module docstring).
+
+    Row i has log-variance sigma^2 + (tau_i / d_i)^2, tau_i = :func:`row_noise`: rounded near-lossless
+    figures weigh little. sigma is re-estimated until the weighted residuals match their
+    degrees of freedom (a few fixed-point steps)."""
     definition = data.techniques[technique]
     assert isinstance(definition, TechniqueDef)
     names = coefficient_names(technique, data)
@@ -256,21 +294,33 @@ def fit_rule(technique: str, rows: list[PriorRow], data: PriorsFile) -> Rule:
     if used:
         X = np.array([row_features(r, data)[0] for r in used])
         offset = np.array([row_features(r, data)[1] for r in used])
-        y = np.log([row_damage(r, data) for r in used]) - offset
+        damage = np.array([row_damage(r, data) for r in used])
+        tau = np.array([row_noise(r, data) for r in used])
+        y = np.log(damage) - offset
     else:
-        X, y = np.zeros((0, len(names))), np.zeros(0)
-    A = X.T @ X + strength
-    A_inv = np.linalg.pinv(A)
-    coef = A_inv @ (X.T @ y + strength @ mean)
+        X, y, damage, tau = np.zeros((0, len(names))), np.zeros(0), np.zeros(0), np.zeros(0)
     n = len(used)
-    if n:
+    sigma = definition.min_sigma
+    p_eff = 0.0
+    for _ in range(8):
+        weights = sigma ** 2 / (sigma ** 2 + (tau / damage) ** 2) if n else np.zeros(0)
+        XtW = X.T * weights
+        A_inv = np.linalg.pinv(XtW @ X + strength)
+        coef = A_inv @ (XtW @ y + strength @ mean)
+        if not n:
+            break
         residual = y - X @ coef
-        p_eff = float(np.trace(X @ A_inv @ X.T))
-        sigma = math.sqrt(float(residual @ residual) / max(n - p_eff, 1.0))
-    else:
-        sigma = 0.0
-    sigma = max(sigma, definition.min_sigma)
-    return Rule(technique, names, coef, A_inv, sigma, n, tuple(r.id for r in used))
+        p_eff = float(np.trace(X @ A_inv @ XtW))
+        excess = residual ** 2 - (tau / damage) ** 2
+        new_sigma = math.sqrt(max(float(np.sum(weights * np.maximum(excess, 0.0))) /
+                                  max(float(np.sum(weights)) * (n - p_eff) / n, 1e-9), 0.0))
+        new_sigma = max(new_sigma, definition.min_sigma)
+        if abs(new_sigma - sigma) < 1e-4:
+            sigma = new_sigma
+            break
+        sigma = new_sigma
+    dof = max(n - p_eff, 1.0) if n else math.inf
+    return Rule(technique, names, coef, A_inv, sigma, n, tuple(r.id for r in used), dof)
 
 
 def fit_rules(rows: list[PriorRow], data: PriorsFile) -> dict[str, Rule]:
@@ -301,6 +351,18 @@ class Priors:
                 if pattern.search(text):
                     return entry.tokens, entry.source
         return None, ""
+
+    def predict_row(self, row: PriorRow, *, include_row_noise: bool = False) -> tuple[float, float, float]:
+        """(median, low, high) quality retained the fitted rule predicts for a cited row, % on the
+        row's own metric, 80% interval. ``include_row_noise`` widens it by the row's resolution."""
+        features, offset = row_features(row, self.data)
+        mu, s = self.rules[row.technique].predict_log(features)
+        mu += offset
+        if include_row_noise:
+            s = math.sqrt(s * s + (row_noise(row, self.data) / math.exp(mu)) ** 2)
+        scale = self.metric_scale(row.metric)
+        shown = [100.0 * math.exp(-scale * math.exp(mu + z * s)) for z in (0.0, Z80, -Z80)]
+        return shown[0], shown[1], shown[2]
 
     def with_rows(self, rows: list[PriorRow]) -> "Priors":
         """The same priors refitted on a subset of rows (leave-one-out)."""
@@ -342,4 +404,4 @@ def load_priors() -> Priors:
 
 
 __all__ = ["DAMAGE_FLOOR", "Priors", "PriorRow", "Rule", "Z80", "fit_rule", "fit_rules", "load_priors",
-           "row_damage", "row_features"]
+           "row_damage", "row_features", "row_noise"]

@@ -168,7 +168,9 @@ class SensitivityProfile(_Profile):
         return len(self.entries) + len(self.block_drop)
 
     def matches(self, spec) -> bool:
-        """True if this profile was measured on ``spec``'s model (fingerprint, else name)."""
+        """True if this profile was measured on ``spec``'s model (fingerprint, else name and depth)."""
+        if self.model.num_blocks != spec.num_layers:
+            return False
         if self.model.fingerprint and spec.config:
             return self.model.fingerprint == model_fingerprint(spec.config)
         return self.model.name == spec.name
