@@ -10,6 +10,8 @@ no GPU given, a GPU without bandwidth, no cloud price, a training mode.
 
 from __future__ import annotations
 
+import sys
+import types
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -90,3 +92,15 @@ def estimate(model: Any, precision: str | None = None, *, gpu: Any = None, gpus:
     return Estimate(model=memory.model, precision=memory.precision, mode="inference", engine=speed_engine.name,
                     memory_engine=memory_engine, gpu=acc.name if acc is not None else None, gpus=memory.gpus,
                     memory=memory, speed=speed, cost=cost, speed_unknown=speed_unknown, cost_unknown=cost_unknown)
+
+
+class _CallableModule(types.ModuleType):
+    """``planner.estimate`` is both this module and its function: importing the submodule (e.g.
+    ``from planner.estimate import Estimate``) makes Python bind the module object to the package
+    attribute ``planner.estimate``, so the module forwards calls to :func:`estimate`."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Estimate:
+        return estimate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

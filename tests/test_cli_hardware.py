@@ -43,7 +43,7 @@ def test_list_table_has_the_summary_columns(capsys):
     assert code == 0 and err == ""
     for header in ("name", "memory GB", "usable GiB", "bandwidth GB/s", "bf16 TFLOPS", "fp8 TFLOPS", "$/h", "launch $"):
         assert header in out
-    assert "NVIDIA GeForce RTX 4090" in out and "Accelerators (69)" in out
+    assert "NVIDIA GeForce RTX 4090" in out and "Accelerators (75)" in out
 
 
 def test_list_json_has_every_field(capsys):

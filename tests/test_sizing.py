@@ -130,7 +130,7 @@ def test_decode_speed_is_bandwidth_over_bytes_read():
     # the token embedding is a gather, not a read
     assert reads.at(1) == pytest.approx(w.total - spec.params.embeddings * 2)
     engine = get_speed_engine("vllm")
-    bytes_s, _, overhead, total = step_terms(engine, bytes_read=reads.at(1), flops=1.0, bandwidth_gbps=3350,
+    bytes_s, _, overhead, total = step_terms(engine, weight_bytes=reads.at(1), linear_flops=1.0, bandwidth_gbps=3350,
                                              peak_tflops=989, mfu=0.5, layers=32)
     assert bytes_s == pytest.approx(reads.at(1) / (3350e9 * engine.bandwidth_efficiency))
     assert total == pytest.approx(bytes_s + overhead)

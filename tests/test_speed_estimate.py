@@ -32,7 +32,11 @@ def test_estimate_returns_memory_speed_and_cost(awq_4090):
     assert s.decode_context == 512 + 128
     # the step is max(bytes, compute) + overhead, and batch-1 decode of an 8B model is memory-bound
     d = s.decode
-    assert d.seconds == pytest.approx(max(d.bytes_seconds, d.compute_seconds) + d.overhead_seconds)
+    i = d.inputs
+    assert d.bytes_seconds == pytest.approx((i["weight_bytes"] + i["kv_bytes"]) / (1008e9 * i["bandwidth_efficiency"]),
+                                            rel=1e-3) or i["kernel_factor"] != 1
+    assert d.seconds >= max(d.bytes_seconds, d.compute_seconds) + d.overhead_seconds - 1e-12
+    assert d.seconds <= d.bytes_seconds + d.compute_seconds + d.overhead_seconds + 1e-12
     assert d.bound in ("memory", "overhead") and s.prefill.bound == "compute"
     acc = hardware_db.get("RTX 4090")
     assert e.cost.usd_per_hour == acc.cloud_usd_per_hour
@@ -97,14 +101,14 @@ def test_moe_expert_loop_costs_overhead_only_in_looping_engines():
     assert moe_experts_run(spec, 1) == pytest.approx(32 * 2)
     hf, vllm = get_speed_engine("hf"), get_speed_engine("vllm")
     assert hf.expert_loop and not vllm.expert_loop
-    kw = dict(bytes_read=1e9, flops=1e9, bandwidth_gbps=1000, peak_tflops=100, mfu=0.5, layers=32)
+    kw = dict(weight_bytes=1e9, linear_flops=1e9, bandwidth_gbps=1000, peak_tflops=100, mfu=0.5, layers=32)
     assert step_terms(hf, experts_run=64, **kw)[2] > step_terms(hf, experts_run=0, **kw)[2]
     assert step_terms(vllm, experts_run=64, **kw)[2] == step_terms(vllm, experts_run=0, **kw)[2]
 
 
 def test_step_terms_vectorise_and_propagate_unknown_bandwidth():
     engine = get_speed_engine("llamacpp")
-    *_, total = step_terms(engine, bytes_read=np.array([1e9, 1e9]), flops=np.array([1e9, 1e9]),
+    *_, total = step_terms(engine, weight_bytes=np.array([1e9, 1e9]), linear_flops=np.array([1e9, 1e9]),
                            bandwidth_gbps=np.array([[1000.0], [np.nan]]), peak_tflops=np.nan, mfu=0.5,
                            layers=np.array([32, 32]))
     assert total.shape == (2, 2) and np.isfinite(total[0]).all() and np.isnan(total[1]).all()
@@ -153,3 +157,71 @@ def test_cli_prints_the_library_numbers(run_cli, awq_4090):
 def test_cli_unknown_engine_exits_2(run_cli):
     code, _, err = run_cli("estimate", "Qwen/Qwen2.5-0.5B", "--engine", "vlm")
     assert code == 2 and "vlm" in err
+
+
+def test_fitted_constants_name_the_published_rows_they_came_from():
+    import csv
+    from pathlib import Path
+
+    from planner.speed.engines import prior_speed_engines, speed_engine_names
+
+    rows = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "published_speed_rows.csv"
+    with rows.open(newline="") as handle:
+        published = {row["id"]: row for row in csv.DictReader(handle)}
+    calibrated = [get_speed_engine(n) for n in speed_engine_names() if get_speed_engine(n).fitted]
+    assert {"llamacpp", "tensorrt-llm"} <= {e.name for e in calibrated}
+    for engine in calibrated:
+        assert engine.fit_rows and all(published[r]["fp_engine"] == engine.name for r in engine.fit_rows)
+        assert all(published[r]["source"] and published[r]["locator"] for r in engine.fit_rows)
+        assert engine != prior_speed_engines()[engine.name]
+
+
+def test_unmeasured_quantized_format_keeps_its_prior_ratio_to_measured_ones():
+    llamacpp = get_speed_engine("llamacpp")
+    q6 = planner.get_format("gguf-q6_k")
+    assert "gguf-q6_k" not in llamacpp.kernels and llamacpp.kernels
+    factor, source = llamacpp.kernel_factor(q6)
+    assert factor != llamacpp.prior_kernel_factor(q6)[0] and "rescaled" in source
+
+
+def test_geforce_fp16_accumulate_doubles_the_matmul_peak_only_for_engines_that_use_it():
+    from planner.speed.step import matmul_peak
+
+    acc = hardware_db.get("RTX 4090")
+    assert matmul_peak(get_speed_engine("llamacpp"), acc, "fp16") == 2 * acc.peak_tflops("fp16")
+    assert matmul_peak(get_speed_engine("vllm"), acc, "fp16") == acc.peak_tflops("fp16")
+    h100 = hardware_db.get("H100 SXM")
+    assert matmul_peak(get_speed_engine("llamacpp"), h100, "fp16") == h100.peak_tflops("fp16")
+
+
+def test_recommended_format_follows_the_documented_rule():
+    from planner.sizing.recommend import HEADROOM_PCT, SLOW_FACTOR
+
+    frame = planner.what_fits("RTX 4090", ["meta-llama/Llama-3.1-8B", "Qwen/Qwen3-30B-A3B"])
+    for _, rows in frame.groupby("model", observed=True):
+        best = rows[rows.recommended]
+        assert len(best) == 1
+        best = best.iloc[0]
+        assert best.fits and best.supported is not False
+        fastest = rows[rows.fits].decode_tok_s.max()
+        candidates = rows[rows.fits & (rows.headroom_pct >= HEADROOM_PCT) & (rows.decode_tok_s * SLOW_FACTOR >= fastest)]
+        if len(candidates):
+            assert best.quality_loss_pct <= candidates.quality_loss_pct.min() + 0.5
+            assert best.decode_tok_s * SLOW_FACTOR >= fastest
+    # the slow bitsandbytes int8 kernels are never recommended over a format several times faster
+    llama = frame[frame.model == "meta-llama/Llama-3.1-8B"]
+    assert llama[llama.recommended].precision.iloc[0] != "int8"
+
+
+def test_capacity_only_gpu_does_not_recommend_formats_needing_recent_hardware():
+    frame = planner.what_fits("16GB", ["meta-llama/Llama-3.1-8B", "Qwen/Qwen2.5-7B"])
+    chosen = set(frame[frame.recommended].precision.astype(str))
+    assert chosen and not chosen & {"fp8-block", "bf16", "fp8", "nvfp4"}
+
+
+def test_planner_estimate_stays_callable_after_the_submodule_is_imported():
+    import planner.estimate as module
+    from planner.estimate import Estimate
+
+    assert isinstance(planner.estimate("Qwen/Qwen2.5-0.5B", seq_len=64), Estimate)
+    assert isinstance(module("Qwen/Qwen2.5-0.5B", seq_len=64), Estimate)

@@ -148,7 +148,8 @@ def _speed_table(speed):
         if step is None:
             continue
         compute = "-" if step.compute_seconds is None else f"{step.compute_seconds * 1e3:,.3f}"
-        inputs = ", ".join(f"{k}={v}" for k, v in step.inputs.items() if v is not None)
+        inputs = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in step.inputs.items() if v is not None)
         table.add_row(f"{name} ({step.bound}-bound, {step.tokens:,} tokens)", f"{step.bytes_seconds * 1e3:,.3f}", compute,
                       f"{step.overhead_seconds * 1e3:,.3f}", f"{step.seconds * 1e3:,.3f}",
                       escape(f"{step.formula}\n[{inputs}]\n" + "\n".join(step.sources)))

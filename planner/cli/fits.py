@@ -83,10 +83,16 @@ def _print_best(args: argparse.Namespace, rows: dict[str, np.ndarray]) -> None:
     usable = float(rows["usable_gib"][0])
     fitting = np.flatnonzero(rows["fits"])
     precision, safe, params = rows["precision"], rows["safe_gib"], rows["params_b"]
-    bits = {str(p): _bits(str(p)) for p in set(precision[fitting])}
-    # Most bits per weight first (then the largest safe bound), then the largest models first; both
-    # sorts are stable (equal keys keep the what_fits order), like pandas' sort_values(kind="stable").
-    order = sorted(fitting, key=lambda i: (bits[str(precision[i])], safe[i]), reverse=True)
+    if training:
+        # Most bits per weight first (then the largest safe bound), then the largest models first; both
+        # sorts are stable (equal keys keep the what_fits order), like pandas' sort_values(kind="stable").
+        bits = {str(p): _bits(str(p)) for p in set(precision[fitting])}
+        order = sorted(fitting, key=lambda i: (bits[str(precision[i])], safe[i]), reverse=True)
+    else:
+        # The recommended format first (planner.sizing.recommend), the others by quality then speed.
+        loss = np.nan_to_num(rows["quality_loss_pct"].astype(float), nan=np.inf)
+        tok_s = np.nan_to_num(rows["decode_tok_s"].astype(float), nan=-np.inf)
+        order = sorted(fitting, key=lambda i: (not rows["recommended"][i], loss[i], -tok_s[i]))
     order = sorted(order, key=lambda i: params[i], reverse=True)
     by_model: dict[str, list[int]] = {}
     for i in order:
@@ -95,11 +101,14 @@ def _print_best(args: argparse.Namespace, rows: dict[str, np.ndarray]) -> None:
     also = np.array([", ".join(str(precision[i]) for i in indices[1:]) for indices in by_model.values()],
                     dtype=object)
     view = {name: rows[name][best] for name in ("model", "params_b", "precision")}
+    view["precision"] = np.array([str(p) for p in view["precision"]], dtype=object)
     view["also_fits"] = also
     view.update({name: rows[name][best] for name in ("safe_gib", "headroom_pct", length, "max_batch", speed, "note")})
-    caption = ("precision = the fitting format with the most bits per weight; safe_gib = upper bound of the "
-               "per-GPU memory; "
-               "--all for every row and the reasons")
+    if training:
+        rule = "precision = the fitting format with the most bits per weight"
+    else:
+        from planner.sizing.recommend import RULE as rule
+    caption = f"{rule}; safe_gib = upper bound of the per-GPU memory; --all for every row and the reasons"
     unknown = "format support unknown on a capacity-only device"
     notes = np.array([str(note) for note in view["note"]], dtype=object)
     if (notes == unknown).any():

@@ -20,6 +20,7 @@ from planner.memory.api import MAX_BATCH, MAX_TOKENS, _positive_int
 from planner.memory.devices import format_support, resolve_gpu
 from planner.memory.engines import get_engine
 from planner.models.resolve import get_model
+from planner.sizing.recommend import loss_of, needs_hardware, recommended
 from planner.sizing.table import GIB, _cached_table
 
 if TYPE_CHECKING:
@@ -50,6 +51,8 @@ COLUMNS: dict[str, str] = {
     "max_batch": "largest batch that fits at this context",
     "decode_tok_s": "decode tokens/s of the whole batch at the full context (planner.speed; NaN when the GPU's "
                     "bandwidth is unknown)",
+    "quality_loss_pct": "typical quality loss of the format (published perplexity increase, %; NaN: no figure)",
+    "recommended": "the format fitplan recommends for this model on this GPU (planner.sizing.recommend.RULE)",
     "note": "why a row cannot run, or a caveat",
 }
 
@@ -186,6 +189,14 @@ def fit_columns(gpu: Any, models: Iterable[Any] | None = None, precisions: Itera
     def cells(array: np.ndarray) -> np.ndarray:
         return array.ravel()[order]
 
+    loss = loss_of(formats)[fmt_index]
+    headroom_pct = np.where(finite, 100 * headroom / usable[:, None], np.nan)
+    decode = np.where(fits, tok_s, np.nan)
+    group = gpu_index * len(names) + np.tile(np.arange(n) // len(formats), g)  # (GPU, model) of each cell
+    unsure = (state == -1) & needs_hardware(formats)[fmt_index][None]
+    best = recommended(cells(group), cells(fits), cells(headroom_pct), np.tile(loss, g)[order], cells(decode),
+                       cells(unsure))
+
     data = {
         "gpu": gpu_index[order],
         "model": row_index // len(formats),
@@ -197,10 +208,12 @@ def fit_columns(gpu: Any, models: Iterable[Any] | None = None, precisions: Itera
         "peak_gib": (peak / GIB)[row_index],
         "usable_gib": (usable / GIB)[gpu_index[order]],
         "headroom_gib": cells(np.where(finite, headroom / GIB, np.nan)),
-        "headroom_pct": cells(np.where(finite, 100 * headroom / usable[:, None], np.nan)),
+        "headroom_pct": cells(headroom_pct),
         "max_context": cells(np.where(unsupported, 0, max_context).astype("int64")),
         "max_batch": cells(np.where(unsupported, 0, max_batch).astype("int64")),
-        "decode_tok_s": cells(np.where(fits, tok_s, np.nan)),
+        "decode_tok_s": cells(decode),
+        "quality_loss_pct": np.tile(loss, g)[order],
+        "recommended": best,
         "note": cells(note[0]),
     }
     categories = {"gpu": [acc.name for acc in accs], "model": list(names), "precision": list(formats),
@@ -214,22 +227,28 @@ def decode_speed_columns(table, accs: list[Accelerator], formats: tuple[str, ...
     ``planner.speed.step`` on every (GPU, row) at once (NaN: bandwidth unknown or the row failed)."""
     from planner.speed.engines import get_speed_engine
     from planner.speed.model import moe_experts_run
-    from planner.speed.roofline import decode_flops
-    from planner.speed.step import step_terms
+    from planner.speed.roofline import decode_step_flops
+    from planner.speed.step import matmul_peak, step_terms
 
     speed = get_speed_engine(engine)
     specs = [p.setup.spec if p is not None else None for p in table.prepared]
-    traffic = np.array([r.at(batch) if r is not None else np.nan for r in table.reads]) + table.kv_bytes(batch, context)
-    flops = np.array([decode_flops(s, context, batch) if s is not None else np.nan for s in specs])
+    weights = np.array([r.at(batch) if r is not None else np.nan for r in table.reads])
+    flops = [decode_step_flops(s, context, batch) if s is not None else None for s in specs]
+    linear = np.array([f.linear if f is not None else np.nan for f in flops])
+    attention = np.array([f.attention if f is not None else np.nan for f in flops])
     layers = np.array([s.total_layers if s is not None else 0 for s in specs], dtype=float)
     experts = np.array([moe_experts_run(s, batch) if s is not None else 0.0 for s in specs])
     fmts = [get_format(f) for f in formats]
     factors = np.array([speed.kernel_factor(f)[0] for f in fmts])[fmt_index]
+    compute = np.array([speed.compute_factor(f)[0] for f in fmts])[fmt_index]
     bandwidth = np.array([acc.memory_bandwidth_gbps or np.nan for acc in accs], dtype=float)
-    peak = np.array([[acc.peak_tflops(f.matmul_dtype) or np.nan for f in fmts] for acc in accs], dtype=float)
-    *_, seconds = step_terms(speed, bytes_read=traffic[None], flops=flops[None], bandwidth_gbps=bandwidth[:, None],
-                             peak_tflops=peak[:, fmt_index], mfu=speed.decode_mfu, kernel_factor=factors[None],
-                             layers=layers[None], experts_run=experts[None])
+    vector = np.array([acc.fp32_tflops or np.nan for acc in accs], dtype=float)
+    peak = np.array([[matmul_peak(speed, acc, f.matmul_dtype) or np.nan for f in fmts] for acc in accs], dtype=float)
+    *_, seconds = step_terms(speed, weight_bytes=weights[None], kv_bytes=table.kv_bytes(batch, context)[None],
+                             linear_flops=linear[None], attention_flops=attention[None],
+                             bandwidth_gbps=bandwidth[:, None], peak_tflops=peak[:, fmt_index],
+                             vector_tflops=vector[:, None], mfu=speed.decode_mfu, kernel_factor=factors[None],
+                             compute_factor=compute[None], layers=layers[None], experts_run=experts[None])
     return batch / seconds
 
 

@@ -23,12 +23,13 @@ from planner.formats import WeightFormat
 from planner.models.spec import ModelSpec
 from planner.speed.engines import EngineSpeed
 from planner.speed.result import SpeedEstimate, StepBreakdown
-from planner.speed.roofline import ReadBytes, decode_flops, experts_touched, prefill_flops
-from planner.speed.step import step_terms
+from planner.speed.roofline import ReadBytes, StepFlops, decode_step_flops, experts_touched, prefill_step_flops
+from planner.speed.step import matmul_peak, step_terms
 
-STEP_FORMULA = ("max(bytes / (bandwidth x bandwidth_efficiency x kernel_factor), FLOPs / (peak TFLOPS x mfu)) "
-                "/ multi_gpu_efficiency [if split] + step_overhead + layers x layer_overhead"
-                " [+ MoE experts run x expert_overhead]")
+STEP_FORMULA = ("[max(weight_bytes / (BW x bandwidth_efficiency x kernel_factor), linear_flops / P') + "
+                "max(kv_bytes / (BW x bandwidth_efficiency), attention_flops / P')] / multi_gpu_efficiency [if split]"
+                " + step_overhead + layers x layer_overhead [+ MoE experts run x expert_overhead]; 1/P' = "
+                "((1 - vector_share) / peak + vector_share / fp32_tflops) / (mfu x compute_factor)")
 
 
 class SpeedUnknown(FitplanError):
@@ -50,32 +51,37 @@ def moe_experts_run(spec: ModelSpec, tokens) -> float:
     return len(moe.moe_layers) * experts_touched(moe.num_experts, moe.experts_per_token, tokens)
 
 
-def _step(kind: str, engine: EngineSpeed, acc: Accelerator, fmt: WeightFormat, spec: ModelSpec, *, bytes_read: float,
-          flops: float, tokens: int, routed: float, mfu: float, kernel: tuple[float, str], devices: int,
-          extra_inputs: dict) -> StepBreakdown:
-    peak = acc.peak_tflops(fmt.matmul_dtype)
+def _step(kind: str, engine: EngineSpeed, acc: Accelerator, fmt: WeightFormat, spec: ModelSpec, *,
+          weight_bytes: float, kv_bytes: float, flops: StepFlops, tokens: int, routed: float, mfu: float,
+          kernel: tuple[float, str], devices: int, extra_inputs: dict) -> StepBreakdown:
+    peak = matmul_peak(engine, acc, fmt.matmul_dtype)
+    compute = engine.compute_factor(fmt)
     experts = moe_experts_run(spec, routed)
     bytes_s, compute_s, overhead_s, total = (float(x) for x in step_terms(
-        engine, bytes_read=bytes_read, flops=flops, bandwidth_gbps=acc.memory_bandwidth_gbps,
-        peak_tflops=peak if peak else np.nan, mfu=mfu, kernel_factor=kernel[0], layers=spec.total_layers,
-        experts_run=experts, devices=devices))
+        engine, weight_bytes=weight_bytes, kv_bytes=kv_bytes, linear_flops=flops.linear,
+        attention_flops=flops.attention, bandwidth_gbps=acc.memory_bandwidth_gbps,
+        peak_tflops=peak if peak else np.nan, vector_tflops=acc.fp32_tflops or np.nan, mfu=mfu,
+        kernel_factor=kernel[0], compute_factor=compute[0], layers=spec.total_layers, experts_run=experts,
+        devices=devices))
     split = engine.multi_gpu_efficiency if devices > 1 else 1.0
-    inputs = {"bytes_read": round(bytes_read), "flops": float(f"{flops:.4g}"),
+    inputs = {"weight_bytes": weight_bytes, "kv_bytes": kv_bytes, "linear_flops": flops.linear,
+              "attention_flops": flops.attention,
               "bandwidth_gbps": acc.memory_bandwidth_gbps, "bandwidth_efficiency": engine.bandwidth_efficiency,
-              "kernel_factor": kernel[0], f"peak_{fmt.matmul_dtype}_tflops": peak, "mfu": mfu,
+              "kernel_factor": kernel[0], f"peak_{fmt.matmul_dtype}_tflops": peak, "fp32_tflops": acc.fp32_tflops,
+              "vector_share": engine.vector_share, "mfu": mfu, "compute_factor": compute[0],
               "multi_gpu_efficiency": split, "step_overhead_ms": engine.step_overhead_ms,
               "layers": spec.total_layers, "layer_overhead_us": engine.layer_overhead_us, **extra_inputs}
     if engine.expert_loop and experts:
-        inputs.update(experts_run=round(experts, 2), expert_overhead_us=engine.expert_overhead_us)
+        inputs.update(experts_run=experts, expert_overhead_us=engine.expert_overhead_us)
     sources = (f"engine {engine.name}: {engine.source}", f"kernel factor {fmt.name}: {kernel[1]}",
-               f"{acc.name}: {acc.source}")
+               f"compute factor {fmt.name}: {compute[1]}", f"{acc.name}: {acc.source}")
     if engine.fitted:
         sources += (f"fitted on {len(engine.fit_rows)} published rows: {', '.join(engine.fitted)} "
                     "(planner/data/speed_calibration.toml)",)
     return StepBreakdown(seconds=total, bytes_seconds=bytes_s, compute_seconds=compute_s if math.isfinite(compute_s) else None,
                          overhead_seconds=overhead_s, bound=_bound(bytes_s, compute_s, overhead_s, split),
-                         bytes_read=bytes_read, flops=flops, tokens=tokens, formula=f"{kind}: {STEP_FORMULA}",
-                         inputs=inputs, sources=sources)
+                         bytes_read=weight_bytes + kv_bytes, flops=flops.total, tokens=tokens,
+                         formula=f"{kind}: {STEP_FORMULA}", inputs=inputs, sources=sources)
 
 
 def predict_speed(spec: ModelSpec, fmt: WeightFormat, engine: EngineSpeed, acc: Accelerator, *, reads: ReadBytes,
@@ -91,16 +97,16 @@ def predict_speed(spec: ModelSpec, fmt: WeightFormat, engine: EngineSpeed, acc: 
     kernel = engine.kernel_factor(fmt)
     context = prompt + new // 2
     kv = kv_bytes_at(batch, context) * pp
-    decode = _step("decode", engine, acc, fmt, spec, bytes_read=reads.at(batch) + kv,
-                   flops=decode_flops(spec, context, batch) / tp, tokens=batch, routed=batch,
+    decode = _step("decode", engine, acc, fmt, spec, weight_bytes=reads.at(batch), kv_bytes=kv,
+                   flops=decode_step_flops(spec, context, batch).split(tp), tokens=batch, routed=batch,
                    mfu=engine.decode_mfu, kernel=kernel, devices=tp,
-                   extra_inputs={"batch": batch, "context": context, "kv_bytes": round(kv)})
+                   extra_inputs={"batch": batch, "context": context})
     notes = []
     prefill = None
-    peak = acc.peak_tflops(fmt.matmul_dtype)
+    peak = matmul_peak(engine, acc, fmt.matmul_dtype)
     if peak:
-        prefill = _step("prefill", engine, acc, fmt, spec, bytes_read=reads.at(batch * prompt),
-                        flops=prefill_flops(spec, prompt, batch) / tp, tokens=batch * prompt,
+        prefill = _step("prefill", engine, acc, fmt, spec, weight_bytes=reads.at(batch * prompt), kv_bytes=0.0,
+                        flops=prefill_step_flops(spec, prompt, batch).split(tp), tokens=batch * prompt,
                         routed=batch * prompt, mfu=engine.prefill_mfu, kernel=(1.0, "prefill reads weights once"),
                         devices=tp, extra_inputs={"batch": batch, "prompt_tokens": prompt})
     else:

@@ -69,14 +69,39 @@ def _span(spec: ModelSpec, tokens: int) -> int:
     return sum(min(tokens, window) if (t == "sliding_attention" and window) else tokens for t in a.layer_types)
 
 
+@dataclass(frozen=True)
+class StepFlops:
+    """FLOPs of one step: the weight matmuls and the attention over the cache."""
+
+    linear: float
+    attention: float
+
+    @property
+    def total(self) -> float:
+        return self.linear + self.attention
+
+    def split(self, devices: int) -> StepFlops:
+        """The share of one of ``devices`` tensor-parallel devices."""
+        return StepFlops(self.linear / devices, self.attention / devices)
+
+
+def prefill_step_flops(spec: ModelSpec, tokens: int, batch: int) -> StepFlops:
+    """A prefill of ``tokens`` tokens for ``batch`` sequences: 2 x params x tokens + causal attention."""
+    linear, width = _linear_and_width(spec)
+    return StepFlops(batch * 2 * linear * tokens, batch * 2 * 2 * width * tokens * _span(spec, tokens) / 2)
+
+
+def decode_step_flops(spec: ModelSpec, context: int, batch: int) -> StepFlops:
+    """One decode step of ``batch`` sequences with ``context`` tokens in the cache."""
+    linear, width = _linear_and_width(spec)
+    return StepFlops(batch * 2 * linear, batch * 2 * 2 * width * _span(spec, context))
+
+
 def prefill_flops(spec: ModelSpec, tokens: int, batch: int) -> float:
     """FLOPs of a prefill of ``tokens`` tokens for ``batch`` sequences (2 x params x tokens + attention)."""
-    linear, width = _linear_and_width(spec)
-    attention = 2 * 2 * width * tokens * _span(spec, tokens) / 2
-    return batch * (2 * linear * tokens + attention)
+    return prefill_step_flops(spec, tokens, batch).total
 
 
 def decode_flops(spec: ModelSpec, context: int, batch: int) -> float:
     """FLOPs of one decode step of ``batch`` sequences with ``context`` tokens in the cache."""
-    linear, width = _linear_and_width(spec)
-    return batch * (2 * linear + 2 * 2 * width * _span(spec, context))
+    return decode_step_flops(spec, context, batch).total
