@@ -326,3 +326,26 @@ def test_too_big_for_one_gpu_suggests_the_gpu_count_that_admits_it():
     admitted = text.split(" to admit ")[1].rsplit(" (", 1)[0]
     again = plan("meta-llama/Llama-3.1-70B", {**raw, "gpus": gpus}, grid=grid)
     assert admitted in set(again.table()["strategy"])
+
+
+def test_per_block_levels_and_formats_are_sized_block_by_block(llama8b):
+    from planner.strategy import BlockFormat, BlockSparsity
+
+    bf16 = get_format("bf16")
+    every = sparse_storage(llama8b, bf16, SparsitySpec(pattern="2:4", level=0.5), engine="hf")
+    half_levels = tuple(BlockSparsity(block=b, group=g, level=0.0) for b in range(16) for g in ("attention", "mlp"))
+    half = sparse_storage(llama8b, bf16, SparsitySpec(pattern="2:4", level=0.5, block_levels=half_levels), engine="hf")
+    assert half.dense_bytes == every.dense_bytes
+    assert half.dense_bytes - half.stored_bytes == pytest.approx((every.dense_bytes - every.stored_bytes) / 2)
+    # Eight blocks' MLPs in bf16 inside an nf4 model: exactly their bf16 - nf4 bytes more.
+    overrides = tuple(BlockFormat(block=b, group="mlp", format="bf16") for b in range(8))
+    constraints = Constraints(gpu="H100 SXM")
+    plain = evaluate_candidate(llama8b, CompressionStrategy(quantization=QuantizationSpec(weights="nf4")), constraints)
+    mixed = evaluate_candidate(llama8b, CompressionStrategy(
+        quantization=QuantizationSpec(weights="nf4", block_formats=overrides)), constraints)
+    from planner.formats.storage import group_storage
+
+    mlp = [g for g in llama8b.param_groups if g.layers and g.component == "mlp"]
+    extra = sum(group_storage(llama8b, bf16, g).bytes - group_storage(llama8b, get_format("nf4"), g).bytes
+                for g in mlp) * 8 / llama8b.num_layers
+    assert (mixed.weights_gib - plain.weights_gib) * 2**30 == pytest.approx(extra, rel=1e-9)

@@ -86,7 +86,9 @@ def test_plan_json_and_csv(capsys):
 
     assert main([*SEED_ARGS, "--deployment-target", "cloud_inference", "--json"]) == 0
     payload = json.loads(capsys.readouterr().out)
-    assert payload["recommended"]["strategy"]["version"] == 1
+    from planner.strategy import STRATEGY_VERSION
+
+    assert payload["recommended"]["strategy"]["version"] == STRATEGY_VERSION
     assert payload["n_feasible"] == len(payload["candidates"]) > 0
     assert main([*SEED_ARGS, "--gpu", "RTX 4090", "--csv"]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -117,27 +117,31 @@ class Evaluator:
         return self._deployments[key]
 
     def _mixed_delta(self, spec: ModelSpec, quant: QuantizationSpec, arch: tuple) -> tuple[float, float]:
-        """Weight and read-byte changes of per-group formats and kept blocks against one-format storage."""
+        """Weight and read-byte changes of per-group and per-block formats (kept blocks, block overrides)
+        against storing every block Linear in ``quant.weights``: each tensor in its own format."""
         key = (arch, quant.model_dump_json(exclude={"kv_cache", "compute_dtype"}))
         if key in self._mixed:
             return self._mixed[key]
         main = get_format(quant.weights)
         weight = read = 0.0
-        keep = quant.keep_first_layers + quant.keep_last_layers
         for group in spec.param_groups:
             base = group_storage(spec, main, group).bytes
-            override = quant.format_for(group.component) if group.component in (
-                "attention", "mlp", "embeddings", "lm_head") else None
-            if group.component == "experts":
-                override = quant.mlp
-            bytes_ = group_storage(spec, get_format(override), group).bytes if override else base
-            if keep and group.layers:
-                share = min(keep, len(group.layers)) / len(group.layers)
-                kept = group_storage(spec, get_format(quant.keep_format), group).bytes
-                bytes_ = bytes_ * (1 - share) + kept * share
-            weight += bytes_ - base
+            component = "mlp" if group.component in ("experts", "shared_experts") else group.component
+            if group.layers and group.kind == "linear" and component in ("attention", "mlp"):
+                per_layer: dict[str, float] = {}
+                stored = 0.0
+                for layer in group.layers:
+                    name = quant.block_format(layer, component, spec.num_layers)
+                    if name not in per_layer:
+                        per_layer[name] = group_storage(spec, get_format(name), group).bytes / len(group.layers)
+                    stored += per_layer[name]
+            elif component in ("embeddings", "lm_head") and quant.format_for(component):
+                stored = group_storage(spec, get_format(quant.format_for(component)), group).bytes
+            else:
+                stored = base
+            weight += stored - base
             if group.kind != "embedding":
-                read += bytes_ - base
+                read += stored - base
         self._mixed[key] = (weight, read)
         return weight, read
 
@@ -154,10 +158,11 @@ class Evaluator:
             weight_delta, read_delta = self._mixed_delta(spec, quant, arch)
         sparsity = strategy.sparsity
         if sparsity is not None and not sparsity.structured:
-            skey = (arch, fmt, sparsity.pattern, sparsity.level)
+            skey = (arch, fmt, sparsity.model_dump_json(),
+                    quant.model_dump_json(exclude={"kv_cache", "compute_dtype"}) if quant is not None else None)
             if skey not in self._sparse:
                 self._sparse[skey] = sparse_storage(spec, get_format(fmt), sparsity,
-                                                    engine=self.constraints.memory_engine, acc=self.acc)
+                                                    engine=self.constraints.memory_engine, acc=self.acc, quant=quant)
             storage = self._sparse[skey]
             weight_delta += storage.resident_bytes - storage.dense_bytes
             read_delta += storage.read_bytes_delta

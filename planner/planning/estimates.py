@@ -90,23 +90,10 @@ def deployment(spec: ModelSpec, weight_format: str, kv_dtype: str | None, constr
     return replace(first, gpus_needed=0)
 
 
-def _estimate_function():
-    """``planner.estimate`` (the function). Importing the ``planner.estimate`` module binds the package
-    attribute of the same name to the module, hiding the function ``planner/__init__.py`` exports
-    lazily; this puts the function back so ``planner.estimate(...)`` keeps working for everyone."""
-    import importlib
-
-    import planner
-
-    function = importlib.import_module("planner.estimate").estimate
-    if planner.__dict__.get("estimate") is not function:
-        planner.estimate = function
-    return function
-
-
 def _estimator(spec: ModelSpec, weight_format: str, kv_dtype: str | None, constraints: Constraints, gpus: int,
                read_delta: float) -> _Raw:
-    estimate = _estimate_function()
+    from planner.estimate import estimate
+
     if constraints.mode == "fine-tuning":
         return _fine_tuning(spec, weight_format, constraints, gpus)
     result = estimate(spec, weight_format, gpu=constraints.gpu_accelerator(), gpus=gpus,
@@ -146,9 +133,9 @@ def _speed_with_read_delta(spec: ModelSpec, weight_format: str, kv_dtype: str | 
 def _fine_tuning(spec: ModelSpec, weight_format: str, constraints: Constraints, gpus: int) -> _Raw:
     """Memory of LoRA (float / int8 base) or QLoRA (bitsandbytes 4-bit base) training on the compressed model."""
     from planner.errors import UnsupportedError
+    from planner.estimate import estimate
     from planner.formats import get_format
 
-    estimate = _estimate_function()
     fmt = get_format(weight_format)
     mode = "lora" if fmt.name == "int8" else FINE_TUNING_MODES.get(fmt.family)
     if mode is None or (mode == "qlora" and fmt.bits != 4):

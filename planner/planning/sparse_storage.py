@@ -73,9 +73,10 @@ def sparsity_data() -> SparsityData:
 class SparseStorage:
     """Weight bytes of a model (all devices) with a non-structured sparsity pattern.
 
-    ``dense_bytes``: every weight in ``fmt`` without sparsity; ``stored_bytes``: in the sparse format
-    (on disk); ``resident_bytes``: held in GPU memory by the engine; ``read_bytes_delta``: change of
-    the bytes one decode step reads (negative = faster, only with a 2:4 kernel).
+    ``dense_bytes``: the sparsified block Linears without sparsity; ``stored_bytes``: the same tensors
+    in the sparse format (on disk); ``resident_bytes``: held in GPU memory by the engine;
+    ``read_bytes_delta``: change of the bytes one decode step reads (negative = faster, only with a 2:4
+    kernel). The rest of the model is the same either way.
     """
 
     pattern: str
@@ -132,58 +133,84 @@ def kernel_2_4(fmt: WeightFormat, engine: str, acc) -> tuple[bool, str]:
     return False, f"{engine} has no 2:4 kernel for {fmt.name}"
 
 
+def _layer_format(quant, fmt: WeightFormat, layer: int, component: str, num_blocks: int) -> WeightFormat:
+    if quant is None:
+        return fmt
+    from planner.formats import get_format
+
+    return get_format(quant.block_format(layer, component, num_blocks))
+
+
 def sparse_storage(spec: ModelSpec, fmt: WeightFormat, sparsity: SparsitySpec, *, engine: str,
-                   acc=None) -> SparseStorage:
-    """Dense, stored and resident weight bytes of ``spec`` in ``fmt`` with a non-structured ``sparsity``."""
+                   acc=None, quant=None) -> SparseStorage:
+    """Dense, stored and resident weight bytes of ``spec`` in ``fmt`` with a non-structured ``sparsity``.
+
+    ``quant``: the strategy's QuantizationSpec when blocks use other formats than ``fmt`` (kept blocks,
+    per-block overrides): each block's tensors are sized in their own format. Per-block sparsity levels
+    (``sparsity.block_levels``) apply block by block; a level of 0 leaves the block dense. Bytes outside
+    the sparsified block Linears are the same in both totals, so ``dense_bytes`` covers those Linears only.
+    """
     if sparsity.structured:
         raise ValueError(f"pattern {sparsity.pattern} changes the architecture: use planner.models.derive")
     data = sparsity_data()
-    dense = stored = 0.0
-    for group in spec.param_groups:
-        item = group_storage(spec, fmt, group)
-        dense += item.bytes
-        stored += item.bytes
+    semi = sparsity.pattern in SEMI_STRUCTURED
+    dense = stored = read_saved = 0.0
+    break_even = None
+    kernels: dict[str, tuple[bool, str]] = {}
+    packed: set[str] = set()
+    for group in _targets(spec):
+        out, inp = group.out_features or 0, group.in_features or 0
+        component = "mlp" if group.component in ("experts", "shared_experts") else group.component
+        per_layer_tensors = group.count / len(group.layers)
+        for layer in group.layers:
+            layer_fmt = _layer_format(quant, fmt, layer, component, spec.num_layers)
+            item = group_storage(spec, layer_fmt, group)
+            each = item.bytes / group.count
+            dense += each * per_layer_tensors
+            level = sparsity.block_level(layer, component)
+            sparse = each
+            if level > 0 and layer_fmt.family != "gguf":
+                if semi and inp % data.semi_in_multiple == 0:
+                    if item.quantized:
+                        sparse = each - linear_bytes(layer_fmt, out, inp) + semi_structured_bytes(layer_fmt, out, inp)
+                    else:  # left in its 16-bit dtype by the format: half the values, same element size
+                        element = each / group.params_each
+                        sparse = each - out * inp * element / 2 + out * inp / 2 * data.semi_metadata_bits / 8
+                elif not semi and layer_fmt.family in data.bitmask_families:
+                    value_bits = layer_fmt.bits if item.quantized else 8 * each / group.params_each
+                    candidate = each - out * inp * value_bits / 8 + bitmask_bytes(value_bits, out, inp, 1 - level)
+                    even = bitmask_break_even(value_bits, inp)
+                    break_even = even if break_even is None else min(break_even, even)
+                    sparse = min(each, candidate)
+                elif not semi:
+                    packed.add(layer_fmt.name)
+            saved = (each - sparse) * per_layer_tensors
+            stored += sparse * per_layer_tensors
+            if semi and saved > 0:
+                if layer_fmt.name not in kernels:
+                    kernels[layer_fmt.name] = kernel_2_4(layer_fmt, engine, acc)
+                if kernels[layer_fmt.name][0]:
+                    read_saved += saved
     if fmt.family == "gguf":
         return SparseStorage(sparsity.pattern, "dense (GGUF has no sparse format)", dense, dense, dense, 0.0, False,
                              None, False, "llama.cpp GGUF stores every tensor dense: sparsity saves nothing")
-    saved = 0.0
-    break_even = None
-    for group in _targets(spec):
-        item = group_storage(spec, fmt, group)
-        out, inp = group.out_features or 0, group.in_features or 0
-        each = item.bytes / group.count
-        if sparsity.pattern in SEMI_STRUCTURED:
-            if inp % data.semi_in_multiple:
-                continue
-            if item.quantized:
-                sparse = each - linear_bytes(fmt, out, inp) + semi_structured_bytes(fmt, out, inp)
-            else:  # kept in its 16-bit dtype by the format: half the values, same element size
-                element = each / group.params_each
-                sparse = each - out * inp * element / 2 + out * inp / 2 * data.semi_metadata_bits / 8
-        else:
-            if fmt.family not in data.bitmask_families or item.quantized and fmt.family != "fp8":
-                continue
-            value_bits = 8 * each / group.params_each if not item.quantized else fmt.bits
-            weight = out * inp * value_bits / 8
-            sparse = each - weight + bitmask_bytes(value_bits, out, inp, 1 - sparsity.level)
-            even = bitmask_break_even(value_bits, inp)
-            break_even = even if break_even is None else min(break_even, even)
-        saved += max(0.0, each - sparse) * group.count
-    stored = dense - saved
-    if sparsity.pattern in SEMI_STRUCTURED:
-        kernel, why = kernel_2_4(fmt, engine, acc)
-        note = (f"2:4 compressed: {stored / dense:.0%} of dense; {why}: decode reads the compressed weights"
-                if kernel else f"2:4 compressed: {stored / dense:.0%} of dense, memory only ({why})")
+    if semi:
+        kernel = any(ok for ok, _ in kernels.values())
+        why = "; ".join(reason for _, reason in kernels.values()) or "no block is sparse"
+        share = f"block weights at {stored / dense:.0%} of dense" if dense else "no sparse blocks"
+        note = (f"2:4 compressed: {share}; {why}: decode reads the compressed weights" if kernel
+                else f"2:4 compressed: {share}, memory only ({why})")
         return SparseStorage(sparsity.pattern, "2:4 compressed (values + 2-bit indices)", dense, stored, stored,
-                             -(dense - stored) if kernel else 0.0, stored < dense, 0.5, kernel, note)
-    pays = saved > 0
+                             -read_saved, stored < dense, 0.5, kernel, note)
+    pays = stored < dense
     resident = stored if engine in data.bitmask_resident_engines else dense
+    density = 1 - sparsity.level
     if break_even is None:
-        note = f"{fmt.name} is packed: no unstructured sparse format, stored dense"
+        note = f"{', '.join(sorted(packed)) or fmt.name} is packed: no unstructured sparse format, stored dense"
     elif pays:
-        note = (f"sparse-bitmask pays below density {break_even:.3f} (here {1 - sparsity.level:.2f}): "
+        note = (f"sparse-bitmask pays below density {break_even:.3f} (here {density:.2f}): block weights at "
                 f"{stored / dense:.0%} of dense on disk; {engine} densifies at load: no GPU memory or speed gain")
     else:
-        note = f"density {1 - sparsity.level:.2f} is above the sparse-bitmask break-even {break_even:.3f}: stored dense"
+        note = f"density {density:.2f} is above the sparse-bitmask break-even {break_even:.3f}: stored dense"
     return SparseStorage(sparsity.pattern, "sparse-bitmask" if pays else "dense", dense, stored, resident, 0.0,
                          pays, break_even, False, note)
