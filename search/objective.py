@@ -1,0 +1,120 @@
+"""What a trial computes: one strategy's prediction from the planner, its objectives and constraints.
+
+A trial asks the space for a strategy, scores it with ``planner.planning.evaluate_candidate`` (the
+same prediction ``fitplan plan`` ranks: quality with interval and basis, memory, speed, cost,
+feasibility), and records in the trial's user attributes:
+
+- ``strategy``: the strategy's canonical JSON (``CompressionStrategy.from_json`` rebuilds it);
+- ``summary``: its one-line summary;
+- ``prediction``: the full candidate prediction (JSON object);
+- ``violations``: the violated constraints, one line each (empty when feasible).
+
+Constraints go through Optuna's constraint mechanism (``trial.set_constraint``: a value <= 0 is
+feasible), one per user constraint, as the relative amount by which it is exceeded, so infeasible
+trials still guide multi-objective samplers rather than being dropped.
+
+Equivalent configurations are scored once per process: predictions are cached by the strategy's
+canonical JSON.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from planner.errors import InvalidRequestError
+
+if TYPE_CHECKING:
+    import optuna
+
+    from planner.strategy import CompressionStrategy
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One quantity a search optimises: its direction, what it means, and how to read it."""
+
+    name: str
+    direction: str  # "minimize" | "maximize"
+    label: str
+    column: str  # trade-off table column holding it
+
+    def value(self, row: dict[str, Any]) -> float | None:
+        value = row.get(self.column)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return None
+        return float(value)
+
+
+OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
+    Objective("quality_loss", "minimize", "predicted quality loss, % of the uncompressed model", "quality_loss_pct"),
+    Objective("memory_gib", "minimize", "memory per GPU at the peak (safe bound), GiB", "memory_gib"),
+    Objective("cost_per_1m_tokens", "minimize", "$ per 1M output tokens", "usd_per_1m_tokens"),
+    Objective("tokens_per_s", "maximize", "decode tokens/s", "tokens_per_s"),
+    Objective("speedup", "maximize", "decode speedup vs the uncompressed model", "speedup"),
+)}
+DEFAULT_OBJECTIVES = ("quality_loss", "memory_gib", "cost_per_1m_tokens")
+
+
+def resolve_objectives(names: tuple[str, ...] | list[str] | str) -> tuple[Objective, ...]:
+    """Objectives by name (a comma-separated string works too); unknown names are a clear error."""
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    if not names:
+        raise InvalidRequestError(f"objectives must name at least one of: {', '.join(OBJECTIVES)}.")
+    out = []
+    for name in names:
+        if name not in OBJECTIVES:
+            from hardware_db.names import did_you_mean
+
+            raise InvalidRequestError(f"unknown objective {name!r}.{did_you_mean(name, OBJECTIVES)} Allowed: "
+                                      f"{', '.join(OBJECTIVES)}.")
+        out.append(OBJECTIVES[name])
+    if len(set(out)) != len(out):
+        raise InvalidRequestError("objectives must not repeat.")
+    return tuple(out)
+
+
+class TrialScorer:
+    """Scores strategies with the planner (cached by canonical JSON) and fills Optuna trials."""
+
+    def __init__(self, evaluate: Callable[["CompressionStrategy"], dict[str, Any]],
+                 objectives: tuple[Objective, ...]):
+        self._evaluate = evaluate
+        self.objectives = objectives
+        self.cache: dict[str, dict[str, Any]] = {}
+        self.evaluations = 0
+
+    def row(self, strategy: "CompressionStrategy") -> dict[str, Any]:
+        """The trade-off row of ``strategy`` (from the cache when the same configuration was seen)."""
+        key = strategy_key(strategy)
+        if key not in self.cache:
+            self.cache[key] = self._evaluate(strategy)
+            self.evaluations += 1
+        return self.cache[key]
+
+    def __call__(self, trial: "optuna.trial.Trial", strategy: "CompressionStrategy") -> list[float]:
+        row = self.row(strategy)
+        trial.set_user_attr("strategy", strategy_key(strategy))
+        trial.set_user_attr("summary", strategy.summary())
+        trial.set_user_attr("prediction", row["prediction"])
+        trial.set_user_attr("violations", row["violations"])
+        for name, amount in row["constraint_values"].items():
+            trial.set_constraint(name, amount)
+        values = []
+        for objective in self.objectives:
+            value = objective.value(row)
+            if value is None:
+                raise InvalidRequestError(f"objective {objective.name!r} ({objective.label}) is unknown for "
+                                          f"{strategy.summary()}: {row.get('unknown_reason') or 'not predicted'}")
+            values.append(value)
+        return values
+
+
+def strategy_key(strategy: "CompressionStrategy") -> str:
+    """Canonical JSON of a strategy: equal strategies give equal keys."""
+    import json
+
+    return json.dumps(json.loads(strategy.to_json()), sort_keys=True, separators=(",", ":"))
