@@ -24,6 +24,8 @@ _LAZY = {
     "what_fits": "planner.sizing", "size_cluster": "planner.sizing",
     "estimate": "planner.estimate:estimate", "Estimate": "planner.estimate",
     "SpeedEstimate": "planner.speed", "CostEstimate": "planner.speed", "StepBreakdown": "planner.speed",
+    "Constraints": "planner.planning", "Plan": "planner.planning", "plan": "planner.planning",
+    "evaluate_candidate": "planner.planning",
 }
 
 __all__ = [
@@ -31,7 +33,7 @@ __all__ = [
     "FitplanError", "InvalidConfigError", "InvalidRequestError", "MemoryEstimate", "MemoryTerm", "ModelSpec",
     "OfflineError", "ParamGroup", "ParameterBreakdown", "UnknownFormatError", "UnknownModelError", "UnsupportedError",
     "WeightFormat", "estimate_memory", "get_format", "get_model", "list_formats", "list_models", "size_cluster",
-    "what_fits",
+    "what_fits", "Constraints", "Plan", "plan", "evaluate_candidate",
 ]
 
 

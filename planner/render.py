@@ -19,14 +19,17 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
-def add_format_flags(parser: argparse.ArgumentParser, *, csv: bool = True) -> None:
-    """Add the mutually exclusive ``--json`` / ``--csv`` flags to a sub-command parser."""
+def add_format_flags(parser: argparse.ArgumentParser, *, csv: bool = True, markdown: bool = False) -> None:
+    """Add the mutually exclusive ``--json`` / ``--csv`` (/ ``--md``) flags to a sub-command parser."""
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--json", dest="output", action="store_const", const="json",
                        help="print machine-readable JSON")
     if csv:
         group.add_argument("--csv", dest="output", action="store_const", const="csv",
                            help="print CSV")
+    if markdown:
+        group.add_argument("--md", dest="output", action="store_const", const="markdown",
+                           help="print Markdown")
     parser.set_defaults(output="table")
 
 

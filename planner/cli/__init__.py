@@ -23,17 +23,19 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from planner.cli import compare as _compare
 from planner.cli import estimate as _estimate
 from planner.cli import fits as _fits
 from planner.cli import hardware as _hardware
 from planner.cli import models as _models
+from planner.cli import plan as _plan
 from planner.cli import size as _size
 from planner.cli import training_flags as _training_flags  # noqa: F401  (registers the --mode flags)
 
 # Order = order in `fitplan --help`; the planner's own commands first, then the registered ones.
-COMMAND_MODULES: list = [_hardware, _models, _estimate, _fits, _size]
+COMMAND_MODULES: list = [_hardware, _models, _estimate, _fits, _size, _plan, _compare]
 # Top-level command names of COMMAND_MODULES (a command line naming one of them needs no plugins).
-BUILTIN_COMMANDS: frozenset[str] = frozenset({"hardware", "models", "estimate", "fits", "size"})
+BUILTIN_COMMANDS: frozenset[str] = frozenset({"hardware", "models", "estimate", "fits", "size", "plan", "compare"})
 PLUGIN_GROUP = "fitplan.commands"
 
 EXIT_USER_ERROR = 2

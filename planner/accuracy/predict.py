@@ -1,0 +1,237 @@
+"""``predict_quality``: predicted quality retained of a compressed model, with interval and basis.
+
+Three bases, in order of preference:
+
+- **profile**: a :class:`SensitivityProfile` of this model is given and covers the strategy's
+  quantization / sparsity / depth options: the damage is the sum of the profile's measured
+  per-(block, group) effects; parts the profile does not cover come from the priors (noted);
+- **calibrated**: a :class:`CalibrationStore` holds measured results of the same model family for a
+  technique of the strategy: that technique's prior is corrected (see :mod:`.calibration`);
+- **prior**: the published-data rules of :mod:`.priors`.
+
+Parts combine by :func:`planner.accuracy.combine.combine` (additive in log-quality + interaction term,
+wider interval for stacked parts). Work that depends only on the model or on one part is cached, so a
+call costs tens of microseconds once a model's facts are known.
+"""
+
+from __future__ import annotations
+
+import math
+
+from planner.accuracy.calibration import CalibrationStore
+from planner.accuracy.combine import Damage, combine
+from planner.accuracy.metrics import check_metric, retained_from_damage
+from planner.accuracy.parts import (ModelFacts, PartDamage, distillation_damage, low_rank_damage, model_facts,
+                                    quantization_damage, sparsity_damage)
+from planner.accuracy.priors import Z80, Priors, load_priors
+from planner.accuracy.profile import SensitivityProfile, damage_sum, sparsity_option
+from planner.accuracy.result import QualityPart, QualityPrediction
+from planner.strategy import CompressionStrategy
+
+PROFILE_SIGMA = 0.25
+"""log-spread of a profile's additive estimate of one part (measurement noise of the per-block effects and
+the additivity of blocks within a part; HIGGS's linearity theorem holds in the medium-bit regime)."""
+
+_facts_cache: dict[tuple, ModelFacts] = {}
+_part_cache: dict[tuple, PartDamage] = {}
+
+
+def _facts(spec, priors: Priors, training_tokens: float | None) -> ModelFacts:
+    key = (id(priors), spec.name, spec.model_type, spec.params.total, spec.num_layers, training_tokens)
+    facts = _facts_cache.get(key)
+    if facts is None:
+        facts = _facts_cache[key] = model_facts(spec, priors, training_tokens)
+    return facts
+
+
+def _student_params(name: str) -> float:
+    from planner.models import get_model
+
+    return float(get_model(name).params.total)
+
+
+def prior_parts(strategy: CompressionStrategy, facts: ModelFacts, priors: Priors) -> list[PartDamage]:
+    """Prior damage of each part of the strategy (cached per part and model)."""
+    out = []
+    for kind, part in (("distillation", strategy.distillation), ("sparsity", strategy.sparsity),
+                       ("low_rank", strategy.low_rank), ("quantization", strategy.quantization)):
+        if part is None:
+            continue
+        key = (id(priors), facts, kind, part)
+        cached = _part_cache.get(key)
+        if cached is None:
+            if kind == "quantization":
+                cached = quantization_damage(part, facts, priors)
+            elif kind == "sparsity":
+                cached = sparsity_damage(part, facts, priors)
+            elif kind == "low_rank":
+                cached = low_rank_damage(part, facts, priors)
+            else:
+                student = _student_params(part.student) if part.student else None
+                cached = distillation_damage(part, facts, priors, student)
+            if len(_part_cache) > 100_000:
+                _part_cache.clear()
+            _part_cache[key] = cached
+        if cached is not None:
+            out.append(cached)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Profile basis
+# ------------------------------------------------------------------------------------------------
+def _kept_blocks(strategy: CompressionStrategy, num_blocks: int) -> list[int] | None:
+    """Blocks a depth change keeps (None = all)."""
+    from planner.models.derive import evenly_spaced_kept_layers, kept_layer_count, student_layer_indices
+
+    dist, sp = strategy.distillation, strategy.sparsity
+    if dist is not None and dist.depth_ratio is not None and dist.width_ratio is None and not dist.student:
+        return student_layer_indices(num_blocks, dist.depth_ratio)
+    if sp is not None and sp.pattern == "layers":
+        return evenly_spaced_kept_layers(num_blocks, kept_layer_count(num_blocks, sp.level))
+    return None
+
+
+def profile_parts(strategy: CompressionStrategy, profile: SensitivityProfile, scale: float,
+                  notes: list[str]) -> tuple[dict[str, PartDamage], int]:
+    """Parts the profile covers (technique -> damage) and how many entries were used."""
+    n_blocks = profile.model.num_blocks
+    covered: dict[str, PartDamage] = {}
+    used = 0
+    kept = _kept_blocks(strategy, n_blocks)
+    blocks = kept if kept is not None else list(range(n_blocks))
+    if kept is not None:
+        effects = [profile.drop_effect(b) for b in range(n_blocks) if b not in set(kept)]
+        if effects and all(e is not None for e in effects):
+            key = "structure"
+            covered[key] = PartDamage(key, f"drop {len(effects)} of {n_blocks} blocks",
+                                      Damage(math.log(damage_sum(effects, scale)), PROFILE_SIGMA), len(effects),
+                                      "profile:block_drop")
+            used += len(effects)
+        elif effects:
+            notes.append("profile lacks block-drop effects for some removed blocks: depth from the priors.")
+    q = strategy.quantization
+    if q is not None:
+        effects, missing = [], set()
+        for block in blocks:
+            keep = block < q.keep_first_layers or block >= n_blocks - q.keep_last_layers
+            for group in ("attention", "mlp"):
+                fmt = q.keep_format if keep else q.format_for(group)
+                if fmt in ("fp32", "fp16", "bf16"):
+                    continue
+                effect = profile.effect(block, group, fmt)
+                if effect is None:
+                    missing.add(fmt)
+                else:
+                    effects.append(effect)
+        if missing:
+            notes.append(f"profile has no entries for {', '.join(sorted(missing))}: quantization from the priors.")
+        elif effects:
+            extra = [x for x in (q.embeddings, q.lm_head, q.kv_cache) if x]
+            if extra:
+                notes.append("profile covers blocks only: embeddings / lm_head / KV formats are not in its estimate.")
+            covered["quantization"] = PartDamage("quantization", q.summary(),
+                                                 Damage(math.log(damage_sum(effects, scale)), PROFILE_SIGMA),
+                                                 len(effects), "profile:entries")
+            used += len(effects)
+    sp = strategy.sparsity
+    if sp is not None and not sp.structured:
+        option = sparsity_option(sp.pattern, sp.level)
+        effects = [profile.effect(b, g, option) for b in blocks for g in ("attention", "mlp")]
+        if all(e is not None for e in effects):
+            if sp.method != profile.settings.sparsity_method:
+                notes.append(f"profile measured {profile.settings.sparsity_method} sparsity, strategy uses {sp.method}.")
+            covered["sparsity"] = PartDamage("sparsity", sp.summary(),
+                                             Damage(math.log(damage_sum(effects, scale)), PROFILE_SIGMA),
+                                             len(effects), "profile:entries")
+            used += len(effects)
+        else:
+            notes.append(f"profile has no complete {option} entries: sparsity from the priors.")
+    return covered, used
+
+
+# ------------------------------------------------------------------------------------------------
+def _to_part(p: PartDamage, scale: float, basis: str, n: int) -> QualityPart:
+    return QualityPart(technique=p.technique, setting=p.setting,
+                       retained_pct=retained_from_damage(p.damage.median, scale),
+                       low_pct=retained_from_damage(p.damage.quantile(Z80), scale),
+                       high_pct=retained_from_damage(p.damage.quantile(-Z80), scale),
+                       basis=basis, n_measurements=n, source=p.source)
+
+
+def predict_quality(spec, strategy: CompressionStrategy, *, profile: SensitivityProfile | None = None,
+                    calibration: CalibrationStore | None = None, metric: str = "accuracy",
+                    training_tokens: float | None = None, priors: Priors | None = None) -> QualityPrediction:
+    """Predicted quality retained by ``spec`` compressed with ``strategy``.
+
+    ``metric``: the family the percentage is expressed in (``accuracy`` by default, see
+    :mod:`planner.accuracy.metrics`). ``training_tokens``: the model's pretraining tokens when the
+    priors' table does not know them. ``priors``: an alternative fitted :class:`Priors` (the
+    leave-one-out benchmark). A profile of another model, or a calibration store with no record of
+    this model family, is not applied and a note says so.
+    """
+    priors = priors or load_priors()
+    metric = check_metric(metric)
+    scale = priors.metric_scale(metric)
+    facts = _facts(spec, priors, training_tokens)
+    notes = list(facts.notes)
+    if strategy.is_identity:
+        return QualityPrediction(retained_pct=100.0, low_pct=100.0, high_pct=100.0, basis="prior",
+                                 n_measurements=0, metric=metric, notes=("uncompressed: nothing to predict.",))
+    parts = prior_parts(strategy, facts, priors)
+    bases: list[str] = []
+    ns: list[int] = []
+    for p in parts:
+        bases.append("prior")
+        ns.append(p.n_rows)
+        notes.extend(p.notes)
+
+    if profile is not None:
+        if not profile.matches(spec):
+            notes.append(f"sensitivity profile is for {profile.model.name}, not {spec.name}: not applied.")
+        else:
+            profile_scale = priors.metric_scale(profile.evaluator.metric_family)
+            covered, _ = profile_parts(strategy, profile, profile_scale, notes)
+            for i, p in enumerate(parts):
+                if p.technique in covered:
+                    parts[i] = covered.pop(p.technique)
+                    bases[i] = "profile"
+                    ns[i] = parts[i].n_rows
+            for p in covered.values():  # e.g. a depth change the priors did not see as a part
+                parts.append(p)
+                bases.append("profile")
+                ns.append(p.n_rows)
+
+    if calibration is not None:
+        applied = False
+        for i, p in enumerate(parts):
+            if bases[i] != "prior":
+                continue
+            correction = calibration.correction(facts.family, p.technique)
+            if correction is None:
+                continue
+            sigma_prior = p.damage.s
+            spread = correction.scatter if correction.scatter is not None else sigma_prior
+            s = math.sqrt(spread ** 2 + sigma_prior ** 2 * 2.0 / (2.0 + correction.n))
+            parts[i] = PartDamage(p.technique, p.setting, Damage(p.damage.mu + correction.log_bias, s),
+                                  correction.n, f"calibration:{facts.family}:{p.technique}")
+            bases[i] = "calibrated"
+            ns[i] = correction.n
+            applied = True
+        if not applied:
+            families = ", ".join(sorted(calibration.families)) or "none"
+            notes.append(f"calibration store has no measured {facts.family} records for these techniques "
+                         f"(families: {families}): not applied.")
+
+    quality_parts = tuple(_to_part(p, scale, b, n) for p, b, n in zip(parts, bases, ns))
+    interaction = priors.interaction
+    total = combine([p.damage for p in parts], interaction.gamma, interaction.sigma_per_pair)
+    retained = retained_from_damage(total.median, scale)
+    basis = "profile" if "profile" in bases else "calibrated" if "calibrated" in bases else "prior"
+    no_interaction = retained_from_damage(total.median - total.interaction, scale)
+    return QualityPrediction(
+        retained_pct=retained, low_pct=retained_from_damage(total.high, scale),
+        high_pct=retained_from_damage(total.low, scale), basis=basis,
+        n_measurements=sum(n for n, b in zip(ns, bases) if b == basis) if parts else 0,
+        metric=metric, parts=quality_parts, interaction_pct=no_interaction - retained,
+        notes=tuple(dict.fromkeys(notes)))

@@ -1,0 +1,345 @@
+"""Priors: published compression effects as data, and the log-linear rules fitted to them.
+
+``planner/data/accuracy_priors.toml`` holds the sourced observations (``[[rows]]``, one per cited
+number of COMPRESSION_PRIORS section c), the features of each technique's rule and a prior on each
+coefficient. :func:`load_priors` validates the file and fits every rule once (ridge least squares in
+log-damage space, a few ms), so a rule can never drift from the rows it cites:
+
+    ln d = x . b  (+ ln fraction),   b = argmin |X b + off - y|^2 + sum_j lambda_j (b_j - mu_j)^2
+
+``d`` is the latent damage in log-perplexity units (:mod:`planner.accuracy.metrics`). The 80% interval
+of a prediction is ``ln d +- 1.2816 * s`` with ``s^2 = sigma^2 (1 + x (X'X + Lambda)^-1 x')``: sigma is
+the rule's residual scatter (at least ``min_sigma``), the second term the uncertainty of the fit
+where the rows are thin. :func:`fit_rules` refits on any subset of rows (the leave-one-row-out
+benchmark uses it).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from functools import cache
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from planner._data import read_data_toml
+from planner.accuracy.metrics import DAMAGE_FLOOR, damage_from_retained
+from planner.errors import InvalidConfigError
+
+SCHEMA_VERSION = 1
+Z80 = 1.2815515655446004
+TECHNIQUES: tuple[str, ...] = ("quantization", "sparsity", "structure", "low_rank")
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class MetricDef(_Data):
+    scale: float = Field(gt=0)
+    description: str
+    source: str
+    verified: bool = True
+
+
+class CoefficientPrior(_Data):
+    mean: float
+    strength: float = Field(ge=0)
+    source: str
+
+
+class TechniqueDef(_Data):
+    description: str
+    min_sigma: float = Field(gt=0)
+    prior: dict[str, CoefficientPrior]
+
+
+class InteractionDef(_Data):
+    gamma: float = Field(ge=0)
+    sigma_per_pair: float = Field(ge=0)
+    source: str
+
+
+class PretrainEntry(_Data):
+    pattern: str
+    tokens: float = Field(gt=0)
+    source: str
+
+
+class PretrainingDef(_Data):
+    default_tokens_per_param: float = Field(gt=0)
+    default_source: str
+    reference_params: float = Field(gt=0)
+    reference_tokens_per_param: float = Field(gt=0)
+    models: tuple[PretrainEntry, ...]
+
+
+class QuantFormatPrior(_Data):
+    qb: float | None = Field(None, gt=0, description="quality bits")
+    method: str | None = None
+    lossless: bool = False
+
+    @model_validator(mode="after")
+    def _complete(self) -> "QuantFormatPrior":
+        if not self.lossless and (self.qb is None or self.method is None):
+            raise ValueError("a lossy format needs qb and method")
+        return self
+
+
+class PriorRow(_Data):
+    """One cited observation."""
+
+    id: str
+    technique: Literal["quantization", "sparsity", "structure", "low_rank"]
+    kind: Literal["point", "bound"] = "point"
+    setting: dict[str, str | float | int]
+    model: str
+    params: float = Field(gt=0)
+    pretrain_tokens: float = Field(gt=0)
+    metric: Literal["accuracy", "perplexity", "embedding"]
+    baseline: float | None = Field(None, gt=0)
+    compressed: float | None = Field(None, gt=0)
+    retained_pct: float | None = Field(None, gt=0)
+    retained_low_pct: float | None = Field(None, gt=0)
+    retained_high_pct: float | None = Field(None, gt=0)
+    retained_min_pct: float | None = Field(None, gt=0)
+    source: str
+    verified: bool = True
+    fit: bool = True
+
+    @model_validator(mode="after")
+    def _quality_given(self) -> "PriorRow":
+        if self.kind == "bound":
+            if self.retained_min_pct is None:
+                raise ValueError(f"row {self.id}: a bound row needs retained_min_pct")
+        elif self.retained_pct is None and (self.baseline is None or self.compressed is None):
+            raise ValueError(f"row {self.id}: give baseline and compressed, or retained_pct")
+        return self
+
+    @property
+    def cited_retained_pct(self) -> float:
+        """The cited quality retained, % on the row's own metric."""
+        if self.retained_pct is not None:
+            return self.retained_pct
+        assert self.baseline is not None and self.compressed is not None
+        if self.metric == "perplexity":
+            return 100.0 * self.baseline / self.compressed
+        return 100.0 * self.compressed / self.baseline
+
+
+class PriorsFile(_Data):
+    schema_version: int
+    metrics: dict[str, MetricDef]
+    pretraining: PretrainingDef
+    techniques: dict[str, TechniqueDef | InteractionDef]
+    quantization: dict[str, dict[str, str | QuantFormatPrior]]
+    rows: tuple[PriorRow, ...]
+
+
+# ------------------------------------------------------------------------------------------------
+# Features of each technique's rule
+# ------------------------------------------------------------------------------------------------
+def _quant_methods(data: PriorsFile) -> tuple[str, ...]:
+    return tuple(m for m in data.quantization["methods"] if m != "rtn")
+
+
+def coefficient_names(technique: str, data: PriorsFile) -> tuple[str, ...]:
+    if technique == "quantization":
+        return ("intercept", "slope", "extra_low", "size", "tokens") + tuple(
+            f"method:{m}" for m in _quant_methods(data))
+    if technique == "sparsity":
+        return ("intercept", "level", "pattern:2:4", "pattern:4:8", "method:magnitude", "method:sparsegpt",
+                "size", "tokens", "recovery")
+    if technique == "structure":
+        return ("intercept", "removed", "recovery")
+    if technique == "low_rank":
+        return ("intercept", "removed")
+    raise ValueError(f"unknown technique {technique!r}")
+
+
+def _size_tokens(params: float, tokens_per_param: float, ref: PretrainingDef) -> tuple[float, float]:
+    return math.log(params / ref.reference_params), math.log(tokens_per_param / ref.reference_tokens_per_param)
+
+
+def quant_features(qb: float, method: str, params: float, tpp: float, data: PriorsFile) -> list[float]:
+    size, tokens = _size_tokens(params, tpp, data.pretraining)
+    return [1.0, qb - 4.0, min(qb - 4.0, 0.0), size, tokens] + [1.0 if method == m else 0.0
+                                                                 for m in _quant_methods(data)]
+
+
+def sparsity_features(level: float, pattern: str, method: str, params: float, tpp: float,
+                      recovery_tokens: float, data: PriorsFile) -> list[float]:
+    size, tokens = _size_tokens(params, tpp, data.pretraining)
+    return [1.0, math.log(level / (1.0 - level)), float(pattern == "2:4"), float(pattern == "4:8"),
+            float(method == "magnitude"), float(method == "sparsegpt"), size, tokens,
+            math.log1p(recovery_tokens / params)]
+
+
+def structure_features(kept: float, recovery_tokens: float, params: float) -> list[float]:
+    kept = min(max(kept, 1e-3), 1 - 1e-6)
+    return [1.0, math.log((1.0 - kept) / kept), math.log1p(recovery_tokens / params)]
+
+
+def low_rank_features(kept: float) -> list[float]:
+    kept = min(max(kept, 1e-3), 1 - 1e-6)
+    return [1.0, math.log((1.0 - kept) / kept)]
+
+
+def row_features(row: PriorRow, data: PriorsFile) -> tuple[list[float], float]:
+    """Features of a cited row and its known offset (ln of the share of weights it compresses)."""
+    s = row.setting
+    tpp = row.pretrain_tokens / row.params
+    fraction = float(s.get("fraction", 1.0))
+    if row.technique == "quantization":
+        fmt = data.quantization["formats"][str(s["format"])]
+        assert isinstance(fmt, QuantFormatPrior) and fmt.qb is not None and fmt.method is not None
+        return quant_features(fmt.qb, fmt.method, row.params, tpp, data), math.log(fraction)
+    if row.technique == "sparsity":
+        return sparsity_features(float(s["level"]), str(s["pattern"]), str(s["method"]), row.params, tpp,
+                                 float(s.get("recovery_tokens", 0.0)), data), math.log(fraction)
+    if row.technique == "structure":
+        return structure_features(float(s["kept"]), float(s.get("recovery_tokens", 0.0)), row.params), 0.0
+    return low_rank_features(float(s["kept"])), math.log(fraction)
+
+
+def row_damage(row: PriorRow, data: PriorsFile) -> float:
+    """Latent damage of a cited point row (log-perplexity units, floored)."""
+    return damage_from_retained(row.cited_retained_pct, data.metrics[row.metric].scale)
+
+
+# ------------------------------------------------------------------------------------------------
+# Fitted rules
+# ------------------------------------------------------------------------------------------------
+class Rule:
+    """A fitted log-linear rule of one technique."""
+
+    def __init__(self, technique: str, names: tuple[str, ...], coef: np.ndarray, cov_unit: np.ndarray,
+                 sigma: float, n_rows: int, row_ids: tuple[str, ...]):
+        self.technique = technique
+        self.names = names
+        self.coef = coef
+        self.cov_unit = cov_unit
+        self.sigma = sigma
+        self.n_rows = n_rows
+        self.row_ids = row_ids
+
+    def predict_log(self, features: list[float]) -> tuple[float, float]:
+        """(median ln d, predictive standard deviation of ln d) at these features."""
+        x = np.asarray(features)
+        mu = float(x @ self.coef)
+        spread = self.sigma * math.sqrt(1.0 + float(x @ self.cov_unit @ x))
+        return mu, spread
+
+    def coefficients(self) -> dict[str, float]:
+        return dict(zip(self.names, (float(c) for c in self.coef)))
+
+
+def _prior_for(name: str, technique: TechniqueDef) -> CoefficientPrior:
+    key = name.split(":", 1)[0]
+    try:
+        return technique.prior[key]
+    except KeyError:
+        raise InvalidConfigError(f"accuracy_priors.toml: technique has no prior for coefficient {key!r}.") from None
+
+
+def fit_rule(technique: str, rows: list[PriorRow], data: PriorsFile) -> Rule:
+    """Ridge fit of one technique's rule on these point rows (see the module docstring)."""
+    definition = data.techniques[technique]
+    assert isinstance(definition, TechniqueDef)
+    names = coefficient_names(technique, data)
+    priors = [_prior_for(n, definition) for n in names]
+    mean = np.array([p.mean for p in priors])
+    strength = np.diag([p.strength for p in priors])
+    used = [r for r in rows if r.technique == technique and r.kind == "point" and r.fit]
+    if used:
+        X = np.array([row_features(r, data)[0] for r in used])
+        offset = np.array([row_features(r, data)[1] for r in used])
+        y = np.log([row_damage(r, data) for r in used]) - offset
+    else:
+        X, y = np.zeros((0, len(names))), np.zeros(0)
+    A = X.T @ X + strength
+    A_inv = np.linalg.pinv(A)
+    coef = A_inv @ (X.T @ y + strength @ mean)
+    n = len(used)
+    if n:
+        residual = y - X @ coef
+        p_eff = float(np.trace(X @ A_inv @ X.T))
+        sigma = math.sqrt(float(residual @ residual) / max(n - p_eff, 1.0))
+    else:
+        sigma = 0.0
+    sigma = max(sigma, definition.min_sigma)
+    return Rule(technique, names, coef, A_inv, sigma, n, tuple(r.id for r in used))
+
+
+def fit_rules(rows: list[PriorRow], data: PriorsFile) -> dict[str, Rule]:
+    return {t: fit_rule(t, rows, data) for t in TECHNIQUES}
+
+
+class Priors:
+    """The validated priors file with its fitted rules (one per technique)."""
+
+    def __init__(self, data: PriorsFile, rules: dict[str, Rule]):
+        self.data = data
+        self.rules = rules
+        self._patterns = [(re.compile(e.pattern, re.IGNORECASE), e) for e in data.pretraining.models]
+        self.interaction = data.techniques["interaction"]
+        assert isinstance(self.interaction, InteractionDef)
+
+    def metric_scale(self, metric: str) -> float:
+        return self.data.metrics[metric].scale
+
+    def quant_format(self, name: str) -> QuantFormatPrior | None:
+        fmt = self.data.quantization["formats"].get(name)
+        return fmt if isinstance(fmt, QuantFormatPrior) else None
+
+    def pretraining_tokens(self, name: str, model_type: str) -> tuple[float | None, str]:
+        """Pretraining tokens of a model by name (else model_type) and the source; None if unknown."""
+        for text in (name, model_type):
+            for pattern, entry in self._patterns:
+                if pattern.search(text):
+                    return entry.tokens, entry.source
+        return None, ""
+
+    def with_rows(self, rows: list[PriorRow]) -> "Priors":
+        """The same priors refitted on a subset of rows (leave-one-out)."""
+        return Priors(self.data, fit_rules(rows, self.data))
+
+
+def _validate(raw: dict) -> PriorsFile:
+    from pydantic import ValidationError
+
+    quantization = raw.get("quantization", {})
+    try:
+        formats = {name: QuantFormatPrior.model_validate(v) for name, v in quantization.get("formats", {}).items()}
+        techniques = {name: (InteractionDef if name == "interaction" else TechniqueDef).model_validate(v)
+                      for name, v in raw.get("techniques", {}).items()}
+        data = PriorsFile.model_validate({**raw, "techniques": techniques,
+                                          "quantization": {"methods": quantization.get("methods", {}),
+                                                           "formats": formats}})
+    except ValidationError as error:
+        raise InvalidConfigError(f"accuracy_priors.toml: {error}") from None
+    methods = data.quantization["methods"]
+    for name, fmt in formats.items():
+        if fmt.method is not None and fmt.method not in methods:
+            raise InvalidConfigError(f"accuracy_priors.toml: format {name} names unknown method {fmt.method!r}.")
+    ids = [r.id for r in data.rows]
+    if len(ids) != len(set(ids)):
+        raise InvalidConfigError("accuracy_priors.toml: duplicate row ids.")
+    for row in data.rows:
+        if row.technique == "quantization" and str(row.setting.get("format")) not in formats:
+            raise InvalidConfigError(f"accuracy_priors.toml: row {row.id} names unknown format "
+                                     f"{row.setting.get('format')!r}.")
+    return data
+
+
+@cache
+def load_priors() -> Priors:
+    """The packaged priors, validated and fitted once per process."""
+    data = _validate(read_data_toml("accuracy_priors.toml", SCHEMA_VERSION))
+    return Priors(data, fit_rules(list(data.rows), data))
+
+
+__all__ = ["DAMAGE_FLOOR", "Priors", "PriorRow", "Rule", "Z80", "fit_rule", "fit_rules", "load_priors",
+           "row_damage", "row_features"]

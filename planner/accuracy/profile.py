@@ -1,0 +1,214 @@
+"""Sensitivity profile: the measured effect of each format / sparsity level on each block of one model.
+
+Written by ``executors.profile`` (closed-loop issue), read here without torch. When a profile of the
+model is given, :func:`planner.accuracy.predict_quality` predicts a strategy as the sum of the
+profile's per-(block, group) effects plus the interaction term of :mod:`planner.accuracy.combine`.
+
+File format (JSON, UTF-8; ``SensitivityProfile.save`` / ``SensitivityProfile.load``)::
+
+    {
+      "format": "fitplan.sensitivity_profile",
+      "version": 1,
+      "model": {"name": "meta-llama/Llama-3.1-8B", "family": "llama",
+                "fingerprint": "<model_fingerprint(config)>", "num_blocks": 32},
+      "evaluator": {"name": "perplexity", "metric": "perplexity", "metric_family": "perplexity",
+                    "data_fingerprint": "<hash of the evaluation texts>", "baseline": 7.31},
+      "settings": {"samples": 64, "seq_len": 256, "seed": 0, "device": "cuda:0",
+                   "sparsity_method": "wanda"},
+      "entries": [   # one option applied to one module group of one block, everything else intact
+        {"block": 0, "group": "attention", "option": "nf4", "retained_pct": 99.7, "seconds": 4.1},
+        {"block": 0, "group": "mlp", "option": "sparsity:2:4:0.5", "retained_pct": 97.9, "seconds": 6.0}
+      ],
+      "block_drop": [  # the whole block removed (depth pruning)
+        {"block": 0, "retained_pct": 61.0, "seconds": 3.2}
+      ],
+      "created": "2026-12-05T23:00:00Z",
+      "total_seconds": 812.5
+    }
+
+- ``group``: ``attention`` or ``mlp`` (the module groups of :class:`~planner.strategy.QuantizationSpec`);
+- ``option``: a weight-format name of :data:`planner.strategy.WEIGHT_FORMATS`, or
+  ``sparsity:<pattern>:<level>`` (``sparsity:unstructured:0.5``, ``sparsity:2:4:0.5``);
+- ``retained_pct``: the evaluator's quality retained, % of the unmodified model (as the executors
+  report it: baseline/compressed for lower-is-better metrics);
+- ``seconds``: what measuring the entry cost (the search uses it to budget new profiles).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from planner.errors import InvalidConfigError
+
+PROFILE_FORMAT = "fitplan.sensitivity_profile"
+PROFILE_VERSION = 1
+MODULE_GROUPS: tuple[str, ...] = ("attention", "mlp")
+_VOLATILE_CONFIG_KEYS = ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache",
+                         "architectures", "auto_map")
+
+
+def model_fingerprint(config: dict) -> str:
+    """Stable short hash of a model's architecture (its config.json minus names, versions and dtype)."""
+    payload = {k: v for k, v in config.items() if k not in _VOLATILE_CONFIG_KEYS}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def sparsity_option(pattern: str, level: float) -> str:
+    """The profile option name of a sparsity pattern and level: 'sparsity:2:4:0.5'."""
+    return f"sparsity:{pattern}:{level:g}"
+
+
+class _Profile(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ProfileModel(_Profile):
+    name: str
+    family: str = Field(description="the config's model_type")
+    fingerprint: str | None = Field(None, description="model_fingerprint(config.json)")
+    num_blocks: int = Field(gt=0)
+
+
+class ProfileEvaluator(_Profile):
+    name: str
+    metric: str
+    metric_family: Literal["accuracy", "perplexity", "embedding"]
+    data_fingerprint: str | None = None
+    baseline: float | None = Field(None, description="the unmodified model's score")
+
+
+class ProfileSettings(_Profile):
+    samples: int | None = Field(None, ge=1)
+    seq_len: int | None = Field(None, ge=1)
+    seed: int = 0
+    device: str | None = None
+    sparsity_method: Literal["magnitude", "wanda"] = "magnitude"
+
+
+class ProfileEntry(_Profile):
+    block: int = Field(ge=0)
+    group: Literal["attention", "mlp"]
+    option: str
+    retained_pct: float = Field(gt=0, allow_inf_nan=False)
+    seconds: float = Field(0.0, ge=0)
+
+    @field_validator("option")
+    @classmethod
+    def _known_option(cls, value: str) -> str:
+        if value.startswith("sparsity:"):
+            pattern, _, level = value[len("sparsity:"):].rpartition(":")
+            from planner.strategy import SPARSITY_PATTERNS
+
+            try:
+                ok = pattern in SPARSITY_PATTERNS and 0 < float(level) < 1
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(f"option {value!r}: use sparsity:<pattern>:<level>, pattern one of "
+                                 f"{', '.join(SPARSITY_PATTERNS)}, 0 < level < 1.")
+        return value
+
+
+class BlockDrop(_Profile):
+    block: int = Field(ge=0)
+    retained_pct: float = Field(gt=0, allow_inf_nan=False)
+    seconds: float = Field(0.0, ge=0)
+
+
+class SensitivityProfile(_Profile):
+    """A model's measured per-block sensitivities (see the module docstring for the JSON)."""
+
+    format: Literal["fitplan.sensitivity_profile"] = PROFILE_FORMAT
+    version: int = PROFILE_VERSION
+    model: ProfileModel
+    evaluator: ProfileEvaluator
+    settings: ProfileSettings = ProfileSettings()
+    entries: tuple[ProfileEntry, ...] = ()
+    block_drop: tuple[BlockDrop, ...] = ()
+    created: str | None = None
+    total_seconds: float | None = Field(None, ge=0)
+
+    @field_validator("version")
+    @classmethod
+    def _known_version(cls, value: int) -> int:
+        if value > PROFILE_VERSION:
+            raise ValueError(f"profile version {value} is newer than this fitplan understands ({PROFILE_VERSION}).")
+        return value
+
+    # -- lookups -------------------------------------------------------------------------------
+    @cached_property
+    def _table(self) -> dict[tuple[int, str, str], float]:
+        return {(e.block, e.group, e.option): e.retained_pct for e in self.entries}
+
+    @cached_property
+    def _drops(self) -> dict[int, float]:
+        return {d.block: d.retained_pct for d in self.block_drop}
+
+    def effect(self, block: int, group: str, option: str) -> float | None:
+        """Measured retained % of one option on one block's module group; None if not measured."""
+        return self._table.get((block, group, option))
+
+    def drop_effect(self, block: int) -> float | None:
+        return self._drops.get(block)
+
+    @property
+    def options(self) -> set[str]:
+        return {e.option for e in self.entries}
+
+    @property
+    def n_measurements(self) -> int:
+        return len(self.entries) + len(self.block_drop)
+
+    def matches(self, spec) -> bool:
+        """True if this profile was measured on ``spec``'s model (fingerprint, else name)."""
+        if self.model.fingerprint and spec.config:
+            return self.model.fingerprint == model_fingerprint(spec.config)
+        return self.model.name == spec.name
+
+    # -- files ---------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the JSON atomically; refuses to overwrite an existing profile."""
+        path = Path(path)
+        if path.exists():
+            raise FileExistsError(f"{path} exists; profiles are never overwritten, choose another path.")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(self.model_dump_json(indent=1, exclude_none=True), encoding="utf-8")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "SensitivityProfile":
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as error:
+            raise InvalidConfigError(f"cannot read sensitivity profile {path}: {error.strerror}.") from None
+        try:
+            payload = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise InvalidConfigError(f"{path}: not JSON ({error.msg}, line {error.lineno}).") from None
+        if not isinstance(payload, dict) or payload.get("format") != PROFILE_FORMAT:
+            raise InvalidConfigError(f"{path}: not a fitplan sensitivity profile (\"format\" must be "
+                                     f"{PROFILE_FORMAT!r}).")
+        try:
+            return cls.model_validate(payload)
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise InvalidConfigError(f"{path}: {where}: {first['msg']}.") from None
+
+
+def damage_sum(effects: list[float], scale: float) -> float:
+    """Sum of the latent damages of measured retained % values (additive in log-quality)."""
+    from planner.accuracy.metrics import DAMAGE_FLOOR
+
+    return sum(max(-math.log(e / 100.0) / scale, 0.0) for e in effects) or DAMAGE_FLOOR

@@ -1,0 +1,226 @@
+"""One candidate strategy, evaluated: derived model, predicted quality, memory, speed, cost, verdict.
+
+:func:`evaluate_candidate` is the per-candidate function (``fitplan search`` calls it for each trial);
+``planner.plan`` evaluates a whole grid through the same :class:`Evaluator`, which caches what
+candidates share (derived architectures, estimator calls, sparse storage), so both give identical
+figures for the same strategy.
+
+How a strategy becomes figures:
+
+1. ``planner.models.derive.derive_spec``: the architecture after distillation and structured pruning;
+2. the estimator (``planner.planning.estimates.deployment``) on that architecture in the main weight
+   format and KV dtype, plus exact weight-byte changes the single-format estimator does not know:
+   per-group formats and kept first/last blocks (``planner.formats.storage`` bytes of each tensor in
+   its own format) and 2:4 / unstructured storage (``sparse_storage``);
+3. ``planner.accuracy.predict_quality`` on the original model and the strategy;
+4. the limits of ``Constraints`` (``planner.planning.limits``).
+
+Speedup is decode (or prefill) tokens/s over the uncompressed model in bf16 (fp16 without bf16) on the
+same GPU count and engine.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from planner.errors import FitplanError
+from planner.formats import get_format
+from planner.formats.storage import group_storage
+from planner.models.derive import derive_spec, ffn_alignment
+from planner.models.spec import ModelSpec
+from planner.planning.constraints import Constraints
+from planner.planning.estimates import Deployment, deployment
+from planner.planning.grid import baseline_format
+from planner.planning.limits import LIMITS, describe, violation_amounts
+from planner.planning.sparse_storage import sparse_storage
+from planner.strategy import CompressionStrategy, QuantizationSpec
+
+
+class Violation(BaseModel):
+    """A limit a candidate breaks, and by how much (in the limit's unit)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    constraint: str = Field(description="Constraints field, or 'hardware' for a format the GPU/engine cannot run")
+    value: float | None = Field(description="the candidate's figure (None: unknown)")
+    limit: float | None
+    amount: float | None = Field(description="value - limit (max limits) or limit - value (min limits)")
+    message: str
+
+
+class Candidate(BaseModel):
+    """An evaluated strategy. Memory is per GPU at the constraint's GPU count; speed and cost are for
+    ``gpus`` GPUs (that count when it fits, else ``gpus_needed``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    strategy: CompressionStrategy
+    summary: str
+    quality: Any = Field(description="planner.accuracy.QualityPrediction")
+    loss_pct: float
+    params: int = Field(description="parameters of the derived model")
+    memory_gib: float | None
+    weights_gib: float | None = Field(description="resident weights, all GPUs")
+    fits: bool
+    gpus: int
+    gpus_needed: int = Field(description="GPUs one copy needs (0: more than 16x the constraint's count)")
+    tokens_per_s: float | None = Field(description="decode tokens/s of the whole batch")
+    prefill_tokens_per_s: float | None
+    speedup: float | None
+    usd_per_hour: float | None
+    usd_per_1m_tokens: float | None
+    supported: bool = Field(description="the GPU and engine run every part of the strategy")
+    feasible: bool
+    violations: tuple[Violation, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+class Evaluator:
+    """Evaluates strategies of one model under one set of constraints, sharing estimator work."""
+
+    def __init__(self, spec: ModelSpec, constraints: Constraints, *, profile: Any = None, calibration: Any = None):
+        self.spec = spec
+        self.constraints = constraints
+        self.profile = profile
+        self.calibration = calibration
+        self.baseline_format = baseline_format(constraints)
+        self.acc = constraints.gpu_accelerator()
+        self._specs: dict[tuple, ModelSpec] = {}
+        self._deployments: dict[tuple, Deployment] = {}
+        self._estimates: dict[tuple, Any] = {}
+        self._sparse: dict[tuple, Any] = {}
+        self._mixed: dict[tuple, tuple[float, float]] = {}
+        # The speed reference: the uncompressed model at the constraint's GPU count, fitting or not.
+        self.baseline = deployment(spec, self.baseline_format, None, constraints, more_gpus=False)
+
+    # -- pieces -----------------------------------------------------------------------------
+    def derived(self, strategy: CompressionStrategy) -> ModelSpec:
+        sparsity = strategy.sparsity
+        key = (strategy.distillation.summary() if strategy.distillation else None,
+               sparsity.summary() if sparsity is not None and sparsity.structured else None,
+               ffn_alignment(strategy))
+        if key not in self._specs:
+            self._specs[key] = derive_spec(self.spec, strategy)
+        return self._specs[key]
+
+    def _deployment(self, spec: ModelSpec, fmt: str, kv: str | None, weight_delta: float, read_delta: float,
+                    arch: tuple) -> Deployment:
+        key = (arch, fmt, kv, round(weight_delta), round(read_delta))
+        if key not in self._deployments:
+            self._deployments[key] = deployment(spec, fmt, kv, self.constraints, weight_delta_bytes=weight_delta,
+                                                read_delta_bytes=read_delta, cache=self._estimates,
+                                                key=(arch, fmt, kv))
+        return self._deployments[key]
+
+    def _mixed_delta(self, spec: ModelSpec, quant: QuantizationSpec, arch: tuple) -> tuple[float, float]:
+        """Weight and read-byte changes of per-group formats and kept blocks against one-format storage."""
+        key = (arch, quant.model_dump_json(exclude={"kv_cache", "compute_dtype"}))
+        if key in self._mixed:
+            return self._mixed[key]
+        main = get_format(quant.weights)
+        weight = read = 0.0
+        keep = quant.keep_first_layers + quant.keep_last_layers
+        for group in spec.param_groups:
+            base = group_storage(spec, main, group).bytes
+            override = quant.format_for(group.component) if group.component in (
+                "attention", "mlp", "embeddings", "lm_head") else None
+            if group.component == "experts":
+                override = quant.mlp
+            bytes_ = group_storage(spec, get_format(override), group).bytes if override else base
+            if keep and group.layers:
+                share = min(keep, len(group.layers)) / len(group.layers)
+                kept = group_storage(spec, get_format(quant.keep_format), group).bytes
+                bytes_ = bytes_ * (1 - share) + kept * share
+            weight += bytes_ - base
+            if group.kind != "embedding":
+                read += bytes_ - base
+        self._mixed[key] = (weight, read)
+        return weight, read
+
+    def figures(self, strategy: CompressionStrategy) -> tuple[ModelSpec, Deployment, list[str]]:
+        """Derived spec, deployment figures and notes of ``strategy`` (raises FitplanError if impossible)."""
+        spec = self.derived(strategy)
+        quant = strategy.quantization
+        fmt = quant.weights if quant is not None else self.baseline_format
+        kv = quant.kv_cache if quant is not None else None
+        arch = (spec.name, spec.params.total, spec.num_layers)
+        weight_delta = read_delta = 0.0
+        notes: list[str] = []
+        if quant is not None:
+            weight_delta, read_delta = self._mixed_delta(spec, quant, arch)
+        sparsity = strategy.sparsity
+        if sparsity is not None and not sparsity.structured:
+            skey = (arch, fmt, sparsity.pattern, sparsity.level)
+            if skey not in self._sparse:
+                self._sparse[skey] = sparse_storage(spec, get_format(fmt), sparsity,
+                                                    engine=self.constraints.memory_engine, acc=self.acc)
+            storage = self._sparse[skey]
+            weight_delta += storage.resident_bytes - storage.dense_bytes
+            read_delta += storage.read_bytes_delta
+            notes.append(storage.note)
+        if strategy.low_rank is not None:
+            notes.append("low-rank: memory and speed not modelled (quality only)")
+        return spec, self._deployment(spec, fmt, kv, weight_delta, read_delta, arch), notes
+
+    def speedup(self, figures: Deployment) -> float | None:
+        metric = self.constraints.resolved_speedup_metric
+        mine = figures.decode_tok_s if metric == "decode" else figures.prefill_tok_s
+        ref = self.baseline.decode_tok_s if metric == "decode" else self.baseline.prefill_tok_s
+        if not mine or not ref:
+            return None
+        return mine / ref
+
+    def predict(self, strategy: CompressionStrategy):
+        from planner.accuracy import predict_quality
+
+        return predict_quality(self.spec, strategy, profile=self.profile, calibration=self.calibration)
+
+    # -- one candidate ------------------------------------------------------------------------
+    def evaluate(self, strategy: CompressionStrategy) -> Candidate:
+        quality = self.predict(strategy)
+        try:
+            spec, figures, notes = self.figures(strategy)
+        except FitplanError as error:
+            reason = " ".join(str(error).split())
+            return Candidate(strategy=strategy, summary=strategy.summary(), quality=quality,
+                             loss_pct=quality.loss_pct, params=0, memory_gib=None, weights_gib=None, fits=False,
+                             gpus=self.constraints.gpus, gpus_needed=0, tokens_per_s=None, prefill_tokens_per_s=None,
+                             speedup=None, usd_per_hour=None, usd_per_1m_tokens=None, supported=False, feasible=False,
+                             violations=(Violation(constraint="hardware", value=None, limit=None, amount=None,
+                                                   message=reason),), notes=())
+        speedup = self.speedup(figures)
+        row = {"memory_gib": figures.memory_gib, "loss_pct": quality.loss_pct, "speedup": speedup,
+               "usd_per_hour": figures.usd_per_hour, "usd_per_1m_tokens": figures.usd_per_1m_tokens,
+               "tokens_per_s": figures.decode_tok_s}
+        violations = []
+        for name, bound in self.constraints.active_limits().items():
+            limit = LIMITS[name]
+            value = row[limit.column]
+            amount = float(violation_amounts(np.array([np.nan if value is None else value]), limit, bound)[0])
+            if amount > 0:
+                violations.append(Violation(constraint=name, value=value, limit=bound,
+                                            amount=None if math.isinf(amount) else amount,
+                                            message=describe(limit, value, bound)))
+        return Candidate(strategy=strategy, summary=strategy.summary(), quality=quality, loss_pct=quality.loss_pct,
+                         params=spec.params.total, memory_gib=figures.memory_gib, weights_gib=figures.weights_gib,
+                         fits=figures.fits, gpus=figures.gpus, gpus_needed=figures.gpus_needed,
+                         tokens_per_s=figures.decode_tok_s, prefill_tokens_per_s=figures.prefill_tok_s,
+                         speedup=speedup, usd_per_hour=figures.usd_per_hour,
+                         usd_per_1m_tokens=figures.usd_per_1m_tokens, supported=True, feasible=not violations,
+                         violations=tuple(violations), notes=tuple(notes))
+
+
+def evaluate_candidate(spec: Any, strategy: CompressionStrategy, constraints: Constraints, *, profile: Any = None,
+                       calibration: Any = None) -> Candidate:
+    """Evaluate one strategy of ``spec`` (a ModelSpec or model name) under ``constraints``.
+
+    A strategy the GPU or engine cannot run (or a model family that cannot be cut as asked) comes back
+    with ``supported=False`` and a 'hardware' violation saying why, never as an exception.
+    """
+    from planner.models.resolve import get_model
+
+    return Evaluator(get_model(spec), constraints, profile=profile, calibration=calibration).evaluate(strategy)

@@ -1,0 +1,109 @@
+"""planner.accuracy public interface: prediction shape, basis, profile and calibration plumbing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from planner.accuracy import (CalibrationRecord, CalibrationStore, QualityPrediction, SensitivityProfile,
+                              model_fingerprint, predict_quality)
+from planner.errors import InvalidConfigError
+from planner.models import get_model
+from planner.strategy import CompressionStrategy, QuantizationSpec, SparsitySpec
+
+
+@pytest.fixture(scope="module")
+def llama8b():
+    return get_model("meta-llama/Llama-3.1-8B")
+
+
+def quant(fmt: str, **kw) -> CompressionStrategy:
+    return CompressionStrategy(quantization=QuantizationSpec(weights=fmt, **kw))
+
+
+def test_identity_is_exact(llama8b):
+    p = predict_quality(llama8b, CompressionStrategy())
+    assert (p.retained_pct, p.low_pct, p.high_pct, p.loss_pct) == (100.0, 100.0, 100.0, 0.0)
+
+
+def test_prediction_is_typed_and_ordered(llama8b):
+    p = predict_quality(llama8b, quant("nf4"))
+    assert isinstance(p, QualityPrediction)
+    assert p.basis == "prior" and p.n_measurements > 10
+    assert p.low_pct < p.retained_pct < p.high_pct <= 100.0
+    assert p.loss_pct == pytest.approx(100 - p.retained_pct)
+    assert [part.technique for part in p.parts] == ["quantization"]
+
+
+def test_fewer_bits_lose_more(llama8b):
+    r = {f: predict_quality(llama8b, quant(f)).retained_pct for f in ("fp16", "int8", "nf4", "gptq-int4")}
+    assert r["fp16"] == 100.0
+    assert r["int8"] > r["nf4"] and r["int8"] > r["gptq-int4"]
+    assert r["int8"] > 99.0
+
+
+def test_metric_families_share_one_damage(llama8b):
+    acc = predict_quality(llama8b, quant("nf4"), metric="accuracy")
+    ppl = predict_quality(llama8b, quant("nf4"), metric="perplexity")
+    assert ppl.retained_pct < acc.retained_pct  # perplexity shows the same damage more strongly
+    with pytest.raises(ValueError, match="Allowed"):
+        predict_quality(llama8b, quant("nf4"), metric="bleu")
+
+
+def _profile(spec, retained: float, option: str = "nf4", name: str | None = None) -> SensitivityProfile:
+    entries = [{"block": b, "group": g, "option": option, "retained_pct": retained, "seconds": 1.0}
+               for b in range(spec.num_layers) for g in ("attention", "mlp")]
+    return SensitivityProfile.model_validate({
+        "model": {"name": name or spec.name, "family": spec.model_type, "num_blocks": spec.num_layers,
+                  "fingerprint": None if name else model_fingerprint(spec.config)},
+        "evaluator": {"name": "perplexity", "metric": "perplexity", "metric_family": "perplexity"},
+        "entries": entries})
+
+
+def test_profile_basis_and_round_trip(llama8b, tmp_path):
+    profile = _profile(llama8b, 99.9)
+    path = profile.save(tmp_path / "p.json")
+    with pytest.raises(FileExistsError):
+        profile.save(path)
+    loaded = SensitivityProfile.load(path)
+    assert loaded == profile
+    p = predict_quality(llama8b, quant("nf4"), profile=loaded)
+    assert p.basis == "profile" and p.n_measurements == 2 * llama8b.num_layers
+    # 64 entries at 99.9% perplexity each: sum of damages 64 * 0.001 = 0.064 -> accuracy exp(-0.29 * 0.064)
+    assert p.retained_pct == pytest.approx(100 * (0.999 ** 64) ** 0.29, rel=1e-3)
+
+
+def test_profile_of_other_model_is_not_applied(llama8b):
+    p = predict_quality(llama8b, quant("nf4"), profile=_profile(llama8b, 50.0, name="other/model"))
+    assert p.basis == "prior" and any("not applied" in n for n in p.notes)
+
+
+def test_bad_profile_file_is_one_clear_error(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"format": "fitplan.sensitivity_profile", "model": {"name": "x"}}))
+    with pytest.raises(InvalidConfigError, match="bad.json"):
+        SensitivityProfile.load(bad)
+    with pytest.raises(InvalidConfigError, match="not a fitplan sensitivity profile"):
+        (tmp_path / "x.json").write_text("[]")
+        SensitivityProfile.load(tmp_path / "x.json")
+
+
+def _record(family: str, measured: float, predicted: float, fmt: str = "nf4") -> CalibrationRecord:
+    return CalibrationRecord(strategy=json.loads(quant(fmt).to_json()), model_name="m", family=family,
+                             evaluator="perplexity", metric="perplexity", metric_family="perplexity",
+                             measured_retained_pct=measured, predicted_retained_pct=predicted, source="test")
+
+
+def test_calibration_corrects_its_family_only(llama8b, tmp_path):
+    store = CalibrationStore([], tmp_path)
+    for measured in (90.0, 91.0, 89.0, 90.5):  # measured much worse than predicted 99%
+        store.append(_record("llama", measured, 99.0))
+    assert len(CalibrationStore.load(tmp_path)) == 4
+    prior = predict_quality(llama8b, quant("nf4"))
+    calibrated = predict_quality(llama8b, quant("nf4"), calibration=CalibrationStore.load(tmp_path))
+    assert calibrated.basis == "calibrated" and calibrated.n_measurements == 4
+    assert calibrated.retained_pct < prior.retained_pct
+    other = CalibrationStore([_record("qwen3", 50.0, 99.0)])
+    p = predict_quality(llama8b, quant("nf4"), calibration=other)
+    assert p.basis == "prior" and any("not applied" in n and "qwen3" in n for n in p.notes)
