@@ -37,7 +37,7 @@ def register_search(subparsers: argparse._SubParsersAction) -> None:
                     "shareable by several processes on PostgreSQL) and write the ranked trade-off table and "
                     "Pareto plots.")
     parser.add_argument("model", metavar="MODEL", help="registry name, hub id, directory or config.json")
-    add_constraint_flags(parser)
+    add_constraint_flags(parser, objective=False)
     parser.add_argument("--trials", type=int, default=200, metavar="N", help="total trials of the study (default 200)")
     parser.add_argument("--sampler", default="auto", metavar="S", help="auto, nsga2, tpe, gp or random (default auto)")
     parser.add_argument("--objectives", default="quality_loss,memory_gib,cost_per_1m_tokens", metavar="LIST",

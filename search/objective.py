@@ -7,7 +7,8 @@ feasibility), and records in the trial's user attributes:
 - ``strategy``: the strategy's canonical JSON (``CompressionStrategy.from_json`` rebuilds it);
 - ``summary``: its one-line summary;
 - ``prediction``: the full candidate prediction (JSON object);
-- ``violations``: the violated constraints, one line each (empty when feasible).
+- ``violations``: the violated constraints, one line each (empty when feasible);
+- ``worker``: ``host:pid`` of the process that ran it.
 
 Constraints go through Optuna's constraint mechanism (``trial.set_constraint``: a value <= 0 is
 feasible), one per user constraint, as the relative amount by which it is exceeded, so infeasible
@@ -20,6 +21,8 @@ canonical JSON.
 from __future__ import annotations
 
 import math
+import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -56,6 +59,8 @@ OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
     Objective("speedup", "maximize", "decode speedup vs the uncompressed model", "speedup"),
 )}
 DEFAULT_OBJECTIVES = ("quality_loss", "memory_gib", "cost_per_1m_tokens")
+# Which process ran a trial (host:pid): a distributed study says who did what.
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 
 def resolve_objectives(names: tuple[str, ...] | list[str] | str) -> tuple[Objective, ...]:
@@ -101,14 +106,18 @@ class TrialScorer:
         trial.set_user_attr("summary", strategy.summary())
         trial.set_user_attr("prediction", row["prediction"])
         trial.set_user_attr("violations", row["violations"])
+        trial.set_user_attr("worker", WORKER)
         for name, amount in row["constraint_values"].items():
             trial.set_constraint(name, amount)
         values = []
         for objective in self.objectives:
             value = objective.value(row)
             if value is None:
+                # No figure to optimise (e.g. the engine cannot run this combination): the trial fails with
+                # the reason instead of inventing a penalty value.
+                why = "; ".join(row["violations"]) or row.get("unknown_reason") or "not predicted"
                 raise InvalidRequestError(f"objective {objective.name!r} ({objective.label}) is unknown for "
-                                          f"{strategy.summary()}: {row.get('unknown_reason') or 'not predicted'}")
+                                          f"{strategy.summary()}: {why}")
             values.append(value)
         return values
 

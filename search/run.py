@@ -42,15 +42,14 @@ def make_sampler(name: str, *, seed: int | None, n_objectives: int, population: 
     if key == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=population or 40)
     if key == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=20,
-                                          warn_independent_sampling=False)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=20)
     if key == "gp":
         try:
             import torch  # noqa: F401  - Optuna's GP sampler runs on torch
         except ModuleNotFoundError:
             raise InvalidRequestError("sampler 'gp' needs torch (Optuna's GPSampler); install the exec extra "
                                       "(pip install \".[exec]\" from a checkout) or choose nsga2/tpe/random.") from None
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=20, warn_independent_sampling=False)
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=20)
     return optuna.samplers.RandomSampler(seed=seed)
 
 
@@ -91,7 +90,7 @@ def run_search(model: Any, constraints: Any = None, *, space: SearchSpace | None
     spec = get_model(model)
     constraints = coerce_constraints(constraints)
     objective_list = resolve_objectives(objectives if not isinstance(objectives, str) else objectives)
-    space = space or default_space(spec, gpu=constraints.gpu, engine=constraints.engine)
+    space = space or default_space(spec, constraints)
     evaluate = candidate_evaluator(spec, constraints, objective_list, profile=profile, calibration=calibration)
     scorer = TrialScorer(evaluate, objective_list)
     request = request_record(spec, constraints, space, objective_list)

@@ -8,7 +8,7 @@ A :class:`SearchSpace` lists the choices of every global knob. One point of the 
 - ``kv_dtypes``: KV-cache dtype ("auto" = the compute dtype);
 - ``keep_layers``: first and last k blocks kept at the compute dtype (only asked when a format is chosen);
 - ``sparsity``: "none" or a pattern; a level is asked only for patterns that take one (2:4 and 4:8
-  remove exactly half), from ``sparsity_levels``;
+  remove exactly half), from ``sparsity_levels``; unstructured and N:M use ``sparsity_method``;
 - ``distill_depths`` / ``distill_widths``: student depth / MLP width ratios (1.0 = no distillation);
 - ``low_rank_ratios``: kept SVD rank (1.0 = none).
 
@@ -45,13 +45,6 @@ if TYPE_CHECKING:
     from planner.models.spec import ModelSpec
 
 FIXED_LEVEL_PATTERNS = ("2:4", "4:8")
-# Formats proposed by default, per engine, before hardware gating (the engine's common weight formats).
-DEFAULT_FORMATS: dict[str, tuple[str, ...]] = {
-    "hf": ("none", "int8", "nf4", "nf4-dq", "fp4", "fp8", "gptq-int4", "gptq-int8", "awq-int4"),
-    "vllm": ("none", "fp8", "gptq-int8", "gptq-int4", "awq-int4"),
-    "litgpt": ("none", "int8", "nf4", "nf4-dq", "fp4"),
-    "llamacpp": ("none",),
-}
 
 
 class SearchSpace(BaseModel):
@@ -64,6 +57,8 @@ class SearchSpace(BaseModel):
     keep_layers: tuple[int, ...] = Field((0,), description="first and last k blocks kept unquantized")
     sparsity: tuple[str, ...] = Field(("none", "unstructured", "2:4"), description="'none' or a pattern")
     sparsity_levels: tuple[float, ...] = Field((0.25, 0.5), description="levels of patterns that take one")
+    sparsity_method: str = Field("wanda", description="scoring of unstructured and N:M sparsity (magnitude or "
+                                 "wanda); structured patterns use magnitude")
     distill_depths: tuple[float, ...] = Field((1.0,), description="student depth ratio (1.0 = none)")
     distill_widths: tuple[float, ...] = Field((1.0,), description="student MLP width ratio (1.0 = none)")
     low_rank_ratios: tuple[float, ...] = Field((1.0,), description="kept rank ratio (1.0 = none)")
@@ -134,6 +129,8 @@ class SearchSpace(BaseModel):
 
     @model_validator(mode="after")
     def _compute(self) -> "SearchSpace":
+        if self.sparsity_method not in ("magnitude", "wanda"):
+            raise ValueError(f"sparsity_method must be magnitude or wanda, got {self.sparsity_method!r}")
         if self.compute_dtype not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"compute_dtype must be fp32, bf16 or fp16, got {self.compute_dtype!r}")
         return self
@@ -175,7 +172,8 @@ class SearchSpace(BaseModel):
             level = 0.5 if sparsity in FIXED_LEVEL_PATTERNS else sparsity_level
             if level is None:
                 level = self.sparsity_levels[0]
-            parts["sparsity"] = SparsitySpec(level=level, pattern=sparsity)
+            method = "magnitude" if sparsity in ("heads", "ffn", "layers") else self.sparsity_method
+            parts["sparsity"] = SparsitySpec(level=level, pattern=sparsity, method=method)
         depth = distill_depth if distill_depth is not None else self.distill_depths[0]
         width = distill_width if distill_width is not None else self.distill_widths[0]
         if depth < 1 or width < 1:
@@ -217,47 +215,40 @@ class SearchSpace(BaseModel):
         return self.model_dump_json()
 
 
-def default_space(spec: "ModelSpec", *, gpu: Any = None, engine: str = "hf", compute_dtype: str = "bf16",
-                  wide: bool = False) -> SearchSpace:
-    """Defaults from the model, the hardware and the engine (see the module docstring).
+def default_space(spec: "ModelSpec", constraints: Any, *, wide: bool = False) -> SearchSpace:
+    """Defaults from the model, the hardware and the engine of ``constraints`` (planner Constraints).
 
-    ``wide=True`` adds more levels and ratios (a larger space for long or closed-loop searches).
-    Raises InvalidRequestError when hardware gating leaves no weight format at all.
+    Formats and KV dtypes are the planner grid's (``planner.planning.grid``: what the engine runs on the
+    GPU; the 16-bit baseline is "none"); structured patterns and students only for families the
+    executors can cut. ``wide=True`` adds more levels and ratios (a larger space for long searches).
+    Raises InvalidRequestError naming the constraint when hardware gating leaves no format to search.
     """
-    from planner.formats import get_format
-    from planner.memory.devices import format_support, kv_dtype_support, resolve_gpu
     from planner.formats import get_kv_dtype
-
-    acc = resolve_gpu(gpu)
-    candidates = DEFAULT_FORMATS.get(engine)
-    if candidates is None:
-        raise InvalidRequestError(f"no default search formats for engine {engine!r}; allowed: "
-                                  f"{', '.join(DEFAULT_FORMATS)}.")
-    formats, dropped = [], []
-    for name in candidates:
-        if name == "none":
-            formats.append(name)
-            continue
-        support = format_support(get_format(name), acc, engine)
-        (dropped if support.supported is False else formats).append(name if support.supported is not False
-                                                                    else f"{name} ({support.reason})")
-    if not formats:
-        raise InvalidRequestError(f"no weight format left after hardware gating on {acc.name if acc else 'the device'}"
-                                  f" with engine {engine}: " + "; ".join(dropped))
-    kv = ["auto"] + [k for k in ("fp8", "int8") if kv_dtype_support(get_kv_dtype(k), acc, engine).supported]
+    from planner.memory.devices import kv_dtype_support
     from planner.models.derive import HEAD_PRUNABLE_MODEL_TYPES, STRUCTURED_MODEL_TYPES
+    from planner.planning.grid import DEFAULT_FORMATS, DEFAULT_KV, baseline_format, runnable_formats
 
+    formats, dropped = runnable_formats(DEFAULT_FORMATS, constraints)
+    baseline = baseline_format(constraints)
+    compressed = [f for f in formats if f != baseline]
+    if not compressed:
+        where = f"{constraints.gpu} with engine {constraints.resolved_engine}"
+        reasons = "; ".join(f"{name}: {why}" for name, why in dropped.items())
+        raise InvalidRequestError(f"no compressed weight format runs on {where} (set by --gpu/--engine"
+                                  f"{'/--deployment-target' if constraints.deployment_target else ''}): {reasons}")
+    acc = constraints.gpu_accelerator()
+    kv = ["auto"] + [k for k in DEFAULT_KV
+                     if kv_dtype_support(get_kv_dtype(k), acc, constraints.memory_engine).supported is not False]
     patterns = ["none", "unstructured", "2:4"]
     if spec.model_type in STRUCTURED_MODEL_TYPES:
         patterns += ["ffn", "layers"]
     if spec.model_type in HEAD_PRUNABLE_MODEL_TYPES:
         patterns.append("heads")
-    levels = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7) if wide else (0.2, 0.3, 0.5)
-    depths = (1.0, 0.75, 0.5) if spec.model_type in STRUCTURED_MODEL_TYPES else (1.0,)
-    widths = (1.0, 0.75, 0.5) if spec.model_type in STRUCTURED_MODEL_TYPES else (1.0,)
-    if wide:
-        depths = depths + ((0.625, 0.375) if len(depths) > 1 else ())
-    return SearchSpace(weight_formats=tuple(formats), kv_dtypes=tuple(kv), keep_layers=(0, 1, 2) if wide else (0, 1),
-                       sparsity=tuple(patterns), sparsity_levels=levels, distill_depths=depths,
-                       distill_widths=widths, low_rank_ratios=(1.0, 0.75, 0.5) if wide else (1.0,),
-                       compute_dtype=compute_dtype)
+    structured = spec.model_type in STRUCTURED_MODEL_TYPES
+    levels = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7) if wide else (0.125, 0.25, 0.5)
+    depths = ((1.0, 0.875, 0.75, 0.625, 0.5) if wide else (1.0, 0.75, 0.5)) if structured else (1.0,)
+    widths = ((1.0, 0.75, 0.5) if structured else (1.0,))
+    return SearchSpace(weight_formats=("none", *compressed), kv_dtypes=tuple(kv),
+                       keep_layers=(0, 1, 2) if wide else (0, 1), sparsity=tuple(patterns), sparsity_levels=levels,
+                       distill_depths=depths, distill_widths=widths,
+                       low_rank_ratios=(1.0, 0.75, 0.5) if wide else (1.0,), compute_dtype=baseline)

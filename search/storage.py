@@ -12,6 +12,7 @@ and the URL is tried once before Optuna builds its schema), never a hang or a tr
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -83,8 +84,16 @@ def open_storage(storage: str | Path | None) -> "optuna.storages.RDBStorage":
                            f"pip install 'psycopg[binary]' for PostgreSQL.") from None
     except (OperationalError, SQLAlchemyError, OSError) as error:
         raise StorageError(f"cannot reach the study storage {_redacted(url)!r}: {_first_line(error)}") from None
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
-                                      heartbeat_interval=None, failed_trial_callback=None)
+    # Several workers starting at once race to create Optuna's schema; the loser sees the winner's rows
+    # (a unique-constraint error on the schema version) and only has to open the storage again.
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        except SQLAlchemyError as error:
+            if attempt == 4:
+                raise StorageError(f"cannot open the study storage {_redacted(url)!r}: {_first_line(error)}") from None
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _redacted(url: str) -> str:

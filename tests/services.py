@@ -82,10 +82,14 @@ def start_postgres(directory: Path) -> tuple[str, Callable[[], None]]:
             if not mode & 0o001:
                 os.chmod(parent, mode | 0o001)
     role = user or pwd.getpwuid(os.geteuid()).pw_name
-    init = subprocess.run([*prefix, initdb, "-D", str(data), "-A", "trust", "-U", role, "--no-sync"],
-                          capture_output=True, text=True)
-    if init.returncode != 0:
-        raise ServiceUnavailable(f"initdb failed: {init.stderr.strip()[-300:]}")
+    for attempt in range(2):  # initdb was once seen to abort on a heavily loaded machine: one retry
+        init = subprocess.run([*prefix, initdb, "-D", str(data), "-A", "trust", "-U", role, "--no-sync"],
+                              capture_output=True, text=True)
+        if init.returncode == 0:
+            break
+        data = directory / f"data{attempt + 1}"
+    else:
+        raise ServiceUnavailable(f"initdb failed: {(init.stderr + init.stdout).strip()[-600:]}")
     port = _free_port()
     options = f"-h 127.0.0.1 -p {port} -k {sockets} -c fsync=off -c max_connections=50"
     start = subprocess.run([*prefix, pg_ctl, "-D", str(data), "-o", options, "-l", str(directory / "server.log"),
