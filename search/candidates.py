@@ -5,8 +5,9 @@ this module turns its :class:`~planner.planning.candidate.Candidate` into:
 
 - the JSON stored in the trial (``prediction``), from which :func:`table_row` rebuilds the table row,
   so ``fitplan results`` needs nothing but the study;
-- Optuna constraint values: one per active limit of the constraints plus ``hardware``, each the
-  relative amount by which the candidate exceeds it (0 when it is within; <= 0 is feasible).
+- constraint values: one per active limit of the constraints plus ``hardware``, each the relative
+  amount by which the candidate exceeds it (0 when it is within); their sum is the trial's Optuna
+  constraint (see search.objective).
 
 ``TABLE_COLUMNS`` (the ranked trade-off table):
 

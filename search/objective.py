@@ -2,17 +2,20 @@
 
 A trial asks the space for a strategy, scores it with ``planner.planning.evaluate_candidate`` (the
 same prediction ``fitplan plan`` ranks: quality with interval and basis, memory, speed, cost,
-feasibility), and records in the trial's user attributes:
+feasibility), and records one user attribute, ``fitplan`` (read it with :func:`trial_record`):
 
 - ``strategy``: the strategy's canonical JSON (``CompressionStrategy.from_json`` rebuilds it);
 - ``summary``: its one-line summary;
 - ``prediction``: the full candidate prediction (JSON object);
 - ``violations``: the violated constraints, one line each (empty when feasible);
+- ``constraint_values``: per constraint (each active limit and ``hardware``), the relative amount by
+  which it is exceeded (0 when within);
 - ``worker``: ``host:pid`` of the process that ran it.
 
-Constraints go through Optuna's constraint mechanism (``trial.set_constraint``: a value <= 0 is
-feasible), one per user constraint, as the relative amount by which it is exceeded, so infeasible
-trials still guide multi-objective samplers rather than being dropped.
+Constraints go through Optuna's constraint mechanism (``trial.set_constraint("violation", v)``: feasible
+when v <= 0), v being the sum of the relative excesses, so infeasible trials still guide the
+multi-objective samplers (the less violating, the better) rather than being dropped. One attribute and
+one constraint per trial keep a trial to a few storage writes (SQLite and PostgreSQL commit each).
 
 Equivalent configurations are scored once per process: predictions are cached by the strategy's
 canonical JSON.
@@ -59,6 +62,7 @@ OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
     Objective("speedup", "maximize", "decode speedup vs the uncompressed model", "speedup"),
 )}
 DEFAULT_OBJECTIVES = ("quality_loss", "memory_gib", "cost_per_1m_tokens")
+RECORD_KEY = "fitplan"
 # Which process ran a trial (host:pid): a distributed study says who did what.
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -102,13 +106,10 @@ class TrialScorer:
 
     def __call__(self, trial: "optuna.trial.Trial", strategy: "CompressionStrategy") -> list[float]:
         row = self.row(strategy)
-        trial.set_user_attr("strategy", strategy_key(strategy))
-        trial.set_user_attr("summary", strategy.summary())
-        trial.set_user_attr("prediction", row["prediction"])
-        trial.set_user_attr("violations", row["violations"])
-        trial.set_user_attr("worker", WORKER)
-        for name, amount in row["constraint_values"].items():
-            trial.set_constraint(name, amount)
+        trial.set_user_attr(RECORD_KEY, {"strategy": strategy_key(strategy), "summary": strategy.summary(),
+                                         "prediction": row["prediction"], "violations": row["violations"],
+                                         "constraint_values": row["constraint_values"], "worker": WORKER})
+        trial.set_constraint("violation", sum(row["constraint_values"].values()))
         values = []
         for objective in self.objectives:
             value = objective.value(row)
@@ -120,6 +121,11 @@ class TrialScorer:
                                           f"{strategy.summary()}: {why}")
             values.append(value)
         return values
+
+
+def trial_record(trial: "optuna.trial.FrozenTrial") -> dict[str, Any]:
+    """The ``fitplan`` record of a trial ({} for a trial that failed before it was scored)."""
+    return trial.user_attrs.get(RECORD_KEY) or {}
 
 
 def strategy_key(strategy: "CompressionStrategy") -> str:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict
 
 from search.candidates import TABLE_COLUMNS, table_row
+from search.objective import trial_record
 
 if TYPE_CHECKING:
     import optuna
@@ -176,15 +177,16 @@ def result_from_study(study: "optuna.Study", *, interrupted: bool = False, resum
     trial_rows, rows, seen = [], [], {}
     all_trials = study.get_trials(deepcopy=False)
     for trial in all_trials:
-        base = {"number": trial.number, "state": trial.state.name, "strategy_json": trial.user_attrs.get("strategy"),
-                "error": trial.system_attrs.get("fail_reason") or trial.user_attrs.get("error")}
+        record = trial_record(trial)
+        base = {"number": trial.number, "state": trial.state.name, "worker": record.get("worker"),
+                "error": trial.system_attrs.get("fail_reason")}
         if trial.values:
             base.update({f"objective_{name}": value for name, value in zip(objectives, trial.values)})
-        prediction = trial.user_attrs.get("prediction")
-        row = table_row(prediction, trial.user_attrs.get("violations") or []) if prediction else {}
+        prediction = record.get("prediction")
+        row = table_row(prediction, record.get("violations") or []) if prediction else {}
         trial_rows.append({**base, **row})
         if trial.state == optuna.trial.TrialState.COMPLETE and prediction:
-            key = trial.user_attrs.get("strategy")
+            key = record["strategy"]
             if key in seen:
                 continue
             seen[key] = True

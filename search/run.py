@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from planner.errors import FitplanError, InvalidRequestError
-from search.objective import DEFAULT_OBJECTIVES, TrialScorer, resolve_objectives
+from search.objective import DEFAULT_OBJECTIVES, TrialScorer, resolve_objectives, trial_record
 from search.results import SearchResult, result_from_study
 from search.space import SearchSpace
 
@@ -156,12 +156,13 @@ class _Progress:
     def update(self, study, trial) -> None:
         import optuna
 
-        if trial.state == optuna.trial.TrialState.COMPLETE and not trial.user_attrs.get("violations"):
+        record = trial_record(trial)
+        if trial.state == optuna.trial.TrialState.COMPLETE and record and not record["violations"]:
             first = self.scorer.objectives[0]
             value = trial.values[0]
             current = self.best.get(first.name)
             better = current is None or (value < current[0] if first.direction == "minimize" else value > current[0])
             if better:
-                self.best[first.name] = (value, trial.user_attrs.get("summary", ""))
+                self.best[first.name] = (value, record["summary"])
         text = "; ".join(f"best {name} {value:.3g}: {summary}" for name, (value, summary) in self.best.items())
         self.progress.update(self.task, advance=1, description=text[:70] or "no feasible candidate yet")

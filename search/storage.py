@@ -88,12 +88,34 @@ def open_storage(storage: str | Path | None) -> "optuna.storages.RDBStorage":
     # (a unique-constraint error on the schema version) and only has to open the storage again.
     for attempt in range(5):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+            if url.startswith("sqlite"):
+                _fast_sqlite(storage)
+            return storage
         except SQLAlchemyError as error:
             if attempt == 4:
                 raise StorageError(f"cannot open the study storage {_redacted(url)!r}: {_first_line(error)}") from None
             time.sleep(0.5 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+def _fast_sqlite(storage: "optuna.storages.RDBStorage") -> None:
+    """WAL journal + synchronous=NORMAL: a trial's commits stop waiting for fsync (~10x faster per trial).
+
+    A process killed at any point still loses no committed trial (WAL keeps the database consistent;
+    only an OS crash or power cut could drop the last transactions). Workers on one machine share the
+    file safely; SQLite over a network file system is not supported (use PostgreSQL for many machines).
+    """
+    from sqlalchemy import event
+
+    def pragmas(connection, _record) -> None:
+        cursor = connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    event.listen(storage.engine, "connect", pragmas)
+    storage.engine.dispose()  # connections opened while creating the schema get the pragmas on reconnect
 
 
 def _redacted(url: str) -> str:

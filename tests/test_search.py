@@ -12,6 +12,7 @@ from planner.errors import FitplanError, InvalidRequestError
 from planner.planning.constraints import Constraints
 from planner.strategy import CompressionStrategy
 from search import run_search
+from search.objective import trial_record
 from search.results import non_dominated_layers
 from search.space import SearchSpace, default_space
 from search.storage import StorageError, open_storage
@@ -89,13 +90,15 @@ def test_trials_record_strategy_prediction_and_constraints(tmp_path):
     run_search(LLAMA, CONSTRAINTS, space=SMALL, n_trials=15, sampler="random", seed=0, storage=url, study_name="t")
     study = optuna.load_study(study_name="t", storage=url)
     for trial in study.trials:
-        strategy = CompressionStrategy.from_json(trial.user_attrs["strategy"])
-        prediction = trial.user_attrs["prediction"]
-        assert prediction["summary"] == strategy.summary()
+        record = trial_record(trial)
+        strategy = CompressionStrategy.from_json(record["strategy"])
+        prediction = record["prediction"]
+        assert prediction["summary"] == strategy.summary() == record["summary"]
         assert {"retained_pct", "low_pct", "high_pct", "basis"} <= set(prediction["quality"])
-        assert set(trial.constraints) >= {"max_memory_gb", "max_accuracy_loss", "hardware"}
-        feasible = all(value <= 0 for value in trial.constraints.values())
-        assert feasible == prediction["feasible"] == (not trial.user_attrs["violations"])
+        assert set(record["constraint_values"]) == {"max_memory_gb", "max_accuracy_loss", "hardware"}
+        assert trial.constraints["violation"] == pytest.approx(sum(record["constraint_values"].values()))
+        feasible = trial.constraints["violation"] <= 0
+        assert feasible == prediction["feasible"] == (not record["violations"])
 
 
 def test_resume_continues_the_same_study_and_refuses_another_request(tmp_path):

@@ -14,6 +14,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from search.objective import trial_record
 from tests.services import REQUIRE_ENV, ServiceUnavailable, start_postgres
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +58,7 @@ def _check_trials(study: optuna.Study, trials: int) -> None:
     assert sorted(numbers) == list(range(len(numbers)))  # no duplicates, no gaps
     # the budget is the study's total: each worker checks it before a trial, so at most one extra per worker
     assert trials <= len(finished) <= trials + WORKERS - 1
-    by_worker = Counter(t.user_attrs["worker"] for t in everything)
+    by_worker = Counter(trial_record(t)["worker"] for t in everything)
     assert len(by_worker) == WORKERS and all(count > 0 for count in by_worker.values())
     assert sum(by_worker.values()) == len(everything)
 
