@@ -132,6 +132,8 @@ def _print(result, args: argparse.Namespace, paths: dict) -> None:  # noqa: ANN0
         values = top[column].to_numpy() if column in top else np.array([])
         if column in ("quality_retained_pct", "memory_gib", "speedup", "usd_per_1m_tokens"):
             values = np.array([np.nan if v is None else float(v) for v in values], dtype=float)
+        elif column == "basis":  # "prior (42)" -> "prior": the count is in the files and --json
+            values = np.array([str(v).split(" ")[0] for v in values], dtype=object)
         columns[header] = values
     state = "resumed" if result.resumed else "new"
     title = (f"{result.request.get('model')}: {len(result.table)} strategies from {result.n_trials} trials "
