@@ -51,7 +51,6 @@ def test_search_output_fits_80_columns(tmp_path):
     (["search", *BASE, "--sampler", "nsga3"], "unknown sampler 'nsga3'"),
     (["search", *BASE, "--objectives", "quality_loss,latncy"], "unknown objective 'latncy'"),
     (["search", *BASE, "--trials", "0"], "n_trials"),
-    (["search", LLAMA, "--trials", "5"], "memory budget"),
     (["search", *BASE, "--storage", "postgresql://nobody@127.0.0.1:1/x"], "cannot reach the study storage"),
     (["results", "--storage", "sqlite:///{tmp}/none.db", "--study", "nope"], "no study named 'nope'"),
 ])
