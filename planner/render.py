@@ -106,10 +106,16 @@ def _print_table(headers: list[str], numeric: Sequence[bool], rows: Iterable[Seq
 
 
 def console():
-    """A rich console; when stdout is not a terminal (a pipe, a file) tables are not squeezed to 80 columns."""
+    """A rich console. In a terminal, its width; piped, ``COLUMNS`` when set (so ``COLUMNS=80 fitplan ... |
+    less`` is laid out for 80 columns), else 220 so a file keeps whole rows."""
+    import os
+
     from rich.console import Console
 
-    return Console() if sys.stdout.isatty() else Console(width=220)
+    if sys.stdout.isatty():
+        return Console()
+    columns = os.environ.get("COLUMNS", "")
+    return Console(width=int(columns) if columns.isdigit() and int(columns) >= 20 else 220)
 
 
 def _cell(value: Any, fmt: str | None) -> str:

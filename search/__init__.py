@@ -1,6 +1,26 @@
 """Search over compression strategies (quantization x sparsity x distillation) with Optuna.
 
-The search package turns the planner's predictions into ranked trade-off tables and Pareto fronts and
-may run the best candidates for real through :mod:`executors`. Its work is tracked by its own issues;
-Its commands register through `search.cli` (the `fitplan.commands` entry point).
+Works without torch. The public entry is :func:`run_search` (``search.run``): an Optuna multi-objective
+search whose trials are strategies scored by the planner's predictions, stored in an Optuna study
+(in memory, a SQLite file, or PostgreSQL shared by several processes), returned as a
+:class:`SearchResult` (ranked trade-off table, Pareto front, plots). :class:`SearchSpace`
+(``search.space``) is the typed, editable space; ``fitplan search`` / ``fitplan results`` are its
+commands (``search.commands``, registered through ``search.cli``).
 """
+
+from __future__ import annotations
+
+from planner._lazy import lazy_getattr
+
+_LAZY = {
+    "run_search": "search.run",
+    "SearchResult": "search.results",
+    "result_from_study": "search.results",
+    "SearchSpace": "search.space",
+    "default_space": "search.space",
+    "OBJECTIVES": "search.objective",
+}
+
+__all__ = sorted(_LAZY)
+
+__getattr__ = lazy_getattr("search", _LAZY, globals())

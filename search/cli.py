@@ -1,17 +1,17 @@
-"""The search package's ``fitplan`` commands, registered through the ``fitplan.commands`` entry point
-(see ``planner.cli``): the planner's CLI never imports this package. Each command module is listed in
-``COMMAND_MODULES`` and has ``register(subparsers)``.
+"""The search package's ``fitplan`` commands (``search``, ``results``), registered through the
+``fitplan.commands`` entry point (see ``planner.cli``): the planner's CLI never imports this package.
+
+Registering only builds argparse parsers; Optuna is imported when a command runs.
 """
 
 from __future__ import annotations
 
 import argparse
 
-# Order = order in `fitplan --help`.
-COMMAND_MODULES: tuple = ()
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the search package's commands to the ``fitplan`` parser."""
-    for module in COMMAND_MODULES:
-        module.register(subparsers)
+    """Add the search package's commands to the ``fitplan`` parser (order = order in ``fitplan --help``)."""
+    from search import commands
+
+    for add in (commands.register_search, commands.register_results):
+        add(subparsers)

@@ -1,0 +1,155 @@
+"""``fitplan search`` and ``fitplan results``: run a search, or re-print a stored one.
+
+``fitplan search MODEL [constraint flags of plan] --trials N [--sampler S] [--storage URL] [--study NAME]
+[--out DIR]`` writes the ranked table (CSV, JSON, Markdown) and the Pareto plots (PNG, HTML) into DIR and
+prints the top of the table. ``fitplan results --storage URL --study NAME [--out DIR]`` rebuilds the same
+from the study alone. The CLI's default storage is ``sqlite:///fitplan.db`` in the working directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from planner.render import add_format_flags, print_columns, print_json
+
+DEFAULT_OUT = "fitplan-search"
+# Columns printed in the terminal, most important first; the rest are in the files (--out) and --json.
+SHOWN = (("rank", "#"), ("strategy", "strategy"), ("quality_retained_pct", "qual%"), ("basis", "basis"),
+         ("memory_gib", "GiB"), ("speedup", "x"), ("usd_per_1m_tokens", "$/1M"), ("feasible", "ok"))
+
+
+def add_storage_flags(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
+    parser.add_argument("--storage", default=None if required else "sqlite:///fitplan.db", required=required,
+                        metavar="URL", help="Optuna storage: a SQLite file/URL or postgresql://user@host/db "
+                                            "(default sqlite:///fitplan.db)")
+    parser.add_argument("--study", metavar="NAME", required=required,
+                        help="study name (default: derived from the request, so the same command resumes)")
+
+
+def register_search(subparsers: argparse._SubParsersAction) -> None:
+    from planner.planning.flags import add_constraint_flags
+
+    parser = subparsers.add_parser(
+        "search", help="Optuna search over compression strategies under constraints",
+        description="Search quantization x sparsity x distillation strategies for MODEL under the constraints "
+                    "(predicted quality, memory, speed, cost), store every trial in an Optuna study (resumable, "
+                    "shareable by several processes on PostgreSQL) and write the ranked trade-off table and "
+                    "Pareto plots.")
+    parser.add_argument("model", metavar="MODEL", help="registry name, hub id, directory or config.json")
+    add_constraint_flags(parser, objective=False)
+    parser.add_argument("--trials", type=int, default=200, metavar="N", help="total trials of the study (default 200)")
+    parser.add_argument("--sampler", default="auto", metavar="S", help="auto, nsga2, tpe, gp or random (default auto)")
+    parser.add_argument("--objectives", default="quality_loss,memory_gib,cost_per_1m_tokens", metavar="LIST",
+                        help="comma-separated: quality_loss, memory_gib, cost_per_1m_tokens, tokens_per_s, speedup")
+    parser.add_argument("--seed", type=int, default=None, help="sampler seed")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N", help="parallel trials in this process")
+    parser.add_argument("--timeout", type=float, default=None, metavar="S", help="stop after S seconds")
+    add_storage_flags(parser)
+    parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output directory (default ./{DEFAULT_OUT})")
+    parser.add_argument("--top", type=int, default=10, metavar="N", help="rows printed (default 10)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_format_flags(parser)
+    parser.set_defaults(func=run_search_command)
+
+
+def register_results(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("results", help="re-print and re-write a stored search from its study",
+                                   description="Rebuild the ranked table and plots of a search from its Optuna "
+                                               "study alone.")
+    add_storage_flags(parser, required=True)
+    parser.add_argument("--out", default=None, metavar="DIR", help="also write the table and plots into DIR")
+    parser.add_argument("--top", type=int, default=10, metavar="N", help="rows printed (default 10)")
+    add_format_flags(parser)
+    parser.set_defaults(func=run_results_command)
+
+
+def _check_out(out: str | None) -> Path | None:
+    from planner.errors import InvalidRequestError
+
+    if out is None:
+        return None
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise InvalidRequestError(f"--out {out!r} is a file; give a directory.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".fitplan-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise InvalidRequestError(f"--out {out!r} is not writable: {error.strerror or error}.") from None
+    return path
+
+
+def run_search_command(args: argparse.Namespace) -> int:
+    import sys
+
+    from planner.errors import InvalidRequestError
+    from planner.planning.flags import constraints_from_args
+    from search.run import run_search
+
+    out = _check_out(args.out)
+    if args.top < 1:
+        raise InvalidRequestError(f"--top must be at least 1, got {args.top}.")
+    constraints = constraints_from_args(args)
+    result = run_search(args.model, constraints, n_trials=args.trials, sampler=args.sampler,
+                        objectives=args.objectives, storage=args.storage, study_name=args.study, seed=args.seed,
+                        n_jobs=args.jobs, timeout=args.timeout,
+                        progress=not args.no_progress and args.output == "table" and sys.stderr.isatty())
+    paths = result.write(out) if out is not None else {}
+    _print(result, args, paths)
+    return 130 if result.interrupted else 0
+
+
+def run_results_command(args: argparse.Namespace) -> int:
+    from search.results import result_from_study
+    from search.storage import open_storage
+    from search.study import load_existing
+
+    out = _check_out(args.out)
+    study = load_existing(open_storage(args.storage), args.study)
+    result = result_from_study(study)
+    paths = result.write(out) if out is not None else {}
+    _print(result, args, paths)
+    return 0
+
+
+def _print(result, args: argparse.Namespace, paths: dict) -> None:  # noqa: ANN001 - SearchResult
+    import numpy as np
+
+    if args.output == "json":
+        import json
+
+        print_json(json.loads(result.to_json()))
+        return
+    if args.output == "csv":
+        print(result.to_csv(), end="")
+        return
+    top = result.table.head(args.top)
+    columns = {}
+    for column, header in SHOWN:
+        values = top[column].to_numpy() if column in top else np.array([])
+        if column in ("quality_retained_pct", "memory_gib", "speedup", "usd_per_1m_tokens"):
+            values = np.array([np.nan if v is None else float(v) for v in values], dtype=float)
+        elif column == "basis":  # "prior (42)" -> "prior": the count is in the files and --json
+            values = np.array([str(v).split(" ")[0] for v in values], dtype=object)
+        columns[header] = values
+    state = "resumed" if result.resumed else "new"
+    title = (f"{result.request.get('model')}: {len(result.table)} strategies from {result.n_trials} trials "
+             f"({state} study {result.study_name})")
+    feasible = int(result.table["feasible"].sum()) if len(result.table) else 0
+    caption = f"{feasible} feasible; qual% = predicted quality retained; x = speedup; ok = feasible"
+    print_columns(columns, title=title, caption=caption,
+                  formats={"qual%": "{:.1f}", "GiB": "{:.2f}", "x": "{:.2f}", "$/1M": "{:.3g}"})
+    best = result.best
+    if best is None:
+        misses = result.table.head(3)
+        print("no feasible strategy; closest: " + "; ".join(f"{r.strategy}: {r.why_not}" for r in misses.itertuples()))
+    else:
+        print(f"recommended: {best['strategy']} ({best['quality_retained_pct']:.1f}% quality retained, "
+              f"{best['memory_gib']:.2f} GiB)")
+    if result.interrupted:
+        print("interrupted: every finished trial is saved; run the same command again to resume")
+    for kind, path in paths.items():
+        print(f"wrote {kind}: {path}")

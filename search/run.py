@@ -1,0 +1,168 @@
+"""``search.run_search``: an Optuna multi-objective search over compression strategies.
+
+One trial = one strategy from the :class:`~search.space.SearchSpace`, scored by the planner (no torch,
+milliseconds). The study (SQLite file, PostgreSQL, or in memory) is the record: re-running with the same
+study name resumes it, several processes on one storage cooperate on it (``n_trials`` is the study's
+total budget, counted over every worker), and Ctrl-C stops cleanly with every finished trial saved.
+
+Samplers (``sampler=``): ``nsga2`` (Optuna's NSGA-II: genetic, multi-objective, constraint-aware),
+``tpe`` (multi-objective TPE, constraint-aware), ``gp`` (Gaussian process; needs torch), ``random``,
+and ``auto`` = the one that measured best in ``benchmarks/search_efficiency.py`` (see AUTO_SAMPLER).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from planner.errors import FitplanError, InvalidRequestError
+from search.objective import DEFAULT_OBJECTIVES, TrialScorer, resolve_objectives, trial_record
+from search.results import SearchResult, result_from_study
+from search.space import SearchSpace
+
+SAMPLERS = ("auto", "nsga2", "tpe", "gp", "random")
+# Chosen from benchmarks/search_efficiency.py (hypervolume ratio to the exhaustive front at equal budgets).
+AUTO_SAMPLER = "tpe"
+MAX_TRIALS = 1_000_000
+
+
+def make_sampler(name: str, *, seed: int | None, n_objectives: int, population: int | None = None):
+    """An Optuna sampler by fitplan's name for it (constraints read from ``trial.set_constraint``)."""
+    import optuna
+
+    key = (name or "").strip().lower()
+    if key not in SAMPLERS:
+        from hardware_db.names import did_you_mean
+
+        raise InvalidRequestError(f"unknown sampler {name!r}.{did_you_mean(key, SAMPLERS)} Allowed: "
+                                  f"{', '.join(SAMPLERS)}.")
+    if key == "auto":
+        key = AUTO_SAMPLER
+    if key == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=population or 40)
+    if key == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=20)
+    if key == "gp":
+        try:
+            import torch  # noqa: F401  - Optuna's GP sampler runs on torch
+        except ModuleNotFoundError:
+            raise InvalidRequestError("sampler 'gp' needs torch (Optuna's GPSampler); install the exec extra "
+                                      "(pip install \".[exec]\" from a checkout) or choose nsga2/tpe/random.") from None
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=20)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def _positive(name: str, value: Any, limit: float) -> Any:
+    import math
+
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or math.isinf(value):
+        raise InvalidRequestError(f"{name} must be a finite number, got {value!r}.")
+    if value <= 0 or value > limit:
+        raise InvalidRequestError(f"{name} must be between 1 and {limit:,}, got {value}.")
+    return value
+
+
+def run_search(model: Any, constraints: Any = None, *, space: SearchSpace | None = None, n_trials: int = 200,
+               sampler: str = "auto", objectives: Iterable[str] | str = DEFAULT_OBJECTIVES,
+               storage: str | Path | None = None, study_name: str | None = None, seed: int | None = None,
+               n_jobs: int = 1, timeout: float | None = None, profile: Any = None, calibration: Any = None,
+               progress: bool = False) -> SearchResult:
+    """Search strategies for ``model`` under ``constraints``; returns the ranked trade-offs.
+
+    ``storage``: None = in memory (Python) — the CLI defaults to ``sqlite:///fitplan.db``; a path or any
+    SQLAlchemy URL (``postgresql://...`` for several machines). ``study_name``: None derives one from
+    the request, so the same call resumes the same study. ``n_trials``: the study's total budget.
+    """
+    import optuna
+
+    from planner.models.resolve import get_model
+    from search.candidates import candidate_evaluator, coerce_constraints, request_record
+    from search.space import default_space
+    from search.storage import open_storage
+    from search.study import default_study_name, open_study
+
+    n_trials = int(_positive("n_trials", n_trials, MAX_TRIALS))
+    n_jobs = int(_positive("n_jobs", n_jobs, 64))
+    _positive("timeout", timeout, 10**7)
+    spec = get_model(model)
+    constraints = coerce_constraints(constraints)
+    objective_list = resolve_objectives(objectives if not isinstance(objectives, str) else objectives)
+    space = space or default_space(spec, constraints)
+    evaluate = candidate_evaluator(spec, constraints, objective_list, profile=profile, calibration=calibration)
+    scorer = TrialScorer(evaluate, objective_list)
+    request = request_record(spec, constraints, space, objective_list)
+    directions = [o.direction for o in objective_list]
+    sampler_obj = make_sampler(sampler, seed=seed, n_objectives=len(objective_list))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    store = open_storage(storage) if storage is not None else optuna.storages.InMemoryStorage()
+    name = study_name or default_study_name(request)
+    study, resumed = open_study(store, name, request, directions, sampler_obj)
+
+    def objective(trial: optuna.trial.Trial) -> list[float]:
+        return scorer(trial, space.suggest(trial))
+
+    done = _finished(study)
+    remaining = max(0, n_trials - done)
+    interrupted = False
+    callbacks = [optuna.study.MaxTrialsCallback(n_trials, states=(optuna.trial.TrialState.COMPLETE,
+                                                                  optuna.trial.TrialState.FAIL))]
+    bar = _Progress(study, scorer, n_trials, done) if progress and remaining else None
+    if bar is not None:
+        callbacks.append(bar.update)
+    try:
+        if remaining:
+            if bar is not None:
+                bar.start()
+            study.optimize(objective, n_trials=remaining, timeout=timeout, n_jobs=n_jobs, callbacks=callbacks,
+                           catch=(FitplanError, ValueError, ArithmeticError), gc_after_trial=False,
+                           show_progress_bar=False)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        if bar is not None:
+            bar.stop()
+    return result_from_study(study, interrupted=interrupted, resumed=resumed, evaluations=scorer.evaluations)
+
+
+def _finished(study) -> int:
+    import optuna
+
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+class _Progress:
+    """A rich progress bar on stderr with the best feasible candidates so far."""
+
+    def __init__(self, study, scorer: TrialScorer, total: int, done: int):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.scorer = scorer
+        self.progress = Progress(TextColumn("search"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                 TextColumn("{task.description}"), console=Console(stderr=True), transient=False)
+        self.task = self.progress.add_task("", total=total, completed=done)
+        self.best: dict[str, tuple[float, str]] = {}
+
+    def start(self) -> None:
+        self.progress.start()
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+    def update(self, study, trial) -> None:
+        import optuna
+
+        record = trial_record(trial)
+        if trial.state == optuna.trial.TrialState.COMPLETE and record and not record["violations"]:
+            first = self.scorer.objectives[0]
+            value = trial.values[0]
+            current = self.best.get(first.name)
+            better = current is None or (value < current[0] if first.direction == "minimize" else value > current[0])
+            if better:
+                self.best[first.name] = (value, record["summary"])
+        text = "; ".join(f"best {name} {value:.3g}: {summary}" for name, (value, summary) in self.best.items())
+        self.progress.update(self.task, advance=1, description=text[:70] or "no feasible candidate yet")
