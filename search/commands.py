@@ -45,6 +45,9 @@ def register_search(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=None, help="sampler seed")
     parser.add_argument("--jobs", type=int, default=1, metavar="N", help="parallel trials in this process")
     parser.add_argument("--timeout", type=float, default=None, metavar="S", help="stop after S seconds")
+    parser.add_argument("--profile", metavar="FILE", help="sensitivity profile JSON of this model: predictions on "
+                        "the profile basis and per-block formats allocated exactly under sampled bit budgets")
+    parser.add_argument("--calibration", metavar="DIR", help="calibration store of measured results")
     add_storage_flags(parser)
     parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output directory (default ./{DEFAULT_OUT})")
     parser.add_argument("--top", type=int, default=10, metavar="N", help="rows printed (default 10)")
@@ -93,9 +96,18 @@ def run_search_command(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise InvalidRequestError(f"--top must be at least 1, got {args.top}.")
     constraints = constraints_from_args(args)
+    profile = calibration = None
+    if args.profile is not None:
+        from planner.accuracy.profile import SensitivityProfile
+
+        profile = SensitivityProfile.load(args.profile)
+    if args.calibration is not None:
+        from planner.accuracy.calibration import CalibrationStore
+
+        calibration = CalibrationStore.load(args.calibration)
     result = run_search(args.model, constraints, n_trials=args.trials, sampler=args.sampler,
                         objectives=args.objectives, storage=args.storage, study_name=args.study, seed=args.seed,
-                        n_jobs=args.jobs, timeout=args.timeout,
+                        n_jobs=args.jobs, timeout=args.timeout, profile=profile, calibration=calibration,
                         progress=not args.no_progress and args.output == "table" and sys.stderr.isatty())
     paths = result.write(out) if out is not None else {}
     _print(result, args, paths)
