@@ -23,6 +23,7 @@ from torch import nn
 
 from planner.errors import InvalidRequestError
 from planner.models.derive import (
+    check_structural_effect,
     check_structured_support,
     ffn_alignment,
     kept_ffn_width,
@@ -36,6 +37,7 @@ from executors.steps._recorder import Recorder
 from executors.steps.context import StepContext
 from executors.steps.gradual import GradualPruningScheduler
 from executors.steps.layout import ModelLayout
+from executors.steps.linears import features, is_dense, is_linear_like, weight_matrix
 from executors.steps.masks import (
     global_prune_masks,
     input_norms,
@@ -43,7 +45,7 @@ from executors.steps.masks import (
     nm_prune_mask,
     row_prune_mask,
 )
-from executors.steps.report import StepReport
+from executors.steps.report import NoEffectError, StepReport
 from executors.steps.storage import (
     bitmask_sparse_bytes,
     count_params,
@@ -91,6 +93,7 @@ def prune(model: nn.Module, spec: SparsitySpec, context: StepContext,
         rec.notes.append("zeros are stored densely and multiplied by dense kernels: memory and speed unchanged on "
                          "CPU (PyTorch's sparse semi-structured kernels are CUDA-only)")
     _record_changes(rec, before, _linear_snapshot(model))
+    _check_effect(rec, spec, pruner, model, result)
     return model, rec.finish(model, f"{spec.summary()}: level {result.level:g} reached, {rec.params_before:,} "
                                     f"-> {count_params(model):,} params, {rec.zeros_before:,} -> "
                                     f"{count_zeros(model):,} zeros")
@@ -108,6 +111,7 @@ class _WeightPruner:
         layout = ModelLayout(model)
         self.nm = tuple(int(x) for x in spec.pattern.split(":")) if ":" in spec.pattern else None
         self.names = []
+        self.blocks = layout.num_layers
         for site in layout.linear_sites():
             reason = self._skip_reason(site)
             if reason:
@@ -124,15 +128,15 @@ class _WeightPruner:
                     else "outside the transformer blocks: kept dense")
         if site.component not in _PRUNABLE_COMPONENTS:
             return f"component {site.component} kept dense"
-        if not site.module.weight.is_floating_point():
+        if not is_dense(site.module):
             return f"already quantized ({type(site.module).__name__})"
-        if self.nm and site.module.in_features % self.nm[1]:
-            return f"in_features {site.module.in_features} is not a multiple of {self.nm[1]} ({self.spec.pattern})"
+        if self.nm and site.in_features % self.nm[1]:
+            return f"in_features {site.in_features} is not a multiple of {self.nm[1]} ({self.spec.pattern})"
         return None
 
     def __call__(self, model: nn.Module, level: float) -> nn.Module:
         modules = {name: model.get_submodule(name) for name in self.names}
-        scores = {name: module.weight.detach().abs().float() for name, module in modules.items()}
+        scores = {name: weight_matrix(module).detach().abs().float() for name, module in modules.items()}
         if self.spec.method == "wanda":
             norms = input_norms(model, modules, self.calibration, self.context.device)
             scores = {name: score * norms[name][None, :] for name, score in scores.items()}
@@ -146,8 +150,17 @@ class _WeightPruner:
             masks = {name: layer_prune_mask(score, level) for name, score in scores.items()}
         with torch.no_grad():
             for name, mask in masks.items():
-                modules[name].weight.masked_fill_(mask, 0)
+                weight_matrix(modules[name]).masked_fill_(mask, 0)  # a view: Conv1D's (in, out) weight too
         return model
+
+    def achieved(self, model: nn.Module) -> float:
+        """Fraction of exact zeros in the targeted weights."""
+        zeros = total = 0
+        for name in self.names:
+            weight = model.get_submodule(name).weight
+            zeros += int((weight == 0).sum())
+            total += weight.numel()
+        return zeros / total if total else 0.0
 
     def storage(self, model: nn.Module) -> dict[str, int]:
         """Exact storage of the pruned weights, dense vs an N:M sparse format (16-bit and int8 values)."""
@@ -155,7 +168,7 @@ class _WeightPruner:
             return {}
         dense16 = sparse16 = sparse8 = 0
         for name in self.names:
-            rows, cols = model.get_submodule(name).weight.shape
+            rows, cols = weight_matrix(model.get_submodule(name)).shape
             dense16 += rows * cols * 2
             if self.nm == (2, 4):
                 sparse16 += semi_structured_bytes(rows, cols, 2)
@@ -175,9 +188,10 @@ class _StructuredPruner:
                  rec: Recorder):
         self.spec = spec
         self.context = context
-        self.original: ModelSpec = ModelLayout(model).spec
         what = {"heads": "attention-head pruning", "ffn": "FFN-channel pruning", "layers": "whole-layer pruning"}
-        check_structured_support(self.original, what[spec.pattern], heads=spec.pattern == "heads")
+        self.original: ModelSpec = ModelLayout(model).require_spec(what[spec.pattern])
+        check_structured_support(self.original, spec.pattern)
+        check_structural_effect(self.original, spec, strategy)
         self.alignment = ffn_alignment(strategy)
         self.kept_layers = list(range(self.original.num_layers))
         self.kept_groups = [list(range(self.original.num_kv_heads)) for _ in range(self.original.num_layers)]
@@ -254,15 +268,34 @@ class _Finetuner:
 
 
 def _linear_snapshot(model: nn.Module) -> dict[str, tuple[int, int, int, tuple[int, ...], int]]:
-    """name -> (parameters, zeros, bytes, weight shape, weight zeros) of every dense Linear."""
+    """name -> (parameters, zeros, bytes, weight shape out x in, weight zeros) of every dense linear-like module."""
     out = {}
     for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and module.weight.is_floating_point():
+        if is_linear_like(module) and is_dense(module):
             params = sum(p.numel() for p in module.parameters())
             zeros = sum(int((p == 0).sum()) for p in module.parameters())
-            out[name] = (params, zeros, state_dict_bytes(module), tuple(module.weight.shape),
+            in_features, out_features = features(module)
+            out[name] = (params, zeros, state_dict_bytes(module), (out_features, in_features),
                          int((module.weight == 0).sum()))
     return out
+
+
+def _check_effect(rec: Recorder, spec: SparsitySpec, pruner, model: nn.Module, result) -> None:  # noqa: ANN001
+    """A pruning step that changed no module, or reached less than asked without its stop rule, failed."""
+    if not rec.modules:
+        reasons = "; ".join(f"{s.name}: {s.reason}" for s in rec.skipped[:6]) or "no linear layers found"
+        raise NoEffectError(f"{spec.summary()} changed no module ({reasons}).")
+    if spec.structured:
+        return
+    achieved = pruner.achieved(model)
+    rec.metrics["sparsity_achieved"] = achieved
+    target = 0.5 if pruner.nm else result.level
+    # per-layer counts round half up; a global mask or N:M hits the count exactly
+    if achieved + 0.5 / max(1, min(model.get_submodule(n).weight.numel() for n in pruner.names)) < target:
+        raise NoEffectError(f"{spec.summary()}: only {achieved:.4f} of the targeted weights are zero, "
+                            f"{target:g} requested.")
+    if result.level < spec.level and not result.stopped:
+        raise NoEffectError(f"{spec.summary()}: level {result.level:g} reached, {spec.level:g} requested.")
 
 
 def _record_changes(rec: Recorder, before: dict, after: dict) -> None:
