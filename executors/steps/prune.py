@@ -94,8 +94,10 @@ def prune(model: nn.Module, spec: SparsitySpec, context: StepContext,
                          "CPU (PyTorch's sparse semi-structured kernels are CUDA-only)")
     _record_changes(rec, before, _linear_snapshot(model))
     _check_effect(rec, spec, pruner, model, result)
-    return model, rec.finish(model, f"{spec.summary()}: level {result.level:g} reached, {rec.params_before:,} "
-                                    f"-> {count_params(model):,} params, {rec.zeros_before:,} -> "
+    achieved = "" if spec.structured else (f", {rec.metrics['sparsity_achieved']:.1%} of the {pruner.targeted(model):,} "
+                                           f"weights of {len(pruner.names)} block linears zero")
+    return model, rec.finish(model, f"{spec.summary()}: level {result.level:g} reached{achieved}, "
+                                    f"{rec.params_before:,} -> {count_params(model):,} params, {rec.zeros_before:,} -> "
                                     f"{count_zeros(model):,} zeros")
 
 
@@ -152,6 +154,9 @@ class _WeightPruner:
             for name, mask in masks.items():
                 weight_matrix(modules[name]).masked_fill_(mask, 0)  # a view: Conv1D's (in, out) weight too
         return model
+
+    def targeted(self, model: nn.Module) -> int:
+        return sum(model.get_submodule(name).weight.numel() for name in self.names)
 
     def achieved(self, model: nn.Module) -> float:
         """Fraction of exact zeros in the targeted weights."""

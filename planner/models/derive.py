@@ -207,7 +207,11 @@ def derive_spec(spec: ModelSpec, strategy: CompressionStrategy, *,
         if distill.width_ratio is not None:
             config.update(ffn_config_updates(current, kept_ffn_width(current.mlp.intermediate_size,
                                                                      distill.width_ratio, ffn_alignment(strategy))))
-        current = _rebuild(config, current, strategy)
+        student = _rebuild(config, current, strategy)
+        if student.params.total == current.params.total:
+            raise InvalidRequestError(f"student {distill.summary()} keeps every layer and MLP channel of "
+                                      f"{current.name}: it would be a copy. Use a smaller depth_ratio or width_ratio.")
+        current = student
 
     sparsity = strategy.sparsity
     if sparsity is not None and sparsity.structured:
