@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from planner.errors import FitplanError, UnsupportedError
@@ -69,8 +70,8 @@ class ModelLayout:
         try:
             self.spec: ModelSpec | None = model_spec(model)
             self.spec_error: str | None = None
-        except FitplanError as error:
-            self.spec, self.spec_error = None, str(error)
+        except (FitplanError, KeyError, TypeError) as error:  # a config the planner cannot read is not fatal
+            self.spec, self.spec_error = None, f"{type(error).__name__}: {error}"
         self.stacks = _find_stacks(model, self.spec)
         self.blocks_path, self.blocks = self.stacks[-1] if self.spec is None or self.spec.architecture != \
             "encoder-decoder" else self.stacks[0]
@@ -159,6 +160,23 @@ class ModelLayout:
     def block_linears(self, components: tuple[str, ...] = ("attention", "mlp")) -> list[LinearSite]:
         """Linear-like modules inside the transformer blocks whose component is in ``components``."""
         return [s for s in self.linear_sites() if s.layer is not None and s.component in components]
+
+    def expert_weights(self) -> list[str]:
+        """Paths of the 3-D expert weight tensors in the blocks (transformers 5 fuses each MoE layer's
+        experts into ``experts x out x in`` parameters such as ``mlp.experts.gate_up_proj``)."""
+        return [f"{path}.{name}" for path, blocks in self.stacks for name, param in blocks.named_parameters()
+                if param.dim() == 3 and param.is_floating_point() and "expert" in name.lower()]
+
+    def expert_matrices(self, path: str) -> list[torch.Tensor]:
+        """The ``out x in`` matrix of each expert in the 3-D tensor at ``path`` (views of it)."""
+        tensor = self.model.get_parameter(path)
+        leaf = path.rpartition(".")[2]
+        hidden = getattr(self.spec, "hidden_size", None) or getattr(self.model.config, "hidden_size", None)
+        # (experts, out, in) is transformers' convention; a family storing (experts, in, out) shows it by
+        # having the hidden size where the input of an up projection / the output of down should not be
+        transposed = (("down" in leaf and tensor.shape[-1] == hidden != tensor.shape[-2]) or
+                      ("down" not in leaf and tensor.shape[-2] == hidden != tensor.shape[-1]))
+        return [tensor[e].t() if transposed else tensor[e] for e in range(tensor.shape[0])]
 
     @property
     def input_embeddings(self) -> nn.Module:

@@ -62,6 +62,8 @@ def low_rank(model: nn.Module, spec: LowRankSpec, context: StepContext,
     rec = Recorder("low_rank", spec, model)
     layout = ModelLayout(model)
     targets = _TARGETS[spec.targets]
+    for path in layout.expert_weights():
+        rec.skip(path, "fused 3-D expert tensor: not factorised (as planner.models.derive.low_rank_params assumes)")
     for site in layout.linear_sites():
         module = site.module
         if site.layer is None or site.component not in targets:

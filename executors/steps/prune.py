@@ -16,6 +16,7 @@ one-shot pruning; more steps raise the level gradually, with ``finetune_steps`` 
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import torch
@@ -94,8 +95,9 @@ def prune(model: nn.Module, spec: SparsitySpec, context: StepContext,
                          "CPU (PyTorch's sparse semi-structured kernels are CUDA-only)")
     _record_changes(rec, before, _linear_snapshot(model))
     _check_effect(rec, spec, pruner, model, result)
+    experts = f" and {len(pruner.experts)} expert tensors" if not spec.structured and pruner.experts else ""
     achieved = "" if spec.structured else (f", {rec.metrics['sparsity_achieved']:.1%} of the {pruner.targeted(model):,} "
-                                           f"weights of {len(pruner.names)} block linears zero")
+                                           f"weights of {len(pruner.names)} block linears{experts} zero")
     return model, rec.finish(model, f"{spec.summary()}: level {result.level:g} reached{achieved}, "
                                     f"{rec.params_before:,} -> {count_params(model):,} params, {rec.zeros_before:,} -> "
                                     f"{count_zeros(model):,} zeros")
@@ -120,6 +122,15 @@ class _WeightPruner:
                 rec.skip(site.name, reason)
             else:
                 self.names.append(site.name)
+        self.experts = []
+        for path in layout.expert_weights():
+            if spec.method == "wanda":
+                rec.skip(path, "fused expert tensor: Wanda's input norms are per module, not per routed expert; "
+                               "kept dense (use magnitude pruning)")
+            elif self.nm and layout.expert_matrices(path)[0].shape[1] % self.nm[1]:
+                rec.skip(path, f"expert input width is not a multiple of {self.nm[1]} ({spec.pattern})")
+            else:
+                self.experts.append(path)
         rec.skip(layout.module_name(layout.input_embeddings), "token embeddings are looked up, not multiplied: "
                                                               "not pruned")
         self.calibration = context.calibration("Wanda pruning") if spec.method == "wanda" else None
@@ -138,7 +149,11 @@ class _WeightPruner:
 
     def __call__(self, model: nn.Module, level: float) -> nn.Module:
         modules = {name: model.get_submodule(name) for name in self.names}
-        scores = {name: weight_matrix(module).detach().abs().float() for name, module in modules.items()}
+        weights = {name: weight_matrix(module) for name, module in modules.items()}
+        layout = ModelLayout(model) if self.experts else None
+        for path in self.experts:  # each expert's matrix is pruned like a Linear of its own
+            weights.update({f"{path}[{e}]": m for e, m in enumerate(layout.expert_matrices(path))})
+        scores = {name: weight.detach().abs().float() for name, weight in weights.items()}
         if self.spec.method == "wanda":
             norms = input_norms(model, modules, self.calibration, self.context.device)
             scores = {name: score * norms[name][None, :] for name, score in scores.items()}
@@ -152,28 +167,30 @@ class _WeightPruner:
             masks = {name: layer_prune_mask(score, level) for name, score in scores.items()}
         with torch.no_grad():
             for name, mask in masks.items():
-                weight_matrix(modules[name]).masked_fill_(mask, 0)  # a view: Conv1D's (in, out) weight too
+                weights[name].masked_fill_(mask, 0)  # views: Conv1D's (in, out) weight and expert slices too
         return model
 
+    def _tensors(self, model: nn.Module) -> list[torch.Tensor]:
+        return [model.get_submodule(n).weight for n in self.names] + [model.get_parameter(p) for p in self.experts]
+
     def targeted(self, model: nn.Module) -> int:
-        return sum(model.get_submodule(name).weight.numel() for name in self.names)
+        return sum(t.numel() for t in self._tensors(model))
 
     def achieved(self, model: nn.Module) -> float:
         """Fraction of exact zeros in the targeted weights."""
-        zeros = total = 0
-        for name in self.names:
-            weight = model.get_submodule(name).weight
-            zeros += int((weight == 0).sum())
-            total += weight.numel()
-        return zeros / total if total else 0.0
+        tensors = self._tensors(model)
+        total = sum(t.numel() for t in tensors)
+        return sum(int((t == 0).sum()) for t in tensors) / total if total else 0.0
 
     def storage(self, model: nn.Module) -> dict[str, int]:
         """Exact storage of the pruned weights, dense vs an N:M sparse format (16-bit and int8 values)."""
         if not self.nm:
             return {}
         dense16 = sparse16 = sparse8 = 0
-        for name in self.names:
-            rows, cols = weight_matrix(model.get_submodule(name)).shape
+        shapes = [weight_matrix(model.get_submodule(name)).shape for name in self.names]
+        layout = ModelLayout(model) if self.experts else None
+        shapes += [m.shape for path in self.experts for m in layout.expert_matrices(path)]
+        for rows, cols in shapes:
             dense16 += rows * cols * 2
             if self.nm == (2, 4):
                 sparse16 += semi_structured_bytes(rows, cols, 2)
@@ -282,6 +299,10 @@ def _linear_snapshot(model: nn.Module) -> dict[str, tuple[int, int, int, tuple[i
             in_features, out_features = features(module)
             out[name] = (params, zeros, state_dict_bytes(module), (out_features, in_features),
                          int((module.weight == 0).sum()))
+    for name, param in model.named_parameters():
+        if param.dim() == 3 and param.is_floating_point() and "expert" in name.lower():
+            zeros = int((param == 0).sum())
+            out[name] = (param.numel(), zeros, param.numel() * param.element_size(), tuple(param.shape), zeros)
     return out
 
 
@@ -296,7 +317,7 @@ def _check_effect(rec: Recorder, spec: SparsitySpec, pruner, model: nn.Module, r
     rec.metrics["sparsity_achieved"] = achieved
     target = 0.5 if pruner.nm else result.level
     # per-layer counts round half up; a global mask or N:M hits the count exactly
-    if achieved + 0.5 / max(1, min(model.get_submodule(n).weight.numel() for n in pruner.names)) < target:
+    if achieved + 0.5 / max(1, min(t.numel() for t in pruner._tensors(model))) < target:
         raise NoEffectError(f"{spec.summary()}: only {achieved:.4f} of the targeted weights are zero, "
                             f"{target:g} requested.")
     if result.level < spec.level and not result.stopped:
@@ -313,7 +334,7 @@ def _record_changes(rec: Recorder, before: dict, after: dict) -> None:
         if (params2, zeros2, shape2) == (params, zeros, shape):
             continue
         if shape2 == shape:
-            action = f"weight {weight_zeros / (shape[0] * shape[1]):.1%} zeros"
+            action = f"weight {weight_zeros / math.prod(shape):.1%} zeros"
         else:
             action = f"shape {list(shape)} -> {list(shape2)}"
         rec.change(name=name, action=action, params_before=params, params_after=params2, zeros_before=zeros,

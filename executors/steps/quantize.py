@@ -130,6 +130,9 @@ def quantize(model: nn.Module, spec: QuantizationSpec, context: StepContext,
 def _plan(layout: ModelLayout, spec: QuantizationSpec, rec: Recorder) -> list[tuple[LinearSite, str]]:
     """The format of each dense Linear; modules no group covers are recorded as skipped."""
     plan = []
+    for path in layout.expert_weights():
+        rec.skip(path, f"fused 3-D expert tensor (experts x out x in): bitsandbytes and torch have no module for it; "
+                       f"kept at {spec.compute_dtype}")
     for site in layout.linear_sites():
         if not is_dense(site.module):
             rec.skip(site.name, f"already quantized ({type(site.module).__name__})")

@@ -17,11 +17,14 @@ runs, saves and reloads with ``from_pretrained``. Modules are addressed by their
   over calibration tokens; the least influential blocks go. ``layer_idx`` attributes are renumbered so
   the KV cache indexes the remaining blocks.
 
-Why hand-written rather than torch-pruning's dependency graph: the graph finds which tensors are coupled,
-but the coupling here is fixed by the role of each module (known from the planner's spec), and the
-hard parts are outside the graph: head groups inside a fused projection (torch-pruning needs them
-declared per model), the config keys each family reads back, and ``Conv1D`` (torch-pruning has no
-pruner for it). See the issue-12 report for the comparison.
+Why hand-written rather than torch-pruning (evaluated: torch-pruning 1.6.1, torch 2.13, transformers 5.25):
+its dependency graph of a 2-block tiny Llama builds in 0.07 s, but grouping the coupled layers
+(``DependencyGraph.get_all_groups``) did not finish in 90 s (stuck in ``_fix_dependency_graph_non_recursive``:
+the residual stream couples every block), and ``MetaPruner`` on the same model and on GPT-2 did not
+finish in 240 s. Beyond that it has no pruner for ``Conv1D``, needs each family's head layout declared
+(``num_heads`` per projection; fused q/k/v rows are not understood), and leaves the config untouched, so
+the model neither reloads nor matches the planner's derived spec. Here the coupling is known from each
+module's planner role, so the surgery is a few index selections per role.
 """
 
 from __future__ import annotations

@@ -196,3 +196,23 @@ def test_a_step_that_changes_nothing_fails():
     quantized, _ = apply_step(model, QuantizationSpec(weights="int8"), _context())
     with pytest.raises(NoEffectError, match="changed no module"):  # everything already quantized
         apply_step(quantized, SparsitySpec(level=0.5), _context())
+
+
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
+def test_fused_moe_experts_are_pruned_per_expert(pattern):
+    """transformers 5 stores a MoE layer's experts as 3-D tensors (experts x out x in): each expert's matrix
+    is pruned like a Linear; quantization keeps them dense and says so."""
+    torch.manual_seed(0)
+    config = transformers.AutoConfig.for_model(model_type="mixtral", num_local_experts=4, num_experts_per_tok=2, **_GQA)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    pruned, report = apply_step(model, SparsitySpec(level=0.5, pattern=pattern), _context())
+    layout = ModelLayout(pruned)
+    experts = layout.expert_weights()
+    assert len(experts) == 4 and report.metrics["sparsity_achieved"] == 0.5
+    for path in experts:
+        for matrix in layout.expert_matrices(path):
+            assert int((matrix == 0).sum()) == matrix.numel() // 2
+            assert pattern != "2:4" or is_valid_nm(matrix, 2, 4)
+    _forward(pruned)
+    _, report = apply_step(pruned, QuantizationSpec(weights="int8"), _context())
+    assert all("fused 3-D expert tensor" in report.skipped_reasons()[path] for path in experts)
