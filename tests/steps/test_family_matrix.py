@@ -233,3 +233,14 @@ def test_every_linear_maps_to_the_planner_group_of_its_shape(family):
         assert (site.group.in_features, site.group.out_features) == (site.in_features, site.out_features), site.name
         found[site.group.name] = found.get(site.group.name, 0) + 1
     assert found == {g.name: g.count for g in layout.spec.linear_groups()}
+
+
+def test_fine_tuning_between_gradual_steps_keeps_conv1d_weights_pruned():
+    model = build("gpt2")
+    spec = SparsitySpec(level=0.5, gradual_steps=2, finetune_steps=2, finetune_learning_rate=1e-2)
+    context = _context()
+    context.evaluator = lambda m: 1.0
+    pruned, report = apply_step(model, spec, context)
+    assert report.metrics["sparsity_achieved"] == 0.5
+    for site in _block_sites(pruned):
+        assert int((site.module.weight == 0).sum()) == site.module.weight.numel() // 2, site.name
