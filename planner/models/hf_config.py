@@ -219,7 +219,8 @@ def _moe(reader: _Reader, kind: str | None, num_layers: int, hidden: int) -> MoE
         dense = set(c.get("mlp_only_layers") or [])
         layers = tuple(i for i in range(num_layers) if i not in dense and (i + 1) % step == 0)
         shared = c.get("shared_expert_intermediate_size", 0) if kind == "qwen2_moe" else 0
-        return MoESpec(num_experts=c["num_experts"], experts_per_token=c["num_experts_per_tok"],
+        return MoESpec(num_experts=c.get("num_experts") or c["num_local_experts"],  # 5.x to_dict() name
+                       experts_per_token=c["num_experts_per_tok"],
                        expert_intermediate_size=c["moe_intermediate_size"],
                        num_shared_experts=1 if shared else 0, shared_expert_intermediate_size=shared,
                        shared_expert_gate=bool(shared), moe_layers=layers)
