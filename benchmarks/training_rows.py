@@ -201,9 +201,10 @@ def summarize_finetune(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows), frame
 
 
-def print_finetune(results: list, frame_csv: pd.DataFrame, resolve, show_rows: bool) -> None:
+def print_finetune(results: list, frame_csv: pd.DataFrame, resolve, show_rows: bool) -> pd.DataFrame | None:
+    """Print the fine-tuning summary; returns the fit/OOM rows of this set (scored with the second set's)."""
     if not results:
-        return
+        return None
     summary, frame = summarize_finetune(pd.DataFrame([r.__dict__ for r in results]))
     print("\nFINE-TUNING ROWS (targets: median |error| <= 10%, safe bound >= measured on >= 90% of rows)")
     if show_rows:
@@ -224,3 +225,4 @@ def print_finetune(results: list, frame_csv: pd.DataFrame, resolve, show_rows: b
         print(f"  {group}: {settings.why}")
         if settings.compare_why:
             print(f"      compared with the {settings.compare} total: {settings.compare_why}")
+    return bounds
