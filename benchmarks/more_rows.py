@@ -133,7 +133,6 @@ def torchtune_2024(row: pd.Series) -> Request:
             options["optimizer"] = "paged-adamw"
         if gpus > 1:
             options["sharding"] = "fsdp"
-        options["grad_checkpointing"] = "none" if "sgd" in text and False else options["grad_checkpointing"]
     else:
         options["optimizer"] = "adamw"
         all_layers = "all layers" in text or "q,k,v,o + mlp" in text or mode == "qlora"
@@ -144,9 +143,6 @@ def torchtune_2024(row: pd.Series) -> Request:
         options["lora_dropout"] = 0.0
         if gpus > 1:
             options["sharding"] = "fsdp"
-            options["grad_checkpointing"] = "none" if "distributed" in text or "no act ckpt" in text else "full"
-        if "2024-05-31" in str(row["engine_version"]) and mode == "lora":
-            options["grad_checkpointing"] = "full" if gpus == 1 else "none"
     precision = "nf4" if mode == "qlora" else "bf16"
     return Request(str(row["model"]), precision, mode, _int(row["batch"], 2), seq, gpus, options)
 
@@ -163,7 +159,7 @@ def torchtune_2024_09(row: pd.Series) -> Request:
     """
     mode, gpus = _tt_mode(row), _int(row["gpus"], 1)
     options: dict[str, Any] = {"framework": "torchtune", "train_precision": "bf16", "attention": "flash",
-                               "packing": True}
+                               "packing": True, "compile": True}
     consumer = "4090" in str(row["gpu"])
     options["grad_checkpointing"] = "full" if consumer or gpus > 1 else "none"
     options["activation_offload"] = consumer

@@ -318,7 +318,7 @@ def prepare_training(spec: ModelSpec, fmt: WeightFormat, mode: str = "lora", *, 
     vocab = 0 if spec.architecture == "encoder" else spec.vocab_size
     loss = loss_memory(vocab=vocab, hidden=spec.hidden_size, impl=framework.loss, compute_bytes=recipe.compute_bytes,
                        fp32_loss=framework.loss_upcast or recipe.autocast,
-                       softcap=bool(spec.config.get("final_logit_softcapping")))
+                       softcap=bool(spec.config.get("final_logit_softcapping")), compiled=options.compile)
     dequant = frozen.weights.largest_quantized_tensor_params * recipe.compute_bytes if mode == "qlora" else 0.0
     saved_dequant = saved_dequantized_bytes(spec, frozen, plan, recipe, options.grad_checkpointing) \
         if mode == "qlora" and framework.dequantized_weight_saved else 0.0
