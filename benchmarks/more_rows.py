@@ -274,9 +274,28 @@ GROUPS: dict[str, Group] = {
 }
 
 
-def group_of(row_id: str) -> str | None:
-    prefix = row_id.rsplit("-", 1)[0]
-    return prefix if prefix in GROUPS else None
+def _requests(frame: pd.DataFrame, groups: dict, skipped: list[str]):
+    """(row, group, request) of every row whose source group has settings; the others go to ``skipped``."""
+    for _, row in frame.iterrows():
+        prefix = row["id"].rsplit("-", 1)[0]
+        if prefix not in groups:
+            skipped.append(f"{row['id']}: no settings for this source")
+            continue
+        request = groups[prefix].request(row)
+        if request.skip:
+            skipped.append(f"{row['id']}: {request.skip}")
+            continue
+        yield row, groups[prefix], request
+
+
+def _estimate(request: Request, resolve):
+    spec = resolve(request.model)
+    if request.mode == "inference":
+        parallel = {"parallel": "pipeline"} if request.gpus > 1 else {}
+        return estimate_memory(spec, request.precision, batch=request.batch, prompt_len=request.seq_len, new_tokens=0,
+                               gpus=request.gpus, **parallel, **request.options)
+    return estimate_memory(spec, request.precision, mode=request.mode, batch=request.batch, seq_len=request.seq_len,
+                           gpus=request.gpus, **request.options)
 
 
 def measured_gib(row: pd.Series) -> tuple[float, str]:
@@ -302,23 +321,11 @@ def _point(estimate, total: str) -> float:
 def value_rows(frame: pd.DataFrame, resolve) -> tuple[pd.DataFrame, list[str]]:
     """Fine-tuning value rows: measured vs point estimate and safe bound."""
     rows, skipped = [], []
-    for _, row in frame.iterrows():
-        if not str(row["mode"]).startswith("finetune") or str(row["kind"]) not in VALUE_KINDS:
-            continue
-        prefix = group_of(row["id"])
-        if prefix is None:
-            skipped.append(f"{row['id']}: no source group settings")
-            continue
-        group = GROUPS[prefix]
-        request = group.request(row)
-        if request.skip:
-            skipped.append(f"{row['id']}: {request.skip}")
-            continue
+    chosen = frame[frame["mode"].astype(str).str.startswith("finetune") & frame["kind"].isin(list(VALUE_KINDS))]
+    for row, group, request in _requests(chosen, GROUPS, skipped):
         measured, total = measured_gib(row)
         try:
-            spec = resolve(request.model)
-            estimate = estimate_memory(spec, request.precision, mode=request.mode, batch=request.batch,
-                                       seq_len=request.seq_len, gpus=request.gpus, **request.options)
+            estimate = _estimate(request, resolve)
         except FitplanError as error:
             rows.append({"id": row["id"], "group": group.label, "mode": request.mode, "measured_gib": measured,
                          "estimate_gib": float("nan"), "safe_gib": float("nan"), "total": total,
@@ -409,8 +416,8 @@ def hf_fit_more(row: pd.Series) -> Request:
 def flan_t5_deepspeed(row: pd.Series) -> Request:
     """philschmid 'Fine-tune FLAN-T5 XL/XXL using DeepSpeed & Hugging Face Transformers': Seq2SeqTrainer +
     DeepSpeed ZeRO-3 (ds_flan_t5_z3_config[_bf16].json, optional offload of optimizer and parameters),
-    cnn_dailymail with max_source_length 512 and max_target_length 129 (notebook preprocessing, rounded to
-    the 95th percentile), AdamW."""
+    cnn_dailymail truncated to 512 source tokens, 129 target tokens (generation_max_length 129), AdamW;
+    scripts/run_seq2seq_deepspeed.py defaults to --gradient_checkpointing True and --bf16 on A100s."""
     text, gpus = _text(row), _int(row["gpus"], 1)
     if str(row["kind"]) == "fits_bool" and pd.isna(row["batch"]):
         batch = 1  # OOM at any per-GPU batch: the smallest one is the tightest claim
@@ -419,7 +426,7 @@ def flan_t5_deepspeed(row: pd.Series) -> Request:
     bf16 = "bf16" in str(row["precision"]).lower()
     options: dict[str, Any] = {"framework": "hf", "attention": "eager", "sharding": "zero3",
                                "train_precision": "bf16" if bf16 else "fp32", "target_len": 129,
-                               "grad_checkpointing": "none"}
+                               "grad_checkpointing": "full"}
     if "cpu offload" in text:
         options["offload"] = "params"
     return Request(str(row["model"]), "bf16" if bf16 else "fp32", "full", batch, 512, gpus, options)
@@ -459,31 +466,14 @@ BOUND_GROUPS: dict[str, BoundGroup] = {
 def bound_rows(frame: pd.DataFrame, resolve, first_set: pd.DataFrame | None = None) -> tuple[pd.DataFrame, list[str]]:
     """Every fit/OOM row: does the point estimate land on the published side of the capacity?"""
     rows, skipped = [], []
-    for _, row in frame[frame["kind"].isin(BOUND_KINDS)].iterrows():
-        prefix = row["id"].rsplit("-", 1)[0]
-        if prefix not in BOUND_GROUPS:
-            skipped.append(f"{row['id']}: no settings for this source")
-            continue
-        group = BOUND_GROUPS[prefix]
-        request = group.request(row)
-        if request.skip:
-            skipped.append(f"{row['id']}: {request.skip}")
-            continue
+    for row, group, request in _requests(frame[frame["kind"].isin(BOUND_KINDS)], BOUND_GROUPS, skipped):
         kind = str(row["kind"])
         capacity = _capacity_gib(row)
         fits = kind in ("fits_at_batch", "max_batch_fit") or (kind == "fits_bool" and str(row["value"]) == "1")
         threshold = float(row["value"]) if kind == "alloc_at_OOM_GiB" else capacity
         outcome = "> lower bound" if kind == "alloc_at_OOM_GiB" else ("fits" if fits else "OOM")
         try:
-            spec = resolve(request.model)
-            options = dict(request.options)
-            if request.mode == "inference":
-                estimate = estimate_memory(spec, request.precision, batch=request.batch, prompt_len=request.seq_len,
-                                           new_tokens=0, gpus=request.gpus,
-                                           **({"parallel": "pipeline"} if request.gpus > 1 else {}), **options)
-            else:
-                estimate = estimate_memory(spec, request.precision, mode=request.mode, batch=request.batch,
-                                           seq_len=request.seq_len, gpus=request.gpus, **options)
+            estimate = _estimate(request, resolve)
         except FitplanError as error:
             rows.append({"id": row["id"], "group": group.label, "outcome": outcome, "limit_gib": threshold,
                          "point_gib": float("nan"), "safe_gib": float("nan"), "point_agrees": False,
