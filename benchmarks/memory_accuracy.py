@@ -70,7 +70,7 @@ class GroupSettings:
 
 # One row per source group: the engine and the documented framework behaviour (not fitted).
 SETTINGS: dict[str, GroupSettings] = {
-    "QFULL": GroupSettings("hf", {"hf_logits": "last", "attention": "flash"},
+    "QFULL": GroupSettings("hf", {"transformers_version": "4.51.3", "attention": "flash"},
                            "transformers 4.51.3 generate (logits_to_keep=1), FlashAttention-2",
                            compare="decode",
                            compare_why="all 64 bf16/FP8/GPTQ rows equal weights + KV(prompt+2048) + the 32 MiB "
@@ -79,7 +79,7 @@ SETTINGS: dict[str, GroupSettings] = {
                                        "for Qwen3-32B at 30720): the table reports the memory held at the end of "
                                        "generation, so the point estimate and the bound of that phase are compared "
                                        "(the run's peak and safe_gib include the prefill: see peak_* columns)"),
-    "QW2": GroupSettings("hf", {"hf_logits": "full"},
+    "QW2": GroupSettings("hf", {"transformers_version": "4.38.2"},
                          "transformers 4.38.2: lm_head and fp32 cast over the whole prompt (calibration README)"),
     "QW1": GroupSettings("hf", {"hf_logits": "full", "hf_cache": "legacy"},
                          "Qwen-1 remote code on transformers 4.3x: lm_head over every input position and a "
