@@ -331,7 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     resolve = lambda name: resolve_model(name, specs, registry_names)  # noqa: E731
     first_bounds = training_rows.print_finetune(finetune, pd.read_csv(args.csv), resolve, args.rows)
     if args.more.is_file():
-        more_rows.print_more(resolve, first_bounds, args.rows, args.more)
+        first_values = pd.DataFrame([{"id": r.id, "group": r.group, "mode": r.mode, "measured_gib": r.measured_gib,
+                                      "estimate_gib": r.estimate_gib, "safe_gib": r.safe_gib} for r in finetune])
+        more_rows.print_more(resolve, first_bounds, args.rows, args.more, first_values)
     return 0
 
 

@@ -506,7 +506,9 @@ def summarize_bounds(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def print_more(resolve, first_bounds: pd.DataFrame | None, show_rows: bool, csv: Path = MORE_CSV) -> None:
+def print_more(resolve, first_bounds: pd.DataFrame | None, show_rows: bool, csv: Path = MORE_CSV,
+               first_values: pd.DataFrame | None = None) -> None:
+    """Print the second set's value and fit/OOM tables (with the first set's rows in the totals)."""
     frame = pd.read_csv(csv)
     values, skipped_values = value_rows(frame, resolve)
     print("\nSECOND SET: fine-tuning value rows (benchmarks/data/published_memory_measurements_more.csv)")
@@ -515,6 +517,9 @@ def print_more(resolve, first_bounds: pd.DataFrame | None, show_rows: bool, csv:
         if show_rows:
             print(detail.round(3).to_string(index=False))
             print()
+        if first_values is not None and len(first_values):
+            both = summarize_values(pd.concat([first_values, values], ignore_index=True))[0].iloc[[-1]]
+            summary = pd.concat([summary, both.assign(group="ALL fine-tuning, both sets")], ignore_index=True)
         print(summary.round(2).to_string(index=False))
     print(f"skipped {len(skipped_values)} value rows:")
     for line in skipped_values:

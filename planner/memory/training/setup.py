@@ -95,6 +95,13 @@ def frozen_weights(spec: ModelSpec, fmt: WeightFormat, plan: TrainablePlan, fram
     return _Frozen(quantized, unquantized, w)
 
 
+def quant_state_bytes(frozen: _Frozen, fmt: WeightFormat) -> float:
+    """Bytes of a bitsandbytes base beyond its packed data (absmax and nested quantization state)."""
+    if fmt.family != "bnb" or not fmt.bits:
+        return 0.0
+    return sum(max(0.0, g.bytes - g.group.params * fmt.bits / 8) for g in frozen.weights.groups if g.quantized)
+
+
 def upcasts_unquantized(mode: str, fmt: WeightFormat, framework: Framework) -> bool:
     """peft.prepare_model_for_kbit_training casts a bitsandbytes model's float parameters to fp32."""
     return mode == "qlora" and fmt.family == "bnb" and framework.kbit_upcasts_unquantized
@@ -302,7 +309,8 @@ def prepare_training(spec: ModelSpec, fmt: WeightFormat, mode: str = "lora", *, 
         states_at_param_dtype=opt.state_bytes(optimizer, adapters, adapter_bytes)
         + opt.state_bytes(optimizer, copies, copy_bytes),
         states_fp32=opt.state_bytes(optimizer, plan.tensors, 4), largest_layer_params=largest_module_params(spec),
-        total_params=spec.params.total)
+        total_params=spec.params.total,
+        frozen_replicated_bytes=0.0 if framework.fsdp_shards_quant_state else quant_state_bytes(frozen, fmt))
     states = shard_states(inputs, sharding=options.sharding, gpus=gpus, offload=options.offload,
                           gpus_per_node=options.gpus_per_node,
                           buffer_factor=catalog.deepspeed.additional_buffer_factor,
