@@ -81,12 +81,16 @@ def test_fsdp_gathers_frozen_weights_as_stored():
 def test_bitsandbytes_quant_state_stays_whole_under_fsdp_but_torchao_nf4_shards_it():
     states = _fsdp(562.5, replicated=62.5)
     assert states.frozen_weights == pytest.approx(500 / 4 + 62.5)
-    common = dict(mode="qlora", batch=1, seq_len=1024, gpus=4, sharding="fsdp", grad_checkpointing="full")
-    hf = estimate_memory("meta-llama/Llama-2-70b-hf", "nf4", framework="hf", **common)
-    tt = estimate_memory("meta-llama/Llama-2-70b-hf", "nf4", framework="torchtune", **common)
-    linear = sum(g.params_each * g.count for g in hf_spec().linear_groups() if g.name.startswith("layers."))
-    absmax = linear / 64 * 4 / GIB  # bitsandbytes NF4: one fp32 absmax per 64 weights
+    from planner.formats import get_format
+    from planner.memory.training.catalog import get_framework
+    from planner.memory.training.options import training_options
+    from planner.memory.training.setup import frozen_weights, quant_state_bytes
+    from planner.memory.training.trainable import plan_trainable
 
-    def weights(estimate):
-        return estimate.breakdown_gib["weights_quantized"] + estimate.breakdown_gib["weights_unquantized"]
-    assert weights(hf) - weights(tt) == pytest.approx(absmax * 3 / 4, rel=0.01)  # 3/4 of it is not sharded
+    spec, fmt = hf_spec(), get_format("nf4")
+    frozen = frozen_weights(spec, fmt, plan_trainable(spec, "qlora"), get_framework("hf"),
+                            training_options("qlora", 1))
+    linear = sum(g.params_each * g.count for g in spec.linear_groups() if g.name.startswith("layers."))
+    # one fp32 absmax per 64 weights (+ 145 bytes of per-tensor quant_state metadata)
+    assert quant_state_bytes(frozen, fmt) == pytest.approx(linear / 64 * 4 + 7 * 80 * 145)
+    assert not get_framework("hf").fsdp_shards_quant_state and get_framework("torchtune").fsdp_shards_quant_state
