@@ -342,9 +342,10 @@ def summarize_values(frame: pd.DataFrame) -> pd.DataFrame:
                          safe_ok=frame.safe_gib >= frame.measured_gib)
     out = []
     for group, part in [*frame.groupby("group", sort=False), ("ALL new fine-tuning", frame)]:
-        out.append({"group": group, "rows": len(part), "errors": int(part.estimate_gib.isna().sum()),
-                    "median_abs_err_%": part.err.abs().median(), "p90_abs_err_%": part.err.abs().quantile(0.9),
-                    "safe_hit_%": 100.0 * part.safe_ok.mean()})
+        done = part[part.estimate_gib.notna()]  # rows the estimator could not run are counted in 'errors'
+        out.append({"group": group, "rows": len(done), "errors": len(part) - len(done),
+                    "median_abs_err_%": done.err.abs().median(), "p90_abs_err_%": done.err.abs().quantile(0.9),
+                    "safe_hit_%": 100.0 * done.safe_ok.mean()})
     return pd.DataFrame(out), frame
 
 
@@ -485,9 +486,12 @@ def bound_rows(frame: pd.DataFrame, resolve, first_set: pd.DataFrame | None = No
             agrees, safe_agrees = point >= threshold, safe >= threshold
         else:
             agrees, safe_agrees = (point <= threshold) == fits, (safe <= threshold) == fits
+        note = ""
+        if fits and not agrees and request.mode != "inference" and request.seq_len > 8:
+            note = f"fits up to {_longest_fitting(request, resolve, threshold)} tokens"
         rows.append({"id": row["id"], "group": group.label, "outcome": outcome, "limit_gib": round(threshold, 2),
                      "point_gib": round(point, 2), "safe_gib": round(safe, 2), "point_agrees": agrees,
-                     "safe_agrees": safe_agrees, "note": ""})
+                     "safe_agrees": safe_agrees, "note": note})
     if first_set is not None and len(first_set):
         for _, row in first_set.iterrows():
             rows.append({"id": row["id"], "group": "BNB (set 1)", "outcome": row["outcome"],
@@ -495,6 +499,22 @@ def bound_rows(frame: pd.DataFrame, resolve, first_set: pd.DataFrame | None = No
                          "safe_gib": row["safe_gib"], "point_agrees": row["point_agrees"],
                          "safe_agrees": row["safe_agrees"], "note": ""})
     return pd.DataFrame(rows), skipped
+
+
+def _longest_fitting(request: Request, resolve, capacity: float) -> int:
+    """The longest sequence (target length scaled alike) whose point estimate fits ``capacity``: how short
+    the source's longest batch must have been for a published 'fits' (its lengths are not published)."""
+    def fits(seq: int) -> bool:
+        options = dict(request.options)
+        if options.get("target_len"):
+            options["target_len"] = max(1, options["target_len"] * seq // request.seq_len)
+        return _estimate(Request(request.model, request.precision, request.mode, request.batch, seq, request.gpus,
+                                 options), resolve).device_total_gib <= capacity
+    low, high = 0, request.seq_len
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid - 1)
+    return low
 
 
 def summarize_bounds(frame: pd.DataFrame) -> pd.DataFrame:
