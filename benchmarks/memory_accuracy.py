@@ -199,25 +199,25 @@ def evaluate_inference(row: pd.Series, spec, fmt: str, group: str, unit: float, 
         options["parallel"] = "pipeline"
     estimate = estimate_memory(spec, fmt, batch=batch, prompt_len=prompt, new_tokens=new, engine=settings.engine,
                                gpus=gpus, gpu=_lookup(GPUS, gpu_text, "GPU"), **options)
-    safe, safe_allocated = estimate.safe_gib, estimate.extras["safe_allocated_gib"]
+    safe, safe_allocated = estimate.safe_gib, estimate.safe_allocated_gib
     peak = estimate.peak_allocated_gib
     if total == "weights":
-        point = peak = safe_allocated = estimate.extras["weights_all_devices_gib"]
+        point = peak = safe_allocated = estimate.weights_all_devices_gib
     elif total == "device":
         point, peak = estimate.device_total_gib, estimate.device_total_gib
     elif settings.compare != "peak":
-        point = estimate.extras["phases_gib"][settings.compare]
-        safe = estimate.extras["phases_safe_gib"][settings.compare]
+        point = estimate.phases_gib[settings.compare]
+        safe = estimate.phases_safe_gib[settings.compare]
     else:
         point = peak
     sum_devices = "sum GPUs" in str(row["measure_kind"]) and gpus > 1
     if sum_devices:
-        point = peak = estimate.extras["total_all_devices_gib"]
+        point = peak = estimate.total_all_devices_gib
         safe, safe_allocated = safe * gpus, safe_allocated * gpus
     measured = float(row["measured_gb"]) * unit / GIB
     weights_only, llmfit = _baselines(spec, fmt, prompt, new, batch, 1 if sum_devices else gpus)
     return RowResult(row["id"], group, row["mode"], measured, point, safe, safe_allocated, peak, weights_only,
-                     llmfit, note=estimate.extras["peak_phase"])
+                     llmfit, note=estimate.peak_phase)
 
 
 def evaluate_weights_only(row: pd.Series, spec, fmt: str, group: str, unit: float, total: str) -> RowResult:

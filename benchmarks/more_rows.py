@@ -333,7 +333,7 @@ def value_rows(frame: pd.DataFrame, resolve) -> tuple[pd.DataFrame, list[str]]:
             continue
         rows.append({"id": row["id"], "group": group.label, "mode": request.mode, "measured_gib": measured,
                      "estimate_gib": _point(estimate, total), "safe_gib": estimate.safe_gib, "total": total,
-                     "note": estimate.extras["peak_phase"]})
+                     "note": estimate.peak_phase})
     return pd.DataFrame(rows), skipped
 
 

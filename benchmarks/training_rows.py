@@ -145,8 +145,8 @@ def evaluate_finetune(row: pd.Series, spec, fmt: str, group: str, unit: float, t
     measured = float(row["measured_gb"]) * unit / GIB
     rule16, factory = training_baselines(spec, mode, precision, options)
     return result_type(row["id"], group, row["mode"], measured, point, estimate.safe_gib * scale,
-                       estimate.extras["safe_allocated_gib"] * scale, peak, rule16, factory,
-                       note=estimate.extras["peak_phase"])
+                       estimate.safe_allocated_gib * scale, peak, rule16, factory,
+                       note=estimate.peak_phase)
 
 
 def bound_rows(frame: pd.DataFrame, resolve) -> pd.DataFrame:

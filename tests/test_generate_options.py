@@ -34,7 +34,7 @@ def test_legacy_release_holds_two_caches_at_decode():
     new = estimate_memory(LLAMA, "bf16", batch=8, prompt_len=512, new_tokens=512)
     old = estimate_memory(LLAMA, "bf16", batch=8, prompt_len=512, new_tokens=512, transformers_version="4.30")
     cache = 8 * 1024 * KV_PER_TOKEN / GIB
-    assert old.extras["phases_gib"]["decode"] - new.extras["phases_gib"]["decode"] == pytest.approx(
+    assert old.phases_gib["decode"] - new.phases_gib["decode"] == pytest.approx(
         cache - 8 * 1024 * KV_PER_TOKEN / 2 / 32 / GIB, rel=1e-6)  # a whole cache instead of one layer's K copy
 
 
@@ -55,7 +55,7 @@ def test_autoawq_fused_cache_is_allocated_for_max_seq_len_at_the_batch():
 def test_static_cache_without_length_covers_prompt_and_new_tokens_from_the_prefill_on():
     estimate = estimate_memory(LLAMA, "bf16", batch=2, prompt_len=300, new_tokens=700, hf_cache="static")
     prefill = [t for t in estimate.terms if t.key == "kv_cache"]
-    assert estimate.extras["peak_phase"].startswith("prefill")
+    assert estimate.peak_phase.startswith("prefill")
     assert sum(t.gib for t in prefill) == pytest.approx(2 * 1000 * KV_PER_TOKEN / GIB, rel=1e-6)
 
 

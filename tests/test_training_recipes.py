@@ -35,7 +35,7 @@ def test_activation_offload_keeps_two_layers_of_checkpoints_on_the_gpu():
     stored = estimate_memory(LLAMA3, "bf16", mode="lora", batch=2, seq_len=2048,
                              **{**TORCHTUNE, "activation_offload": False})
     checkpoint = 2 * 2048 * 4096 * 2 / GIB  # one layer input, bf16
-    assert stored.extras["phases_gib"]["backward"] - kept.extras["phases_gib"]["backward"] == pytest.approx(
+    assert stored.phases_gib["backward"] - kept.phases_gib["backward"] == pytest.approx(
         30 * checkpoint, rel=1e-3)
     assert kept.host_ram_gib >= 32 * checkpoint
 
@@ -47,7 +47,7 @@ def test_optimizer_in_backward_frees_gradients_before_the_step():
     fused = estimate_memory(LLAMA3, "bf16", mode="full", optimizer_in_backward=True, **common)
     gradients = 8.03e9 * 2 / GIB
     assert separate.breakdown_gib.get("gradients", 0) == pytest.approx(gradients, rel=0.01)
-    step = separate.extras["phases_gib"]["step"] - fused.extras["phases_gib"]["step"]
+    step = separate.phases_gib["step"] - fused.phases_gib["step"]
     assert step == pytest.approx(gradients, rel=0.01)  # no gradient is alive when the step phase is reached
     assert fused.peak_allocated_gib < separate.peak_allocated_gib - 10
 

@@ -100,7 +100,7 @@ def test_t5_layers_match_autograd(gated, dropout, mode):
 def test_t5_lora_estimate_replaces_unsupported_error():
     estimate = estimate_memory(get_model("t5-base"), "bf16", mode="lora", batch=8, seq_len=512)
     assert estimate.mode == "lora"
-    assert estimate.extras["trainable_params"] == 884_736  # 36 q/v modules x 8 x (768 + 768)
+    assert estimate.training.trainable_params == 884_736  # 36 q/v modules x 8 x (768 + 768)
     labels = " ".join(t.label for t in estimate.terms)
     assert "activations" in " ".join(t.key for t in estimate.terms) and "logits" in labels
 
@@ -121,7 +121,7 @@ def test_untied_t5_v11_head_is_counted_once_per_copy():
     assert untied.params.total - tied.params.total == 32128 * 512
     a = estimate_memory(tied, "fp32", mode="full", train_precision="fp32", batch=1, seq_len=128)
     b = estimate_memory(untied, "fp32", mode="full", train_precision="fp32", batch=1, seq_len=128)
-    assert b.extras["trainable_params"] - a.extras["trainable_params"] == 32128 * 512
+    assert b.training.trainable_params - a.training.trainable_params == 32128 * 512
 
 
 def test_target_len_must_be_positive():
