@@ -129,3 +129,56 @@ def test_target_len_must_be_positive():
 
     with pytest.raises(InvalidRequestError, match="target_len"):
         estimate_memory(get_model("t5-base"), "bf16", mode="lora", seq_len=128, target_len=0)
+
+
+def _bart(layers: int, *, dropout: float):
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    config = BartConfig(d_model=64, encoder_layers=layers, decoder_layers=layers, encoder_attention_heads=4,
+                        decoder_attention_heads=4, encoder_ffn_dim=160, decoder_ffn_dim=160, vocab_size=300,
+                        max_position_embeddings=128, dropout=dropout, attention_dropout=0.0, activation_dropout=0.0)
+    config._attn_implementation = "eager"
+    return BartForConditionalGeneration(config).train()
+
+
+@pytest.mark.exec
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_bart_layers_match_autograd(dropout):
+    """Post-norm BART: self-attention, encoder_attn cross-attention and fc1/fc2 with biases, full fine-tuning."""
+    import torch
+
+    from planner.memory.training.activations import config_dropouts
+    from test_training_activations_autograd import _saved_bytes
+
+    def run(model):
+        generator = torch.Generator().manual_seed(0)
+        model(input_ids=torch.randint(3, 300, (BATCH, SRC), generator=generator),
+              decoder_input_ids=torch.randint(3, 300, (BATCH, TGT), generator=generator))
+
+    def predicted(model):
+        spec = ModelSpec.from_config(model.config.to_dict(), name="tiny-bart")
+        attention, hidden = config_dropouts(spec)
+        settings = ActivationSettings(residual_bytes=4, matmul_bytes=4, norm_fp32_input=True, attention="eager",
+                                      dropout_mask_bytes=4, attention_dropout=attention, hidden_dropout=hidden)
+        acts = seq2seq_activation_memory(spec, settings, plan_trainable(spec, "full"), checkpointing="none",
+                                         offload=False, seq_len=SRC, target_len=TGT)
+        return acts.stored_per_token + acts.stored_per_token_sq * SRC
+
+    torch.manual_seed(0)
+    two, three = _bart(2, dropout=dropout), _bart(3, dropout=dropout)
+    measured = (_saved_bytes(three, run) - _saved_bytes(two, run)) / (BATCH * SRC)
+    assert predicted(three) - predicted(two) == pytest.approx(measured, rel=1e-9)
+
+
+def test_bart_large_parameters_and_lora_estimate():
+    """facebook/bart-large: 406,291,456 parameters (transformers meta-device count); LoRA r=8 on q_proj and
+    v_proj adapts all 36 attention blocks (12 encoder, 12 decoder self-, 12 cross-attention)."""
+    config = {"model_type": "bart", "d_model": 1024, "encoder_layers": 12, "decoder_layers": 12,
+              "encoder_attention_heads": 16, "decoder_attention_heads": 16, "encoder_ffn_dim": 4096,
+              "decoder_ffn_dim": 4096, "vocab_size": 50265, "max_position_embeddings": 1024, "dropout": 0.1,
+              "activation_function": "gelu", "tie_word_embeddings": True}
+    spec = get_model(config, name="facebook/bart-large")
+    assert spec.params.total == 406_291_456 and spec.architecture == "encoder-decoder"
+    estimate = estimate_memory(spec, "fp32", mode="lora", train_precision="fp32", batch=8, seq_len=128,
+                               lora_targets="q_proj,v_proj")
+    assert estimate.training.trainable_params == 36 * 8 * (1024 + 1024) * 2

@@ -122,6 +122,18 @@ def _cross_attention(spec: ModelSpec, settings: ActivationSettings, plan: Traina
     return sum(target.saved.values()), per_pair, sum(source.saved.values()), shared
 
 
+def _encoder_model_level(spec: ModelSpec, settings: ActivationSettings) -> float:
+    """Per source token outside the encoder layers: embedding dropout mask, BART's layernorm_embedding,
+    T5's final norm."""
+    h, r = spec.hidden_size, settings.residual_bytes
+    total = settings.dropout_mask_bytes * h if settings.hidden_dropout > 0 else 0.0
+    if spec.embeddings.norm:
+        total += r * h + 8
+    if spec.norm.final:
+        total += (4 if settings.norm_fp32_input else r) * h + 4
+    return total
+
+
 def _split(view: ModelSpec, settings: ActivationSettings, modes, ranks, norms_trainable: bool,
            extra: float) -> tuple[float, float, dict[str, float]]:
     at_zero = layer_saved(view, settings, modes, seq_len=0, norms_trainable=norms_trainable, lora_ranks=ranks)
@@ -156,8 +168,10 @@ def seq2seq_activation_memory(spec: ModelSpec, settings: ActivationSettings, pla
     enc_layer = (enc1, enc2)
     dec_layer = (ratio * (dec1 + cross_t) + cross_s, ratio * ratio * dec2 + ratio * cross_pair)
     model_level = ratio * model_level_bytes(spec, settings, plan) + (r * h if shared else 0.0)
-    if spec.norm.final and n_enc:
-        model_level += (4 if settings.norm_fp32_input else r) * h + 4  # the encoder's final norm
+    if n_enc:
+        model_level += _encoder_model_level(spec, settings)
+    if spec.embeddings.norm:  # BART layernorm_embedding of the decoder: input + mean/rstd
+        model_level += ratio * (r * h + 8)
     largest = max((enc_layer, dec_layer), key=lambda part: part[0] + part[1] * seq_len)
     checkpoint = r * h
     if checkpointing == "full":
