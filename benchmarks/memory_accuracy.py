@@ -298,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--csv", type=Path, default=DEFAULT_CSV)
     parser.add_argument("--rows", action="store_true", help="print every row")
     parser.add_argument("--group", help="only rows of this source group (id prefix)")
+    parser.add_argument("--markdown", action="store_true", help="also print the README's accuracy table")
     parser.add_argument("--more", type=Path, default=more_rows.MORE_CSV,
                         help="the second published set (fine-tuning and fit/OOM rows)")
     args = parser.parse_args(argv)
@@ -332,9 +333,41 @@ def main(argv: list[str] | None = None) -> int:
     first_bounds = training_rows.print_finetune(finetune, pd.read_csv(args.csv), resolve, args.rows)
     if args.more.is_file():
         first_values = pd.DataFrame([{"id": r.id, "group": r.group, "mode": r.mode, "measured_gib": r.measured_gib,
-                                      "estimate_gib": r.estimate_gib, "safe_gib": r.safe_gib} for r in finetune])
-        more_rows.print_more(resolve, first_bounds, args.rows, args.more, first_values)
+                                      "estimate_gib": r.estimate_gib, "safe_gib": r.safe_gib,
+                                      "rule16_gib": r.weights_only_gib, "factory_gib": r.llmfit_gib} for r in finetune])
+        values, bounds = more_rows.print_more(resolve, first_bounds, args.rows, args.more, first_values)
+        if args.markdown:
+            print("\n" + markdown_table(summary, training_rows.summarize_finetune(
+                pd.DataFrame([r.__dict__ for r in finetune]))[0], values, bounds))
     return 0
+
+
+def _row(label: str, part: pd.Series, safe: str, first: str, second: str) -> str:
+    return (f"| {label} | {part['median_abs_err_%']:.1f}% / {part['p90_abs_err_%']:.1f}% | {safe} | {first} | "
+            f"{second} |")
+
+
+def markdown_table(inference: pd.DataFrame, finetune: pd.DataFrame, more: pd.DataFrame | None,
+                   bounds: pd.DataFrame) -> str:
+    """The README's accuracy table, from this run's summaries (``--markdown``)."""
+    inf, ft = inference.iloc[-1], finetune.iloc[-1]
+    lines = ["| rows | fitplan median / p90 error | safe bound holds | weights-only (Accelerate) or 16 B/param "
+             "median | llmfit or LLaMA-Factory table median |", "|---|---|---|---|---|",
+             _row(f"{int(inf['rows'])} inference", inf,
+                  f"{inf['safe_hit_%']:.1f}% (median safe/measured {inf['median_safe/measured']:.2f})",
+                  f"{inf['weights_only_median_%']:.1f}%", f"{inf['llmfit_median_%']:.1f}%"),
+             _row(f"{int(ft['rows'])} fine-tuning (first set)", ft, f"{ft['safe_hit_%']:.1f}%",
+                  f"{ft['16B/param_median_%']:.1f}%", f"{ft['LLaMA-Factory_median_%']:.1f}%")]
+    if more is not None:
+        for label, name in (("fine-tuning (second set)", "ALL new fine-tuning"),
+                            ("fine-tuning (both sets)", "ALL fine-tuning, both sets")):
+            part = more[more.group == name].iloc[0]
+            lines.append(_row(f"{int(part['rows'])} {label}", part, f"{part['safe_hit_%']:.1f}%",
+                              f"{part['16B/param_median_%']:.1f}%", f"{part['LLaMA-Factory_median_%']:.1f}%"))
+    total = bounds[bounds.group == "ALL fit/OOM"].iloc[0]
+    lines.append(f"| {int(total['rows'])} fit/OOM outcomes | point estimate on the published side: {total['point_right_%']:.1f}% | "
+                 f"{total['safe_right_%']:.1f}% | - | - |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import hardware_db
 from planner import estimate_memory
 from planner.errors import FitplanError
 from planner.memory.result import GIB
+from training_rows import training_baselines
 
 ROOT = Path(__file__).resolve().parents[1]
 MORE_CSV = ROOT / "benchmarks" / "data" / "published_memory_measurements_more.csv"
@@ -331,9 +332,12 @@ def value_rows(frame: pd.DataFrame, resolve) -> tuple[pd.DataFrame, list[str]]:
                          "estimate_gib": float("nan"), "safe_gib": float("nan"), "total": total,
                          "note": f"error: {str(error)[:60]}"})
             continue
+        rule16, factory = training_baselines(resolve(request.model), request.mode, request.precision,
+                                             request.options)
+        per_gpu = request.gpus if request.options.get("sharding") in ("zero3", "fsdp") else 1
         rows.append({"id": row["id"], "group": group.label, "mode": request.mode, "measured_gib": measured,
                      "estimate_gib": _point(estimate, total), "safe_gib": estimate.safe_gib, "total": total,
-                     "note": estimate.peak_phase})
+                     "rule16_gib": rule16 / per_gpu, "factory_gib": factory / per_gpu, "note": estimate.peak_phase})
     return pd.DataFrame(rows), skipped
 
 
@@ -343,9 +347,13 @@ def summarize_values(frame: pd.DataFrame) -> pd.DataFrame:
     out = []
     for group, part in [*frame.groupby("group", sort=False), ("ALL new fine-tuning", frame)]:
         done = part[part.estimate_gib.notna()]  # rows the estimator could not run are counted in 'errors'
-        out.append({"group": group, "rows": len(done), "errors": len(part) - len(done),
-                    "median_abs_err_%": done.err.abs().median(), "p90_abs_err_%": done.err.abs().quantile(0.9),
-                    "safe_hit_%": 100.0 * done.safe_ok.mean()})
+        row = {"group": group, "rows": len(done), "errors": len(part) - len(done),
+               "median_abs_err_%": done.err.abs().median(), "p90_abs_err_%": done.err.abs().quantile(0.9),
+               "safe_hit_%": 100.0 * done.safe_ok.mean()}
+        if "rule16_gib" in done:  # the baselines of training_rows (16 B/param rule, LLaMA-Factory table)
+            for name, column in (("16B/param", "rule16_gib"), ("LLaMA-Factory", "factory_gib")):
+                row[f"{name}_median_%"] = (100 * (done[column] - done.measured_gib) / done.measured_gib).abs().median()
+        out.append(row)
     return pd.DataFrame(out), frame
 
 
@@ -527,8 +535,9 @@ def summarize_bounds(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def print_more(resolve, first_bounds: pd.DataFrame | None, show_rows: bool, csv: Path = MORE_CSV,
-               first_values: pd.DataFrame | None = None) -> None:
-    """Print the second set's value and fit/OOM tables (with the first set's rows in the totals)."""
+               first_values: pd.DataFrame | None = None) -> tuple[pd.DataFrame | None, pd.DataFrame]:
+    """Print the second set's value and fit/OOM tables (with the first set's rows in the totals); returns
+    (value summary, fit/OOM summary)."""
     frame = pd.read_csv(csv)
     values, skipped_values = value_rows(frame, resolve)
     print("\nSECOND SET: fine-tuning value rows (benchmarks/data/published_memory_measurements_more.csv)")
@@ -549,7 +558,8 @@ def print_more(resolve, first_bounds: pd.DataFrame | None, show_rows: bool, csv:
     if show_rows:
         print(bounds.to_string(index=False))
         print()
-    print(summarize_bounds(bounds).round(1).to_string(index=False))
+    bound_summary = summarize_bounds(bounds)
+    print(bound_summary.round(1).to_string(index=False))
     print(f"skipped {len(skipped_bounds)} fit/OOM rows:")
     for line in skipped_bounds:
         print(f"  {line}")
@@ -560,3 +570,4 @@ def print_more(resolve, first_bounds: pd.DataFrame | None, show_rows: bool, csv:
         if doc and group.request not in seen:
             seen.add(group.request)
             print(f"  {group.label}: {' '.join(line.strip() for line in doc)}")
+    return (summary if len(values) else None), bound_summary
