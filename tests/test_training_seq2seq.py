@@ -182,3 +182,10 @@ def test_bart_large_parameters_and_lora_estimate():
     estimate = estimate_memory(spec, "fp32", mode="lora", train_precision="fp32", batch=8, seq_len=128,
                                lora_targets="q_proj,v_proj")
     assert estimate.training.trainable_params == 36 * 8 * (1024 + 1024) * 2
+
+
+def test_target_len_needs_an_encoder_decoder():
+    from planner.errors import InvalidRequestError
+
+    with pytest.raises(InvalidRequestError, match="encoder-decoder"):
+        estimate_memory(get_model("meta-llama/Llama-2-7b-hf"), "bf16", mode="lora", seq_len=128, target_len=64)

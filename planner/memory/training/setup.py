@@ -285,6 +285,9 @@ def prepare_training(spec: ModelSpec, fmt: WeightFormat, mode: str = "lora", *, 
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise InvalidRequestError(f"batch (the micro-batch per GPU) must be a positive integer, got {batch!r}.")
     options = training_options(mode, gpus, **training)
+    if options.target_len is not None and spec.architecture != "encoder-decoder":
+        raise InvalidRequestError(f"target_len is the decoder length of an encoder-decoder model; {spec.name} is "
+                                  f"{spec.architecture}-only: give its length as seq_len.")
     warnings: list[str] = list(validate(options.sharding, gpus, options.offload))
     check_base_format(fmt, mode)
     recipe, optimizer = get_recipe(options.train_precision), get_optimizer(options.optimizer)
@@ -330,6 +333,9 @@ def prepare_training(spec: ModelSpec, fmt: WeightFormat, mode: str = "lora", *, 
     loss = loss_memory(vocab=vocab, hidden=spec.hidden_size, impl=framework.loss, compute_bytes=recipe.compute_bytes,
                        fp32_loss=framework.loss_upcast or recipe.autocast,
                        softcap=bool(spec.config.get("final_logit_softcapping")), compiled=options.compile)
+    if options.compile and framework.loss != "chunked-8":
+        warnings.append("compile: only torchtune's compiled chunked cross-entropy is modelled; other effects of "
+                        "torch.compile on saved activations are not")
     if spec.architecture == "encoder-decoder":  # logits of the target positions only
         loss = replace(loss, per_token=loss.per_token * (options.target_len or seq) / seq)
     dequant = frozen.weights.largest_quantized_tensor_params * recipe.compute_bytes if mode == "qlora" else 0.0
