@@ -37,7 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from planner.estimate import estimate
+    # through the package, so `planner.estimate` stays the function (importing the submodule by name would
+    # rebind the package attribute to the module)
+    from planner import estimate
 
     result = estimate(args.model, args.precision, gpu=args.gpu, gpus=args.gpus, engine=args.engine, batch=args.batch,
                       seq_len=args.seq_len, prompt_len=args.prompt_len, new_tokens=args.new_tokens, kv_dtype=args.kv_dtype,

@@ -28,7 +28,7 @@ from planner.models.spec import (
 # Key aliases: the first key present wins.
 _KEYS: dict[str, tuple[str, ...]] = {
     "hidden_size": ("hidden_size", "n_embd", "d_model"),
-    "num_layers": ("num_hidden_layers", "n_layer", "num_layers"),
+    "num_layers": ("num_hidden_layers", "n_layer", "num_layers", "decoder_layers"),
     "num_heads": ("num_attention_heads", "n_head", "num_heads"),
     "num_kv_heads": ("num_key_value_heads", "num_kv_heads", "n_head_kv"),
     "intermediate_size": ("intermediate_size", "ffn_dim", "n_inner", "d_ff", "ffn_hidden_size"),
@@ -65,6 +65,7 @@ _PROFILES: dict[str, dict[str, Any]] = {
     "gpt_neox": {"tie": False, "family": "gpt_neox"},
     "bert": {"tie": True, "family": "bert"},
     "t5": {"tie": True, "family": "t5"},
+    "bart": {"tie": True, "family": "bart"},
 }
 
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(sorted(_PROFILES))
@@ -422,6 +423,30 @@ def _read_t5(reader: _Reader, profile: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+def _read_bart(reader: _Reader, profile: dict[str, Any]) -> dict[str, Any]:
+    """BART (BartConfig): post-norm LayerNorm encoder-decoder with biases everywhere, a learned position
+    table of max_position_embeddings + 2 rows per stack (BartLearnedPositionalEmbedding offset 2) and a
+    layernorm_embedding per stack; lm_head tied to the shared embedding."""
+    c = reader.config
+    hidden = reader.require_int("hidden_size")
+    decoder_layers = int(c.get("decoder_layers") or 12)
+    encoder_layers = int(c.get("encoder_layers") or decoder_layers)
+    heads = int(c.get("decoder_attention_heads") or 16)
+    positions = reader.optional_int("max_positions", 1024) or 1024
+    return dict(
+        architecture="encoder-decoder",
+        num_layers=decoder_layers,
+        num_encoder_layers=encoder_layers,
+        max_position_embeddings=positions,
+        attention=AttentionSpec(num_heads=heads, num_kv_heads=heads, head_dim=hidden // heads, qkv_bias=True,
+                                o_bias=True, layer_types=("full_attention",) * decoder_layers),
+        mlp=MLPSpec(intermediate_size=int(c.get("decoder_ffn_dim") or 4 * hidden), gated=False, bias=True,
+                    activation=str(c.get("activation_function", "gelu"))),
+        norm=NormSpec(kind="layernorm", bias=True, per_layer=2, final=False),
+        embeddings=EmbeddingSpec(learned_positions=positions + 2, norm=True),
+    )
+
+
 _FAMILY_BUILDERS: dict[str, Callable[[_Reader, dict[str, Any]], dict[str, Any]]] = {
     "llama": _read_llama_like,
     "qwen1": _read_qwen1,
@@ -432,4 +457,5 @@ _FAMILY_BUILDERS: dict[str, Callable[[_Reader, dict[str, Any]], dict[str, Any]]]
     "gpt_neox": _read_gpt_neox,
     "bert": _read_bert,
     "t5": _read_t5,
+    "bart": _read_bart,
 }

@@ -46,7 +46,12 @@ _MODULE_NAMES: dict[str, dict[str, str]] = {
              "o": "attention.output.dense", "up": "intermediate.dense", "down": "output.dense"},
     "t5": {"q": "SelfAttention.q", "k": "SelfAttention.k", "v": "SelfAttention.v", "o": "SelfAttention.o",
            "gate": "DenseReluDense.wi_0", "up": "DenseReluDense.wi_1", "down": "DenseReluDense.wo",
-           "up_ungated": "DenseReluDense.wi"},
+           "up_ungated": "DenseReluDense.wi",
+           "cross_q": "EncDecAttention.q", "cross_k": "EncDecAttention.k", "cross_v": "EncDecAttention.v",
+           "cross_o": "EncDecAttention.o"},
+    "bart": {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.out_proj",
+             "up": "fc1", "down": "fc2", "cross_q": "encoder_attn.q_proj", "cross_k": "encoder_attn.k_proj",
+             "cross_v": "encoder_attn.v_proj", "cross_o": "encoder_attn.out_proj"},
 }
 _FUSED_QKV = {"phi3", "gpt2", "gpt_bigcode", "qwen", "falcon", "gpt_neox"}
 _FUSED_GATE_UP = {"phi3"}
@@ -94,13 +99,21 @@ def parameter_groups(f: dict[str, Any]) -> list[ParamGroup]:
 
     if f["architecture"] == "encoder-decoder":
         encoder_layers = tuple(range(f["num_encoder_layers"]))
+        buckets = f.get("relative_attention_buckets") or 0
+        if emb.learned_positions:  # BART: each stack has its own position table and embedding LayerNorm
+            groups.append(_embedding("encoder.embed_positions", emb.learned_positions, hidden))
+        if emb.norm:
+            groups.append(_norm("encoder.embeddings.norm", hidden, norm))
         groups += _layer_stack("encoder.layers", encoder_layers, f, model_type, cross_attention=False)
-        groups.append(_embedding("encoder.layers.0.relative_attention_bias", f["relative_attention_buckets"],
-                                 f["attention"].num_heads, component="other", layers=(0,)))
-        groups.append(_norm("encoder.final_norm", hidden, norm))
+        if buckets:
+            groups.append(_embedding("encoder.layers.0.relative_attention_bias", buckets,
+                                     f["attention"].num_heads, component="other", layers=(0,)))
+        if norm.final:
+            groups.append(_norm("encoder.final_norm", hidden, norm))
         groups += _layer_stack("layers", tuple(range(f["num_layers"])), f, model_type, cross_attention=True)
-        groups.append(_embedding("layers.0.relative_attention_bias", f["relative_attention_buckets"],
-                                 f["attention"].num_heads, component="other", layers=(0,)))
+        if buckets:
+            groups.append(_embedding("layers.0.relative_attention_bias", buckets,
+                                     f["attention"].num_heads, component="other", layers=(0,)))
     else:
         groups += _layer_stack("layers", tuple(range(f["num_layers"])), f, model_type, cross_attention=False)
 
@@ -124,9 +137,10 @@ def _layer_stack(prefix: str, layers: tuple[int, ...], f: dict[str, Any], model_
         attention = f["attention"]
         inner = attention.num_heads * attention.head_dim
         for role in ("q", "k", "v"):
-            groups.append(_linear(f"{prefix}.*.EncDecAttention.{role}", "attention", role, hidden, inner, False,
-                                  layers))
-        groups.append(_linear(f"{prefix}.*.EncDecAttention.o", "attention", "o", inner, hidden, False, layers))
+            groups.append(_linear(f"{prefix}.*.{names['cross_' + role]}", "attention", role, hidden, inner,
+                                  attention.qkv_bias, layers))
+        groups.append(_linear(f"{prefix}.*.{names['cross_o']}", "attention", "o", inner, hidden, attention.o_bias,
+                              layers))
     groups.append(_norm(f"{prefix}.*.norms", hidden, norm, layers,
                         per_layer=norm.per_layer + (1 if cross_attention else 0)))
 
