@@ -2,8 +2,14 @@
 
 Each file in ``planner/data/models/`` holds one family (``{"schema_version": 1, "family": ...,
 "models": [...]}``); each entry keeps the config.json facts with their provenance (``source``,
-``corroborating_sources``, ``notes``, ``verified``) and the exact parameter count transformers reports
-(``params_total_exact``). Adding a model is adding an entry, not code.
+``corroborating_sources``, ``config_fidelity``, ``notes``, ``verified``) and the exact parameter count
+transformers reports (``params_total_exact``; null for trust_remote_code families transformers cannot
+build, which keep ``params_published``). ``config_fidelity`` says whether the config is a verbatim copy
+(``verbatim``, ``verbatim_copy_github``, ``official_page``...) or was rebuilt from a named preset
+(``reconstructed``, ``transformers_reference_defaults``). ``transformers_model_type`` names the class the
+exact-count test builds when transformers calls the family differently (Kimi-K2 = DeepSeek-V3), and
+``meta_count_excludes: "lm_head"`` marks checkpoints whose untied head transformers ties anyway (T5
+v1.1, mT5). Adding a model is adding an entry, not code.
 """
 
 from __future__ import annotations
@@ -33,6 +39,9 @@ class RegistryEntry:
     source: str
     notes: str
     verified: bool
+    config_fidelity: str = "verbatim"
+    transformers_model_type: str | None = None
+    meta_count_excludes: str | None = None
 
 
 @cache
@@ -53,6 +62,9 @@ def registry_entries() -> tuple[RegistryEntry, ...]:
                 config=raw["config"], params_total_exact=raw.get("params_total_exact"),
                 instantiate_as=raw.get("instantiate_as", "causal_lm"), source=raw.get("source", ""),
                 notes=raw.get("notes", ""), verified=bool(raw.get("verified", False)),
+                config_fidelity=raw.get("config_fidelity", "verbatim"),
+                transformers_model_type=raw.get("transformers_model_type"),
+                meta_count_excludes=raw.get("meta_count_excludes"),
             ))
     return tuple(entries)
 
