@@ -83,7 +83,8 @@ def test_fits_table_shows_the_most_precise_fitting_format_per_model(capsys):
     for row in rows:
         if row["fits"]:
             fitting.setdefault(row["model"], []).append(row)
-    bits = {"bf16": 16, "fp16": 16, "fp8-block": 8, "int8": 8, "nf4": 4, "nf4-dq": 4, "gptq-int4": 4, "awq-int4": 4}
+    bits = {"bf16": 16, "fp16": 16, "fp8-block": 8, "int8": 8, "nf4": 4, "nf4-dq": 4, "gptq-int4": 4, "awq-int4": 4,
+            "mxfp4": 4}  # mxfp4: the checkpoint format of gpt-oss, listed for it
     expected = {model: max(rows, key=lambda r: (bits[r["precision"]], r["safe_gib"]))["precision"]
                 for model, rows in fitting.items()}
     code, out, _ = run(capsys, "fits", "--gpu", "RTX 4090")

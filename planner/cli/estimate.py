@@ -42,7 +42,7 @@ def _speed(estimate, args: argparse.Namespace) -> dict[str, Any] | None:
 
     if args.gpu is None or estimate.mode != "inference":
         return None
-    prepared = prepare_inference(args.model, args.precision or "bf16", batch=args.batch, seq_len=args.seq_len,
+    prepared = prepare_inference(args.model, estimate.precision, batch=args.batch, seq_len=args.seq_len,
                                  prompt_len=args.prompt_len, new_tokens=args.new_tokens, engine=args.engine,
                                  gpus=args.gpus, kv_dtype=args.kv_dtype, gpu=args.gpu, **engine_kwargs(args))
     setup, plan = prepared.setup, prepared.plan
@@ -86,7 +86,8 @@ def _print_estimate(estimate, speed: dict[str, Any] | None, *, explain: bool) ->
     a = estimate.assumptions
     tokens = (f"{a.get('prompt_tokens', estimate.seq_len):,} prompt + {a.get('new_tokens', 0):,} new tokens"
               if "prompt_tokens" in a else f"{estimate.seq_len:,} tokens")
-    title = (f"{estimate.model}: {estimate.precision}, {estimate.mode}, engine {estimate.engine}, batch "
+    origin = " (the checkpoint's own format)" if a.get("precision_source") else ""
+    title = (f"{estimate.model}: {estimate.precision}{origin}, {estimate.mode}, engine {estimate.engine}, batch "
              f"{estimate.batch}, {tokens}, {estimate.gpus} GPU(s) (per device)")
     table = Table(title=escape(title), show_lines=explain)
     table.add_column("term")

@@ -167,7 +167,7 @@ def prepare_inference(model: Any, precision: str | WeightFormat = "bf16", *, bat
         n_ubatch=opts.n_ubatch or int(constant("llamacpp_n_ubatch").value), flash_attn=opts.flash_attn,
         prefill_chunk_size=opts.prefill_chunk_size)
     plan = build_inference_plan(setup)
-    warnings = []
+    warnings = list(spec.assumptions)  # how the model name or config was read (variant, generic reader)
     limit = spec.max_position_embeddings
     if limit is not None and tokens.total > limit:
         warnings.append(f"{tokens.total:,} tokens exceed {spec.name}'s max_position_embeddings ({limit:,}); "
@@ -272,10 +272,24 @@ def estimate_memory(model: Any, precision: str | WeightFormat | None = None, mod
     if mode != "inference":
         return _training_estimate(model, precision, mode, batch=batch, seq_len=seq_len, gpus=gpus, gpu=gpu,
                                   options=options)
-    precision = "bf16" if precision is None else precision
+    from_checkpoint = None
+    if precision is None:  # the checkpoint's own format (gpt-oss: mxfp4, DeepSeek-V3: fp8-block), else bf16
+        from planner.models.checkpoint import default_precision, default_precision_note, format_origin
+
+        model = get_model(model)
+        precision = default_precision(model)
+        from_checkpoint = default_precision_note(model)
+        fmt = get_format(precision)
+        if get_engine(engine).name not in fmt.engines:
+            raise UnsupportedError(
+                f"the default precision of {model.name} is {fmt.name}, the format it ships in "
+                f"({format_origin(model)}), and engine {engine!r} does not run it (runs on: "
+                f"{', '.join(fmt.engines)}): pass --engine {fmt.engines[0]}, or --precision for another format.")
     prepared = prepare_inference(model, precision, batch=batch, seq_len=seq_len, prompt_len=prompt_len,
                                  new_tokens=new_tokens, engine=engine, gpus=gpus, kv_dtype=kv_dtype, gpu=gpu,
                                  **options)
+    if from_checkpoint:
+        prepared.assumptions["precision_source"] = from_checkpoint
     return build_inference_estimate(prepared)
 
 

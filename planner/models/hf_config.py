@@ -161,12 +161,10 @@ def spec_from_config(config: dict[str, Any], *, name: str | None = None, source:
     config = _flatten_text_config(config)
     model_type = config["model_type"]
     profile = _PROFILES.get(model_type)
+    assumptions: tuple[str, ...] = ()
     if profile is None:
-        from hardware_db.names import did_you_mean
-
-        raise InvalidConfigError(
-            f"{label}: model_type {model_type!r} is not supported yet.{did_you_mean(model_type, _PROFILES)} "
-            f"Supported: {', '.join(SUPPORTED_MODEL_TYPES)}.")
+        profile, assumption = _generic_profile(config, label, model_type)
+        assumptions = (assumption,)
     reader = _Reader(config, label)
     build = _FAMILY_BUILDERS[profile.get("family", "llama")]
     # Facts every family has; a family reader overrides them where its layout differs (T5, BERT).
@@ -186,15 +184,68 @@ def spec_from_config(config: dict[str, Any], *, name: str | None = None, source:
         torch_dtype=config.get("torch_dtype") or config.get("dtype"),
         quantization_config=config.get("quantization_config"),
         config=config,
+        assumptions=assumptions,
     )
     groups = _params.parameter_groups(fields)
     return ModelSpec(param_groups=tuple(groups), params=_params.breakdown(groups, fields.get("moe")), **fields)
 
 
+# Config keys that mark a structure the generic reader cannot count (each needs a dedicated reader).
+_SPECIAL_STRUCTURES: dict[str, str] = {
+    "num_local_experts": "mixture-of-experts", "num_experts": "mixture-of-experts",
+    "n_routed_experts": "mixture-of-experts", "moe_intermediate_size": "mixture-of-experts",
+    "kv_lora_rank": "multi-head latent attention", "alibi": "ALiBi attention",
+    "parallel_attn": "parallel attention/MLP blocks", "use_parallel_residual": "parallel attention/MLP blocks",
+    "hybrid_override_pattern": "hybrid Mamba/attention layers", "attn_layer_period": "hybrid Mamba/attention layers",
+    "mamba_d_state": "hybrid Mamba/attention layers", "block_configs": "per-layer block configurations",
+    "linear_attn_config": "linear-attention layers",
+}
+_GENERIC_FIELDS = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "vocab_size")
+_ENCODER_HEADS = ("MaskedLM", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering")
+
+
+def _generic_profile(config: dict[str, Any], label: str, model_type: str) -> tuple[dict[str, Any], str]:
+    """A profile for a ``model_type`` without a dedicated reader whose config has the standard fields.
+
+    Decoders are read as the Llama layout (pre-norm, q/k/v/o, gated MLP), encoders as BERT; a config
+    that shows a structure those layouts do not have (MoE, MLA, ALiBi, parallel or hybrid blocks) is
+    refused with the reason, because its count would be wrong.
+    """
+    from hardware_db.names import did_you_mean
+
+    reader = _Reader(config, label)
+    missing = [fact for fact in _GENERIC_FIELDS if reader.get(fact) is None]
+    special = sorted({what for key, what in _SPECIAL_STRUCTURES.items() if config.get(key)})
+    if missing or special:
+        why = (f"its config has {', '.join(special)}, which needs a dedicated reader" if special else
+               "its config lacks " + ", ".join(" / ".join(_KEYS.get(f, (f,))) for f in missing))
+        raise InvalidConfigError(
+            f"{label}: model_type {model_type!r} has no dedicated reader and {why}.{did_you_mean(model_type, _PROFILES)} "
+            f"Dedicated readers: {', '.join(SUPPORTED_MODEL_TYPES)}.")
+    architectures = " ".join(str(a) for a in config.get("architectures") or ())
+    if any(head in architectures for head in _ENCODER_HEADS) or config.get("is_decoder") is False:
+        return ({"tie": True, "family": "bert"},
+                f"model_type {model_type!r} has no dedicated reader: read as a BERT-style encoder (post-norm "
+                f"LayerNorm, learned positions, q/k/v/o and up/down with biases, pooler); its count may differ.")
+    layernorm = config.get("layer_norm_eps") is not None and config.get("rms_norm_eps") is None
+    # Activations only ever used without a gate (Arcee/Nemotron relu2, Apertus xIELU): a plain up/down MLP.
+    gated = str(reader.get("activation", "silu")).lower() not in ("relu2", "xielu", "relu_squared")
+    profile: dict[str, Any] = {"tie": False, "bias_key": "attention_bias", "mlp_bias_key": "mlp_bias",
+                               "norm": "layernorm" if layernorm else "rmsnorm", "gated": gated}
+    tie = config.get("tie_word_embeddings")
+    tie_text = ("tied lm_head" if tie else "separate lm_head") + ("" if tie is not None else
+                                                                   " (tie_word_embeddings absent: assumed untied)")
+    bias = "with" if config.get("attention_bias") else "without"
+    return profile, (f"model_type {model_type!r} has no dedicated reader: read as a generic pre-norm decoder "
+                     f"({'LayerNorm' if layernorm else 'RMSNorm'}, q/k/v/o {bias} bias, {'gated' if gated else 'plain'} "
+                     f"MLP, {tie_text}); "
+                     f"check the parameter count against the model card.")
+
+
 def _flatten_text_config(config: dict[str, Any]) -> dict[str, Any]:
     """Multimodal wrappers (Gemma 3 4B+, Llava-style) keep the language model in ``text_config``."""
     text = config.get("text_config")
-    if isinstance(text, dict) and text.get("model_type") in _PROFILES and config.get("model_type") not in _PROFILES:
+    if isinstance(text, dict) and text.get("model_type") and config.get("model_type") not in _PROFILES:
         merged = dict(text)
         merged.setdefault("tie_word_embeddings", config.get("tie_word_embeddings"))
         return merged

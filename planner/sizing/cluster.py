@@ -80,8 +80,11 @@ def size_cluster(model: Any, precision: str | None = None, *, batch: int = 1, se
                                      seq_len=_positive_int("seq_len", seq_len, MAX_TOKENS), mode=mode, **training)
     if training:
         raise InvalidRequestError(f"unknown option(s) {', '.join(training)} for mode='inference'.")
-    precision = "bf16" if precision is None else precision
     spec = get_model(model)
+    if precision is None:
+        from planner.models.checkpoint import default_precision
+
+        precision = default_precision(spec)
     fmt = get_format(precision)
     profile = get_engine(engine)
     batch = _positive_int("batch", batch, MAX_BATCH)

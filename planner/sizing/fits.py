@@ -68,6 +68,18 @@ def _models(models: Iterable[Any] | None) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _checkpoint_formats(names: tuple[str, ...], engine: str) -> dict[str, str]:
+    """Model -> the format its checkpoint ships in (gpt-oss: mxfp4), for models the engine can run so."""
+    from planner.models.checkpoint import checkpoint_format
+
+    found = {}
+    for name in names:
+        fmt = checkpoint_format(get_model(name))
+        if fmt is not None and engine in get_format(fmt).engines:
+            found[name] = fmt
+    return found
+
+
 def _gpus(gpu: Any) -> list[Accelerator]:
     if isinstance(gpu, (str, Accelerator)):
         return [resolve_gpu(gpu)]
@@ -147,7 +159,9 @@ def fit_columns(gpu: Any, models: Iterable[Any] | None = None, precisions: Itera
     profile = get_engine(engine)
     accs = _gpus(gpu)
     names = tuple(dict.fromkeys(_models(models)))
-    formats = tuple(dict.fromkeys(get_format(p).name for p in (precisions or DEFAULT_PRECISIONS[profile.name])))
+    native = _checkpoint_formats(names, profile.name) if precisions is None else {}
+    formats = tuple(dict.fromkeys([*(get_format(p).name for p in (precisions or DEFAULT_PRECISIONS[profile.name])),
+                                   *sorted(set(native.values()))]))
     table = _cached_table(names, formats, profile.name, kv_dtype, context, batch)
     rows = table.rows
     n, g = len(rows), len(accs)
@@ -158,6 +172,10 @@ def fit_columns(gpu: Any, models: Iterable[Any] | None = None, precisions: Itera
     factors = np.array([get_format(f).decode_speed[profile.name].factor if profile.name in get_format(f).decode_speed
                         else np.nan for f in formats])[fmt_index]
     errors = np.array([r["error"] or "" for r in rows], dtype=object)
+    defaults = set(DEFAULT_PRECISIONS[profile.name])
+    for i, r in enumerate(rows):  # a checkpoint format added to the defaults is a row only for its models
+        if r["precision"] not in defaults and precisions is None and native.get(r["model"]) != r["precision"]:
+            errors[i] = f"{r['precision']} is listed only for checkpoints that ship in it"
     has_error = errors != ""
 
     # (G, P) support, broadcast to (G, R) through each row's precision.
