@@ -269,10 +269,14 @@ def estimate_memory(model: Any, precision: str | WeightFormat | None = None, mod
     ``mode="inference"`` takes the engine options of :class:`InferenceOptions` as keywords; any
     other mode is a training estimate handled by ``planner.memory.training`` with its own options.
     """
+    from planner.validate import reject_non_finite_options
+
+    reject_non_finite_options(options)  # NaN/inf (training_tokens=nan would print "$nan")
     if mode != "inference":
         return _training_estimate(model, precision, mode, batch=batch, seq_len=seq_len, gpus=gpus, gpu=gpu,
                                   options=options)
     from_checkpoint = None
+    defaulted = precision is None
     if precision is None:  # the checkpoint's own format (gpt-oss: mxfp4, DeepSeek-V3: fp8-block), else bf16
         from planner.models.checkpoint import default_precision, default_precision_note, format_origin
 
@@ -285,9 +289,18 @@ def estimate_memory(model: Any, precision: str | WeightFormat | None = None, mod
                 f"the default precision of {model.name} is {fmt.name}, the format it ships in "
                 f"({format_origin(model)}), and engine {engine!r} does not run it (runs on: "
                 f"{', '.join(fmt.engines)}): pass --engine {fmt.engines[0]}, or --precision for another format.")
-    prepared = prepare_inference(model, precision, batch=batch, seq_len=seq_len, prompt_len=prompt_len,
-                                 new_tokens=new_tokens, engine=engine, gpus=gpus, kv_dtype=kv_dtype, gpu=gpu,
-                                 **options)
+    try:
+        prepared = prepare_inference(model, precision, batch=batch, seq_len=seq_len, prompt_len=prompt_len,
+                                     new_tokens=new_tokens, engine=engine, gpus=gpus, kv_dtype=kv_dtype, gpu=gpu,
+                                     **options)
+    except UnsupportedError as error:
+        if not defaulted:
+            raise
+        # The user never chose this precision: say it was the default, and what to pass instead.
+        origin = "the format the checkpoint ships in" if from_checkpoint else "you did not pass --precision"
+        other = "fp16" if get_format(precision).name == "bf16" else "bf16"
+        raise UnsupportedError(f"{str(error).rstrip('.')} ({get_format(precision).name} is the default precision, "
+                               f"{origin}); pass --precision {other} (or another format).") from None
     if from_checkpoint:
         prepared.assumptions["precision_source"] = from_checkpoint
     return build_inference_estimate(prepared)

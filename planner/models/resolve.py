@@ -99,6 +99,9 @@ def _from_file(path: Path, name: str | None, *, missing_hint: str | None = None,
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InvalidConfigError(f"{path}: not a readable JSON config ({error}).") from None
+    if not isinstance(config, dict):
+        raise InvalidConfigError(f"{path}: a config.json must hold a JSON object ({{\"model_type\": ...}}), "
+                                 f"this one holds a {type(config).__name__}.")
     default_name = path.parent.name if path.name == "config.json" else path.stem
     return ModelSpec.from_config(config, name=name or config.get("_name_or_path") or default_name,
                                  source=source or str(path))
