@@ -111,7 +111,8 @@ class _VersionAction(argparse.Action):
             text = version("fitplan")
         except PackageNotFoundError:
             text = "unknown (not installed; running from a checkout)"
-        parser.exit(message=f"fitplan {text}\n")
+        print(f"fitplan {text}")
+        parser.exit()
 
 
 def _parse(argv: list[str]) -> argparse.Namespace | int:

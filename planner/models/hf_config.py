@@ -221,7 +221,7 @@ def _generic_profile(config: dict[str, Any], label: str, model_type: str) -> tup
                "its config lacks " + ", ".join(" / ".join(_KEYS.get(f, (f,))) for f in missing))
         raise InvalidConfigError(
             f"{label}: model_type {model_type!r} has no dedicated reader and {why}.{did_you_mean(model_type, _PROFILES)} "
-            f"Dedicated readers: {', '.join(SUPPORTED_MODEL_TYPES)}.")
+            f"({len(SUPPORTED_MODEL_TYPES)} model_types have one: planner.models.hf_config.SUPPORTED_MODEL_TYPES.)")
     architectures = " ".join(str(a) for a in config.get("architectures") or ())
     if any(head in architectures for head in _ENCODER_HEADS) or config.get("is_decoder") is False:
         return ({"tie": True, "family": "bert"},

@@ -40,6 +40,9 @@ def get_model(model: ModelLike, *, name: str | None = None) -> ModelSpec:
     if not text:
         raise UnknownModelError("the model name is empty. See `fitplan models list`.")
     if len(text) > registry.MAX_NAME_LENGTH or "\x00" in text:
+        if text.endswith(".json") or text.startswith((".", "/", "~")):
+            raise UnknownModelError(f"cannot read {text[:40] + '...'!r}: a path of {len(text):,} characters is "
+                                    "longer than any file system allows.")
         raise registry.unknown_model_error(text)
     path = Path(text).expanduser()
     try:
