@@ -26,17 +26,6 @@ def require_finite(name: str, value: Any) -> float:
     return float(value)
 
 
-def positive_int(text: str) -> int:
-    """argparse ``type=`` for counts that must be >= 1 (``--lora-rank 0`` is rejected naming the flag)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {value}")
-    return value
-
-
 def reject_non_finite_options(options: dict[str, Any]) -> None:
     """InvalidRequestError naming the keyword when an option (``training_tokens=nan``) is NaN or infinite."""
     for key, value in options.items():

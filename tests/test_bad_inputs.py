@@ -129,15 +129,13 @@ CLI_CASES = [
 
 @pytest.mark.parametrize("argv, fragments", [case[1:] for case in CLI_CASES], ids=[case[0] for case in CLI_CASES])
 def test_cli_mistake_is_one_line_and_exit_2(capsys, files, argv, fragments):
-    try:
-        code = main(argv(files))
-    except SystemExit as exit_:  # argparse's own errors (type=, choices=) exit 2 with usage + one error line
-        code = exit_.code
+    code = main(argv(files))
     out, err = capsys.readouterr()
     assert code == 2
     assert "Traceback" not in err and "Traceback" not in out
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("fitplan"), err
+    assert err.count("\n") == 1, err  # one line
+    last = err.strip()
+    assert last.startswith("fitplan: error: "), err
     assert "error:" in last
     for fragment in fragments:
         assert fragment in last, (fragment, last)

@@ -91,7 +91,7 @@ def test_default_precision_is_the_checkpoint_format():
     assert default_precision(get_model("meta-llama/Llama-3.1-8B")) == "bf16"
     estimate = estimate_memory("openai/gpt-oss-20b", gpu="RTX 4090")
     assert estimate.precision == "mxfp4"
-    assert estimate.extras["fits"] is True
+    assert estimate.fit is not None and estimate.fit.fits is True
     assert "mxfp4" in estimate.assumptions["precision_source"]
     assert estimate_memory("openai/gpt-oss-20b", "bf16").precision == "bf16"  # a chosen precision wins
 

@@ -13,7 +13,6 @@ from typing import Any
 
 from planner.cli._options import FLAG_HOOKS, KWARG_HOOKS
 from planner.errors import InvalidRequestError
-from planner.validate import positive_int
 
 MODES = ("inference", "full", "lora", "qlora", "freeze")
 
@@ -26,20 +25,20 @@ TRAINING_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "--grad-checkpointing": ("grad_checkpointing", {"choices": ("none", "full", "selective"),
                                                     "help": "activation checkpointing (default full for qlora, "
                                                             "none otherwise)"}),
-    "--lora-rank": ("lora_rank", {"type": positive_int, "metavar": "R", "help": "LoRA rank (default 8)"}),
+    "--lora-rank": ("lora_rank", {"type": int, "metavar": "R", "help": "LoRA rank (default 8)"}),
     "--lora-targets": ("lora_targets", {"metavar": "LIST", "help": "comma-separated module names or roles, or "
                                         "all-linear (default q_proj,v_proj)"}),
     "--lora-dropout": ("lora_dropout", {"type": float, "metavar": "P", "help": "LoRA dropout (default 0.05)"}),
     "--train-embeddings": ("train_embeddings", {"action": "store_const", "const": True,
                                                 "help": "also train copies of the embeddings and lm_head "
                                                         "(peft modules_to_save)"}),
-    "--trainable-layers": ("trainable_layers", {"type": positive_int, "metavar": "N",
+    "--trainable-layers": ("trainable_layers", {"type": int, "metavar": "N",
                                                 "help": "freeze mode: train the last N layers (default 2)"}),
     "--sharding": ("sharding", {"choices": ("none", "ddp", "zero1", "zero2", "zero3", "fsdp"),
                                 "help": "data-parallel layout over --gpus (default none; size: zero3)"}),
     "--offload": ("offload", {"choices": ("none", "optimizer", "params"),
                               "help": "CPU offload (DeepSpeed ZeRO-Offload / FSDP CPUOffload)"}),
-    "--grad-accum": ("grad_accum", {"type": positive_int, "metavar": "N", "help": "gradient accumulation steps (default 1)"}),
+    "--grad-accum": ("grad_accum", {"type": int, "metavar": "N", "help": "gradient accumulation steps (default 1)"}),
     "--framework": ("framework", {"metavar": "NAME", "help": "training stack whose implementation decides the "
                                   "saved tensors: hf (default), litgpt, torchtune, liger, qwen1, hf-2023, hf-2021"}),
     "--activation-offload": ("activation_offload", {"action": "store_const", "const": True,
@@ -71,6 +70,10 @@ def training_kwargs(args: argparse.Namespace, command: str) -> dict[str, Any]:
             raise InvalidRequestError(f"{', '.join(flags)} only apply to fine-tuning: add --mode full, lora, qlora "
                                       "or freeze.")
         return {}
+    for flag in ("--lora-rank", "--trainable-layers", "--grad-accum"):  # counts: the flag is named, not the field
+        key = TRAINING_FLAGS[flag][0]
+        if key in given and given[key] < 1:
+            raise InvalidRequestError(f"{flag} must be at least 1, got {given[key]}.")
     return {"mode": mode, **given}
 
 

@@ -22,7 +22,7 @@ from planner.memory.engines import EngineProfile, get_engine
 from planner.memory.inference import InferencePlan, InferenceSetup, build_inference_plan
 from planner.memory.parallel import require_tensor_parallel
 from planner.memory.phases import PhaseTotals, peak_phase, phase_totals, safe_bytes, to_memory_terms
-from planner.memory.result import GIB, MemoryEstimate, sum_terms
+from planner.memory.result import GIB, GpuFit, KVPool, MemoryEstimate, sum_terms
 from planner.models.resolve import get_model
 from planner.models.spec import ModelSpec
 
@@ -219,10 +219,10 @@ def build_inference_estimate(prepared: PreparedInference) -> MemoryEstimate:
     acc = prepared.gpu
     if acc is not None:
         fits, headroom, pct = fits_on(safe / GIB, acc)
-        extras.update(gpu=acc.name, usable_gib=acc.memory_usable_gib, fits=fits, headroom_gib=headroom,
-                      headroom_pct=pct, format_support=format_support(setup.fmt, acc, setup.engine.name).reason)
+        extras["fit"] = GpuFit(gpu=acc.name, usable_gib=acc.memory_usable_gib, fits=fits, headroom_gib=headroom,
+                               headroom_pct=pct, format_support=format_support(setup.fmt, acc, setup.engine.name).reason)
         if setup.engine.name == "vllm":
-            extras.update(_vllm_pool(prepared, acc.memory_usable_gib * GIB))
+            extras["kv_pool"] = _vllm_pool(prepared, acc.memory_usable_gib * GIB)
     if setup.engine.name == "vllm":
         assumptions = {**prepared.assumptions, "safe_rule": "safe = largest upper total / gpu_memory_utilization "
                                                              "(vLLM only starts if utilization x capacity covers it)"}
@@ -233,7 +233,7 @@ def build_inference_estimate(prepared: PreparedInference) -> MemoryEstimate:
         mode="inference", engine=setup.engine.name, gpus=gpus, batch=prepared.batch, seq_len=prepared.tokens.total,
         peak_allocated_gib=peak.allocated / GIB, device_total_gib=peak.device / GIB, safe_gib=safe / GIB,
         breakdown_gib=sum_terms(terms), terms=terms, assumptions=assumptions, warnings=prepared.warnings,
-        extras=extras)
+        **extras)
 
 
 def _all_devices_gib(prepared: PreparedInference, peak: PhaseTotals) -> float:
@@ -249,15 +249,46 @@ def _all_devices_gib(prepared: PreparedInference, peak: PhaseTotals) -> float:
     return (weights.total_all_devices + kv_all + setup.pp * max(rest, 0.0)) / GIB
 
 
-def _vllm_pool(prepared: PreparedInference, capacity_bytes: float) -> dict[str, Any]:
+def _vllm_pool(prepared: PreparedInference, capacity_bytes: float) -> KVPool:
     """vLLM's KV pool on a device: utilization x capacity minus everything but the KV cache."""
     setup, plan = prepared.setup, prepared.plan
     fixed = phase_totals([t for t in plan.terms if t.key != "kv_cache"], plan.phases, batch=prepared.batch,
                          prompt=prepared.tokens.prompt, total=prepared.tokens.total, window=plan.window)[0].device
     pool = setup.gpu_memory_utilization * capacity_bytes - fixed
     tokens = max(0, int(pool // plan.kv_bytes_per_token)) if plan.kv_bytes_per_token else 0
-    return {"kv_pool_gib": pool / GIB, "kv_cache_tokens": tokens,
-            "max_concurrent_sequences": tokens // prepared.tokens.total if prepared.tokens.total else 0}
+    return KVPool(kv_pool_gib=pool / GIB, kv_cache_tokens=tokens,
+                  max_concurrent_sequences=tokens // prepared.tokens.total if prepared.tokens.total else 0)
+
+
+def prepare_inference_with_default(model: Any, precision: str | WeightFormat | None, *, engine: str = "hf",
+                                   **kwargs: Any) -> PreparedInference:
+    """:func:`prepare_inference` where ``precision=None`` means the checkpoint's own format (gpt-oss:
+    mxfp4, DeepSeek-V3: fp8-block, a ``*-AWQ`` repo: awq-int4), else bf16; an error caused by that
+    default says it was the default and what to pass instead. ``assumptions["precision_source"]`` says
+    where a checkpoint format came from."""
+    if precision is not None:
+        return prepare_inference(model, precision, engine=engine, **kwargs)
+    from planner.models.checkpoint import default_precision, default_precision_note, format_origin
+
+    spec = get_model(model)
+    fmt = get_format(default_precision(spec))
+    from_checkpoint = default_precision_note(spec)
+    if get_engine(engine).name not in fmt.engines:
+        raise UnsupportedError(
+            f"the default precision of {spec.name} is {fmt.name}, the format it ships in ({format_origin(spec)}), "
+            f"and engine {engine!r} does not run it (runs on: {', '.join(fmt.engines)}): pass --engine "
+            f"{fmt.engines[0]}, or --precision for another format.")
+    try:
+        prepared = prepare_inference(spec, fmt, engine=engine, **kwargs)
+    except UnsupportedError as error:
+        # The user never chose this precision: say it was the default, and what to pass instead.
+        origin = "the format the checkpoint ships in" if from_checkpoint else "you did not pass --precision"
+        other = "fp16" if fmt.name == "bf16" else "bf16"
+        raise UnsupportedError(f"{str(error).rstrip('.')} ({fmt.name} is the default precision, {origin}); pass "
+                               f"--precision {other} (or another format).") from None
+    if from_checkpoint:
+        prepared.assumptions["precision_source"] = from_checkpoint
+    return prepared
 
 
 def estimate_memory(model: Any, precision: str | WeightFormat | None = None, mode: str = "inference", *, batch: int = 1,
@@ -275,35 +306,9 @@ def estimate_memory(model: Any, precision: str | WeightFormat | None = None, mod
     if mode != "inference":
         return _training_estimate(model, precision, mode, batch=batch, seq_len=seq_len, gpus=gpus, gpu=gpu,
                                   options=options)
-    from_checkpoint = None
-    defaulted = precision is None
-    if precision is None:  # the checkpoint's own format (gpt-oss: mxfp4, DeepSeek-V3: fp8-block), else bf16
-        from planner.models.checkpoint import default_precision, default_precision_note, format_origin
-
-        model = get_model(model)
-        precision = default_precision(model)
-        from_checkpoint = default_precision_note(model)
-        fmt = get_format(precision)
-        if get_engine(engine).name not in fmt.engines:
-            raise UnsupportedError(
-                f"the default precision of {model.name} is {fmt.name}, the format it ships in "
-                f"({format_origin(model)}), and engine {engine!r} does not run it (runs on: "
-                f"{', '.join(fmt.engines)}): pass --engine {fmt.engines[0]}, or --precision for another format.")
-    try:
-        prepared = prepare_inference(model, precision, batch=batch, seq_len=seq_len, prompt_len=prompt_len,
-                                     new_tokens=new_tokens, engine=engine, gpus=gpus, kv_dtype=kv_dtype, gpu=gpu,
-                                     **options)
-    except UnsupportedError as error:
-        if not defaulted:
-            raise
-        # The user never chose this precision: say it was the default, and what to pass instead.
-        origin = "the format the checkpoint ships in" if from_checkpoint else "you did not pass --precision"
-        other = "fp16" if get_format(precision).name == "bf16" else "bf16"
-        raise UnsupportedError(f"{str(error).rstrip('.')} ({get_format(precision).name} is the default precision, "
-                               f"{origin}); pass --precision {other} (or another format).") from None
-    if from_checkpoint:
-        prepared.assumptions["precision_source"] = from_checkpoint
-    return build_inference_estimate(prepared)
+    return build_inference_estimate(prepare_inference_with_default(
+        model, precision, batch=batch, seq_len=seq_len, prompt_len=prompt_len, new_tokens=new_tokens, engine=engine,
+        gpus=gpus, kv_dtype=kv_dtype, gpu=gpu, **options))
 
 
 def _training_estimate(model: Any, precision: Any, mode: str, *, batch: int, seq_len: int | None, gpus: int,
