@@ -196,7 +196,10 @@ def fit_columns(gpu: Any, models: Iterable[Any] | None = None, precisions: Itera
     native = _checkpoint_formats(names, profile.name) if precisions is None else {}
     formats = tuple(dict.fromkeys([*(get_format(p).name for p in (precisions or DEFAULT_PRECISIONS[profile.name])),
                                    *sorted(set(native.values()))]))
-    table = _cached_table(names, formats, profile.name, kv_dtype, context, batch)
+    defaults = set(DEFAULT_PRECISIONS[profile.name])
+    only_for = tuple((fmt, tuple(m for m, f in native.items() if f == fmt))
+                     for fmt in sorted(set(native.values())) if fmt not in defaults)
+    table = _cached_table(names, formats, profile.name, kv_dtype, context, batch, only_for)
     rows = table.rows
     _reject_invalid_request([r["precision"] for r in rows], [r["error"] for r in rows],
                             explicit=precisions is not None)
@@ -205,10 +208,6 @@ def fit_columns(gpu: Any, models: Iterable[Any] | None = None, precisions: Itera
     peak = table.peak_bytes(batch, context)
     fmt_index = np.array([formats.index(r["precision"]) for r in rows])
     errors = np.array([r["error"] or "" for r in rows], dtype=object)
-    defaults = set(DEFAULT_PRECISIONS[profile.name])
-    for i, r in enumerate(rows):  # a checkpoint format added to the defaults is a row only for its models
-        if r["precision"] not in defaults and precisions is None and native.get(r["model"]) != r["precision"]:
-            errors[i] = f"{r['precision']} is listed only for checkpoints that ship in it"
     has_error = errors != ""
 
     # (G, P) support, broadcast to (G, R) through each row's precision.
