@@ -39,7 +39,7 @@ class RegistryEntry:
     source: str
     notes: str
     verified: bool
-    config_fidelity: str = "verbatim"
+    config_fidelity: str | None = None
     transformers_model_type: str | None = None
     meta_count_excludes: str | None = None
 
@@ -62,7 +62,7 @@ def registry_entries() -> tuple[RegistryEntry, ...]:
                 config=raw["config"], params_total_exact=raw.get("params_total_exact"),
                 instantiate_as=raw.get("instantiate_as", "causal_lm"), source=raw.get("source", ""),
                 notes=raw.get("notes", ""), verified=bool(raw.get("verified", False)),
-                config_fidelity=raw.get("config_fidelity", "verbatim"),
+                config_fidelity=raw.get("config_fidelity"),
                 transformers_model_type=raw.get("transformers_model_type"),
                 meta_count_excludes=raw.get("meta_count_excludes"),
             ))
