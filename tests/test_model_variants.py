@@ -31,6 +31,7 @@ def _offline(monkeypatch, tmp_path):
     ("google/gemma-2-9b-it", "gemma-2-9b", None),
     ("neuralmagic/Meta-Llama-3.1-70B-Instruct-FP8", "llama-3.1-70b", "fp8"),
     ("microsoft/Phi-3-mini-128k-instruct", "phi-3-mini-128k", None),
+    ("lmstudio-community/gpt-oss-20b-MXFP4-GGUF", "gpt-oss-20b", None),  # no GGUF-MXFP4 format: no guess
 ])
 def test_parse_variant_keeps_the_architecture_words_and_reads_the_format(name, core, fmt):
     variant = parse_variant(name)

@@ -75,6 +75,8 @@ def _implied_format(words: list[str]) -> tuple[str | None, str | None]:
     gguf_types = [w for w in words if w in _GGUF_TYPES]
     if gguf_types:
         return _GGUF_TYPES[gguf_types[0]], f"the repo name says GGUF {gguf_types[0].upper()}"
+    if "gguf" in present and present & {"mxfp4", "nvfp4", "fp8", "awq", "gptq"}:
+        return None, None  # a GGUF of a type fitplan has no GGUF format for (gpt-oss MXFP4 GGUF): no guess
     if "gguf" in present:
         return GGUF_DEFAULT, ("the repo name says GGUF without a quantization type: assumed Q4_K_M, the "
                               "usual download (pass --precision for another file)")
