@@ -63,7 +63,8 @@ def _print_estimate(result, *, explain: bool) -> None:
     tokens = (f"{a.get('prompt_tokens', estimate.seq_len):,} prompt + {a.get('new_tokens', 0):,} new tokens"
               if "prompt_tokens" in a else f"{estimate.seq_len:,} tokens")
     engine = result.engine if result.engine == result.memory_engine else f"{result.engine} (memory as {result.memory_engine})"
-    title = (f"{estimate.model}: {estimate.precision}, {estimate.mode}, engine {engine}, batch "
+    origin = " (the checkpoint's own format)" if a.get("precision_source") else ""
+    title = (f"{estimate.model}: {estimate.precision}{origin}, {estimate.mode}, engine {engine}, batch "
              f"{estimate.batch}, {tokens}, {estimate.gpus} GPU(s) (per device)")
     table = Table(title=escape(title), show_lines=explain)
     table.add_column("term")

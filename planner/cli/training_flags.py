@@ -74,6 +74,10 @@ def training_kwargs(args: argparse.Namespace, command: str) -> dict[str, Any]:
             raise InvalidRequestError(f"{', '.join(flags)} only apply to fine-tuning: add --mode full, lora, qlora "
                                       "or freeze.")
         return {}
+    for flag in ("--lora-rank", "--trainable-layers", "--grad-accum"):  # counts: the flag is named, not the field
+        key = TRAINING_FLAGS[flag][0]
+        if key in given and given[key] < 1:
+            raise InvalidRequestError(f"{flag} must be at least 1, got {given[key]}.")
     return {"mode": mode, **given}
 
 

@@ -187,7 +187,7 @@ def prepare_inference(model: Any, precision: str | WeightFormat = "bf16", *, bat
         n_ubatch=opts.n_ubatch or int(constant("llamacpp_n_ubatch").value), flash_attn=opts.flash_attn,
         prefill_chunk_size=opts.prefill_chunk_size)
     plan = build_inference_plan(setup)
-    warnings = []
+    warnings = list(spec.assumptions)  # how the model name or config was read (variant, generic reader)
     limit = spec.max_position_embeddings
     if limit is not None and tokens.total > limit:
         warnings.append(f"{tokens.total:,} tokens exceed {spec.name}'s max_position_embeddings ({limit:,}); "
@@ -283,6 +283,37 @@ def _vllm_pool(prepared: PreparedInference, capacity_bytes: float) -> KVPool:
                   max_concurrent_sequences=tokens // prepared.tokens.total if prepared.tokens.total else 0)
 
 
+def prepare_inference_with_default(model: Any, precision: str | WeightFormat | None, *, engine: str = "hf",
+                                   **kwargs: Any) -> PreparedInference:
+    """:func:`prepare_inference` where ``precision=None`` means the checkpoint's own format (gpt-oss:
+    mxfp4, DeepSeek-V3: fp8-block, a ``*-AWQ`` repo: awq-int4), else bf16; an error caused by that
+    default says it was the default and what to pass instead. ``assumptions["precision_source"]`` says
+    where a checkpoint format came from."""
+    if precision is not None:
+        return prepare_inference(model, precision, engine=engine, **kwargs)
+    from planner.models.checkpoint import default_precision, default_precision_note, format_origin
+
+    spec = get_model(model)
+    fmt = get_format(default_precision(spec))
+    from_checkpoint = default_precision_note(spec)
+    if get_engine(engine).name not in fmt.engines:
+        raise UnsupportedError(
+            f"the default precision of {spec.name} is {fmt.name}, the format it ships in ({format_origin(spec)}), "
+            f"and engine {engine!r} does not run it (runs on: {', '.join(fmt.engines)}): pass --engine "
+            f"{fmt.engines[0]}, or --precision for another format.")
+    try:
+        prepared = prepare_inference(spec, fmt, engine=engine, **kwargs)
+    except UnsupportedError as error:
+        # The user never chose this precision: say it was the default, and what to pass instead.
+        origin = "the format the checkpoint ships in" if from_checkpoint else "you did not pass --precision"
+        other = "fp16" if fmt.name == "bf16" else "bf16"
+        raise UnsupportedError(f"{str(error).rstrip('.')} ({fmt.name} is the default precision, {origin}); pass "
+                               f"--precision {other} (or another format).") from None
+    if from_checkpoint:
+        prepared.assumptions["precision_source"] = from_checkpoint
+    return prepared
+
+
 def estimate_memory(model: Any, precision: str | WeightFormat | None = None, mode: str = "inference", *, batch: int = 1,
                     seq_len: int | None = None, prompt_len: int | None = None, new_tokens: int | None = None,
                     engine: str = "hf", gpus: int = 1, kv_dtype: str | None = None, gpu: Any = None,
@@ -292,14 +323,15 @@ def estimate_memory(model: Any, precision: str | WeightFormat | None = None, mod
     ``mode="inference"`` takes the engine options of :class:`InferenceOptions` as keywords; any
     other mode is a training estimate handled by ``planner.memory.training`` with its own options.
     """
+    from planner.validate import reject_non_finite_options
+
+    reject_non_finite_options(options)  # NaN/inf (training_tokens=nan would print "$nan")
     if mode != "inference":
         return _training_estimate(model, precision, mode, batch=batch, seq_len=seq_len, gpus=gpus, gpu=gpu,
                                   options=options)
-    precision = "bf16" if precision is None else precision
-    prepared = prepare_inference(model, precision, batch=batch, seq_len=seq_len, prompt_len=prompt_len,
-                                 new_tokens=new_tokens, engine=engine, gpus=gpus, kv_dtype=kv_dtype, gpu=gpu,
-                                 **options)
-    return build_inference_estimate(prepared)
+    return build_inference_estimate(prepare_inference_with_default(
+        model, precision, batch=batch, seq_len=seq_len, prompt_len=prompt_len, new_tokens=new_tokens, engine=engine,
+        gpus=gpus, kv_dtype=kv_dtype, gpu=gpu, **options))
 
 
 def _training_estimate(model: Any, precision: Any, mode: str, *, batch: int, seq_len: int | None, gpus: int,

@@ -66,7 +66,7 @@ def _linear(name: str, component: str, role: str, n_in: int, n_out: int, bias: b
 
 def _norm(name: str, width: int, norm: NormSpec, layers: tuple[int, ...] = (), per_layer: int = 1,
           component: str = "norms") -> ParamGroup:
-    each = width * (2 if norm.kind == "layernorm" and norm.bias else 1)
+    each = 0 if not norm.affine else width * (2 if norm.kind == "layernorm" and norm.bias else 1)
     return ParamGroup(name=name, component=component, kind="norm", params_each=each,
                       count=max(1, len(layers)) * per_layer, layers=layers)
 
@@ -116,6 +116,9 @@ def parameter_groups(f: dict[str, Any]) -> list[ParamGroup]:
                                      f["attention"].num_heads, component="other", layers=(0,)))
     else:
         groups += _layer_stack("layers", tuple(range(f["num_layers"])), f, model_type, cross_attention=False)
+        if f.get("relative_attention_buckets"):  # MPNet: one shared relative-position table
+            groups.append(_embedding("relative_attention_bias", f["relative_attention_buckets"],
+                                     f["attention"].num_heads, component="other"))
 
     if norm.final:
         groups.append(_norm("final_norm", hidden, norm))
@@ -181,6 +184,17 @@ def _attention_groups(prefix: str, layers: tuple[int, ...], f: dict[str, Any], m
                     a.num_heads * (m.qk_nope_head_dim + m.v_head_dim), False, layers),
             _linear(p + "self_attn.o_proj", "attention", "o", a.num_heads * m.v_head_dim, hidden, a.o_bias, layers),
         ]
+        if m.index_n_heads:  # DeepSeek-V3.2 lightning indexer (DSA): its own q/k, LayerNorm'd key, head weights
+            groups += [
+                _linear(p + "self_attn.indexer.wq_b", "attention", "indexer", m.q_lora_rank or hidden,
+                        m.index_n_heads * m.index_head_dim, False, layers),
+                _linear(p + "self_attn.indexer.wk", "attention", "indexer", hidden, m.index_head_dim, False, layers),
+                _norm(p + "self_attn.indexer.k_norm", m.index_head_dim, NormSpec(kind="layernorm", bias=True,
+                                                                                   per_layer=1), layers,
+                      component="attention"),
+                _linear(p + "self_attn.indexer.weights_proj", "attention", "indexer", hidden, m.index_n_heads,
+                        False, layers),
+            ]
         return groups
 
     q_out = a.num_heads * a.head_dim
@@ -191,7 +205,10 @@ def _attention_groups(prefix: str, layers: tuple[int, ...], f: dict[str, Any], m
         groups = [_linear(p + names[role], "attention", role, hidden, width, a.qkv_bias, layers)
                   for role, width in (("q", q_out), ("k", kv_out), ("v", kv_out))]
     groups.append(_linear(p + names["o"], "attention", "o", q_out, hidden, a.o_bias, layers))
-    if a.qk_norm:
+    if a.qk_norm and a.qk_norm_width == "full":
+        groups.append(_norm(p + "self_attn.q_norm", q_out, f["norm"], layers, component="norms"))
+        groups.append(_norm(p + "self_attn.k_norm", kv_out, f["norm"], layers, component="norms"))
+    elif a.qk_norm:
         groups.append(_norm(p + "self_attn.qk_norm", a.head_dim, f["norm"], layers, per_layer=2,
                             component="norms"))
     if a.sinks:

@@ -69,7 +69,10 @@ def size_cluster(model: Any, precision: str | None = None, *, batch: int = 1, se
     sharding zero3; training options as in ``estimate_memory``; see ``planner.memory.training.sizing``).
     """
     import hardware_db
+    from planner.validate import name_list, reject_non_finite_options
 
+    gpus = name_list(gpus, "gpus")  # one name is a list of one, not a list of characters; [] is an error
+    reject_non_finite_options(training)
     accs: list[Accelerator] = [hardware_db.get(g) if not isinstance(g, Accelerator) else g for g in gpus] \
         if gpus else [a for a in hardware_db.list() if not a.is_generic]
     if mode != "inference":
@@ -81,8 +84,11 @@ def size_cluster(model: Any, precision: str | None = None, *, batch: int = 1, se
                                      seq_len=_positive_int("seq_len", seq_len, MAX_TOKENS), mode=mode, **training)
     if training:
         raise InvalidRequestError(f"unknown option(s) {', '.join(training)} for mode='inference'.")
-    precision = "bf16" if precision is None else precision
     spec = get_model(model)
+    if precision is None:
+        from planner.models.checkpoint import default_precision
+
+        precision = default_precision(spec)
     fmt = get_format(precision)
     profile = get_engine(engine)
     batch = _positive_int("batch", batch, MAX_BATCH)

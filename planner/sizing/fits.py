@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hardware_db import Accelerator
-from planner.errors import InvalidRequestError
+from planner.errors import InvalidRequestError, UnsupportedError
 from planner.formats import get_format
 from planner.memory.api import MAX_BATCH, MAX_TOKENS, _positive_int
 from planner.memory.devices import format_support, resolve_gpu
@@ -72,6 +72,30 @@ def _models(models: Iterable[Any] | None) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _reject_invalid_request(precisions: list[str], errors: list[str | None], *, explicit: bool) -> None:
+    """Raise the error of a request that fails for every model (``estimate`` rejects it the same way)
+    instead of answering "0 of N models fit"; with explicit precisions, for each of them."""
+    from planner.validate import reject_request_wide_errors
+
+    reject_request_wide_errors(errors, "")
+    if explicit:
+        for precision in dict.fromkeys(precisions):
+            reject_request_wide_errors([e for p, e in zip(precisions, errors) if p == precision],
+                                       f"--precision {precision}")
+
+
+def _checkpoint_formats(names: tuple[str, ...], engine: str) -> dict[str, str]:
+    """Model -> the format its checkpoint ships in (gpt-oss: mxfp4), for models the engine can run so."""
+    from planner.models.checkpoint import checkpoint_format
+
+    found = {}
+    for name in names:
+        fmt = checkpoint_format(get_model(name))
+        if fmt is not None and engine in get_format(fmt).engines:
+            found[name] = fmt
+    return found
+
+
 def _gpus(gpu: Any) -> list[Accelerator]:
     if isinstance(gpu, (str, Accelerator)):
         return [resolve_gpu(gpu)]
@@ -95,13 +119,22 @@ def what_fits(gpu: Any, models: Iterable[Any] | None = None, precisions: Iterabl
     the training options of ``estimate_memory`` (``seq_len`` = the training sequence, default
     ``context``); columns ``planner.memory.training.sizing.FITS_COLUMNS``.
     """
+    from planner.validate import name_list, reject_non_finite_options
+
+    models = name_list(models, "models")
+    precisions = name_list(precisions, "precisions")
+    reject_non_finite_options(training)
     if mode != "inference":
         from planner.memory.training.sizing import training_what_fits
 
         seq_len = _positive_int("seq_len", training.pop("seq_len", context), MAX_TOKENS)
-        return training_what_fits(_gpus(gpu), _models(models), list(precisions) if precisions else None,
-                                  seq_len=seq_len, batch=_positive_int("batch", batch, MAX_BATCH), mode=mode,
-                                  **training)
+        frame = training_what_fits(_gpus(gpu), _models(models), list(precisions) if precisions else None,
+                                   seq_len=seq_len, batch=_positive_int("batch", batch, MAX_BATCH), mode=mode,
+                                   **training)
+        _reject_invalid_request(list(frame["precision"].astype(str)),
+                                [str(n) if s != s else None for n, s in zip(frame["note"], frame["safe_gib"])],
+                                explicit=precisions is not None)
+        return frame
     if training:
         raise InvalidRequestError(f"unknown option(s) {', '.join(training)} for mode='inference'.")
     return fit_columns(gpu, models, precisions, context=context, batch=batch, engine=engine,
@@ -146,14 +179,33 @@ class FitColumns:
 def fit_columns(gpu: Any, models: Iterable[Any] | None = None, precisions: Iterable[str] | None = None, *,
                 context: int = 4096, batch: int = 1, engine: str = "hf", kv_dtype: str | None = None) -> FitColumns:
     """The rows of ``what_fits(..., mode="inference")`` as numpy columns (see :class:`FitColumns`)."""
+    from planner.formats import get_kv_dtype
+    from planner.validate import name_list
+
     context = _positive_int("context", context, MAX_TOKENS)
     batch = _positive_int("batch", batch, MAX_BATCH)
     profile = get_engine(engine)
     accs = _gpus(gpu)
+    models = name_list(models, "models")
+    precisions = name_list(precisions, "precisions")
+    if kv_dtype is not None:
+        get_kv_dtype(kv_dtype)  # an unknown name is an error, not a table of errors
+    for precision in precisions or ():
+        fmt = get_format(precision)
+        if profile.name not in fmt.engines:
+            raise UnsupportedError(f"{fmt.name} is not run by the {profile.name} engine (runs on: "
+                                   f"{', '.join(fmt.engines)}); pick another --precision or --engine.")
     names = tuple(dict.fromkeys(_models(models)))
-    formats = tuple(dict.fromkeys(get_format(p).name for p in (precisions or DEFAULT_PRECISIONS[profile.name])))
-    table = _cached_table(names, formats, profile.name, kv_dtype, context, batch)
+    native = _checkpoint_formats(names, profile.name) if precisions is None else {}
+    formats = tuple(dict.fromkeys([*(get_format(p).name for p in (precisions or DEFAULT_PRECISIONS[profile.name])),
+                                   *sorted(set(native.values()))]))
+    defaults = set(DEFAULT_PRECISIONS[profile.name])
+    only_for = tuple((fmt, tuple(m for m, f in native.items() if f == fmt))
+                     for fmt in sorted(set(native.values())) if fmt not in defaults)
+    table = _cached_table(names, formats, profile.name, kv_dtype, context, batch, only_for)
     rows = table.rows
+    _reject_invalid_request([r["precision"] for r in rows], [r["error"] for r in rows],
+                            explicit=precisions is not None)
     n, g = len(rows), len(accs)
     safe = table.safe_bytes(batch, context)
     peak = table.peak_bytes(batch, context)
