@@ -53,6 +53,7 @@ _MODULE_NAMES: dict[str, dict[str, str]] = {
              "up": "fc1", "down": "fc2", "cross_q": "encoder_attn.q_proj", "cross_k": "encoder_attn.k_proj",
              "cross_v": "encoder_attn.v_proj", "cross_o": "encoder_attn.out_proj"},
 }
+_MODULE_NAMES["mt5"] = _MODULE_NAMES["t5"]  # transformers' MT5 blocks are T5 blocks
 _FUSED_QKV = {"phi3", "gpt2", "gpt_bigcode", "qwen", "falcon", "gpt_neox"}
 _FUSED_GATE_UP = {"phi3"}
 
