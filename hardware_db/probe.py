@@ -238,20 +238,33 @@ def save_entry(entry: Accelerator, target: str | Path) -> Path:
     return path
 
 
-def cached_host_entry() -> Accelerator:
-    """The probed host, measured once and cached (``$FITPLAN_CACHE_DIR`` or ``~/.cache/fitplan``/host.toml)."""
-    from hardware_db._loader import load_file
+def cache_path() -> Path:
+    """``$FITPLAN_CACHE_DIR/host.toml``, else ``$XDG_CACHE_HOME/fitplan/host.toml`` (``~/.cache``)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]) / "host.toml"
+    return Path(os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")) / "fitplan" / "host.toml"
 
-    base = os.environ.get(CACHE_ENV) or os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    path = Path(base) / ("" if os.environ.get(CACHE_ENV) else "fitplan") / "host.toml"
-    if path.exists():
-        return load_file(path)[0]
-    entry = host_entry(probe_host())
+
+def write_cache(entry: Accelerator) -> Path | None:
+    """Cache the probed host (``fitplan hardware probe`` refreshes it); None when it cannot be written."""
+    path = cache_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".toml.tmp")
         tmp.write_text(entry_toml(entry), encoding="utf-8")
         tmp.replace(path)
     except OSError:
-        pass  # the cache is an optimisation: an unwritable cache means probing again next time
+        return None  # the cache is an optimisation: an unwritable cache means probing again next time
+    return path
+
+
+def cached_host_entry() -> Accelerator:
+    """The probed host, measured once and cached (see ``cache_path``; ``fitplan hardware probe`` refreshes it)."""
+    from hardware_db._loader import load_file
+
+    path = cache_path()
+    if path.exists():
+        return load_file(path)[0]
+    entry = host_entry(probe_host())
+    write_cache(entry)
     return entry

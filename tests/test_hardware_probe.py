@@ -57,6 +57,7 @@ def test_cli_probe_save_to_an_unwritable_place_is_one_line_exit_2(capsys, monkey
     import hardware_db.probe as probe
 
     monkeypatch.setattr(probe, "probe_host", lambda: PROBE)
+    monkeypatch.setenv("FITPLAN_CACHE_DIR", str(tmp_path / "cache"))
     (tmp_path / "box.toml").write_text("taken")
     code = main(["hardware", "probe", "--save", str(tmp_path / "box.toml")])
     out, err = capsys.readouterr()
@@ -64,10 +65,12 @@ def test_cli_probe_save_to_an_unwritable_place_is_one_line_exit_2(capsys, monkey
     assert "[[accelerator]]" in out and 'name = "box"' in out
 
 
-def test_cli_probe_prints_a_catalog_entry(capsys, monkeypatch):
+def test_cli_probe_prints_a_catalog_entry_and_refreshes_the_cache(capsys, monkeypatch, tmp_path):
     import hardware_db.probe as probe
 
     monkeypatch.setattr(probe, "probe_host", lambda: PROBE)
+    monkeypatch.setenv("FITPLAN_CACHE_DIR", str(tmp_path))
     assert main(["hardware", "probe"]) == 0
     out = capsys.readouterr().out
     assert "memory_bandwidth_gbps = 40.0" in out and "fp32_tflops = 0.5" in out
+    assert probe.cached_host_entry().memory_bandwidth_gbps == 40.0

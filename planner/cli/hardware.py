@@ -112,11 +112,12 @@ def _raw(value: object) -> object:
 def run_probe(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from hardware_db.probe import entry_toml, host_entry, probe_host, save_entry
+    from hardware_db.probe import entry_toml, host_entry, probe_host, save_entry, write_cache
 
     probe = probe_host()
     name = Path(args.save).stem if args.save else None
     entry = host_entry(probe, name)
+    write_cache(host_entry(probe))  # what `fitplan run` predicts CPU latency with
     if args.output == "json":
         print_json({**entry.model_dump(mode="json"), "nvidia_gpus": probe.gpus})
     else:
