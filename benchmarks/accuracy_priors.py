@@ -8,7 +8,11 @@ figures (all rows fitted) for comparison, and the cost of one ``predict_quality`
 strategies for Llama-3.1-8B (target < 100 us per call; first call per part vs cached). Pure arithmetic:
 no torch, runs in a few seconds (timings on a shared machine vary: quote medians).
 
-    python benchmarks/accuracy_priors.py [--rows] [--json]
+    python benchmarks/accuracy_priors.py [--rows] [--json] [--store DIR ...]
+
+``--store DIR`` also scores the priors against measured runs: every successful executors run in the
+calibration store DIR (``results.jsonl`` lines, :mod:`planner.accuracy.calibration`) is predicted from
+the priors alone, on the run's own metric family, and compared with its measured quality.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from planner.accuracy.priors import load_priors  # noqa: E402
 
 TARGET_COVERAGE = 0.80
+RESOLUTION_PP = 0.05
+"""a measured retained % counts as inside an interval it misses by less than this (measurement noise; a
+measured 100.00 against an interval ending at 99.98)"""
 
 
 def evaluate(leave_one_out: bool) -> list[dict]:
@@ -94,10 +101,41 @@ def time_predictions(repeats: int = 5) -> dict:
     return {"strategies": len(grid), "cold_us": cold * 1e6, "warm_median_us": statistics.median(warm) * 1e6}
 
 
+def score_store(directory: str) -> tuple[list[dict], list[str]]:
+    """Prior prediction vs measured quality for each run of a calibration store."""
+    from pydantic import ValidationError
+
+    from planner.accuracy import CalibrationStore, predict_quality
+    from planner.errors import FitplanError
+    from planner.models import get_model
+    from planner.strategy import CompressionStrategy
+
+    store = CalibrationStore.load(directory)
+    out, skipped = [], list(store.skipped)
+    for record in store.records:
+        if not record.techniques:
+            continue
+        try:
+            strategy = CompressionStrategy.model_validate(record.strategy)
+            spec = get_model(record.model_name)
+            p = predict_quality(spec, strategy, metric=record.metric_family or "accuracy")
+        except (FitplanError, ValidationError, OSError) as error:
+            skipped.append(f"{record.source}: {str(error).splitlines()[0][:100]}")
+            continue
+        measured = min(record.measured_retained_pct, 100.0)
+        inside = p.low_pct - RESOLUTION_PP <= measured <= p.high_pct + RESOLUTION_PP
+        out.append({"model": spec.name, "strategy": str(strategy), "metric": p.metric, "measured": measured,
+                    "predicted": p.retained_pct, "low": p.low_pct, "high": p.high_pct,
+                    "inside": inside, "abs_error": abs(p.retained_pct - measured)})
+    return out, skipped
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", action="store_true", help="print every held-out row")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument("--store", action="append", default=[], metavar="DIR",
+                        help="also score the priors against the measured runs of this calibration store")
     args = parser.parse_args(argv)
     loo = evaluate(leave_one_out=True)
     fitted = evaluate(leave_one_out=False)
@@ -122,6 +160,18 @@ def main(argv: list[str] | None = None) -> int:
     met = overall["coverage_80"] >= TARGET_COVERAGE
     print(f"target: leave-one-out coverage >= {TARGET_COVERAGE:.0%}: {'met' if met else 'MISSED'} "
           f"({overall['coverage_80']:.0%})")
+    for directory in args.store:
+        scored, skipped = score_store(directory)
+        print(f"measured runs in {directory}: {len(scored)} scored, {len(skipped)} skipped")
+        for r in scored:
+            mark = "" if r["inside"] else "  miss"
+            print(f"  {r['model'][-28:]:28} {r['strategy'][:22]:22} {r['metric'][:4]} measured {r['measured']:6.2f} "
+                  f"prior {r['predicted']:6.2f} [{r['low']:6.2f},{r['high']:6.2f}]{mark}")
+        if scored:
+            print(f"  median |err| {statistics.median(r['abs_error'] for r in scored):.2f} pp, 80% coverage "
+                  f"{sum(r['inside'] for r in scored) / len(scored):.0%}")
+        for line in skipped[:5]:
+            print(f"  skipped {line}")
     speed = time_predictions()
     print(f"predict_quality, Llama-3.1-8B, {speed['strategies']} strategies: first call per part "
           f"{speed['cold_us']:.0f} us, cached {speed['warm_median_us']:.0f} us per call (target < 100 us)")

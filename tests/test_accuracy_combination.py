@@ -120,6 +120,16 @@ def test_profile_rewards_protecting_the_sensitive_block(spec):
     assert b.retained_pct / a.retained_pct == pytest.approx(0.999 / 0.98, rel=1e-3)
 
 
+def test_profile_adds_prior_damage_outside_the_blocks(spec):
+    profile = make_profile(spec, {"nf4": {"attention": 99.9, "mlp": 99.8}})
+    blocks_only = predict_quality(spec, CompressionStrategy(quantization=QuantizationSpec(weights="nf4")), profile=profile)
+    with_head = predict_quality(spec, CompressionStrategy(quantization=QuantizationSpec(weights="nf4", lm_head="nf4",
+                                                                                        kv_cache="int4")),
+                                profile=profile)
+    assert with_head.basis == "profile" and with_head.retained_pct < blocks_only.retained_pct
+    assert any("from the priors" in n for n in with_head.notes)
+
+
 def test_profile_block_drop_and_sparsity_levels(spec):
     profile = make_profile(spec, {"sparsity:unstructured:0.5": {"attention": 99.5, "mlp": 99.0}}, drop=97.0)
     sparse = CompressionStrategy(sparsity=SparsitySpec(level=0.5, method="wanda"))
@@ -130,7 +140,13 @@ def test_profile_block_drop_and_sparsity_levels(spec):
     depth = predict_quality(spec, CompressionStrategy(distillation=DistillationSpec(depth_ratio=0.5)), profile=profile,
                             metric="perplexity")
     assert depth.basis == "profile"
-    assert depth.retained_pct == pytest.approx(100 * 0.97 ** (spec.num_layers // 2), rel=1e-3)
+    one_shot = 100 * 0.97 ** (spec.num_layers // 2)
+    # 200 distillation steps x 8 x 128 tokens recover a little (structure prior's recovery term)
+    assert one_shot < depth.retained_pct < one_shot + 1.0
+    assert any("one-shot" in n for n in depth.notes)
+    trained = predict_quality(spec, CompressionStrategy(distillation=DistillationSpec(
+        depth_ratio=0.5, steps=50_000, batch_size=64, seq_len=4096)), profile=profile, metric="perplexity")
+    assert trained.retained_pct > depth.retained_pct + 5
 
 
 # -- calibration from the executors' results.jsonl --------------------------------------------------------
@@ -153,6 +169,10 @@ def test_results_jsonl_is_a_calibration_source(tmp_path):
         {"status": "failed", "reason": "OOM", "model_dir": str(model_dir), "strategy": strategy,
          "strategy_summary": "nf4", "device": "cpu", "isolated": True},
     ]
+    from executors.result import ExecutionResult  # the lines are real ExecutionResult JSON (no torch needed)
+
+    for line in lines:
+        ExecutionResult.model_validate(line)
     (runs / "results.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\nnot json\n")
     store = CalibrationStore.load(tmp_path)
     assert len(store) == 1 and store.families == {"llama"}

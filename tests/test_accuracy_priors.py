@@ -111,3 +111,42 @@ def test_t_quantile():
     assert t90(math.inf) == pytest.approx(1.2816, abs=1e-4)
     assert t90(30) == pytest.approx(1.3104, abs=2e-3)
     assert t90(5) == pytest.approx(1.4759, abs=5e-3)
+
+
+def test_accuracy_scale_is_its_cited_derivation():
+    """Task-accuracy log-loss / perplexity log-loss of the same GGUF formats (Q2_K vs Q4_K_M): Qwen3-8B
+    10-task average 0.6075 / 0.6308 (intel/auto-round) over LLaMA-1-7B perplexity +0.8698 / +0.0535 on
+    F16 5.9 (llama.cpp QUANT_OPTIONS)."""
+    accuracy_loss = -math.log(0.6075 / 0.6308)
+    perplexity_loss = math.log((5.9 + 0.8698) / (5.9 + 0.0535))
+    assert PRIORS.metric_scale("accuracy") == pytest.approx(accuracy_loss / perplexity_loss, abs=0.005)
+    assert PRIORS.metric_scale("perplexity") == 1.0
+
+
+def test_smaller_models_are_more_fragile(specs):
+    """Same family and pretraining tokens (Llama 2, 2T): the 7B model loses more than the 70B."""
+    small = predict_quality(specs["meta-llama/Llama-2-7b-hf"], q("nf4")).retained_pct
+    large = predict_quality(specs["meta-llama/Llama-2-70b-hf"], q("nf4")).retained_pct
+    assert small < large
+
+
+def test_pretraining_tokens_table_matches_names():
+    assert PRIORS.pretraining_tokens("meta-llama/Llama-3.2-1B", "llama")[0] == 9e12
+    assert PRIORS.pretraining_tokens("meta-llama/Llama-3.1-8B", "llama")[0] == 15e12
+    assert PRIORS.pretraining_tokens("meta-llama/Llama-2-7b-hf", "llama")[0] == 2e12
+    assert PRIORS.pretraining_tokens("some/unknown-model", "unknown")[0] is None
+
+
+def test_every_strategy_format_has_a_prediction(specs):
+    """Every weight format a strategy may name gets a finite prediction (its own prior, or the
+    bits + group-size fallback with a note); lossless floats predict exactly 100%."""
+    from planner.strategy import WEIGHT_FORMATS
+
+    spec = specs["meta-llama/Llama-3.1-8B"]
+    for fmt in WEIGHT_FORMATS:
+        p = predict_quality(spec, q(fmt))
+        assert 0 < p.low_pct <= p.retained_pct <= p.high_pct <= 100, fmt
+        if fmt in ("fp32", "fp16", "bf16"):
+            assert p.retained_pct == 100.0
+        elif PRIORS.quant_format(fmt) is None:
+            assert any("no specific prior" in n for n in p.notes), fmt

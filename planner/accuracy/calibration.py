@@ -11,7 +11,8 @@ A store is a directory of JSONL files, read recursively (``**/*.jsonl``). Two ki
    is compared with today's prior prediction for its model directory and strategy.
 
 The correction (:meth:`CalibrationStore.correction`): for each record of the same model family that
-used a technique, the log-ratio of measured to predicted damage ``r = ln(d_measured / d_predicted)``
+used this technique alone (a stacked run cannot tell which part was off, so it is not used), measured on a model of comparable size (within a factor of ``SIZE_FACTOR`` = 8 of the
+predicted model's parameters, when both are known: a tiny test model does not calibrate a 70B one), the log-ratio of measured to predicted damage ``r = ln(d_measured / d_predicted)``
 (metric-independent: both damages are on the record's metric). The prior damage of that technique is
 multiplied by ``exp(n / (n + N0) * mean(r))`` (shrunk towards the prior with ``N0 = 2`` pseudo-records)
 and its log-spread becomes ``sqrt(scatter^2 + sigma_prior^2 * N0 / (N0 + n))``, scatter = the standard
@@ -35,6 +36,7 @@ from planner.errors import InvalidConfigError
 
 RECORD_KIND = "fitplan.calibration_record"
 SHRINK_PSEUDO_RECORDS = 2.0
+SIZE_FACTOR = 8.0
 TECHNIQUE_OF_PART = {"quantization": "quantization", "sparsity": "sparsity", "low_rank": "low_rank",
                      "distillation": "structure"}
 
@@ -113,22 +115,25 @@ def _family_of(model_dir: str | None) -> str | None:
         return None
 
 
-def _prior_prediction(model_dir: str, strategy: dict, metric: str | None) -> float | None:
-    """Today's prior prediction for a run that carried none (None if the model cannot be read)."""
+def _prior_prediction(model_dir: str, strategy: dict, metric: str | None,
+                      specs: dict[str, Any] | None = None) -> float | None:
+    """Today's prior prediction for a run that carried none (None if the model cannot be read).
+    ``specs`` caches model specs by directory while a store loads."""
     from planner.accuracy.predict import predict_quality
     from planner.errors import FitplanError
     from planner.models import get_model
     from planner.strategy import CompressionStrategy
 
     try:
-        spec = get_model(model_dir)
+        specs = {} if specs is None else specs
+        spec = specs.get(model_dir) or specs.setdefault(model_dir, get_model(model_dir))
         return predict_quality(spec, CompressionStrategy.model_validate(strategy),
                                metric=metric or "accuracy").retained_pct
     except (FitplanError, ValidationError, OSError):
         return None
 
 
-def record_from_result(payload: dict, source: str) -> CalibrationRecord | None:
+def record_from_result(payload: dict, source: str, specs: dict[str, Any] | None = None) -> CalibrationRecord | None:
     """A record from one executors results.jsonl line (None for a failed or unmeasured run). Without a
     recorded prediction, today's prior prediction is used (``prediction_source="recomputed"``)."""
     quality = payload.get("quality") or {}
@@ -141,7 +146,7 @@ def record_from_result(payload: dict, source: str) -> CalibrationRecord | None:
     metric = metric_family(str(quality.get("metric", "")))
     predicted, how = prediction.get("quality"), "recorded"
     if predicted is None and family is not None:
-        predicted, how = _prior_prediction(str(model_dir), payload.get("strategy") or {}, metric), "recomputed"
+        predicted, how = _prior_prediction(str(model_dir), payload.get("strategy") or {}, metric, specs), "recomputed"
     return CalibrationRecord(
         strategy=payload.get("strategy") or {}, model_name=str(model_dir), family=family,
         params=payload.get("params_baseline"), evaluator=str(quality.get("evaluator")),
@@ -161,7 +166,7 @@ class CalibrationStore:
         self.records = tuple(records)
         self.directory = directory
         self.skipped = tuple(skipped or ())
-        self._corrections: dict[tuple[str, str], Correction | None] = {}
+        self._corrections: dict[tuple, Correction | None] = {}
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "CalibrationStore":
@@ -169,6 +174,7 @@ class CalibrationStore:
         if not directory.is_dir():
             raise InvalidConfigError(f"calibration store {directory} is not a directory.")
         records, skipped = [], []
+        specs: dict[str, Any] = {}
         for path in sorted(directory.rglob("*.jsonl")):
             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
                 if not line.strip():
@@ -179,7 +185,7 @@ class CalibrationStore:
                     if payload.get("kind") == RECORD_KIND:
                         record = CalibrationRecord.model_validate(payload)
                     else:
-                        record = record_from_result(payload, where)
+                        record = record_from_result(payload, where, specs)
                 except (json.JSONDecodeError, ValidationError, AttributeError, TypeError, ValueError) as error:
                     skipped.append(f"{where}: not a calibration record ({type(error).__name__})")
                     continue
@@ -216,11 +222,19 @@ class CalibrationStore:
         technique = TECHNIQUE_OF_PART.get(technique, technique)
         return [r for r in self.records if r.family == family and technique in r.techniques]
 
-    def correction(self, family: str, technique: str) -> Correction | None:
-        """Correction of one technique's prior for one family; None without usable records."""
-        key = (family, technique)
+    def comparable(self, family: str, technique: str, params: float | None) -> list[CalibrationRecord]:
+        """Records of this family that used only this technique, on a model within SIZE_FACTOR of
+        ``params`` (the records a correction is made of)."""
+        return [r for r in self.records_for(family, technique)
+                if len(r.techniques) == 1
+                and (params is None or not r.params or 1 / SIZE_FACTOR <= r.params / params <= SIZE_FACTOR)]
+
+    def correction(self, family: str, technique: str, params: float | None = None) -> Correction | None:
+        """Correction of one technique's prior for one family (and model size); None without usable
+        records."""
+        key = (family, technique, params)
         if key not in self._corrections:
-            residuals = [r.log_residual for r in self.records_for(family, technique)]
+            residuals = [r.log_residual for r in self.comparable(family, technique, params)]
             residuals = [x for x in residuals if x is not None]
             if not residuals:
                 self._corrections[key] = None

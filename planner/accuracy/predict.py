@@ -97,9 +97,36 @@ def _kept_blocks(strategy: CompressionStrategy, num_blocks: int) -> list[int] | 
     return None
 
 
+def _depth_recovery_tokens(strategy: CompressionStrategy) -> float:
+    """Training tokens that follow a depth change (distillation, or fine-tuning of layer pruning)."""
+    from planner.accuracy.parts import _recovery_tokens
+
+    if strategy.distillation is not None:
+        d = strategy.distillation
+        return float(d.steps * d.batch_size * d.seq_len)
+    if strategy.sparsity is not None:
+        return _recovery_tokens(strategy.sparsity)[0]
+    return 0.0
+
+
+def _outside_blocks(q, facts: ModelFacts | None, priors: Priors | None) -> Damage | None:
+    """Prior damage of what a QuantizationSpec does outside the blocks (embeddings, lm_head, KV cache)."""
+    if facts is None or priors is None or not (q.embeddings or q.lm_head or q.kv_cache):
+        return None
+    part = quantization_damage(q.model_copy(update={"weights": "bf16", "attention": None, "mlp": None,
+                                                    "block_formats": (), "keep_first_layers": 0,
+                                                    "keep_last_layers": 0}), facts, priors)
+    return part.damage if part is not None else None
+
+
 def profile_parts(strategy: CompressionStrategy, profile: SensitivityProfile, scale: float,
-                  notes: list[str]) -> tuple[dict[str, PartDamage], int]:
-    """Parts the profile covers (technique -> damage) and how many entries were used."""
+                  notes: list[str], facts: ModelFacts | None = None,
+                  priors: Priors | None = None) -> tuple[dict[str, PartDamage], int]:
+    """Parts the profile covers (technique -> damage) and how many entries were used.
+
+    Block-drop effects are measured one-shot; when training follows the depth change (distillation
+    steps, fine-tuning steps), the structure rule's recovery factor ``exp(recovery * ln(1 + T/N))`` of
+    the priors scales them down (noted)."""
     n_blocks = profile.model.num_blocks
     covered: dict[str, PartDamage] = {}
     used = 0
@@ -109,9 +136,15 @@ def profile_parts(strategy: CompressionStrategy, profile: SensitivityProfile, sc
         effects = [profile.drop_effect(b) for b in range(n_blocks) if b not in set(kept)]
         if effects and all(e is not None for e in effects):
             key = "structure"
+            mu = math.log(damage_sum(effects, scale))
+            tokens = _depth_recovery_tokens(strategy)
+            if tokens and facts is not None and priors is not None:
+                factor = priors.rules["structure"].coefficients()["recovery"] * math.log1p(tokens / facts.params)
+                mu += factor
+                notes.append(f"profile block-drop effects are one-shot: {tokens:,.0f} training tokens scale their "
+                             f"damage by {math.exp(factor):.2f} (structure prior's recovery term).")
             covered[key] = PartDamage(key, f"drop {len(effects)} of {n_blocks} blocks",
-                                      Damage(math.log(damage_sum(effects, scale)), PROFILE_SIGMA), len(effects),
-                                      "profile:block_drop")
+                                      Damage(mu, PROFILE_SIGMA), len(effects), "profile:block_drop")
             used += len(effects)
         elif effects:
             notes.append("profile lacks block-drop effects for some removed blocks: depth from the priors.")
@@ -131,11 +164,12 @@ def profile_parts(strategy: CompressionStrategy, profile: SensitivityProfile, sc
         if missing:
             notes.append(f"profile has no entries for {', '.join(sorted(missing))}: quantization from the priors.")
         elif effects:
-            extra = [x for x in (q.embeddings, q.lm_head, q.kv_cache) if x]
-            if extra:
-                notes.append("profile covers blocks only: embeddings / lm_head / KV formats are not in its estimate.")
-            covered["quantization"] = PartDamage("quantization", q.summary(),
-                                                 Damage(math.log(damage_sum(effects, scale)), PROFILE_SIGMA),
+            total = damage_sum(effects, scale)
+            rest = _outside_blocks(q, facts, priors)
+            if rest is not None:
+                total += rest.median
+                notes.append("profile covers the blocks; embeddings / lm_head / KV-cache formats come from the priors.")
+            covered["quantization"] = PartDamage("quantization", q.summary(), Damage(math.log(total), PROFILE_SIGMA),
                                                  len(effects), "profile:entries")
             used += len(effects)
     sp = strategy.sparsity
@@ -214,7 +248,7 @@ def predict_quality(spec: "ModelSpec | str", strategy: CompressionStrategy, *, p
             notes.append(f"sensitivity profile is for {profile.model.name}, not {spec.name}: not applied.")
         else:
             profile_scale = priors.metric_scale(profile.evaluator.metric_family)
-            covered, _ = profile_parts(strategy, profile, profile_scale, notes)
+            covered, _ = profile_parts(strategy, profile, profile_scale, notes, facts, priors)
             for i, p in enumerate(parts):
                 if p.technique in covered:
                     parts[i] = covered.pop(p.technique)
@@ -230,7 +264,7 @@ def predict_quality(spec: "ModelSpec | str", strategy: CompressionStrategy, *, p
         for i, p in enumerate(parts):
             if bases[i] != "prior":
                 continue
-            correction = calibration.correction(facts.family, p.technique)
+            correction = calibration.correction(facts.family, p.technique, facts.params)
             if correction is None:
                 continue
             sigma_prior = p.damage.s
@@ -243,8 +277,13 @@ def predict_quality(spec: "ModelSpec | str", strategy: CompressionStrategy, *, p
             applied = True
         if not applied:
             families = ", ".join(sorted(calibration.families)) or "none"
-            notes.append(f"calibration store has no measured {facts.family} records for these techniques "
-                         f"(families: {families}): not applied.")
+            unusable = sum(len(calibration.records_for(facts.family, p.technique)) for p in parts)
+            if unusable:
+                notes.append(f"calibration store: {unusable} {facts.family} records stack several techniques or "
+                             f"come from models more than 8x smaller or larger than this one: not applied.")
+            else:
+                notes.append(f"calibration store has no measured {facts.family} records for these techniques "
+                             f"(families: {families}): not applied.")
 
     quality_parts = tuple(_to_part(p, scale, b, n) for p, b, n in zip(parts, bases, ns))
     interaction = priors.interaction
