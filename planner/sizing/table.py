@@ -106,27 +106,29 @@ def _phase_rows(prepared: PreparedInference) -> tuple[list[tuple[float, ...]], l
 
 @lru_cache(maxsize=32)
 def _cached_table(model_ids: tuple[str, ...], precisions: tuple[str, ...], engine: str,
-                  kv_dtype: str | None, context: int, batch: int) -> FitTable:
+                  kv_dtype: str | None, context: int, batch: int, gpus: int = 1) -> FitTable:
     from planner.models.resolve import get_model
 
     return build_table([get_model(m) for m in model_ids], precisions, engine=engine, kv_dtype=kv_dtype,
-                       context=context, batch=batch)
+                       context=context, batch=batch, gpus=gpus)
 
 
 def build_table(specs: list[ModelSpec], precisions: tuple[str, ...], *, engine: str, kv_dtype: str | None,
-                context: int, batch: int) -> FitTable:
-    """Prepare every (model, precision) once; rows an engine cannot run carry the reason."""
+                context: int, batch: int, gpus: int = 1) -> FitTable:
+    """Prepare every (model, precision) once, split over ``gpus`` devices the engine's way (memory per
+    device); rows an engine cannot run (or split) carry the reason."""
     collecting = gc.isenabled()
     gc.disable()  # thousands of short-lived small objects: cyclic GC passes only cost time here
     try:
-        return _build_table(specs, precisions, engine=engine, kv_dtype=kv_dtype, context=context, batch=batch)
+        return _build_table(specs, precisions, engine=engine, kv_dtype=kv_dtype, context=context, batch=batch,
+                            gpus=gpus)
     finally:
         if collecting:
             gc.enable()
 
 
 def _build_table(specs: list[ModelSpec], precisions: tuple[str, ...], *, engine: str, kv_dtype: str | None,
-                 context: int, batch: int) -> FitTable:
+                 context: int, batch: int, gpus: int = 1) -> FitTable:
     rows, uppers, points, divisors, prepared_list, reads = [], [], [], [], [], []
     windows, limits, kv_full, kv_window = [], [], [], []
     for spec in specs:
@@ -136,7 +138,7 @@ def _build_table(specs: list[ModelSpec], precisions: tuple[str, ...], *, engine:
                    "precision": fmt.name, "engine": engine, "error": None}
             try:
                 prepared = prepare_inference(spec, fmt, batch=batch, seq_len=context, engine=engine,
-                                             kv_dtype=kv_dtype, check_support=False)
+                                             kv_dtype=kv_dtype, check_support=False, gpus=gpus)
             except FitplanError as error:
                 row["error"] = str(error)
                 prepared = None
