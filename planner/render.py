@@ -132,6 +132,11 @@ def fit_to_width(headers: list[str], cells: list[list[str]], width: int, layout:
         else:
             floor = min(widths[i], max(layout.min_width, len(headers[i])))
             widths[i] = max(floor, widths[i] - excess)
+    # Later drops may have freed room: give it back to the columns cut, the last one cut first.
+    for i in reversed([index.get(name) for action, name in layout.steps if action == "shrink"]):
+        slack = width - table_width(list(widths.values()))
+        if i in widths and slack > 0:
+            widths[i] = min(natural[i], widths[i] + slack)
     return widths
 
 
