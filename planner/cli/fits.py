@@ -328,23 +328,32 @@ def _print_offload(args: argparse.Namespace, rows: dict[str, np.ndarray], gpus: 
     """With --ram: the models that do not fit, each with its run modes partly in RAM, fastest first."""
     if args.ram is None:
         return
-    import numpy as np
-
     from planner.memory.devices import resolve_gpu
-    from planner.render import console
-    from planner.sizing.offload import MODES, host_links
+    from planner.sizing.offload import host_links
 
     modes = _offload(args, rows, gpus, host_bandwidth)
-    acc = resolve_gpu(args.gpu)
-    links = host_links(acc, args.ram, host_bandwidth)
+    links = host_links(resolve_gpu(args.gpu), args.ram, host_bandwidth)
     _, top, filters = _view_options(args)
     modes = [o for o in modes if all(f in o.model.lower() for f in filters if isinstance(f, str))]
     if top:
         keep = list(dict.fromkeys(o.model for o in modes))[:top]
         modes = [o for o in modes if o.model in keep]
+    fitting = {str(m) for m, f in zip(rows["model"], rows["fits"]) if f}
+    missing = len({str(m) for m in rows["model"]} - fitting)
+    print_offload_modes(modes, links, f"of {len(set(o.model for o in modes))} of the {missing} models that do not "
+                                      "fit on the GPU")
+
+
+def print_offload_modes(modes, links, what: str) -> None:
+    """A table of ``planner.sizing.offload.OffloadMode`` rows (``fits --ram``, ``estimate --ram``)."""
+    import numpy as np
+
+    from planner.render import console
+    from planner.sizing.offload import MODES
+
     out = console()
     if not modes:
-        out.print(f"offload: no model that does not fit runs with {links.ram_gib:g} GiB RAM either", highlight=False)
+        out.print(f"offload: no run mode fits with {links.ram_gib:g} GiB RAM either", highlight=False)
         return
     names = _short_names([o.model for o in modes], out.width)
     first = [i == 0 or modes[i].model != modes[i - 1].model for i in range(len(modes))]
@@ -358,6 +367,8 @@ def _print_offload(args: argparse.Namespace, rows: dict[str, np.ndarray], gpus: 
         "decode_tok_s": np.array([o.decode_tok_s if o.decode_tok_s is not None else np.nan for o in modes]),
         "how": np.array([o.how for o in modes], dtype=object),
     }
+    if len(set(names)) == 1:
+        del columns["model"]  # one model: it is in the title
     speed_note = ("tok/s <= : upper bound, the GPU part is unknown on a capacity-only GPU (the RAM part alone)"
                   if upper else "tok/s = decode, GPU part + RAM part (+ PCIe copies)")
     legend = "; ".join(f"{k}: {v.split(':')[0] if ':' in v else v}" for k, v in MODES.items())
@@ -366,9 +377,6 @@ def _print_offload(args: argparse.Namespace, rows: dict[str, np.ndarray], gpus: 
                f"OS. Modes: {legend}. --json for every figure and source")
     labels = {**LABELS, "decode_tok_s": "tok/s <=" if upper else "tok/s"}
     steps = (("shrink", "how"), ("drop", "how"), ("shrink", "model"))
-    missing = len(set(str(m) for m, f in zip(rows["model"], rows["fits"]) if not f) -
-                  set(str(m) for m, f in zip(rows["model"], rows["fits"]) if f))
-    print_columns(columns, title=f"With {links.ram_gib:g} GiB RAM ({links.usable_ram_gib:g} usable): run modes of "
-                  f"{len(set(o.model for o in modes))} of the {missing} models that do not fit on the GPU",
+    print_columns(columns, title=f"With {links.ram_gib:g} GiB RAM ({links.usable_ram_gib:g} usable): run modes {what}",
                   caption=caption, formats={**TABLE_FORMATS, "decode_tok_s": "{:,.1f}"},
                   layout=Layout(labels=labels, steps=steps))

@@ -263,11 +263,11 @@ def _split(mode: str, table: FitTable, r: int, acc: Accelerator, gpus: int, gpu_
         if mode == "ngl":
             gpu_s = _gpu_seconds(prepared, acc, read - layer_read * off, kv * (1 - off), 1 - off, n, batch, context)
             host_s, pcie_s = (layer_read + kv) * off / host_rate, 0.0
-            how = f"-ngl {n} ({n}/{layers} layers on GPU)"
+            how = f"-ngl {n} (of {layers} layers)"
         else:
             gpu_s = _gpu_seconds(prepared, acc, read, kv, 1.0, layers, batch, context)
             host_s, pcie_s = 0.0, layer_w * off / pcie_rate
-            how = f"device_map: {n}/{layers} layers on GPU"
+            how = f"{n} of {layers} layers on GPU"
     elif mode == "moe-cpu":
         if spec.moe is None or not expert_w:
             return None
