@@ -39,6 +39,13 @@ STEPS = (("drop", "headroom_pct"), ("shrink", "also_fits"), ("shrink", "note"), 
 SORT_KEYS = {"params": ("params_b", True), "name": ("model", False), "gib": ("safe_gib", True),
              "free": ("headroom_pct", True), "context": ("max_context", True), "sessions": ("max_batch", True),
              "speed": ("decode_tok_s", True), "quality": ("quality_loss_pct", False)}
+# The --all view: every what_fits column, the least useful given up first.
+ALL_LABELS = {**LABELS, "supported": "runs", "peak_gib": "peak", "usable_gib": "usable", "headroom_gib": "free GiB",
+              "quality_loss_pct": "loss %", "recommended": "rec"}
+ALL_STEPS = (("drop", "peak_gib"), ("drop", "usable_gib"), ("drop", "headroom_gib"), ("drop", "mode"),
+             ("drop", "quality_loss_pct"), ("drop", "recommended"), ("shrink", "note"), ("drop", "params_b"),
+             ("drop", "headroom_pct"), ("shrink", "model"), ("drop", "max_batch"), ("drop", "max_context"),
+             ("drop", "max_seq_len"), ("drop", "decode_tok_s"), ("drop", "train_tok_s"))
 _FILTER = re.compile(r"^\s*([a-z_/]+)\s*(<=|>=|==|!=|<|>|=)\s*([-+]?[0-9.]+(?:e[-+]?\d+)?)\s*$", re.IGNORECASE)
 
 
@@ -183,7 +190,10 @@ def run(args: argparse.Namespace) -> int:
             return 0
         columns = [c for c in frame.columns if c != "gpu"] if args.output == "table" else list(frame.columns)
         print_frame(frame[columns], args.output, title=f"{_gpus_label(gpus, gpu)} ({usable:.1f} GiB usable each), "
-                    f"context {args.context:,}, batch {args.batch}, engine {args.engine}", formats=TABLE_FORMATS)
+                    f"context {args.context:,}, batch {args.batch}, engine {args.engine}; memory in GiB",
+                    formats={**TABLE_FORMATS, "quality_loss_pct": "{:.1f}"},
+                    caption="notes shortened to fit: --json or --csv for the full text",
+                    layout=Layout(labels=ALL_LABELS, steps=ALL_STEPS))
         if args.output == "table":
             _print_offload(args, {name: frame[name].to_numpy() for name in frame.columns}, gpus, host_bandwidth)
         return 0
@@ -304,10 +314,14 @@ def _print_best(args: argparse.Namespace, rows: dict[str, np.ndarray], view: tup
     workload = (f"{args.mode} fine-tuning, sequence {args.context:,}, micro-batch {args.batch}" if training else
                 f"context {args.context:,}, {users}, {args.engine}")
     shown_note = f" (showing {len(best)})" if len(best) != len(by_model) else ""
-    layout = Layout(labels=LABELS, steps=STEPS if not args.explain else tuple(s for s in STEPS if s[1] != "note"))
+    layout = Layout(labels=LABELS, steps=STEPS)
     print_columns(view_cols, title=f"{len(by_model)} of {total} models fit{shown_note} on {_gpus_label(gpus, gpu)} "
                   f"({usable:.1f} GiB usable each), {workload}; memory in GiB",
                   caption=caption, formats={**TABLE_FORMATS, "params_b": "{:.1f}B"}, layout=layout)
+    if args.explain and "note" in view_cols:
+        for model, note in zip(view_cols["model"], view_cols["note"]):
+            if note:
+                out.print(f"note: {model}: {note}", highlight=False, markup=False)
     line = not_fitting(rows).line()
     if line:
         hint = "" if training or getattr(args, "ram", None) else "; --ram GB for offload, --gpus N to split"
