@@ -199,7 +199,7 @@ def console():
 def _cell(value: Any, fmt: str | None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)) or _is_pandas_missing(value):
         return "-"
-    if isinstance(value, bool) or type(value).__name__ == "bool_":  # numpy booleans too
+    if isinstance(value, bool) or type(value).__name__ in ("bool", "bool_"):  # numpy booleans too
         return "yes" if value else "no"
     if fmt:
         try:

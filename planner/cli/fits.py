@@ -189,6 +189,8 @@ def run(args: argparse.Namespace) -> int:
             print_json({"fits": frame.to_dict(orient="records"), "offload": [o.model_dump() for o in offload]})
             return 0
         columns = [c for c in frame.columns if c != "gpu"] if args.output == "table" else list(frame.columns)
+        if args.output == "table":
+            frame = _view_frame(frame, view)
         print_frame(frame[columns], args.output, title=f"{_gpus_label(gpus, gpu)} ({usable:.1f} GiB usable each), "
                     f"context {args.context:,}, batch {args.batch}, engine {args.engine}; memory in GiB",
                     formats={**TABLE_FORMATS, "quality_loss_pct": "{:.1f}"},
@@ -199,6 +201,27 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _print_best(args, {name: frame[name].to_numpy() for name in frame.columns}, view, gpus)
     return 0
+
+
+def _view_frame(frame, view: tuple[str, int | None, list]):
+    """The --all table with --filter, --sort and --top applied (rows, not models) and short model names
+    in a narrow terminal."""
+    from planner.render import console
+
+    sort, top, filters = view
+    training = "train_tok_s" in frame.columns
+    speed, length = ("train_tok_s", "max_seq_len") if training else ("decode_tok_s", "max_context")
+    rows = {name: frame[name].to_numpy() for name in frame.columns}
+    keep = [i for i in range(len(frame)) if _keep(rows, i, filters, speed, length)]
+    frame = frame.iloc[keep]
+    column, descending = SORT_KEYS[sort]
+    column = {"decode_tok_s": speed, "max_context": length}.get(column, column)
+    if sort != "params" and column in frame.columns:
+        frame = frame.sort_values(column, ascending=not descending, kind="stable", na_position="last",
+                                  key=(lambda c: c.astype(str).str.lower()) if column == "model" else None)
+    frame = frame.head(top) if top else frame
+    frame = frame.assign(model=_short_names([str(m) for m in frame["model"]], console().width))
+    return frame.reset_index(drop=True)
 
 
 def _gpus_label(gpus: int, gpu: str) -> str:
@@ -324,7 +347,8 @@ def _print_best(args: argparse.Namespace, rows: dict[str, np.ndarray], view: tup
                 out.print(f"note: {model}: {note}", highlight=False, markup=False)
     line = not_fitting(rows).line()
     if line:
-        hint = "" if training or getattr(args, "ram", None) else "; --ram GB for offload, --gpus N to split"
+        hint = "" if training or getattr(args, "ram", None) else "; --ram GB for offload" + (
+            ", --gpus N to split" if gpus == 1 else "")
         out.print(line + hint, soft_wrap=False, overflow="fold", highlight=False, markup=False)
 
 

@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+REASON_CHARS = 70  # the line quotes one reason, cut to this (every reason is whole in cannot_run and --json)
+
 
 class TooLarge(BaseModel):
     model_config = ConfigDict(frozen=True)
@@ -48,7 +50,9 @@ class NotFitting(BaseModel):
                          f"needs {near.smallest_gib:,.1f} GiB in {near.precision})")
         if self.cannot_run:
             first = self.cannot_run[0]
-            parts.append(f"{len(self.cannot_run)} cannot run ({first.model}: {first.reason})")
+            reason = first.reason.removeprefix(f"{first.model}: ")
+            reason = reason if len(reason) <= REASON_CHARS else reason[:REASON_CHARS - 1] + "…"
+            parts.append(f"{len(self.cannot_run)} cannot run ({first.model}: {reason})")
         return f"{missing} of {self.models} did not fit: " + "; ".join(parts)
 
 
