@@ -159,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
     view = _view_options(args)
     if args.host_bandwidth is not None and args.ram is None:
         raise InvalidRequestError("--host-bandwidth applies to offload: give --ram too.")
+    if args.ram is not None and args.output == "csv":
+        raise InvalidRequestError("--ram adds a second table: use --json (both tables) or the default view, not --csv.")
     if args.ram is not None and training:
         raise InvalidRequestError("--ram (offload) applies to inference; fine-tuning takes --offload.")
     host_bandwidth = _number(args.host_bandwidth, "--host-bandwidth") if args.host_bandwidth is not None else None
