@@ -249,7 +249,7 @@ def default_space(spec: "ModelSpec", constraints: Any, *, wide: bool = False) ->
     """
     from planner.formats import get_kv_dtype
     from planner.memory.devices import kv_dtype_support
-    from planner.models.derive import HEAD_PRUNABLE_MODEL_TYPES, STRUCTURED_MODEL_TYPES
+    from planner.models.derive import structural_refusal
     from planner.planning.grid import DEFAULT_FORMATS, DEFAULT_KV, baseline_format, runnable_formats
 
     formats, dropped = runnable_formats(DEFAULT_FORMATS, constraints)
@@ -264,11 +264,8 @@ def default_space(spec: "ModelSpec", constraints: Any, *, wide: bool = False) ->
     kv = ["auto"] + [k for k in DEFAULT_KV
                      if kv_dtype_support(get_kv_dtype(k), acc, constraints.memory_engine).supported is not False]
     patterns = ["none", "unstructured", "2:4"]
-    if spec.model_type in STRUCTURED_MODEL_TYPES:
-        patterns += ["ffn", "layers"]
-    if spec.model_type in HEAD_PRUNABLE_MODEL_TYPES:
-        patterns.append("heads")
-    structured = spec.model_type in STRUCTURED_MODEL_TYPES
+    patterns += [kind for kind in ("ffn", "layers", "heads") if structural_refusal(spec, kind) is None]
+    structured = structural_refusal(spec, "student") is None
     levels = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7) if wide else (0.125, 0.25, 0.5)
     depths = ((1.0, 0.875, 0.75, 0.625, 0.5) if wide else (1.0, 0.75, 0.5)) if structured else (1.0,)
     widths = ((1.0, 0.75, 0.5) if structured else (1.0,))

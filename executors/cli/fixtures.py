@@ -31,6 +31,10 @@ def run_build(args: argparse.Namespace) -> int:
         from planner.errors import InvalidRequestError
 
         raise InvalidRequestError(f"--steps must be at least 1, got {steps}.")
+    if args.out:
+        from planner.validate import output_directory
+
+        output_directory(args.out, "--out")
     info = ensure_tiny_llm(steps, out_dir=args.out, force=args.force, progress=args.output != "json")
     fields = describe(info)
     print_mapping("tiny-llama fixture", list(fields.items()), args.output, payload=fields)
