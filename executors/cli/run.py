@@ -15,6 +15,7 @@ from pathlib import Path
 from planner.render import add_format_flags, print_frame, print_json, print_mapping
 from planner.errors import InvalidRequestError
 from planner.strategy import (
+    HQQ_FORMATS,
     CompressionStrategy,
     DistillationSpec,
     LowRankSpec,
@@ -23,7 +24,7 @@ from planner.strategy import (
     SparsitySpec,
 )
 
-QUANT_CHOICES = ("nf4", "nf4-dq", "int8", "fp4", "fp4-dq", "bf16", "fp16", "dynamic-int8")
+QUANT_CHOICES = ("nf4", "nf4-dq", "int8", "fp4", "fp4-dq", "bf16", "fp16", "dynamic-int8", *HQQ_FORMATS)
 EVAL_CHOICES = ("perplexity", "fidelity", "accuracy")
 DEFAULT_OUT = "fitplan-runs"
 MIB = 2**20
@@ -36,7 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "directory, measure memory, size, speed and quality, and print them next to the "
                     "planner's predictions. Needs the exec extra (torch, transformers, bitsandbytes).")
     parser.add_argument("model_dir", help="local Hugging Face model directory (config.json + weights)")
-    parser.add_argument("--quant", choices=QUANT_CHOICES, help="weight format of the Linear layers")
+    parser.add_argument("--quant", choices=QUANT_CHOICES, metavar="FORMAT",
+                        help="weight format of the Linear layers: nf4, nf4-dq, int8, fp4, fp4-dq, bf16, fp16, "
+                             "dynamic-int8, hqq-int8/int4/int3/int2 (group 64; add -g32 or -g128)")
     parser.add_argument("--compute-dtype", choices=("fp32", "bf16", "fp16"), default=None,
                         help="dtype of matmuls and unquantized layers with --quant (default bf16; fp32 for "
                              "dynamic-int8)")
