@@ -72,7 +72,7 @@ def test_load_time_phases_add_up():
     profile = cpu_profile()
     spec = get_model(TINY, name="tiny")
     estimate = estimate_cpu_process_memory(spec, strategy(weights="nf4"))
-    phases = estimate.extras["phases_bytes"]
+    phases = estimate.cpu.phases_bytes
     constants = profile.path("causal-lm", "4bit-bf16")
     held = weight_residency(spec, "nf4", "bf16")
     startup = profile.startup_bytes + profile.bitsandbytes_import_bytes
@@ -83,7 +83,7 @@ def test_load_time_phases_add_up():
     assert phases["evaluate"] == pytest.approx(phases["load_end"] + constants.evaluate_overhead_bytes + acts)
     assert estimate.peak_allocated_gib * GIB == pytest.approx(max(phases[p] for p in ("load", "evaluate", "speed")))
     assert sum(estimate.breakdown_gib.values()) == pytest.approx(estimate.peak_allocated_gib)
-    assert estimate.extras["weight_bytes"] == held.total
+    assert estimate.cpu.weight_bytes == held.total
 
 
 def test_logits_dominate_causal_activations():
@@ -99,9 +99,9 @@ def test_steps_path_uses_the_derived_model():
                                sparsity=SparsitySpec(level=0.5), quantization=QuantizationSpec(weights="nf4"))
     estimate = estimate_cpu_process_memory(spec, plan, workload=CpuWorkload.default("causal-lm", speed=False))
     student = derive_spec(spec, plan)
-    assert student.num_layers == 2 and estimate.extras["params"] == student.params.total
-    assert estimate.extras["weight_bytes"] == weights_under(student, plan.quantization)[0]
-    phases = estimate.extras["phases_bytes"]
+    assert student.num_layers == 2 and estimate.params_total == student.params.total
+    assert estimate.cpu.weight_bytes == weights_under(student, plan.quantization)[0]
+    phases = estimate.cpu.phases_bytes
     constants = cpu_profile().steps_constants("causal-lm")
     training, _ = distillation_training_bytes(student, "causal-lm", 4, 64)
     assert phases["compress"] == pytest.approx(phases["load_end"] + constants.compress_peak_fraction * 16_000_000
