@@ -1,8 +1,9 @@
 """Where executors keep files: the user cache (fixtures, baseline references), model fingerprints, and
 the directories of executed runs (one of their own each, see :func:`new_run_dir`).
 
-The cache root is ``$FITPLAN_CACHE`` when set, else ``$XDG_CACHE_HOME/fitplan``, else
-``~/.cache/fitplan``. Nothing in it is needed for correctness: deleting it only costs recomputation.
+The cache root (:func:`planner.cache.cache_root`) is ``$FITPLAN_CACHE`` when set, else
+``$XDG_CACHE_HOME/fitplan``, else ``~/.cache/fitplan``. Nothing in it is needed for correctness:
+deleting it only costs recomputation.
 """
 
 from __future__ import annotations
@@ -14,15 +15,11 @@ import time
 from pathlib import Path
 
 from executors.evaluate.base import fingerprint
+from planner.cache import cache_root
+
+__all__ = ["cache_root", "model_fingerprint", "new_run_dir", "writable_directory"]
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".json")
-
-
-def cache_root() -> Path:
-    if os.environ.get("FITPLAN_CACHE"):
-        return Path(os.environ["FITPLAN_CACHE"]).expanduser()
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "fitplan"
 
 
 def model_fingerprint(model_dir: str | os.PathLike) -> str:

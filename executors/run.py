@@ -41,7 +41,8 @@ REQUEST_FILE = "request.json"
 RESULTS_LOG = "results.jsonl"
 PHASE_LABELS = {"startup": "starting (importing torch)", "reference": "computing (once per model and evaluator)",
                 "load": "loading the model", "compress": "applying the compression steps",
-                "evaluate": "evaluating quality", "speed": "timing forwards", "save": "saving the model"}
+                "evaluate": "evaluating quality", "speed": "timing forwards", "save": "saving the model",
+                "machine-profile": "measuring this machine's memory baseline for predictions (once)"}
 GIB = 2**30
 
 StrategyLike = CompressionStrategy | dict | str | None
@@ -125,11 +126,14 @@ def execute(model: str | os.PathLike, strategy: StrategyLike = None, *, evaluato
             result = _run_in_process(request, plan, kind, chosen, run_dir, report)
     except KeyboardInterrupt as stop:  # executors.isolation.Interrupted included
         how = getattr(stop, "signal_name", "SIGINT")
+        stopped = "; its worker was stopped" if isolate else ""
         result = _failed(request, plan, kind, f"interrupted: this process received {how} while the candidate "
-                         f"ran; its worker was stopped", job_dir=str(run_dir))
+                         f"ran{stopped}", job_dir=str(run_dir))
         _persist(result, root, run_dir, run_id, started_at, start)
         raise
     _persist(result, root, run_dir, run_id, started_at, start)
+    if isolate and result.device == "cpu":
+        _measure_machine_once(result, report)
     from executors.predict import attach_predictions
 
     attach_predictions(result, plan)
@@ -146,6 +150,24 @@ def _persist(result: ExecutionResult, root: Path, run_dir: Path, run_id: str, st
     result.result_path = str(run_dir / RESULT_FILE)
     result.save(run_dir / RESULT_FILE)
     append_jsonl(root / RESULTS_LOG, result.model_dump_json())
+
+
+def _measure_machine_once(result: ExecutionResult, report: PhaseCallback | None) -> None:
+    """The CPU memory prediction's machine part (executors.machine_profile): measured on the first
+    isolated CPU run on this machine and software stack, cached after. A failure leaves the reference
+    machine's figures in use, with a note."""
+    from executors.machine_profile import ensure_machine_profile
+    from planner.memory.cpu import cached_machine_profile
+
+    if cached_machine_profile() is not None:
+        return
+    if report is not None:
+        report("machine-profile", None)
+    try:
+        ensure_machine_profile()
+    except Exception as error:  # a prediction aid: never costs the measured result
+        result.notes.append(f"this machine's memory profile could not be measured ({error}); the CPU memory "
+                            f"prediction uses the reference machine's")
 
 
 def _progress_printer(run_id: str) -> PhaseCallback:

@@ -87,9 +87,16 @@ def test_cli_run_minilm_nf4_fidelity_json(minilm, tmp_path, capsys):
     assert 0.96 < payload["quality"]["compressed"] < 0.985
     rows = {row["quantity"]: row for row in payload["comparisons"]}
     peak = rows["peak RSS (whole run)"]
-    assert peak["measured"] > 300 and abs(peak["error_pct"]) < 15  # benchmarks/executor_memory.py: 10 %
+    # a sanity bound that holds on any machine: the accuracy target (10 %) is benchmarks/executor_memory.py's
+    assert peak["measured"] > 300 and abs(peak["error_pct"]) < 50
     assert abs(rows["weights (state dict)"]["error_pct"]) < 0.01
     assert [p["name"] for p in payload["phases"]] == ["startup", "load", "evaluate", "speed"]
+    from planner.memory.cpu import cached_machine_profile
+
+    machine = cached_machine_profile()  # measured by the first isolated CPU run here, then cached
+    assert machine is not None and machine.startup_bytes > 50 * MIB
+    startup = payload["phases"][0]["peak_rss_bytes"]  # the probe imports what a run imports
+    assert abs(machine.startup_bytes + machine.bitsandbytes_import_bytes - startup) < 0.25 * startup
     assert payload["environment"]["versions"]["bitsandbytes"]
 
 
