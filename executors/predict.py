@@ -58,10 +58,10 @@ def predict(result: ExecutionResult, strategy: CompressionStrategy) -> Predictio
             notes.append(f"memory not predicted: {error}")
         else:
             prediction.peak_memory_bytes = round(estimate.peak_allocated_gib * GIB)
-            prediction.weight_bytes = round(estimate.extras["weight_bytes"])
+            prediction.weight_bytes = round(estimate.cpu.weight_bytes)
             prediction.disk_bytes = prediction.weight_bytes
             prediction.peak_memory_breakdown = {k: round(v * GIB) for k, v in estimate.breakdown_gib.items()}
-            prediction.phase_peak_bytes = {k: round(v) for k, v in estimate.extras["phases_bytes"].items()
+            prediction.phase_peak_bytes = {k: round(v) for k, v in estimate.cpu.phases_bytes.items()
                                            if k != "load_end"}
         notes.append(CPU_SPEED_NOTE)
     else:

@@ -22,9 +22,12 @@ _LAZY = {
     "WeightFormat": "planner.formats", "get_format": "planner.formats", "list_formats": "planner.formats",
     "MemoryEstimate": "planner.memory", "MemoryTerm": "planner.memory", "estimate_memory": "planner.memory",
     "what_fits": "planner.sizing", "size_cluster": "planner.sizing",
+    "estimate": "planner.estimate:estimate", "Estimate": "planner.estimate",
+    "SpeedEstimate": "planner.speed", "CostEstimate": "planner.speed", "StepBreakdown": "planner.speed",
 }
 
 __all__ = [
+    "CostEstimate", "Estimate", "SpeedEstimate", "StepBreakdown", "estimate",
     "FitplanError", "InvalidConfigError", "InvalidRequestError", "MemoryEstimate", "MemoryTerm", "ModelSpec",
     "OfflineError", "ParamGroup", "ParameterBreakdown", "UnknownFormatError", "UnknownModelError", "UnsupportedError",
     "WeightFormat", "estimate_memory", "get_format", "get_model", "list_formats", "list_models", "size_cluster",

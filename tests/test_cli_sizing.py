@@ -25,7 +25,7 @@ def test_estimate_json_has_the_documented_keys(capsys):
     code, out, err = run(capsys, "estimate", "meta-llama/Llama-3.1-8B", "--precision", "nf4", "--seq-len", "8192",
                          "--json")
     assert code == 0 and err == ""
-    payload = json.loads(out)
+    payload = json.loads(out)["memory"]
     for key in ("params_total", "peak_allocated_gib", "device_total_gib", "safe_gib", "breakdown_gib", "assumptions",
                 "terms"):
         assert key in payload
@@ -39,7 +39,7 @@ def test_estimate_with_gpu_prints_fit_and_speed(capsys):
     assert code == 0
     assert "NVIDIA GeForce RTX 4090: fits" in out and "decode" in out and "tok/s" in out
     code, out, _ = run(capsys, "estimate", "Qwen/Qwen3-8B", "--seq-len", "4096", "--gpu", "RTX 4090", "--json")
-    assert json.loads(out)["speed"]["decode_tok_s"] > 0
+    assert json.loads(out)["speed"]["decode_tokens_per_s"] > 0
 
 
 def test_estimate_explain_prints_formulas_and_sources(capsys):

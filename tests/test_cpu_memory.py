@@ -84,7 +84,7 @@ def test_load_time_phases_add_up():
     profile = cpu_profile()
     spec = get_model(TINY, name="tiny")
     estimate = estimate_cpu_process_memory(spec, strategy(weights="nf4"))
-    phases = estimate.extras["phases_bytes"]
+    phases = estimate.cpu.phases_bytes
     constants = profile.path("causal-lm", "4bit-bf16")
     held = weight_residency(spec, "nf4", "bf16")
     startup = profile.startup_bytes + profile.bitsandbytes_import_bytes
@@ -95,7 +95,7 @@ def test_load_time_phases_add_up():
     assert phases["evaluate"] == pytest.approx(phases["load_end"] + constants.evaluate_overhead_bytes + acts)
     assert estimate.peak_allocated_gib * GIB == pytest.approx(max(phases[p] for p in ("load", "evaluate", "speed")))
     assert sum(estimate.breakdown_gib.values()) == pytest.approx(estimate.peak_allocated_gib)
-    assert estimate.extras["weight_bytes"] == held.total
+    assert estimate.cpu.weight_bytes == held.total
 
 
 def test_logits_dominate_causal_activations():
@@ -111,9 +111,9 @@ def test_steps_path_uses_the_derived_model():
                                sparsity=SparsitySpec(level=0.5), quantization=QuantizationSpec(weights="nf4"))
     estimate = estimate_cpu_process_memory(spec, plan, workload=CpuWorkload.default("causal-lm", speed=False))
     student = derive_spec(spec, plan)
-    assert student.num_layers == 2 and estimate.extras["params"] == student.params.total
-    assert estimate.extras["weight_bytes"] == weights_under(student, plan.quantization)[0]
-    phases = estimate.extras["phases_bytes"]
+    assert student.num_layers == 2 and estimate.params_total == student.params.total
+    assert estimate.cpu.weight_bytes == weights_under(student, plan.quantization)[0]
+    phases = estimate.cpu.phases_bytes
     constants = cpu_profile().steps_constants("causal-lm")
     training, _ = distillation_training_bytes(student, "causal-lm", 4, 64)
     assert phases["compress"] == pytest.approx(phases["load_end"] + constants.compress_peak_fraction * 16_000_000
@@ -161,11 +161,11 @@ def test_this_machines_measured_part_replaces_the_reference_machines():
     steps = here.steps_constants("encoder")
     assert steps.load_overhead_bytes == portable_profile().steps["encoder"].load_overhead_bytes + 20e6
     after = estimate_cpu_process_memory(get_model(TINY, name="tiny"), strategy(weights="nf4"))
-    assert after.extras["phases_bytes"]["startup"] == pytest.approx(150e6)  # S + B of this machine
+    assert after.cpu.phases_bytes["startup"] == pytest.approx(150e6)  # S + B of this machine
     assert after.warnings == () and after.assumptions["machine_measured_here"] is True
     shift = (here.startup_bytes + here.bitsandbytes_import_bytes + 30e6) - (
         reference.startup_bytes + reference.bitsandbytes_import_bytes + reference.machine.load_bytes["causal-lm"])
-    assert after.extras["phases_bytes"]["load_end"] - before.extras["phases_bytes"]["load_end"] == pytest.approx(shift)
+    assert after.cpu.phases_bytes["load_end"] - before.cpu.phases_bytes["load_end"] == pytest.approx(shift)
 
 
 def test_a_machine_part_of_another_stack_or_a_corrupt_file_is_not_used():

@@ -17,15 +17,15 @@ def test_three_totals_are_ordered_and_breakdown_sums_to_the_device_total():
     assert set(e.breakdown_gib) <= set(BREAKDOWN_KEYS)
     allocated = sum(t.gib for t in e.terms if t.counted_in == "allocated")
     assert allocated == pytest.approx(e.peak_allocated_gib)
-    assert e.extras["fits"] is True and e.extras["usable_gib"] == 80
+    assert e.fit.fits is True and e.fit.usable_gib == 80
     assert all(t.formula and t.source for t in e.terms)
 
 
 def test_short_generation_peaks_at_the_end_and_long_prompts_at_the_prefill():
     short = estimate_memory("Qwen/Qwen3-8B", "bf16", prompt_len=1, new_tokens=2048)
     long = estimate_memory("Qwen/Qwen3-8B", "bf16", prompt_len=30720, new_tokens=2048)
-    assert short.extras["peak_phase"] == "decode"
-    assert long.extras["peak_phase"] == "prefill:mlp"
+    assert short.peak_phase == "decode"
+    assert long.peak_phase == "prefill:mlp"
 
 
 @pytest.mark.parametrize("model", ["meta-llama/Llama-3.1-8B", "google/gemma-2-9b", "Qwen/Qwen3-30B-A3B",
@@ -99,7 +99,7 @@ def test_tensor_parallel_splits_weights_and_kv_and_adds_nccl():
     assert four.breakdown_gib["weights_unquantized"] == pytest.approx(w1 / 4, rel=0.01)
     assert four.breakdown_gib["kv_cache"] == pytest.approx(one.breakdown_gib["kv_cache"] / 4, rel=0.01)
     assert four.breakdown_gib["communication_buffers"] == pytest.approx(392e6 / GIB)
-    assert four.extras["total_all_devices_gib"] == pytest.approx(4 * four.peak_allocated_gib)
+    assert four.total_all_devices_gib == pytest.approx(4 * four.peak_allocated_gib)
 
 
 def test_pipeline_split_holds_a_share_of_the_layers():
@@ -112,10 +112,10 @@ def test_pipeline_split_holds_a_share_of_the_layers():
 def test_vllm_reports_the_kv_pool_on_a_gpu():
     e = estimate_memory("meta-llama/Llama-3.1-8B", "bf16", engine="vllm", seq_len=8192, gpu="H100 SXM")
     per_token = kv_bytes_per_token(get_model("meta-llama/Llama-3.1-8B"))
-    pool = e.extras["kv_pool_gib"] * GIB
-    assert e.extras["kv_cache_tokens"] == int(pool // per_token)
-    assert e.extras["max_concurrent_sequences"] == e.extras["kv_cache_tokens"] // 8192
-    assert e.safe_gib == pytest.approx(e.extras["phases_safe_gib"]["serving"], rel=1e-3)
+    pool = e.kv_pool.kv_pool_gib * GIB
+    assert e.kv_pool.kv_cache_tokens == int(pool // per_token)
+    assert e.kv_pool.max_concurrent_sequences == e.kv_pool.kv_cache_tokens // 8192
+    assert e.safe_gib == pytest.approx(e.phases_safe_gib["serving"], rel=1e-3)
 
 
 def test_llamacpp_q4_k_m_weights_match_the_file_size():

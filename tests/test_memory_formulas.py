@@ -69,7 +69,7 @@ def test_estimate_peak_is_weights_plus_kv_plus_the_prefill_mlp():
     kv = kv_bytes_per_token(spec) * t
     mlp = t * (4 * d + 3 * f) * 2
     workspace = 8.125 * 2**20  # unknown GPU: pre-Hopper cuBLAS workspace as the point value
-    assert e.extras["peak_phase"] == "prefill:mlp"
+    assert e.peak_phase == "prefill:mlp"
     assert e.peak_allocated_gib == pytest.approx((weights + kv + mlp + workspace) / GIB)
     assert e.device_total_gib > e.peak_allocated_gib
     assert e.safe_gib >= e.device_total_gib
@@ -79,6 +79,6 @@ def test_full_logits_of_old_transformers_dominate_long_prompts():
     last = estimate_memory("Qwen/Qwen2.5-0.5B", "bf16", prompt_len=30720, new_tokens=2048)
     full = estimate_memory("Qwen/Qwen2.5-0.5B", "bf16", prompt_len=30720, new_tokens=2048, hf_logits="full")
     vocab = 151936
-    assert full.extras["peak_phase"] == "prefill:lm_head"
+    assert full.peak_phase == "prefill:lm_head"
     assert full.breakdown_gib["logits"] == pytest.approx(30720 * vocab * (2 + 4) / GIB)
     assert full.peak_allocated_gib > 5 * last.peak_allocated_gib

@@ -12,7 +12,7 @@ from planner import estimate_memory, get_model
 from planner.errors import InvalidRequestError
 from planner.memory.result import GIB
 from planner.sizing import CLUSTER_COLUMNS, FITS_COLUMNS, size_cluster, what_fits
-from planner.speed import decode_tokens_per_s, prefill_flops, read_bytes, usd_per_million_tokens
+from planner.speed import get_speed_engine, prefill_flops, read_bytes, step_terms, usd_per_million_tokens
 from planner.memory import weight_bytes
 from planner.memory.engines import get_engine
 from planner.formats import get_format
@@ -129,8 +129,11 @@ def test_decode_speed_is_bandwidth_over_bytes_read():
     reads = read_bytes(spec, w)
     # the token embedding is a gather, not a read
     assert reads.at(1) == pytest.approx(w.total - spec.params.embeddings * 2)
-    tok_s = decode_tokens_per_s(reads, 0.0, 1, acc, get_format("bf16"), get_engine("vllm"))
-    assert tok_s == pytest.approx(3350e9 * 0.8 / reads.at(1))
+    engine = get_speed_engine("vllm")
+    bytes_s, _, overhead, total = step_terms(engine, bytes_read=reads.at(1), flops=1.0, bandwidth_gbps=3350,
+                                             peak_tflops=989, mfu=0.5, layers=32)
+    assert bytes_s == pytest.approx(reads.at(1) / (3350e9 * engine.bandwidth_efficiency))
+    assert total == pytest.approx(bytes_s + overhead)
 
 
 def test_moe_decode_reads_only_the_routed_experts():
@@ -155,5 +158,5 @@ def test_missing_price_gives_none():
 def test_safe_gib_of_what_fits_is_the_largest_phase(fits_4090):
     e = estimate_memory("Qwen/Qwen3-30B-A3B", "awq-int4", seq_len=4096)
     row = fits_4090[(fits_4090.model == "Qwen/Qwen3-30B-A3B") & (fits_4090.precision == "awq-int4")].iloc[0]
-    assert row["safe_gib"] == pytest.approx(max(e.extras["phases_safe_gib"].values()), rel=1e-3)
+    assert row["safe_gib"] == pytest.approx(max(e.phases_safe_gib.values()), rel=1e-3)
     assert row["safe_gib"] * GIB > 0

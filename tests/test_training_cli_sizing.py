@@ -23,10 +23,11 @@ def test_estimate_qlora_json_has_the_full_breakdown(capsys):
     assert code == 0
     payload = json.loads(out)
     assert payload["precision"] == "nf4" and payload["mode"] == "qlora"
+    memory = payload["memory"]
     for key in ("params_total", "peak_allocated_gib", "device_total_gib", "safe_gib", "breakdown_gib", "assumptions"):
-        assert key in payload
-    assert {"weights_quantized", "adapters", "optimizer_states", "activations", "logits"} <= set(payload["breakdown_gib"])
-    assert payload["extras"]["trainable_params"] == 3_407_872
+        assert key in memory
+    assert {"weights_quantized", "adapters", "optimizer_states", "activations", "logits"} <= set(memory["breakdown_gib"])
+    assert memory["training"]["trainable_params"] == 3_407_872
 
 
 def test_estimate_table_shows_training_lines(capsys):

@@ -23,7 +23,7 @@ def test_qlora_llama_has_a_full_breakdown():
         assert total(e, key) > 0, key
     assert set(e.breakdown_gib) <= set(BREAKDOWN_KEYS)
     assert e.peak_allocated_gib < e.device_total_gib < e.safe_gib
-    assert e.extras["trainable_params"] == 3_407_872
+    assert e.training.trainable_params == 3_407_872
     assert e.assumptions["grad_checkpointing"] == "full"  # peft.prepare_model_for_kbit_training default
     # fp32 logits of a 128k vocabulary: 3 copies x 2048 x 128256 x 4 bytes
     assert total(e, "logits") == pytest.approx(3 * 2048 * 128_256 * 4 / 2**30)
@@ -32,11 +32,11 @@ def test_qlora_llama_has_a_full_breakdown():
 def test_full_amp_adamw_model_states_are_16_bytes_per_parameter():
     e = estimate_memory(LLAMA, "bf16", mode="full", batch=1, seq_len=512, train_precision="mixed")
     p = e.params_total
-    assert e.extras["peak_phase"] in ("loss", "backward", "step")
+    assert e.peak_phase in ("loss", "backward", "step")
     step = estimate_memory(LLAMA, "bf16", mode="full", batch=1, seq_len=512, train_precision="mixed",
                            optimizer="adamw-fused")
     # in the step phase: fp32 weights 4 + fp32 grads 4 + AdamW 8 bytes per parameter
-    assert step.extras["phases_gib"]["step"] * 2**30 == pytest.approx(16 * p + 0.5e9, rel=0.05)
+    assert step.phases_gib["step"] * 2**30 == pytest.approx(16 * p + 0.5e9, rel=0.05)
 
 
 def test_gradient_checkpointing_never_raises_the_peak():
@@ -73,7 +73,7 @@ def test_offload_reports_host_ram():
 
 def test_freeze_trains_the_last_layers_only():
     e = estimate_memory(LLAMA, "bf16", mode="freeze", batch=1, seq_len=1024, trainable_layers=2)
-    assert e.extras["trainable_params"] == 2 * 218_112_000
+    assert e.training.trainable_params == 2 * 218_112_000
     full = estimate_memory(LLAMA, "bf16", mode="full", batch=1, seq_len=1024)
     assert e.peak_allocated_gib < full.peak_allocated_gib / 3
 
@@ -86,8 +86,8 @@ def test_encoder_classification_has_no_vocabulary_logits():
 
 def test_throughput_and_cost_with_a_gpu():
     e = estimate_memory(LLAMA, "nf4", mode="qlora", batch=1, seq_len=2048, gpu="H100 SXM", training_tokens=1e8)
-    assert e.extras["tokens_per_second"] > 0 and e.extras["gpu_hours"] > 0
-    assert e.extras["fits"] is True
+    assert e.training.tokens_per_second > 0 and e.training.gpu_hours > 0
+    assert e.fit.fits is True
 
 
 @pytest.mark.parametrize("precision,mode,options,error,message", [

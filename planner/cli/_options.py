@@ -34,8 +34,11 @@ ENGINE_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def add_model_flags(parser: argparse.ArgumentParser, *, many: bool = False) -> None:
-    """``--precision`` (one, or several with ``many``), ``--engine``, ``--kv-dtype``, ``--batch``."""
+def add_model_flags(parser: argparse.ArgumentParser, *, many: bool = False, engines: list[str] | None = None) -> None:
+    """``--precision`` (one, or several with ``many``), ``--engine``, ``--kv-dtype``, ``--batch``.
+
+    ``engines`` given: the engine is checked by the library (one-line error with a close match), the
+    names are listed in the help; otherwise argparse checks it against the memory engines."""
     if many:
         parser.add_argument("--precision", action="append", metavar="P",
                             help="weight format (repeatable; default: eight common formats of the engine)")
@@ -45,7 +48,11 @@ def add_model_flags(parser: argparse.ArgumentParser, *, many: bool = False) -> N
                                  "--mode qlora)")
     from planner.memory.engines import engine_names
 
-    parser.add_argument("--engine", default="hf", choices=engine_names(), help="inference engine (default hf)")
+    if engines:
+        parser.add_argument("--engine", default="hf", metavar="NAME",
+                            help=f"inference engine: {', '.join(engines)} (default hf)")
+    else:
+        parser.add_argument("--engine", default="hf", choices=engine_names(), help="inference engine (default hf)")
     parser.add_argument("--kv-dtype", metavar="D", help="KV-cache dtype: fp16, bf16, fp8, int8, int4")
     parser.add_argument("--batch", type=int, default=1, metavar="N", help="sequences at once (default 1)")
 

@@ -22,7 +22,7 @@ from planner.memory.engines import EngineProfile, get_engine
 from planner.memory.inference import InferencePlan, InferenceSetup, build_inference_plan
 from planner.memory.parallel import require_tensor_parallel
 from planner.memory.phases import PhaseTotals, peak_phase, phase_totals, safe_bytes, to_memory_terms
-from planner.memory.result import GIB, MemoryEstimate, sum_terms
+from planner.memory.result import GIB, GpuFit, KVPool, MemoryEstimate, sum_terms
 from planner.models.resolve import get_model
 from planner.models.spec import ModelSpec
 
@@ -219,10 +219,10 @@ def build_inference_estimate(prepared: PreparedInference) -> MemoryEstimate:
     acc = prepared.gpu
     if acc is not None:
         fits, headroom, pct = fits_on(safe / GIB, acc)
-        extras.update(gpu=acc.name, usable_gib=acc.memory_usable_gib, fits=fits, headroom_gib=headroom,
-                      headroom_pct=pct, format_support=format_support(setup.fmt, acc, setup.engine.name).reason)
+        extras["fit"] = GpuFit(gpu=acc.name, usable_gib=acc.memory_usable_gib, fits=fits, headroom_gib=headroom,
+                               headroom_pct=pct, format_support=format_support(setup.fmt, acc, setup.engine.name).reason)
         if setup.engine.name == "vllm":
-            extras.update(_vllm_pool(prepared, acc.memory_usable_gib * GIB))
+            extras["kv_pool"] = _vllm_pool(prepared, acc.memory_usable_gib * GIB)
     if setup.engine.name == "vllm":
         assumptions = {**prepared.assumptions, "safe_rule": "safe = largest upper total / gpu_memory_utilization "
                                                              "(vLLM only starts if utilization x capacity covers it)"}
@@ -233,7 +233,7 @@ def build_inference_estimate(prepared: PreparedInference) -> MemoryEstimate:
         mode="inference", engine=setup.engine.name, gpus=gpus, batch=prepared.batch, seq_len=prepared.tokens.total,
         peak_allocated_gib=peak.allocated / GIB, device_total_gib=peak.device / GIB, safe_gib=safe / GIB,
         breakdown_gib=sum_terms(terms), terms=terms, assumptions=assumptions, warnings=prepared.warnings,
-        extras=extras)
+        **extras)
 
 
 def _all_devices_gib(prepared: PreparedInference, peak: PhaseTotals) -> float:
@@ -249,15 +249,15 @@ def _all_devices_gib(prepared: PreparedInference, peak: PhaseTotals) -> float:
     return (weights.total_all_devices + kv_all + setup.pp * max(rest, 0.0)) / GIB
 
 
-def _vllm_pool(prepared: PreparedInference, capacity_bytes: float) -> dict[str, Any]:
+def _vllm_pool(prepared: PreparedInference, capacity_bytes: float) -> KVPool:
     """vLLM's KV pool on a device: utilization x capacity minus everything but the KV cache."""
     setup, plan = prepared.setup, prepared.plan
     fixed = phase_totals([t for t in plan.terms if t.key != "kv_cache"], plan.phases, batch=prepared.batch,
                          prompt=prepared.tokens.prompt, total=prepared.tokens.total, window=plan.window)[0].device
     pool = setup.gpu_memory_utilization * capacity_bytes - fixed
     tokens = max(0, int(pool // plan.kv_bytes_per_token)) if plan.kv_bytes_per_token else 0
-    return {"kv_pool_gib": pool / GIB, "kv_cache_tokens": tokens,
-            "max_concurrent_sequences": tokens // prepared.tokens.total if prepared.tokens.total else 0}
+    return KVPool(kv_pool_gib=pool / GIB, kv_cache_tokens=tokens,
+                  max_concurrent_sequences=tokens // prepared.tokens.total if prepared.tokens.total else 0)
 
 
 def estimate_memory(model: Any, precision: str | WeightFormat | None = None, mode: str = "inference", *, batch: int = 1,

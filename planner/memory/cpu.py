@@ -62,7 +62,7 @@ from planner.errors import InvalidConfigError, UnsupportedError
 from planner.execution import BNB_FORMATS, group_format, load_time_format
 from planner.formats import dtype_bytes, format_names, get_format
 from planner.formats.storage import GroupStorage, group_storage
-from planner.memory.result import GIB, MemoryEstimate, MemoryTerm, sum_terms
+from planner.memory.result import GIB, CpuFigures, MemoryEstimate, MemoryTerm, sum_terms
 from planner.models.resolve import get_model
 from planner.models.spec import ModelSpec, ParamGroup
 from planner.strategy import CompressionStrategy, QuantizationSpec
@@ -555,8 +555,8 @@ def estimate_cpu_process_memory(model: Any, strategy: CompressionStrategy | None
 
     ``model``: anything :func:`planner.get_model` accepts. Returns a MemoryEstimate whose
     ``peak_allocated_gib`` and ``device_total_gib`` are the predicted peak RSS, with the terms of the
-    peak phase, ``extras["phases_bytes"]`` = the predicted peak of every phase and
-    ``extras["weight_bytes"]`` = the exact stored weights of the resulting model.
+    peak phase, ``cpu.phases_bytes`` = the predicted peak of every phase and
+    ``cpu.weight_bytes`` = the exact stored weights of the resulting model.
     """
     from planner.execution import split_load_time_quantization
     from planner.models.derive import derive_spec
@@ -592,5 +592,4 @@ def estimate_cpu_process_memory(model: Any, strategy: CompressionStrategy | None
             "this machine's start-up, loading and first-forward memory is not measured yet: the reference "
             "machine's is used (see assumptions.profile_machine); python -m executors.machine_profile "
             "measures it once",),
-        extras={"device": "cpu", "phases_bytes": totals, "weight_bytes": phases.weight_bytes,
-                "params": derived.params.total})
+        peak_phase=peak_phase, cpu=CpuFigures(phases_bytes=totals, weight_bytes=phases.weight_bytes))

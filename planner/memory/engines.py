@@ -29,12 +29,6 @@ class EngineProfile(BaseModel):
     cuda_context: str
     cublas_workspace: bool
     moe_one_hot_mask: bool
-    decode_bandwidth_efficiency: float = Field(gt=0, le=1)
-    decode_efficiency_source: str = Field(min_length=1)
-    prefill_mfu: float = Field(gt=0, le=1)
-    prefill_mfu_source: str = Field(min_length=1)
-    multi_gpu_efficiency: float = Field(gt=0, le=1)
-    multi_gpu_efficiency_source: str = Field(min_length=1)
     source: str = Field(min_length=1)
 
 

@@ -48,6 +48,57 @@ class MemoryTerm(BaseModel):
                     "allocator's slack; 'device' terms are outside torch (CUDA context, NCCL)")
 
 
+class _Typed(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class GpuFit(_Typed):
+    """Whether the safe bound fits the GPU's usable memory."""
+
+    gpu: str
+    usable_gib: float
+    fits: bool
+    headroom_gib: float = Field(description="usable_gib - safe_gib")
+    headroom_pct: float = Field(description="headroom as % of usable_gib")
+    format_support: str | None = Field(None, description="why the format does or may not run on this GPU")
+
+
+class KVPool(_Typed):
+    """vLLM's KV-cache pool on one device: gpu_memory_utilization x capacity minus everything else."""
+
+    kv_pool_gib: float
+    kv_cache_tokens: int
+    max_concurrent_sequences: int = Field(description="sequences of seq_len tokens the pool holds")
+
+
+class TrainingFigures(_Typed):
+    """Figures of a fine-tuning estimate beside its memory (planner.memory.training)."""
+
+    trainable_params: int
+    adapter_params: int = 0
+    activation_bytes_per_token_per_layer: float | None = None
+    largest_saved_tensors_bytes_per_token: dict[str, float] = Field(default_factory=dict)
+    flops_per_token: float | None = None
+    flops_formula: str | None = None
+    sharding_notes: tuple[str, ...] = ()
+    tokens_per_second: float | None = None
+    mfu: float | None = None
+    peak_tflops: float | None = None
+    mfu_source: str | None = None
+    training_tokens: float | None = None
+    training_hours: float | None = None
+    gpu_hours: float | None = None
+    cost_usd: float | None = None
+    usd_per_gpu_hour: float | None = None
+
+
+class CpuFigures(_Typed):
+    """Figures of a CPU estimate (planner.memory.cpu): every phase's predicted peak and the stored weights."""
+
+    phases_bytes: dict[str, float]
+    weight_bytes: float
+
+
 class MemoryEstimate(BaseModel):
     """Per-device memory needed by one model run, with its breakdown and assumptions."""
 
@@ -70,9 +121,18 @@ class MemoryEstimate(BaseModel):
     host_ram_gib: float = Field(0.0, description="CPU RAM for offloaded optimizer states or parameters")
     assumptions: dict[str, Any] = Field(default_factory=dict, description="every default the estimate used")
     warnings: tuple[str, ...] = ()
-    extras: dict[str, Any] = Field(
-        default_factory=dict,
-        description="engine-specific results, e.g. vLLM 'kv_cache_tokens' and 'max_concurrent_sequences'")
+    peak_phase: str | None = Field(None, description="the phase with the largest allocated total")
+    peak_phase_description: str | None = None
+    phases_gib: dict[str, float] = Field(default_factory=dict, description="allocated total of every phase")
+    phases_safe_gib: dict[str, float] = Field(default_factory=dict, description="safe bound of every phase")
+    safe_allocated_gib: float | None = Field(None, description="largest allocated total with terms at their upper bound")
+    kv_cache_bytes_per_token: float | None = None
+    weights_all_devices_gib: float | None = None
+    total_all_devices_gib: float | None = Field(None, description="allocated over all devices when split")
+    fit: GpuFit | None = Field(None, description="fit on the GPU, when one was given")
+    kv_pool: KVPool | None = Field(None, description="vLLM KV pool on the GPU, when one was given")
+    training: TrainingFigures | None = Field(None, description="fine-tuning modes")
+    cpu: CpuFigures | None = Field(None, description="CPU estimates")
 
     def as_json_dict(self) -> dict[str, Any]:
         """The ``fitplan estimate --json`` payload."""
@@ -87,3 +147,16 @@ def sum_terms(terms: list[MemoryTerm] | tuple[MemoryTerm, ...]) -> dict[str, flo
     ordered = {key: totals[key] for key in BREAKDOWN_KEYS if key in totals}
     ordered.update({key: value for key, value in totals.items() if key not in ordered})
     return ordered
+
+
+def training_fields(figures: dict[str, Any]) -> dict[str, Any]:
+    """MemoryEstimate keyword arguments from the figures a training estimate computes (by name)."""
+    figures = dict(figures)
+    fields: dict[str, Any] = {key: figures.pop(key) for key in ("peak_phase", "phases_gib", "safe_allocated_gib")
+                              if key in figures}
+    if "fits" in figures:
+        fields["fit"] = GpuFit(**{key: figures.pop(key) for key in ("gpu", "usable_gib", "fits", "headroom_gib",
+                                                                     "headroom_pct")})
+    figures.pop("host_ram_gib", None)  # a MemoryEstimate field of its own
+    fields["training"] = TrainingFigures(**figures)
+    return fields

@@ -23,8 +23,9 @@ from planner.memory.engines import get_engine
 from planner.memory.parallel import check_tensor_parallel
 from planner.memory.phases import phase_totals, safe_bytes
 from planner.models.resolve import get_model
-from planner.speed.cost import purchase_usd, usd_per_hour, usd_per_million_tokens
-from planner.speed.roofline import decode_tokens_per_s, prefill_tokens_per_s, read_bytes
+from planner.speed.cost import estimate_cost
+from planner.speed.engines import get_speed_engine
+from planner.speed.model import SpeedUnknown, speed_of
 
 GIB = 2**30
 MAX_PIPELINE_STAGES = 64
@@ -38,8 +39,8 @@ COLUMNS: dict[str, str] = {
     "pp": "pipeline stages",
     "per_gpu_safe_gib": "upper bound of the memory on the most loaded GPU",
     "memory_utilization_pct": "per_gpu_safe_gib as % of usable_gib",
-    "decode_tok_s": "roofline decode tokens/s of the whole batch (NaN when the bandwidth is unknown)",
-    "prefill_tok_s": "roofline prefill tokens/s (NaN when the TFLOPS of the matmul dtype are unknown)",
+    "decode_tok_s": "decode tokens/s of the whole batch (planner.speed; NaN when the bandwidth is unknown)",
+    "prefill_tok_s": "prefill tokens/s of a seq_len prompt (NaN when the TFLOPS of the matmul dtype are unknown)",
     "usd_per_hour": "cloud on-demand price of all GPUs (NaN: no price in the catalog)",
     "purchase_usd": "launch price of all GPUs (NaN: unknown)",
     "usd_per_million_tokens": "usd_per_hour / (decode_tok_s x 3600) x 1e6",
@@ -138,15 +139,16 @@ def _row(acc: Accelerator, spec, fmt, profile, batch: int, seq_len: int, per_dev
     tp, pp, (safe, prepared) = found
     n = tp * pp
     # Pipeline stages run one after another for one batch, so a step reads every stage's share:
-    # the whole model / tp and the KV cache of all stages.
-    reads = read_bytes(spec, prepared.plan.weights, tp)
-    kv = prepared.plan.kv_coeffs.at(batch, seq_len, prepared.plan.window) * pp
-    decode = decode_tokens_per_s(reads, kv, batch, acc, fmt, profile, gpus=tp)
-    prefill = prefill_tokens_per_s(spec, seq_len, batch, acc, fmt, profile, gpus=tp)
-    hourly = usd_per_hour(acc, n)
+    # the whole model / tp and the KV cache of all stages (planner.speed.model).
+    try:
+        speed = speed_of(prepared, get_speed_engine(profile.name), acc)
+        decode, prefill = speed.decode_tokens_per_s, speed.prefill_tokens_per_s
+    except SpeedUnknown:
+        decode = prefill = None
+    cost = estimate_cost(acc, n, decode, prefill)
     row.update(gpus=n, tp=tp, pp=pp, per_gpu_safe_gib=safe, memory_utilization_pct=100 * safe / usable,
-               decode_tok_s=decode, prefill_tok_s=prefill, usd_per_hour=hourly, purchase_usd=purchase_usd(acc, n),
-               usd_per_million_tokens=usd_per_million_tokens(hourly, decode))
+               decode_tok_s=decode, prefill_tok_s=prefill, usd_per_hour=cost.usd_per_hour, purchase_usd=cost.purchase_usd,
+               usd_per_million_tokens=cost.usd_per_million_output_tokens)
     notes = []
     if support.supported is None:
         notes.append(support.reason)

@@ -48,7 +48,8 @@ COLUMNS: dict[str, str] = {
     "headroom_pct": "headroom as % of usable_gib",
     "max_context": "longest context (tokens, prompt included) that fits at this batch, capped at the model's maximum",
     "max_batch": "largest batch that fits at this context",
-    "decode_tok_s": "roofline decode tokens/s of the whole batch (NaN when the GPU's bandwidth is unknown)",
+    "decode_tok_s": "decode tokens/s of the whole batch at the full context (planner.speed; NaN when the GPU's "
+                    "bandwidth is unknown)",
     "note": "why a row cannot run, or a caveat",
 }
 
@@ -153,10 +154,7 @@ def fit_columns(gpu: Any, models: Iterable[Any] | None = None, precisions: Itera
     n, g = len(rows), len(accs)
     safe = table.safe_bytes(batch, context)
     peak = table.peak_bytes(batch, context)
-    traffic = np.array([r.at(batch) if r is not None else np.nan for r in table.reads]) + table.kv_bytes(batch, context)
     fmt_index = np.array([formats.index(r["precision"]) for r in rows])
-    factors = np.array([get_format(f).decode_speed[profile.name].factor if profile.name in get_format(f).decode_speed
-                        else np.nan for f in formats])[fmt_index]
     errors = np.array([r["error"] or "" for r in rows], dtype=object)
     has_error = errors != ""
 
@@ -174,8 +172,7 @@ def fit_columns(gpu: Any, models: Iterable[Any] | None = None, precisions: Itera
     max_context = table.max_context(batch, capacities)[capacity_of_gpu]
     max_batch = table.max_batch(context, capacities)[capacity_of_gpu]
     fits = (safe[None] <= usable[:, None]) & ~unsupported
-    bandwidth = np.array([acc.memory_bandwidth_gbps or np.nan for acc in accs], dtype=float) * 1e9
-    tok_s = batch * bandwidth[:, None] * profile.decode_bandwidth_efficiency * factors[None] / traffic[None]
+    tok_s = decode_speed_columns(table, accs, formats, fmt_index, profile.name, batch, context)
     note = _notes(errors, has_error, reasons, state, context > table.max_tokens, context)
     headroom = usable[:, None] - safe[None]
     finite = np.isfinite(safe)[None]
@@ -209,6 +206,31 @@ def fit_columns(gpu: Any, models: Iterable[Any] | None = None, precisions: Itera
     categories = {"gpu": [acc.name for acc in accs], "model": list(names), "precision": list(formats),
                   "note": note[1]}
     return FitColumns(data, categories)
+
+
+def decode_speed_columns(table, accs: list[Accelerator], formats: tuple[str, ...], fmt_index: np.ndarray, engine: str,
+                         batch: int, context: int) -> np.ndarray:
+    """(G, R) decode tokens/s of the whole batch at ``context`` tokens: the step-time formula of
+    ``planner.speed.step`` on every (GPU, row) at once (NaN: bandwidth unknown or the row failed)."""
+    from planner.speed.engines import get_speed_engine
+    from planner.speed.model import moe_experts_run
+    from planner.speed.roofline import decode_flops
+    from planner.speed.step import step_terms
+
+    speed = get_speed_engine(engine)
+    specs = [p.setup.spec if p is not None else None for p in table.prepared]
+    traffic = np.array([r.at(batch) if r is not None else np.nan for r in table.reads]) + table.kv_bytes(batch, context)
+    flops = np.array([decode_flops(s, context, batch) if s is not None else np.nan for s in specs])
+    layers = np.array([s.total_layers if s is not None else 0 for s in specs], dtype=float)
+    experts = np.array([moe_experts_run(s, batch) if s is not None else 0.0 for s in specs])
+    fmts = [get_format(f) for f in formats]
+    factors = np.array([speed.kernel_factor(f)[0] for f in fmts])[fmt_index]
+    bandwidth = np.array([acc.memory_bandwidth_gbps or np.nan for acc in accs], dtype=float)
+    peak = np.array([[acc.peak_tflops(f.matmul_dtype) or np.nan for f in fmts] for acc in accs], dtype=float)
+    *_, seconds = step_terms(speed, bytes_read=traffic[None], flops=flops[None], bandwidth_gbps=bandwidth[:, None],
+                             peak_tflops=peak[:, fmt_index], mfu=speed.decode_mfu, kernel_factor=factors[None],
+                             layers=layers[None], experts_run=experts[None])
+    return batch / seconds
 
 
 def _notes(errors: np.ndarray, has_error: np.ndarray, reasons: np.ndarray, state: np.ndarray,

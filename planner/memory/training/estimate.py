@@ -13,7 +13,7 @@ from hardware_db import Accelerator
 from planner.formats import WeightFormat
 from planner.memory.devices import fits_on
 from planner.memory.phases import peak_phase, phase_totals, safe_bytes, to_memory_terms
-from planner.memory.result import GIB, MemoryEstimate, sum_terms
+from planner.memory.result import GIB, MemoryEstimate, sum_terms, training_fields
 from planner.memory.training.catalog import load_catalog
 from planner.memory.training.setup import PreparedTraining, prepare_training
 from planner.memory.training.terms import PHASES
@@ -68,7 +68,7 @@ def build_training_estimate(p: PreparedTraining) -> MemoryEstimate:
         mode=mode, engine=framework.name, gpus=gpus, batch=batch, seq_len=seq,
         peak_allocated_gib=peak.allocated / GIB, device_total_gib=peak.device / GIB, safe_gib=safe / GIB,
         breakdown_gib=sum_terms(terms), terms=terms, host_ram_gib=host / GIB, assumptions=assumptions,
-        warnings=tuple(warnings), extras=extras)
+        warnings=tuple(warnings), **training_fields(extras))
 
 
 
