@@ -2,8 +2,12 @@
 
 Builds a :class:`~planner.strategy.CompressionStrategy` from the flags, calls ``executors.execute``
 (an isolated process per candidate by default) and prints the measurements next to the planner's
-predictions. The result JSON is saved under ``--out`` (default ``./fitplan-runs``); ``--save`` also
-saves the compressed model there. Needs the ``exec`` extra; executors is imported only when the
+predictions. Each run gets its own directory ``<--out>/<candidate>/<run id>/`` (default ``--out``
+``./fitplan-runs``) with its request, job files and result JSON, and a line in
+``<--out>/results.jsonl``; ``--save`` also saves the compressed model there. Flags are checked before
+any work (limits positive and finite, ``--out`` a writable directory, ``--device`` spelled right);
+``--progress`` prints each phase on stderr (default: when stderr is a terminal). Interrupted
+(Ctrl-C, SIGTERM): the worker is stopped, the run is recorded as failed, exit code 128 + signal. Needs the ``exec`` extra; executors is imported only when the
 command runs, so the rest of the CLI never loads torch.
 """
 
