@@ -25,6 +25,14 @@ def raise_error(request, progress):
     raise RuntimeError("deliberate failure")
 
 
+def kill_self(request, progress):
+    """Die by SIGKILL, as a process the kernel's out-of-memory killer chose."""
+    import signal
+
+    progress("about-to-be-killed")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def sleep(request, progress):
     progress("sleeping")
     time.sleep(request["seconds"])
