@@ -120,7 +120,7 @@ CLI_CASES = [
     ("run_out_is_a_file", lambda p: ["run", str(p / "model"), "--quant", "nf4", "--out", str(p / "a_file")],
      ["--out", "is a file"]),
     ("run_out_below_a_file", lambda p: ["run", str(p / "model"), "--quant", "nf4", "--out",
-                                        str(p / "a_file" / "sub")], ["--out", "not a directory"]),
+                                        str(p / "a_file" / "sub")], ["--out", "part of its path is a file"]),
     ("run_sparsity_out_of_range", lambda p: ["run", str(p / "model"), "--sparsity", "2"], ["--sparsity"]),
     ("run_sparsity_nan", lambda p: ["run", str(p / "model"), "--sparsity", "nan"], ["--sparsity", "finite"]),
     ("run_distill_depth_zero", lambda p: ["run", str(p / "model"), "--distill-depth", "0"], ["--distill-depth"]),

@@ -14,7 +14,8 @@ _DIRS = {}
 
 
 def _model_dir(tmp_path_factory, kind: str):
-    """A tiny random GPT-2 or GPT-J with the test fixture's tokenizer, saved like a hub download."""
+    """A tiny random GPT-2 or CodeGen (a family the planner cannot describe) with the test fixture's tokenizer,
+    saved like a hub download."""
     if kind not in _DIRS:
         import torch
         import transformers
@@ -24,7 +25,8 @@ def _model_dir(tmp_path_factory, kind: str):
         tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_llm_dir().path)
         common = dict(n_embd=64, n_layer=2, n_head=4, vocab_size=len(tokenizer), n_positions=128, bos_token_id=0,
                       eos_token_id=0)
-        config = transformers.GPT2Config(**common) if kind == "gpt2" else transformers.GPTJConfig(rotary_dim=8, **common)
+        config = (transformers.GPT2Config(**common) if kind == "gpt2"
+                  else transformers.CodeGenConfig(rotary_dim=8, n_ctx=common["n_positions"], **common))
         torch.manual_seed(0)
         path = tmp_path_factory.mktemp(kind)
         transformers.AutoModelForCausalLM.from_config(config).save_pretrained(path)
@@ -56,16 +58,16 @@ def test_cli_run_gpt2_sparsity_half_zeros_half_of_the_block_weights(tmp_path_fac
 def test_unknown_model_type_runs_and_is_measured_without_predictions(tmp_path_factory, tmp_path):
     from executors import execute
 
-    model = _model_dir(tmp_path_factory, "gptj")
+    model = _model_dir(tmp_path_factory, "codegen")
     result = execute(model, CompressionStrategy(sparsity=SparsitySpec(level=0.5, pattern="2:4")), isolate=False,
                      out_dir=tmp_path, device="cpu", speed=False)
     assert result.status == "ok", result.reason
-    assert result.steps[0]["metrics"]["sparsity_achieved"] == 0.5 and len(result.steps[0]["modules"]) == 12
-    assert result.prediction is None and any("model_type 'gptj' is not supported" in n for n in result.notes)
+    assert result.steps[0]["metrics"]["sparsity_achieved"] == 0.5 and len(result.steps[0]["modules"]) == 8  # 4 per block
+    assert result.prediction is None and any("model_type 'codegen'" in n for n in result.notes)
 
 
 @pytest.mark.parametrize(("kind", "sparsity", "error", "match"), [
-    ("gptj", SparsitySpec(level=0.5, pattern="ffn"), UnsupportedError, "needs the planner's description"),
+    ("codegen", SparsitySpec(level=0.5, pattern="ffn"), UnsupportedError, "needs the planner's description"),
     ("gpt2", SparsitySpec(level=0.5, pattern="heads"), UnsupportedError, "hidden_size / num_attention_heads"),
     ("gpt2", SparsitySpec(level=0.1, pattern="layers"), InvalidRequestError, "would change nothing"),
 ])

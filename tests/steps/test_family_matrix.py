@@ -168,21 +168,22 @@ def _field(spec) -> str:
 
 
 def test_unknown_model_type_still_runs_unstructured_steps_and_refuses_structural_ones():
-    """A family the planner cannot describe (GPT-J): found by what its modules compute, not by the planner."""
+    """A family the planner cannot describe (CodeGen: no MLP width in its config): found by what its modules
+    compute, not by the planner."""
     torch.manual_seed(0)
-    config = transformers.GPTJConfig(n_embd=64, n_layer=2, n_head=4, rotary_dim=8, vocab_size=128, n_positions=64)
+    config = transformers.CodeGenConfig(n_embd=64, n_layer=2, n_head=4, rotary_dim=8, vocab_size=128, n_positions=64,
+                                        n_ctx=64)
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
     layout = ModelLayout(model)
-    assert layout.spec is None and "gptj" in layout.spec_error
+    assert layout.spec is None and "codegen" in layout.spec_error
     components = {s.name.rpartition(".")[2]: s.component for s in layout.linear_sites() if s.layer == 0}
-    assert components == {"q_proj": "attention", "k_proj": "attention", "v_proj": "attention",
-                          "out_proj": "attention", "fc_in": "mlp", "fc_out": "mlp"}
+    assert components == {"qkv_proj": "attention", "out_proj": "attention", "fc_in": "mlp", "fc_out": "mlp"}
     pruned, report = apply_step(copy.deepcopy(model), SparsitySpec(level=0.5), _context())
-    assert len(report.modules) == 12 and report.metrics["sparsity_achieved"] >= 0.5
+    assert len(report.modules) == 8 and report.metrics["sparsity_achieved"] >= 0.5
     quantized, report = apply_step(copy.deepcopy(model), QuantizationSpec(weights="int8"), _context())
-    assert len(report.modules) == 12
+    assert len(report.modules) == 8
     _forward(quantized)
-    with pytest.raises(UnsupportedError, match="needs the planner's description of model_type 'gptj'"):
+    with pytest.raises(UnsupportedError, match="needs the planner's description of model_type 'codegen'"):
         apply_step(copy.deepcopy(model), SparsitySpec(level=0.5, pattern="ffn"), _context())
 
 
