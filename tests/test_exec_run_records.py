@@ -219,9 +219,8 @@ def test_corrupt_reference_file_is_detected_without_torch(tmp_path, monkeypatch)
     store_reference(_minilm(), evaluator, Reference(value=1.0, tensors={}, facts={"params": 3}))
     clear_memory_cache()
     assert has_reference(_minilm(), evaluator)
-    data = bytearray(path.read_bytes())
-    data[len(data) // 3] ^= 0xFF  # one flipped byte inside the archive: CRC mismatch
-    path.write_bytes(bytes(data))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])  # a write cut short: the archive's directory is gone
     assert not has_reference(_minilm(), evaluator) and not path.exists()
     path.write_bytes(b"PK\x03\x04 not really a zip")
     assert cached_reference(_minilm(), evaluator) is None and not path.exists()
