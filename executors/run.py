@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from executors.evaluate import EvaluatorLike, get_evaluator
+from executors.evaluate import EvaluatorLike, check_evaluation_data, get_evaluator
 from executors.evaluate.base import fingerprint
 from executors.loading import model_kind
 from executors.result import ExecutionResult
@@ -57,7 +57,8 @@ def candidate_name(strategy: CompressionStrategy, model_dir: Path, evaluator_key
 def execute(model: str | os.PathLike, strategy: StrategyLike = None, *, evaluator: EvaluatorLike = None,
             device: str = "auto", out_dir: str | os.PathLike | None = None, timeout_s: float | None = None,
             isolate: bool = True, memory_cap_bytes: int | None = None, save: bool = False, speed: bool = True,
-            corpus: str | list[str] | None = None, seed: int = 0, progress: bool = False) -> ExecutionResult:
+            corpus: str | os.PathLike | list[str] | None = None, seed: int = 0, progress: bool = False,
+            data: str | os.PathLike | None = None) -> ExecutionResult:
     """Apply ``strategy`` to the model directory ``model`` and measure the result.
 
     ``evaluator``: 'perplexity', 'fidelity', 'accuracy', an evaluator object or a function
@@ -66,7 +67,10 @@ def execute(model: str | os.PathLike, strategy: StrategyLike = None, *, evaluato
     model with ``save``) go; None = a temporary directory. ``timeout_s`` / ``memory_cap_bytes`` bound
     the isolated process (ignored with ``isolate=False``, which runs in this process: faster, but
     the peaks then include whatever this process already holds). ``corpus``: training/calibration
-    text for the steps (default: pydoc topics). ``speed``: measure forward latency.
+    text for the steps (default: pydoc topics; a text, JSONL, CSV file or saved dataset, see
+    :mod:`executors.datafiles`). ``data``: the user's evaluation data for a built-in evaluator (text
+    or JSONL for perplexity, sentences for fidelity, CSV/JSONL with a label column for accuracy).
+    ``speed``: measure forward latency.
 
     User mistakes (missing directory, invalid strategy, evaluator that does not fit the model) raise a
     FitplanError; anything that goes wrong while running the candidate returns ``status="failed"``.
@@ -74,7 +78,13 @@ def execute(model: str | os.PathLike, strategy: StrategyLike = None, *, evaluato
     model_dir = Path(model).expanduser()
     kind = model_kind(model_dir)
     plan = as_strategy(strategy)
-    chosen = get_evaluator(evaluator, kind)
+    chosen = get_evaluator(evaluator, kind, data=data)
+    check_evaluation_data(chosen, model_dir)
+    if corpus is not None:
+        from executors.corpus import load_corpus
+
+        load_corpus(corpus)  # a missing, unreadable or too small file fails here, before any work
+        corpus = str(Path(corpus).expanduser().resolve()) if isinstance(corpus, (str, os.PathLike)) else list(corpus)
     if isolate:
         chosen.spec()  # a non-importable callable fails here, with its own message
     if timeout_s is not None and timeout_s <= 0:

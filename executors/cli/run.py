@@ -15,6 +15,7 @@ from pathlib import Path
 from planner.render import add_format_flags, print_frame, print_json, print_mapping
 from planner.errors import InvalidRequestError
 from planner.strategy import (
+    HQQ_FORMATS,
     CompressionStrategy,
     DistillationSpec,
     LowRankSpec,
@@ -23,7 +24,7 @@ from planner.strategy import (
     SparsitySpec,
 )
 
-QUANT_CHOICES = ("nf4", "nf4-dq", "int8", "fp4", "fp4-dq", "bf16", "fp16", "dynamic-int8")
+QUANT_CHOICES = ("nf4", "nf4-dq", "int8", "fp4", "fp4-dq", "bf16", "fp16", "dynamic-int8", *HQQ_FORMATS)
 EVAL_CHOICES = ("perplexity", "fidelity", "accuracy")
 DEFAULT_OUT = "fitplan-runs"
 MIB = 2**20
@@ -36,7 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "directory, measure memory, size, speed and quality, and print them next to the "
                     "planner's predictions. Needs the exec extra (torch, transformers, bitsandbytes).")
     parser.add_argument("model_dir", help="local Hugging Face model directory (config.json + weights)")
-    parser.add_argument("--quant", choices=QUANT_CHOICES, help="weight format of the Linear layers")
+    parser.add_argument("--quant", choices=QUANT_CHOICES, metavar="FORMAT",
+                        help="weight format of the Linear layers: nf4, nf4-dq, int8, fp4, fp4-dq, bf16, fp16, "
+                             "dynamic-int8, hqq-int8/int4/int3/int2 (group 64; add -g32 or -g128)")
     parser.add_argument("--compute-dtype", choices=("fp32", "bf16", "fp16"), default=None,
                         help="dtype of matmuls and unquantized layers with --quant (default bf16; fp32 for "
                              "dynamic-int8)")
@@ -49,6 +52,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--low-rank", type=float, help="kept rank ratio of SVD-factorised Linear layers (0-1)")
     parser.add_argument("--eval", dest="evaluator", choices=EVAL_CHOICES,
                         help="quality metric (default: perplexity for causal LMs, fidelity for encoders)")
+    parser.add_argument("--eval-data", metavar="PATH",
+                        help="your evaluation data: text or JSONL (perplexity), one sentence per line / JSONL / CSV "
+                             "(fidelity), CSV/TSV/JSONL with a label column (accuracy), or a saved datasets "
+                             "directory (default: the shipped sentences / pydoc text)")
+    parser.add_argument("--calib-data", metavar="PATH",
+                        help="calibration / distillation text in the same formats (default: CPython's pydoc topics)")
+    parser.add_argument("--text-field", help="field/column of --eval-data holding the text (default: text, "
+                        "sentence, content, ... or the only text column)")
+    parser.add_argument("--label-field", help="field/column of --eval-data holding the label, for --eval accuracy "
+                        "(default: label, labels, class, category or target)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"directory for result JSON (default ./{DEFAULT_OUT})")
     parser.add_argument("--save", action="store_true", help="also save the compressed model under --out")
@@ -97,14 +110,37 @@ def run(args: argparse.Namespace) -> int:
     from executors import execute
 
     cap = int(args.memory_cap_gib * 2**30) if args.memory_cap_gib else None
-    result = execute(model_dir, strategy, evaluator=args.evaluator, device=args.device, out_dir=args.out,
+    result = execute(model_dir, strategy, evaluator=_evaluator(args), device=args.device, out_dir=args.out,
                      timeout_s=args.timeout, isolate=not args.in_process, memory_cap_bytes=cap, save=args.save,
-                     speed=not args.no_speed)
+                     speed=not args.no_speed, data=args.eval_data, corpus=args.calib_data)
     if args.output == "json":
         print_json(result.model_dump(mode="json"))
     else:
         print_result(result)
     return 0 if result.ok else 1
+
+
+def _evaluator(args: argparse.Namespace):  # noqa: ANN202 - an evaluator name or object of executors.evaluate
+    """--eval, with --text-field / --label-field when given (they need --eval-data)."""
+    if args.eval_data is None:
+        for flag, value in (("--text-field", args.text_field), ("--label-field", args.label_field)):
+            if value is not None:
+                raise InvalidRequestError(f"{flag} names a column of --eval-data; add --eval-data PATH or drop {flag}.")
+        return args.evaluator
+    if args.text_field is None and args.label_field is None:
+        return args.evaluator
+    from executors.evaluate import EVALUATORS, get_evaluator
+    from executors.loading import model_kind
+
+    chosen = get_evaluator(args.evaluator, model_kind(Path(args.model_dir).expanduser()))
+    fields = {"text_field": args.text_field}
+    if args.label_field is not None:
+        if not isinstance(chosen, EVALUATORS["accuracy"]):
+            raise InvalidRequestError(f"--label-field is for --eval accuracy; the {chosen.name} evaluator has no labels.")
+        fields["label_field"] = args.label_field
+    import dataclasses
+
+    return dataclasses.replace(chosen, **fields)
 
 
 def _number(value: float | None, unit: str) -> str | None:

@@ -50,7 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from planner._data import read_data_toml
 from planner.errors import InvalidConfigError, UnsupportedError
 from planner.execution import BNB_FORMATS, group_format, load_time_format
-from planner.formats import dtype_bytes, format_names, get_format
+from planner.formats import dtype_bytes, format_names, get_format, group_size_variant_names
 from planner.formats.storage import GroupStorage, group_storage
 from planner.memory.result import GIB, CpuFigures, MemoryEstimate, MemoryTerm, sum_terms
 from planner.models.resolve import get_model
@@ -166,7 +166,7 @@ def group_bytes(spec: ModelSpec, fmt_name: str, compute_dtype: str, group: Param
     leaves unquantized (and the biases of quantized Linears) held in ``compute_dtype`` rather than the
     format's default compute dtype (the executors load bitsandbytes models with float32 compute too)."""
     fmt = get_format(fmt_name)
-    stored = group_storage(spec, fmt, group, quantize_lm_head=quantize_lm_head)
+    stored = group_storage(spec, fmt, group, quantize_lm_head=quantize_lm_head, compute_dtype=compute_dtype)
     default = fmt.unquantized_dtype_resolved
     if fmt.family == "float" or compute_dtype == default:
         return stored
@@ -195,7 +195,7 @@ def weights_under(spec: ModelSpec, quantization: QuantizationSpec | None) -> tup
             name = group_format(quantization, group.component, group.kind, layer, spec.num_layers)
             if group.kind == "embedding" and name in BNB_FORMATS:
                 name = compute
-            if name not in format_names():
+            if name not in format_names() and name not in group_size_variant_names():
                 raise UnsupportedError(f"the format registry has no storage record for {name!r}, so the weights "
                                        f"of this strategy cannot be predicted.")
             part = group.model_copy(update={"count": per_layer, "layers": (layer,) if layer is not None else ()})
