@@ -78,6 +78,9 @@ def execute(model: str | os.PathLike, strategy: StrategyLike = None, *, evaluato
     model_dir = Path(model).expanduser()
     kind = model_kind(model_dir)
     plan = as_strategy(strategy)
+    from executors.preflight import check_strategy
+
+    check_strategy(model_dir, plan)  # a structural step the model cannot take is refused before any work
     chosen = get_evaluator(evaluator, kind, data=data)
     check_evaluation_data(chosen, model_dir)
     if corpus is not None:

@@ -92,9 +92,21 @@ def test_unsupported_structures_raise():
     with pytest.raises(UnsupportedError, match="model_type 'mixtral'"):
         derive_spec(registry_spec("mistralai/Mixtral-8x7B-v0.1"),
                     CompressionStrategy(sparsity=SparsitySpec(level=0.5, pattern="ffn")))
-    with pytest.raises(UnsupportedError, match="Supported: "):
+    with pytest.raises(UnsupportedError, match="head size as hidden_size / num_attention_heads"):
         derive_spec(registry_spec("openai-community/gpt2"),
+                    CompressionStrategy(sparsity=SparsitySpec(level=0.5, pattern="heads")))
+    with pytest.raises(UnsupportedError, match="encoder-decoder"):
+        derive_spec(registry_spec("google-t5/t5-base"),
                     CompressionStrategy(distillation=DistillationSpec(depth_ratio=0.5)))
+
+
+def test_structured_steps_that_remove_nothing_are_refused():
+    spec = registry_spec("meta-llama/Meta-Llama-3-8B")  # 32 layers, 8 key/value groups
+    with pytest.raises(InvalidRequestError, match="would change nothing"):
+        derive_spec(spec, CompressionStrategy(sparsity=SparsitySpec(level=0.01, pattern="layers")))
+    with pytest.raises(InvalidRequestError, match="keeps all 8 key/value groups"):
+        derive_spec(spec, CompressionStrategy(sparsity=SparsitySpec(level=0.05, pattern="heads")))
+    assert derive_spec(spec, CompressionStrategy(sparsity=SparsitySpec(level=0.07, pattern="heads"))).num_kv_heads == 7
 
 
 def test_shape_preserving_strategies_return_the_same_spec():
@@ -115,9 +127,11 @@ def test_low_rank_params_of_minilm():
     assert low_rank_params(spec, only_attention) == spec.params.total
 
 
-_DECODERS = ["meta-llama/Meta-Llama-3-8B", "Qwen/Qwen3-8B", "google/gemma-2-2b", "mistralai/Mistral-7B-v0.1"]
-_CASES = [(name, part) for name in [*_DECODERS, "google-bert/bert-base-uncased"]
-          for part in ("depth", "width", "heads", "layers") if not (part == "heads" and "bert" in name)]
+_DECODERS = ["meta-llama/Meta-Llama-3-8B", "Qwen/Qwen3-8B", "google/gemma-2-2b", "mistralai/Mistral-7B-v0.1",
+             "microsoft/Phi-3-mini-4k-instruct", "google/gemma-3-4b-pt"]
+_NO_HEADS = ["google-bert/bert-base-uncased", "openai-community/gpt2", "facebook/opt-125m", "tiiuae/falcon-7b"]
+_CASES = [(name, part) for name in [*_DECODERS, *_NO_HEADS]
+          for part in ("depth", "width", "heads", "layers") if not (part == "heads" and name in _NO_HEADS)]
 
 
 @pytest.mark.exec

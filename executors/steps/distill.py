@@ -95,7 +95,7 @@ def build_student(teacher: nn.Module, spec: DistillationSpec,
     if spec.student is not None:
         return _load_named_student(teacher, spec.student), {"student": spec.student}
     layout = ModelLayout(teacher)
-    check_structured_support(layout.spec, "a derived student")
+    check_structured_support(layout.require_spec("a derived student"), "student")
     student = copy.deepcopy(teacher)
     structure: dict[str, Any] = {}
     if spec.depth_ratio is not None:
@@ -106,6 +106,10 @@ def build_student(teacher: nn.Module, spec: DistillationSpec,
         width = kept_ffn_width(layout.spec.mlp.intermediate_size, spec.width_ratio, ffn_alignment(strategy))
         keep_ffn_channels(student, ModelLayout(student), width)
         structure["intermediate_size"] = width
+    if count_params(student) == count_params(teacher):
+        raise InvalidRequestError(f"student {spec.summary()} keeps every layer and MLP channel of the teacher "
+                                  f"({layout.spec.num_layers} layers, MLP {layout.spec.mlp.intermediate_size}): "
+                                  f"it would be a copy. Use a smaller depth_ratio or width_ratio.")
     return student, structure
 
 

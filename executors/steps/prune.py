@@ -16,6 +16,7 @@ one-shot pruning; more steps raise the level gradually, with ``finetune_steps`` 
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import torch
@@ -23,6 +24,7 @@ from torch import nn
 
 from planner.errors import InvalidRequestError
 from planner.models.derive import (
+    check_structural_effect,
     check_structured_support,
     ffn_alignment,
     kept_ffn_width,
@@ -36,6 +38,7 @@ from executors.steps._recorder import Recorder
 from executors.steps.context import StepContext
 from executors.steps.gradual import GradualPruningScheduler
 from executors.steps.layout import ModelLayout
+from executors.steps.linears import features, is_dense, is_linear_like, weight_matrix
 from executors.steps.masks import (
     global_prune_masks,
     input_norms,
@@ -43,7 +46,7 @@ from executors.steps.masks import (
     nm_prune_mask,
     row_prune_mask,
 )
-from executors.steps.report import StepReport
+from executors.steps.report import NoEffectError, StepReport
 from executors.steps.storage import (
     bitmask_sparse_bytes,
     count_params,
@@ -91,8 +94,12 @@ def prune(model: nn.Module, spec: SparsitySpec, context: StepContext,
         rec.notes.append("zeros are stored densely and multiplied by dense kernels: memory and speed unchanged on "
                          "CPU (PyTorch's sparse semi-structured kernels are CUDA-only)")
     _record_changes(rec, before, _linear_snapshot(model))
-    return model, rec.finish(model, f"{spec.summary()}: level {result.level:g} reached, {rec.params_before:,} "
-                                    f"-> {count_params(model):,} params, {rec.zeros_before:,} -> "
+    _check_effect(rec, spec, pruner, model, result)
+    experts = f" and {len(pruner.experts)} expert tensors" if not spec.structured and pruner.experts else ""
+    achieved = "" if spec.structured else (f", {rec.metrics['sparsity_achieved']:.1%} of the {pruner.targeted(model):,} "
+                                           f"weights of {len(pruner.names)} block linears{experts} zero")
+    return model, rec.finish(model, f"{spec.summary()}: level {result.level:g} reached{achieved}, "
+                                    f"{rec.params_before:,} -> {count_params(model):,} params, {rec.zeros_before:,} -> "
                                     f"{count_zeros(model):,} zeros")
 
 
@@ -108,12 +115,22 @@ class _WeightPruner:
         layout = ModelLayout(model)
         self.nm = tuple(int(x) for x in spec.pattern.split(":")) if ":" in spec.pattern else None
         self.names = []
+        self.blocks = layout.num_layers
         for site in layout.linear_sites():
             reason = self._skip_reason(site)
             if reason:
                 rec.skip(site.name, reason)
             else:
                 self.names.append(site.name)
+        self.experts = []
+        for path in layout.expert_weights():
+            if spec.method == "wanda":
+                rec.skip(path, "fused expert tensor: Wanda's input norms are per module, not per routed expert; "
+                               "kept dense (use magnitude pruning)")
+            elif self.nm and layout.expert_matrices(path)[0].shape[1] % self.nm[1]:
+                rec.skip(path, f"expert input width is not a multiple of {self.nm[1]} ({spec.pattern})")
+            else:
+                self.experts.append(path)
         rec.skip(layout.module_name(layout.input_embeddings), "token embeddings are looked up, not multiplied: "
                                                               "not pruned")
         self.calibration = context.calibration("Wanda pruning") if spec.method == "wanda" else None
@@ -124,15 +141,19 @@ class _WeightPruner:
                     else "outside the transformer blocks: kept dense")
         if site.component not in _PRUNABLE_COMPONENTS:
             return f"component {site.component} kept dense"
-        if not site.module.weight.is_floating_point():
+        if not is_dense(site.module):
             return f"already quantized ({type(site.module).__name__})"
-        if self.nm and site.module.in_features % self.nm[1]:
-            return f"in_features {site.module.in_features} is not a multiple of {self.nm[1]} ({self.spec.pattern})"
+        if self.nm and site.in_features % self.nm[1]:
+            return f"in_features {site.in_features} is not a multiple of {self.nm[1]} ({self.spec.pattern})"
         return None
 
     def __call__(self, model: nn.Module, level: float) -> nn.Module:
         modules = {name: model.get_submodule(name) for name in self.names}
-        scores = {name: module.weight.detach().abs().float() for name, module in modules.items()}
+        weights = {name: weight_matrix(module) for name, module in modules.items()}
+        layout = ModelLayout(model) if self.experts else None
+        for path in self.experts:  # each expert's matrix is pruned like a Linear of its own
+            weights.update({f"{path}[{e}]": m for e, m in enumerate(layout.expert_matrices(path))})
+        scores = {name: weight.detach().abs().float() for name, weight in weights.items()}
         if self.spec.method == "wanda":
             norms = input_norms(model, modules, self.calibration, self.context.device)
             scores = {name: score * norms[name][None, :] for name, score in scores.items()}
@@ -146,16 +167,30 @@ class _WeightPruner:
             masks = {name: layer_prune_mask(score, level) for name, score in scores.items()}
         with torch.no_grad():
             for name, mask in masks.items():
-                modules[name].weight.masked_fill_(mask, 0)
+                weights[name].masked_fill_(mask, 0)  # views: Conv1D's (in, out) weight and expert slices too
         return model
+
+    def _tensors(self, model: nn.Module) -> list[torch.Tensor]:
+        return [model.get_submodule(n).weight for n in self.names] + [model.get_parameter(p) for p in self.experts]
+
+    def targeted(self, model: nn.Module) -> int:
+        return sum(t.numel() for t in self._tensors(model))
+
+    def achieved(self, model: nn.Module) -> float:
+        """Fraction of exact zeros in the targeted weights."""
+        tensors = self._tensors(model)
+        total = sum(t.numel() for t in tensors)
+        return sum(int((t == 0).sum()) for t in tensors) / total if total else 0.0
 
     def storage(self, model: nn.Module) -> dict[str, int]:
         """Exact storage of the pruned weights, dense vs an N:M sparse format (16-bit and int8 values)."""
         if not self.nm:
             return {}
         dense16 = sparse16 = sparse8 = 0
-        for name in self.names:
-            rows, cols = model.get_submodule(name).weight.shape
+        shapes = [weight_matrix(model.get_submodule(name)).shape for name in self.names]
+        layout = ModelLayout(model) if self.experts else None
+        shapes += [m.shape for path in self.experts for m in layout.expert_matrices(path)]
+        for rows, cols in shapes:
             dense16 += rows * cols * 2
             if self.nm == (2, 4):
                 sparse16 += semi_structured_bytes(rows, cols, 2)
@@ -175,9 +210,10 @@ class _StructuredPruner:
                  rec: Recorder):
         self.spec = spec
         self.context = context
-        self.original: ModelSpec = ModelLayout(model).spec
         what = {"heads": "attention-head pruning", "ffn": "FFN-channel pruning", "layers": "whole-layer pruning"}
-        check_structured_support(self.original, what[spec.pattern], heads=spec.pattern == "heads")
+        self.original: ModelSpec = ModelLayout(model).require_spec(what[spec.pattern])
+        check_structured_support(self.original, spec.pattern)
+        check_structural_effect(self.original, spec, strategy)
         self.alignment = ffn_alignment(strategy)
         self.kept_layers = list(range(self.original.num_layers))
         self.kept_groups = [list(range(self.original.num_kv_heads)) for _ in range(self.original.num_layers)]
@@ -254,15 +290,38 @@ class _Finetuner:
 
 
 def _linear_snapshot(model: nn.Module) -> dict[str, tuple[int, int, int, tuple[int, ...], int]]:
-    """name -> (parameters, zeros, bytes, weight shape, weight zeros) of every dense Linear."""
+    """name -> (parameters, zeros, bytes, weight shape out x in, weight zeros) of every dense linear-like module."""
     out = {}
     for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and module.weight.is_floating_point():
+        if is_linear_like(module) and is_dense(module):
             params = sum(p.numel() for p in module.parameters())
             zeros = sum(int((p == 0).sum()) for p in module.parameters())
-            out[name] = (params, zeros, state_dict_bytes(module), tuple(module.weight.shape),
+            in_features, out_features = features(module)
+            out[name] = (params, zeros, state_dict_bytes(module), (out_features, in_features),
                          int((module.weight == 0).sum()))
+    for name, param in model.named_parameters():
+        if param.dim() == 3 and param.is_floating_point() and "expert" in name.lower():
+            zeros = int((param == 0).sum())
+            out[name] = (param.numel(), zeros, param.numel() * param.element_size(), tuple(param.shape), zeros)
     return out
+
+
+def _check_effect(rec: Recorder, spec: SparsitySpec, pruner, model: nn.Module, result) -> None:  # noqa: ANN001
+    """A pruning step that changed no module, or reached less than asked without its stop rule, failed."""
+    if not rec.modules:
+        reasons = "; ".join(f"{s.name}: {s.reason}" for s in rec.skipped[:6]) or "no linear layers found"
+        raise NoEffectError(f"{spec.summary()} changed no module ({reasons}).")
+    if spec.structured:
+        return
+    achieved = pruner.achieved(model)
+    rec.metrics["sparsity_achieved"] = achieved
+    target = 0.5 if pruner.nm else result.level
+    # per-layer counts round half up; a global mask or N:M hits the count exactly
+    if achieved + 0.5 / max(1, min(t.numel() for t in pruner._tensors(model))) < target:
+        raise NoEffectError(f"{spec.summary()}: only {achieved:.4f} of the targeted weights are zero, "
+                            f"{target:g} requested.")
+    if result.level < spec.level and not result.stopped:
+        raise NoEffectError(f"{spec.summary()}: level {result.level:g} reached, {spec.level:g} requested.")
 
 
 def _record_changes(rec: Recorder, before: dict, after: dict) -> None:
@@ -275,7 +334,7 @@ def _record_changes(rec: Recorder, before: dict, after: dict) -> None:
         if (params2, zeros2, shape2) == (params, zeros, shape):
             continue
         if shape2 == shape:
-            action = f"weight {weight_zeros / (shape[0] * shape[1]):.1%} zeros"
+            action = f"weight {weight_zeros / math.prod(shape):.1%} zeros"
         else:
             action = f"shape {list(shape)} -> {list(shape2)}"
         rec.change(name=name, action=action, params_before=params, params_after=params2, zeros_before=zeros,

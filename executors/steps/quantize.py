@@ -42,7 +42,8 @@ from executors.steps._recorder import Recorder
 from executors.steps.context import StepContext
 from executors.steps.hqq import check_hqq_sites, hqq_linear, is_hqq_format
 from executors.steps.layout import LinearSite, ModelLayout, set_module
-from executors.steps.report import StepReport
+from executors.steps.linears import as_linear, is_dense
+from executors.steps.report import NoEffectError, StepReport
 from executors.steps.storage import state_dict_bytes
 
 DENSE_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -94,19 +95,27 @@ def quantize(model: nn.Module, spec: QuantizationSpec, context: StepContext,
     slow: list[str] = []
     for site, fmt in plan:
         before = state_dict_bytes(site.module)
-        new, detail = _quantized_module(site.module, fmt, compute, context.device)
+        # Conv1D (GPT-2) holds its weight transposed: quantized and cast modules are Linear layers
+        source = site.module if fmt in DENSE_DTYPES and fmt == spec.compute_dtype else as_linear(site.module)
+        new, detail = _quantized_module(source, fmt, compute, context.device)
+        if source is not site.module:
+            detail["converted_from"] = type(site.module).__name__
         if new is not site.module:
             set_module(model, site.name, new)
             replaced.add(id(new))
         if detail.get("cpu_kernel", "").startswith("slow"):
             slow.append(site.name)
         counts[fmt] = counts.get(fmt, 0) + 1
-        params = site.module.weight.numel() + (site.module.bias.numel() if site.module.bias is not None else 0)
+        params = source.weight.numel() + (source.bias.numel() if source.bias is not None else 0)
         rec.change(name=site.name, action=fmt, params_before=params, params_after=params,
                    bytes_before=before, bytes_after=state_dict_bytes(new), detail=detail)
 
     _cast_rest(model, layout, spec, compute, replaced, rec)
     model.eval()
+    if all(fmt == spec.compute_dtype for fmt in counts) and state_dict_bytes(model) == rec.bytes_before:
+        reasons = "; ".join(f"{s.name}: {s.reason}" for s in rec.skipped[:6]) or "no linear layers found"
+        raise NoEffectError(f"{spec.summary()} changed no module: every weight already has the requested "
+                            f"format or was skipped ({reasons}).")
     if slow:
         rec.notes.append(f"{len(slow)} 4-bit modules have widths the fast CPU kernel cannot take (out % "
                          f"{_FAST_4BIT_OUT}, in % {_FAST_4BIT_IN}) and run bitsandbytes' dequantize+matmul "
@@ -124,10 +133,12 @@ def quantize(model: nn.Module, spec: QuantizationSpec, context: StepContext,
 
 def _plan(layout: ModelLayout, spec: QuantizationSpec, rec: Recorder) -> list[tuple[LinearSite, str]]:
     """The format of each dense Linear; modules no group covers are recorded as skipped."""
-    num_layers = layout.spec.num_layers
     plan = []
+    for path in layout.expert_weights():
+        rec.skip(path, f"fused 3-D expert tensor (experts x out x in): bitsandbytes and torch have no module for it; "
+                       f"kept at {spec.compute_dtype}")
     for site in layout.linear_sites():
-        if not site.module.weight.is_floating_point():
+        if not is_dense(site.module):
             rec.skip(site.name, f"already quantized ({type(site.module).__name__})")
             continue
         if site.layer is not None:
@@ -136,6 +147,7 @@ def _plan(layout: ModelLayout, spec: QuantizationSpec, rec: Recorder) -> list[tu
                 rec.skip(site.name, f"not matched to a planner parameter group (component {site.component}); "
                                     f"kept at {spec.compute_dtype}")
                 continue
+            num_layers = len(layout.model.get_submodule(site.stack))
             kept = site.layer < spec.keep_first_layers or site.layer >= num_layers - spec.keep_last_layers
             plan.append((site, spec.keep_format if kept else spec.format_for(group)))
         elif site.component == "lm_head":

@@ -12,6 +12,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 
+class NoEffectError(RuntimeError):
+    """A requested step changed nothing, or less than requested: the run fails with this reason."""
+
+
 class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

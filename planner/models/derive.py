@@ -23,8 +23,12 @@ Rules (documented once, used by planner and executors alike):
   group keeps ``num_heads / num_kv_heads`` query heads. ``kept = max(1, round_half_up(G * (1 - level)))``
   of the ``G = num_kv_heads`` groups. The per-head width stays; it is written into the config as
   ``head_dim`` because the head count no longer divides ``hidden_size`` into it. Needs a family whose
-  config carries ``head_dim`` (the Llama-like decoders below): BERT derives the head size from
-  ``hidden_size / num_attention_heads``, so a head-pruned BERT has no valid config.
+  attention reads ``head_dim`` from the config (:data:`HEAD_PRUNABLE_MODEL_TYPES`): BERT, GPT-2,
+  GPT-NeoX, Falcon and OPT derive the head size from ``hidden_size / num_attention_heads``, so a
+  head-pruned model of theirs has no valid config.
+- **Which families** (:func:`structural_refusal`): layers and MLP channels of every single-stack
+  family the planner describes (fused gate_up and Conv1D MLPs included; the width goes into the
+  family's own key, :data:`FFN_WIDTH_KEYS`); not MoE expert widths, not encoder-decoder models.
 - **Whole layers** (``level``): ``max(1, L - round_half_up(level * L))`` layers kept. Which ones the
   executor drops is measured (lowest block influence on calibration data); this module assumes the
   evenly spaced pick unless ``kept_layers`` (from the executor's report) is given. Only models whose
@@ -43,11 +47,20 @@ from planner.errors import InvalidRequestError, UnsupportedError
 from planner.models.spec import ModelSpec
 from planner.strategy import CompressionStrategy, LowRankSpec, SparsitySpec
 
-# Decoder families with separate q/k/v/o projections, a gated MLP (gate/up/down) and a head_dim key.
-LLAMA_LIKE_MODEL_TYPES: tuple[str, ...] = ("gemma", "gemma2", "gemma3_text", "llama", "mistral", "qwen2", "qwen3")
-# Families whose layers, MLP width and (for Llama-like) heads the executors can cut.
-STRUCTURED_MODEL_TYPES: tuple[str, ...] = (*LLAMA_LIKE_MODEL_TYPES, "bert")
-HEAD_PRUNABLE_MODEL_TYPES: tuple[str, ...] = LLAMA_LIKE_MODEL_TYPES
+# Families whose attention reads the per-head width from the config (``head_dim``), so a model with
+# fewer heads than hidden_size / head_dim has a valid config: the Llama-like decoders and Phi-3 (fused
+# qkv_proj, rows [q | k | v]). The others compute it as hidden_size / num_heads in their attention
+# module (BERT, GPT-2, GPT-NeoX, Falcon, OPT, Phi-1/2): fewer heads cannot be described or reloaded.
+HEAD_PRUNABLE_MODEL_TYPES: tuple[str, ...] = ("gemma", "gemma2", "gemma3_text", "llama", "mistral", "phi3", "qwen2",
+                                              "qwen3")
+# Config key of the MLP width and of the layer count where a family does not use the common name.
+FFN_WIDTH_KEYS: dict[str, str] = {"gpt2": "n_inner", "gpt_bigcode": "n_inner", "opt": "ffn_dim",
+                                  "falcon": "ffn_hidden_size", "t5": "d_ff"}
+LAYER_COUNT_KEYS: dict[str, str] = {"gpt2": "n_layer", "gpt_bigcode": "n_layer"}
+# Families transformers can only build with remote code (not part of the library).
+_REMOTE_CODE_MODEL_TYPES: tuple[str, ...] = ("qwen",)
+STRUCTURAL_KINDS: dict[str, str] = {"layers": "whole-layer pruning", "ffn": "FFN-channel pruning",
+                                    "heads": "attention-head pruning", "student": "a derived student"}
 # bitsandbytes 4-bit formats and the width their CPU kernel needs (see module docstring).
 BNB_4BIT_FORMATS: tuple[str, ...] = ("nf4", "nf4-dq", "fp4", "fp4-dq")
 BNB_4BIT_ALIGNMENT = 64
@@ -104,14 +117,72 @@ def ffn_alignment(strategy: CompressionStrategy | None) -> int:
     return 1
 
 
-def check_structured_support(spec: ModelSpec, what: str, *, heads: bool = False) -> None:
-    """Raise :class:`UnsupportedError` when ``spec``'s family cannot be cut structurally (``what``)."""
-    allowed = HEAD_PRUNABLE_MODEL_TYPES if heads else STRUCTURED_MODEL_TYPES
-    if spec.model_type not in allowed:
-        why = (" (its config derives the head size from hidden_size / num_attention_heads, so fewer heads "
-               "cannot be described)" if heads and spec.model_type == "bert" else "")
-        raise UnsupportedError(f"{what} is not implemented for model_type {spec.model_type!r}{why}. "
-                               f"Supported: {', '.join(allowed)}.")
+def structural_refusal(spec: ModelSpec, kind: str) -> str | None:
+    """Why ``spec``'s model cannot be cut structurally in the way ``kind`` names (None = it can).
+
+    ``kind``: 'layers', 'ffn', 'heads' or 'student' (depth and width). The rules hold for every family
+    :mod:`planner.models.hf_config` describes: layers and MLP channels of any single-stack model
+    (dense MLP; fused gate_up included), heads where the config carries ``head_dim``.
+    """
+    if spec.architecture == "encoder-decoder":
+        return ("encoder-decoder models (two block stacks joined by cross-attention) are not cut structurally "
+                "by fitplan; quantization, unstructured/N:M pruning and low-rank run on them")
+    if spec.model_type in _REMOTE_CODE_MODEL_TYPES:
+        return f"model_type {spec.model_type!r} needs remote code that transformers does not ship"
+    if kind in ("ffn", "student") and spec.is_moe:
+        return ("its MLPs are mixture-of-experts layers: expert widths are not pruned (the config has no single "
+                "dense intermediate_size to shrink)")
+    if kind == "heads":
+        if spec.attention.mla is not None:
+            return "multi-head latent attention (MLA) shares one compressed KV projection across heads"
+        if spec.model_type not in HEAD_PRUNABLE_MODEL_TYPES:
+            return (f"its attention computes the head size as hidden_size / num_attention_heads, so a model with "
+                    f"fewer heads cannot be described by its config (and would not reload). Head pruning runs "
+                    f"on: {', '.join(HEAD_PRUNABLE_MODEL_TYPES)}")
+    return None
+
+
+def check_structured_support(spec: ModelSpec, kind: str) -> None:
+    """Raise :class:`UnsupportedError` when ``spec``'s model cannot be cut as ``kind`` (see
+    :func:`structural_refusal`)."""
+    reason = structural_refusal(spec, kind)
+    if reason is not None:
+        raise UnsupportedError(f"{STRUCTURAL_KINDS[kind]} is not available for model_type "
+                               f"{spec.model_type!r}: {reason}.")
+
+
+def check_structural_effect(spec: ModelSpec, sparsity: SparsitySpec, strategy: CompressionStrategy | None = None) -> None:
+    """Raise :class:`InvalidRequestError` when structured ``sparsity`` would remove nothing from ``spec``.
+
+    Whole units go (layers, key/value groups, aligned MLP channels), so a small level can round to zero
+    units; such a step would change nothing and is refused before any work.
+    """
+    if not sparsity.structured:
+        return
+    if sparsity.pattern == "layers":
+        units, kept, name = spec.num_layers, kept_layer_count(spec.num_layers, sparsity.level), "layers"
+    elif sparsity.pattern == "heads":
+        units, kept, name = spec.num_kv_heads, kept_kv_groups(spec.num_kv_heads, sparsity.level), "key/value groups"
+    else:
+        units = spec.mlp.intermediate_size
+        kept = kept_ffn_width(units, 1 - sparsity.level, ffn_alignment(strategy))
+        name = "MLP channels"
+    if kept >= units:
+        hint = (f"it has a single one and at least one is kept" if units == 1 else
+                f"whole units are removed and the count rounds half up; a level above {0.5 / units:.3g} removes "
+                f"one when no alignment applies")
+        raise InvalidRequestError(f"{sparsity.summary()} keeps all {units} {name} of {spec.name}: the step would "
+                                  f"change nothing ({hint}).")
+
+
+def ffn_width_key(spec: ModelSpec) -> str:
+    """The config key holding the MLP width of ``spec``'s family."""
+    return FFN_WIDTH_KEYS.get(spec.model_type, "intermediate_size")
+
+
+def ffn_config_updates(spec: ModelSpec, width: int) -> dict[str, int]:
+    """Config keys of ``spec`` with an MLP of ``width`` channels."""
+    return {ffn_width_key(spec): width}
 
 
 def derive_spec(spec: ModelSpec, strategy: CompressionStrategy, *,
@@ -128,18 +199,24 @@ def derive_spec(spec: ModelSpec, strategy: CompressionStrategy, *,
 
         current = get_model(distill.student)
     elif distill is not None:
-        check_structured_support(current, "a derived student")
+        check_structured_support(current, "student")
         config = dict(current.config)
         if distill.depth_ratio is not None:
             config.update(layer_config_updates(current, student_layer_indices(current.num_layers,
                                                                              distill.depth_ratio)))
         if distill.width_ratio is not None:
-            config["intermediate_size"] = kept_ffn_width(current.mlp.intermediate_size, distill.width_ratio,
-                                                         ffn_alignment(strategy))
-        current = _rebuild(config, current, strategy)
+            config.update(ffn_config_updates(current, kept_ffn_width(current.mlp.intermediate_size,
+                                                                     distill.width_ratio, ffn_alignment(strategy))))
+        student = _rebuild(config, current, strategy)
+        if student.params.total == current.params.total:
+            raise InvalidRequestError(f"student {distill.summary()} keeps every layer and MLP channel of "
+                                      f"{current.name}: it would be a copy. Use a smaller depth_ratio or width_ratio.")
+        current = student
 
     sparsity = strategy.sparsity
     if sparsity is not None and sparsity.structured:
+        check_structured_support(current, sparsity.pattern)
+        check_structural_effect(current, sparsity, strategy)
         current = _structurally_pruned(current, sparsity, strategy, kept_layers)
     return current
 
@@ -148,7 +225,7 @@ def _structurally_pruned(spec: ModelSpec, sparsity: SparsitySpec, strategy: Comp
                          kept_layers: Sequence[int] | None) -> ModelSpec:
     config = dict(spec.config)
     if sparsity.pattern == "layers":
-        check_structured_support(spec, "whole-layer pruning")
+        check_structured_support(spec, "layers")
         count = kept_layer_count(spec.num_layers, sparsity.level)
         indices = list(kept_layers) if kept_layers is not None else evenly_spaced_kept_layers(spec.num_layers, count)
         if len(indices) != count or len(set(indices)) != count or not all(0 <= i < spec.num_layers for i in indices):
@@ -156,18 +233,18 @@ def _structurally_pruned(spec: ModelSpec, sparsity: SparsitySpec, strategy: Comp
                                       f"for level {sparsity.level}, got {list(indices)}.")
         config.update(layer_config_updates(spec, sorted(indices)))
     elif sparsity.pattern == "ffn":
-        check_structured_support(spec, "FFN-channel pruning")
-        config["intermediate_size"] = kept_ffn_width(spec.mlp.intermediate_size, 1 - sparsity.level,
-                                                     ffn_alignment(strategy))
+        check_structured_support(spec, "ffn")
+        config.update(ffn_config_updates(spec, kept_ffn_width(spec.mlp.intermediate_size, 1 - sparsity.level,
+                                                              ffn_alignment(strategy))))
     elif sparsity.pattern == "heads":
-        check_structured_support(spec, "attention-head pruning", heads=True)
+        check_structured_support(spec, "heads")
         groups = kept_kv_groups(spec.num_kv_heads, sparsity.level)
         config.update(head_counts_config(spec, groups))
     return _rebuild(config, spec, strategy)
 
 
 def head_counts_config(spec: ModelSpec, kept_groups: int) -> dict[str, int]:
-    """Config keys of a Llama-like model keeping ``kept_groups`` key/value groups."""
+    """Config keys of a model keeping ``kept_groups`` key/value groups (head size written as ``head_dim``)."""
     per_group = spec.num_heads // spec.num_kv_heads
     return {"num_attention_heads": kept_groups * per_group, "num_key_value_heads": kept_groups,
             "head_dim": spec.head_dim}
@@ -175,7 +252,7 @@ def head_counts_config(spec: ModelSpec, kept_groups: int) -> dict[str, int]:
 
 def layer_config_updates(spec: ModelSpec, indices: Sequence[int]) -> dict[str, Any]:
     """Config keys of ``spec`` keeping only the layers at ``indices`` (layer_types sliced to match)."""
-    updates: dict[str, Any] = {"num_hidden_layers": len(indices)}
+    updates: dict[str, Any] = {LAYER_COUNT_KEYS.get(spec.model_type, "num_hidden_layers"): len(indices)}
     types = spec.attention.layer_types
     if "layer_types" in spec.config or len(set(types)) > 1:
         updates["layer_types"] = [types[i] for i in indices]

@@ -45,7 +45,8 @@ _MODULE_NAMES: dict[str, dict[str, str]] = {
     "bert": {"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
              "o": "attention.output.dense", "up": "intermediate.dense", "down": "output.dense"},
     "t5": {"q": "SelfAttention.q", "k": "SelfAttention.k", "v": "SelfAttention.v", "o": "SelfAttention.o",
-           "gate": "DenseReluDense.wi_0", "up": "DenseReluDense.wi_1", "down": "DenseReluDense.wo"},
+           "gate": "DenseReluDense.wi_0", "up": "DenseReluDense.wi_1", "down": "DenseReluDense.wo",
+           "up_ungated": "DenseReluDense.wi"},
 }
 _FUSED_QKV = {"phi3", "gpt2", "gpt_bigcode", "qwen", "falcon", "gpt_neox"}
 _FUSED_GATE_UP = {"phi3"}
@@ -194,7 +195,8 @@ def _mlp_groups(prefix: str, layers: tuple[int, ...], hidden: int, width: int, g
         up = [_linear(p + names[role], component, role, hidden, width, bias, layers, per_layer)
               for role in ("gate", "up")]
     else:
-        up = [_linear(p + names["up"], component, "up", hidden, width, bias, layers, per_layer)]
+        up = [_linear(p + names.get("up_ungated", names["up"]), component, "up", hidden, width, bias, layers,
+                      per_layer)]
     return up + [_linear(p + names["down"], component, "down", width, hidden, bias, layers, per_layer)]
 
 
