@@ -97,7 +97,8 @@ def print_profile(outcome) -> None:  # noqa: ANN001 - ProfileOutcome lives in ex
     if options:
         rows: dict[tuple[int, str], dict] = {}
         for e in profile.entries:
-            rows.setdefault((e.block, e.group), {"block": e.block, "group": e.group})[_short(e.option)] = e.retained_pct
+            group = "attn" if e.group == "attention" else e.group  # keeps ten columns within 80
+            rows.setdefault((e.block, e.group), {"block": e.block, "group": group})[_short(e.option)] = e.retained_pct
         frame = pd.DataFrame(list(rows.values()))
         print_frame(frame, "table", title="quality retained, % of the uncompressed model (one group changed)",
                     formats={_short(o): "{:.2f}" for o in options})
