@@ -34,7 +34,7 @@ def _space():
     from search.space import SearchSpace
 
     return SearchSpace(weight_formats=("none", "fp8", "int8", "gptq-int8", "nf4", "gptq-int4", "awq-int4"),
-                       kv_dtypes=("auto", "int8", "int4"), keep_layers=(0, 1),
+                       kv_dtypes=("auto", "int8", "int4"), keep_layers=(0, 1, 2),
                        sparsity=("none", "unstructured", "2:4", "heads", "ffn", "layers"),
                        sparsity_levels=(0.125, 0.25, 0.5), distill_depths=(1.0, 0.75, 0.5),
                        distill_widths=(1.0, 0.75, 0.5))

@@ -50,6 +50,7 @@ RIDGE = 0.1
 MIN_KERNEL_ROWS = 3
 MIN_SUPPORT_ROWS = 5
 MIN_SOURCES = 2
+ROWS_PER_CONSTANT = 3
 LLMFIT_EFFICIENCY = 0.55  # llmfit how-it-works: tok/s = bandwidth / model bytes x 0.55
 
 
@@ -150,6 +151,8 @@ def fit_engine(work: Work, prior: EngineSpeed) -> EngineSpeed:
              + [1.0] * len(computes))
     lower = [BOUNDS[n][0] for n in names] + [KERNEL_BOUNDS[0]] * (len(kernels) + len(computes))
     upper = [BOUNDS[n][1] for n in names] + [KERNEL_BOUNDS[1]] * (len(kernels) + len(computes))
+    if len(work.frame) < ROWS_PER_CONSTANT * len(start):
+        return prior  # too few rows to pin this many constants: the sourced priors predict better
     start = np.clip(start, lower, upper)
     source_rows = work.frame.source.map(work.frame.source.value_counts()).to_numpy(float)
     weight = 1.0 / np.sqrt(source_rows)

@@ -145,8 +145,8 @@ def evaluate_finetune(row: pd.Series, spec, fmt: str, group: str, unit: float, t
     measured = float(row["measured_gb"]) * unit / GIB
     rule16, factory = training_baselines(spec, mode, precision, options)
     return result_type(row["id"], group, row["mode"], measured, point, estimate.safe_gib * scale,
-                       estimate.extras["safe_allocated_gib"] * scale, peak, rule16, factory,
-                       note=estimate.extras["peak_phase"])
+                       estimate.safe_allocated_gib * scale, peak, rule16, factory,
+                       note=estimate.peak_phase)
 
 
 def bound_rows(frame: pd.DataFrame, resolve) -> pd.DataFrame:
@@ -201,9 +201,10 @@ def summarize_finetune(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows), frame
 
 
-def print_finetune(results: list, frame_csv: pd.DataFrame, resolve, show_rows: bool) -> None:
+def print_finetune(results: list, frame_csv: pd.DataFrame, resolve, show_rows: bool) -> pd.DataFrame | None:
+    """Print the fine-tuning summary; returns the fit/OOM rows of this set (scored with the second set's)."""
     if not results:
-        return
+        return None
     summary, frame = summarize_finetune(pd.DataFrame([r.__dict__ for r in results]))
     print("\nFINE-TUNING ROWS (targets: median |error| <= 10%, safe bound >= measured on >= 90% of rows)")
     if show_rows:
@@ -224,3 +225,4 @@ def print_finetune(results: list, frame_csv: pd.DataFrame, resolve, show_rows: b
         print(f"  {group}: {settings.why}")
         if settings.compare_why:
             print(f"      compared with the {settings.compare} total: {settings.compare_why}")
+    return bounds

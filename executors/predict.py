@@ -16,8 +16,9 @@ from planner.strategy import CompressionStrategy
 
 MIB = 2**20
 QUALITY_NOTE = "quality is not predicted: fitplan has no accuracy model yet (predicted quality stays None)"
-CPU_SPEED_NOTE = ("CPU latency is not predicted: the speed roofline needs a device's memory bandwidth and FLOPS "
-                  "from the hardware catalog, which has no CPU entries")
+CPU_SPEED_NOTE = ("CPU latency predicted by planner.speed (one forward over the timed batch: max(weight bytes / "
+                  "bandwidth, FLOPs / matmul rate) + per-layer overhead) on this host as probed once by "
+                  "hardware_db.probe (cached in ~/.cache/fitplan/host.toml)")
 
 
 def _mib(value: float | None) -> float | None:
@@ -63,10 +64,39 @@ def predict(result: ExecutionResult, strategy: CompressionStrategy) -> Predictio
             prediction.peak_memory_breakdown = {k: round(v * GIB) for k, v in estimate.breakdown_gib.items()}
             prediction.phase_peak_bytes = {k: round(v) for k, v in estimate.cpu.phases_bytes.items()
                                            if k != "load_end"}
-        notes.append(CPU_SPEED_NOTE)
+        if result.latency is not None:
+            _predict_cpu_latency(result, strategy, spec, prediction)
     else:
         _predict_gpu(result, strategy, spec, prediction)
     return prediction
+
+
+def _predict_cpu_latency(result: ExecutionResult, strategy: CompressionStrategy, spec, prediction: Prediction) -> None:  # noqa: ANN001
+    """Latency of the timed forward on the probed host CPU (planner.speed.model.forward_latency)."""
+    from hardware_db.probe import cached_host_entry
+    from planner.formats import get_format
+    from planner.memory.cpu import weights_path
+    from planner.models.derive import derive_spec
+    from planner.speed.engines import get_speed_engine
+    from planner.speed.model import forward_latency
+
+    if prediction.weight_bytes is None:
+        prediction.notes.append("CPU latency not predicted: the weights were not predicted")
+        return
+    try:
+        _, fmt, compute = weights_path(strategy)
+        host = cached_host_entry()
+        step = forward_latency(derive_spec(spec, strategy), get_format(fmt), get_speed_engine("hf"), host,
+                               weight_bytes=prediction.weight_bytes, batch=result.latency.batch_size,
+                               tokens=result.latency.seq_len, matmul_dtype=compute)
+    except Exception as error:  # noqa: BLE001 - the latency prediction never costs the measured result
+        prediction.notes.append(f"CPU latency not predicted: {error}")
+        return
+    prediction.latency_ms = step.seconds * 1e3
+    prediction.tokens_per_s = step.tokens / step.seconds
+    prediction.notes.append(f"{CPU_SPEED_NOTE}: {host.name}, {step.bound}-bound "
+                            f"(bytes {step.bytes_seconds * 1e3:.2f} ms, compute "
+                            f"{(step.compute_seconds or 0) * 1e3:.2f} ms, overhead {step.overhead_seconds * 1e3:.2f} ms)")
 
 
 def _predict_gpu(result: ExecutionResult, strategy: CompressionStrategy, spec, prediction: Prediction) -> None:  # noqa: ANN001

@@ -14,6 +14,7 @@ alias that would steal another entry's name is an error. The catalog lives in on
 from __future__ import annotations
 
 import builtins
+import math
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -258,8 +259,8 @@ def list(  # noqa: A001 - the public name is hardware_db.list by design
                                + did_you_mean(vendor, catalog.vendors()))
         entries = [e for e in entries if e.vendor == wanted]
     for label, bound in (("min_memory_gb", min_memory_gb), ("max_memory_gb", max_memory_gb)):
-        if bound is not None and bound < 0:
-            raise CatalogError(f"{label} must be >= 0, got {bound}")
+        if bound is not None and (not math.isfinite(bound) or bound < 0):
+            raise CatalogError(f"{label} must be a finite number >= 0, got {bound}")
     if min_memory_gb is not None and max_memory_gb is not None and min_memory_gb > max_memory_gb:
         raise CatalogError(f"min_memory_gb ({min_memory_gb}) is larger than max_memory_gb ({max_memory_gb})")
     if min_memory_gb is not None:

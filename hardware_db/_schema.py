@@ -73,7 +73,10 @@ class Accelerator(BaseModel):
     """
 
     # defer_build: the validator is built on first use, keeping `import hardware_db` light.
-    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True, defer_build=True)
+    # allow_inf_nan=False: a catalog file with memory_gb = inf (TOML has inf/nan literals) would make
+    # every model fit; no accelerator number is infinite or NaN.
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True, defer_build=True,
+                              allow_inf_nan=False)
 
     # Identity
     name: str = Field(min_length=1, description="canonical name, e.g. 'NVIDIA H100 SXM'")

@@ -58,7 +58,7 @@ def estimate(model: Any, precision: str | None = None, *, gpu: Any = None, gpus:
     ...              prompt_len=512, new_tokens=256)
     >>> e.speed.decode_tokens_per_s, e.cost.usd_per_million_output_tokens  # doctest: +SKIP
     """
-    from planner.memory.api import build_inference_estimate, estimate_memory, prepare_inference
+    from planner.memory.api import build_inference_estimate, estimate_memory, prepare_inference_with_default
     from planner.speed.cost import estimate_cost
     from planner.speed.engines import get_speed_engine
     from planner.speed.model import SpeedUnknown, speed_of
@@ -72,9 +72,10 @@ def estimate(model: Any, precision: str | None = None, *, gpu: Any = None, gpus:
                         memory_engine=memory_engine, gpu=None if gpu is None else str(gpu), gpus=gpus,
                         memory=memory, speed_unknown="training throughput is in memory (fine-tuning modes)",
                         cost_unknown="training cost is in memory (fine-tuning modes)")
-    prepared = prepare_inference(model, "bf16" if precision is None else precision, batch=batch, seq_len=seq_len,
-                                 prompt_len=prompt_len, new_tokens=new_tokens, engine=memory_engine, gpus=gpus,
-                                 kv_dtype=kv_dtype, gpu=gpu, **options)
+    # precision None = the checkpoint's own format (mxfp4, fp8, awq, ...), else bf16
+    prepared = prepare_inference_with_default(model, precision, batch=batch, seq_len=seq_len, prompt_len=prompt_len,
+                                              new_tokens=new_tokens, engine=memory_engine, gpus=gpus,
+                                              kv_dtype=kv_dtype, gpu=gpu, **options)
     memory = build_inference_estimate(prepared)
     speed = cost = None
     speed_unknown = cost_unknown = None

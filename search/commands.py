@@ -45,6 +45,9 @@ def register_search(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=None, help="sampler seed")
     parser.add_argument("--jobs", type=int, default=1, metavar="N", help="parallel trials in this process")
     parser.add_argument("--timeout", type=float, default=None, metavar="S", help="stop after S seconds")
+    parser.add_argument("--profile", metavar="FILE", help="sensitivity profile JSON of this model: predictions on "
+                        "the profile basis and per-block formats allocated exactly under sampled bit budgets")
+    parser.add_argument("--calibration", metavar="DIR", help="calibration store of measured results")
     add_storage_flags(parser)
     parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output directory (default ./{DEFAULT_OUT})")
     parser.add_argument("--top", type=int, default=10, metavar="N", help="rows printed (default 10)")
@@ -62,6 +65,31 @@ def register_results(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--top", type=int, default=10, metavar="N", help="rows printed (default 10)")
     add_format_flags(parser)
     parser.set_defaults(func=run_results_command)
+
+
+def register_report(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("report", help="a self-contained HTML or Markdown report of a stored search",
+                                   description="Write the report of a search (model analysis, hardware "
+                                               "requirements, constraints, ranked trade-offs, Pareto plot, "
+                                               "recommendation) from its Optuna study alone.")
+    add_storage_flags(parser, required=True)
+    parser.add_argument("--format", dest="report_format", default="html", metavar="F", help="html or md (default html)")
+    parser.add_argument("--out", default="fitplan-report", metavar="DIR", help="output directory (default "
+                        "./fitplan-report)")
+    parser.set_defaults(func=run_report_command)
+
+
+def run_report_command(args: argparse.Namespace) -> int:
+    from search.report import write_report
+    from search.results import result_from_study
+    from search.storage import open_storage
+    from search.study import load_existing
+
+    out = _check_out(args.out)
+    study = load_existing(open_storage(args.storage), args.study)
+    path = write_report(result_from_study(study), out, fmt=args.report_format)
+    print(f"wrote {path}")
+    return 0
 
 
 def _check_out(out: str | None) -> Path | None:
@@ -93,9 +121,18 @@ def run_search_command(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise InvalidRequestError(f"--top must be at least 1, got {args.top}.")
     constraints = constraints_from_args(args)
+    profile = calibration = None
+    if args.profile is not None:
+        from planner.accuracy.profile import SensitivityProfile
+
+        profile = SensitivityProfile.load(args.profile)
+    if args.calibration is not None:
+        from planner.accuracy.calibration import CalibrationStore
+
+        calibration = CalibrationStore.load(args.calibration)
     result = run_search(args.model, constraints, n_trials=args.trials, sampler=args.sampler,
                         objectives=args.objectives, storage=args.storage, study_name=args.study, seed=args.seed,
-                        n_jobs=args.jobs, timeout=args.timeout,
+                        n_jobs=args.jobs, timeout=args.timeout, profile=profile, calibration=calibration,
                         progress=not args.no_progress and args.output == "table" and sys.stderr.isatty())
     paths = result.write(out) if out is not None else {}
     _print(result, args, paths)

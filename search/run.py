@@ -25,6 +25,18 @@ SAMPLERS = ("auto", "nsga2", "tpe", "gp", "random")
 # Chosen from benchmarks/search_efficiency.py (hypervolume ratio to the exhaustive front at equal budgets).
 AUTO_SAMPLER = "tpe"
 MAX_TRIALS = 1_000_000
+# Weight budgets (average stored bits per block weight) sampled when a sensitivity profile drives the
+# per-block allocation (search.allocator).
+DEFAULT_BIT_BUDGETS = (2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0, 8.0, 9.0)
+
+
+def _load_profile(profile: Any):
+    """A SensitivityProfile from itself or a path (None stays None)."""
+    if profile is None:
+        return None
+    from planner.accuracy.profile import SensitivityProfile
+
+    return profile if isinstance(profile, SensitivityProfile) else SensitivityProfile.load(profile)
 
 
 def make_sampler(name: str, *, seed: int | None, n_objectives: int, population: int | None = None):
@@ -90,10 +102,17 @@ def run_search(model: Any, constraints: Any = None, *, space: SearchSpace | None
     spec = get_model(model)
     constraints = coerce_constraints(constraints)
     objective_list = resolve_objectives(objectives if not isinstance(objectives, str) else objectives)
-    space = space or default_space(spec, constraints)
+    profile = _load_profile(profile)
+    if space is None:
+        space = default_space(spec, constraints)
+        if profile is not None:
+            space = space.model_copy(update={"bit_budgets": DEFAULT_BIT_BUDGETS})
     evaluate = candidate_evaluator(spec, constraints, objective_list, profile=profile, calibration=calibration)
     scorer = TrialScorer(evaluate, objective_list)
     request = request_record(spec, constraints, space, objective_list)
+    if profile is not None:
+        request["profile"] = {"fingerprint": profile.model.fingerprint, "created": profile.created,
+                              "evaluator": profile.evaluator.name}
     directions = [o.direction for o in objective_list]
     sampler_obj = make_sampler(sampler, seed=seed, n_objectives=len(objective_list))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -101,8 +120,14 @@ def run_search(model: Any, constraints: Any = None, *, space: SearchSpace | None
     name = study_name or default_study_name(request)
     study, resumed = open_study(store, name, request, directions, sampler_obj)
 
+    allocator = None
+    if profile is not None and space.bit_budgets:
+        from search.allocator import BlockAllocator
+
+        allocator = BlockAllocator(spec, profile, tuple(f for f in space.weight_formats if f != "none"))
+
     def objective(trial: optuna.trial.Trial) -> list[float]:
-        return scorer(trial, space.suggest(trial))
+        return scorer(trial, space.suggest(trial, allocator))
 
     done = _finished(study)
     remaining = max(0, n_trials - done)

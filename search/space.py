@@ -63,6 +63,9 @@ class SearchSpace(BaseModel):
     distill_widths: tuple[float, ...] = Field((1.0,), description="student MLP width ratio (1.0 = none)")
     low_rank_ratios: tuple[float, ...] = Field((1.0,), description="kept rank ratio (1.0 = none)")
     compute_dtype: str = Field("bf16", description="dtype of the matmuls and of unquantized parts")
+    bit_budgets: tuple[float, ...] = Field((), description="with a sensitivity profile: average stored bits per "
+                                           "block weight; the per-block formats are then allocated exactly "
+                                           "(search.allocator) instead of sampling one format")
 
     @field_validator("weight_formats", "kv_dtypes", "keep_layers", "sparsity", "sparsity_levels", "distill_depths",
                      "distill_widths", "low_rank_ratios")
@@ -137,10 +140,27 @@ class SearchSpace(BaseModel):
 
     # -- one point <-> one strategy ---------------------------------------------------------------
 
-    def suggest(self, trial: "optuna.trial.BaseTrial") -> CompressionStrategy:
-        """Ask ``trial`` for one point of the space (conditional parameters only where they apply)."""
-        params: dict[str, Any] = {"weights": trial.suggest_categorical("weights", self.weight_formats)}
-        if params["weights"] != "none" and len(self.keep_layers) > 1:
+    def suggest(self, trial: "optuna.trial.BaseTrial", allocator: Any = None) -> CompressionStrategy:
+        """Ask ``trial`` for one point of the space (conditional parameters only where they apply).
+
+        With an ``allocator`` (search.allocator.BlockAllocator, from a sensitivity profile) and
+        ``bit_budgets``, the trial samples a weight budget and the allocator picks every block's format.
+        """
+        params: dict[str, Any] = {}
+        if allocator is not None and self.bit_budgets:
+            bits = trial.suggest_categorical("bits", self.bit_budgets)
+            allocation = allocator.allocate(allocator.bytes_for_bits(bits))
+            if allocation is None:
+                from planner.errors import InvalidRequestError
+
+                raise InvalidRequestError(f"a budget of {bits:g} bits per weight is below the smallest format "
+                                          "the profile measured")
+            trial.set_user_attr("allocation_bits", bits)
+            params["allocation"] = allocation
+            params["allocator"] = allocator
+        else:
+            params["weights"] = trial.suggest_categorical("weights", self.weight_formats)
+        if params.get("weights", "") != "none" and len(self.keep_layers) > 1 and allocator is None:
             params["keep_layers"] = trial.suggest_categorical("keep_layers", self.keep_layers)
         if len(self.kv_dtypes) > 1:
             params["kv_dtype"] = trial.suggest_categorical("kv_dtype", self.kv_dtypes)
@@ -156,13 +176,17 @@ class SearchSpace(BaseModel):
 
     def strategy(self, *, weights: str = "none", keep_layers: int | None = None, kv_dtype: str | None = None,
                  sparsity: str = "none", sparsity_level: float | None = None, distill_depth: float | None = None,
-                 distill_width: float | None = None, low_rank: float | None = None) -> CompressionStrategy:
+                 distill_width: float | None = None, low_rank: float | None = None, allocation: Any = None,
+                 allocator: Any = None) -> CompressionStrategy:
         """The strategy of one point (missing knobs take the space's only choice, or 'off')."""
         parts: dict[str, Any] = {}
         keep = keep_layers if keep_layers is not None else self.keep_layers[0]
         kv = kv_dtype if kv_dtype is not None else self.kv_dtypes[0]
         kv = None if kv == "auto" else kv
-        if weights != "none" or kv is not None:
+        if allocation is not None:
+            parts["quantization"] = allocator.quantization(allocation, compute_dtype=self.compute_dtype,
+                                                           keep_format=self.compute_dtype, kv_cache=kv)
+        elif weights != "none" or kv is not None:
             quant_format = weights if weights != "none" else self.compute_dtype
             kept = keep if weights != "none" else 0
             parts["quantization"] = QuantizationSpec(weights=quant_format, compute_dtype=self.compute_dtype,
@@ -225,7 +249,7 @@ def default_space(spec: "ModelSpec", constraints: Any, *, wide: bool = False) ->
     """
     from planner.formats import get_kv_dtype
     from planner.memory.devices import kv_dtype_support
-    from planner.models.derive import HEAD_PRUNABLE_MODEL_TYPES, STRUCTURED_MODEL_TYPES
+    from planner.models.derive import structural_refusal
     from planner.planning.grid import DEFAULT_FORMATS, DEFAULT_KV, baseline_format, runnable_formats
 
     formats, dropped = runnable_formats(DEFAULT_FORMATS, constraints)
@@ -240,11 +264,8 @@ def default_space(spec: "ModelSpec", constraints: Any, *, wide: bool = False) ->
     kv = ["auto"] + [k for k in DEFAULT_KV
                      if kv_dtype_support(get_kv_dtype(k), acc, constraints.memory_engine).supported is not False]
     patterns = ["none", "unstructured", "2:4"]
-    if spec.model_type in STRUCTURED_MODEL_TYPES:
-        patterns += ["ffn", "layers"]
-    if spec.model_type in HEAD_PRUNABLE_MODEL_TYPES:
-        patterns.append("heads")
-    structured = spec.model_type in STRUCTURED_MODEL_TYPES
+    patterns += [kind for kind in ("ffn", "layers", "heads") if structural_refusal(spec, kind) is None]
+    structured = structural_refusal(spec, "student") is None
     levels = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7) if wide else (0.125, 0.25, 0.5)
     depths = ((1.0, 0.875, 0.75, 0.625, 0.5) if wide else (1.0, 0.75, 0.5)) if structured else (1.0,)
     widths = ((1.0, 0.75, 0.5) if structured else (1.0,))

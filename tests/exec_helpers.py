@@ -61,7 +61,7 @@ _TINY = {}
 def tiny_llm_dir():
     """The tiny causal LM fixture at the test step count, from the user cache (built on first use)."""
     if "info" not in _TINY:
-        from executors.fixtures import TEST_STEPS, ensure_tiny_llm
+        from executors.fixtures import ensure_test_llm
 
-        _TINY["info"] = ensure_tiny_llm(TEST_STEPS)
+        _TINY["info"] = ensure_test_llm()
     return _TINY["info"]

@@ -173,3 +173,24 @@ def test_calibration_corpus_from_user_files(tmp_path):
         load_corpus(_write(tmp_path / "short.txt", "a\nb\n"))
     with pytest.raises(InvalidRequestError, match="does not exist"):
         load_corpus(tmp_path / "missing.txt")
+
+
+@pytest.mark.exec
+def test_cli_field_flags_build_the_evaluator(labelled):
+    import argparse
+
+    from executors.cli.run import _evaluator
+    from executors.fixtures import minilm_dir
+
+    def args(**values):
+        base = {"eval_data": None, "text_field": None, "label_field": None, "evaluator": None,
+                "model_dir": str(minilm_dir())}
+        return argparse.Namespace(**{**base, **values})
+
+    assert _evaluator(args(evaluator="fidelity")) == "fidelity"
+    chosen = _evaluator(args(eval_data=str(labelled[0]), evaluator="accuracy", label_field="topic"))
+    assert (chosen.name, chosen.label_field, chosen.text_field) == ("accuracy", "topic", None)
+    with pytest.raises(InvalidRequestError, match="--text-field names a column of --eval-data"):
+        _evaluator(args(text_field="review"))
+    with pytest.raises(InvalidRequestError, match="--label-field is for --eval accuracy"):
+        _evaluator(args(eval_data=str(labelled[0]), evaluator="fidelity", label_field="topic"))

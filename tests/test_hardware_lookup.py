@@ -200,7 +200,7 @@ def test_list_rejects_unknown_vendor_with_suggestion():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"min_memory_gb": -1}, "must be >= 0"), ({"min_memory_gb": 80, "max_memory_gb": 40}, "larger than"),
+    ({"min_memory_gb": -1}, "must be a finite number >= 0"), ({"min_memory_gb": 80, "max_memory_gb": 40}, "larger than"),
 ])
 def test_list_rejects_bad_bounds(kwargs, message):
     with pytest.raises(CatalogError, match=message):

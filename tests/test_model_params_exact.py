@@ -16,14 +16,20 @@ from planner.models.resolve import registry_spec
 pytestmark = pytest.mark.exec
 
 INSTANTIABLE = [e for e in registry_entries() if e.instantiate_as != "none"]
+REMOTE_CODE = [e for e in registry_entries() if e.instantiate_as == "none"]
 
 
 def _meta_count(entry) -> int:
     import torch
     import transformers
 
-    config = transformers.AutoConfig.for_model(**{k: v for k, v in entry.config.items()
-                                                  if k not in ("auto_map", "quantization_config")})
+    source = entry.config
+    if registry_spec(entry.name).model_type != source["model_type"]:  # a multimodal wrapper read as its text model
+        source = source["text_config"]
+    raw = {k: v for k, v in source.items() if k not in ("auto_map", "quantization_config")}
+    if entry.transformers_model_type:
+        raw["model_type"] = entry.transformers_model_type
+    config = transformers.AutoConfig.for_model(**raw)
     auto = {"causal_lm": transformers.AutoModelForCausalLM, "auto_model": transformers.AutoModel,
             "seq2seq": transformers.AutoModelForSeq2SeqLM}[entry.instantiate_as]
     with torch.device("meta"):
@@ -34,11 +40,24 @@ def _meta_count(entry) -> int:
 @pytest.mark.parametrize("entry", INSTANTIABLE, ids=lambda e: e.name)
 def test_parameter_total_equals_transformers_meta_count(entry):
     spec = registry_spec(entry.name)
-    assert spec.params.total == _meta_count(entry)
+    expected = _meta_count(entry)
+    if entry.meta_count_excludes == "lm_head":  # transformers ties a head the checkpoint stores untied
+        expected += sum(g.params for g in spec.param_groups if g.name == "lm_head")
+    assert spec.params.total == expected
     assert spec.params.total == entry.params_total_exact
 
 
-@pytest.mark.parametrize("model_type", sorted(set(_PROFILES) - {"qwen"}))
+def test_entries_transformers_cannot_build_keep_their_published_count():
+    for entry in REMOTE_CODE:
+        assert entry.params_total_exact is None, entry.name
+        assert "remote" in entry.notes.lower() or "trust_remote_code" in entry.notes, entry.name
+        assert registry_spec(entry.name).params.total > 0
+
+
+_REMOTE_CODE_TYPES = {"qwen", "internlm2", "baichuan", "minicpm", "mimo", "orion", "deepseek", "kimi_k2"}
+
+
+@pytest.mark.parametrize("model_type", sorted(set(_PROFILES) - _REMOTE_CODE_TYPES))
 def test_tie_word_embeddings_default_matches_transformers(model_type):
     import transformers
 

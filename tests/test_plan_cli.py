@@ -37,6 +37,9 @@ def test_without_hardware_the_seed_deployment_applies_and_cpu_has_no_speed():
         Constraints(gpu="RTX 4090", mode="fine-tuning", min_tokens_per_s=10)
     with pytest.raises(ValidationError, match="no cloud price"):
         Constraints(gpu="RTX 3090", max_cost_per_hour=2)
+    with pytest.raises(ValidationError, match="is a capacity"):
+        Constraints(gpu="16GB", min_speedup=2)
+    assert Constraints(gpu="16GB", max_accuracy_loss=2).memory_limit_gib() == 16
 
 
 def test_unknown_target_engine_and_gpu_say_what_is_allowed():
@@ -99,6 +102,8 @@ def test_plan_json_and_csv(capsys):
     ("--max-memory-gb", "nan", "--max-memory-gb needs a finite number"),
     ("--max-accuracy-loss", "-1", "--max-accuracy-loss must not be negative"),
     ("--gpus", "0", "--gpus must be at least 1"),
+    ("--batch", "two", "--batch needs a whole number"),
+    ("--min-speedup", "inf", "--min-speedup needs a finite number"),
     ("--deployment-target", "moon", "invalid choice"),
 ])
 def test_plan_bad_flags_exit_2_naming_the_flag(capsys, flag, value, message):
@@ -147,3 +152,14 @@ def test_compare_unknown_format_is_one_line(capsys):
     assert main(["compare", MODEL, "--gpu", "RTX 4090", "--formats", "fp16,int9"]) == 2
     err = capsys.readouterr().err
     assert "int9" in err and len(err.strip().splitlines()) == 1
+
+
+def test_plan_all_lists_infeasible_candidates_with_their_violations(capsys):
+    assert main([*SEED_ARGS, "--all", "--csv"]) == 0
+    import csv
+    import io
+
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    infeasible = [r for r in rows if r["feasible"] == "False"]
+    assert infeasible and all(r["violations"] for r in infeasible)
+    assert all(r["memory_gib"] for r in rows)  # --all runs every candidate through the memory model

@@ -9,7 +9,7 @@ import pytest
 
 import hardware_db
 from planner import estimate_memory, get_model
-from planner.errors import InvalidRequestError
+from planner.errors import InvalidRequestError, UnsupportedError
 from planner.memory.result import GIB
 from planner.sizing import CLUSTER_COLUMNS, FITS_COLUMNS, size_cluster, what_fits
 from planner.speed import get_speed_engine, prefill_flops, read_bytes, step_terms, usd_per_million_tokens
@@ -83,9 +83,10 @@ def test_capacity_only_gpu_has_unknown_support_and_no_speed():
     assert row["fits"] and math.isnan(row["decode_tok_s"])
 
 
-def test_engine_that_cannot_run_a_format_is_a_row_not_an_exception():
-    frame = what_fits("RTX 4090", ["meta-llama/Llama-3.1-8B"], ["q4_k_m"], engine="hf")
-    assert not frame.iloc[0]["fits"] and "llamacpp" in frame.iloc[0]["note"]
+def test_engine_that_cannot_run_a_requested_format_is_rejected_like_estimate():
+    # issue 13: a request no row can answer is an error (as in estimate_memory), not "0 of N fit".
+    with pytest.raises(UnsupportedError, match="llamacpp"):
+        what_fits("RTX 4090", ["meta-llama/Llama-3.1-8B"], ["q4_k_m"], engine="hf")
 
 
 def test_many_gpus_in_one_call():

@@ -225,3 +225,17 @@ def test_planner_estimate_stays_callable_after_the_submodule_is_imported():
 
     assert isinstance(planner.estimate("Qwen/Qwen2.5-0.5B", seq_len=64), Estimate)
     assert isinstance(module("Qwen/Qwen2.5-0.5B", seq_len=64), Estimate)
+
+
+def test_forward_latency_of_an_encoder_counts_full_attention():
+    from hardware_db.probe import HostProbe, host_entry
+    from planner.speed.model import forward_latency
+
+    host = host_entry(HostProbe(cpu_name="cpu", vendor="AMD", logical_cores=2, ram_bytes=2**34, available_bytes=2**33,
+                                bandwidth_gbps=10.0, matmul_gflops={"fp32": 100.0}, matmul_backend="numpy"))
+    spec = planner.get_model("sentence-transformers/all-MiniLM-L6-v2")
+    step = forward_latency(spec, planner.get_format("fp32"), get_speed_engine("hf"), host, weight_bytes=9e7,
+                           batch=32, tokens=64)
+    a = spec.attention
+    assert step.inputs["attention_flops"] == pytest.approx(32 * 4 * a.num_heads * a.head_dim * 64 * 64 * spec.num_layers)
+    assert step.bound == "compute" and step.seconds > step.compute_seconds

@@ -71,7 +71,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "one (faster; memory peaks then include this process)")
     parser.add_argument("--no-speed", action="store_true", help="skip the latency measurement")
     add_format_flags(parser, csv=False)
-    parser.set_defaults(func=run)
+    # Errors of the strategy objects name their fields; the CLI prints the flag that set each one.
+    parser.set_defaults(func=run, field_flags={"level": "--sparsity", "pattern": "--pattern",
+                                               "depth_ratio": "--distill-depth", "width_ratio": "--distill-width",
+                                               "steps": "--distill-steps", "rank_ratio": "--low-rank"})
 
 
 def strategy_from_args(args: argparse.Namespace) -> CompressionStrategy:
@@ -107,6 +110,9 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidRequestError(f"model directory {args.model_dir!r} does not exist; pass a local Hugging Face "
                                   f"model directory (config.json + weights).")
     strategy = strategy_from_args(args)
+    from planner.validate import output_directory
+
+    output_directory(args.out, "--out")  # before any work: results are never lost for want of a place
     from executors import execute
 
     cap = int(args.memory_cap_gib * 2**30) if args.memory_cap_gib else None

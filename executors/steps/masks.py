@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from executors.steps.linears import features
 from planner.models.derive import round_half_up
 
 
@@ -66,10 +67,10 @@ def is_valid_nm(weight: torch.Tensor, n: int, m: int) -> bool:
     return bool(((weight.reshape(rows, cols // m, m) != 0).sum(-1) <= n).all())
 
 
-def input_norms(model: nn.Module, modules: dict[str, nn.Linear], batches: Sequence[torch.Tensor],
+def input_norms(model: nn.Module, modules: dict[str, nn.Module], batches: Sequence[torch.Tensor],
                 device: str) -> dict[str, torch.Tensor]:
     """``||X_j||_2`` of every input feature of each module over the calibration batches."""
-    sums = {name: torch.zeros(module.in_features, dtype=torch.float64) for name, module in modules.items()}
+    sums = {name: torch.zeros(features(module)[0], dtype=torch.float64) for name, module in modules.items()}
     handles = []
     for name, module in modules.items():
         def accumulate(_module, args, _name=name):
@@ -89,7 +90,10 @@ def run_batches(model: nn.Module, batches: Sequence[torch.Tensor], device: str) 
     was_training = model.training
     model.eval()
     try:
+        encoder_decoder = getattr(getattr(model, "config", None), "is_encoder_decoder", False)
         for batch in batches:
-            model(input_ids=batch.to(device))
+            ids = batch.to(device)
+            # an encoder-decoder model reads the batch on both sides (T5: decoder input = the same tokens)
+            model(input_ids=ids, decoder_input_ids=ids) if encoder_decoder else model(input_ids=ids)
     finally:
         model.train(was_training)

@@ -44,17 +44,21 @@ from executors.steps.masks import run_batches
 _EXPANDING_ROLES = ("gate", "up", "gate_up")  # MLP projections whose output rows are the channels
 
 
-def _sites(layout: ModelLayout, layer: int, component: str) -> dict[str, LinearSite]:
-    prefix = layout.block_prefix(layer)
-    sites = {s.role: s for s in layout.block_linears((component,)) if s.name.startswith(prefix) and s.role}
-    return sites
+def _sites(layout: ModelLayout, prefix: str, component: str) -> dict[str, LinearSite]:
+    """Role -> site of the ``component`` projections in the block whose path starts with ``prefix``."""
+    return {s.role: s for s in layout.block_linears((component,)) if s.name.startswith(prefix) and s.role}
 
 
-def _mlp_sites(layout: ModelLayout, layer: int) -> dict[str, LinearSite]:
-    sites = _sites(layout, layer, "mlp")
+def _block_prefixes(layout: ModelLayout) -> list[str]:
+    """``<stack>.<index>.`` of every block of every stack (an encoder-decoder model has two stacks)."""
+    return [f"{path}.{index}." for path, blocks in layout.stacks for index in range(len(blocks))]
+
+
+def _mlp_sites(layout: ModelLayout, prefix: str) -> dict[str, LinearSite]:
+    sites = _sites(layout, prefix, "mlp")
     if "down" not in sites or not any(role in sites for role in _EXPANDING_ROLES):
-        raise UnsupportedError(f"layer {layer} of {layout.model_type}: no MLP projections with known roles "
-                               f"(found {sorted(sites) or 'none'}); its MLP channels cannot be pruned.")
+        raise UnsupportedError(f"block {prefix.rstrip('.')} of {layout.model_type}: no MLP projections with known "
+                               f"roles (found {sorted(sites) or 'none'}); its MLP channels cannot be pruned.")
     return sites
 
 
@@ -63,8 +67,8 @@ def _channel_rows(role: str, channels: torch.Tensor, width: int) -> torch.Tensor
     return torch.cat([channels, channels + width]) if role == "gate_up" else channels
 
 
-def ffn_channel_scores(layout: ModelLayout, layer: int) -> torch.Tensor:
-    sites = _mlp_sites(layout, layer)
+def ffn_channel_scores(layout: ModelLayout, prefix: str) -> torch.Tensor:
+    sites = _mlp_sites(layout, prefix)
     width = sites["down"].in_features
     total = torch.zeros(width)
     for role, site in sites.items():
@@ -79,12 +83,12 @@ def ffn_channel_scores(layout: ModelLayout, layer: int) -> torch.Tensor:
 
 
 def keep_ffn_channels(model: nn.Module, layout: ModelLayout, width: int) -> list[list[int]]:
-    """Keep the ``width`` highest-scoring MLP channels of every layer; returns the kept indices."""
+    """Keep the ``width`` highest-scoring MLP channels of every block (of every stack); returns the kept indices."""
     kept_all = []
     spec = layout.require_spec("FFN-channel pruning")
-    for layer in range(len(layout.blocks)):
-        keep = torch.topk(ffn_channel_scores(layout, layer), width).indices.sort().values
-        sites = _mlp_sites(layout, layer)
+    for prefix in _block_prefixes(layout):
+        keep = torch.topk(ffn_channel_scores(layout, prefix), width).indices.sort().values
+        sites = _mlp_sites(layout, prefix)
         current = sites["down"].in_features
         for role, site in sites.items():
             weight, bias = weight_matrix(site.module), site.module.bias
@@ -118,7 +122,7 @@ def _attention_rows(layout: ModelLayout, groups: Sequence[int]) -> dict[str, tor
 
 
 def _attention_sites(layout: ModelLayout, layer: int) -> dict[str, LinearSite]:
-    sites = _sites(layout, layer, "attention")
+    sites = _sites(layout, layout.block_prefix(layer), "attention")
     if "o" not in sites or not ({"q", "k", "v"} <= set(sites) or "qkv" in sites):
         raise UnsupportedError(f"layer {layer} of {layout.model_type}: attention projections with known roles "
                                f"not found (found {sorted(sites) or 'none'}); heads cannot be pruned.")

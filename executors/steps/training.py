@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from executors.steps.context import BatchSource
+from executors.steps.linears import is_dense, is_linear_like
 from planner.errors import InvalidRequestError
 
 LossFn = Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
@@ -109,8 +110,10 @@ def train_steps(model: nn.Module, loss_fn: LossFn, batches: Iterator[torch.Tenso
 
 
 def keep_zeros(model: nn.Module) -> Callable[[int], None]:
-    """An ``after_step`` hook re-zeroing the Linear weights that are zero now (pruned weights stay pruned)."""
-    weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear) and m.weight.is_floating_point()]
+    """An ``after_step`` hook re-zeroing the weights that are zero now (pruned weights stay pruned): every
+    dense linear-like module (Linear, Conv1D) and the fused 3-D MoE expert tensors."""
+    weights = [m.weight for m in model.modules() if is_linear_like(m) and is_dense(m)]
+    weights += [p for n, p in model.named_parameters() if p.dim() == 3 and p.is_floating_point() and "expert" in n.lower()]
     masks = [(w, w.detach() == 0) for w in weights if bool((w == 0).any())]
 
     def apply(_step: int) -> None:

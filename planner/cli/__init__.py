@@ -67,8 +67,10 @@ def _needs_plugins(argv: Sequence[str]) -> bool:
             next(words, None)
         elif word.startswith("--hardware-file="):
             continue
+        elif word == "--version":
+            return False
         elif word.startswith("-"):
-            return True  # --help, --version or a mistake: show everything there is
+            return True  # --help or a mistake: show everything there is
         else:
             return word not in BUILTIN_COMMANDS
     return True
@@ -80,6 +82,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         prog="fitplan",
         description="Will it fit, what will it cost, and how should I compress it?",
     )
+    parser.add_argument("--version", action=_VersionAction, help="print fitplan's version and exit")
     parser.add_argument(
         "--hardware-file",
         action="append",
@@ -97,6 +100,38 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+class _VersionAction(argparse.Action):
+    """``fitplan --version``: the installed distribution's version (read only when asked)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, help: str | None = None):
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            text = version("fitplan")
+        except PackageNotFoundError:
+            text = "unknown (not installed; running from a checkout)"
+        print(f"fitplan {text}")
+        parser.exit()
+
+
+def _parse(argv: list[str]) -> argparse.Namespace | int:
+    """Parsed arguments, or exit code 2 after one line when a number is NaN/inf (argparse takes them)."""
+    from planner.validate import flags_by_dest, reject_non_finite_args
+
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    args._flags = flags_by_dest(parser)  # messages name the flags users typed, not Python keywords
+    try:
+        reject_non_finite_args(parser, args)
+    except _user_error_types() as error:
+        print(f"fitplan: error: {_one_line(error)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return args
+
+
 def _user_error_types() -> tuple[type[BaseException], ...]:
     import pydantic
 
@@ -108,7 +143,8 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    return _run_command(build_parser(argv).parse_args(argv))
+    args = _parse(argv)
+    return args if isinstance(args, int) else _run_command(args)
 
 
 def _run_command(args: argparse.Namespace) -> int:
@@ -120,7 +156,10 @@ def _run_command(args: argparse.Namespace) -> int:
             hardware_db.load_user_files(args.hardware_file)
         return int(args.func(args) or 0)
     except user_errors as error:
-        print(f"fitplan: error: {_one_line(error)}", file=sys.stderr)
+        from planner.validate import name_flags
+
+        message = name_flags(_one_line(error), getattr(args, "_flags", {}), getattr(args, "field_flags", None))
+        print(f"fitplan: error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("fitplan: interrupted", file=sys.stderr)
@@ -148,7 +187,9 @@ def console_main() -> int:
     """
     gc.disable()  # building the parser imports the engine profiles: no cycles either
     argv = sys.argv[1:]
-    args = build_parser(argv).parse_args(argv)
+    args = _parse(argv)
+    if isinstance(args, int):
+        return args
     if getattr(args, "quick", False):
         # Read when numpy is first imported, which only the command itself does.
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")

@@ -20,8 +20,14 @@ KWARG_HOOKS: list[Callable[[argparse.Namespace, str], dict[str, Any]]] = []
 ENGINE_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "--hf-logits": ("hf_logits", {"choices": ("last", "full"),
                                   "help": "transformers logits: 'last' (>= 4.45) or 'full' (<= 4.44, whole prompt in fp32)"}),
-    "--hf-cache": ("hf_cache", {"choices": ("dynamic", "legacy"),
-                                "help": "transformers DynamicCache (>= 4.36) or legacy tuple caches"}),
+    "--hf-cache": ("hf_cache", {"choices": ("dynamic", "legacy", "static"),
+                                "help": "transformers DynamicCache (>= 4.36), legacy tuple caches, or a static "
+                                        "cache allocated up front (StaticCache, AutoAWQ fused)"}),
+    "--cache-len": ("cache_len", {"type": int, "metavar": "N",
+                                  "help": "tokens per sequence of a static cache (AutoAWQ fused: max_seq_len, 2048)"}),
+    "--transformers-version": ("transformers_version", {"metavar": "X.Y",
+                                                        "help": "transformers release of generate(), e.g. 4.38 "
+                                                                "(older releases keep more memory)"}),
     "--attention": ("attention", {"choices": ("flash", "sdpa", "eager"), "help": "attention kernel (default sdpa)"}),
     "--parallel": ("parallel", {"choices": ("tensor", "pipeline"), "help": "how --gpus split the model"}),
     "--cuda-module-loading": ("cuda_module_loading", {"choices": ("lazy", "eager"),

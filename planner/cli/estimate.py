@@ -29,6 +29,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tokens.add_argument("--new-tokens", type=int, metavar="N", help="generated tokens")
     parser.add_argument("--gpus", type=int, default=1, metavar="N", help="GPUs the model is split over")
     parser.add_argument("--gpu", metavar="NAME_OR_SIZE", help="check fit and support, predict speed and cost on this GPU")
+    parser.add_argument("--ram", metavar="GB",
+                        help="host RAM, e.g. 32GB: when the model does not fit on --gpu, the run modes with part of "
+                             "it in RAM (llama.cpp -ngl, MoE experts on CPU, accelerate device_map, CPU only)")
+    parser.add_argument("--host-bandwidth", metavar="GBPS", help="host memory bandwidth in GB/s for --ram")
     parser.add_argument("--explain", action="store_true", help="print each term's formula, inputs and source")
     add_engine_flags(parser)
     run_hooks(parser, "estimate")
@@ -37,16 +41,52 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from planner.estimate import estimate
+    # through the package, so `planner.estimate` stays the function (importing the submodule by name would
+    # rebind the package attribute to the module)
+    from planner import estimate
 
     result = estimate(args.model, args.precision, gpu=args.gpu, gpus=args.gpus, engine=args.engine, batch=args.batch,
                       seq_len=args.seq_len, prompt_len=args.prompt_len, new_tokens=args.new_tokens, kv_dtype=args.kv_dtype,
                       **engine_kwargs(args), **hook_kwargs(args, "estimate"))
+    modes = _offload(args, result)
     if args.output == "json":
-        print_json(result.as_json_dict())
+        payload = result.as_json_dict()
+        if modes is not None:
+            payload["offload"] = [m.model_dump() for m in modes[0]]
+        print_json(payload)
         return 0
     _print_estimate(result, explain=args.explain)
+    if modes is not None:
+        from planner.cli.fits import print_offload_modes
+
+        print_offload_modes(*modes, f"of {result.model} (it does not fit on {result.gpu})")
     return 0
+
+
+def _offload(args: argparse.Namespace, result):
+    """--ram: (offload modes, host links) when the model does not fit on the GPU; None otherwise."""
+    from planner.cli.fits import _number
+    from planner.errors import InvalidRequestError
+
+    if args.ram is None:
+        if args.host_bandwidth is not None:
+            raise InvalidRequestError("--host-bandwidth applies to offload: give --ram too.")
+        return None
+    if args.gpu is None:
+        raise InvalidRequestError("--ram (offload) needs --gpu.")
+    if result.mode != "inference":
+        raise InvalidRequestError("--ram (offload) applies to inference; fine-tuning takes --offload.")
+    from planner.memory.devices import resolve_gpu
+    from planner.sizing.offload import host_links, offload_modes
+
+    bandwidth = _number(args.host_bandwidth, "--host-bandwidth") if args.host_bandwidth is not None else None
+    links = host_links(resolve_gpu(args.gpu), args.ram, bandwidth)
+    fit = result.memory.fit
+    if fit is not None and fit.fits:
+        return [], links
+    tokens = args.seq_len or ((args.prompt_len or 0) + (args.new_tokens or 0)) or 4096
+    return offload_modes(args.gpu, args.ram, [result.model], gpus=args.gpus, context=tokens, batch=args.batch,
+                         kv_dtype=args.kv_dtype, host_bandwidth_gbps=bandwidth), links
 
 
 def _print_estimate(result, *, explain: bool) -> None:
@@ -61,7 +101,8 @@ def _print_estimate(result, *, explain: bool) -> None:
     tokens = (f"{a.get('prompt_tokens', estimate.seq_len):,} prompt + {a.get('new_tokens', 0):,} new tokens"
               if "prompt_tokens" in a else f"{estimate.seq_len:,} tokens")
     engine = result.engine if result.engine == result.memory_engine else f"{result.engine} (memory as {result.memory_engine})"
-    title = (f"{estimate.model}: {estimate.precision}, {estimate.mode}, engine {engine}, batch "
+    origin = " (the checkpoint's own format)" if a.get("precision_source") else ""
+    title = (f"{estimate.model}: {estimate.precision}{origin}, {estimate.mode}, engine {engine}, batch "
              f"{estimate.batch}, {tokens}, {estimate.gpus} GPU(s) (per device)")
     table = Table(title=escape(title), show_lines=explain)
     table.add_column("term")

@@ -38,7 +38,7 @@ LIST_FORMATS = {
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("hardware", help="browse the accelerator catalog",
                                    description="Browse the accelerator catalog (GPUs, TPUs, Gaudi, Apple).")
-    commands = parser.add_subparsers(dest="hardware_command", metavar="{list,show}")
+    commands = parser.add_subparsers(dest="hardware_command", metavar="{list,show,probe}")
     commands.required = True
 
     list_parser = commands.add_parser("list", help="list accelerators, optionally filtered")
@@ -53,6 +53,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              help='name, alias or capacity, e.g. "rtx 4090", "H100 SXM", "24GB"')
     add_format_flags(show_parser, csv=False)
     show_parser.set_defaults(func=run_show, quick=True)
+
+    probe_parser = commands.add_parser("probe", help="measure this machine and print it as a catalog entry",
+                                       description="Measure the host CPU (memory bandwidth, fp32/bf16/fp16 matmul "
+                                                   "GFLOPS, cores, RAM) and any NVIDIA GPU; print the result as a "
+                                                   "catalog entry (a user hardware file).")
+    probe_parser.add_argument("--save", metavar="NAME_OR_PATH",
+                              help="also save it: NAME goes to ~/.config/fitplan/hardware/NAME.toml (the entry is "
+                                   "named NAME), a path ending in .toml is written as given; never overwrites")
+    add_format_flags(probe_parser, csv=False)
+    probe_parser.set_defaults(func=run_probe)
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -97,3 +107,30 @@ def _raw(value: object) -> object:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     return value
+
+
+def run_probe(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hardware_db.probe import entry_toml, host_entry, probe_host, save_entry, write_cache
+
+    probe = probe_host()
+    name = Path(args.save).stem if args.save else None
+    entry = host_entry(probe, name)
+    write_cache(host_entry(probe))  # what `fitplan run` predicts CPU latency with
+    if args.output == "json":
+        print_json({**entry.model_dump(mode="json"), "nvidia_gpus": probe.gpus})
+    else:
+        print(entry_toml(entry), end="")
+    if probe.gpus:
+        import hardware_db
+
+        for gpu in probe.gpus:
+            try:
+                print(f"# NVIDIA GPU {gpu!r}: catalog entry {hardware_db.get(gpu).name!r}")
+            except hardware_db.CatalogError:
+                print(f"# NVIDIA GPU {gpu!r}: not in the catalog (add it to a user hardware file)")
+    if args.save:
+        path = save_entry(entry, args.save)
+        print(f"# saved to {path}; use it with FITPLAN_HARDWARE={path.parent} and --gpu {entry.name!r}")
+    return 0

@@ -63,8 +63,19 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checkpoint_format(spec) -> str | None:
+    from planner.models.checkpoint import checkpoint_format, format_origin
+
+    fmt = checkpoint_format(spec)
+    if fmt is None:
+        method = (spec.quantization_config or {}).get("quant_method")
+        return f"{method} (not modelled; estimated in bf16 unless --precision)" if method else None
+    return f"{fmt} (from {format_origin(spec)}; the default precision)"
+
+
 def run_show(args: argparse.Namespace) -> int:
     from planner.models import get_model
+    from planner.models.registry import find_entry
 
     spec = get_model(args.model)
     if args.output == "json":
@@ -95,8 +106,14 @@ def run_show(args: argparse.Namespace) -> int:
          f"{len(spec.moe.moe_layers)} MoE layers" if spec.moe else None),
         ("vocab", spec.vocab_size), ("max context", spec.max_position_embeddings),
         ("tied embeddings", spec.tie_word_embeddings), ("checkpoint dtype", spec.torch_dtype),
-        ("quantization", (spec.quantization_config or {}).get("quant_method")),
+        ("checkpoint format", _checkpoint_format(spec)),
     ]
+    entry = find_entry(spec.name) if spec.source == "registry" else None
+    if entry is not None:
+        exact = (f"{entry.params_total_exact:,} (transformers' meta-device count)" if entry.params_total_exact
+                 else "not checked: transformers cannot build it offline (trust_remote_code)")
+        facts += [("config fidelity", entry.config_fidelity or "not recorded (see source)"), ("verified", entry.verified), ("exact count", exact)]
+    facts += [("note", note) for note in spec.assumptions]
     facts = [(k, v) for k, v in facts if v is not None]
     p = spec.params
     facts += [(f"params: {name}", value) for name, value in p.as_dict().items()

@@ -102,7 +102,8 @@ def print_plan(result, *, top: int) -> None:
     c = result.constraints
     base = result.baseline
     console.print(escape(f"{result.model}: {c.summary()}"), highlight=False)
-    speed = _number(base["decode_tokens_per_s"], "{:,.0f} tok/s decode")
+    speed = ("no speed (the device has no bandwidth)" if base["decode_tokens_per_s"] is None
+             else f"{base['decode_tokens_per_s']:,.0f} tok/s decode")
     console.print(escape(f"baseline {base['format']}: {base['memory_gib']:.1f} GiB per GPU, {speed}; "
                          f"{result.n_candidates} strategies, {result.n_feasible} feasible, objective "
                          f"{result.objective}"), highlight=False)

@@ -40,12 +40,16 @@ TRAINING_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
                               "help": "CPU offload (DeepSpeed ZeRO-Offload / FSDP CPUOffload)"}),
     "--grad-accum": ("grad_accum", {"type": int, "metavar": "N", "help": "gradient accumulation steps (default 1)"}),
     "--framework": ("framework", {"metavar": "NAME", "help": "training stack whose implementation decides the "
-                                  "saved tensors: hf (default), litgpt, torchtune, liger, qwen1, hf-2023, hf-2021"}),
+                                  "saved tensors: hf (default), litgpt, torchtune, torchtune-2024, liger, qwen1, hf-2023, hf-2021"}),
     "--activation-offload": ("activation_offload", {"action": "store_const", "const": True,
                                                     "help": "offload saved activations to CPU (torchtune)"}),
     "--optimizer-in-backward": ("optimizer_in_backward", {"action": "store_const", "const": True,
                                                           "help": "step each parameter during backward"}),
     "--packing": ("packing", {"action": "store_const", "const": True, "help": "sequences are packed to --seq-len"}),
+    "--compile": ("compile", {"action": "store_const", "const": True,
+                              "help": "the loss is compiled (torchtune compile=True: fused chunked cross-entropy)"}),
+    "--target-len": ("target_len", {"type": int, "metavar": "N",
+                                    "help": "encoder-decoder: decoder (target) tokens per sequence (default --seq-len)"}),
     "--training-tokens": ("training_tokens", {"type": float, "metavar": "N",
                                               "help": "tokens to train on: GPU-hours and $ (needs --gpu)"}),
     "--mfu": ("mfu", {"type": float, "metavar": "F", "help": "model FLOPs utilisation (default 0.40)"}),
@@ -70,6 +74,10 @@ def training_kwargs(args: argparse.Namespace, command: str) -> dict[str, Any]:
             raise InvalidRequestError(f"{', '.join(flags)} only apply to fine-tuning: add --mode full, lora, qlora "
                                       "or freeze.")
         return {}
+    for flag in ("--lora-rank", "--trainable-layers", "--grad-accum"):  # counts: the flag is named, not the field
+        key = TRAINING_FLAGS[flag][0]
+        if key in given and given[key] < 1:
+            raise InvalidRequestError(f"{flag} must be at least 1, got {given[key]}.")
     return {"mode": mode, **given}
 
 

@@ -18,7 +18,7 @@ from planner.errors import InvalidRequestError, UnsupportedError
 from planner.formats import KVDtype, WeightFormat, get_format, get_kv_dtype
 from planner.memory.constants import constant
 from planner.memory.devices import fits_on, format_support, kv_dtype_support, resolve_gpu
-from planner.memory.engines import EngineProfile, get_engine
+from planner.memory.engines import EngineProfile, get_engine, hf_version_defaults
 from planner.memory.inference import InferencePlan, InferenceSetup, build_inference_plan
 from planner.memory.parallel import require_tensor_parallel
 from planner.memory.phases import PhaseTotals, peak_phase, phase_totals, safe_bytes, to_memory_terms
@@ -40,9 +40,18 @@ class InferenceOptions(BaseModel):
 
     hf_logits: Literal["last", "full"] | None = Field(
         None, description="'last' (transformers >= ~4.45) or 'full' (<= 4.44: fp32 logits for the whole prompt)")
-    hf_cache: Literal["dynamic", "legacy"] = Field(
-        "dynamic", description="transformers >= 4.36 DynamicCache, or 'legacy' tuple caches (older versions, "
-                               "remote-code models) that keep the previous step's cache alive")
+    hf_cache: Literal["dynamic", "legacy", "static"] | None = Field(
+        None, description="transformers >= 4.36 DynamicCache (default), 'legacy' tuple caches (older versions, "
+                          "remote-code models) that keep the previous step's cache alive, or 'static': a cache "
+                          "allocated up front for cache_len tokens x batch (cache_implementation='static', "
+                          "AutoAWQ fused modules)")
+    cache_len: int | None = Field(
+        None, gt=0, description="tokens per sequence a static cache holds: transformers StaticCache max_cache_len "
+                                "(default prompt + new tokens); AutoAWQ from_quantized(fuse_layers=True, "
+                                "max_seq_len=2048) allocates max_seq_len")
+    transformers_version: str | None = Field(
+        None, description="the transformers release generate() runs on, e.g. '4.38': older releases imply "
+                          "hf_cache='legacy' (< 4.36) and hf_logits='full' (< 4.45), engines.toml [[hf_versions]]")
     attention: Literal["flash", "sdpa", "eager"] = Field("sdpa", description="attention kernel (eager holds T^2 scores)")
     parallel: Literal["tensor", "pipeline"] | None = Field(None, description="how gpus > 1 split the model")
     cuda_module_loading: Literal["lazy", "eager"] = "lazy"
@@ -155,10 +164,21 @@ def prepare_inference(model: Any, precision: str | WeightFormat = "bf16", *, bat
         require_tensor_parallel(spec, tp)
     if pp > spec.total_layers:
         raise InvalidRequestError(f"{pp} pipeline stages exceed the {spec.total_layers} layers of {spec.name}.")
-    logits = opts.hf_logits or profile.logits_default
+    implied = hf_version_defaults(opts.transformers_version) if opts.transformers_version else {}
+    if implied and profile.name != "hf":
+        raise InvalidRequestError(f"transformers_version applies to engine 'hf', not {profile.name!r}.")
+    logits = opts.hf_logits or implied.get("hf_logits", (None,))[0] or profile.logits_default
+    hf_cache = opts.hf_cache or implied.get("hf_cache", (None,))[0] or "dynamic"
+    if opts.cache_len is not None and hf_cache != "static":
+        raise InvalidRequestError("cache_len sizes a pre-allocated cache: use it with hf_cache='static'.")
+    if hf_cache == "static" and profile.name != "hf":
+        raise InvalidRequestError(f"hf_cache='static' is a transformers option (engine 'hf'), not {profile.name!r}.")
+    if opts.cache_len is not None and opts.cache_len < tokens.total:
+        raise InvalidRequestError(f"cache_len {opts.cache_len:,} is shorter than prompt + new tokens "
+                                  f"({tokens.total:,}); a static cache cannot grow past it.")
     setup = InferenceSetup(
         spec=spec, fmt=fmt, engine=profile, kv=kv, tp=tp, pp=pp, attention=opts.attention, logits=logits,
-        hf_cache=opts.hf_cache,
+        hf_cache=hf_cache, cache_len=opts.cache_len,
         module_loading=opts.cuda_module_loading,
         compute_capability=acc.compute_capability_tuple if acc is not None else None,
         gpu_memory_utilization=opts.gpu_memory_utilization or constant("vllm_gpu_memory_utilization").value,
@@ -167,7 +187,7 @@ def prepare_inference(model: Any, precision: str | WeightFormat = "bf16", *, bat
         n_ubatch=opts.n_ubatch or int(constant("llamacpp_n_ubatch").value), flash_attn=opts.flash_attn,
         prefill_chunk_size=opts.prefill_chunk_size)
     plan = build_inference_plan(setup)
-    warnings = []
+    warnings = list(spec.assumptions)  # how the model name or config was read (variant, generic reader)
     limit = spec.max_position_embeddings
     if limit is not None and tokens.total > limit:
         warnings.append(f"{tokens.total:,} tokens exceed {spec.name}'s max_position_embeddings ({limit:,}); "
@@ -178,6 +198,9 @@ def prepare_inference(model: Any, precision: str | WeightFormat = "bf16", *, bat
         "parallel": f"tensor x{tp}" if tp > 1 else f"pipeline x{pp}" if pp > 1 else "single device",
         "attention": setup.attention, "logits": logits, "cuda_module_loading": setup.module_loading,
         **({"hf_cache": setup.hf_cache} if profile.name == "hf" else {}),
+        **({"cache_len": setup.cache_len or "prompt + new tokens"} if setup.hf_cache == "static" else {}),
+        **({"transformers_version": f"{opts.transformers_version}: " + "; ".join(
+            f"{k}={v} ({src})" for k, (v, src) in implied.items())} if opts.transformers_version else {}),
         "gpu": acc.name if acc is not None else None,
     }
     if profile.name == "vllm":
@@ -260,6 +283,37 @@ def _vllm_pool(prepared: PreparedInference, capacity_bytes: float) -> KVPool:
                   max_concurrent_sequences=tokens // prepared.tokens.total if prepared.tokens.total else 0)
 
 
+def prepare_inference_with_default(model: Any, precision: str | WeightFormat | None, *, engine: str = "hf",
+                                   **kwargs: Any) -> PreparedInference:
+    """:func:`prepare_inference` where ``precision=None`` means the checkpoint's own format (gpt-oss:
+    mxfp4, DeepSeek-V3: fp8-block, a ``*-AWQ`` repo: awq-int4), else bf16; an error caused by that
+    default says it was the default and what to pass instead. ``assumptions["precision_source"]`` says
+    where a checkpoint format came from."""
+    if precision is not None:
+        return prepare_inference(model, precision, engine=engine, **kwargs)
+    from planner.models.checkpoint import default_precision, default_precision_note, format_origin
+
+    spec = get_model(model)
+    fmt = get_format(default_precision(spec))
+    from_checkpoint = default_precision_note(spec)
+    if get_engine(engine).name not in fmt.engines:
+        raise UnsupportedError(
+            f"the default precision of {spec.name} is {fmt.name}, the format it ships in ({format_origin(spec)}), "
+            f"and engine {engine!r} does not run it (runs on: {', '.join(fmt.engines)}): pass --engine "
+            f"{fmt.engines[0]}, or --precision for another format.")
+    try:
+        prepared = prepare_inference(spec, fmt, engine=engine, **kwargs)
+    except UnsupportedError as error:
+        # The user never chose this precision: say it was the default, and what to pass instead.
+        origin = "the format the checkpoint ships in" if from_checkpoint else "you did not pass --precision"
+        other = "fp16" if fmt.name == "bf16" else "bf16"
+        raise UnsupportedError(f"{str(error).rstrip('.')} ({fmt.name} is the default precision, {origin}); pass "
+                               f"--precision {other} (or another format).") from None
+    if from_checkpoint:
+        prepared.assumptions["precision_source"] = from_checkpoint
+    return prepared
+
+
 def estimate_memory(model: Any, precision: str | WeightFormat | None = None, mode: str = "inference", *, batch: int = 1,
                     seq_len: int | None = None, prompt_len: int | None = None, new_tokens: int | None = None,
                     engine: str = "hf", gpus: int = 1, kv_dtype: str | None = None, gpu: Any = None,
@@ -269,14 +323,15 @@ def estimate_memory(model: Any, precision: str | WeightFormat | None = None, mod
     ``mode="inference"`` takes the engine options of :class:`InferenceOptions` as keywords; any
     other mode is a training estimate handled by ``planner.memory.training`` with its own options.
     """
+    from planner.validate import reject_non_finite_options
+
+    reject_non_finite_options(options)  # NaN/inf (training_tokens=nan would print "$nan")
     if mode != "inference":
         return _training_estimate(model, precision, mode, batch=batch, seq_len=seq_len, gpus=gpus, gpu=gpu,
                                   options=options)
-    precision = "bf16" if precision is None else precision
-    prepared = prepare_inference(model, precision, batch=batch, seq_len=seq_len, prompt_len=prompt_len,
-                                 new_tokens=new_tokens, engine=engine, gpus=gpus, kv_dtype=kv_dtype, gpu=gpu,
-                                 **options)
-    return build_inference_estimate(prepared)
+    return build_inference_estimate(prepare_inference_with_default(
+        model, precision, batch=batch, seq_len=seq_len, prompt_len=prompt_len, new_tokens=new_tokens, engine=engine,
+        gpus=gpus, kv_dtype=kv_dtype, gpu=gpu, **options))
 
 
 def _training_estimate(model: Any, precision: Any, mode: str, *, batch: int, seq_len: int | None, gpus: int,

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from planner._data import read_data_toml
-from planner.errors import UnsupportedError
+from planner.errors import InvalidRequestError, UnsupportedError
 
 
 class EngineProfile(BaseModel):
@@ -36,6 +36,44 @@ class EngineProfile(BaseModel):
 def _engines() -> dict[str, EngineProfile]:
     raw = read_data_toml("engines.toml", 1)
     return {name: EngineProfile(name=name, **entry) for name, entry in raw["engines"].items()}
+
+class HFVersionRule(BaseModel):
+    """A transformers release before which generate() behaves differently (engines.toml [[hf_versions]])."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    before: str
+    hf_cache: Literal["legacy"] | None = None
+    hf_logits: Literal["full"] | None = None
+    source: str = Field(min_length=1)
+
+
+def _version_tuple(text: str) -> tuple[int, int]:
+    parts = str(text).strip().lstrip("v").split(".")
+    try:
+        return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        raise InvalidRequestError(f"transformers_version must look like '4.38' or '4.38.2', got {text!r}.") from None
+
+
+@cache
+def _hf_versions() -> tuple[HFVersionRule, ...]:
+    raw = read_data_toml("engines.toml", 1)
+    return tuple(HFVersionRule(**entry) for entry in raw.get("hf_versions", []))
+
+
+def hf_version_defaults(version: str) -> dict[str, tuple[str, str]]:
+    """``{option: (value, source)}`` that a transformers ``version`` implies for generate() (empty for
+    current releases)."""
+    wanted = _version_tuple(version)
+    out: dict[str, tuple[str, str]] = {}
+    for rule in _hf_versions():
+        if wanted < _version_tuple(rule.before):
+            for option in ("hf_cache", "hf_logits"):
+                value = getattr(rule, option)
+                if value is not None:
+                    out[option] = (value, rule.source)
+    return out
 
 
 def engine_names() -> list[str]:

@@ -50,6 +50,7 @@ class InferenceSetup:
     attention: str = "sdpa"
     logits: str = "last"
     hf_cache: str = "dynamic"
+    cache_len: int | None = None
     module_loading: str = "lazy"
     compute_capability: tuple[int, int] | None = None
     gpu_memory_utilization: float = 0.9
@@ -105,7 +106,7 @@ def build_inference_plan(setup: InferenceSetup) -> InferencePlan:
     """The terms and phases of one inference run (per device); cached, as plans do not depend on
     batch or tokens (those are applied when a plan is evaluated)."""
     key = (id(setup.spec), setup.fmt.name, setup.engine.name, setup.kv.name, setup.tp, setup.pp, setup.attention,
-           setup.logits, setup.hf_cache, setup.module_loading, setup.compute_capability,
+           setup.logits, setup.hf_cache, setup.cache_len, setup.module_loading, setup.compute_capability,
            setup.gpu_memory_utilization, setup.max_num_batched_tokens, setup.max_num_seqs, setup.n_ubatch,
            setup.flash_attn, setup.prefill_chunk_size)
     hit = _PLAN_CACHE.get(key)
@@ -212,7 +213,7 @@ def _generate_plan(setup: InferenceSetup) -> InferencePlan:
 
 def _shared_generate_part(setup: InferenceSetup, a: float) -> _SharedPart:
     key = (id(setup.spec), a, setup.engine.name, setup.kv.name, setup.tp, setup.pp, setup.attention, setup.logits,
-           setup.hf_cache, setup.module_loading, setup.compute_capability, setup.prefill_chunk_size)
+           setup.hf_cache, setup.cache_len, setup.module_loading, setup.compute_capability, setup.prefill_chunk_size)
     hit = _SHARED_CACHE.get(key)
     if hit is not None and hit[0] is setup.spec:
         return hit[1]
@@ -238,7 +239,10 @@ def _build_shared_generate_part(setup: InferenceSetup, a: float) -> _SharedPart:
     terms: list[RawTerm] = []
 
     kv, kv_per_token, layout = _kv_coeffs(setup, latent_mla=False)
-    if not encoder_only:
+    static = setup.hf_cache == "static"
+    if not encoder_only and static:
+        terms.append(_static_cache_term(setup, layout, kv, kv_per_token, running))
+    if not encoder_only and not static:
         preallocated = engine.kv_cache == "preallocated"
         kv_formula = "tokens x batch x layers x per-layer elements x bytes/element"
         terms.append(RawTerm("kv_cache", _kv_label(setup, layout, "prompt+new" if preallocated else "prompt"), kv,
@@ -304,6 +308,28 @@ def _build_shared_generate_part(setup: InferenceSetup, a: float) -> _SharedPart:
     terms += _runtime_terms(setup, running, everywhere)
     return _SharedPart(tuple(terms), tuple(phases), layout.window, kv, kv_per_token, prefill, everywhere,
                        phase_sums(terms, phases))
+
+
+STATIC_CACHE_SOURCE = ("transformers StaticCache (cache_implementation='static'): K/V tensors of shape (batch, kv_heads, "
+                       "max_cache_len, head_dim) per layer allocated before the prefill, max_cache_len = prompt + "
+                       "max_new_tokens by default; AutoAWQ from_quantized(fuse_layers=True, max_seq_len=2048, "
+                       "batch_size=1): awq/modules/fused/cache.py WindowedCache allocates fp16 K/V for batch_size x "
+                       "max_seq_len per layer when the model is fused")
+
+
+def _static_cache_term(setup: InferenceSetup, layout, kv: Coeffs, kv_per_token: float,
+                       running: frozenset[str]) -> RawTerm:
+    """A cache allocated up front: ``cache_len`` tokens per sequence (or prompt + new when not given)."""
+    label = _kv_label(setup, layout, f"{setup.cache_len:,} pre-allocated" if setup.cache_len
+                      else "prompt+new pre-allocated")
+    if setup.cache_len:
+        coeffs = Coeffs(per_seq=kv.per_token * setup.cache_len + kv.per_window_token * min(
+            setup.cache_len, layout.window or setup.cache_len))
+        return RawTerm("kv_cache", label, coeffs, formula="cache_len x batch x per-token bytes",
+                       source=STATIC_CACHE_SOURCE, phases=running,
+                       inputs={"bytes_per_token": kv_per_token, "cache_len": setup.cache_len})
+    return RawTerm("kv_cache", label, kv, formula="(prompt + new) x batch x per-token bytes", source=STATIC_CACHE_SOURCE,
+                   phases=running, tokens="total", inputs={"bytes_per_token": kv_per_token})
 
 
 def _runtime_terms(setup: InferenceSetup, running: frozenset[str], everywhere: frozenset[str]) -> list[RawTerm]:

@@ -28,7 +28,8 @@ Rules (documented once, used by planner and executors alike):
   head-pruned model of theirs has no valid config.
 - **Which families** (:func:`structural_refusal`): layers and MLP channels of every single-stack
   family the planner describes (fused gate_up and Conv1D MLPs included; the width goes into the
-  family's own key, :data:`FFN_WIDTH_KEYS`); not MoE expert widths, not encoder-decoder models.
+  family's own key, :data:`FFN_WIDTH_KEYS`); not MoE expert widths. Encoder-decoder models (T5): MLP
+  channels only, the same width in both stacks (one ``d_ff``).
 - **Whole layers** (``level``): ``max(1, L - round_half_up(level * L))`` layers kept. Which ones the
   executor drops is measured (lowest block influence on calibration data); this module assumes the
   evenly spaced pick unless ``kept_layers`` (from the executor's report) is given. Only models whose
@@ -124,9 +125,10 @@ def structural_refusal(spec: ModelSpec, kind: str) -> str | None:
     :mod:`planner.models.hf_config` describes: layers and MLP channels of any single-stack model
     (dense MLP; fused gate_up included), heads where the config carries ``head_dim``.
     """
-    if spec.architecture == "encoder-decoder":
-        return ("encoder-decoder models (two block stacks joined by cross-attention) are not cut structurally "
-                "by fitplan; quantization, unstructured/N:M pruning and low-rank run on them")
+    if spec.architecture == "encoder-decoder" and kind != "ffn":
+        return ("encoder-decoder models (two block stacks joined by cross-attention) are cut structurally only "
+                "in their MLP width (FFN-channel pruning, both stacks); quantization, unstructured/N:M pruning "
+                "and low-rank run on them")
     if spec.model_type in _REMOTE_CODE_MODEL_TYPES:
         return f"model_type {spec.model_type!r} needs remote code that transformers does not ship"
     if kind in ("ffn", "student") and spec.is_moe:

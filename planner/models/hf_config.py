@@ -27,11 +27,11 @@ from planner.models.spec import (
 
 # Key aliases: the first key present wins.
 _KEYS: dict[str, tuple[str, ...]] = {
-    "hidden_size": ("hidden_size", "n_embd", "d_model"),
-    "num_layers": ("num_hidden_layers", "n_layer", "num_layers"),
-    "num_heads": ("num_attention_heads", "n_head", "num_heads"),
+    "hidden_size": ("hidden_size", "n_embd", "d_model", "n_embed", "dim"),
+    "num_layers": ("num_hidden_layers", "n_layer", "num_layers", "decoder_layers", "n_layers"),
+    "num_heads": ("num_attention_heads", "n_head", "num_heads", "n_heads"),
     "num_kv_heads": ("num_key_value_heads", "num_kv_heads", "n_head_kv"),
-    "intermediate_size": ("intermediate_size", "ffn_dim", "n_inner", "d_ff", "ffn_hidden_size"),
+    "intermediate_size": ("intermediate_size", "ffn_dim", "n_inner", "d_ff", "ffn_hidden_size", "hidden_dim"),
     "vocab_size": ("vocab_size",),
     "max_positions": ("max_position_embeddings", "n_positions", "seq_length", "max_seq_len"),
     "activation": ("hidden_act", "hidden_activation", "activation_function", "feed_forward_proj"),
@@ -56,6 +56,49 @@ _PROFILES: dict[str, dict[str, Any]] = {
     "deepseek_v2": {"tie": False, "bias_key": "attention_bias", "mla": True, "moe": "deepseek"},
     "deepseek_v3": {"tie": False, "bias_key": "attention_bias", "mla": True, "moe": "deepseek"},
     "gpt_oss": {"tie": False, "bias_key": "attention_bias", "sinks": True, "moe": "gpt_oss"},
+    "granite": {"tie": False, "bias_key": "attention_bias", "mlp_bias_key": "mlp_bias"},
+    "smollm3": {"tie": True, "bias_key": "attention_bias", "mlp_bias_key": "mlp_bias"},
+    "internlm3": {"tie": False, "qkv_bias_key": "qkv_bias", "o_bias": False, "mlp_bias_key": "bias"},
+    "ernie4_5": {"tie": True, "bias_key": "use_bias", "mlp_bias_key": "use_bias"},
+    "glm": {"tie": False, "qkv_bias_key": "attention_bias", "o_bias": False},
+    "exaone4": {"tie": False, "qk_norm": True, "bias_key": "attention_bias"},
+    "olmo": {"tie": False, "norm": "nonparam"},
+    "olmo2": {"tie": False, "qk_norm": True, "qk_norm_width": "full", "bias_key": "attention_bias"},
+    "stablelm": {"tie": False, "norm": "layernorm", "qkv_bias_key": "use_qkv_bias", "o_bias": False},
+    "starcoder2": {"tie": True, "norm": "layernorm", "all_bias_key": "use_bias", "gated": False},
+    "cohere": {"tie": True, "norm": "layernorm_nobias", "parallel": True, "bias_key": "attention_bias",
+               "qk_norm_key": "use_qk_norm", "qk_norm_width": "full"},
+    "phimoe": {"tie": False, "norm": "layernorm", "bias_key": "attention_bias", "lm_head_bias": True,
+               "all_sliding": True, "moe": "mixtral"},
+    "olmoe": {"tie": False, "qk_norm": True, "qk_norm_width": "full", "bias_key": "attention_bias",
+              "moe": "olmoe"},
+    "glm4_moe": {"tie": False, "qkv_bias_key": "attention_bias", "o_bias": False, "qk_norm_key": "use_qk_norm",
+                 "moe": "deepseek"},
+    "deepseek_v32": {"tie": False, "bias_key": "attention_bias", "mla": True, "moe": "deepseek"},
+    "gptj": {"tie": False, "norm": "layernorm", "parallel": True, "gated": False, "qkv_bias": False,
+             "o_bias": False, "mlp_bias_key": "_always", "lm_head_bias": True, "ffn_ratio": 4},
+    "gpt_neo": {"tie": True, "norm": "layernorm", "gated": False, "qkv_bias": False, "o_bias": True,
+                "mlp_bias_key": "_always", "learned_positions": True, "ffn_ratio": 4},
+    "bloom": {"tie": True, "norm": "layernorm", "gated": False, "bias_key": "_always", "mlp_bias_key": "_always",
+              "embed_norm": True, "ffn_ratio": 4},
+    "mpt": {"tie": True, "norm": "layernorm_nobias", "gated": False, "ffn_ratio_key": "expansion_ratio"},
+    "glm4_moe_lite": {"tie": False, "bias_key": "attention_bias", "mla": True, "moe": "deepseek"},
+    "glm_moe_dsa": {"tie": False, "bias_key": "attention_bias", "mla": True, "moe": "deepseek"},
+    "minimax_m2": {"tie": False, "qk_norm": True, "qk_norm_width": "full", "moe": "mixtral"},
+    "exaone": {"tie": False},
+    # trust_remote_code families (transformers cannot build them offline; counts are not meta-checked)
+    "internlm2": {"tie": False, "bias_key": "bias"},
+    "baichuan": {"tie": False},
+    "minicpm": {"tie": True, "moe": "olmoe"},
+    "mimo": {"tie": False, "qkv_bias": True},
+    "orion": {"tie": False, "norm": "layernorm"},
+    "deepseek": {"tie": False, "bias_key": "attention_bias", "moe": "deepseek"},
+    "kimi_k2": {"tie": False, "bias_key": "attention_bias", "mla": True, "moe": "deepseek"},
+    "roberta": {"tie": True, "family": "bert"},
+    "xlm-roberta": {"tie": True, "family": "bert"},
+    "mt5": {"tie": True, "family": "t5"},
+    "distilbert": {"tie": True, "family": "bert", "token_types": False, "pooler": False},
+    "mpnet": {"tie": True, "family": "bert", "token_types": False, "relative_buckets": True},
     "qwen": {"tie": False, "family": "qwen1"},
     "gpt2": {"tie": True, "family": "gpt2"},
     "gpt_bigcode": {"tie": True, "family": "gpt2"},
@@ -65,6 +108,7 @@ _PROFILES: dict[str, dict[str, Any]] = {
     "gpt_neox": {"tie": False, "family": "gpt_neox"},
     "bert": {"tie": True, "family": "bert"},
     "t5": {"tie": True, "family": "t5"},
+    "bart": {"tie": True, "family": "bart"},
 }
 
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(sorted(_PROFILES))
@@ -101,6 +145,8 @@ class _Reader:
         return value
 
     def flag(self, key: str, default: bool) -> bool:
+        if key == "_always":  # a profile's way to say "this family always has it"
+            return True
         value = self.config.get(key)
         return default if value is None else bool(value)
 
@@ -116,12 +162,10 @@ def spec_from_config(config: dict[str, Any], *, name: str | None = None, source:
     config = _flatten_text_config(config)
     model_type = config["model_type"]
     profile = _PROFILES.get(model_type)
+    assumptions: tuple[str, ...] = ()
     if profile is None:
-        from hardware_db.names import did_you_mean
-
-        raise InvalidConfigError(
-            f"{label}: model_type {model_type!r} is not supported yet.{did_you_mean(model_type, _PROFILES)} "
-            f"Supported: {', '.join(SUPPORTED_MODEL_TYPES)}.")
+        profile, assumption = _generic_profile(config, label, model_type)
+        assumptions = (assumption,)
     reader = _Reader(config, label)
     build = _FAMILY_BUILDERS[profile.get("family", "llama")]
     # Facts every family has; a family reader overrides them where its layout differs (T5, BERT).
@@ -141,15 +185,68 @@ def spec_from_config(config: dict[str, Any], *, name: str | None = None, source:
         torch_dtype=config.get("torch_dtype") or config.get("dtype"),
         quantization_config=config.get("quantization_config"),
         config=config,
+        assumptions=assumptions,
     )
     groups = _params.parameter_groups(fields)
     return ModelSpec(param_groups=tuple(groups), params=_params.breakdown(groups, fields.get("moe")), **fields)
 
 
+# Config keys that mark a structure the generic reader cannot count (each needs a dedicated reader).
+_SPECIAL_STRUCTURES: dict[str, str] = {
+    "num_local_experts": "mixture-of-experts", "num_experts": "mixture-of-experts",
+    "n_routed_experts": "mixture-of-experts", "moe_intermediate_size": "mixture-of-experts",
+    "kv_lora_rank": "multi-head latent attention", "alibi": "ALiBi attention",
+    "parallel_attn": "parallel attention/MLP blocks", "use_parallel_residual": "parallel attention/MLP blocks",
+    "hybrid_override_pattern": "hybrid Mamba/attention layers", "attn_layer_period": "hybrid Mamba/attention layers",
+    "mamba_d_state": "hybrid Mamba/attention layers", "block_configs": "per-layer block configurations",
+    "linear_attn_config": "linear-attention layers",
+}
+_GENERIC_FIELDS = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "vocab_size")
+_ENCODER_HEADS = ("MaskedLM", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering")
+
+
+def _generic_profile(config: dict[str, Any], label: str, model_type: str) -> tuple[dict[str, Any], str]:
+    """A profile for a ``model_type`` without a dedicated reader whose config has the standard fields.
+
+    Decoders are read as the Llama layout (pre-norm, q/k/v/o, gated MLP), encoders as BERT; a config
+    that shows a structure those layouts do not have (MoE, MLA, ALiBi, parallel or hybrid blocks) is
+    refused with the reason, because its count would be wrong.
+    """
+    from hardware_db.names import did_you_mean
+
+    reader = _Reader(config, label)
+    missing = [fact for fact in _GENERIC_FIELDS if reader.get(fact) is None]
+    special = sorted({what for key, what in _SPECIAL_STRUCTURES.items() if config.get(key)})
+    if missing or special:
+        why = (f"its config has {', '.join(special)}, which needs a dedicated reader" if special else
+               "its config lacks " + ", ".join(" / ".join(_KEYS.get(f, (f,))) for f in missing))
+        raise InvalidConfigError(
+            f"{label}: model_type {model_type!r} has no dedicated reader and {why}.{did_you_mean(model_type, _PROFILES)} "
+            f"({len(SUPPORTED_MODEL_TYPES)} model_types have one: planner.models.hf_config.SUPPORTED_MODEL_TYPES.)")
+    architectures = " ".join(str(a) for a in config.get("architectures") or ())
+    if any(head in architectures for head in _ENCODER_HEADS) or config.get("is_decoder") is False:
+        return ({"tie": True, "family": "bert"},
+                f"model_type {model_type!r} has no dedicated reader: read as a BERT-style encoder (post-norm "
+                f"LayerNorm, learned positions, q/k/v/o and up/down with biases, pooler); its count may differ.")
+    layernorm = config.get("layer_norm_eps") is not None and config.get("rms_norm_eps") is None
+    # Activations only ever used without a gate (Arcee/Nemotron relu2, Apertus xIELU): a plain up/down MLP.
+    gated = str(reader.get("activation", "silu")).lower() not in ("relu2", "xielu", "relu_squared")
+    profile: dict[str, Any] = {"tie": False, "bias_key": "attention_bias", "mlp_bias_key": "mlp_bias",
+                               "norm": "layernorm" if layernorm else "rmsnorm", "gated": gated}
+    tie = config.get("tie_word_embeddings")
+    tie_text = ("tied lm_head" if tie else "separate lm_head") + ("" if tie is not None else
+                                                                   " (tie_word_embeddings absent: assumed untied)")
+    bias = "with" if config.get("attention_bias") else "without"
+    return profile, (f"model_type {model_type!r} has no dedicated reader: read as a generic pre-norm decoder "
+                     f"({'LayerNorm' if layernorm else 'RMSNorm'}, q/k/v/o {bias} bias, {'gated' if gated else 'plain'} "
+                     f"MLP, {tie_text}); "
+                     f"check the parameter count against the model card.")
+
+
 def _flatten_text_config(config: dict[str, Any]) -> dict[str, Any]:
     """Multimodal wrappers (Gemma 3 4B+, Llava-style) keep the language model in ``text_config``."""
     text = config.get("text_config")
-    if isinstance(text, dict) and text.get("model_type") in _PROFILES and config.get("model_type") not in _PROFILES:
+    if isinstance(text, dict) and text.get("model_type") and config.get("model_type") not in _PROFILES:
         merged = dict(text)
         merged.setdefault("tie_word_embeddings", config.get("tie_word_embeddings"))
         return merged
@@ -209,6 +306,12 @@ def _moe(reader: _Reader, kind: str | None, num_layers: int, hidden: int) -> MoE
         return MoESpec(num_experts=c["num_local_experts"], experts_per_token=c["num_experts_per_tok"],
                        expert_intermediate_size=reader.require_int("intermediate_size"),
                        moe_layers=tuple(range(num_layers)))
+    if kind == "olmoe":
+        if not c.get("num_experts"):
+            return None
+        return MoESpec(num_experts=c["num_experts"], experts_per_token=c["num_experts_per_tok"],
+                       expert_intermediate_size=reader.require_int("intermediate_size"),
+                       moe_layers=tuple(range(num_layers)))
     if kind == "gpt_oss":
         return MoESpec(num_experts=c["num_local_experts"],
                        experts_per_token=c.get("num_experts_per_tok") or c["experts_per_token"],
@@ -219,7 +322,8 @@ def _moe(reader: _Reader, kind: str | None, num_layers: int, hidden: int) -> MoE
         dense = set(c.get("mlp_only_layers") or [])
         layers = tuple(i for i in range(num_layers) if i not in dense and (i + 1) % step == 0)
         shared = c.get("shared_expert_intermediate_size", 0) if kind == "qwen2_moe" else 0
-        return MoESpec(num_experts=c["num_experts"], experts_per_token=c["num_experts_per_tok"],
+        return MoESpec(num_experts=c.get("num_experts") or c["num_local_experts"],  # 5.x to_dict() name
+                       experts_per_token=c["num_experts_per_tok"],
                        expert_intermediate_size=c["moe_intermediate_size"],
                        num_shared_experts=1 if shared else 0, shared_expert_intermediate_size=shared,
                        shared_expert_gate=bool(shared), moe_layers=layers)
@@ -237,33 +341,72 @@ def _moe(reader: _Reader, kind: str | None, num_layers: int, hidden: int) -> MoE
     raise InvalidConfigError(f"{reader.label}: unknown MoE layout {kind!r}.")
 
 
+def _norm_spec(profile: dict[str, Any], per_layer: int) -> NormSpec:
+    kind = profile.get("norm", "rmsnorm")
+    if kind == "layernorm":
+        return NormSpec(kind="layernorm", bias=True, per_layer=per_layer)
+    if kind == "layernorm_nobias":
+        return NormSpec(kind="layernorm", bias=False, per_layer=per_layer)
+    if kind == "nonparam":
+        return NormSpec(kind="layernorm", bias=False, affine=False, per_layer=per_layer)
+    return NormSpec(kind="rmsnorm", bias=False, per_layer=per_layer)
+
+
 def _read_llama_like(reader: _Reader, profile: dict[str, Any]) -> dict[str, Any]:
+    """The generic pre-norm decoder: q/k/v/o attention (GQA or MLA), a gated (or plain) MLP, RMSNorm or
+    LayerNorm. Profile keys say where a family departs from Llama: which config key switches biases on
+    (``bias_key`` q/k/v/o, ``qkv_bias_key`` q/k/v only, ``mlp_bias_key``, ``all_bias_key`` every linear),
+    ``norm``, ``qk_norm`` (+ ``qk_norm_key``/``qk_norm_width``), ``gated``, ``parallel`` and ``moe``."""
+    config = reader.config
     hidden = reader.require_int("hidden_size")
     num_layers = reader.require_int("num_layers")
     heads, kv_heads, head_dim = _attention_dims(reader, hidden)
-    bias = reader.flag(profile["bias_key"], False) if "bias_key" in profile else False
+    all_bias = reader.flag(profile["all_bias_key"], True) if "all_bias_key" in profile else None
+    bias = reader.flag(profile["bias_key"], False) if "bias_key" in profile else bool(all_bias)
     qkv_bias = profile.get("qkv_bias", bias)
+    if "qkv_bias_key" in profile:
+        qkv_bias = reader.flag(profile["qkv_bias_key"], profile.get("qkv_bias", False))
+    o_bias = profile.get("o_bias", bias)
+    if "mlp_bias_key" in profile:
+        mlp_bias = reader.flag(profile["mlp_bias_key"], False)
+    else:
+        mlp_bias = bool(all_bias)
+    qk_norm = profile.get("qk_norm", False)
+    if "qk_norm_key" in profile:
+        qk_norm = reader.flag(profile["qk_norm_key"], False)
     mla = None
     if profile.get("mla"):
-        c = reader.config
-        mla = MLASpec(q_lora_rank=c.get("q_lora_rank"), kv_lora_rank=c["kv_lora_rank"],
-                      qk_nope_head_dim=c["qk_nope_head_dim"], qk_rope_head_dim=c["qk_rope_head_dim"],
-                      v_head_dim=c["v_head_dim"])
+        mla = MLASpec(q_lora_rank=config.get("q_lora_rank"), kv_lora_rank=config["kv_lora_rank"],
+                      qk_nope_head_dim=config["qk_nope_head_dim"], qk_rope_head_dim=config["qk_rope_head_dim"],
+                      v_head_dim=config["v_head_dim"], index_n_heads=config.get("index_n_heads") or 0,
+                      index_head_dim=config.get("index_head_dim") or 0)
         head_dim = mla.qk_nope_head_dim + mla.qk_rope_head_dim
         kv_heads = heads
     layer_types, window = _layer_types(reader, profile, num_layers)
     moe = _moe(reader, profile.get("moe"), num_layers, hidden)
-    intermediate = reader.require_int("intermediate_size")
-    return dict(
+    if "ffn_ratio_key" in profile and reader.get("intermediate_size") is None:
+        intermediate = int(hidden * (config.get(profile["ffn_ratio_key"]) or 4))
+    elif "ffn_ratio" in profile and reader.get("intermediate_size") is None:
+        intermediate = profile["ffn_ratio"] * hidden
+    else:
+        intermediate = reader.require_int("intermediate_size")
+    per_layer = profile.get("norms_per_layer", 1 if profile.get("parallel") else 2)
+    positions = reader.optional_int("max_positions", 2048) if profile.get("learned_positions") else 0
+    fields = {}
+    if profile.get("learned_positions") or profile.get("embed_norm"):
+        fields["embeddings"] = EmbeddingSpec(learned_positions=positions or 0, norm=bool(profile.get("embed_norm")))
+    return fields | dict(
         attention=AttentionSpec(num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim,
-                                qkv_bias=qkv_bias, o_bias=bias, qk_norm=profile.get("qk_norm", False),
+                                qkv_bias=qkv_bias, o_bias=o_bias, qk_norm=qk_norm,
+                                qk_norm_width=profile.get("qk_norm_width", "head"),
                                 sinks=profile.get("sinks", False), sliding_window=window,
                                 layer_types=layer_types, mla=mla),
-        mlp=MLPSpec(intermediate_size=intermediate, gated=True,
-                    bias=reader.flag(profile["mlp_bias_key"], False) if "mlp_bias_key" in profile else False,
+        mlp=MLPSpec(intermediate_size=intermediate, gated=profile.get("gated", True), bias=mlp_bias,
                     activation=str(reader.get("activation", "silu"))),
         moe=moe,
-        norm=NormSpec(kind="rmsnorm", bias=False, per_layer=profile.get("norms_per_layer", 2)),
+        norm=_norm_spec(profile, per_layer),
+        parallel_attention=bool(profile.get("parallel", False)),
+        lm_head_bias=bool(profile.get("lm_head_bias", False)),
     )
 
 
@@ -395,8 +538,11 @@ def _read_bert(reader: _Reader, profile: dict[str, Any]) -> dict[str, Any]:
                     bias=True, activation=str(reader.get("activation", "gelu"))),
         norm=NormSpec(kind="layernorm", bias=True, per_layer=2, final=False),
         embeddings=EmbeddingSpec(learned_positions=positions,
-                                 token_types=reader.optional_int("type_vocab_size", 2) or 0, norm=True),
-        pooler=True,
+                                 token_types=(reader.optional_int("type_vocab_size", 2) or 0
+                                              if profile.get("token_types", True) else 0), norm=True),
+        pooler=profile.get("pooler", True),
+        relative_attention_buckets=(reader.optional_int("relative_attention_num_buckets", 32) or 0
+                                    if profile.get("relative_buckets") else 0),
     )
 
 
@@ -421,6 +567,30 @@ def _read_t5(reader: _Reader, profile: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+def _read_bart(reader: _Reader, profile: dict[str, Any]) -> dict[str, Any]:
+    """BART (BartConfig): post-norm LayerNorm encoder-decoder with biases everywhere, a learned position
+    table of max_position_embeddings + 2 rows per stack (BartLearnedPositionalEmbedding offset 2) and a
+    layernorm_embedding per stack; lm_head tied to the shared embedding."""
+    c = reader.config
+    hidden = reader.require_int("hidden_size")
+    decoder_layers = int(c.get("decoder_layers") or 12)
+    encoder_layers = int(c.get("encoder_layers") or decoder_layers)
+    heads = int(c.get("decoder_attention_heads") or 16)
+    positions = reader.optional_int("max_positions", 1024) or 1024
+    return dict(
+        architecture="encoder-decoder",
+        num_layers=decoder_layers,
+        num_encoder_layers=encoder_layers,
+        max_position_embeddings=positions,
+        attention=AttentionSpec(num_heads=heads, num_kv_heads=heads, head_dim=hidden // heads, qkv_bias=True,
+                                o_bias=True, layer_types=("full_attention",) * decoder_layers),
+        mlp=MLPSpec(intermediate_size=int(c.get("decoder_ffn_dim") or 4 * hidden), gated=False, bias=True,
+                    activation=str(c.get("activation_function", "gelu"))),
+        norm=NormSpec(kind="layernorm", bias=True, per_layer=2, final=False),
+        embeddings=EmbeddingSpec(learned_positions=positions + 2, norm=True),
+    )
+
+
 _FAMILY_BUILDERS: dict[str, Callable[[_Reader, dict[str, Any]], dict[str, Any]]] = {
     "llama": _read_llama_like,
     "qwen1": _read_qwen1,
@@ -431,4 +601,5 @@ _FAMILY_BUILDERS: dict[str, Callable[[_Reader, dict[str, Any]], dict[str, Any]]]
     "gpt_neox": _read_gpt_neox,
     "bert": _read_bert,
     "t5": _read_t5,
+    "bart": _read_bart,
 }

@@ -46,8 +46,14 @@ _MODULE_NAMES: dict[str, dict[str, str]] = {
              "o": "attention.output.dense", "up": "intermediate.dense", "down": "output.dense"},
     "t5": {"q": "SelfAttention.q", "k": "SelfAttention.k", "v": "SelfAttention.v", "o": "SelfAttention.o",
            "gate": "DenseReluDense.wi_0", "up": "DenseReluDense.wi_1", "down": "DenseReluDense.wo",
-           "up_ungated": "DenseReluDense.wi"},
+           "up_ungated": "DenseReluDense.wi",
+           "cross_q": "EncDecAttention.q", "cross_k": "EncDecAttention.k", "cross_v": "EncDecAttention.v",
+           "cross_o": "EncDecAttention.o"},
+    "bart": {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.out_proj",
+             "up": "fc1", "down": "fc2", "cross_q": "encoder_attn.q_proj", "cross_k": "encoder_attn.k_proj",
+             "cross_v": "encoder_attn.v_proj", "cross_o": "encoder_attn.out_proj"},
 }
+_MODULE_NAMES["mt5"] = _MODULE_NAMES["t5"]  # transformers' MT5 blocks are T5 blocks
 _FUSED_QKV = {"phi3", "gpt2", "gpt_bigcode", "qwen", "falcon", "gpt_neox"}
 _FUSED_GATE_UP = {"phi3"}
 
@@ -61,7 +67,7 @@ def _linear(name: str, component: str, role: str, n_in: int, n_out: int, bias: b
 
 def _norm(name: str, width: int, norm: NormSpec, layers: tuple[int, ...] = (), per_layer: int = 1,
           component: str = "norms") -> ParamGroup:
-    each = width * (2 if norm.kind == "layernorm" and norm.bias else 1)
+    each = 0 if not norm.affine else width * (2 if norm.kind == "layernorm" and norm.bias else 1)
     return ParamGroup(name=name, component=component, kind="norm", params_each=each,
                       count=max(1, len(layers)) * per_layer, layers=layers)
 
@@ -94,15 +100,26 @@ def parameter_groups(f: dict[str, Any]) -> list[ParamGroup]:
 
     if f["architecture"] == "encoder-decoder":
         encoder_layers = tuple(range(f["num_encoder_layers"]))
+        buckets = f.get("relative_attention_buckets") or 0
+        if emb.learned_positions:  # BART: each stack has its own position table and embedding LayerNorm
+            groups.append(_embedding("encoder.embed_positions", emb.learned_positions, hidden))
+        if emb.norm:
+            groups.append(_norm("encoder.embeddings.norm", hidden, norm))
         groups += _layer_stack("encoder.layers", encoder_layers, f, model_type, cross_attention=False)
-        groups.append(_embedding("encoder.layers.0.relative_attention_bias", f["relative_attention_buckets"],
-                                 f["attention"].num_heads, component="other", layers=(0,)))
-        groups.append(_norm("encoder.final_norm", hidden, norm))
+        if buckets:
+            groups.append(_embedding("encoder.layers.0.relative_attention_bias", buckets,
+                                     f["attention"].num_heads, component="other", layers=(0,)))
+        if norm.final:
+            groups.append(_norm("encoder.final_norm", hidden, norm))
         groups += _layer_stack("layers", tuple(range(f["num_layers"])), f, model_type, cross_attention=True)
-        groups.append(_embedding("layers.0.relative_attention_bias", f["relative_attention_buckets"],
-                                 f["attention"].num_heads, component="other", layers=(0,)))
+        if buckets:
+            groups.append(_embedding("layers.0.relative_attention_bias", buckets,
+                                     f["attention"].num_heads, component="other", layers=(0,)))
     else:
         groups += _layer_stack("layers", tuple(range(f["num_layers"])), f, model_type, cross_attention=False)
+        if f.get("relative_attention_buckets"):  # MPNet: one shared relative-position table
+            groups.append(_embedding("relative_attention_bias", f["relative_attention_buckets"],
+                                     f["attention"].num_heads, component="other"))
 
     if norm.final:
         groups.append(_norm("final_norm", hidden, norm))
@@ -124,9 +141,10 @@ def _layer_stack(prefix: str, layers: tuple[int, ...], f: dict[str, Any], model_
         attention = f["attention"]
         inner = attention.num_heads * attention.head_dim
         for role in ("q", "k", "v"):
-            groups.append(_linear(f"{prefix}.*.EncDecAttention.{role}", "attention", role, hidden, inner, False,
-                                  layers))
-        groups.append(_linear(f"{prefix}.*.EncDecAttention.o", "attention", "o", inner, hidden, False, layers))
+            groups.append(_linear(f"{prefix}.*.{names['cross_' + role]}", "attention", role, hidden, inner,
+                                  attention.qkv_bias, layers))
+        groups.append(_linear(f"{prefix}.*.{names['cross_o']}", "attention", "o", inner, hidden, attention.o_bias,
+                              layers))
     groups.append(_norm(f"{prefix}.*.norms", hidden, norm, layers,
                         per_layer=norm.per_layer + (1 if cross_attention else 0)))
 
@@ -167,6 +185,17 @@ def _attention_groups(prefix: str, layers: tuple[int, ...], f: dict[str, Any], m
                     a.num_heads * (m.qk_nope_head_dim + m.v_head_dim), False, layers),
             _linear(p + "self_attn.o_proj", "attention", "o", a.num_heads * m.v_head_dim, hidden, a.o_bias, layers),
         ]
+        if m.index_n_heads:  # DeepSeek-V3.2 lightning indexer (DSA): its own q/k, LayerNorm'd key, head weights
+            groups += [
+                _linear(p + "self_attn.indexer.wq_b", "attention", "indexer", m.q_lora_rank or hidden,
+                        m.index_n_heads * m.index_head_dim, False, layers),
+                _linear(p + "self_attn.indexer.wk", "attention", "indexer", hidden, m.index_head_dim, False, layers),
+                _norm(p + "self_attn.indexer.k_norm", m.index_head_dim, NormSpec(kind="layernorm", bias=True,
+                                                                                   per_layer=1), layers,
+                      component="attention"),
+                _linear(p + "self_attn.indexer.weights_proj", "attention", "indexer", hidden, m.index_n_heads,
+                        False, layers),
+            ]
         return groups
 
     q_out = a.num_heads * a.head_dim
@@ -177,7 +206,10 @@ def _attention_groups(prefix: str, layers: tuple[int, ...], f: dict[str, Any], m
         groups = [_linear(p + names[role], "attention", role, hidden, width, a.qkv_bias, layers)
                   for role, width in (("q", q_out), ("k", kv_out), ("v", kv_out))]
     groups.append(_linear(p + names["o"], "attention", "o", q_out, hidden, a.o_bias, layers))
-    if a.qk_norm:
+    if a.qk_norm and a.qk_norm_width == "full":
+        groups.append(_norm(p + "self_attn.q_norm", q_out, f["norm"], layers, component="norms"))
+        groups.append(_norm(p + "self_attn.k_norm", kv_out, f["norm"], layers, component="norms"))
+    elif a.qk_norm:
         groups.append(_norm(p + "self_attn.qk_norm", a.head_dim, f["norm"], layers, per_layer=2,
                             component="norms"))
     if a.sinks:

@@ -39,11 +39,20 @@ def get_model(model: ModelLike, *, name: str | None = None) -> ModelSpec:
     text = os.fspath(model).strip()
     if not text:
         raise UnknownModelError("the model name is empty. See `fitplan models list`.")
+    if len(text) > registry.MAX_NAME_LENGTH or "\x00" in text:
+        if text.endswith(".json") or text.startswith((".", "/", "~")):
+            raise UnknownModelError(f"cannot read {text[:40] + '...'!r}: a path of {len(text):,} characters is "
+                                    "longer than any file system allows.")
+        raise registry.unknown_model_error(text)
     path = Path(text).expanduser()
-    if path.is_dir():
-        return _from_file(path / "config.json", name, missing_hint=f"directory {text!r} has no config.json")
-    if path.is_file():
-        return _from_file(path, name)
+    try:
+        if path.is_dir():
+            return _from_file(path / "config.json", name, missing_hint=f"directory {text!r} has no config.json")
+        if path.is_file():
+            return _from_file(path, name)
+    except OSError as error:  # a name the OS refuses as a path (too long a component, ...): not a path
+        if text.endswith(".json") or text.startswith((".", "/", "~")):
+            raise UnknownModelError(f"cannot read {text!r} ({error.strerror or error}).") from None
     entry = registry.find_entry(text)
     if entry is not None:
         return registry_spec(entry.name)
@@ -53,8 +62,29 @@ def get_model(model: ModelLike, *, name: str | None = None) -> ModelSpec:
         cached = _hub_cache_config(text)
         if cached is not None:
             return _from_file(cached, name or text, source=f"hub-cache:{text}")
+    match = registry.match_variant(text)
+    if match is not None:
+        return _variant_spec(match)
+    if _HUB_ID.match(text):
+        if _offline():
+            raise OfflineError(f"unknown model {text!r}: not in the built-in registry, and HF_HUB_OFFLINE is set so "
+                               f"the hub is not asked.{registry.suggestions(text)} Download its config.json and pass "
+                               f"the local path, e.g. `fitplan estimate ./{text.split('/')[-1]}/config.json`.")
         return ModelSpec.from_config(_fetch_hub_config(text), name=name or text, source=f"hub:{text}")
     raise registry.unknown_model_error(text)
+
+
+def _variant_spec(match: registry.VariantMatch) -> ModelSpec:
+    """The registry spec, with the note saying why and the format the repo name implies."""
+    spec = registry_spec(match.entry.name)
+    update: dict[str, Any] = {"assumptions": (*spec.assumptions, match.note)}
+    if match.implied_format is not None:
+        from planner.formats import get_format
+
+        fmt = get_format(match.implied_format)
+        update["quantization_config"] = {"quant_method": "fitplan-implied", "format": fmt.name,
+                                         "implied_by": "the repo name"}
+    return spec.model_copy(update=update)
 
 
 @cache
@@ -72,6 +102,9 @@ def _from_file(path: Path, name: str | None, *, missing_hint: str | None = None,
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InvalidConfigError(f"{path}: not a readable JSON config ({error}).") from None
+    if not isinstance(config, dict):
+        raise InvalidConfigError(f"{path}: a config.json must hold a JSON object ({{\"model_type\": ...}}), "
+                                 f"this one holds a {type(config).__name__}.")
     default_name = path.parent.name if path.name == "config.json" else path.stem
     return ModelSpec.from_config(config, name=name or config.get("_name_or_path") or default_name,
                                  source=source or str(path))

@@ -40,6 +40,8 @@ class MLASpec(_Frozen):
     qk_nope_head_dim: int
     qk_rope_head_dim: int
     v_head_dim: int
+    index_n_heads: int = Field(0, ge=0, description="DeepSeek-V3.2 sparse-attention indexer heads (0 = none)")
+    index_head_dim: int = Field(0, ge=0)
 
 
 class AttentionSpec(_Frozen):
@@ -49,6 +51,8 @@ class AttentionSpec(_Frozen):
     qkv_bias: bool = False
     o_bias: bool = False
     qk_norm: bool = Field(False, description="RMSNorm over q and k per head (Qwen3, Gemma 3)")
+    qk_norm_width: Literal["head", "full"] = Field(
+        "head", description="qk norm weights per head_dim (Qwen3) or over all heads' width (OLMo-2, Cohere)")
     sinks: bool = Field(False, description="one learned attention-sink logit per head (gpt-oss)")
     sliding_window: int | None = Field(None, description="window of the sliding-attention layers, tokens")
     layer_types: tuple[Literal["full_attention", "sliding_attention"], ...] = Field(
@@ -96,6 +100,7 @@ class MoESpec(_Frozen):
 class NormSpec(_Frozen):
     kind: Literal["rmsnorm", "layernorm"]
     bias: bool = Field(description="LayerNorm with a bias vector (2 x width parameters)")
+    affine: bool = Field(True, description="False = no learned scale at all (OLMo-1's non-parametric LayerNorm)")
     per_layer: int = Field(ge=1, description="norms in each layer (2 = pre-attn + pre-MLP; Gemma 2/3 = 4)")
     final: bool = Field(True, description="a norm after the last layer")
 
@@ -184,6 +189,8 @@ class ModelSpec(_Frozen):
     param_groups: tuple[ParamGroup, ...] = Field(repr=False)
     params: ParameterBreakdown
     config: dict[str, Any] = Field(repr=False, description="the raw config.json the spec was built from")
+    assumptions: tuple[str, ...] = Field(
+        (), description="what was assumed to read the config (a model_type without a dedicated reader)")
 
     # -- convenience views -------------------------------------------------------------------
     @property

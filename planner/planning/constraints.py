@@ -125,7 +125,8 @@ class Constraints(BaseModel):
             return None
         import hardware_db
 
-        return hardware_db.get(value.strip()).name
+        acc = hardware_db.get(value.strip())
+        return value.strip() if acc.is_generic else acc.name  # a capacity ("16GB") stays as typed
 
     @model_validator(mode="before")
     @classmethod
@@ -168,8 +169,11 @@ class Constraints(BaseModel):
             if hardware_db.get(self.gpu).cloud_usd_per_hour is None:
                 raise ValueError(f"{self.gpu} has no cloud price in the catalog, so cost limits cannot be checked; "
                                  "drop max_cost_per_hour / max_cost_per_1m_tokens or pick a priced GPU.")
-        if self.gpu is not None and self.gpus > 1 and self.gpu_accelerator().is_generic:
-            raise ValueError(f"{self.gpu} is a capacity, not a GPU model; use max_memory_gb for a budget.")
+        if self.gpu is not None and self.gpu_accelerator().is_generic:
+            asked = [name for name in (*SPEED_LIMITS, "max_cost_per_hour") if getattr(self, name) is not None]
+            if asked or self.gpus > 1:
+                raise ValueError(f"{self.gpu} is a capacity, not a GPU model: it has no bandwidth or price for "
+                                 f"{', '.join(asked) or 'a multi-GPU split'}; name a GPU (e.g. 'RTX 4090').")
         return self
 
     # Resolved settings (defaults applied) ------------------------------------------------------

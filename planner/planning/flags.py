@@ -45,28 +45,19 @@ _FLOAT_FIELDS = ("max_memory_gb", "max_accuracy_loss", "min_speedup", "max_cost_
 _INT_FIELDS = ("gpus", "context", "batch")
 
 
-def _finite_float(flag: str):
-    def parse(text: str) -> float:
+def _number(flag: str, kind: type, minimum: float, rule: str):
+    """An argparse type: a finite ``kind`` (float or int) of at least ``minimum``, errors naming ``flag``."""
+    noun = "a number" if kind is float else "a whole number"
+
+    def parse(text: str):
         try:
-            value = float(text)
+            value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} needs a number, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"{flag} needs {noun}, got {text!r}") from None
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"{flag} needs a finite number, got {text!r}")
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"{flag} must not be negative, got {text!r}")
-        return value
-    return parse
-
-
-def _positive_int(flag: str):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} needs a whole number, got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{flag} must be at least 1, got {text!r}")
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{flag} {rule}, got {text!r}")
         return value
     return parse
 
@@ -77,9 +68,9 @@ def add_constraint_flags(parser: argparse.ArgumentParser, *, objective: bool = T
     for field, (flag, settings) in CONSTRAINT_FLAGS.items():
         settings = dict(settings)
         if field in _FLOAT_FIELDS:
-            settings["type"] = _finite_float(flag)
+            settings["type"] = _number(flag, float, 0, "must not be negative")
         elif field in _INT_FIELDS:
-            settings["type"] = _positive_int(flag)
+            settings["type"] = _number(flag, int, 1, "must be at least 1")
         group.add_argument(flag, dest=field, default=None, **settings)
     if objective:
         group.add_argument("--objective", choices=OBJECTIVES, default="accuracy",

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from planner.formats import get_format, get_kv_dtype
 from planner.memory.devices import format_support, kv_dtype_support
-from planner.models.derive import HEAD_PRUNABLE_MODEL_TYPES, STRUCTURED_MODEL_TYPES
+from planner.models.derive import structural_refusal
 from planner.models.spec import ModelSpec
 from planner.planning.constraints import Constraints
 from planner.strategy import (
@@ -98,9 +98,7 @@ def _sparsity_options(spec: ModelSpec, grid: Grid) -> list[SparsitySpec | None]:
             options.append(None)
             continue
         pattern, level, method = item
-        if pattern in ("layers", "ffn") and spec.model_type not in STRUCTURED_MODEL_TYPES:
-            continue
-        if pattern == "heads" and spec.model_type not in HEAD_PRUNABLE_MODEL_TYPES:
+        if pattern in ("layers", "ffn", "heads") and structural_refusal(spec, pattern) is not None:
             continue
         options.append(SparsitySpec(pattern=pattern, level=level, method=method))
     return options
@@ -111,7 +109,7 @@ def _distillation_options(spec: ModelSpec, grid: Grid) -> list[DistillationSpec 
     for depth, width in itertools.product(grid.depth_ratios, grid.width_ratios):
         if depth >= 1 and width >= 1:
             options.append(None)
-        elif spec.model_type in STRUCTURED_MODEL_TYPES:
+        elif structural_refusal(spec, "student") is None:
             options.append(DistillationSpec(depth_ratio=depth if depth < 1 else None,
                                             width_ratio=width if width < 1 else None))
     return options

@@ -61,28 +61,41 @@ def _safe_gib(prepared: PreparedInference) -> float:
 
 def size_cluster(model: Any, precision: str | None = None, *, batch: int = 1, seq_len: int = 4096, engine: str = "hf",
                  kv_dtype: str | None = None, gpus: list[Any] | None = None, mode: str = "inference",
-                 **training: Any) -> pd.DataFrame:
+                 max_gpus: int | None = None, **training: Any) -> pd.DataFrame:
     """One row per catalog accelerator (or the given ``gpus``): minimum GPU count, split, speed, cost.
 
     Columns: ``COLUMNS``. Sorted: usable GPUs first, by $ per 1M tokens (unknown last), then by count.
     ``mode`` other than "inference" sizes a fine-tuning step over data-parallel GPUs instead (default
-    sharding zero3; training options as in ``estimate_memory``; see ``planner.memory.training.sizing``).
+    sharding zero3; training options as in ``estimate_memory``; see ``planner.memory.training.sizing``);
+    accelerators that cannot run the sharding are marked (``gate_sharding``). ``max_gpus``: the GPUs
+    the user has of each type; a type that needs more is not usable (the note says how many it needs).
     """
-    import hardware_db
+    from planner.memory.api import MAX_GPUS
 
+    if max_gpus is not None:
+        max_gpus = _positive_int("max_gpus", max_gpus, MAX_GPUS)
+    import hardware_db
+    from planner.validate import name_list, reject_non_finite_options
+
+    gpus = name_list(gpus, "gpus")  # one name is a list of one, not a list of characters; [] is an error
+    reject_non_finite_options(training)
     accs: list[Accelerator] = [hardware_db.get(g) if not isinstance(g, Accelerator) else g for g in gpus] \
         if gpus else [a for a in hardware_db.list() if not a.is_generic]
     if mode != "inference":
         from planner.memory.training import default_precision
         from planner.memory.training.sizing import training_size_cluster
 
-        return training_size_cluster(model, precision or default_precision(mode), accs,
-                                     batch=_positive_int("batch", batch, MAX_BATCH),
-                                     seq_len=_positive_int("seq_len", seq_len, MAX_TOKENS), mode=mode, **training)
+        frame = training_size_cluster(model, precision or default_precision(mode), accs,
+                                      batch=_positive_int("batch", batch, MAX_BATCH),
+                                      seq_len=_positive_int("seq_len", seq_len, MAX_TOKENS), mode=mode, **training)
+        return cap_gpus(gate_sharding(frame, {acc.name: acc for acc in accs}), max_gpus)
     if training:
         raise InvalidRequestError(f"unknown option(s) {', '.join(training)} for mode='inference'.")
-    precision = "bf16" if precision is None else precision
     spec = get_model(model)
+    if precision is None:
+        from planner.models.checkpoint import default_precision
+
+        precision = default_precision(spec)
     fmt = get_format(precision)
     profile = get_engine(engine)
     batch = _positive_int("batch", batch, MAX_BATCH)
@@ -102,7 +115,7 @@ def size_cluster(model: Any, precision: str | None = None, *, batch: int = 1, se
         return cache[tp, pp]
 
     rows = [_row(acc, spec, fmt, profile, batch, seq_len, per_device) for acc in accs]
-    frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    frame = cap_gpus(pd.DataFrame(rows, columns=list(COLUMNS)), max_gpus)
     frame["_usable"] = frame["gpus"].notna()
     frame = frame.sort_values(["_usable", "usd_per_million_tokens", "gpus", "gpu"],
                               ascending=[False, True, True, True], na_position="last", kind="stable")
@@ -158,3 +171,44 @@ def _row(acc: Accelerator, spec, fmt, profile, batch: int, seq_len: int, per_dev
         notes.append("no cloud price")
     row["note"] = "; ".join(notes)
     return row
+
+
+def gate_sharding(frame: pd.DataFrame, accs: dict[str, Accelerator]) -> pd.DataFrame:
+    """Mark the rows of a fine-tuning ``size`` whose accelerator cannot run the sharding
+    (``planner.sizing.distributed``): supported False, the reason first in the note, after the rows
+    that can run (the order is otherwise kept)."""
+    from planner.sizing.distributed import sharding_support
+
+    if frame.empty or "sharding" not in frame.columns:
+        return frame
+    frame = frame.copy()
+    runs = []
+    for index, row in frame.iterrows():
+        gpus = int(row["gpus"]) if pd.notna(row["gpus"]) else 1
+        support = sharding_support(accs[row["gpu"]], str(row["sharding"]), gpus)
+        runs.append(support.supported is not False)
+        if support.supported is False:
+            frame.at[index, "supported"] = False
+            note = str(row["note"] or "")
+            frame.at[index, "note"] = f"cannot run {row['sharding']}: {support.reason}" + (f"; {note}" if note else "")
+    frame["_runs"] = runs
+    frame = frame.sort_values("_runs", ascending=False, kind="stable").drop(columns="_runs")
+    return frame.reset_index(drop=True)
+
+
+def cap_gpus(frame: pd.DataFrame, max_gpus: int | None) -> pd.DataFrame:
+    """Rows needing more than ``max_gpus`` GPUs: not usable (``gpus`` NaN, marked unsupported), the
+    count they need in the note; usable rows first (order otherwise kept)."""
+    if max_gpus is None or frame.empty:
+        return frame
+    frame = frame.copy()
+    over = frame["gpus"].notna() & (frame["gpus"] > max_gpus)
+    for index in frame.index[over]:
+        need = int(frame.at[index, "gpus"])
+        note = str(frame.at[index, "note"] or "")
+        frame.at[index, "note"] = f"needs {need} GPUs, more than --gpus {max_gpus}" + (f"; {note}" if note else "")
+    frame.loc[over, "gpus"] = np.nan
+    frame.loc[over, "supported"] = False
+    order = frame["gpus"].notna().to_numpy()
+    return pd.concat([frame[order], frame[~order]]).reset_index(drop=True)
+

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hardware_db import Accelerator
-from planner.errors import InvalidRequestError
+from planner.errors import InvalidRequestError, UnsupportedError
 from planner.formats import get_format
 from planner.memory.api import MAX_BATCH, MAX_TOKENS, _positive_int
 from planner.memory.devices import format_support, resolve_gpu
@@ -72,6 +72,30 @@ def _models(models: Iterable[Any] | None) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _reject_invalid_request(precisions: list[str], errors: list[str | None], *, explicit: bool) -> None:
+    """Raise the error of a request that fails for every model (``estimate`` rejects it the same way)
+    instead of answering "0 of N models fit"; with explicit precisions, for each of them."""
+    from planner.validate import reject_request_wide_errors
+
+    reject_request_wide_errors(errors, "")
+    if explicit:
+        for precision in dict.fromkeys(precisions):
+            reject_request_wide_errors([e for p, e in zip(precisions, errors) if p == precision],
+                                       f"--precision {precision}")
+
+
+def _checkpoint_formats(names: tuple[str, ...], engine: str) -> dict[str, str]:
+    """Model -> the format its checkpoint ships in (gpt-oss: mxfp4), for models the engine can run so."""
+    from planner.models.checkpoint import checkpoint_format
+
+    found = {}
+    for name in names:
+        fmt = checkpoint_format(get_model(name))
+        if fmt is not None and engine in get_format(fmt).engines:
+            found[name] = fmt
+    return found
+
+
 def _gpus(gpu: Any) -> list[Accelerator]:
     if isinstance(gpu, (str, Accelerator)):
         return [resolve_gpu(gpu)]
@@ -83,29 +107,44 @@ def _gpus(gpu: Any) -> list[Accelerator]:
 
 def what_fits(gpu: Any, models: Iterable[Any] | None = None, precisions: Iterable[str] | None = None, *,
               context: int = 4096, batch: int = 1, engine: str = "hf", kv_dtype: str | None = None,
-              mode: str = "inference", **training: Any) -> pd.DataFrame:
+              mode: str = "inference", gpus: int = 1, **training: Any) -> pd.DataFrame:
     """One row per (GPU, model, precision): does it fit, with what headroom, how far it stretches.
 
     ``gpu`` is a catalog name, a capacity string ("16GB") or a list of those. Defaults: every registry
     model x the engine's eight common precisions (``DEFAULT_PRECISIONS``); the whole context is taken
-    as the prompt (the worst case for the prefill). Columns: ``COLUMNS``. Sorted per GPU: fitting rows
+    as the prompt (the worst case for the prefill). ``gpus`` > 1: the model split over that many GPUs
+    of the type, the engine's way (tensor parallel for vLLM, pipeline layers otherwise); memory and
+    the fit are per GPU, ``max_batch`` is the concurrency (sequences of ``context`` tokens at once). Columns: ``COLUMNS``. Sorted per GPU: fitting rows
     first, then by parameters (largest first), then by memory (largest first).
 
     ``mode`` other than "inference" (full, lora, qlora, freeze) sizes one fine-tuning step instead, with
     the training options of ``estimate_memory`` (``seq_len`` = the training sequence, default
     ``context``); columns ``planner.memory.training.sizing.FITS_COLUMNS``.
     """
+    from planner.validate import name_list, reject_non_finite_options
+
+    models = name_list(models, "models")
+    precisions = name_list(precisions, "precisions")
+    reject_non_finite_options(training)
     if mode != "inference":
         from planner.memory.training.sizing import training_what_fits
 
+        if gpus != 1:
+            raise InvalidRequestError("gpus (--gpus) applies to inference; fine-tuning takes --sharding and "
+                                      "sizes GPUs with `fitplan size --mode ...`.")
+
         seq_len = _positive_int("seq_len", training.pop("seq_len", context), MAX_TOKENS)
-        return training_what_fits(_gpus(gpu), _models(models), list(precisions) if precisions else None,
-                                  seq_len=seq_len, batch=_positive_int("batch", batch, MAX_BATCH), mode=mode,
-                                  **training)
+        frame = training_what_fits(_gpus(gpu), _models(models), list(precisions) if precisions else None,
+                                   seq_len=seq_len, batch=_positive_int("batch", batch, MAX_BATCH), mode=mode,
+                                   **training)
+        _reject_invalid_request(list(frame["precision"].astype(str)),
+                                [str(n) if s != s else None for n, s in zip(frame["note"], frame["safe_gib"])],
+                                explicit=precisions is not None)
+        return frame
     if training:
         raise InvalidRequestError(f"unknown option(s) {', '.join(training)} for mode='inference'.")
     return fit_columns(gpu, models, precisions, context=context, batch=batch, engine=engine,
-                       kv_dtype=kv_dtype).to_frame()
+                       kv_dtype=kv_dtype, gpus=gpus).to_frame()
 
 
 @dataclass(frozen=True)
@@ -144,16 +183,38 @@ class FitColumns:
 
 
 def fit_columns(gpu: Any, models: Iterable[Any] | None = None, precisions: Iterable[str] | None = None, *,
-                context: int = 4096, batch: int = 1, engine: str = "hf", kv_dtype: str | None = None) -> FitColumns:
+                context: int = 4096, batch: int = 1, engine: str = "hf", kv_dtype: str | None = None,
+                gpus: int = 1) -> FitColumns:
     """The rows of ``what_fits(..., mode="inference")`` as numpy columns (see :class:`FitColumns`)."""
+    from planner.formats import get_kv_dtype
+    from planner.memory.api import MAX_GPUS
+    from planner.validate import name_list
+
     context = _positive_int("context", context, MAX_TOKENS)
     batch = _positive_int("batch", batch, MAX_BATCH)
+    gpus = _positive_int("gpus", gpus, MAX_GPUS)
     profile = get_engine(engine)
     accs = _gpus(gpu)
+    models = name_list(models, "models")
+    precisions = name_list(precisions, "precisions")
+    if kv_dtype is not None:
+        get_kv_dtype(kv_dtype)  # an unknown name is an error, not a table of errors
+    for precision in precisions or ():
+        fmt = get_format(precision)
+        if profile.name not in fmt.engines:
+            raise UnsupportedError(f"{fmt.name} is not run by the {profile.name} engine (runs on: "
+                                   f"{', '.join(fmt.engines)}); pick another --precision or --engine.")
     names = tuple(dict.fromkeys(_models(models)))
-    formats = tuple(dict.fromkeys(get_format(p).name for p in (precisions or DEFAULT_PRECISIONS[profile.name])))
-    table = _cached_table(names, formats, profile.name, kv_dtype, context, batch)
+    native = _checkpoint_formats(names, profile.name) if precisions is None else {}
+    formats = tuple(dict.fromkeys([*(get_format(p).name for p in (precisions or DEFAULT_PRECISIONS[profile.name])),
+                                   *sorted(set(native.values()))]))
+    defaults = set(DEFAULT_PRECISIONS[profile.name])
+    only_for = tuple((fmt, tuple(m for m, f in native.items() if f == fmt))
+                     for fmt in sorted(set(native.values())) if fmt not in defaults)
+    table = _cached_table(names, formats, profile.name, kv_dtype, context, batch, only_for=only_for, gpus=gpus)
     rows = table.rows
+    _reject_invalid_request([r["precision"] for r in rows], [r["error"] for r in rows],
+                            explicit=precisions is not None)
     n, g = len(rows), len(accs)
     safe = table.safe_bytes(batch, context)
     peak = table.peak_bytes(batch, context)
@@ -232,8 +293,11 @@ def decode_speed_columns(table, accs: list[Accelerator], formats: tuple[str, ...
 
     speed = get_speed_engine(engine)
     specs = [p.setup.spec if p is not None else None for p in table.prepared]
+    # The split of each row (as planner.speed.model.speed_of): FLOPs / tp, the KV cache of all pp stages.
+    tp = np.array([p.setup.tp if p is not None else 1 for p in table.prepared])
+    pp = np.array([p.setup.pp if p is not None else 1 for p in table.prepared])
     weights = np.array([r.at(batch) if r is not None else np.nan for r in table.reads])
-    flops = [decode_step_flops(s, context, batch) if s is not None else None for s in specs]
+    flops = [decode_step_flops(s, context, batch).split(t) if s is not None else None for s, t in zip(specs, tp)]
     linear = np.array([f.linear if f is not None else np.nan for f in flops])
     attention = np.array([f.attention if f is not None else np.nan for f in flops])
     layers = np.array([s.total_layers if s is not None else 0 for s in specs], dtype=float)
@@ -244,11 +308,12 @@ def decode_speed_columns(table, accs: list[Accelerator], formats: tuple[str, ...
     bandwidth = np.array([acc.memory_bandwidth_gbps or np.nan for acc in accs], dtype=float)
     vector = np.array([acc.fp32_tflops or np.nan for acc in accs], dtype=float)
     peak = np.array([[matmul_peak(speed, acc, f.matmul_dtype) or np.nan for f in fmts] for acc in accs], dtype=float)
-    *_, seconds = step_terms(speed, weight_bytes=weights[None], kv_bytes=table.kv_bytes(batch, context)[None],
+    *_, seconds = step_terms(speed, weight_bytes=weights[None], kv_bytes=(table.kv_bytes(batch, context) * pp)[None],
                              linear_flops=linear[None], attention_flops=attention[None],
                              bandwidth_gbps=bandwidth[:, None], peak_tflops=peak[:, fmt_index],
                              vector_tflops=vector[:, None], mfu=speed.decode_mfu, kernel_factor=factors[None],
-                             compute_factor=compute[None], layers=layers[None], experts_run=experts[None])
+                             compute_factor=compute[None], layers=layers[None], experts_run=experts[None],
+                             devices=tp[None])
     return batch / seconds
 
 

@@ -106,27 +106,35 @@ def _phase_rows(prepared: PreparedInference) -> tuple[list[tuple[float, ...]], l
 
 @lru_cache(maxsize=32)
 def _cached_table(model_ids: tuple[str, ...], precisions: tuple[str, ...], engine: str,
-                  kv_dtype: str | None, context: int, batch: int) -> FitTable:
+                  kv_dtype: str | None, context: int, batch: int,
+                  only_for: tuple[tuple[str, tuple[str, ...]], ...] = (), gpus: int = 1) -> FitTable:
     from planner.models.resolve import get_model
 
     return build_table([get_model(m) for m in model_ids], precisions, engine=engine, kv_dtype=kv_dtype,
-                       context=context, batch=batch)
+                       context=context, batch=batch, only_for=only_for, gpus=gpus)
 
 
 def build_table(specs: list[ModelSpec], precisions: tuple[str, ...], *, engine: str, kv_dtype: str | None,
-                context: int, batch: int) -> FitTable:
-    """Prepare every (model, precision) once; rows an engine cannot run carry the reason."""
+                context: int, batch: int, only_for: tuple[tuple[str, tuple[str, ...]], ...] = (),
+                gpus: int = 1) -> FitTable:
+    """Prepare every (model, precision) once, split over ``gpus`` devices the engine's way (memory per
+    device); rows an engine cannot run (or split) carry the reason.
+
+    ``only_for`` = ((precision, model names), ...): precisions computed only for those models (a
+    checkpoint's own format such as gpt-oss's mxfp4); the other models' rows carry that reason.
+    """
     collecting = gc.isenabled()
     gc.disable()  # thousands of short-lived small objects: cyclic GC passes only cost time here
     try:
-        return _build_table(specs, precisions, engine=engine, kv_dtype=kv_dtype, context=context, batch=batch)
+        return _build_table(specs, precisions, engine=engine, kv_dtype=kv_dtype, context=context, batch=batch,
+                            only_for=dict(only_for), gpus=gpus)
     finally:
         if collecting:
             gc.enable()
 
 
 def _build_table(specs: list[ModelSpec], precisions: tuple[str, ...], *, engine: str, kv_dtype: str | None,
-                 context: int, batch: int) -> FitTable:
+                 context: int, batch: int, only_for: dict[str, tuple[str, ...]], gpus: int = 1) -> FitTable:
     rows, uppers, points, divisors, prepared_list, reads = [], [], [], [], [], []
     windows, limits, kv_full, kv_window = [], [], [], []
     for spec in specs:
@@ -135,8 +143,10 @@ def _build_table(specs: list[ModelSpec], precisions: tuple[str, ...], *, engine:
             row = {"model": spec.name, "params_b": spec.params.total / 1e9, "active_params_b": spec.params.active / 1e9,
                    "precision": fmt.name, "engine": engine, "error": None}
             try:
+                if fmt.name in only_for and spec.name not in only_for[fmt.name]:
+                    raise FitplanError(f"{fmt.name} is listed only for checkpoints that ship in it")
                 prepared = prepare_inference(spec, fmt, batch=batch, seq_len=context, engine=engine,
-                                             kv_dtype=kv_dtype, check_support=False)
+                                             kv_dtype=kv_dtype, check_support=False, gpus=gpus)
             except FitplanError as error:
                 row["error"] = str(error)
                 prepared = None

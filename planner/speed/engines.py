@@ -85,7 +85,7 @@ class EngineSpeed(BaseModel):
     def compute_factor(self, fmt: WeightFormat) -> tuple[float, str]:
         """(factor on the MFU, source) of ``fmt``'s matmuls in compute-bound steps (batched decode, prefill)."""
         if fmt.name in self.compute_kernels:
-            return self.compute_kernels[fmt.name], f"fitted on published {self.name} measurements (speed_calibration.toml)"
+            return self.compute_kernels[fmt.name], f"engines.toml / speed_calibration.toml ({self.name})"
         return 1.0, f"no compute measurement of {fmt.name} in {self.name}: the engine's MFU"
 
 
@@ -109,7 +109,8 @@ def _speed_engines() -> dict[str, EngineSpeed]:
         rows = tuple(fit.pop("rows", ()))
         kernels = fit.pop("kernels", {})
         compute = fit.pop("compute_kernels", {})
-        engines[name] = EngineSpeed(**{**prior.model_dump(), **fit, "kernels": kernels, "compute_kernels": compute,
+        engines[name] = EngineSpeed(**{**prior.model_dump(), **fit, "kernels": {**prior.kernels, **kernels},
+                                       "compute_kernels": {**prior.compute_kernels, **compute},
                                        "fit_rows": rows,
                                        "fitted": (*fit, *(f"kernel:{k}" for k in kernels),
                                                   *(f"compute:{k}" for k in compute))})

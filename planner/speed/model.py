@@ -53,8 +53,9 @@ def moe_experts_run(spec: ModelSpec, tokens) -> float:
 
 def _step(kind: str, engine: EngineSpeed, acc: Accelerator, fmt: WeightFormat, spec: ModelSpec, *,
           weight_bytes: float, kv_bytes: float, flops: StepFlops, tokens: int, routed: float, mfu: float,
-          kernel: tuple[float, str], devices: int, extra_inputs: dict) -> StepBreakdown:
-    peak = matmul_peak(engine, acc, fmt.matmul_dtype)
+          kernel: tuple[float, str], devices: int, extra_inputs: dict, matmul_dtype: str | None = None) -> StepBreakdown:
+    dtype = matmul_dtype or fmt.matmul_dtype
+    peak = matmul_peak(engine, acc, dtype)
     compute = engine.compute_factor(fmt)
     experts = moe_experts_run(spec, routed)
     bytes_s, compute_s, overhead_s, total = (float(x) for x in step_terms(
@@ -67,7 +68,7 @@ def _step(kind: str, engine: EngineSpeed, acc: Accelerator, fmt: WeightFormat, s
     inputs = {"weight_bytes": weight_bytes, "kv_bytes": kv_bytes, "linear_flops": flops.linear,
               "attention_flops": flops.attention,
               "bandwidth_gbps": acc.memory_bandwidth_gbps, "bandwidth_efficiency": engine.bandwidth_efficiency,
-              "kernel_factor": kernel[0], f"peak_{fmt.matmul_dtype}_tflops": peak, "fp32_tflops": acc.fp32_tflops,
+              "kernel_factor": kernel[0], f"peak_{dtype}_tflops": peak, "fp32_tflops": acc.fp32_tflops,
               "vector_share": engine.vector_share, "mfu": mfu, "compute_factor": compute[0],
               "multi_gpu_efficiency": split, "step_overhead_ms": engine.step_overhead_ms,
               "layers": spec.total_layers, "layer_overhead_us": engine.layer_overhead_us, **extra_inputs}
@@ -94,6 +95,7 @@ def predict_speed(spec: ModelSpec, fmt: WeightFormat, engine: EngineSpeed, acc: 
     if acc.memory_bandwidth_gbps is None:
         raise SpeedUnknown(f"speed unknown: {acc.name} has no memory bandwidth in the catalog "
                            "(add memory_bandwidth_gbps to a user hardware file to get one)")
+    engine = engine_for_device(engine, acc)
     kernel = engine.kernel_factor(fmt)
     context = prompt + new // 2
     kv = kv_bytes_at(batch, context) * pp
@@ -137,3 +139,28 @@ def speed_of(prepared, engine: EngineSpeed, acc: Accelerator | None = None) -> S
     return predict_speed(setup.spec, setup.fmt, engine, acc, reads=read_bytes(setup.spec, plan.weights, setup.tp),
                          kv_bytes_at=lambda b, t: plan.kv_coeffs.at(b, t, plan.window), batch=prepared.batch,
                          prompt=prepared.tokens.prompt, new=prepared.tokens.new, tp=setup.tp, pp=setup.pp)
+
+
+def is_host_cpu(acc: Accelerator) -> bool:
+    """A probed host CPU (``fitplan hardware probe``) rather than an accelerator."""
+    return (acc.form_factor or "").startswith("host CPU")
+
+
+def engine_for_device(engine: EngineSpeed, acc: Accelerator) -> EngineSpeed:
+    """transformers on a probed host CPU runs with the CPU constants (``hf-cpu``), not the GPU ones."""
+    from planner.speed.engines import get_speed_engine
+
+    return get_speed_engine("hf-cpu") if engine.name == "hf" and is_host_cpu(acc) else engine
+
+
+def forward_latency(spec: ModelSpec, fmt: WeightFormat, engine: EngineSpeed, acc: Accelerator, *,
+                    weight_bytes: float, batch: int, tokens: int, matmul_dtype: str | None = None) -> StepBreakdown:
+    """One forward over ``batch`` x ``tokens`` (the prefill regime; what ``fitplan run`` times), reading
+    ``weight_bytes`` once, with matmuls in ``matmul_dtype`` (default the format's)."""
+    if acc.memory_bandwidth_gbps is None:
+        raise SpeedUnknown(f"speed unknown: {acc.name} has no memory bandwidth in the catalog")
+    engine = engine_for_device(engine, acc)
+    return _step("forward", engine, acc, fmt, spec, weight_bytes=weight_bytes, kv_bytes=0.0,
+                 flops=prefill_step_flops(spec, tokens, batch), tokens=batch * tokens, routed=batch * tokens,
+                 mfu=engine.prefill_mfu, kernel=(1.0, "a forward reads the weights once"), devices=1,
+                 extra_inputs={"batch": batch, "tokens": tokens}, matmul_dtype=matmul_dtype)

@@ -86,9 +86,11 @@ class StepFlops:
 
 
 def prefill_step_flops(spec: ModelSpec, tokens: int, batch: int) -> StepFlops:
-    """A prefill of ``tokens`` tokens for ``batch`` sequences: 2 x params x tokens + causal attention."""
+    """A prefill of ``tokens`` tokens for ``batch`` sequences: 2 x params x tokens + attention (causal:
+    half the score matrix; an encoder attends to every position)."""
     linear, width = _linear_and_width(spec)
-    return StepFlops(batch * 2 * linear * tokens, batch * 2 * 2 * width * tokens * _span(spec, tokens) / 2)
+    share = 1.0 if spec.architecture == "encoder" else 0.5
+    return StepFlops(batch * 2 * linear * tokens, batch * 2 * 2 * width * tokens * _span(spec, tokens) * share)
 
 
 def decode_step_flops(spec: ModelSpec, context: int, batch: int) -> StepFlops:

@@ -54,6 +54,7 @@ STEPS: dict[str, object] = {
     "nf4": QuantizationSpec(weights="nf4"),
     "unstructured": SparsitySpec(level=0.5),
     "2:4": SparsitySpec(level=0.5, pattern="2:4"),
+    "wanda": SparsitySpec(level=0.5, method="wanda"),
     "heads": SparsitySpec(level=0.5, pattern="heads"),
     "ffn": SparsitySpec(level=0.5, pattern="ffn"),
     "layers": SparsitySpec(level=0.5, pattern="layers"),
@@ -64,7 +65,7 @@ STEPS: dict[str, object] = {
 
 def refusal(family: str, step: str) -> str | None:
     """The reason a step is refused for a family (a regex of the error), None when it must apply."""
-    if family == "t5" and step in ("heads", "ffn", "layers", "distill"):
+    if family == "t5" and step in ("heads", "layers", "distill"):
         return "encoder-decoder"
     if family in HEADLESS and step == "heads":
         return "hidden_size / num_attention_heads"
@@ -140,7 +141,7 @@ def test_step_applies_or_is_refused(family, step, tmp_path):
         quantized = [s for s in _block_sites(new) if not is_dense(s.module)]
         assert len(quantized) == len(sites)  # every block linear, Conv1D and fused ones included
         assert state_dict_bytes(new) < sum(v.numel() * v.element_size() for v in before.values())
-    elif step == "unstructured":
+    elif step in ("unstructured", "wanda"):
         for site in _block_sites(new):
             weight = weight_matrix(site.module)
             assert int((weight == 0).sum()) == round(weight.numel() / 2), site.name
@@ -216,3 +217,30 @@ def test_fused_moe_experts_are_pruned_per_expert(pattern):
     _forward(pruned)
     _, report = apply_step(pruned, QuantizationSpec(weights="int8"), _context())
     assert all("fused 3-D expert tensor" in report.skipped_reasons()[path] for path in experts)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_linear_maps_to_the_planner_group_of_its_shape(family):
+    """Prediction and execution agree module by module: each linear-like module (Conv1D and fused ones
+    included) is matched to the planner's ParamGroup with the same role and the same in/out features,
+    and every linear group of the spec is found in the model as often as it says."""
+    model = build(family)
+    layout = ModelLayout(model)
+    sites = [s for s in layout.linear_sites() if not (s.component == "lm_head" and layout.tied)]
+    found: dict[str, int] = {}
+    for site in sites:
+        assert site.basis == "planner", site.name
+        assert (site.group.in_features, site.group.out_features) == (site.in_features, site.out_features), site.name
+        found[site.group.name] = found.get(site.group.name, 0) + 1
+    assert found == {g.name: g.count for g in layout.spec.linear_groups()}
+
+
+def test_fine_tuning_between_gradual_steps_keeps_conv1d_weights_pruned():
+    model = build("gpt2")
+    spec = SparsitySpec(level=0.5, gradual_steps=2, finetune_steps=2, finetune_learning_rate=1e-2)
+    context = _context()
+    context.evaluator = lambda m: 1.0
+    pruned, report = apply_step(model, spec, context)
+    assert report.metrics["sparsity_achieved"] == 0.5
+    for site in _block_sites(pruned):
+        assert int((site.module.weight == 0).sum()) == site.module.weight.numel() // 2, site.name

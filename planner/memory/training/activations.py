@@ -37,6 +37,7 @@ ATTENTION_IMPLS: tuple[str, ...] = ("flash", "eager")
 # Extra F-sized tensors an activation function saves beyond its input (Python-formula GELUs).
 _ACTIVATION_EXTRA = {"gelu_new": 3, "gelu_fast": 3, "quick_gelu": 1}
 _NO_ROPE_TYPES = {"t5"}
+POST_NORM_TYPES = ("bert", "bart")  # LayerNorm after each residual add (BERT; BART normalize_before=False)
 
 
 @dataclass(frozen=True)
@@ -264,7 +265,7 @@ def layer_saved(spec: ModelSpec, settings: ActivationSettings, modes: Callable[[
     groups = _groups_by_role(spec)
     r, h, kind = settings.residual_bytes, spec.hidden_size, spec.norm.kind
     x = _T("layer_input", h, r)
-    if spec.model_type == "bert":  # post-norm: x is already normalised
+    if spec.model_type in POST_NORM_TYPES:  # post-norm: x is already normalised
         attn = _attention(tape, spec, groups, x, seq_len)
         y = tape.norm("attn_norm", kind, _T("attn_residual", h, r))
         del attn

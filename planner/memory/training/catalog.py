@@ -70,6 +70,7 @@ class Framework(_Entry):
     fused_gelu: bool
     softmax_saves_input: bool
     dequantized_weight_saved: bool
+    fsdp_shards_quant_state: bool = False
 
 
 class DeepSpeedConstants(BaseModel):

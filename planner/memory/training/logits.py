@@ -11,8 +11,14 @@ autocast runs ``log_softmax``/``cross_entropy`` in fp32 anyway), else the comput
 - ``chunked-128`` (lit-gpt ``lm_head_chunk_size=128`` + ``chunked_cross_entropy``): the logits chunks
   (``c``) and their log-probabilities (``e``) stay alive for all tokens; gradients exist for one
   128-token chunk at a time (``2 x e x 128 x vocab`` per sequence).
-- ``chunked-8`` (torchtune ``CEWithChunkedOutputLoss``, 8 chunks of the sequence): logits chunks (``c``)
-  and fp32 log-probabilities for all tokens; fp32 gradients of one chunk (an eighth of the tokens).
+- ``chunked-8`` (torchtune ``CEWithChunkedOutputLoss``, 8 chunks of the sequence): the output layer
+  returns 8 logits chunks in the compute dtype (``c``, all tokens, kept until the output layer's
+  backward); each chunk is upcast to fp32 and passed to ``cross_entropy`` one at a time. Eager, every
+  chunk's ``log_softmax`` output (fp32, ``e = 4``) is saved for backward, so fp32 log-probabilities of
+  all tokens are alive at the loss; fp32 gradients exist for one chunk. With the loss compiled
+  (torchtune ``compile=True`` calls ``training.compile_loss``) inductor fuses upcast, log-softmax and
+  NLL per chunk and saves only the ``c``-byte chunk and one fp32 log-sum-exp per row: the fp32 upcast,
+  its log-probabilities and gradient exist for one chunk at a time (``tokens/8 x vocab x (4 + 4 + c)``).
 - ``fused`` (Liger ``LigerFusedLinearCrossEntropyLoss``): logits are never materialised; a chunk of
   ``next_pow2(tokens / ceil(vocab / hidden))`` rows (about ``tokens x hidden / vocab``) exists at a
   time with its gradient, ``~ tokens x hidden x 2 x 4 x 2`` bytes.
@@ -28,6 +34,7 @@ from dataclasses import dataclass
 from planner.errors import InvalidRequestError
 
 LOSS_IMPLS: tuple[str, ...] = ("full", "chunked-128", "chunked-8", "fused")
+COMPILED_CHUNK_COPIES = ("fp32 upcast", "fp32 log-probs / gradient", "compute-dtype gradient")
 LITGPT_CHUNK_TOKENS = 128
 TORCHTUNE_CHUNKS = 8
 
@@ -47,7 +54,7 @@ class LossMemory:
 
 
 def loss_memory(*, vocab: int, hidden: int, impl: str, compute_bytes: int, fp32_loss: bool,
-                softcap: bool = False) -> LossMemory:
+                softcap: bool = False, compiled: bool = False) -> LossMemory:
     """Peak logits / loss bytes per sequence (logits exist for every position of the micro-batch)."""
     if impl not in LOSS_IMPLS:
         raise InvalidRequestError(f"unknown loss implementation {impl!r}; use one of {', '.join(LOSS_IMPLS)}.")
@@ -62,6 +69,11 @@ def loss_memory(*, vocab: int, hidden: int, impl: str, compute_bytes: int, fp32_
         return LossMemory(vocab * (c + e), LITGPT_CHUNK_TOKENS * vocab * 2 * e,
                           "tokens x vocab x (c + e) (logits chunks + log-probs) + 128 tokens x vocab x 2e (gradients)",
                           {**inputs, "chunk_tokens": LITGPT_CHUNK_TOKENS})
+    if impl == "chunked-8" and compiled:
+        return LossMemory(vocab * c + 4 + vocab * (4 + 4 + c) / TORCHTUNE_CHUNKS, 0.0,
+                          "tokens x (vocab x c + 4) (logits chunks + log-sum-exp) + tokens/8 x vocab x (4 + 4 + c) "
+                          "(one chunk's fp32 upcast, log-probs and gradient; compiled loss)",
+                          {**inputs, "chunks": TORCHTUNE_CHUNKS, "compiled": True})
     if impl == "chunked-8":
         return LossMemory(vocab * (c + 4) + vocab * 2 * 4 / TORCHTUNE_CHUNKS, 0.0,
                           "tokens x vocab x (c + 4) + tokens/8 x vocab x 2 x 4 (one fp32 chunk and its gradient)",

@@ -40,6 +40,8 @@ class TrainingOptions:
     activation_offload: bool = False
     optimizer_in_backward: bool = False
     packing: bool = False
+    compile: bool = False
+    target_len: int | None = None
     zero_bucket_elements: int | None = None
     overlap_comm: bool | None = None
     gpus_per_node: int = 8
@@ -113,6 +115,8 @@ def training_options(mode: str, gpus: int, **kwargs: Any) -> TrainingOptions:
         raise InvalidRequestError(f"mfu must be in (0, 1], got {options.mfu!r}.")
     if options.training_tokens is not None and options.training_tokens <= 0:
         raise InvalidRequestError(f"training_tokens must be positive, got {options.training_tokens!r}.")
+    if options.target_len is not None:
+        _positive_int("target_len", options.target_len)
     if options.zero_bucket_elements is not None:
         _positive_int("zero_bucket_elements", options.zero_bucket_elements)
     return options

@@ -8,7 +8,7 @@ implementation facts decide what is saved for backward.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from hardware_db import Accelerator
@@ -30,6 +30,7 @@ from planner.memory.training.catalog import (
 )
 from planner.memory.training.logits import LITGPT_CHUNK_TOKENS, loss_memory
 from planner.memory.training.options import TrainingOptions, training_options
+from planner.memory.training.seq2seq import seq2seq_activation_memory
 from planner.memory.training.sharding import ShardedStates, StateInputs, shard_states, validate
 from planner.memory.training.terms import StepInputs, step_terms
 from planner.memory.training.trainable import TrainablePlan, plan_trainable
@@ -92,6 +93,13 @@ def frozen_weights(spec: ModelSpec, fmt: WeightFormat, plan: TrainablePlan, fram
     if options.sharding in ("zero1", "zero2", "zero3") and fmt.family == "float" and fmt.bits == 32:
         unquantized /= 2  # DeepSpeed casts the module to its 16-bit dtype
     return _Frozen(quantized, unquantized, w)
+
+
+def quant_state_bytes(frozen: _Frozen, fmt: WeightFormat) -> float:
+    """Bytes of a bitsandbytes base beyond its packed data (absmax and nested quantization state)."""
+    if fmt.family != "bnb" or not fmt.bits:
+        return 0.0
+    return sum(max(0.0, g.bytes - g.group.params * fmt.bits / 8) for g in frozen.weights.groups if g.quantized)
 
 
 def upcasts_unquantized(mode: str, fmt: WeightFormat, framework: Framework) -> bool:
@@ -186,12 +194,16 @@ def activation_settings(spec: ModelSpec, recipe: Recipe, framework: Framework, f
 
 
 def activation_bounds(spec: ModelSpec, recipe: Recipe, framework: Framework, fmt: WeightFormat,
-                      options: TrainingOptions, plan: TrainablePlan, upcast: bool):
+                      options: TrainingOptions, plan: TrainablePlan, upcast: bool, seq_len: int):
     """(point, upper): the activations of this framework, and the largest over every framework profile
     of the catalog (the implementations differ in fp32 norm copies, 4-bit layers keeping their input,
     fused-qkv storage, Python GELU, softmax inputs): the safe bound covers whichever stack runs it."""
     def run(profile: Framework, any_quantized: bool):
         settings = activation_settings(spec, recipe, profile, fmt, options, plan, upcast, any_quantized)
+        if spec.architecture == "encoder-decoder":
+            return seq2seq_activation_memory(spec, settings, plan, checkpointing=options.grad_checkpointing,
+                                             offload=options.activation_offload, seq_len=seq_len,
+                                             target_len=options.target_len), settings
         return activation_memory(spec, settings, plan, checkpointing=options.grad_checkpointing,
                                  offload=options.activation_offload), settings
     point, settings = run(framework, False)
@@ -272,9 +284,10 @@ def prepare_training(spec: ModelSpec, fmt: WeightFormat, mode: str = "lora", *, 
     """Validate a fine-tuning request and build its terms (raises FitplanError subclasses)."""
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise InvalidRequestError(f"batch (the micro-batch per GPU) must be a positive integer, got {batch!r}.")
-    if spec.architecture == "encoder-decoder":
-        raise UnsupportedError(f"training estimates cover decoder and encoder models; {spec.name} is encoder-decoder.")
     options = training_options(mode, gpus, **training)
+    if options.target_len is not None and spec.architecture != "encoder-decoder":
+        raise InvalidRequestError(f"target_len is the decoder length of an encoder-decoder model; {spec.name} is "
+                                  f"{spec.architecture}-only: give its length as seq_len.")
     warnings: list[str] = list(validate(options.sharding, gpus, options.offload))
     check_base_format(fmt, mode)
     recipe, optimizer = get_recipe(options.train_precision), get_optimizer(options.optimizer)
@@ -299,7 +312,8 @@ def prepare_training(spec: ModelSpec, fmt: WeightFormat, mode: str = "lora", *, 
         states_at_param_dtype=opt.state_bytes(optimizer, adapters, adapter_bytes)
         + opt.state_bytes(optimizer, copies, copy_bytes),
         states_fp32=opt.state_bytes(optimizer, plan.tensors, 4), largest_layer_params=largest_module_params(spec),
-        total_params=spec.params.total)
+        total_params=spec.params.total,
+        frozen_replicated_bytes=0.0 if framework.fsdp_shards_quant_state else quant_state_bytes(frozen, fmt))
     states = shard_states(inputs, sharding=options.sharding, gpus=gpus, offload=options.offload,
                           gpus_per_node=options.gpus_per_node,
                           buffer_factor=catalog.deepspeed.additional_buffer_factor,
@@ -314,11 +328,16 @@ def prepare_training(spec: ModelSpec, fmt: WeightFormat, mode: str = "lora", *, 
     temporaries = 0.0 if deepspeed or not on_gpu_step else \
         (opt.step_temporary_bytes(optimizer, adapters, adapter_bytes)
          + opt.step_temporary_bytes(optimizer, copies, copy_bytes)) / divisor
-    acts, acts_upper, settings = activation_bounds(spec, recipe, framework, fmt, options, plan, upcast)
+    acts, acts_upper, settings = activation_bounds(spec, recipe, framework, fmt, options, plan, upcast, seq)
     vocab = 0 if spec.architecture == "encoder" else spec.vocab_size
     loss = loss_memory(vocab=vocab, hidden=spec.hidden_size, impl=framework.loss, compute_bytes=recipe.compute_bytes,
                        fp32_loss=framework.loss_upcast or recipe.autocast,
-                       softcap=bool(spec.config.get("final_logit_softcapping")))
+                       softcap=bool(spec.config.get("final_logit_softcapping")), compiled=options.compile)
+    if options.compile and framework.loss != "chunked-8":
+        warnings.append("compile: only torchtune's compiled chunked cross-entropy is modelled; other effects of "
+                        "torch.compile on saved activations are not")
+    if spec.architecture == "encoder-decoder":  # logits of the target positions only
+        loss = replace(loss, per_token=loss.per_token * (options.target_len or seq) / seq)
     dequant = frozen.weights.largest_quantized_tensor_params * recipe.compute_bytes if mode == "qlora" else 0.0
     saved_dequant = saved_dequantized_bytes(spec, frozen, plan, recipe, options.grad_checkpointing) \
         if mode == "qlora" and framework.dequantized_weight_saved else 0.0

@@ -16,7 +16,8 @@
   Frozen weights are replicated under ZeRO-1/2 and partitioned under ZeRO-3.
 - ``fsdp`` (PyTorch FSDP ``FULL_SHARD``, one unit per decoder layer): weights, gradients and states
   in the recipe's dtypes divided by N, plus the unsharded parameters of the unit in use and the one
-  prefetched and the unsharded gradients of one unit; ``CPUOffload(offload_params=True)`` moves
+  prefetched (frozen weights gathered as stored, e.g. 4-bit for QLoRA) and the unsharded gradients of
+  the unit's trainable parameters; ``CPUOffload(offload_params=True)`` moves
   parameters, gradients and the optimizer step to host RAM.
 """
 
@@ -45,6 +46,7 @@ class StateInputs:
     states_fp32: float
     largest_layer_params: int
     total_params: int = 0
+    frozen_replicated_bytes: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -145,16 +147,28 @@ def _zero(inputs: StateInputs, stage: int, n: int, offload: str, nodes: int, per
 
 def _fsdp(inputs: StateInputs, n: int, offload: str) -> ShardedStates:
     p, c, unit = inputs.trainable_params, inputs.compute_bytes, inputs.largest_layer_params
-    buffers = 2 * unit * c + unit * inputs.grad_bytes
+    total = max(inputs.total_params, p, 1)
+    frozen_share = max(0.0, 1.0 - p / total)
+    # Frozen parameters are all-gathered in their storage format (a quantized base as stored: torchao
+    # NF4Tensor.fsdp_pre_all_gather sends the packed 4-bit data and scales), never wider than the compute
+    # dtype (MixedPrecision param_dtype); only the trainable share of a unit has unsharded gradients.
+    frozen_bytes = min(c, inputs.frozen_weight_bytes / (frozen_share * total)) if frozen_share else 0.0
+    gather = unit * ((1 - frozen_share) * c + frozen_share * frozen_bytes)
+    buffers = 2 * gather + unit * (1 - frozen_share) * inputs.grad_bytes
     formulas = {"trainable_weights": "P x param_bytes / N", "gradients": "P x grad_bytes / N",
                 "optimizer_states": "states / N",
-                "buffers": "2 x unit x compute_bytes (in use + prefetched) + unit x grad_bytes"}
+                "buffers": "2 x unit x gathered bytes/param (in use + prefetched; frozen weights as stored) "
+                           "+ trainable share of the unit x grad_bytes"}
+    replicated = inputs.frozen_replicated_bytes
+    sharded_frozen = inputs.frozen_weight_bytes - replicated
+    if replicated:
+        formulas["frozen_weights"] = "packed frozen weights / N + quantization state on every GPU"
     if offload == "params":
-        host = p * (inputs.param_bytes + inputs.grad_bytes) + inputs.states_at_param_dtype + inputs.frozen_weight_bytes
+        host = p * (inputs.param_bytes + inputs.grad_bytes) + inputs.states_at_param_dtype + sharded_frozen
         formulas.update(host="P x (param + grad bytes) + states + frozen weights")
-        return ShardedStates(0.0, 0.0, 0.0, 0.0, 0.0, buffers, host, formulas,
+        return ShardedStates(0.0, replicated, 0.0, 0.0, 0.0, buffers, host, formulas,
                              ("FSDP CPUOffload: parameters, gradients and the optimizer step live in host RAM",))
-    return ShardedStates(p * inputs.param_bytes / n, inputs.frozen_weight_bytes / n, p * inputs.grad_bytes / n, 0.0,
+    return ShardedStates(p * inputs.param_bytes / n, sharded_frozen / n + replicated, p * inputs.grad_bytes / n, 0.0,
                          inputs.states_at_param_dtype / n, buffers, 0.0, formulas)
 
 
