@@ -88,8 +88,8 @@ def print_profile(outcome) -> None:  # noqa: ANN001 - ProfileOutcome lives in ex
             ("evaluator", f"{ev.name}: {ev.metric}, baseline {ev.baseline:.4g}"),
             ("calibration", f"{profile.settings.samples} samples x {profile.settings.seq_len} tokens, sparsity "
                             f"{profile.settings.sparsity_method}, {profile.settings.device}"),
-            ("cost", cost + (f"; reused, measured {profile.created}" if outcome.cached else ""))]
-    head.append(("profile", f"{outcome.path}" + (" (cached: reused, not measured again)" if outcome.cached else "")))
+            ("cost", cost + (f"; cached: reused (measured {profile.created})" if outcome.cached else ""))]
+    head.append(("profile", str(outcome.path)))
     if outcome.out:
         head.append(("written to", str(outcome.out)))
     print_mapping("fitplan profile", head, "table")
