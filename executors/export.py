@@ -273,7 +273,7 @@ def model_card(record: Any, outcome: ExportResult) -> str:
 
     strategy = CompressionStrategy.model_validate(record.strategy)
     lines = [f"# {Path(record.model_dir).name}, compressed: {strategy.summary()}", "",
-             f"Made by [fitplan](https://pypi.org/project/fitplan/) from `{record.model_dir}` on {record.device}.", "",
+             f"Made by fitplan (`fitplan run` + `fitplan export`) from `{record.model_dir}` on {record.device}.", "",
              "## How it was made", "", "Strategy (fitplan `CompressionStrategy` JSON):", "", "```json",
              strategy.to_json(), "```", ""]
     for step in record.steps:
