@@ -10,6 +10,10 @@ are loaded on first access).
 - :func:`ensure_tiny_llm` / :func:`ensure_test_llm` / :func:`minilm_dir` (``executors.fixtures``): the
   benchmark and test models;
 - :func:`read_texts` (``executors.datafiles``): the user's evaluation / calibration data files;
+- :func:`profile` (``executors.profiling``): the model's measured per-block sensitivity profile, which
+  the planner reads (``predict_quality(..., profile=...)``);
+- :func:`export_model` (``executors.export``): a run's compressed model as a directory that
+  ``from_pretrained`` reloads, with a model card;
 - :func:`run_isolated` (``executors.isolation``): run any importable function in a capped process.
 """
 
@@ -31,6 +35,9 @@ _LAZY = {
     "AccuracyEvaluator": "executors.evaluate",
     "CallableEvaluator": "executors.evaluate",
     "load_corpus": "executors.corpus",
+    "profile": "executors.profiling",
+    "run_profile": "executors.profiling",
+    "export_model": "executors.export",
 }
 
 __all__ = sorted(_LAZY)

@@ -202,8 +202,9 @@ def _save(model: Any, tokenizer: Any, save_dir: Path) -> dict[str, Any]:
 
     save_dir.mkdir(parents=True, exist_ok=True)
     try:
-        model.save_pretrained(save_dir)
-        tokenizer.save_pretrained(save_dir)
+        from executors.export import save_compressed
+
+        save_compressed(model, tokenizer, save_dir)  # config with its quantization_config: from_pretrained reloads it
     except Exception as error:  # a format transformers cannot serialise is reported, not fatal
         return {"save_error": f"{type(error).__name__}: {error}"}
     weights = sum(p.stat().st_size for p in save_dir.glob("*.safetensors"))

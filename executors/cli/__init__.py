@@ -1,4 +1,4 @@
-"""The executors' ``fitplan`` commands (``run``, ``fixtures``), registered through the
+"""The executors' ``fitplan`` commands (``run``, ``profile``, ``export``, ``fixtures``), registered through the
 ``fitplan.commands`` entry point (see ``planner.cli``): the planner's CLI never imports this package.
 
 Registering only builds argparse parsers; torch is imported when a command runs.
@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 
-from executors.cli import fixtures, run
+from executors.cli import export, fixtures, profile, run
 
 # Order = order in `fitplan --help`.
-COMMAND_MODULES = (run, fixtures)
+COMMAND_MODULES = (run, profile, export, fixtures)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

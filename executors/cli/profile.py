@@ -1,0 +1,117 @@
+"""``fitplan profile MODEL_DIR``: measure the model's per-block sensitivity profile (``executors.profile``).
+
+Prints the retained quality of each option on each block's attention / MLP group, the effect of
+dropping each block, the cost of measuring it and where the JSON is (the cache, and ``--out``).
+The planner reads the file: ``planner.accuracy.predict_quality(spec, strategy, profile=...)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from planner.errors import InvalidRequestError
+from planner.render import add_format_flags, print_frame, print_json, print_mapping
+
+EVAL_CHOICES = ("perplexity", "fidelity", "accuracy")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "profile", help="measure a local model's per-block sensitivity to each format and sparsity level",
+        description="For each transformer block and module group (attention, mlp), apply each weight format "
+                    "and sparsity level to that group alone and measure the quality retained; also drop each "
+                    "block. Writes the sensitivity profile the planner reads (cached by model and settings). "
+                    "Needs the exec extra.")
+    parser.add_argument("model_dir", help="local Hugging Face model directory (config.json + weights)")
+    parser.add_argument("--eval", dest="evaluator", choices=EVAL_CHOICES,
+                        help="quality metric (default: perplexity for causal LMs, fidelity for encoders)")
+    parser.add_argument("--eval-data", metavar="PATH", help="your evaluation data for --eval (text / JSONL for "
+                        "perplexity, sentences for fidelity, CSV/JSONL with labels for accuracy)")
+    parser.add_argument("--out", metavar="FILE", help="also write the profile JSON to FILE (never overwritten)")
+    parser.add_argument("--formats", metavar="LIST", help="comma-separated weight formats (default: int8,nf4,"
+                        "hqq-int4,hqq-int3,hqq-int2; hqq only when installed); 'none' = no formats")
+    parser.add_argument("--sparsity", metavar="LIST", help="comma-separated unstructured levels and N:M patterns "
+                        "(default: 0.25,0.5,2:4); 'none' = no sparsity")
+    parser.add_argument("--sparsity-method", choices=("wanda", "magnitude"), default="wanda",
+                        help="weight scores for sparsity (default wanda, as fitplan search)")
+    parser.add_argument("--no-block-drop", action="store_true", help="skip the block-drop measurements")
+    parser.add_argument("--samples", type=int, help="calibration size: perplexity windows (default 8) or "
+                        "fidelity sentences (default 32)")
+    parser.add_argument("--seq-len", type=int, help="tokens per perplexity window (default 128) / per sentence "
+                        "(default 64)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    parser.add_argument("--no-cache", action="store_true", help="measure again even when a cached profile exists")
+    add_format_flags(parser, csv=False)
+    parser.set_defaults(func=run)
+
+
+def _list(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    items = [part.strip() for part in text.split(",") if part.strip()]
+    return [] if items == ["none"] else items
+
+
+def run(args: argparse.Namespace) -> int:
+    model_dir = Path(args.model_dir).expanduser()
+    if not model_dir.is_dir():
+        raise InvalidRequestError(f"model directory {args.model_dir!r} does not exist; pass a local Hugging Face "
+                                  f"model directory (config.json + weights).")
+    from executors.profiling import parse_sparsity, run_profile
+
+    sparsity = _list(args.sparsity)
+    outcome = run_profile(model_dir, evaluator=args.evaluator, data=args.eval_data, formats=_list(args.formats),
+                          sparsity=parse_sparsity(",".join(sparsity)) if sparsity is not None else None,
+                          sparsity_method=args.sparsity_method, block_drop=not args.no_block_drop,
+                          samples=args.samples, seq_len=args.seq_len, device=args.device, cache=not args.no_cache,
+                          out=args.out, progress=args.output != "json" and sys.stderr.isatty())
+    profile = outcome.profile
+    if args.output == "json":
+        print_json({"cached": outcome.cached, "path": str(outcome.path),
+                    "out": str(outcome.out) if outcome.out else None, "notes": outcome.notes,
+                    "profile": profile.model_dump(mode="json", exclude_none=True)})
+        return 0
+    print_profile(outcome)
+    return 0
+
+
+def print_profile(outcome) -> None:  # noqa: ANN001 - ProfileOutcome lives in executors
+    import pandas as pd
+
+    profile = outcome.profile
+    ev = profile.evaluator
+    measured = sum(e.seconds for e in profile.entries) + sum(d.seconds for d in profile.block_drop)
+    cost = f"{profile.total_seconds:.1f} s ({profile.n_measurements} measurements, {measured:.1f} s evaluating)"
+    head = [("model", f"{profile.model.name} ({profile.model.family}, {profile.model.num_blocks} blocks)"),
+            ("evaluator", f"{ev.name}: {ev.metric}, baseline {ev.baseline:.4g}"),
+            ("calibration", f"{profile.settings.samples} samples x {profile.settings.seq_len} tokens, sparsity "
+                            f"{profile.settings.sparsity_method}, {profile.settings.device}"),
+            ("cost", cost + (f"; cached: reused (measured {profile.created})" if outcome.cached else ""))]
+    head.append(("profile", str(outcome.path)))
+    if outcome.out:
+        head.append(("written to", str(outcome.out)))
+    print_mapping("fitplan profile", head, "table")
+    options = list(dict.fromkeys(e.option for e in profile.entries))
+    if options:
+        rows: dict[tuple[int, str], dict] = {}
+        for e in profile.entries:
+            group = "attn" if e.group == "attention" else e.group  # keeps ten columns within 80
+            rows.setdefault((e.block, e.group), {"block": e.block, "group": group})[_short(e.option)] = e.retained_pct
+        frame = pd.DataFrame(list(rows.values()))
+        print_frame(frame, "table", title="quality retained, % of the uncompressed model (one group changed)",
+                    formats={_short(o): "{:.2f}" for o in options})
+    if profile.block_drop:
+        frame = pd.DataFrame([{"block": d.block, "retained %": d.retained_pct} for d in profile.block_drop])
+        print_frame(frame, "table", title="block dropped (one-shot, no retraining)", formats={"retained %": "{:.2f}"})
+    for note in outcome.notes:
+        print(f"note: {note}")
+
+
+def _short(option: str) -> str:
+    """Column names that keep the table within 80 columns: 'sparsity:unstructured:0.5' -> 'u0.5'."""
+    if option.startswith("sparsity:"):
+        pattern, _, level = option[len("sparsity:"):].rpartition(":")
+        return f"u{level}" if pattern == "unstructured" else pattern
+    return f"hqq{option.removeprefix('hqq-int')}" if option.startswith("hqq-int") else option

@@ -1,0 +1,469 @@
+"""``profile`` (``executors.profile``): measure a model's sensitivity to each format / sparsity level, block by block, group by
+group, and write the :class:`planner.accuracy.profile.SensitivityProfile` the planner reads.
+
+For every transformer block and module group (attention, mlp), each candidate option is applied to
+that group alone and the evaluator scores the model; the result is the quality retained, % of the
+uncompressed model (``retained_fraction``: compressed/baseline, or baseline/compressed for
+perplexity). Each block is also removed alone (block drop). Options:
+
+- weight formats (default int8, nf4, hqq-int4/3/2 when the hqq package is installed): the group's
+  Linear layers are swapped for the very modules the quantization step builds
+  (``executors.steps.quantize``: bitsandbytes Linear8bitLt / Linear4bit, HQQLinear) at fp32 compute,
+  so the measured effect is the weight format's own, then the original modules are put back;
+- sparsity (default unstructured 0.25 and 0.5, 2:4; ``sparsity_method`` wanda or magnitude): the
+  group's weights are masked in place with the pruning step's scores and masks
+  (``executors.steps.masks``; Wanda's input norms from one calibration pass of the intact model),
+  then restored from a copy;
+- block drop: a forward hook makes the block return its input (what removing it computes).
+
+Fast on CPU: the model is loaded once, the evaluator's data and reference outputs are computed once,
+and nothing is reloaded between options. A final check compares every weight with the original.
+
+Profiles are cached under ``<cache>/profiles/`` (``$FITPLAN_CACHE``, else ``~/.cache/fitplan``), keyed by
+the model directory (path, weight files, their sizes and mtimes), its config fingerprint, the evaluator
+and its data, and the settings; a re-run with the same key reuses the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from planner.accuracy.metrics import metric_family
+from planner.accuracy.profile import (
+    BlockDrop,
+    ProfileEntry,
+    ProfileEvaluator,
+    ProfileModel,
+    ProfileSettings,
+    SensitivityProfile,
+    model_fingerprint,
+    sparsity_option,
+)
+from planner.errors import InvalidRequestError, UnsupportedError
+from planner.strategy import SPARSITY_PATTERNS, WEIGHT_FORMATS
+
+DEFAULT_FORMATS: tuple[str, ...] = ("int8", "nf4", "hqq-int4", "hqq-int3", "hqq-int2")
+DEFAULT_SPARSITY: tuple[tuple[str, float], ...] = (("unstructured", 0.25), ("unstructured", 0.5), ("2:4", 0.5))
+DEFAULT_SAMPLES = {"perplexity": 8, "fidelity": 32}  # perplexity windows / fidelity sentences
+DEFAULT_SEQ_LEN = {"perplexity": 128, "fidelity": 64}  # window length / max sentence tokens
+MIN_RETAINED_PCT = 1e-3  # a group whose option destroys the model (score <= 0, NaN): recorded at this floor
+PROFILE_DIR = "profiles"
+_NM_PATTERNS = ("2:4", "4:8")
+
+
+@dataclass
+class ProfileOutcome:
+    """A profile and where it came from: ``cached`` when an earlier run's file was reused."""
+
+    profile: SensitivityProfile
+    path: Path
+    cached: bool
+    out: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def profile(model_dir: str | os.PathLike, *, evaluator: Any = None, data: str | os.PathLike | None = None,
+            formats: Sequence[str] | None = None, sparsity: Sequence[tuple[str, float]] | None = None,
+            sparsity_method: str = "wanda", block_drop: bool = True, samples: int | None = None,
+            seq_len: int | None = None, device: str = "cpu", seed: int = 0, cache: bool = True,
+            out: str | os.PathLike | None = None, progress: bool = False) -> SensitivityProfile:
+    """The sensitivity profile of the model directory ``model_dir`` (see the module docstring).
+
+    ``evaluator``: 'perplexity' / 'fidelity' / 'accuracy' / an evaluator object (default: perplexity
+    for causal LMs, fidelity for encoders); ``data``: the user's evaluation data for it. ``formats``
+    (weight formats) and ``sparsity`` ((pattern, level) pairs) are the options; ``samples`` /
+    ``seq_len`` size the calibration set (perplexity windows x tokens; fidelity sentences x max
+    tokens). ``out``: also write the JSON there (never overwritten). ``cache=False`` re-measures.
+    """
+    return run_profile(model_dir, evaluator=evaluator, data=data, formats=formats, sparsity=sparsity,
+                       sparsity_method=sparsity_method, block_drop=block_drop, samples=samples, seq_len=seq_len,
+                       device=device, seed=seed, cache=cache, out=out, progress=progress).profile
+
+
+def run_profile(model_dir: str | os.PathLike, *, evaluator: Any = None, data: str | os.PathLike | None = None,
+                formats: Sequence[str] | None = None, sparsity: Sequence[tuple[str, float]] | None = None,
+                sparsity_method: str = "wanda", block_drop: bool = True, samples: int | None = None,
+                seq_len: int | None = None, device: str = "cpu", seed: int = 0, cache: bool = True,
+                out: str | os.PathLike | None = None, progress: bool = False) -> ProfileOutcome:
+    """:func:`profile`, returning the :class:`ProfileOutcome` (path, cache hit, notes)."""
+    from executors.evaluate import check_evaluation_data, get_evaluator
+    from executors.evaluate.base import fingerprint
+    from executors.loading import model_kind, read_config
+    from executors.paths import cache_root, model_fingerprint as directory_fingerprint
+
+    root = Path(model_dir).expanduser()
+    kind = model_kind(root)
+    config = read_config(root)
+    out_path = Path(out).expanduser() if out is not None else None
+    if out_path is not None and out_path.exists():
+        raise InvalidRequestError(f"--out {out}: the file exists; profiles are never overwritten, choose another path.")
+    if sparsity_method not in ("wanda", "magnitude"):
+        raise InvalidRequestError(f"sparsity_method {sparsity_method!r}: use 'wanda' or 'magnitude'.")
+    chosen = get_evaluator(evaluator, kind, data=data)
+    chosen = _sized(chosen, samples, seq_len)
+    check_evaluation_data(chosen, root)
+    notes: list[str] = []
+    options = _format_options(formats, notes) + _sparsity_options(sparsity)
+    if not options and not block_drop:
+        raise InvalidRequestError("nothing to profile: no formats, no sparsity levels and no block drop.")
+    settings = ProfileSettings(samples=_samples(chosen), seq_len=_seq_len(chosen), seed=seed, device=device,
+                               sparsity_method=sparsity_method)
+    key = fingerprint([directory_fingerprint(root), model_fingerprint(config), chosen.key(), options, block_drop,
+                       settings.model_dump(mode="json")])
+    path = cache_root() / PROFILE_DIR / f"{model_fingerprint(config)}-{key}.json"
+    if cache and path.is_file():
+        try:
+            found = SensitivityProfile.load(path)
+        except Exception as error:  # a damaged cache file is measured again, never trusted
+            notes.append(f"cached profile {path} unreadable ({error}); measured again")
+            path.unlink()
+        else:
+            return ProfileOutcome(found, path, cached=True, out=_copy_out(found, out_path), notes=notes)
+    measured = _measure(root, kind, config, chosen, options, block_drop, settings, progress)
+    if path.exists():  # cache=False re-measured: the fresh profile replaces the cached one
+        path.unlink()
+    measured.save(path)
+    return ProfileOutcome(measured, path, cached=False, out=_copy_out(measured, out_path), notes=notes)
+
+
+def _copy_out(found: SensitivityProfile, out_path: Path | None) -> Path | None:
+    return found.save(out_path) if out_path is not None else None
+
+
+# -- options -----------------------------------------------------------------------------------------
+def _format_options(formats: Sequence[str] | None, notes: list[str]) -> list[str]:
+    from executors.steps.quantize import UNSUPPORTED_FORMATS, runnable_formats
+
+    explicit = formats is not None
+    chosen = list(DEFAULT_FORMATS if formats is None else formats)
+    out = []
+    for fmt in chosen:
+        if fmt not in WEIGHT_FORMATS:
+            from hardware_db.names import did_you_mean
+
+            raise InvalidRequestError(f"unknown weight format {fmt!r}.{did_you_mean(fmt, list(WEIGHT_FORMATS))} "
+                                      f"Profilable: {', '.join(_profilable())}.")
+        if fmt in ("fp32", "fp16", "bf16"):
+            raise InvalidRequestError(f"format {fmt!r} is a plain dtype, not a compression option; profilable: "
+                                      f"{', '.join(_profilable())}.")
+        if fmt in UNSUPPORTED_FORMATS or fmt not in runnable_formats():
+            raise UnsupportedError(f"weight format {fmt!r} cannot run here: "
+                                   f"{UNSUPPORTED_FORMATS.get(fmt, 'no executor for it')}.")
+        if fmt.startswith("hqq-") and not _has_hqq():
+            if explicit:
+                raise UnsupportedError(f"format {fmt!r} needs the hqq package: pip install 'fitplan[exec]'.")
+            notes.append(f"{fmt} skipped: the hqq package is not installed")
+            continue
+        out.append(fmt)
+    return out
+
+
+def _profilable() -> list[str]:
+    from executors.steps.quantize import runnable_formats
+
+    return [f for f in runnable_formats() if f not in ("fp32", "fp16", "bf16")]
+
+
+def _has_hqq() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("hqq") is not None
+
+
+def _sparsity_options(sparsity: Sequence[tuple[str, float]] | None) -> list[str]:
+    out = []
+    for pattern, level in (DEFAULT_SPARSITY if sparsity is None else sparsity):
+        if pattern not in SPARSITY_PATTERNS or pattern in ("heads", "ffn", "layers"):
+            raise InvalidRequestError(f"sparsity pattern {pattern!r}: the profile measures single-weight patterns "
+                                      f"(unstructured, 2:4, 4:8); whole layers are the block-drop entries.")
+        if pattern in _NM_PATTERNS:
+            n, m = (int(x) for x in pattern.split(":"))
+            level = 1 - n / m
+        if not 0 < float(level) < 1:
+            raise InvalidRequestError(f"sparsity level {level!r}: must be between 0 and 1 (exclusive).")
+        out.append(sparsity_option(pattern, float(level)))
+    return list(dict.fromkeys(out))
+
+
+def parse_sparsity(text: str) -> list[tuple[str, float]]:
+    """``'0.25,0.5,2:4'`` -> [('unstructured', 0.25), ('unstructured', 0.5), ('2:4', 0.5)]."""
+    out = []
+    for item in (part.strip() for part in text.split(",") if part.strip()):
+        if item in _NM_PATTERNS:
+            n, m = (int(x) for x in item.split(":"))
+            out.append((item, 1 - n / m))
+            continue
+        try:
+            out.append(("unstructured", float(item)))
+        except ValueError:
+            raise InvalidRequestError(f"sparsity {item!r}: use unstructured levels (0.25, 0.5) or 2:4 / 4:8, "
+                                      f"comma-separated.") from None
+    return out
+
+
+# -- evaluator sizing --------------------------------------------------------------------------------
+def _sized(evaluator: Any, samples: int | None, seq_len: int | None) -> Any:
+    """The evaluator on the profile's small calibration set (perplexity: ``samples`` windows of
+    ``seq_len`` tokens; fidelity: the first ``samples`` sentences at ``seq_len`` tokens)."""
+    for name, value in (("samples", samples), ("seq_len", seq_len)):
+        if value is not None and value < 1:
+            raise InvalidRequestError(f"{name} must be a positive integer, got {value}.")
+    if evaluator.name == "perplexity":
+        length = seq_len or DEFAULT_SEQ_LEN["perplexity"]
+        return dataclasses.replace(evaluator, seq_len=length,
+                                   max_tokens=(samples or DEFAULT_SAMPLES["perplexity"]) * length)
+    if evaluator.name == "fidelity":
+        texts = evaluator.texts
+        count = samples or DEFAULT_SAMPLES["fidelity"]
+        sentences = tuple(texts[:max(count, 2)]) if count < len(texts) else None
+        changes: dict[str, Any] = {"max_length": seq_len or DEFAULT_SEQ_LEN["fidelity"]}
+        if sentences is not None:
+            changes.update(sentences=sentences, data=None)
+        return dataclasses.replace(evaluator, **changes)
+    return evaluator
+
+
+def _samples(evaluator: Any) -> int | None:
+    if evaluator.name == "perplexity":
+        return evaluator.max_tokens // evaluator.seq_len
+    if evaluator.name == "fidelity":
+        return len(evaluator.texts)
+    return None
+
+
+def _seq_len(evaluator: Any) -> int | None:
+    return {"perplexity": getattr(evaluator, "seq_len", None),
+            "fidelity": getattr(evaluator, "max_length", None)}.get(evaluator.name)
+
+
+# -- measuring ---------------------------------------------------------------------------------------
+def _measure(root: Path, kind: str, config: dict, evaluator: Any, options: list[str], block_drop: bool,
+             settings: ProfileSettings, show_progress: bool) -> SensitivityProfile:
+    from executors._imports import import_torch
+    from executors.evaluate.base import retained_fraction
+    from executors.loading import load_model, resolve_device
+
+    torch = import_torch()
+    torch.manual_seed(settings.seed)
+    start = time.monotonic()
+    device = resolve_device(settings.device or "cpu")
+    loaded = load_model(root, device=device)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    groups = _block_groups(model)
+    n_blocks = len(groups)
+    reference = evaluator.reference(model, tokenizer)
+    checksum = _checksum(model)
+    norms = _wanda_norms(model, loaded, groups, settings) if any(o.startswith("sparsity:") for o in options) \
+        and settings.sparsity_method == "wanda" else {}
+
+    def retained(score: float) -> float:
+        value = 100.0 * retained_fraction(score, reference.value, evaluator.higher_is_better)
+        return value if value == value and value > MIN_RETAINED_PCT else MIN_RETAINED_PCT  # NaN / <= 0: floor
+
+    entries: list[ProfileEntry] = []
+    drops: list[BlockDrop] = []
+    work = [(b, g, o) for b in range(n_blocks) for g in ("attention", "mlp") if groups[b][g] for o in options]
+    total = len(work) + (n_blocks if block_drop else 0)
+    with _progress(show_progress, total, f"profiling {root.name}") as advance:
+        for block, group, option in work:
+            began = time.monotonic()
+            with _applied(model, groups[block][group], option, settings.sparsity_method, norms, device) as ok:
+                score = evaluator.evaluate(model, tokenizer, reference).value if ok else None
+            if score is not None:
+                entries.append(ProfileEntry(block=block, group=group, option=option, retained_pct=retained(score),
+                                            seconds=round(time.monotonic() - began, 4)))
+            advance()
+        if block_drop:
+            blocks = _blocks(model)
+            for block in range(n_blocks):
+                began = time.monotonic()
+                with _dropped(blocks[block]):
+                    score = evaluator.evaluate(model, tokenizer, reference).value
+                drops.append(BlockDrop(block=block, retained_pct=retained(score),
+                                       seconds=round(time.monotonic() - began, 4)))
+                advance()
+    if _checksum(model) != checksum:
+        raise RuntimeError("profiling changed the model's weights (a restore failed); the profile is discarded.")
+    family = metric_family(evaluator.metric) or metric_family(evaluator.name) or "accuracy"
+    return SensitivityProfile(
+        model=ProfileModel(name=config.get("_name_or_path") or root.resolve().name,
+                           family=str(config.get("model_type", "unknown")), fingerprint=model_fingerprint(config),
+                           num_blocks=n_blocks),
+        evaluator=ProfileEvaluator(name=evaluator.name, metric=evaluator.metric, metric_family=family,
+                                   data_fingerprint=evaluator.key(), baseline=float(reference.value)),
+        settings=settings.model_copy(update={"device": device}), entries=tuple(entries), block_drop=tuple(drops),
+        created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        total_seconds=round(time.monotonic() - start, 3))
+
+
+def _block_groups(model: Any) -> list[dict[str, list[str]]]:
+    """Per block of the main stack: the dense Linear-like module names of its attention and MLP."""
+    from executors.steps.layout import ModelLayout
+    from executors.steps.linears import is_dense
+    from executors.steps.quantize import _BLOCK_GROUPS
+
+    layout = ModelLayout(model)
+    groups: list[dict[str, list[str]]] = [{"attention": [], "mlp": []} for _ in range(layout.num_layers)]
+    for site in layout.linear_sites():
+        if site.layer is None or site.stack != layout.blocks_path or not is_dense(site.module):
+            continue
+        group = _BLOCK_GROUPS.get(site.component)
+        if group is not None:
+            groups[site.layer][group].append(site.name)
+    if not any(g["attention"] or g["mlp"] for g in groups):
+        raise UnsupportedError(f"no attention or MLP Linear layers found in the blocks of this "
+                               f"{layout.model_type} model; nothing to profile.")
+    return groups
+
+
+def _blocks(model: Any) -> Any:
+    from executors.steps.layout import ModelLayout
+
+    return ModelLayout(model).blocks
+
+
+def _checksum(model: Any) -> float:
+    return float(sum(p.detach().double().abs().sum() for p in model.parameters()))
+
+
+def _wanda_norms(model: Any, loaded: Any, groups: list[dict[str, list[str]]], settings: ProfileSettings) -> dict:
+    """Wanda's input-feature norms of every profiled Linear, from the pruning step's calibration batches."""
+    from executors.candidate import _training_batches
+    from executors.steps.context import StepContext
+    from executors.steps.masks import input_norms
+
+    names = [n for g in groups for names in g.values() for n in names]
+    context = StepContext(batches=_training_batches(loaded.tokenizer, None, settings.seed), device=loaded.device,
+                          seed=settings.seed)
+    modules = {name: model.get_submodule(name) for name in names}
+    return input_norms(model, modules, context.calibration("Wanda sparsity profile"), loaded.device)
+
+
+@contextlib.contextmanager
+def _applied(model: Any, names: list[str], option: str, method: str, norms: dict, device: str) -> Iterator[bool]:
+    """``option`` applied to the modules ``names`` for the duration of the block; yields False when it
+    cannot apply to them (an HQQ group size that does not divide a width: the run would refuse it)."""
+    if option.startswith("sparsity:"):
+        with _masked(model, names, option, method, norms) as ok:
+            yield ok
+    else:
+        with _swapped(model, names, option, device) as ok:
+            yield ok
+
+
+@contextlib.contextmanager
+def _swapped(model: Any, names: list[str], fmt: str, device: str) -> Iterator[bool]:
+    import torch
+
+    from executors.steps.layout import set_module
+    from executors.steps.linears import features, linear_like, weight_matrix
+    from executors.steps.quantize import _quantized_module
+
+    originals = {name: model.get_submodule(name) for name in names}
+    if fmt.startswith("hqq-"):
+        from planner.formats import get_format
+        from planner.formats.storage import packing_problem
+
+        spec = get_format(fmt)
+        if any(packing_problem(spec, *reversed(features(m))) for m in originals.values()):
+            yield False
+            return
+    try:
+        with _quiet():
+            for name, module in originals.items():
+                source = linear_like(module, weight_matrix(module), module.bias)  # a copy: the original stays intact
+                new, _ = _quantized_module(source, fmt, torch.float32, device)
+                set_module(model, name, new)
+        yield True
+    finally:
+        for name, module in originals.items():
+            set_module(model, name, module)
+
+
+@contextlib.contextmanager
+def _masked(model: Any, names: list[str], option: str, method: str, norms: dict) -> Iterator[bool]:
+    import torch
+
+    from executors.steps.linears import weight_matrix
+    from executors.steps.masks import layer_prune_mask, nm_prune_mask, row_prune_mask
+
+    pattern, _, level_text = option[len("sparsity:"):].rpartition(":")
+    level = float(level_text)
+    nm = tuple(int(x) for x in pattern.split(":")) if pattern in _NM_PATTERNS else None
+    weights = {name: weight_matrix(model.get_submodule(name)) for name in names}
+    if nm is not None:  # the pruning step skips layers whose input width is not a multiple of M
+        weights = {name: w for name, w in weights.items() if w.shape[1] % nm[1] == 0}
+    if not weights:
+        yield False
+        return
+    saved = {name: w.detach().clone() for name, w in weights.items()}
+    try:
+        with torch.no_grad():
+            for name, weight in weights.items():
+                score = weight.detach().abs().float()
+                if method == "wanda":
+                    score = score * norms[name][None, :]
+                if nm is not None:
+                    mask = nm_prune_mask(score, *nm)
+                elif method == "wanda":
+                    mask = row_prune_mask(score, level)
+                else:
+                    mask = layer_prune_mask(score, level)
+                weight.masked_fill_(mask, 0)
+        yield True
+    finally:
+        with torch.no_grad():
+            for name, weight in weights.items():
+                weight.copy_(saved[name])
+
+
+@contextlib.contextmanager
+def _dropped(block: Any) -> Iterator[None]:
+    """The block returns its input hidden states unchanged (what removing it from the stack computes)."""
+
+    def identity(_module: Any, args: tuple, kwargs: dict, output: Any) -> Any:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if isinstance(output, tuple):
+            return (hidden, *output[1:])
+        return hidden
+
+    handle = block.register_forward_hook(identity, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    import io
+    import warnings
+
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, total: int, description: str) -> Iterator[Any]:
+    """A rich progress bar on stderr (or nothing); yields ``advance()``."""
+    if not enabled:
+        yield lambda: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=Console(file=sys.stderr),
+                  transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda: bar.advance(task)

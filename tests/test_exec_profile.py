@@ -1,0 +1,191 @@
+"""``executors.profile`` on a tiny Llama built here from a config class: the profile's shape, entries that
+equal an independent measurement of the same change, block drops equal to removing the layer, the model left
+intact, the on-disk cache, the planner's profile basis, and the CLI's mistakes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.exec
+
+FORMATS = ("int8", "nf4", "hqq-int4")
+SPARSITY = (("unstructured", 0.5), ("2:4", 0.5))
+SETTINGS = dict(formats=FORMATS, sparsity=SPARSITY, sparsity_method="magnitude", samples=2, seq_len=32)
+
+
+def build_tiny_llama(path):
+    """A 2-block Llama (hidden 64) with a small BPE tokenizer, saved with save_pretrained."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from executors.corpus import load_corpus
+    from executors.fixtures import train_tokenizer
+
+    tokenizer = train_tokenizer(load_corpus(None).train[:200])
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=256,
+                         tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():  # larger weights than the init's, so that the options change the outputs visibly
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(8.0)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FITPLAN_CACHE", str(path))
+        yield path
+
+
+@pytest.fixture(scope="module")
+def outcome(tiny, cache):
+    from executors import run_profile
+
+    return run_profile(tiny, **SETTINGS)
+
+
+def _perplexity(model, tokenizer):
+    from executors.profiling import _sized
+    from executors.evaluate import get_evaluator
+
+    evaluator = _sized(get_evaluator("perplexity", "causal-lm"), 2, 32)
+    return evaluator.evaluate(model, tokenizer, None).value
+
+
+def test_profile_covers_every_block_group_and_option(outcome):
+    p = outcome.profile
+    assert not outcome.cached and outcome.path.is_file()
+    assert p.model.num_blocks == 2 and p.model.family == "llama"
+    assert p.evaluator.name == "perplexity" and p.evaluator.metric_family == "perplexity"
+    assert p.settings.samples == 2 and p.settings.seq_len == 32 and p.settings.sparsity_method == "magnitude"
+    options = {"int8", "nf4", "hqq-int4", "sparsity:unstructured:0.5", "sparsity:2:4:0.5"}
+    assert p.options == options
+    assert {(e.block, e.group, e.option) for e in p.entries} == {(b, g, o) for b in (0, 1)
+                                                                 for g in ("attention", "mlp") for o in options}
+    assert [d.block for d in p.block_drop] == [0, 1]
+    assert p.total_seconds > 0 and all(e.seconds > 0 for e in p.entries)
+    # every option changed the model's outputs (a step that did nothing would score exactly 100)
+    assert all(e.retained_pct != 100.0 for e in p.entries) and all(d.retained_pct != 100.0 for d in p.block_drop)
+    assert json.loads(outcome.path.read_text())["format"] == "fitplan.sensitivity_profile"
+
+
+def test_entries_equal_an_independent_measurement_and_the_model_is_restored(tiny, outcome):
+    import torch
+
+    from executors.loading import load_model
+    from executors.steps.masks import nm_prune_mask
+
+    p = outcome.profile
+    loaded = load_model(tiny)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    baseline = _perplexity(model, tokenizer)
+    assert baseline == pytest.approx(p.evaluator.baseline, rel=1e-6)
+    mlp = model.model.layers[1].mlp
+    with torch.no_grad():  # 2:4 by magnitude on block 1's MLP, written here without the profiler
+        for linear in (mlp.gate_proj, mlp.up_proj, mlp.down_proj):
+            linear.weight.masked_fill_(nm_prune_mask(linear.weight.abs(), 2, 4), 0)
+    assert 100 * baseline / _perplexity(model, tokenizer) == pytest.approx(p.effect(1, "mlp", "sparsity:2:4:0.5"),
+                                                                           rel=1e-5)
+    fresh = load_model(tiny).model
+    del fresh.model.layers[0]  # the block removed for real
+    fresh.config.num_hidden_layers = 1
+    for i, layer in enumerate(fresh.model.layers):
+        layer.self_attn.layer_idx = i
+    assert 100 * baseline / _perplexity(fresh, tokenizer) == pytest.approx(p.drop_effect(0), rel=1e-5)
+
+
+def test_profiling_leaves_the_weights_as_they_were(tiny):
+    import torch
+
+    from executors.loading import load_model
+    from executors.profiling import _applied, _block_groups, _dropped
+
+    model = load_model(tiny).model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    groups = _block_groups(model)
+    for option in ("nf4", "hqq-int4", "sparsity:unstructured:0.5"):
+        with _applied(model, groups[0]["mlp"], option, "magnitude", {}, "cpu") as ok:
+            assert ok
+            changed = model.model.layers[0].mlp.down_proj
+            assert type(changed).__name__ != "Linear" or bool((changed.weight == 0).any())
+    with _dropped(model.model.layers[1]):
+        pass
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_rerun_reuses_the_cache_and_other_settings_do_not(tiny, outcome, monkeypatch):
+    import executors.profiling as profiling
+
+    def fail(*args, **kwargs):
+        raise AssertionError("measured again instead of reusing the cache")
+
+    monkeypatch.setattr(profiling, "_measure", fail)
+    again = profiling.run_profile(tiny, **SETTINGS)
+    assert again.cached and again.path == outcome.path and again.profile == outcome.profile
+    with pytest.raises(AssertionError, match="measured again"):
+        profiling.run_profile(tiny, **{**SETTINGS, "samples": 3})
+
+
+def test_the_planner_predicts_from_the_profile_as_measured(tiny, outcome):
+    from planner import get_model
+    from planner.accuracy import predict_quality
+    from planner.strategy import CompressionStrategy, QuantizationSpec, SparsitySpec
+
+    spec = get_model(tiny)
+    p = outcome.profile
+    assert p.matches(spec)
+    for strategy, option in ((CompressionStrategy(sparsity=SparsitySpec(level=0.5, pattern="2:4")),
+                              "sparsity:2:4:0.5"),
+                             (CompressionStrategy(quantization=QuantizationSpec(weights="nf4")), "nf4")):
+        prior = predict_quality(spec, strategy)
+        with_profile = predict_quality(spec, strategy, profile=p)
+        assert prior.basis == "prior" and with_profile.basis == "profile"
+        # the prediction follows the measured effects: harmless measurements lift it above the prior, harmful
+        # ones push it below, and a uniformly worse profile predicts a lower quality
+        def scaled(value):
+            data = p.model_dump()  # validated anew: model_copy would keep the cached lookup table
+            data["entries"] = [{**e, "retained_pct": value(e["retained_pct"])} for e in data["entries"]]
+            return type(p).model_validate(data)
+
+        harmless = predict_quality(spec, strategy, profile=scaled(lambda _: 99.99))
+        harmful = predict_quality(spec, strategy, profile=scaled(lambda _: 5.0))
+        assert harmless.retained_pct > prior.retained_pct > harmful.retained_pct
+        worse = predict_quality(spec, strategy, profile=scaled(lambda v: v * 0.9))
+        assert worse.retained_pct < with_profile.retained_pct
+        assert with_profile.retained_pct != pytest.approx(prior.retained_pct, abs=1e-6)
+
+
+def test_cli_prints_the_profile_and_refuses_mistakes(tiny, outcome, tmp_path, capsys):
+    from planner.cli import main
+
+    out = tmp_path / "p.json"
+    assert main(["profile", str(tiny), "--formats", "int8,nf4,hqq-int4", "--sparsity", "0.5,2:4",
+                 "--sparsity-method", "magnitude", "--samples", "2", "--seq-len", "32", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "cached: reused" in text and "hqq4" in text and "u0.5" in text and "block dropped" in text
+    table = [line for line in text.splitlines() if "attn" in line or "hqq4" in line]
+    assert table and max(len(line) for line in table) <= 80
+    assert json.loads(out.read_text())["entries"] == json.loads(outcome.path.read_text())["entries"]
+    # the same --out again: refused before any work, the file kept
+    assert main(["profile", str(tiny), "--out", str(out)]) == 2
+    assert "never overwritten" in capsys.readouterr().err
+    assert main(["profile", str(tmp_path / "nope")]) == 2
+    assert main(["profile", str(tiny), "--formats", "nf5"]) == 2
+    assert "nf4" in capsys.readouterr().err  # the close match
+    assert main(["profile", str(tiny), "--sparsity", "heads"]) == 2
+    assert main(["profile", str(tiny), "--formats", "gptq-int4"]) == 2
