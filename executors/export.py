@@ -140,8 +140,8 @@ def _dominant_dtype(model: Any) -> str | None:
 
 # -- export from a run -----------------------------------------------------------------------------------
 def find_result(path: str | os.PathLike) -> Path:
-    """The ``result.json`` of a run: the file itself, a candidate directory, or a run directory holding
-    exactly one candidate."""
+    """The ``result.json`` of a run: the file itself, a run directory (``<out>/<candidate>/<run id>``),
+    a candidate directory holding one run, or an ``--out`` directory holding exactly one run."""
     given = Path(path).expanduser()
     if given.is_file() and given.name == "result.json":
         return given
@@ -150,14 +150,14 @@ def find_result(path: str | os.PathLike) -> Path:
                                   f"(it holds result.json) or its result.json.")
     if (given / "result.json").is_file():
         return given / "result.json"
-    found = sorted(given.glob("*/result.json"))
+    found = sorted(given.glob("*/result.json")) or sorted(given.glob("*/*/result.json"))
     if len(found) == 1:
         return found[0]
     if not found:
-        raise InvalidRequestError(f"{str(path)!r} holds no result.json (neither directly nor in a candidate "
-                                  f"directory); pass the directory fitplan run --out wrote.")
-    names = ", ".join(p.parent.name for p in found[:6]) + (" ..." if len(found) > 6 else "")
-    raise InvalidRequestError(f"{str(path)!r} holds {len(found)} candidates ({names}); pass one candidate directory.")
+        raise InvalidRequestError(f"{str(path)!r} holds no result.json (directly, in a run directory or in a "
+                                  f"candidate directory); pass the directory fitplan run --out wrote.")
+    names = ", ".join(str(p.parent.relative_to(given)) for p in found[:6]) + (" ..." if len(found) > 6 else "")
+    raise InvalidRequestError(f"{str(path)!r} holds {len(found)} runs ({names}); pass one run directory.")
 
 
 def export_model(result: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,

@@ -114,4 +114,4 @@ def test_refused_formats_and_mistakes(tiny, cache, tmp_path, capsys):
     assert main(["export", str(tmp_path / "missing")]) == 2
     _run(tiny, _strategies()["pruned-fp32"], tmp_path / "hqq")  # two candidates in one directory: ambiguous
     assert main(["export", str(tmp_path / "hqq")]) == 2
-    assert "2 candidates" in capsys.readouterr().err
+    assert "2 runs" in capsys.readouterr().err
