@@ -28,11 +28,12 @@ sys.path.insert(0, str(ROOT))
 
 def _clear_caches() -> None:
     from planner.memory import inference
-    from planner.sizing import table
+    from planner.sizing import fits, table
 
     inference._PLAN_CACHE.clear()
     inference._SHARED_CACHE.clear()
     table._cached_table.cache_clear()
+    fits._fits_table.cache_clear()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,15 +10,11 @@ import os
 from pathlib import Path
 
 from executors.evaluate.base import fingerprint
+from planner.user_cache import cache_root
+
+__all__ = ["cache_root", "model_fingerprint"]
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".json")
-
-
-def cache_root() -> Path:
-    if os.environ.get("FITPLAN_CACHE"):
-        return Path(os.environ["FITPLAN_CACHE"]).expanduser()
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "fitplan"
 
 
 def model_fingerprint(model_dir: str | os.PathLike) -> str:

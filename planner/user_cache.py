@@ -1,0 +1,14 @@
+"""fitplan's user cache directory: ``$FITPLAN_CACHE`` when set, else ``$XDG_CACHE_HOME/fitplan``, else
+``~/.cache/fitplan``. Nothing in it is needed for correctness: deleting it only costs recomputation."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_root() -> Path:
+    if os.environ.get("FITPLAN_CACHE"):
+        return Path(os.environ["FITPLAN_CACHE"]).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "fitplan"
