@@ -140,3 +140,19 @@ def test_decode_inputs_are_the_speed_models_figures():
         rows += 1
     assert rows >= 15
     assert (built.decode["tp"] == 2).any()
+
+
+def test_local_path_named_like_a_model_is_not_served_from_the_cache(cache, tmp_path, monkeypatch):
+    """get_model reads a local directory before the registry, so such a sweep is computed, not read back."""
+    import json
+
+    from planner.models.registry import get_entry
+
+    local = tmp_path / "work" / "mistralai" / "Mistral-7B-v0.1"
+    local.mkdir(parents=True)
+    (local / "config.json").write_text(json.dumps(get_entry("llama-3.1-8b").config))
+    monkeypatch.chdir(tmp_path / "work")
+    monkeypatch.setattr(table_cache, "cached", _no_build)
+    frame = what_fits("RTX 4090", precisions=["bf16"])
+    rows = frame.set_index("model")["safe_gib"]
+    assert rows["mistralai/Mistral-7B-v0.1"] == rows["meta-llama/Llama-3.1-8B"]

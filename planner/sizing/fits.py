@@ -7,6 +7,7 @@ at once by numpy broadcasting.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -124,7 +125,10 @@ def _fits_table(names: tuple[str, ...], precisions: tuple[str, ...] | None, engi
         return _cached_table(names, formats, engine, kv_dtype, context, batch, only_for=only_for, gpus=gpus), list(formats)
 
     request = ("fits", list(names), list(precisions) if precisions else None, engine, kv_dtype, context, batch, gpus)
-    table, formats = table_cache.cached(request, build)
+    # get_model reads a local path before the registry: a file or directory named like a model in the
+    # working directory would make a table the stored one does not describe.
+    local = any(os.path.exists(os.path.expanduser(name)) for name in names)
+    table, formats = build() if local else table_cache.cached(request, build)
     return table, tuple(formats)
 
 
