@@ -156,3 +156,11 @@ def test_local_path_named_like_a_model_is_not_served_from_the_cache(cache, tmp_p
     frame = what_fits("RTX 4090", precisions=["bf16"])
     rows = frame.set_index("model")["safe_gib"]
     assert rows["mistralai/Mistral-7B-v0.1"] == rows["meta-llama/Llama-3.1-8B"]
+
+
+def test_cache_keeps_the_newest_entries(cache, monkeypatch):
+    monkeypatch.setattr(table_cache, "MAX_ENTRIES", 2)
+    for context in (1024, 2048, 4096):
+        what_fits("16GB", models=SOME[:2], precisions=["bf16"], context=context)
+    assert len(list(cache.glob("*.npz"))) == 2
+    assert not list(cache.glob("*.tmp"))

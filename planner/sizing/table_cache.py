@@ -29,7 +29,7 @@ from planner.sizing.table import DECODE_INPUTS, FitTable
 
 SWITCH_ENV = "FITPLAN_TABLE_CACHE"
 LAYOUT = 1  # bump when the stored layout changes
-MAX_ENTRIES = 64  # oldest entries beyond this are removed when a new one is written (~0.5-3 MB each)
+MAX_ENTRIES = 64  # oldest entries beyond this are removed when a new one is written (~0.1 MB each)
 _ARRAYS = ("upper", "point", "window", "max_tokens", "kv_per_token", "kv_window_per_token")
 _SOURCE_SUFFIXES = (".py", ".toml", ".json", ".csv")
 
@@ -99,7 +99,7 @@ def _store(path: Path, request: str, table: FitTable, extras: Any) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
-            np.savez(handle, meta=np.array(meta), **arrays)
+            np.savez_compressed(handle, meta=np.array(meta), **arrays)
         os.replace(handle.name, path)
         _prune(path.parent)
     except OSError:
