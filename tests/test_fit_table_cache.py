@@ -164,3 +164,18 @@ def test_cache_keeps_the_newest_entries(cache, monkeypatch):
         what_fits("16GB", models=SOME[:2], precisions=["bf16"], context=context)
     assert len(list(cache.glob("*.npz"))) == 2
     assert not list(cache.glob("*.tmp"))
+
+
+def test_no_home_directory_means_no_cache(monkeypatch):
+    from pathlib import Path
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.delenv("FITPLAN_CACHE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    _clear_memory()
+    request = dict(gpu="16GB", models=SOME[:2])
+    pd.testing.assert_frame_equal(what_fits(**request), _computed(monkeypatch, request), check_exact=True)
+    _clear_memory()

@@ -62,7 +62,10 @@ def cached(request: tuple, build: Callable[[], tuple[FitTable, Any]]) -> tuple[F
     if not enabled():
         return build()
     text = json.dumps(request)
-    path = cache_dir() / f"{hashlib.sha256((code_fingerprint() + text).encode()).hexdigest()[:32]}.npz"
+    try:
+        path = cache_dir() / f"{hashlib.sha256((code_fingerprint() + text).encode()).hexdigest()[:32]}.npz"
+    except (OSError, RuntimeError, KeyError):  # no home directory, unreadable package files: no cache
+        return build()
     found = _load(path, text)
     if found is not None:
         return found
