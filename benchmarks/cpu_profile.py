@@ -22,6 +22,13 @@ replacement, float32 checkpoint C):
     L = RSS after load - startup RSS;  K = (compress peak - RSS after load) / C
     R = (RSS after compress - RSS after load) / C
     E, P = evaluate / speed peak - RSS after compress - activations
+
+The machine part is measured first, in the same session, by executors.machine_profile (S, B, the
+load of a tiny model load[kind] and a first forward's overhead forward[kind]); the file keeps it as
+``reference_machine`` and stores the portable remainder: L - load[kind] (every path and the steps),
+E - forward[kind] and P - forward[kind] (load-time paths). On another machine, planner.memory.cpu adds
+that machine's own measured part back. S and B of the runs themselves are printed next to the
+probe's as a check.
 """
 
 from __future__ import annotations
@@ -29,7 +36,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -107,6 +113,20 @@ def measure_steps(kind: str, model_dir: Path, out_dir: Path) -> dict[str, float]
     return values
 
 
+def portable(paths: dict, steps: dict, machine) -> tuple[dict, dict]:  # noqa: ANN001 - MachineProfile
+    """Subtract the machine part (see the module docstring)."""
+    out_paths = {}
+    for key, values in paths.items():
+        kind = key.split(".")[0]
+        load, forward = machine.load_bytes[kind], machine.forward_bytes[kind]
+        out_paths[key] = values | {"load_overhead_bytes": values["load_overhead_bytes"] - load,
+                                   "evaluate_overhead_bytes": values["evaluate_overhead_bytes"] - forward,
+                                   "speed_overhead_bytes": values["speed_overhead_bytes"] - forward}
+    out_steps = {kind: values | {"load_overhead_bytes": values["load_overhead_bytes"] - machine.load_bytes[kind]}
+                 for kind, values in steps.items()}
+    return out_paths, out_steps
+
+
 def measure(models: dict[str, Path], out_dir: Path) -> tuple[dict, list[float], list[float], dict]:
     from executors import execute
 
@@ -146,30 +166,31 @@ def measure(models: dict[str, Path], out_dir: Path) -> tuple[dict, list[float], 
     return paths, plain_startups, bnb_startups, steps
 
 
-def render(paths: dict, plain: list[float], bnb: list[float], steps: dict) -> str:
-    from executors._imports import package_versions
+def render(paths: dict, steps: dict, machine) -> str:  # noqa: ANN001 - MachineProfile
     from executors.environment import cpu_model
 
-    versions = package_versions()
-    startup = statistics.median(plain)
     lines = [
-        "# Measured constants of the CPU memory model (planner.memory.cpu): one machine, one software stack.",
+        "# Constants of the CPU memory model (planner.memory.cpu). [reference_machine] is the machine-dependent",
+        "# part as measured on the machine that wrote this file (executors.machine_profile measures it on each",
+        "# user's machine); [paths] and [steps] are the portable remainder beyond it.",
         "# Regenerate with `python benchmarks/cpu_profile.py --write` (bytes; see that script for the formulas).",
-        "schema_version = 1",
+        f"# Measured {datetime.date.today().isoformat()} on {cpu_model()} ({os.cpu_count()} CPUs).",
+        "schema_version = 2",
         'measured_with = "python benchmarks/cpu_profile.py --write"',
         'calibration_models = "random-initialised Llama (hidden 384, 6 layers, 6/2 heads, MLP 1024, vocab 2048) and '
         'BERT (hidden 512, 4 layers, 8 heads, MLP 2048, vocab 30522), float32 checkpoints"',
-        f"startup_bytes = {startup:.0f}",
-        f"bitsandbytes_import_bytes = {statistics.median(bnb) - startup:.0f}",
         "",
-        "[machine]",
-        f'cpu = "{cpu_model()}"',
-        f'cpu_count = "{os.cpu_count()}"',
-        f'python = "{platform.python_version()}"',
-        f'platform = "{platform.platform()}"',
-        f'date = "{datetime.date.today().isoformat()}"',
+        "[reference_machine]",
+        f"schema_version = {machine.schema_version}",
+        f"startup_bytes = {machine.startup_bytes:.0f}",
+        f"bitsandbytes_import_bytes = {machine.bitsandbytes_import_bytes:.0f}",
+        "",
+        "[reference_machine.key]",
     ]
-    lines += [f'{name} = "{version}"' for name, version in versions.items() if version]
+    lines += [f'{name} = "{value}"' for name, value in machine.key.items()]
+    for table in ("load_bytes", "forward_bytes"):
+        lines += ["", f"[reference_machine.{table}]"]
+        lines += [f'"{kind}" = {value:.0f}' for kind, value in getattr(machine, table).items()]
     sections = [("paths", key, values) for key, values in paths.items()]
     sections += [("steps", key, values) for key, values in steps.items()]
     for table, key, values in sections:
@@ -186,9 +207,18 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="fitplan-cpu-profile-") as tmp:
         root = Path(tmp)
         os.environ.setdefault("FITPLAN_CACHE", str(root / "cache"))  # references of throw-away models
+        from executors.machine_profile import measure_machine_profile
+        from planner.memory.cpu import save_machine_profile
+
+        machine = measure_machine_profile()
+        save_machine_profile(machine)  # in this run's cache: the runs below do not measure it again
         models = build_models(root / "models")
         paths, plain, bnb, steps = measure(models, root / "runs")
-    text = render(paths, plain, bnb, steps)
+    print(f"startup: runs {statistics.median(plain) / 2**20:.1f} MiB, probe {machine.startup_bytes / 2**20:.1f} MiB; "
+          f"bitsandbytes: runs {(statistics.median(bnb) - statistics.median(plain)) / 2**20:.1f} MiB, probe "
+          f"{machine.bitsandbytes_import_bytes / 2**20:.1f} MiB", file=sys.stderr)
+    paths, steps = portable(paths, steps, machine)
+    text = render(paths, steps, machine)
     print(text)
     if args.write:
         target = Path(__file__).resolve().parents[1] / "planner" / "data" / "cpu_profile.toml"

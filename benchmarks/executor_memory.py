@@ -10,8 +10,11 @@ per-phase VmHWM of the child) next to planner.memory.cpu.estimate_cpu_process_me
 peak.
 Target: every whole-run prediction within 10 % of the measurement.
 
-The CPU constants of the prediction were measured on other (random-initialised) models by
-benchmarks/cpu_profile.py; see planner/data/cpu_profile.toml.
+The prediction's machine part (start-up, loading and first-forward memory) is measured on this
+machine by executors.machine_profile with tiny probe models (once, cached in the user cache; the first
+isolated run measures it); its portable part was measured on other (random-initialised) models by
+benchmarks/cpu_profile.py (planner/data/cpu_profile.toml). No constant is tuned to the models here.
+Pass --fresh-machine-profile to measure the machine part again first.
 """
 
 from __future__ import annotations
@@ -48,8 +51,17 @@ def main() -> int:
     parser.add_argument("--fixture-steps", type=int, default=None,
                         help="training steps of the tiny-llama fixture to use (default: the standard build); "
                              "peak memory does not depend on them")
+    parser.add_argument("--fresh-machine-profile", action="store_true",
+                        help="measure this machine's part of the CPU memory model again before the runs")
     args = parser.parse_args()
     from executors import ensure_tiny_llm, execute, minilm_dir
+    from executors.machine_profile import ensure_machine_profile
+
+    machine = ensure_machine_profile(force=args.fresh_machine_profile)
+    print("machine part (MiB): startup {:.1f}, bitsandbytes {:.1f}, load {}, first forward {}".format(
+        machine.startup_bytes / MIB, machine.bitsandbytes_import_bytes / MIB,
+        {k: round(v / MIB, 1) for k, v in machine.load_bytes.items()},
+        {k: round(v / MIB, 1) for k, v in machine.forward_bytes.items()}), file=sys.stderr, flush=True)
 
     candidates = {} if args.steps_only else dict(LOAD_TIME)
     if not args.load_only:

@@ -7,7 +7,9 @@ are loaded on first access).
 - :func:`execute` (``executors.run``): apply a strategy to a model directory, measure it in an
   isolated process, return an :class:`ExecutionResult` with the planner's predictions alongside;
 - evaluators (``executors.evaluate``): perplexity, fidelity, accuracy, any callable;
-- :func:`ensure_tiny_llm` / :func:`minilm_dir` (``executors.fixtures``): the test and benchmark models;
+- :func:`ensure_tiny_llm` / :func:`ensure_test_llm` / :func:`minilm_dir` (``executors.fixtures``): the
+  benchmark and test models;
+- :func:`read_texts` (``executors.datafiles``): the user's evaluation / calibration data files;
 - :func:`run_isolated` (``executors.isolation``): run any importable function in a capped process.
 """
 
@@ -19,6 +21,8 @@ _LAZY = {
     "execute": "executors.run",
     "ExecutionResult": "executors.result",
     "ensure_tiny_llm": "executors.fixtures",
+    "ensure_test_llm": "executors.fixtures",
+    "read_texts": "executors.datafiles",
     "minilm_dir": "executors.fixtures",
     "run_isolated": "executors.isolation",
     "load_model": "executors.loading",

@@ -1,6 +1,9 @@
-"""Entry point of an isolated job: ``python -m executors._worker JOB_DIR`` (see executors.isolation).
+"""Entry point of an isolated job: ``python -m executors._worker JOB_DIR [PARENT_PID]`` (see executors.isolation).
 
-Reads ``request.json``, imports the named function, calls ``function(request, progress)`` and writes
+First asks the kernel to SIGKILL this process when its parent dies (``prctl(PR_SET_PDEATHSIG)``,
+Linux), and exits at once when the parent ``PARENT_PID`` is already gone, so a parent killed with
+SIGKILL never leaves a worker running without its timeout and memory cap. Then reads
+``request.json``, imports the named function, calls ``function(request, progress)`` and writes
 ``result.json`` = ``{"status": "ok", "payload": ...}`` or ``{"status": "failed", "reason": ...}``, both
 with ``peak_rss_bytes`` = this process's VmHWM at the end (since its last reset, if it reset it).
 Imports nothing heavy itself: the job decides what it needs (and measures it).
@@ -9,13 +12,36 @@ Imports nothing heavy itself: the job decides what it needs (and measures it).
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import time
 import traceback
 from pathlib import Path
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+EXIT_PARENT_GONE = 75
 
-def main(job_dir: str) -> int:
+
+def die_with_parent(parent_pid: int | None) -> bool:
+    """Have the kernel SIGKILL this process when its parent exits; False where prctl is unavailable.
+    Exits (code 75) when the parent died before the request was made (the child was already orphaned)."""
+    armed = False
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(EXIT_PARENT_GONE)
+    return armed
+
+
+def main(job_dir: str, parent_pid: int | None = None) -> int:
+    die_with_parent(parent_pid)
     from executors.evaluate.custom import import_function
     from executors.isolation import PROGRESS_FILE, REQUEST_FILE, RESULT_FILE, write_json_atomic
     from executors.measure import read_status_bytes
@@ -50,4 +76,4 @@ def main(job_dir: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else None))

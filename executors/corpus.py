@@ -8,8 +8,9 @@ Splitting paragraphs rather than whole topics keeps the validation split near 10
 topics vary from 200 to 40,000 characters). The split is a pure function of the text, so every run
 on every machine sees the same documents.
 
-A text file is split the same way (documents = its paragraphs); a list of strings uses each string
-as a document.
+The user's calibration/distillation data (``--calib-data``) is split the same way: a text file's
+paragraphs (its lines, when it has fewer than ``VALIDATION_EVERY`` paragraphs), the text field of a
+JSONL / CSV / saved dataset (:func:`executors.datafiles.read_texts`), or each string of a list.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def split_documents(documents: Sequence[str], name: str) -> Corpus:
     if len(documents) < VALIDATION_EVERY:
         raise InvalidRequestError(
             f"corpus {name!r} has {len(documents)} non-empty documents; at least {VALIDATION_EVERY} are needed "
-            f"to hold one out for validation (documents are paragraphs separated by blank lines).")
+            f"to hold one out for validation (documents are a file's paragraphs or lines, or its records).")
     train = tuple(d for i, d in enumerate(documents) if i % VALIDATION_EVERY != VALIDATION_EVERY - 1)
     validation = tuple(d for i, d in enumerate(documents) if i % VALIDATION_EVERY == VALIDATION_EVERY - 1)
     return Corpus(name=name, train=train, validation=validation)
@@ -70,12 +71,18 @@ def load_corpus(source: str | os.PathLike | Sequence[str] | Corpus | None = None
     if isinstance(source, Corpus):
         return source
     if isinstance(source, (str, os.PathLike)):
+        from executors.datafiles import read_texts
+
         path = Path(source).expanduser()
-        if not path.is_file():
-            raise InvalidRequestError(f"corpus file {str(source)!r} does not exist; pass a UTF-8 text file, "
-                                      f"a list of strings, or nothing for the default corpus ({DEFAULT_CORPUS_NAME}).")
-        text = path.read_text(encoding="utf-8")
-        return split_documents(paragraphs(text), str(path))
+        if not path.exists():
+            raise InvalidRequestError(f"corpus {str(source)!r} does not exist; pass a UTF-8 text, JSONL or CSV "
+                                      f"file, a saved datasets directory, a list of strings, or nothing for the "
+                                      f"default corpus ({DEFAULT_CORPUS_NAME}).")
+        documents = read_texts(path, unit="paragraph").texts
+        if len(documents) < VALIDATION_EVERY and path.is_file():
+            lines = read_texts(path, unit="line").texts
+            documents = lines if len(lines) > len(documents) else documents
+        return split_documents(documents, str(path))
     documents = list(source)
     if not all(isinstance(d, str) for d in documents):
         raise InvalidRequestError("a corpus given as a sequence must hold strings only.")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,15 +65,22 @@ def model_kind(model_dir: str | os.PathLike) -> str:
     return "causal-lm" if get_model(Path(model_dir)).architecture == "decoder" else "encoder"
 
 
+def check_device(device: str) -> str:
+    """The device name's spelling: 'auto', 'cpu', 'cuda' or 'cuda:N' (no torch import: checked before
+    any work; whether a GPU is there is :func:`resolve_device`'s question)."""
+    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise InvalidRequestError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    return device
+
+
 def resolve_device(device: str) -> str:
     """'auto' -> 'cuda' when a GPU is visible, else 'cpu'."""
     from executors._imports import import_torch
 
+    check_device(device)
     torch = import_torch()
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise InvalidRequestError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UnsupportedError(f"device {device!r} was requested but torch sees no CUDA GPU on this machine.")
     return device

@@ -153,12 +153,20 @@ def measure_latency(model: Any, input_ids: Any, *, attention_mask: Any = None, w
 
 def logical_params(model: Any) -> int:
     """Parameters as the architecture counts them, whatever the storage: a bitsandbytes 4-bit weight
-    packs two values per byte (its ``quant_state.shape`` is the logical shape), and a torch
-    dynamic-int8 Linear keeps its weight outside ``parameters()``."""
+    packs two values per byte (its ``quant_state.shape`` is the logical shape), a torch
+    dynamic-int8 Linear keeps its weight outside ``parameters()``, and an HQQ Linear's packed ``W_q``
+    parameter stands for ``meta["shape"]`` values (its bias is a plain tensor)."""
     import math
 
     total = 0
+    hqq_packed = set()
+    for module in model.modules():
+        if type(module).__name__ == "HQQLinear" and getattr(module, "meta", None):
+            hqq_packed.add(id(module.W_q))
+            total += math.prod(module.meta["shape"]) + (module.bias.numel() if module.bias is not None else 0)
     for parameter in model.parameters():
+        if id(parameter) in hqq_packed:
+            continue
         state = getattr(parameter, "quant_state", None)
         shape = getattr(state, "shape", None)
         total += math.prod(shape) if shape is not None else parameter.numel()

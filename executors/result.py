@@ -1,12 +1,15 @@
 """The record of one executed candidate: what was measured, next to what the planner predicted.
 
 Byte figures are bytes (the CLI prints MiB), times are seconds unless the name says ``_ms``. Every
-field is documented; the JSON written to ``out_dir`` is ``ExecutionResult.model_dump_json()``.
+field is documented; the JSON written to the run's directory is ``ExecutionResult.model_dump_json()``,
+and :func:`append_jsonl` adds it as one line to ``results.jsonl`` under an exclusive lock, so
+concurrent runs writing to one directory never interleave their lines.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -98,7 +101,12 @@ class ExecutionResult(_Record):
     """Everything one executed candidate produced (see the field descriptions)."""
 
     status: Literal["ok", "failed"]
-    reason: str | None = Field(None, description="why the run failed (crash, OOM, exception, timeout)")
+    reason: str | None = Field(None, description="why the run failed (crash, OOM, exception, timeout, "
+                               "interruption)")
+    run_id: str | None = Field(None, description="unique id of this execution (UTC start time + random suffix); "
+                               "names its directory")
+    started_at: str | None = Field(None, description="UTC start time, ISO 8601")
+    run_dir: str | None = Field(None, description="this execution's own directory: request, result, job files")
     model_dir: str
     model_kind: str | None = None
     strategy: dict[str, Any]
@@ -144,8 +152,6 @@ class ExecutionResult(_Record):
 
     def save(self, path: str | Path) -> Path:
         """Write the JSON atomically (temp file + rename)."""
-        import os
-
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -159,3 +165,19 @@ def compare(quantity: str, unit: str, measured: float | None, predicted: float |
     if measured not in (None, 0) and predicted is not None and not math.isnan(measured):
         error = 100.0 * (predicted - measured) / measured
     return Comparison(quantity=quantity, unit=unit, measured=measured, predicted=predicted, error_pct=error)
+
+
+def append_jsonl(path: str | Path, line: str) -> None:
+    """Append one line to ``path`` under an exclusive ``fcntl.flock`` (released on close, also when the
+    process dies), written in one call and fsynced: concurrent writers never interleave or lose lines."""
+    import fcntl
+
+    text = line.rstrip("\n") + "\n"
+    with open(path, "a", encoding="utf-8") as log:
+        fcntl.flock(log.fileno(), fcntl.LOCK_EX)
+        try:
+            log.write(text)
+            log.flush()
+            os.fsync(log.fileno())
+        finally:
+            fcntl.flock(log.fileno(), fcntl.LOCK_UN)

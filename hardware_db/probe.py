@@ -2,8 +2,9 @@
 
 - memory bandwidth: the best of several copies of a 256 MiB array (numpy ``copyto``), counting the
   bytes read and written (the STREAM "copy" convention, McCalpin 1995);
-- matmul throughput: the best of several square matmuls (n = 2048) in fp32, bf16 and fp16 with
-  torch when it is installed (its own thread count), else fp32 with numpy;
+- matmul throughput: the best of several square matmuls (n = ``MATMUL_N``, after an untimed warm-up
+  call: oneDNN builds its kernels on the first one) in fp32, bf16 and fp16 with torch when it is
+  installed (its own thread count), else fp32 with numpy;
 - cores and RAM from the OS (``os.cpu_count``, ``/proc/meminfo`` or psutil);
 - NVIDIA GPUs from ``nvidia-smi`` (or ``torch.cuda``), reported by name for a catalog lookup.
 
@@ -116,10 +117,11 @@ def measure_matmul(n: int = MATMUL_N, repeats: int = REPEATS) -> tuple[dict[str,
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
         a = torch.randn(n, n).to(dtype)
         try:
-            first = _timed(lambda: a @ a)  # warm-up; also finds a dtype without a CPU matmul
+            a @ a  # warm-up (oneDNN generates its kernels on the first call); finds a dtype without a CPU matmul
         except RuntimeError:
             continue
-        best = first if first > SLOW_CALL_S else min(_timed(lambda: a @ a) for _ in range(repeats))
+        first = _timed(lambda: a @ a)
+        best = first if first > SLOW_CALL_S else min(first, *(_timed(lambda: a @ a) for _ in range(repeats)))
         results[name] = 2 * n**3 / best / 1e9
     return results, f"torch {torch.__version__}, {torch.get_num_threads()} threads"
 

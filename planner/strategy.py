@@ -34,9 +34,12 @@ STRATEGY_VERSION = 2
 
 # Weight formats a strategy may name. The planner's format registry knows how to size each of them;
 # executors apply those they can run on the current machine and report the rest as unsupported.
+# HQQ formats: 8/4/3/2 bits at group 64 (``hqq-int4``) or the group-size variants of formats.toml
+# (``hqq-int4-g32``, ``hqq-int4-g128``).
+HQQ_FORMATS: tuple[str, ...] = tuple(f"hqq-int{bits}{group}" for bits in (8, 4, 3, 2) for group in ("", "-g32", "-g128"))
 WEIGHT_FORMATS: tuple[str, ...] = (
     "fp32", "fp16", "bf16", "int8", "nf4", "nf4-dq", "fp4", "fp4-dq", "dynamic-int8",
-    "fp8", "gptq-int4", "gptq-int8", "awq-int4",
+    "fp8", "gptq-int4", "gptq-int8", "awq-int4", *HQQ_FORMATS,
 )
 KV_DTYPES: tuple[str, ...] = ("fp16", "bf16", "fp8", "int8", "int4")
 SPARSITY_PATTERNS: tuple[str, ...] = ("unstructured", "2:4", "4:8", "heads", "ffn", "layers")

@@ -67,6 +67,31 @@ def register_results(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_results_command)
 
 
+def register_report(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("report", help="a self-contained HTML or Markdown report of a stored search",
+                                   description="Write the report of a search (model analysis, hardware "
+                                               "requirements, constraints, ranked trade-offs, Pareto plot, "
+                                               "recommendation) from its Optuna study alone.")
+    add_storage_flags(parser, required=True)
+    parser.add_argument("--format", dest="report_format", default="html", metavar="F", help="html or md (default html)")
+    parser.add_argument("--out", default="fitplan-report", metavar="DIR", help="output directory (default "
+                        "./fitplan-report)")
+    parser.set_defaults(func=run_report_command)
+
+
+def run_report_command(args: argparse.Namespace) -> int:
+    from search.report import write_report
+    from search.results import result_from_study
+    from search.storage import open_storage
+    from search.study import load_existing
+
+    out = _check_out(args.out)
+    study = load_existing(open_storage(args.storage), args.study)
+    path = write_report(result_from_study(study), out, fmt=args.report_format)
+    print(f"wrote {path}")
+    return 0
+
+
 def _check_out(out: str | None) -> Path | None:
     from planner.errors import InvalidRequestError
 

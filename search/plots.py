@@ -72,14 +72,24 @@ def plot_pareto_png(table: "pd.DataFrame", path: str | Path, *, x: str = "memory
         axes.scatter(points.feasible[x], points.feasible[y], s=16, c="#7fa7d1", label="feasible")
     if len(points.front):
         axes.plot(points.front[x], points.front[y], "-o", c="#d1495b", ms=6, lw=1.5, label="Pareto front")
-        for _, row in points.front.head(12).iterrows():
-            axes.annotate(str(row.get("strategy", ""))[:28], (row[x], row[y]), fontsize=7,
-                          xytext=(4, 4), textcoords="offset points")
+        for index, (_, row) in enumerate(points.front.head(10).iterrows()):
+            # staggered labels: neighbouring front points sit close together
+            axes.annotate(str(row.get("strategy", ""))[:32], (row[x], row[y]), fontsize=7,
+                          xytext=(6, 8 + 11 * (index % 4)), textcoords="offset points",
+                          arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "#999999"})
     if len(points.measured):
         axes.scatter(points.measured[x], points.measured[f"measured_{y}"], marker="*", s=120, c="#2e933c",
                      edgecolors="black", linewidths=0.5, label="measured", zorder=5)
         for _, row in points.measured.iterrows():
             axes.plot([row[x], row[x]], [row[y], row[f"measured_{y}"]], c="#2e933c", lw=0.8, ls=":")
+    feasible_y = [*points.front[y], *points.feasible[y]]
+    if feasible_y and len(points.infeasible):
+        # Zoom on the feasible region; infeasible points above it are counted in the legend.
+        top = max(max(feasible_y) * 2.0, max(feasible_y) + 2.0)
+        hidden = int((points.infeasible[y] > top).sum())
+        if hidden:
+            axes.set_ylim(min(0.0, min(feasible_y)) - 0.5, top)
+            axes.scatter([], [], s=0, label=f"{hidden} infeasible above the range shown")
     axes.set_xlabel(AXIS_LABELS.get(x, x))
     axes.set_ylabel(AXIS_LABELS.get(y, y))
     axes.set_title(title)

@@ -25,6 +25,14 @@ def raise_error(request, progress):
     raise RuntimeError("deliberate failure")
 
 
+def kill_self(request, progress):
+    """Die by SIGKILL, as a process the kernel's out-of-memory killer chose."""
+    import signal
+
+    progress("about-to-be-killed")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def sleep(request, progress):
     progress("sleeping")
     time.sleep(request["seconds"])
@@ -61,7 +69,7 @@ _TINY = {}
 def tiny_llm_dir():
     """The tiny causal LM fixture at the test step count, from the user cache (built on first use)."""
     if "info" not in _TINY:
-        from executors.fixtures import TEST_STEPS, ensure_tiny_llm
+        from executors.fixtures import ensure_test_llm
 
-        _TINY["info"] = ensure_tiny_llm(TEST_STEPS)
+        _TINY["info"] = ensure_test_llm()
     return _TINY["info"]

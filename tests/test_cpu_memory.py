@@ -8,8 +8,14 @@ from planner import get_model
 from planner.errors import InvalidConfigError, UnsupportedError
 from planner.memory.cpu import (
     CpuWorkload,
+    MachineProfile,
     activation_bytes,
+    cached_machine_profile,
     cpu_profile,
+    machine_key,
+    machine_profile_path,
+    portable_profile,
+    save_machine_profile,
     distillation_training_bytes,
     estimate_cpu_process_memory,
     weight_residency,
@@ -30,6 +36,12 @@ TINY = {  # executors.fixtures.LLAMA_CONFIG
     "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 704,
     "max_position_embeddings": 256, "tie_word_embeddings": False, "rms_norm_eps": 1e-5, "hidden_act": "silu",
 }
+
+
+@pytest.fixture(autouse=True)
+def _unmeasured_machine(tmp_path, monkeypatch):
+    """An empty user cache: the reference machine's part is used, whatever machine runs the tests."""
+    monkeypatch.setenv("FITPLAN_CACHE", str(tmp_path / "cache"))
 
 
 def strategy(**quant) -> CompressionStrategy:
@@ -118,8 +130,50 @@ def test_encoder_decoder_and_broken_profile_are_clear_errors(monkeypatch):
         estimate_cpu_process_memory(t5)
     import planner.memory.cpu as cpu
 
-    cpu.cpu_profile.cache_clear()
-    monkeypatch.setattr(cpu, "read_data_toml", lambda name, version: {"schema_version": 1, "startup_bytes": 1})
+    cpu.portable_profile.cache_clear()
+    monkeypatch.setattr(cpu, "read_data_toml", lambda name, version: {"schema_version": 2, "startup_bytes": 1})
     with pytest.raises(InvalidConfigError, match="regenerate it"):
         cpu.cpu_profile()
-    cpu.cpu_profile.cache_clear()
+    cpu.portable_profile.cache_clear()
+
+
+def _machine(**changes) -> MachineProfile:
+    values = {"key": machine_key(), "startup_bytes": 100e6, "bitsandbytes_import_bytes": 50e6,
+              "load_bytes": {"causal-lm": 30e6, "encoder": 20e6}, "forward_bytes": {"causal-lm": 7e6, "encoder": 5e6}}
+    return MachineProfile.model_validate(values | changes)
+
+
+def test_this_machines_measured_part_replaces_the_reference_machines():
+    reference = cpu_profile()
+    assert not reference.measured_here and reference.machine == portable_profile().reference_machine
+    before = estimate_cpu_process_memory(get_model(TINY, name="tiny"), strategy(weights="nf4"))
+    assert before.warnings and "not measured yet" in before.warnings[0]
+    path = save_machine_profile(_machine())
+    assert path.parent.name == "cpu-machine" and path.is_file()
+    here = cpu_profile()
+    assert here.measured_here and here.startup_bytes == 100e6 and here.bitsandbytes_import_bytes == 50e6
+    residual = portable_profile().paths["causal-lm.4bit-bf16"]
+    constants = here.path("causal-lm", "4bit-bf16")
+    assert constants.load_overhead_bytes == residual.load_overhead_bytes + 30e6
+    assert constants.evaluate_overhead_bytes == residual.evaluate_overhead_bytes + 7e6
+    assert constants.speed_overhead_bytes == residual.speed_overhead_bytes + 7e6
+    assert constants.load_transient_fraction == residual.load_transient_fraction  # portable as it is
+    steps = here.steps_constants("encoder")
+    assert steps.load_overhead_bytes == portable_profile().steps["encoder"].load_overhead_bytes + 20e6
+    after = estimate_cpu_process_memory(get_model(TINY, name="tiny"), strategy(weights="nf4"))
+    assert after.cpu.phases_bytes["startup"] == pytest.approx(150e6)  # S + B of this machine
+    assert after.warnings == () and after.assumptions["machine_measured_here"] is True
+    shift = (here.startup_bytes + here.bitsandbytes_import_bytes + 30e6) - (
+        reference.startup_bytes + reference.bitsandbytes_import_bytes + reference.machine.load_bytes["causal-lm"])
+    assert after.cpu.phases_bytes["load_end"] - before.cpu.phases_bytes["load_end"] == pytest.approx(shift)
+
+
+def test_a_machine_part_of_another_stack_or_a_corrupt_file_is_not_used():
+    other = machine_key() | {"torch": "0.0.1"}
+    save_machine_profile(_machine(key=other))
+    assert cached_machine_profile() is None and not cpu_profile().measured_here
+    machine_profile_path().parent.mkdir(parents=True, exist_ok=True)
+    machine_profile_path().write_text("{not json")
+    assert cached_machine_profile() is None and not cpu_profile().measured_here
+    with pytest.raises(ValueError, match="forward_bytes lacks"):
+        _machine(forward_bytes={"encoder": 1.0})

@@ -52,10 +52,34 @@ def test_memory_cap_kills_a_hog_and_spares_a_small_job(tmp_path):
     assert small.status == "ok" and small.payload == {"allocated_mib": 64}
 
 
-def test_bad_limits_are_user_errors(tmp_path):
+@pytest.mark.parametrize("limits, message", [
+    ({"timeout_s": 0}, "timeout_s must be a positive finite number of seconds, got 0"),
+    ({"timeout_s": float("nan")}, "timeout_s must be a positive finite number of seconds, got nan"),
+    ({"timeout_s": float("inf")}, "got inf; pass None for no timeout"),
+    ({"memory_cap_bytes": -1}, "memory cap must be a positive finite number of bytes, got -1"),
+    ({"memory_cap_bytes": 0}, "memory cap must be a positive finite number of bytes, got 0"),
+    ({"memory_cap_bytes": float("nan")}, "memory cap must be a positive finite number of bytes, got nan"),
+])
+def test_bad_limits_are_user_errors(tmp_path, limits, message):
     from planner.errors import InvalidRequestError
 
-    with pytest.raises(InvalidRequestError, match="timeout_s must be positive"):
-        run_isolated("tests.exec_helpers:echo", {"value": 1}, tmp_path, timeout_s=0)
-    with pytest.raises(InvalidRequestError, match="memory cap must be positive"):
-        run_isolated("tests.exec_helpers:echo", {"value": 1}, tmp_path, memory_cap_bytes=-1)
+    with pytest.raises(InvalidRequestError, match=message):
+        run_isolated("tests.exec_helpers:echo", {"value": 1}, tmp_path, **limits)
+    assert not (tmp_path / "request.json").exists()  # refused before any work
+
+
+def test_worker_killed_by_the_kernel_is_a_failed_outcome(tmp_path):
+    """SIGKILL from outside (what the OOM killer sends) while the job runs: failed, with the phase."""
+    outcome = run_isolated("tests.exec_helpers:kill_self", {}, tmp_path / "job")
+    assert outcome.status == "failed" and outcome.signal == "SIGKILL"
+    assert outcome.reason == ("crashed: the process was killed by SIGKILL (likely the kernel's out-of-memory "
+                              "killer) during phase 'about-to-be-killed'")
+
+
+def test_phase_callback_sees_the_child_phases(tmp_path):
+    seen = []
+    outcome = run_isolated("tests.exec_helpers:sleep", {"seconds": 1.0}, tmp_path / "job",
+                           on_phase=lambda phase, seconds: seen.append(phase))
+    assert outcome.status == "ok" and seen == ["sleeping"]
+    worker = json.loads((tmp_path / "job" / "worker.json").read_text())
+    assert worker["parent_pid"] == os.getpid() and worker["pid"] != os.getpid()

@@ -6,6 +6,7 @@ Isolated runs cost ~7-9 s each (torch imports in the child): there are four here
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -44,10 +45,11 @@ def test_nf4_in_process_matches_the_format_registry_and_keeps_fidelity(minilm, t
     assert result.prediction.quality is None and "no accuracy model" in result.prediction.notes[0]
     # saved with save_pretrained: the safetensors file holds the state dict (transformers packs the 4-bit
     # quantization state a little tighter than the live module: measured 1 % smaller)
-    assert result.saved_to and (tmp_path / result.saved_to).joinpath("config.json").is_file()
+    assert result.saved_to and Path(result.saved_to).joinpath("config.json").is_file()
+    assert Path(result.saved_to).parent == Path(result.run_dir) == Path(result.result_path).parent
     assert 0.97 < result.weights_file_bytes / result.weight_bytes <= 1.0
     assert result.disk_bytes > result.weights_file_bytes
-    saved = json.loads((tmp_path / result.job_dir.split("/")[-1] / "result.json").read_text())
+    saved = json.loads(Path(result.result_path).read_text())
     assert saved["status"] == "ok" and saved["comparisons"]
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 1
 
@@ -63,7 +65,7 @@ def test_crashing_candidate_is_a_failed_result(minilm, tmp_path):
     assert result.reason == "crashed: the process was killed by SIGABRT during phase 'evaluate'"
     assert result.peak_rss_bytes > 200 * MIB  # wait4 still reports the child's peak
     assert result.prediction is not None and result.comparisons == []
-    assert json.loads((tmp_path / result.job_dir.split("/")[-2] / "result.json").read_text())["status"] == "failed"
+    assert json.loads(Path(result.result_path).read_text())["status"] == "failed"
 
 
 def test_timeout_and_memory_cap_fail_without_killing_the_caller(minilm, tmp_path):
@@ -85,9 +87,16 @@ def test_cli_run_minilm_nf4_fidelity_json(minilm, tmp_path, capsys):
     assert 0.96 < payload["quality"]["compressed"] < 0.985
     rows = {row["quantity"]: row for row in payload["comparisons"]}
     peak = rows["peak RSS (whole run)"]
-    assert peak["measured"] > 300 and abs(peak["error_pct"]) < 15  # benchmarks/executor_memory.py: 10 %
+    # a sanity bound that holds on any machine: the accuracy target (10 %) is benchmarks/executor_memory.py's
+    assert peak["measured"] > 300 and abs(peak["error_pct"]) < 50
     assert abs(rows["weights (state dict)"]["error_pct"]) < 0.01
     assert [p["name"] for p in payload["phases"]] == ["startup", "load", "evaluate", "speed"]
+    from planner.memory.cpu import cached_machine_profile
+
+    machine = cached_machine_profile()  # measured by the first isolated CPU run here, then cached
+    assert machine is not None and machine.startup_bytes > 50 * MIB
+    startup = payload["phases"][0]["peak_rss_bytes"]  # the probe imports what a run imports
+    assert abs(machine.startup_bytes + machine.bitsandbytes_import_bytes - startup) < 0.25 * startup
     assert payload["environment"]["versions"]["bitsandbytes"]
 
 

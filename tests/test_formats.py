@@ -11,7 +11,8 @@ from planner.models import get_model
 
 ISSUE_FORMATS = ["fp32", "fp16", "bf16", "fp8", "fp8-block", "int8", "nf4", "fp4", "nf4-dq", "fp4-dq", "gptq-int4",
                  "gptq-int8", "awq-int4", "gguf-f16", "gguf-q8_0", "gguf-q6_k", "gguf-q5_k_m", "gguf-q4_k_m",
-                 "gguf-q4_0", "gguf-q3_k_m", "gguf-q2_k", "gguf-iq4_xs", "nvfp4", "mxfp4"]
+                 "gguf-q4_0", "gguf-q3_k_m", "gguf-q2_k", "gguf-iq4_xs", "nvfp4", "mxfp4",
+                 "hqq-int8", "hqq-int4", "hqq-int3", "hqq-int2"]  # HQQ: issue 12
 
 
 def test_registry_has_every_format_of_the_issue():

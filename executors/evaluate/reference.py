@@ -3,7 +3,9 @@
 Two levels: a dict in this process, and a file on disk,
 ``<cache>/references/<model fingerprint>/<evaluator key>.pt`` (see :mod:`executors.paths`). The
 fingerprint changes when the model directory's weights change, so a stale reference is never used.
-Files are written atomically (temp file + rename); a corrupt file is recomputed.
+Files are written atomically (temp file + rename); a corrupt file (truncated, overwritten, CRC
+mismatch: checked without torch by :func:`has_reference`, or failing to load) is deleted and
+recomputed.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ def cached_reference(model_dir: str | os.PathLike, evaluator: Evaluator) -> Refe
         payload = torch.load(path, weights_only=True)
         reference = Reference(value=float(payload["value"]), tensors=dict(payload["tensors"]),
                               facts=dict(payload.get("facts", {})))
-    except (OSError, RuntimeError, KeyError, ValueError, EOFError):
+    except Exception:  # any unreadable payload (truncated zip, unpickling error, wrong keys): recompute
+        path.unlink(missing_ok=True)
         return None
     _MEMORY[key] = reference
     return reference
@@ -69,9 +72,27 @@ def reference_for(model_dir: str | os.PathLike, evaluator: Evaluator,
 
 
 def has_reference(model_dir: str | os.PathLike, evaluator: Evaluator) -> bool:
-    """Whether a reference exists (without loading it, and without importing torch)."""
+    """Whether an intact reference exists (without loading it, and without importing torch). A file
+    that is not an intact archive (torch.save writes a zip whose members carry CRCs) is deleted."""
     path = reference_path(model_dir, evaluator)
-    return (str(path.parent), evaluator.key()) in _MEMORY or path.is_file()
+    if (str(path.parent), evaluator.key()) in _MEMORY:
+        return True
+    if not path.is_file():
+        return False
+    if _intact(path):
+        return True
+    path.unlink(missing_ok=True)
+    return False
+
+
+def _intact(path: Path) -> bool:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError):
+        return False
 
 
 def clear_memory_cache() -> None:

@@ -11,6 +11,8 @@ format, a BERT pooler) runs at ``compute_dtype``.
   (the 64-value quantization block; measured, bitsandbytes 0.50.2: otherwise "N must be divisible by
   block_n" or a reshape error). Other widths are quantized all the same and routed to bitsandbytes'
   dequantize-then-matmul path (``support_avx512bf16_for_cpu = False``); the report lists them.
+- ``hqq-int8`` / ``hqq-int4`` / ``hqq-int3`` / ``hqq-int2`` (group 64, or ``-g32`` / ``-g128``): HQQ's
+  ``HQQLinear`` (:mod:`executors.steps.hqq`), calibration-free, on any device.
 - ``dynamic-int8``: torch dynamic quantization, int8 weights with one scale per output channel
   (``per_channel_dynamic_qconfig``); its kernels take fp32 activations only, so it needs
   ``compute_dtype='fp32'``.
@@ -34,10 +36,11 @@ from torch.nn import functional as F
 from executors._imports import import_bitsandbytes
 from planner.errors import InvalidRequestError, UnsupportedError
 from planner.models.derive import BNB_4BIT_FORMATS
-from planner.strategy import CompressionStrategy, QuantizationSpec
+from planner.strategy import HQQ_FORMATS, CompressionStrategy, QuantizationSpec
 from executors.steps import register_step
 from executors.steps._recorder import Recorder
 from executors.steps.context import StepContext
+from executors.steps.hqq import check_hqq_sites, hqq_linear, is_hqq_format
 from executors.steps.layout import LinearSite, ModelLayout, set_module
 from executors.steps.linears import as_linear, is_dense
 from executors.steps.report import NoEffectError, StepReport
@@ -85,6 +88,7 @@ def quantize(model: nn.Module, spec: QuantizationSpec, context: StepContext,
     rec = Recorder("quantization", spec, model)
     plan = _plan(layout, spec, rec)
     _check_formats(spec, {fmt for _, fmt in plan} | ({spec.embeddings} if spec.embeddings else set()))
+    check_hqq_sites([(site.name, site.module, fmt) for site, fmt in plan])
 
     replaced: set[int] = set()
     counts: dict[str, int] = {}
@@ -175,7 +179,7 @@ def _check_formats(spec: QuantizationSpec, formats: set[str]) -> None:
 
 
 def runnable_formats() -> tuple[str, ...]:
-    return (*DENSE_DTYPES, "int8", *BNB_4BIT_FORMATS, "dynamic-int8")
+    return (*DENSE_DTYPES, "int8", *BNB_4BIT_FORMATS, "dynamic-int8", *HQQ_FORMATS)
 
 
 def _quantized_module(linear: nn.Linear, fmt: str, compute: torch.dtype, device: str) -> tuple[nn.Module, dict]:
@@ -188,6 +192,8 @@ def _quantized_module(linear: nn.Linear, fmt: str, compute: torch.dtype, device:
         return linear, {"dtype": fmt}
     if fmt == "dynamic-int8":
         return _dynamic_int8(linear)
+    if is_hqq_format(fmt):
+        return hqq_linear(linear, fmt, compute, device)
     bnb = _bitsandbytes()
     weight = linear.weight.detach().to(torch.float32)
     bias = linear.bias

@@ -9,6 +9,7 @@ from planner.formats.registry import (
     format_catalog,
     format_names,
     get_format,
+    group_size_variant_names,
     get_kv_dtype,
     list_formats,
 )
@@ -16,5 +17,5 @@ from planner.formats.schema import GGUFRule, GGUFType, KVDtype, WeightFormat
 
 __all__ = [
     "GGUFRule", "GGUFType", "KVDtype", "WeightFormat", "dtype_bytes", "format_catalog", "format_names",
-    "get_format", "get_kv_dtype", "list_formats",
+    "get_format", "group_size_variant_names", "get_kv_dtype", "list_formats",
 ]

@@ -2,6 +2,8 @@
 
 Lookups ignore case, spaces and ``_`` vs ``-`` ("Q4_K_M" finds ``gguf-q4_k_m``). A name that means
 several formats ("int4") is an error listing them; an unknown name is an error with close matches.
+A format with ``group_size_variants`` also answers to ``<name>-g<size>`` for each listed size
+("hqq-int4-g32" = hqq-int4 with groups of 32), a copy that differs only in name and group size.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from planner.formats.schema import FormatCatalog, KVDtype, WeightFormat
 
 SCHEMA_VERSION = 1
 _SEPARATORS = re.compile(r"[\s_]+")
+_GROUP_SUFFIX = re.compile(r"^(?P<base>.+)-g(?P<size>\d+)$")
 
 
 def _key(name: str) -> str:
@@ -50,6 +53,26 @@ def format_names() -> list[str]:
     return list(format_catalog().formats)
 
 
+def group_size_variant_names() -> list[str]:
+    """Names of the group-size variants (``<name>-g<size>``) of the formats that have them."""
+    return [f"{fmt.name}-g{size}" for fmt in format_catalog().formats.values() for size in fmt.group_size_variants]
+
+
+def _group_size_variant(key: str) -> WeightFormat | None:
+    match = _GROUP_SUFFIX.match(key)
+    if match is None:
+        return None
+    base_name = _format_index().get(match["base"])
+    if base_name is None:
+        return None
+    base = format_catalog().formats[base_name]
+    size = int(match["size"])
+    if size not in base.group_size_variants:
+        return None
+    return base.model_copy(update={"name": f"{base.name}-g{size}", "group_size": size, "aliases": (),
+                                   "label": f"{base.label.split(',')[0]}, group {size}"})
+
+
 def get_format(name: str | WeightFormat) -> WeightFormat:
     """The format called ``name`` (canonical name or alias)."""
     if isinstance(name, WeightFormat):
@@ -72,9 +95,13 @@ def _format_by_name(name: str) -> WeightFormat:
             raise InvalidRequestError(f"precision {name!r} is ambiguous: it can mean {options}. Pass one of these names.")
     canonical = _format_index().get(key)
     if canonical is None:
+        variant = _group_size_variant(key)
+        if variant is not None:
+            return variant
         from hardware_db.names import did_you_mean
 
         labels = [label for f in catalog.formats.values() for label in (f.name, *f.aliases)]
+        labels += group_size_variant_names()
         raise UnknownFormatError(f"unknown precision {name!r}.{did_you_mean(name, labels)} "
                                  f"Known formats: {', '.join(format_names())}.")
     return catalog.formats[canonical]

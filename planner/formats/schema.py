@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 ComputeDtype = Literal["fp32", "fp16", "bf16"]
 Feature = Literal["bf16", "fp8", "fp4"]
 GroupLayout = Literal["none", "flat", "input", "tile"]
-Family = Literal["float", "fp8", "bnb", "gptq", "awq", "microscaling", "gguf"]
+Family = Literal["float", "fp8", "bnb", "gptq", "awq", "microscaling", "gguf", "hqq"]
 RuleCondition = Literal[
     "always", "use_more_bits", "first_two_layers", "first_sixteenth", "n_layers_80", "n_experts_8",
     "gqa_ge_4", "model_type_falcon", "not_falcon", "not_falcon_or_more_bits",
@@ -73,6 +73,16 @@ class WeightFormat(_Frozen):
     bytes_per_row: float = Field(0, ge=0)
     bytes_per_input: float = Field(0, ge=0)
     bytes_per_tensor: float = Field(0, ge=0)
+    values_per_word: int = Field(0, ge=0, description="values bit-packed into one storage word along the group "
+                                 "axis (HQQ BitPack); 0 = values take bits/8 bytes each")
+    word_bytes: int = Field(0, ge=0, description="bytes of one packed storage word (with values_per_word)")
+    pads_partial_word: bool = Field(False, description="a group count that is not a multiple of values_per_word "
+                                    "is padded (HQQ 3-bit); otherwise such a tensor cannot be packed")
+    group_meta_values: int = Field(0, ge=0, description="values per group (scale, zero point) stored in the "
+                                   "compute dtype of the run")
+    stores_dtype_name: bool = Field(False, description="per-tensor metadata also holds the compute dtype's torch "
+                                    "name as one byte per character (HQQ encode_safetensor_type)")
+    group_size_variants: tuple[int, ...] = Field((), description="other group sizes, named <name>-g<size>")
     compute_dtype: ComputeDtype
     matmul_dtype: str = Field(description="dtype whose peak TFLOPS the prefill GEMMs run at")
     keep_unquantized: tuple[str, ...] = ()
@@ -104,6 +114,10 @@ class WeightFormat(_Frozen):
             raise ValueError(f"{self.name}: bits is required")
         if self.group_layout != "none" and self.group_size <= 0:
             raise ValueError(f"{self.name}: group_layout {self.group_layout!r} needs a positive group_size")
+        if bool(self.values_per_word) != bool(self.word_bytes):
+            raise ValueError(f"{self.name}: values_per_word and word_bytes go together")
+        if self.group_size_variants and self.group_layout == "none":
+            raise ValueError(f"{self.name}: group_size_variants needs a group_layout")
         if bool(self.nested_group_size) != bool(self.nested_bytes_per_group):
             raise ValueError(f"{self.name}: nested_group_size and nested_bytes_per_group go together")
         unknown = set(self.keep_unquantized) - set(KEEPABLE)

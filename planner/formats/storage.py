@@ -27,21 +27,61 @@ class GroupStorage:
     stored_as: str = ""
 
 
-def linear_bytes(fmt: WeightFormat, out_features: int, in_features: int) -> float:
-    """Bytes of one quantized (out x in) weight matrix in a non-GGUF format (no bias)."""
+# torch's name of each compute dtype: HQQ stores it, one byte per character, in every layer's metadata.
+TORCH_DTYPE_NAMES = {"fp32": "torch.float32", "fp16": "torch.float16", "bf16": "torch.bfloat16"}
+
+
+def group_count(fmt: WeightFormat, out_features: int, in_features: int) -> int:
+    """Quantization groups of one (out x in) weight under ``fmt``'s ``group_layout``."""
     n = out_features * in_features
     g = fmt.group_size
     if fmt.group_layout == "flat":
-        groups = math.ceil(n / g)
-    elif fmt.group_layout == "input":
-        groups = out_features * math.ceil(in_features / g)
-    elif fmt.group_layout == "tile":
-        groups = math.ceil(out_features / g) * math.ceil(in_features / g)
+        return math.ceil(n / g)
+    if fmt.group_layout == "input":
+        return out_features * math.ceil(in_features / g)
+    if fmt.group_layout == "tile":
+        return math.ceil(out_features / g) * math.ceil(in_features / g)
+    return 0
+
+
+def packing_problem(fmt: WeightFormat, out_features: int, in_features: int) -> str | None:
+    """Why ``fmt`` cannot store an (out x in) weight, or None when it can.
+
+    Bit-packed formats (``values_per_word``, HQQ) split the flattened weight into groups of
+    ``group_size`` values (the tensor must divide evenly) and pack ``values_per_word`` groups into one
+    word per column; without ``pads_partial_word`` the group count must divide evenly too
+    (hqq.core.bitpack.BitPack.pack_4bit_u8 / pack_2bit_u8 split the rows in halves / quarters).
+    """
+    if not fmt.values_per_word:
+        return None
+    n = out_features * in_features
+    if n % fmt.group_size:
+        return f"{out_features} x {in_features} = {n:,} values is not a multiple of the group size {fmt.group_size}"
+    groups = n // fmt.group_size
+    if not fmt.pads_partial_word and groups % fmt.values_per_word:
+        return (f"its {groups:,} groups of {fmt.group_size} are not a multiple of {fmt.values_per_word} "
+                f"(values per packed word)")
+    return None
+
+
+def linear_bytes(fmt: WeightFormat, out_features: int, in_features: int, compute_dtype: str | None = None) -> float:
+    """Bytes of one quantized (out x in) weight matrix in a non-GGUF format (no bias).
+
+    ``compute_dtype`` (default: the format's) is the dtype of the per-group values of formats that keep
+    them in the compute dtype (``group_meta_values``, HQQ's scale and zero point).
+    """
+    n = out_features * in_features
+    groups = group_count(fmt, out_features, in_features)
+    if fmt.values_per_word:
+        values = math.ceil(groups / fmt.values_per_word) * fmt.group_size * fmt.word_bytes
     else:
-        groups = 0
+        values = n * fmt.bits / 8
+    meta_dtype = compute_dtype or fmt.compute_dtype
+    per_group = fmt.bytes_per_group + fmt.group_meta_values * dtype_bytes(meta_dtype)
+    per_tensor = fmt.bytes_per_tensor + (len(TORCH_DTYPE_NAMES[meta_dtype]) if fmt.stores_dtype_name else 0)
     nested = math.ceil(groups / fmt.nested_group_size) * fmt.nested_bytes_per_group if fmt.nested_group_size else 0.0
-    return (n * fmt.bits / 8 + groups * fmt.bytes_per_group + nested + out_features * fmt.bytes_per_row
-            + in_features * fmt.bytes_per_input + fmt.bytes_per_tensor)
+    return (values + groups * per_group + nested + out_features * fmt.bytes_per_row
+            + in_features * fmt.bytes_per_input + per_tensor)
 
 
 def gguf_bytes(type_name: str, rows: int, row_length: int) -> tuple[float, str]:
@@ -144,9 +184,10 @@ def _glob_prefix(pattern: str, name: str) -> bool:
 
 
 def group_storage(spec: ModelSpec, fmt: WeightFormat, group: ParamGroup, *,
-                  quantize_lm_head: bool = False) -> GroupStorage:
+                  quantize_lm_head: bool = False, compute_dtype: str | None = None) -> GroupStorage:
     """Bytes of ``group`` when ``spec`` is stored in ``fmt``.
 
+    ``compute_dtype``: the run's compute dtype, for formats whose per-group values follow it (HQQ).
     ``quantize_lm_head`` overrides the format's default of keeping lm_head in 16-bit (Lightning's
     BitsandbytesPrecision converts every ``nn.Linear``, lm_head included).
     """
@@ -159,7 +200,7 @@ def group_storage(spec: ModelSpec, fmt: WeightFormat, group: ParamGroup, *,
         or (spec.quantization_config is not None and _excluded_by_checkpoint(spec, fmt, group))
     if group.kind != "linear" or stays_16bit:
         return GroupStorage(group, False, group.params * element, dtype)
-    per_tensor = linear_bytes(fmt, group.out_features or 0, group.in_features or 0)
+    per_tensor = linear_bytes(fmt, group.out_features or 0, group.in_features or 0, compute_dtype)
     bias = (group.out_features or 0) * element if group.bias else 0.0
     return GroupStorage(group, True, group.count * (per_tensor + bias), fmt.name)
 

@@ -30,11 +30,20 @@ The RSS at each phase's peak is predicted as
   allocator caches); T[path]: the share of the converted tensors' file pages resident at once;
   A: the activations of one forward (:func:`activation_bytes`).
 
-S, B, L, T, E and P are machine- and software-specific, so they are **measured** and kept as data
-in ``planner/data/cpu_profile.toml`` with the command that measured them
-(``benchmarks/cpu_profile.py``, on random-initialised calibration models, not on the models the
-executor benchmark checks). ``path`` is the model kind (causal-lm / encoder) and how the weights are
-held: fp32, bf16, int8-fp32, int8-bf16, 4bit-fp32, 4bit-bf16 (bitsandbytes format - compute dtype).
+S, B, L, T, E and P depend on the machine and its software stack. The part that depends most (the
+interpreter with torch and transformers imported, bitsandbytes' import, what loading any model of a
+kind adds, what a first forward leaves resident: math-library code pages, thread pools, allocator
+caches) is the **machine part**, :class:`MachineProfile`: ``executors.machine_profile`` measures it
+with tiny probe models on the user's machine, once per machine and software stack
+(:func:`machine_key`), and caches it in the user cache (:func:`machine_profile_path`). The remainder
+is the **portable part**, kept as data in ``planner/data/cpu_profile.toml`` with the command that
+measured it (``benchmarks/cpu_profile.py``, on random-initialised calibration models, not on the
+models the executor benchmark checks): L[path] - load[kind], E[path] - forward[kind],
+P[path] - forward[kind], T and the compression-step constants, plus the machine part of the machine
+that measured them (``reference_machine``: used where this machine has not been measured, with a
+warning). :func:`cpu_profile` combines the two. ``path`` is the model kind (causal-lm / encoder) and
+how the weights are held: fp32, bf16, int8-fp32, int8-bf16, 4bit-fp32, 4bit-bf16 (bitsandbytes format
+- compute dtype).
 
 Never imports torch.
 """
@@ -43,14 +52,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from planner._data import read_data_toml
 from planner.errors import InvalidConfigError, UnsupportedError
 from planner.execution import BNB_FORMATS, group_format, load_time_format
-from planner.formats import dtype_bytes, format_names, get_format
+from planner.formats import dtype_bytes, format_names, get_format, group_size_variant_names
 from planner.formats.storage import GroupStorage, group_storage
 from planner.memory.result import GIB, CpuFigures, MemoryEstimate, MemoryTerm, sum_terms
 from planner.models.resolve import get_model
@@ -58,7 +68,11 @@ from planner.models.spec import ModelSpec, ParamGroup
 from planner.strategy import CompressionStrategy, QuantizationSpec
 
 Kind = Literal["causal-lm", "encoder"]
+KINDS: tuple[str, ...] = ("causal-lm", "encoder")
 PROFILE_FILE = "cpu_profile.toml"
+PROFILE_SCHEMA = 2
+MACHINE_SCHEMA = 1
+MACHINE_PACKAGES = ("torch", "transformers", "bitsandbytes", "accelerate", "tokenizers", "safetensors")
 CHECKPOINT_BYTES_PER_PARAM = 4  # float32 checkpoints (both test models; the usual HF upload of small models)
 SAFE_MARGIN = 0.10  # safe bound: +10 %, the benchmark's tolerance
 
@@ -85,43 +99,167 @@ class StepsConstants(BaseModel):
     speed_overhead_bytes: float
 
 
-class CpuProfile(BaseModel):
-    """Measured constants of one machine + software stack (see the module docstring)."""
+class MachineProfile(BaseModel):
+    """The machine-dependent part, measured on one machine and software stack by
+    ``executors.machine_profile`` (see the module docstring); ``key`` says which."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    machine: dict[str, str]
+    schema_version: int = MACHINE_SCHEMA
+    key: dict[str, str]
+    startup_bytes: float = Field(gt=0)
+    bitsandbytes_import_bytes: float = Field(ge=0)
+    load_bytes: dict[str, float]
+    forward_bytes: dict[str, float]
+
+    @model_validator(mode="after")
+    def _every_kind(self) -> "MachineProfile":
+        for name in ("load_bytes", "forward_bytes"):
+            missing = set(KINDS) - set(getattr(self, name))
+            if missing:
+                raise ValueError(f"{name} lacks {sorted(missing)}")
+        return self
+
+
+class PortableProfile(BaseModel):
+    """``cpu_profile.toml``: the constants beyond the machine part (portable), and the machine part of
+    the machine that measured them (used where this machine has not been measured)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
     measured_with: str
     calibration_models: str
-    startup_bytes: float
-    bitsandbytes_import_bytes: float
+    reference_machine: MachineProfile
     paths: dict[str, PathConstants]
     steps: dict[str, StepsConstants]
 
+
+@dataclass(frozen=True)
+class CpuProfile:
+    """The constants a prediction uses: the portable part plus a machine part (this machine's when
+    measured, ``measured_here``; else the reference machine's). Load overheads add the machine's
+    ``load_bytes[kind]``, the evaluate and speed overheads of load-time paths its
+    ``forward_bytes[kind]`` (the first forward happens in the evaluate phase)."""
+
+    portable: PortableProfile
+    machine: MachineProfile
+    measured_here: bool
+
+    @property
+    def startup_bytes(self) -> float:
+        return self.machine.startup_bytes
+
+    @property
+    def bitsandbytes_import_bytes(self) -> float:
+        return self.machine.bitsandbytes_import_bytes
+
+    @property
+    def source(self) -> str:
+        if self.measured_here:
+            return f"machine part measured on this machine ({machine_profile_path()}), portable part: " \
+                   f"{self.portable.measured_with}"
+        return (f"machine part measured on the reference machine ({self.machine.key.get('system', '?')}, "
+                f"torch {self.machine.key.get('torch', '?')}): "
+                f"this one is not measured yet (python -m executors.machine_profile, or any isolated fitplan "
+                f"run, measures it once); portable part: {self.portable.measured_with}")
+
     def steps_constants(self, kind: str) -> StepsConstants:
-        if kind not in self.steps:
+        if kind not in self.portable.steps:
             raise UnsupportedError(f"the CPU profile has no compression-step measurements for {kind!r}; "
                                    f"re-run benchmarks/cpu_profile.py.")
-        return self.steps[kind]
+        residual = self.portable.steps[kind]
+        return residual.model_copy(update={"load_overhead_bytes": residual.load_overhead_bytes
+                                           + self.machine.load_bytes[kind]})
 
     def path(self, kind: str, path: str) -> PathConstants:
         key = f"{kind}.{path}"
-        if key not in self.paths:
+        if key not in self.portable.paths:
             raise UnsupportedError(f"the CPU profile has no measurements for {key!r}; measured: "
-                                   f"{', '.join(sorted(self.paths))}. Re-run benchmarks/cpu_profile.py.")
-        return self.paths[key]
+                                   f"{', '.join(sorted(self.portable.paths))}. Re-run benchmarks/cpu_profile.py.")
+        residual = self.portable.paths[key]
+        forward = self.machine.forward_bytes[kind]
+        return residual.model_copy(update={
+            "load_overhead_bytes": residual.load_overhead_bytes + self.machine.load_bytes[kind],
+            "evaluate_overhead_bytes": residual.evaluate_overhead_bytes + forward,
+            "speed_overhead_bytes": residual.speed_overhead_bytes + forward})
+
+
+def machine_key() -> dict[str, str]:
+    """What the machine part depends on: interpreter, OS and C library, CPU architecture and count,
+    thread settings and the exec packages' versions (read from metadata: imports nothing). Not the
+    kernel release: virtual machines change it on every boot, and it does not move these figures."""
+    return dict(_machine_key())
 
 
 @cache
-def cpu_profile() -> CpuProfile:
-    raw = read_data_toml(PROFILE_FILE, 1)
+def _machine_key() -> dict[str, str]:
+    import importlib.metadata
+    import os
+    import platform
+
+    key = {"python": platform.python_version(), "system": platform.system(), "machine": platform.machine(),
+           "libc": " ".join(platform.libc_ver()), "cpu_count": str(os.cpu_count()),
+           "omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""), "schema": str(MACHINE_SCHEMA)}
+    for name in MACHINE_PACKAGES:
+        try:
+            key[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            key[name] = ""
+    return key
+
+
+def machine_profile_path(key: dict[str, str] | None = None) -> Path:
+    import hashlib
+    import json
+
+    from planner.cache import cache_root
+
+    digest = hashlib.sha256(json.dumps(key or machine_key(), sort_keys=True).encode()).hexdigest()[:16]
+    return cache_root() / "cpu-machine" / f"{digest}.json"
+
+
+def cached_machine_profile() -> MachineProfile | None:
+    """This machine's measured part from the user cache, or None (missing, unreadable, invalid, or
+    measured with another machine key)."""
+    key = machine_key()
+    try:
+        profile = MachineProfile.model_validate_json(machine_profile_path(key).read_text())
+    except (OSError, ValueError):
+        return None
+    return profile if profile.key == key else None
+
+
+def save_machine_profile(profile: MachineProfile) -> Path:
+    """Write ``profile`` to the user cache atomically (temp file + rename)."""
+    import os
+
+    path = machine_profile_path(profile.key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    temporary.write_text(profile.model_dump_json(indent=2))
+    os.replace(temporary, path)
+    return path
+
+
+@cache
+def portable_profile() -> PortableProfile:
+    raw = read_data_toml(PROFILE_FILE, PROFILE_SCHEMA)
     raw.pop("schema_version")
     try:
-        return CpuProfile.model_validate(raw)
+        return PortableProfile.model_validate(raw)
     except ValidationError as error:
         raise InvalidConfigError(f"{PROFILE_FILE} is incomplete or invalid ({error.error_count()} problem(s), first: "
                                  f"{error.errors()[0]['loc']}: {error.errors()[0]['msg']}); regenerate it with "
                                  f"`python benchmarks/cpu_profile.py --write`.") from None
+
+
+def cpu_profile() -> CpuProfile:
+    """The portable data with this machine's measured part when cached, else the reference machine's
+    (read on each call: one small file, so a profile measured meanwhile, by any process, is used)."""
+    portable = portable_profile()
+    measured = cached_machine_profile()
+    return CpuProfile(portable=portable, machine=measured or portable.reference_machine,
+                      measured_here=measured is not None)
 
 
 @dataclass(frozen=True)
@@ -166,7 +304,7 @@ def group_bytes(spec: ModelSpec, fmt_name: str, compute_dtype: str, group: Param
     leaves unquantized (and the biases of quantized Linears) held in ``compute_dtype`` rather than the
     format's default compute dtype (the executors load bitsandbytes models with float32 compute too)."""
     fmt = get_format(fmt_name)
-    stored = group_storage(spec, fmt, group, quantize_lm_head=quantize_lm_head)
+    stored = group_storage(spec, fmt, group, quantize_lm_head=quantize_lm_head, compute_dtype=compute_dtype)
     default = fmt.unquantized_dtype_resolved
     if fmt.family == "float" or compute_dtype == default:
         return stored
@@ -195,7 +333,7 @@ def weights_under(spec: ModelSpec, quantization: QuantizationSpec | None) -> tup
             name = group_format(quantization, group.component, group.kind, layer, spec.num_layers)
             if group.kind == "embedding" and name in BNB_FORMATS:
                 name = compute
-            if name not in format_names():
+            if name not in format_names() and name not in group_size_variant_names():
                 raise UnsupportedError(f"the format registry has no storage record for {name!r}, so the weights "
                                        f"of this strategy cannot be predicted.")
             part = group.model_copy(update={"count": per_layer, "layers": (layer,) if layer is not None else ()})
@@ -428,7 +566,7 @@ def estimate_cpu_process_memory(model: Any, strategy: CompressionStrategy | None
     profile = profile or cpu_profile()
     kind = _kind_of(spec)
     workload = workload or CpuWorkload.default(kind)
-    measured = f"measured: {profile.measured_with}"
+    measured = f"measured: {profile.source}"
     _, remaining = split_load_time_quantization(strategy)
     if remaining.is_identity:
         derived = spec
@@ -448,7 +586,10 @@ def estimate_cpu_process_memory(model: Any, strategy: CompressionStrategy | None
         device_total_gib=peak_gib, safe_gib=peak_gib * (1 + SAFE_MARGIN), breakdown_gib=sum_terms(peak_terms),
         terms=peak_terms,
         assumptions={"device": "cpu", "path": phases.label, "compute_dtype": phases.compute, "peak_phase": peak_phase,
-                     "checkpoint_dtype": "fp32", "profile_machine": profile.machine},
-        warnings=("CPU constants were measured on one machine and software stack (see assumptions."
-                  "profile_machine); other CPUs, allocators or library versions shift them.",),
+                     "checkpoint_dtype": "fp32", "profile_machine": profile.machine.key,
+                     "machine_measured_here": profile.measured_here},
+        warnings=() if profile.measured_here else (
+            "this machine's start-up, loading and first-forward memory is not measured yet: the reference "
+            "machine's is used (see assumptions.profile_machine); python -m executors.machine_profile "
+            "measures it once",),
         peak_phase=peak_phase, cpu=CpuFigures(phases_bytes=totals, weight_bytes=phases.weight_bytes))

@@ -1,7 +1,7 @@
 """A persistent copy of the GPU-independent fit tables, so `fitplan fits` does not rebuild ~2,000 plans
 on every run.
 
-An entry is one ``.npz`` file under ``<user cache>/fit-tables/`` (``planner.user_cache.cache_root``:
+An entry is one ``.npz`` file under ``<user cache>/fit-tables/`` (``planner.cache.cache_root``:
 ``$FITPLAN_CACHE`` or ``~/.cache/fitplan``) holding the table's arrays and, as JSON, its rows and the
 request it answers. Its name is a hash of the request and of the content of every source and data file
 of the ``planner`` package (formulas, formats, engines, the model registry), so any change to the code,
@@ -39,7 +39,7 @@ def enabled() -> bool:
 
 
 def cache_dir() -> Path:
-    from planner.user_cache import cache_root
+    from planner.cache import cache_root
 
     return cache_root() / "fit-tables"
 

@@ -26,9 +26,9 @@ def byte_ids():
 @pytest.fixture(scope="session")
 def _tiny_lm():
     """The core's trained fixture (executors.fixtures, built once into the user cache) and its tokenizer."""
-    from executors.fixtures import TEST_STEPS, ensure_tiny_llm
+    from executors.fixtures import ensure_test_llm
 
-    info = ensure_tiny_llm(TEST_STEPS)
+    info = ensure_test_llm()
     model = transformers.AutoModelForCausalLM.from_pretrained(info.path).eval()
     return model, transformers.AutoTokenizer.from_pretrained(info.path)
 

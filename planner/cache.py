@@ -1,5 +1,6 @@
-"""fitplan's user cache directory: ``$FITPLAN_CACHE`` when set, else ``$XDG_CACHE_HOME/fitplan``, else
-``~/.cache/fitplan``. Nothing in it is needed for correctness: deleting it only costs recomputation."""
+"""Where fitplan keeps files it can recompute: ``$FITPLAN_CACHE`` when set, else
+``$XDG_CACHE_HOME/fitplan``, else ``~/.cache/fitplan``. Deleting it only costs recomputation
+(fixtures, baseline references, this machine's memory profile)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,84 @@
+"""``fitplan report``: HTML (self-contained, rendered in headless Chromium) and Markdown from a study."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from planner.cli import main
+
+REQUIRE_ENV = "FITPLAN_REQUIRE_CHROMIUM"
+LLAMA = "meta-llama/Llama-3.1-8B"
+SEARCH = ["search", LLAMA, "--max-memory-gb", "16", "--max-accuracy-loss", "8", "--gpu", "RTX 4090", "--sampler",
+          "random", "--seed", "0", "--trials", "30", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    storage = f"sqlite:///{root / 'fitplan.db'}"
+    assert main([*SEARCH, "--storage", storage, "--study", "rep", "--out", str(root / "search")]) == 0
+    return root, storage
+
+
+def _chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if found is None:
+        if os.environ.get(REQUIRE_ENV) == "1":
+            pytest.fail(f"Chromium is required here ({REQUIRE_ENV}=1) but is not installed")
+        pytest.skip("no Chromium on this machine (CI installs the distribution's package)")
+    return found
+
+
+def _headless(browser: str, profile: Path) -> list[str]:
+    return [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            f"--user-data-dir={profile}", "--virtual-time-budget=10000"]
+
+
+def test_html_report_renders_in_headless_chromium_without_errors(study, tmp_path, capsys):
+    root, storage = study
+    out = tmp_path / "html"
+    assert main(["report", "--storage", storage, "--study", "rep", "--out", str(out)]) == 0
+    page = out / "report.html"
+    assert f"wrote {page}" in capsys.readouterr().out
+    text = page.read_text()
+    assert "<script src=\"http" not in text and "predictions only" in text  # offline, labelled
+    browser = _chromium()
+    dom = subprocess.run([*_headless(browser, tmp_path / "p1"), "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=180)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    body = re.search(r"<body[^>]*>", dom.stdout).group(0)
+    assert 'data-js-errors=""' in body, body  # the page's error guard caught nothing
+    assert 'data-rendered="yes"' in body, body  # plotly drew the Pareto plot
+    assert 'id="tradeoffs"' in dom.stdout and dom.stdout.count("<tr>") > 10
+    assert "main-svg" in dom.stdout
+    shot = tmp_path / "report.png"
+    result = subprocess.run([*_headless(browser, tmp_path / "p2"), f"--screenshot={shot}", "--window-size=1280,2400",
+                             page.as_uri()], capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+def test_markdown_report_has_every_section_and_its_plot(study, tmp_path):
+    root, storage = study
+    out = tmp_path / "md"
+    assert main(["report", "--storage", storage, "--study", "rep", "--format", "md", "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    for heading in ("## Model analysis", "## Hardware requirements", "## Constraints", "## Ranked trade-offs",
+                    "## Pareto front", "## Predictor quality", "## Recommendation"):
+        assert heading in text
+    assert "FP16 / INT8 / INT4 on NVIDIA GeForce RTX 4090" in text and "Predictions only" in text
+    assert (out / "pareto.png").stat().st_size > 10_000
+
+
+def test_report_mistakes_exit_2(study, tmp_path, capsys):
+    root, storage = study
+    assert main(["report", "--storage", storage, "--study", "rep", "--format", "pdf", "--out", str(tmp_path)]) == 2
+    assert "unknown report format 'pdf'" in capsys.readouterr().err
+    assert main(["report", "--storage", storage, "--study", "nope", "--out", str(tmp_path)]) == 2
+    assert "no study named 'nope'" in capsys.readouterr().err
