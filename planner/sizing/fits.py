@@ -7,8 +7,10 @@ at once by numpy broadcasting.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,7 +23,7 @@ from planner.memory.devices import format_support, resolve_gpu
 from planner.memory.engines import get_engine
 from planner.models.resolve import get_model
 from planner.sizing.recommend import loss_of, needs_hardware, recommended
-from planner.sizing.table import GIB, _cached_table
+from planner.sizing.table import GIB, FitTable, _cached_table
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -103,6 +105,31 @@ def _gpus(gpu: Any) -> list[Accelerator]:
         unique = {acc.name: acc for acc in (resolve_gpu(g) for g in gpu)}
         return list(unique.values())
     raise InvalidRequestError(f"gpu must be a catalog name, a capacity such as '16GB' or a list of them; got {gpu!r}.")
+
+
+@lru_cache(maxsize=32)
+def _fits_table(names: tuple[str, ...], precisions: tuple[str, ...] | None, engine: str, kv_dtype: str | None,
+                context: int, batch: int, gpus: int) -> tuple[FitTable, tuple[str, ...]]:
+    """The GPU-independent table of ``fit_columns`` and its formats: ``precisions``, or the engine's
+    defaults plus the checkpoints' own formats (each computed only for its models). Kept in memory and on
+    disk (``planner.sizing.table_cache``)."""
+    from planner.sizing import table_cache
+
+    def build() -> tuple[FitTable, list[str]]:
+        native = _checkpoint_formats(names, engine) if precisions is None else {}
+        formats = tuple(dict.fromkeys([*(get_format(p).name for p in (precisions or DEFAULT_PRECISIONS[engine])),
+                                       *sorted(set(native.values()))]))
+        defaults = set(DEFAULT_PRECISIONS[engine])
+        only_for = tuple((fmt, tuple(m for m, f in native.items() if f == fmt))
+                         for fmt in sorted(set(native.values())) if fmt not in defaults)
+        return _cached_table(names, formats, engine, kv_dtype, context, batch, only_for=only_for, gpus=gpus), list(formats)
+
+    request = ("fits", list(names), list(precisions) if precisions else None, engine, kv_dtype, context, batch, gpus)
+    # get_model reads a local path before the registry: a file or directory named like a model in the
+    # working directory would make a table the stored one does not describe.
+    local = any(os.path.exists(os.path.expanduser(name)) for name in names)
+    table, formats = build() if local else table_cache.cached(request, build)
+    return table, tuple(formats)
 
 
 def what_fits(gpu: Any, models: Iterable[Any] | None = None, precisions: Iterable[str] | None = None, *,
@@ -205,13 +232,8 @@ def fit_columns(gpu: Any, models: Iterable[Any] | None = None, precisions: Itera
             raise UnsupportedError(f"{fmt.name} is not run by the {profile.name} engine (runs on: "
                                    f"{', '.join(fmt.engines)}); pick another --precision or --engine.")
     names = tuple(dict.fromkeys(_models(models)))
-    native = _checkpoint_formats(names, profile.name) if precisions is None else {}
-    formats = tuple(dict.fromkeys([*(get_format(p).name for p in (precisions or DEFAULT_PRECISIONS[profile.name])),
-                                   *sorted(set(native.values()))]))
-    defaults = set(DEFAULT_PRECISIONS[profile.name])
-    only_for = tuple((fmt, tuple(m for m, f in native.items() if f == fmt))
-                     for fmt in sorted(set(native.values())) if fmt not in defaults)
-    table = _cached_table(names, formats, profile.name, kv_dtype, context, batch, only_for=only_for, gpus=gpus)
+    asked = tuple(get_format(p).name for p in precisions) if precisions else None
+    table, formats = _fits_table(names, asked, profile.name, kv_dtype, context, batch, gpus)
     rows = table.rows
     _reject_invalid_request([r["precision"] for r in rows], [r["error"] for r in rows],
                             explicit=precisions is not None)
@@ -287,21 +309,13 @@ def decode_speed_columns(table, accs: list[Accelerator], formats: tuple[str, ...
     """(G, R) decode tokens/s of the whole batch at ``context`` tokens: the step-time formula of
     ``planner.speed.step`` on every (GPU, row) at once (NaN: bandwidth unknown or the row failed)."""
     from planner.speed.engines import get_speed_engine
-    from planner.speed.model import moe_experts_run
-    from planner.speed.roofline import decode_step_flops
     from planner.speed.step import matmul_peak, step_terms
 
     speed = get_speed_engine(engine)
-    specs = [p.setup.spec if p is not None else None for p in table.prepared]
-    # The split of each row (as planner.speed.model.speed_of): FLOPs / tp, the KV cache of all pp stages.
-    tp = np.array([p.setup.tp if p is not None else 1 for p in table.prepared])
-    pp = np.array([p.setup.pp if p is not None else 1 for p in table.prepared])
-    weights = np.array([r.at(batch) if r is not None else np.nan for r in table.reads])
-    flops = [decode_step_flops(s, context, batch).split(t) if s is not None else None for s, t in zip(specs, tp)]
-    linear = np.array([f.linear if f is not None else np.nan for f in flops])
-    attention = np.array([f.attention if f is not None else np.nan for f in flops])
-    layers = np.array([s.total_layers if s is not None else 0 for s in specs], dtype=float)
-    experts = np.array([moe_experts_run(s, batch) if s is not None else 0.0 for s in specs])
+    inputs = table.decode  # per-row split (tp, pp), weights read, FLOPs / tp, layers, expert runs
+    tp, pp = inputs["tp"], inputs["pp"]
+    weights, linear, attention = inputs["weight_read"], inputs["linear_flops"], inputs["attention_flops"]
+    layers, experts = inputs["layers"], inputs["experts_run"]
     fmts = [get_format(f) for f in formats]
     factors = np.array([speed.kernel_factor(f)[0] for f in fmts])[fmt_index]
     compute = np.array([speed.compute_factor(f)[0] for f in fmts])[fmt_index]

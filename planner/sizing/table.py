@@ -29,17 +29,19 @@ MAX_BATCH = 1_000_000
 
 @dataclass
 class FitTable:
-    """Rows of (model, precision) with per-phase coefficient arrays (bytes)."""
+    """Rows of (model, precision) with per-phase coefficient arrays (bytes). ``reads`` and ``prepared``
+    are None on a table loaded from the disk cache (``planner.sizing.table_cache``), which keeps arrays only."""
 
     rows: list[dict[str, Any]]
     upper: np.ndarray        # (R, K, 5) device-level upper bound (already / vLLM utilization)
     point: np.ndarray        # (R, K, 5) allocated point estimate
     window: np.ndarray       # (R,) sliding window, inf when none
     max_tokens: np.ndarray   # (R,) model max positions, inf when unknown
-    reads: list[ReadBytes | None]
+    reads: list[ReadBytes | None] | None
     kv_per_token: np.ndarray  # (R,) KV bytes per token (full layers; windowed share below)
     kv_window_per_token: np.ndarray
-    prepared: list[PreparedInference | None]
+    prepared: list[PreparedInference | None] | None
+    decode: dict[str, np.ndarray]  # (R,) per-row inputs of the decode speed at the table's context/batch
 
     def basis(self, batch: np.ndarray | float, tokens: np.ndarray | float) -> np.ndarray:
         t = np.asarray(tokens, dtype=float)
@@ -130,6 +132,11 @@ def build_table(specs: list[ModelSpec], precisions: tuple[str, ...], *, engine: 
                             only_for=dict(only_for), gpus=gpus)
     finally:
         if collecting:
+            # The plans built here survive in caches: let them join the oldest generation directly
+            # (freeze + unfreeze moves every tracked object there) rather than be scanned by the next
+            # young-generation pass (~70 ms for a whole-registry table). Nothing is left uncollected.
+            gc.freeze()
+            gc.unfreeze()
             gc.enable()
 
 
@@ -178,4 +185,34 @@ def _build_table(specs: list[ModelSpec], precisions: tuple[str, ...], *, engine:
     point = np.array([p + [padding] * (depth - len(p)) for p in points])
     upper /= np.array(divisors)[:, None, None]
     return FitTable(rows, upper, point, np.array(windows, dtype=float), np.array(limits, dtype=float), reads,
-                    np.array(kv_full), np.array(kv_window), prepared_list)
+                    np.array(kv_full), np.array(kv_window), prepared_list,
+                    _decode_inputs(prepared_list, reads, context, batch))
+
+
+DECODE_INPUTS = ("tp", "pp", "weight_read", "linear_flops", "attention_flops", "layers", "experts_run")
+
+
+def _decode_inputs(prepared: list[PreparedInference | None], reads: list[ReadBytes | None], context: int,
+                   batch: int) -> dict[str, np.ndarray]:
+    """Per-row inputs of ``planner.sizing.fits.decode_speed_columns`` at the table's context and batch
+    (as ``planner.speed.model.speed_of``: FLOPs / tp, weights read at the batch); NaN / 0 for failed rows.
+    Arrays only, so a table can be stored on disk without its prepared plans."""
+    from planner.speed.model import moe_experts_run
+    from planner.speed.roofline import decode_step_flops
+
+    per_spec: dict[tuple[int, int], tuple[float, float, float, float]] = {}
+    out: dict[str, list[float]] = {name: [] for name in DECODE_INPUTS}
+    for p, r in zip(prepared, reads):
+        if p is None:
+            values = (1, 1, math.nan, math.nan, math.nan, 0.0, 0.0)
+        else:
+            spec, tp = p.setup.spec, p.setup.tp
+            key = (id(spec), tp)
+            if key not in per_spec:  # one spec, many precisions: the FLOPs do not depend on the format
+                flops = decode_step_flops(spec, context, batch).split(tp)
+                per_spec[key] = (flops.linear, flops.attention, float(spec.total_layers),
+                                 moe_experts_run(spec, batch))
+            values = (tp, p.setup.pp, r.at(batch), *per_spec[key])
+        for name, value in zip(DECODE_INPUTS, values):
+            out[name].append(value)
+    return {name: np.array(values, dtype=int if name in ("tp", "pp") else float) for name, values in out.items()}
