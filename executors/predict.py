@@ -15,7 +15,6 @@ from planner.memory.result import GIB
 from planner.strategy import CompressionStrategy
 
 MIB = 2**20
-QUALITY_NOTE = "quality is not predicted: fitplan has no accuracy model yet (predicted quality stays None)"
 CPU_SPEED_NOTE = ("CPU latency predicted by planner.speed (one forward over the timed batch: max(weight bytes / "
                   "bandwidth, FLOPs / matmul rate) + per-layer overhead) on this host as probed once by "
                   "hardware_db.probe (cached in ~/.cache/fitplan/host.toml)")
@@ -39,8 +38,9 @@ def predict(result: ExecutionResult, strategy: CompressionStrategy) -> Predictio
     from planner import get_model
 
     spec = get_model(result.model_dir)
-    prediction = Prediction(device=result.device, notes=[QUALITY_NOTE])
+    prediction = Prediction(device=result.device)
     notes = prediction.notes  # appended to below
+    _predict_quality(prediction, result, strategy, spec)
     try:
         prediction.params = derived_params(strategy, spec)
     except FitplanError as error:
@@ -131,6 +131,25 @@ def _predict_gpu(result: ExecutionResult, strategy: CompressionStrategy, spec, p
                             f"batch {workload.evaluate_batch} x {workload.evaluate_seq_len}")
 
 
+def _predict_quality(prediction: Prediction, result: ExecutionResult, strategy: CompressionStrategy, spec) -> None:  # noqa: ANN001
+    """The accuracy model's quality retained (%), on the scale of the evaluator's metric family."""
+    from planner.accuracy import predict_quality
+    from planner.accuracy.metrics import metric_family
+
+    family = metric_family(result.quality.metric) if result.quality is not None else None
+    try:
+        quality = predict_quality(spec, strategy, metric=family or "accuracy")
+    except FitplanError as error:
+        prediction.notes.append(f"quality not predicted: {error}")
+        return
+    prediction.quality = quality.retained_pct
+    prediction.quality_low_pct, prediction.quality_high_pct = quality.low_pct, quality.high_pct
+    prediction.quality_basis = quality.basis
+    scale = family or "accuracy (the evaluator's metric family is unknown)"
+    prediction.notes.append(f"quality: accuracy model, {quality.basis} basis, on the {scale} scale; 80% interval "
+                            f"{quality.low_pct:.1f}-{quality.high_pct:.1f}%")
+
+
 def comparisons(result: ExecutionResult, prediction: Prediction) -> list[Comparison]:
     if result.device == "cpu":
         rows = [compare("peak RSS (whole run)", "MiB", _mib(result.peak_rss_bytes),
@@ -151,8 +170,8 @@ def comparisons(result: ExecutionResult, prediction: Prediction) -> list[Compari
         rows.append(compare("latency per batch", "ms", result.latency.median_ms, prediction.latency_ms))
         rows.append(compare("throughput", "tokens/s", result.latency.tokens_per_s, prediction.tokens_per_s))
     if result.quality is not None:
-        rows.append(compare(f"quality ({result.quality.evaluator})", result.quality.metric,
-                            result.quality.compressed, prediction.quality))
+        rows.append(compare(f"quality retained ({result.quality.evaluator})", "%", result.quality.retained_pct,
+                            prediction.quality))
     return rows
 
 

@@ -72,7 +72,11 @@ class Prediction(_Record):
     phase_peak_bytes: dict[str, int] = Field(default_factory=dict, description="CPU: predicted peak RSS per phase")
     latency_ms: float | None = None
     tokens_per_s: float | None = None
-    quality: float | None = Field(None, description="None until fitplan has an accuracy model")
+    quality: float | None = Field(None, description="predicted quality retained, % of the uncompressed model, on the "
+                                  "evaluator's metric family (planner.accuracy.predict_quality)")
+    quality_low_pct: float | None = Field(None, description="lower end of the 80% interval of quality")
+    quality_high_pct: float | None = Field(None, description="upper end of the 80% interval of quality")
+    quality_basis: str | None = Field(None, description="prior, profile or calibrated")
     notes: list[str] = Field(default_factory=list, description="what was (not) predicted and why")
 
 

@@ -42,7 +42,12 @@ def test_nf4_in_process_matches_the_format_registry_and_keeps_fidelity(minilm, t
     assert 0 < quality.extras["nn_agreement"] <= 1
     assert [p.name for p in result.phases] == ["load", "evaluate", "speed", "save"]  # in-process: no startup
     assert result.latency.batch_size == 32 and result.latency.tokens_per_s > 0
-    assert result.prediction.quality is None and "no accuracy model" in result.prediction.notes[0]
+    # the accuracy model predicts on the evaluator's family (embedding fidelity), with its interval and basis
+    prediction = result.prediction
+    assert prediction.quality_basis == "prior" and prediction.quality_low_pct <= prediction.quality
+    assert prediction.quality <= prediction.quality_high_pct and 50 < prediction.quality < 100
+    row = next(c for c in result.comparisons if c.quantity.startswith("quality retained"))
+    assert row.unit == "%" and row.measured == pytest.approx(quality.retained_pct)
     # saved with save_pretrained: the safetensors file holds the state dict (transformers packs the 4-bit
     # quantization state a little tighter than the live module: measured 1 % smaller)
     assert result.saved_to and Path(result.saved_to).joinpath("config.json").is_file()

@@ -188,7 +188,7 @@ def _number(value: float | None, unit: str) -> str | None:
         return None
     if unit == "count":
         return f"{value:,.0f}"
-    if unit in ("MiB", "ms", "tokens/s"):
+    if unit in ("MiB", "ms", "tokens/s", "%"):
         return f"{value:,.1f}"
     return f"{value:.4g}"
 
