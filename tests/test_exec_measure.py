@@ -78,8 +78,14 @@ def test_real_proc_peak_resets_and_sees_a_spike():
     with meter.phase("quiet") as quiet:
         pass
     with meter.phase("spike") as spike:
-        block = bytearray(64 * MIB)  # zero-filled: resident
-        del block
+        # A fresh anonymous mapping, every page touched, then unmapped: RSS rises and falls whatever the
+        # allocator already holds (a bytearray may reuse free heap pages that are resident already).
+        import mmap
+
+        block = mmap.mmap(-1, 64 * MIB)
+        for offset in range(0, 64 * MIB, 4096):
+            block[offset] = 1
+        block.close()
     assert spike.peak_rss_bytes - spike.rss_end_bytes > 48 * MIB
     assert quiet.peak_rss_bytes - quiet.rss_end_bytes < 16 * MIB
     assert read_status_bytes(("VmRSS",))["VmRSS"] > 0
