@@ -61,3 +61,20 @@ def test_a_broken_plugin_is_one_warning_not_a_crash(monkeypatch, capsys):
                                             (["run"], True), (["--help"], True), ([], True)])
 def test_plugins_are_needed_only_for_other_commands(argv, expected):
     assert cli._needs_plugins(argv) is expected  # noqa: SLF001
+
+
+def test_every_command_and_subcommand_prints_its_help():
+    """``--help`` of every command (plugins included) formats: a '%' in a help string breaks argparse."""
+    import argparse
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> list[str]:
+        parser.format_help()
+        names = [path]
+        for action in parser._actions:  # noqa: SLF001 - argparse keeps subparsers here
+            if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+                for name, sub in action.choices.items():
+                    names += walk(sub, f"{path} {name}")
+        return names
+
+    seen = walk(cli.build_parser(["--help"]), "fitplan")
+    assert {"fitplan plan", "fitplan search", "fitplan run", "fitplan hardware probe", "fitplan report"} <= set(seen)

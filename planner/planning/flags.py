@@ -24,7 +24,7 @@ CONSTRAINT_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "max_memory_gb": ("--max-memory-gb", {"metavar": "GIB", "help": "memory budget per GPU, GiB"}),
     "gpu": ("--gpu", {"metavar": "NAME", "help": "target GPU (catalog name or alias, e.g. 'RTX 4090')"}),
     "gpus": ("--gpus", {"metavar": "N", "help": "GPUs serving one model copy (default 1)"}),
-    "max_accuracy_loss": ("--max-accuracy-loss", {"metavar": "PCT", "help": "max predicted quality loss, %"}),
+    "max_accuracy_loss": ("--max-accuracy-loss", {"metavar": "PCT", "help": "max predicted quality loss, %% of the uncompressed model"}),
     "min_speedup": ("--min-speedup", {"metavar": "X", "help": "min speedup over the bf16/fp16 model"}),
     "speedup_metric": ("--speedup-metric", {"choices": ("decode", "prefill"),
                                             "help": "throughput --min-speedup compares (default decode)"}),
