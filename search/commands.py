@@ -53,7 +53,8 @@ def register_search(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--top", type=int, default=10, metavar="N", help="rows printed (default 10)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_format_flags(parser)
-    parser.set_defaults(func=run_search_command)
+    # Errors of run_search name its keywords; the CLI prints the flag that set each one.
+    parser.set_defaults(func=run_search_command, field_flags={"n_trials": "--trials", "n_jobs": "--jobs"})
 
 
 def register_results(subparsers: argparse._SubParsersAction) -> None:
@@ -82,11 +83,10 @@ def register_report(subparsers: argparse._SubParsersAction) -> None:
 def run_report_command(args: argparse.Namespace) -> int:
     from search.report import write_report
     from search.results import result_from_study
-    from search.storage import open_storage
     from search.study import load_existing
 
     out = _check_out(args.out)
-    study = load_existing(open_storage(args.storage), args.study)
+    study = load_existing(_existing_storage(args.storage), args.study)
     path = write_report(result_from_study(study), out, fmt=args.report_format)
     print(f"wrote {path}")
     return 0
@@ -139,13 +139,25 @@ def run_search_command(args: argparse.Namespace) -> int:
     return 130 if result.interrupted else 0
 
 
+def _existing_storage(storage: str):
+    """Open a storage to read a study from: a SQLite file that does not exist is an error (connecting
+    would create an empty one)."""
+    from planner.errors import InvalidRequestError
+    from search.storage import open_storage, storage_url
+
+    url = storage_url(storage)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).expanduser().is_file():
+        raise InvalidRequestError(f"--storage {storage!r}: no such SQLite file; give the file or URL the search "
+                                  f"wrote (fitplan search --storage).")
+    return open_storage(storage)
+
+
 def run_results_command(args: argparse.Namespace) -> int:
     from search.results import result_from_study
-    from search.storage import open_storage
     from search.study import load_existing
 
     out = _check_out(args.out)
-    study = load_existing(open_storage(args.storage), args.study)
+    study = load_existing(_existing_storage(args.storage), args.study)
     result = result_from_study(study)
     paths = result.write(out) if out is not None else {}
     _print(result, args, paths)

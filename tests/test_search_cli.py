@@ -50,9 +50,10 @@ def test_search_output_fits_80_columns(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["search", *BASE, "--sampler", "nsga3"], "unknown sampler 'nsga3'"),
     (["search", *BASE, "--objectives", "quality_loss,latncy"], "unknown objective 'latncy'"),
-    (["search", *BASE, "--trials", "0"], "n_trials"),
+    (["search", *BASE, "--trials", "0"], "--trials must be between 1"),
     (["search", *BASE, "--storage", "postgresql://nobody@127.0.0.1:1/x"], "cannot reach the study storage"),
-    (["results", "--storage", "sqlite:///{tmp}/none.db", "--study", "nope"], "no study named 'nope'"),
+    (["results", "--storage", "sqlite:///{tmp}/none.db", "--study", "nope"], "no such SQLite file"),
+    (["report", "--storage", "{tmp}/none.db", "--study", "nope", "--out", "{tmp}/r"], "no such SQLite file"),
 ])
 def test_mistakes_are_one_line_and_exit_2(argv, message, tmp_path, capsys):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
