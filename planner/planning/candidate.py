@@ -12,8 +12,11 @@ How a strategy becomes figures:
    format and KV dtype, plus exact weight-byte changes the single-format estimator does not know:
    per-group formats and kept first/last blocks (``planner.formats.storage`` bytes of each tensor in
    its own format) and 2:4 / unstructured storage (``sparse_storage``);
-3. ``planner.accuracy.predict_quality`` on the original model and the strategy;
-4. the limits of ``Constraints`` (``planner.planning.limits``).
+3. ``planner.accuracy.predict_quality`` on the original model and the strategy (corrected by the
+   calibration store's residual model when one is given);
+4. with a calibration store, memory is multiplied by the store's measured/predicted factor for this model
+   family on this device (``CalibrationStore.device_correction``; a note on the candidate says so);
+5. the limits of ``Constraints`` (``planner.planning.limits``).
 
 Speedup is decode (or prefill) tokens/s over the uncompressed model in bf16 (fp16 without bf16) on the
 same GPU count and engine.
@@ -179,6 +182,21 @@ class Evaluator:
             return None
         return mine / ref
 
+    @property
+    def device(self) -> str | None:
+        """Name of the device the figures are for (the constraints' accelerator): calibration records of
+        this device correct memory and latency."""
+        return self.acc.name if self.acc is not None else None
+
+    def device_correction(self, quantity: str):
+        """The calibration store's measured/predicted factor of ``quantity`` ('memory', 'latency') for this
+        model family on this device (None without a store, a device or records)."""
+        if self.calibration is None or self.device is None:
+            return None
+        correction = self.calibration.device_correction(self.spec.model_type, self.device, quantity,
+                                                        self.spec.params.total)
+        return correction if correction.n else None
+
     def predict(self, strategy: CompressionStrategy):
         from planner.accuracy import predict_quality
 
@@ -198,7 +216,14 @@ class Evaluator:
                              violations=(Violation(constraint="hardware", value=None, limit=None, amount=None,
                                                    message=reason),), notes=())
         speedup = self.speedup(figures)
-        row = {"memory_gib": figures.memory_gib, "loss_pct": quality.loss_pct, "speedup": speedup,
+        memory, fits = figures.memory_gib, figures.fits
+        memory_correction = self.device_correction("memory")
+        if memory_correction is not None:
+            memory *= memory_correction.factor
+            if figures.gpus == self.constraints.gpus:
+                fits = memory <= self.constraints.memory_limit_gib()
+            notes.append(memory_correction.note())
+        row = {"memory_gib": memory, "loss_pct": quality.loss_pct, "speedup": speedup,
                "usd_per_hour": figures.usd_per_hour, "usd_per_1m_tokens": figures.usd_per_1m_tokens,
                "tokens_per_s": figures.decode_tok_s}
         violations = []
@@ -211,8 +236,8 @@ class Evaluator:
                                             amount=None if math.isinf(amount) else amount,
                                             message=describe(limit, value, bound)))
         return Candidate(strategy=strategy, summary=strategy.summary(), quality=quality, loss_pct=quality.loss_pct,
-                         params=spec.params.total, memory_gib=figures.memory_gib, weights_gib=figures.weights_gib,
-                         fits=figures.fits, gpus=figures.gpus, gpus_needed=figures.gpus_needed,
+                         params=spec.params.total, memory_gib=memory, weights_gib=figures.weights_gib,
+                         fits=fits, gpus=figures.gpus, gpus_needed=figures.gpus_needed,
                          tokens_per_s=figures.decode_tok_s, prefill_tokens_per_s=figures.prefill_tok_s,
                          speedup=speedup, usd_per_hour=figures.usd_per_hour,
                          usd_per_1m_tokens=figures.usd_per_1m_tokens, supported=True, feasible=not violations,

@@ -1,0 +1,298 @@
+"""The quality residual model: how far measured damage sits from the base prediction, per technique.
+
+For one model family (records of models within ``SIZE_FACTOR`` of the predicted model's size), each part
+``p`` of a strategy, of technique ``t``, predicted on basis ``b`` (``prior``: the published rules;
+``profile``: this model's sensitivity profile) has its log-damage corrected by
+
+    ln d_p  ->  ln d_p + phi_t(p) . w_{t,b}
+
+``phi_t`` are the part's strategy features (an intercept first; one unit spans the usual range):
+
+- quantization: bits ``(b - 4) / 4``, group size ``log2(g / 128) / 3`` (per-channel counts as 1024), one
+  indicator per method of ``accuracy_priors.toml`` (nf, hqq, gptq, llm_int8, ...; round-to-nearest is
+  the reference), averaged over the formats the part stores, weighted by share x prior damage (the most
+  damaging format dominates, as it dominates the part's damage);
+- sparsity (unstructured, N:M): ``logit(level)``, N:M indicator, method indicators (magnitude,
+  sparsegpt; wanda is the reference), recovery ``ln(1 + T/N) / 5`` (fine-tuning tokens per parameter);
+- structure (distillation, heads / ffn / layers pruning): the removed fraction of depth (layers), MLP
+  width, heads, ffn, of a named student's parameters, and the recovery ``ln(1 + T/N) / 5``;
+- low_rank: removed rank fraction ``1 - rank_ratio``, indicators of ``mlp`` / ``attention`` targets.
+
+All ``w_{t,b}`` of a family are the coefficients of one Bayesian linear model (:mod:`.bayes`, unknown
+noise, variational posterior), shrunk towards zero residual (the base prediction) with prior standard deviation
+``tau = sqrt(max(s^2 - sigma0^2, sigma0^2))`` for the intercept, ``tau / 2`` per unit of every other
+feature; ``s`` is the base's own log-spread (the rule's residual scatter for the prior, which is the
+between-model spread of published results; ``PROFILE_SIGMA`` for a profile), ``sigma0 = RESIDUAL_NOISE``
+the prior noise worth ``PRIOR_DOF`` = 4 observations. With no record, the intercept-only predictive
+variance ``sigma0^2 + tau^2`` is the base's ``s^2``. A corrected part's log-spread is the predictive
+t at its features expressed as a normal spread (:meth:`.bayes.Posterior.normal_spread`), never wider than
+the uncorrected part's (far from every measurement the base interval still holds).
+
+Targets. Each record's measured damage ``M`` (latent units: ``-ln(retained/100) / scale`` of its metric
+family, floored at DAMAGE_FLOOR) is compared with the combined damage ``D`` of its base parts, computed
+as ``predict_quality`` computes them today (the record's model's facts; the profile when it is of that
+model): a later change of the priors or a new profile re-bases every record, and a record whose stored
+prediction already included a correction is never corrected twice.
+
+Stacked records (several techniques) are fitted jointly on the sum instead of being dropped: the
+combination rule gives ``ln D(f)`` with every part's log-damage shifted by ``f_p = phi(p) . w``;
+linearised at the current estimate (Gauss-Newton, ``GAUSS_NEWTON_PASSES`` passes),
+``ln M ~ ln D(f0) + sum_p c_p (f_p - f0_p)`` with ``c_p = d ln D / d ln d_p``, the part's share of the
+predicted total (``sum c_p = 1`` up to the interaction rule: D is homogeneous of degree 1 in the parts'
+damages). So a stacked record informs each technique in proportion to its share of the predicted damage,
+and the joint posterior keeps what it cannot tell apart (correlated coefficients) in the intervals,
+rather than pretending one technique alone was off. A single-technique record is exact (``c = 1``).
+
+Weights. ``v = sigma0^2 / (sigma0^2 + (tau_m / M)^2 + pairs * sigma_pair^2)``: ``tau_m`` =
+``MEASUREMENT_NOISE_PP`` points of the retained % in latent units (a near-lossless measurement says little
+about a log-ratio, as the priors weigh rounded rows), ``pairs`` the stacked pairs of the record and
+``sigma_pair`` the combination rule's widening per pair (``accuracy_priors.toml`` [techniques.interaction]).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from planner.accuracy import bayes
+from planner.accuracy.combine import Damage, combine
+from planner.accuracy.parts import ModelFacts, PartDamage, format_damage, format_shares
+from planner.accuracy.priors import Priors
+from planner.accuracy.profile import PROFILE_SIGMA
+
+RESIDUAL_NOISE = 0.25
+"""sigma0: prior scale of a measurement's log-damage around the family's residual function (evaluation on
+a small calibration set and what the linear features miss); the data re-estimate it (worth PRIOR_DOF
+observations)."""
+PRIOR_DOF = 4.0
+SLOPE_SCALE = 0.5
+"""prior sd of a non-intercept coefficient per unit feature, as a share of the intercept's"""
+MEASUREMENT_NOISE_PP = 0.1
+"""resolution of a measured retained %, percentage points"""
+GAUSS_NEWTON_PASSES = 3
+STRUCTURE_AXES = ("depth", "width", "heads", "ffn", "student")
+
+BaseFn = Callable[..., tuple[list[PartDamage], list[str], list[int]]]
+
+
+# ------------------------------------------------------------------------------------------------
+# Features
+# ------------------------------------------------------------------------------------------------
+def feature_names(technique: str, priors: Priors) -> tuple[str, ...]:
+    if technique == "quantization":
+        methods = tuple(m for m in priors.data.quantization["methods"] if m != "rtn")
+        return ("intercept", "bits", "group") + tuple(f"method:{m}" for m in methods)
+    if technique == "sparsity":
+        return ("intercept", "logit_level", "pattern:n:m", "method:magnitude", "method:sparsegpt", "recovery")
+    if technique == "structure":
+        return ("intercept",) + tuple(f"removed:{a}" for a in STRUCTURE_AXES) + ("recovery",)
+    if technique == "low_rank":
+        return ("intercept", "removed_rank", "targets:mlp", "targets:attention")
+    raise ValueError(f"unknown technique {technique!r}")
+
+
+def _format_features(name: str, priors: Priors, methods: tuple[str, ...]) -> np.ndarray:
+    from planner.errors import FitplanError
+    from planner.formats import get_format
+
+    known = priors.quant_format(name)
+    try:
+        registry = get_format(name)
+        bits, group = registry.bits, registry.group_size
+    except FitplanError:
+        bits, group = None, None
+    if bits is None:
+        bits = round(known.qb) if known is not None and known.qb is not None else 4.0
+    group = 1024 if not group else min(group, 1024)
+    method = known.method if known is not None and known.method else "rtn"
+    return np.array([(bits - 4.0) / 4.0, math.log2(group / 128.0) / 3.0]
+                    + [1.0 if method == m else 0.0 for m in methods])
+
+
+def _recovery(tokens: float, facts: ModelFacts) -> float:
+    return math.log1p(tokens / facts.params) / 5.0
+
+
+def part_features(part: PartDamage, strategy: Any, facts: ModelFacts, priors: Priors) -> np.ndarray:
+    """phi_t of one part of ``strategy`` (see the module docstring)."""
+    from planner.accuracy.parts import _recovery_tokens
+
+    technique = part.technique
+    names = feature_names(technique, priors)
+    if technique == "quantization":
+        methods = tuple(n.split(":", 1)[1] for n in names if n.startswith("method:"))
+        total, acc = 0.0, np.zeros(len(names) - 1)
+        for fmt, share in format_shares(strategy.quantization, facts).items():
+            damage = format_damage(fmt, facts, priors, [])
+            if damage is not None and share > 0:
+                weight = share * damage.median
+                acc += weight * _format_features(fmt, priors, methods)
+                total += weight
+        return np.concatenate([[1.0], acc / total if total else acc])
+    if technique == "sparsity":
+        sp = strategy.sparsity
+        level = min(max(sp.level, 1e-3), 1 - 1e-3)
+        return np.array([1.0, math.log(level / (1 - level)), float(":" in sp.pattern),
+                         float(sp.method == "magnitude"), float(sp.method == "sparsegpt"),
+                         _recovery(_recovery_tokens(sp)[0], facts)])
+    if technique == "low_rank":
+        lr = strategy.low_rank
+        return np.array([1.0, 1.0 - lr.rank_ratio, float(lr.targets == "mlp"), float(lr.targets == "attention")])
+    removed = dict.fromkeys(STRUCTURE_AXES, 0.0)
+    tokens = 0.0
+    dist, sp = strategy.distillation, strategy.sparsity
+    if dist is not None and (sp is None or not sp.structured or part.setting == dist.summary()
+                             or part.source.startswith("profile")):
+        tokens = float(dist.steps * dist.batch_size * dist.seq_len)
+        if dist.student:
+            from planner.models import get_model
+
+            kept = min(get_model(dist.student).params.total / facts.params, 1.0)
+            removed["student"] = 1.0 - kept
+        removed["depth"] = 1.0 - (dist.depth_ratio or 1.0)
+        removed["width"] = 1.0 - (dist.width_ratio or 1.0)
+    elif sp is not None:
+        tokens = _recovery_tokens(sp)[0]
+        removed[{"layers": "depth", "heads": "heads", "ffn": "ffn"}[sp.pattern]] = sp.level
+    return np.array([1.0] + [removed[a] for a in STRUCTURE_AXES] + [_recovery(tokens, facts)])
+
+
+# ------------------------------------------------------------------------------------------------
+# Observations and the joint fit
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Observation:
+    """One measured record, ready to fit: its base parts, their blocks and features, ln M, weight."""
+
+    parts: tuple[PartDamage, ...]
+    blocks: tuple[tuple[str, str], ...]
+    features: tuple[np.ndarray, ...]
+    log_measured: float
+    weight: float
+    source: str
+
+
+@dataclass(frozen=True)
+class Block:
+    technique: str
+    basis: str
+    names: tuple[str, ...]
+    start: int
+    n: int
+    """records with a part in this block"""
+    stacked: int
+    """of which stacked (several parts)"""
+
+    @property
+    def slice(self) -> slice:
+        return slice(self.start, self.start + len(self.names))
+
+
+def base_spread(technique: str, basis: str, priors: Priors) -> float:
+    return PROFILE_SIGMA if basis == "profile" else priors.rules[technique].sigma
+
+
+def observation(parts: list[PartDamage], bases: list[str], strategy: Any, facts: ModelFacts, priors: Priors,
+                measured_damage: float, scale: float, source: str) -> Observation:
+    pairs = len(parts) * (len(parts) - 1) / 2
+    tau = MEASUREMENT_NOISE_PP / 100.0 / scale
+    s0 = RESIDUAL_NOISE ** 2
+    weight = s0 / (s0 + (tau / measured_damage) ** 2 + pairs * priors.interaction.sigma_per_pair ** 2)
+    return Observation(tuple(parts), tuple((p.technique, b) for p, b in zip(parts, bases)),
+                       tuple(part_features(p, strategy, facts, priors) for p in parts),
+                       math.log(measured_damage), weight, source)
+
+
+def _log_total(damages: list[Damage], priors: Priors) -> float:
+    return math.log(combine(damages, priors.interaction.gamma, priors.interaction.sigma_per_pair).median)
+
+
+def rescale_parts(parts: list[PartDamage], total: float, priors: Priors) -> list[PartDamage]:
+    """The parts with every log-damage shifted by one amount so that they combine to ``total`` (exact:
+    the combined damage is homogeneous of degree 1 in the parts' damages)."""
+    shift = math.log(total) - _log_total([p.damage for p in parts], priors)
+    return [PartDamage(p.technique, p.setting, Damage(p.damage.mu + shift, p.damage.s), p.n_rows, p.source)
+            for p in parts]
+
+
+@dataclass
+class ResidualModel:
+    """The fitted residual model of one family (see the module docstring)."""
+
+    family: str
+    blocks: dict[tuple[str, str], Block]
+    posterior: bayes.Posterior
+    prior_sd: np.ndarray
+    notes: list[str] = field(default_factory=list)
+    cache: dict = field(default_factory=dict, repr=False)
+    """corrected parts per (facts, basis, part, strategy shape), filled by predict_quality"""
+
+    def correct(self, part: PartDamage, basis: str, phi: np.ndarray) -> tuple[Damage, int] | None:
+        """The corrected damage of a part predicted on ``basis`` (None: no record informs its block)."""
+        block = self.blocks.get((part.technique, basis))
+        if block is None:
+            return None
+        x = np.zeros(len(self.prior_sd))
+        x[block.slice] = phi
+        shift, _ = self.posterior.predict(x)
+        spread = min(self.posterior.normal_spread(x), part.damage.s) if part.damage.s > 0 else \
+            self.posterior.normal_spread(x)
+        return Damage(part.damage.mu + shift, spread), block.n
+
+    def coefficients(self, technique: str, basis: str = "prior") -> dict[str, tuple[float, float]]:
+        """Feature -> (posterior mean, posterior sd) of one block's coefficients."""
+        block = self.blocks[(technique, basis)]
+        sl = block.slice
+        sd = np.sqrt(np.diag(self.posterior.cov)[sl])
+        return {n: (float(m), float(s)) for n, m, s in zip(block.names, self.posterior.mean[sl], sd)}
+
+
+def fit_residual_model(family: str, observations: list[Observation], priors: Priors) -> ResidualModel | None:
+    """The joint posterior of every (technique, basis) block the observations touch."""
+    if not observations:
+        return None
+    order: list[tuple[str, str]] = []
+    counts: dict[tuple[str, str], list[int]] = {}
+    for obs in observations:
+        for key in dict.fromkeys(obs.blocks):
+            if key not in counts:
+                order.append(key)
+                counts[key] = [0, 0]
+            counts[key][0] += 1
+            counts[key][1] += len(obs.parts) > 1
+    blocks, sds, start = {}, [], 0
+    for technique, basis in order:
+        names = feature_names(technique, priors)
+        blocks[(technique, basis)] = Block(technique, basis, names, start, *counts[(technique, basis)])
+        spread = base_spread(technique, basis, priors)
+        tau = math.sqrt(max(spread ** 2 - RESIDUAL_NOISE ** 2, RESIDUAL_NOISE ** 2))
+        sds.extend([tau] + [tau * SLOPE_SCALE] * (len(names) - 1))
+        start += len(names)
+    prior_sd = np.array(sds)
+    weights = np.array([o.weight for o in observations])
+    w = np.zeros(start)
+    stacked = any(len(o.parts) > 1 for o in observations)
+    posterior = None
+    for _ in range(GAUSS_NEWTON_PASSES if stacked else 1):
+        X, y = np.zeros((len(observations), start)), np.zeros(len(observations))
+        for i, obs in enumerate(observations):
+            slices = [blocks[key].slice for key in obs.blocks]
+            shifts = [float(phi @ w[sl]) for phi, sl in zip(obs.features, slices)]
+            damages = [Damage(p.damage.mu + f, p.damage.s) for p, f in zip(obs.parts, shifts)]
+            log_total = _log_total(damages, priors)
+            if len(damages) == 1:
+                shares = [1.0]
+            else:
+                eps = 1e-4
+                shares = [(_log_total(damages[:j] + [Damage(d.mu + eps, d.s)] + damages[j + 1:], priors)
+                           - log_total) / eps for j, d in enumerate(damages)]
+            for c, phi, sl in zip(shares, obs.features, slices):
+                X[i, sl] += c * phi
+            y[i] = obs.log_measured - log_total + sum(c * f for c, f in zip(shares, shifts))
+        posterior = bayes.fit(X, y, weights, prior_sd, RESIDUAL_NOISE, PRIOR_DOF)
+        w = posterior.mean
+    assert posterior is not None
+    return ResidualModel(family, blocks, posterior, prior_sd)
