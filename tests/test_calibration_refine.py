@@ -120,6 +120,9 @@ def test_stacked_records_inform_each_technique(spec):
         calibrated = predict_quality(spec, quant(fmt), metric="perplexity", calibration=store)
         assert calibrated.basis == "calibrated" and log_width(calibrated) < 0.5 * log_width(prior)
         assert log_error(spec, calibrated, quant(fmt)) < 0.5 * log_error(spec, prior, quant(fmt))
+    both = predict_quality(spec, CompressionStrategy(quantization=QuantizationSpec(weights="nf4"), sparsity=sparse),
+                           calibration=store)
+    assert [p.n_measurements for p in both.parts] == [24, 12] and both.n_measurements == 24  # distinct records
     sparsity_alone = predict_quality(spec, CompressionStrategy(sparsity=sparse), metric="perplexity", calibration=store)
     assert log_error(spec, sparsity_alone, CompressionStrategy(sparsity=sparse)) < 0.2
 

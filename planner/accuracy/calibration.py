@@ -172,9 +172,12 @@ def _prior_prediction(model_dir: str, strategy: dict, metric: str | None,
         return None
 
 
-def record_from_result(payload: dict, source: str, specs: dict[str, Any] | None = None) -> CalibrationRecord | None:
-    """A record from one executors results.jsonl line (None for a failed or unmeasured run). Without a
-    recorded prediction, today's prior prediction is used (``prediction_source="recomputed"``)."""
+def record_from_result(payload: dict, source: str, specs: dict[str, Any] | None = None, *,
+                       device: str | None = None) -> CalibrationRecord | None:
+    """A record from one executors result (a results.jsonl line or a run's result.json; None for a failed or
+    unmeasured run). Without a recorded prediction, today's prior prediction is used
+    (``prediction_source="recomputed"``). ``device``: the name device corrections match on (e.g.
+    ``Evaluator.device``); default the executor's device string ('cpu', 'cuda:0')."""
     quality = payload.get("quality") or {}
     if payload.get("status") != "ok" or not quality.get("retained_pct"):
         return None
@@ -191,7 +194,7 @@ def record_from_result(payload: dict, source: str, specs: dict[str, Any] | None 
         params=payload.get("params_baseline"), evaluator=str(quality.get("evaluator")),
         metric=str(quality.get("metric")), metric_family=metric,
         measured_retained_pct=float(quality["retained_pct"]), predicted_retained_pct=predicted,
-        prediction_source=how if predicted is not None else None, device=payload.get("device"),
+        prediction_source=how if predicted is not None else None, device=device or payload.get("device"),
         measured_memory_bytes=payload.get("peak_rss_bytes") or payload.get("cuda_peak_allocated_bytes"),
         measured_latency_ms=latency.get("median_ms"), source=source,
         predicted_memory_bytes=prediction.get("peak_memory_bytes") or None,
@@ -297,7 +300,7 @@ class CalibrationStore:
         from planner.accuracy.residual import fit_residual_model, observation
         from planner.strategy import CompressionStrategy
 
-        key = (facts.family, facts.params, id(profile), id(priors))
+        key = (facts.family, facts.params, facts.tokens_per_param, id(profile), id(priors))
         if key in self._models:
             return self._models[key]
         observations, notes = [], []

@@ -1,14 +1,16 @@
 """``predict_quality``: predicted quality retained of a compressed model, with interval and basis.
 
-Three bases, in order of preference:
+Three bases:
 
+- **prior**: the published-data rules of :mod:`.priors`;
 - **profile**: a :class:`SensitivityProfile` of this model is given and covers the strategy's
-  quantization / sparsity / depth options: the damage is the sum of the profile's measured
+  quantization / sparsity / depth options: that part's damage is the sum of the profile's measured
   per-(block, group) effects; parts the profile does not cover come from the priors (noted);
-- **calibrated**: a :class:`CalibrationStore` holds measured results of the same model family for a
-  technique of the strategy: that technique's prior is corrected (see :mod:`.calibration`);
-- **prior**: the published-data rules of :mod:`.priors`.
+- **calibrated**: a :class:`CalibrationStore` holds measured runs of the same model family: each part
+  (prior or profile) whose technique the records inform is corrected by the residual model of
+  :mod:`.residual` (a Bayesian linear model on the part's strategy features), with its interval.
 
+The prediction's basis is the most informed of its parts' (calibrated, then profile, then prior).
 Parts combine by :func:`planner.accuracy.combine.combine` (additive in log-quality + interaction term,
 wider interval for stacked parts). Work that depends only on the model or on one part is cached, so a
 call costs tens of microseconds once a model's facts are known.
@@ -217,10 +219,12 @@ def base_parts(spec, strategy: CompressionStrategy, facts: ModelFacts, priors: P
     return parts, bases, ns
 
 
-def _base_for(priors: Priors, profile: SensitivityProfile | None):
-    """``base(spec, strategy, use_profile) -> (parts, bases, facts)`` for the calibration store's fit."""
+def _base_for(priors: Priors, profile: SensitivityProfile | None, query=None, query_facts: ModelFacts | None = None):
+    """``base(spec, strategy, use_profile) -> (parts, bases, facts)`` for the calibration store's fit (a record
+    of the predicted model itself uses the prediction's facts, e.g. its training_tokens)."""
     def base(spec, strategy, use_profile):
-        facts = _facts(spec, priors, None)
+        same = query is not None and (spec.name, spec.params.total) == (query.name, query.params.total)
+        facts = query_facts if same and query_facts is not None else _facts(spec, priors, None)
         parts, bases, _ = base_parts(spec, strategy, facts, priors, profile if use_profile else None, [])
         return parts, bases, facts
     return base
@@ -233,17 +237,19 @@ def residual_model_for(spec: "ModelSpec | str", calibration: CalibrationStore, *
 
     priors = priors or load_priors()
     spec = get_model(spec) if isinstance(spec, str) else spec
-    return calibration.residual_model(spec, _facts(spec, priors, None), _base_for(priors, profile), priors, profile)
+    facts = _facts(spec, priors, None)
+    return calibration.residual_model(spec, facts, _base_for(priors, profile, spec, facts), priors, profile)
 
 
 def _calibrate(spec, strategy: CompressionStrategy, facts: ModelFacts, priors: Priors,
                profile: SensitivityProfile | None, calibration: CalibrationStore, parts: list[PartDamage],
-               bases: list[str], ns: list[int], notes: list[str]) -> None:
-    """Correct each part whose (technique, basis) the store's residual model covers, in place."""
+               bases: list[str], ns: list[int], notes: list[str]) -> int | None:
+    """Correct each part whose (technique, basis) the store's residual model covers, in place; returns the
+    number of distinct records behind the corrections (None: nothing corrected)."""
     from planner.accuracy.residual import part_features
 
-    model = calibration.residual_model(spec, facts, _base_for(priors, profile), priors, profile)
-    applied = []
+    model = calibration.residual_model(spec, facts, _base_for(priors, profile, spec, facts), priors, profile)
+    applied, blocks = [], []
     if model is not None:
         notes.extend(model.notes)
         shape = tuple(tuple(x.__dict__.values()) if x is not None else None for x in
@@ -261,6 +267,7 @@ def _calibrate(spec, strategy: CompressionStrategy, facts: ModelFacts, priors: P
             parts[i] = corrected[0]
             n = parts[i].n_rows
             applied.append(f"{p.technique} ({bases[i]}, n={n})")
+            blocks.append((p.technique, bases[i]))
             bases[i] = "calibrated"
             ns[i] = n
     others = sorted(calibration.families - {facts.family})
@@ -269,14 +276,15 @@ def _calibrate(spec, strategy: CompressionStrategy, facts: ModelFacts, priors: P
                      f"to {facts.family}.")
     if applied:
         notes.append(f"calibrated by measured {facts.family} runs: {', '.join(applied)} (residual model).")
+        return model.records_behind(blocks)
+    same = [r for r in calibration.records if r.family == facts.family]
+    if same:
+        far = sum(not calibration.comparable(r, facts.family, facts.params) for r in same)
+        notes.append(f"calibration store: {len(same)} {facts.family} records ({far} from models more than 8x "
+                     "smaller or larger than this one), none usable for these techniques: not applied.")
     else:
-        same = [r for r in calibration.records if r.family == facts.family]
-        if same:
-            far = sum(not calibration.comparable(r, facts.family, facts.params) for r in same)
-            notes.append(f"calibration store: {len(same)} {facts.family} records ({far} from models more than 8x "
-                         "smaller or larger than this one), none usable for these techniques: not applied.")
-        else:
-            notes.append(f"calibration store has no measured {facts.family} records: not applied.")
+        notes.append(f"calibration store has no measured {facts.family} records: not applied.")
+    return None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -325,8 +333,9 @@ def predict_quality(spec: "ModelSpec | str", strategy: CompressionStrategy, *, p
             retained_pct=100.0, low_pct=100.0, high_pct=100.0, basis="prior", n_measurements=0, metric=metric,
             parts=(), interaction_pct=0.0, notes=("uncompressed: nothing to predict.",))
     parts, bases, ns = base_parts(spec, strategy, facts, priors, profile, notes)
+    records = None
     if calibration is not None:
-        _calibrate(spec, strategy, facts, priors, profile, calibration, parts, bases, ns, notes)
+        records = _calibrate(spec, strategy, facts, priors, profile, calibration, parts, bases, ns, notes)
 
     quality_parts = tuple(_to_part(p, scale, b, n) for p, b, n in zip(parts, bases, ns))
     interaction = priors.interaction
@@ -337,6 +346,6 @@ def predict_quality(spec: "ModelSpec | str", strategy: CompressionStrategy, *, p
     return QualityPrediction.model_construct(
         retained_pct=retained, low_pct=retained_from_damage(total.high, scale),
         high_pct=retained_from_damage(total.low, scale), basis=basis,
-        n_measurements=sum(n for n, b in zip(ns, bases) if b == basis) if parts else 0,
+        n_measurements=records if basis == "calibrated" else sum(n for n, b in zip(ns, bases) if b == basis),
         metric=metric, parts=quality_parts, interaction_pct=no_interaction - retained,
         notes=tuple(dict.fromkeys(notes)))

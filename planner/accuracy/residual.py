@@ -185,6 +185,8 @@ class Block:
     """records with a part in this block"""
     stacked: int
     """of which stacked (several parts)"""
+    records: frozenset[int]
+    """indices of those observations"""
 
     @property
     def slice(self) -> slice:
@@ -242,6 +244,10 @@ class ResidualModel:
             self.posterior.normal_spread(x)
         return Damage(part.damage.mu + shift, spread), block.n
 
+    def records_behind(self, keys: list[tuple[str, str]]) -> int:
+        """Distinct records informing any of these (technique, basis) blocks."""
+        return len(frozenset().union(*(self.blocks[k].records for k in keys if k in self.blocks)))
+
     def coefficients(self, technique: str, basis: str = "prior") -> dict[str, tuple[float, float]]:
         """Feature -> (posterior mean, posterior sd) of one block's coefficients."""
         block = self.blocks[(technique, basis)]
@@ -254,19 +260,17 @@ def fit_residual_model(family: str, observations: list[Observation], priors: Pri
     """The joint posterior of every (technique, basis) block the observations touch."""
     if not observations:
         return None
-    order: list[tuple[str, str]] = []
-    counts: dict[tuple[str, str], list[int]] = {}
-    for obs in observations:
+    members: dict[tuple[str, str], list[int]] = {}
+    for i, obs in enumerate(observations):
         for key in dict.fromkeys(obs.blocks):
-            if key not in counts:
-                order.append(key)
-                counts[key] = [0, 0]
-            counts[key][0] += 1
-            counts[key][1] += len(obs.parts) > 1
+            members.setdefault(key, []).append(i)
+    order = list(members)
     blocks, sds, start = {}, [], 0
     for technique, basis in order:
         names = feature_names(technique, priors)
-        blocks[(technique, basis)] = Block(technique, basis, names, start, *counts[(technique, basis)])
+        rows = members[(technique, basis)]
+        blocks[(technique, basis)] = Block(technique, basis, names, start, len(rows),
+                                           sum(len(observations[i].parts) > 1 for i in rows), frozenset(rows))
         spread = base_spread(technique, basis, priors)
         tau = math.sqrt(max(spread ** 2 - RESIDUAL_NOISE ** 2, RESIDUAL_NOISE ** 2))
         sds.extend([tau] + [tau * SLOPE_SCALE] * (len(names) - 1))
