@@ -157,19 +157,28 @@ def test_profile_parts_are_calibrated_against_the_profile(spec):
 
 
 def test_bayes_posterior_is_the_fixed_point_of_its_updates():
-    # one intercept, prior sd tau: the posterior mean is the precision-weighted mean at the fitted noise
     import numpy as np
 
     y = np.array([0.4, 0.6, 0.5])
-    post = bayes.fit(np.ones((3, 1)), y, np.ones(3), np.array([0.5]), 0.25)
+    ones = np.ones((3, 1))
+    # Gaussian prior, exact measurements: the precision-weighted mean at the fitted noise
+    post = bayes.fit(ones, y, np.zeros(3), np.array([0.5]), 0.25, prior_dof=math.inf)
     precision = 3 / post.sigma2 + 1 / 0.5 ** 2
     assert post.mean[0] == pytest.approx(3 / post.sigma2 / precision * y.mean())
     assert post.cov[0, 0] == pytest.approx(1 / precision)
     expected_s2 = (4 * 0.25 ** 2 + float(((y - post.mean[0]) ** 2).sum()) + 3 * post.cov[0, 0]) / 7
-    assert post.sigma2 == pytest.approx(expected_s2, rel=1e-4) and post.dof == 7
-    more = bayes.fit(np.ones((30, 1)), np.resize(y, 30), np.ones(30), np.array([0.5]), 0.25)
+    assert post.sigma2 == pytest.approx(expected_s2, rel=1e-4) and post.dof == pytest.approx(7)
+    more = bayes.fit(np.ones((30, 1)), np.resize(y, 30), np.zeros(30), np.array([0.5]), 0.25)
     assert more.predict(np.ones(1), noise=False)[1] < post.predict(np.ones(1), noise=False)[1]
     assert more.normal_spread(np.ones(1)) < post.normal_spread(np.ones(1))
+    # consistent evidence far outside the prior: the Student-t prior lets it through, a Gaussian holds it back
+    far = y + 3.0
+    robust = bayes.fit(ones, far, np.zeros(3), np.array([0.5]), 0.25)
+    gaussian = bayes.fit(ones, far, np.zeros(3), np.array([0.5]), 0.25, prior_dof=math.inf)
+    assert robust.mean[0] > 3.0 and robust.mean[0] > gaussian.mean[0] + 0.5
+    # a measurement with a huge known variance hardly counts
+    noisy = bayes.fit(np.ones((4, 1)), np.append(y, 10.0), np.array([0, 0, 0, 100.0]), np.array([0.5]), 0.25)
+    assert noisy.mean[0] == pytest.approx(bayes.fit(ones, y, np.zeros(3), np.array([0.5]), 0.25).mean[0], abs=0.05)
 
 
 # -- device corrections -------------------------------------------------------------------------------
@@ -229,3 +238,31 @@ def test_predictor_agreement_figures():
         predictor_agreement([1.0, 2.0], [1.0])
     with pytest.raises(InvalidRequestError, match="both low and high"):
         predictor_agreement([1.0], [1.0], low=[0.5])
+
+
+# -- real measurements ----------------------------------------------------------------------------------
+def _benchmark():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "calibration_refine.py"
+    module_spec = importlib.util.spec_from_file_location("calibration_refine", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def test_real_runs_are_predicted_better_once_the_others_calibrate(tmp_path):
+    """Executed runs of MiniLM (fidelity) and the tiny causal LM (perplexity) shipped as records: each held
+    out in turn is predicted better from the other runs of its model than from the priors alone."""
+    bench = _benchmark()
+    records = bench.load_records(bench.RECORDS)
+    families = {r.family for r in records}
+    assert families == {"bert", "llama"} and len(records) >= 30
+    for family in families:
+        runs = [r for r in records if r.family == family]
+        figures = bench.quality_figures(runs)
+        prior, calibrated = bench.agreement(figures["prior"]), bench.agreement(figures["loo"])
+        assert all(p.basis == "calibrated" for _, p in figures["loo"])
+        assert calibrated.mae < 0.7 * prior.mae
+        assert calibrated.spearman > prior.spearman - 0.05

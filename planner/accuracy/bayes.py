@@ -1,23 +1,30 @@
-"""Bayesian linear regression with unknown noise, shrunk towards zero (the calibration corrections).
+"""Robust Bayesian linear regression, shrunk towards zero (the calibration corrections).
 
-Model (Bishop, *Pattern Recognition and Machine Learning*, 2006, sections 3.3 and 10.3; Drugowitsch,
-"Variational Bayesian inference for linear and logistic regression", arXiv:1310.5438, 2013):
+Model:
 
-    y_i = x_i . w + e_i,       e_i ~ N(0, sigma^2 / v_i)       (v_i in (0, 1]: known precision weight)
-    w ~ N(0, diag(prior_sd^2)),    sigma^2 ~ Scaled-Inv-chi^2(nu0, sigma0^2)
+    y_i = x_i . w + e_i,        e_i ~ N(0, sigma^2 + m_i^2)       (m_i: known measurement spread of y_i)
+    w_j ~ Student-t_nu(0, tau_j),     sigma^2 ~ Scaled-Inv-chi^2(nu0, sigma0^2)
 
-The prior mean is zero: no correction until measurements say otherwise. The prior on w does not scale
-with the noise (unlike the conjugate Normal-Inverse-Gamma prior, where learning that measurements are
-precise would also shrink how far an unmeasured setting may sit from the base). The posterior is the
-mean-field variational solution q(w) q(sigma^2), iterated to its fixed point:
+The prior mean is zero: no correction until measurements say otherwise. The Student-t prior (a Gaussian
+scale mixture, ``w_j | l_j ~ N(0, l_j)``, ``l_j ~ Inv-Gamma(nu/2, nu tau_j^2 / 2)``; Bishop, *Pattern
+Recognition and Machine Learning*, 2006, section 2.3.7) shrinks weak evidence towards zero like a
+Gaussian of scale ``tau_j`` but lets consistent evidence move a coefficient far from it (a model far
+outside the published data, e.g. a barely trained toy model that quantization does not hurt), where a
+Gaussian prior would keep pulling it back. The prior on w does not scale with the noise.
 
-    Sn = (S0^-1 + X' V X / s2)^-1,    mn = Sn X' V y / s2,
-    s2 = (nu0 sigma0^2 + sum v_i (y_i - x_i . mn)^2 + tr(X' V X Sn)) / (nu0 + sum v_i)
+Fitted by the EM fixed point of the scale mixture (Tipping, "Sparse Bayesian learning and the relevance
+vector machine", JMLR 2001, with a proper prior on each scale) and a moment update of sigma^2 in which an
+observation counts in proportion to the share of its variance that is not measurement noise (as the
+priors' ``fit_rule`` does):
 
-(``s2`` = 1 / E[1/sigma^2]; weights count as fractional observations). The predictive distribution of a
-new observation at ``x`` (weight 1) is taken as Student's t with ``nu0 + sum v_i`` degrees of freedom,
-location ``x . mn`` and scale ``sqrt(s2 + x' Sn x)``: it narrows as observations accumulate (Sn shrinks,
-the t tails thin) and widens away from the observed x (the leverage term ``x' Sn x``).
+    p_i = 1 / (s2 + m_i^2),   Sn = (diag(1/l) + X' P X)^-1,   mn = Sn X' P y
+    l_j = (nu tau_j^2 + mn_j^2 + Sn_jj) / (nu + 1)
+    s2  = (nu0 sigma0^2 + sum u_i max(r_i^2 + x_i' Sn x_i - m_i^2, 0)) / (nu0 + sum u_i),  u_i = s2 p_i
+
+The predictive distribution of a new observation at ``x`` (no measurement noise) is taken as Student's t
+with ``nu0 + sum u_i`` degrees of freedom, location ``x . mn`` and scale ``sqrt(s2 + x' Sn x)``: it narrows
+as observations accumulate (Sn shrinks, the t tails thin) and widens away from the observed x (the
+leverage term ``x' Sn x``).
 """
 
 from __future__ import annotations
@@ -54,27 +61,28 @@ class Posterior:
         return self.predict(x)[1] * t90(self.dof) / Z80
 
 
-def fit(X: np.ndarray, y: np.ndarray, weights: np.ndarray, prior_sd: np.ndarray, sigma0: float,
-        nu0: float = 4.0, iterations: int = 50) -> Posterior:
-    """Posterior of the model above for design ``X`` (n x p), targets ``y``, precision weights ``weights``,
-    coefficient prior standard deviations ``prior_sd`` (p), prior noise scale ``sigma0`` worth ``nu0``
-    observations."""
-    prior_sd = np.asarray(prior_sd, dtype=float)
-    precision0 = np.diag(1.0 / prior_sd ** 2)
-    y, v = np.asarray(y, dtype=float), np.asarray(weights, dtype=float)
-    X = np.asarray(X, dtype=float).reshape(len(y), len(prior_sd))
-    XtV = X.T * v
-    gram, moment = XtV @ X, XtV @ y
-    dof = nu0 + float(v.sum())
-    s2 = sigma0 ** 2
+def fit(X: np.ndarray, y: np.ndarray, measurement_var: np.ndarray, prior_sd: np.ndarray, sigma0: float,
+        nu0: float = 4.0, prior_dof: float = 2.0, iterations: int = 100) -> Posterior:
+    """Posterior of the model above for design ``X`` (n x p), targets ``y``, known measurement variances
+    ``measurement_var`` (m_i^2), coefficient prior scales ``prior_sd`` (tau, p), prior noise scale ``sigma0``
+    worth ``nu0`` observations and prior degrees of freedom ``prior_dof`` (nu; inf = Gaussian prior)."""
+    tau2 = np.asarray(prior_sd, dtype=float) ** 2
+    y, m2 = np.asarray(y, dtype=float), np.asarray(measurement_var, dtype=float)
+    X = np.asarray(X, dtype=float).reshape(len(y), len(tau2))
+    scales, s2 = tau2.copy(), sigma0 ** 2
     for _ in range(iterations):
-        cov = np.linalg.inv(precision0 + gram / s2)
-        mean = cov @ moment / s2
-        residual = y - X @ mean
-        new = (nu0 * sigma0 ** 2 + float(v @ residual ** 2) + float(np.trace(gram @ cov))) / dof
-        converged = abs(new - s2) < 1e-10 + 1e-6 * s2
+        p = 1.0 / (s2 + m2)
+        cov = np.linalg.inv(np.diag(1.0 / scales) + (X.T * p) @ X)
+        mean = cov @ (X.T @ (p * y))
+        if math.isfinite(prior_dof):
+            scales = (prior_dof * tau2 + mean ** 2 + np.diag(cov)) / (prior_dof + 1.0)
+        expected = (y - X @ mean) ** 2 + np.einsum("ij,jk,ik->i", X, cov, X)
+        u = s2 * p
+        new = (nu0 * sigma0 ** 2 + float(u @ np.maximum(expected - m2, 0.0))) / (nu0 + float(u.sum()))
+        converged = abs(new - s2) < 1e-9 + 1e-6 * s2
         s2 = new
         if converged:
             break
-    cov = np.linalg.inv(precision0 + gram / s2)
-    return Posterior(mean=cov @ moment / s2, cov=cov, sigma2=s2, dof=dof, n=len(y))
+    p = 1.0 / (s2 + m2)
+    cov = np.linalg.inv(np.diag(1.0 / scales) + (X.T * p) @ X)
+    return Posterior(mean=cov @ (X.T @ (p * y)), cov=cov, sigma2=s2, dof=nu0 + float((s2 * p).sum()), n=len(y))

@@ -373,7 +373,7 @@ class CalibrationStore:
                         else (r.measured_latency_ms, r.predicted_latency_ms))
                 if pair[0] and pair[1] and pair[0] > 0:
                     ratios.append(math.log(pair[0] / pair[1]))
-            posterior = bayes.fit(np.ones((len(ratios), 1)), np.array(ratios), np.ones(len(ratios)),
+            posterior = bayes.fit(np.ones((len(ratios), 1)), np.array(ratios), np.zeros(len(ratios)),
                                   np.array([DEVICE_PRIOR_SD[quantity]]), DEVICE_NOISE[quantity])
             x = np.ones(1)
             self._models[key] = DeviceCorrection(

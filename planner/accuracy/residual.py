@@ -67,7 +67,10 @@ RESIDUAL_NOISE = 0.25
 """sigma0: prior scale of a measurement's log-damage around the family's residual function (evaluation on
 a small calibration set and what the linear features miss); the data re-estimate it (worth PRIOR_DOF
 observations)."""
-PRIOR_DOF = 4.0
+NOISE_DOF = 4.0
+"""the prior noise scale counts as this many observations"""
+PRIOR_TAIL_DOF = 2.0
+"""degrees of freedom of the Student-t prior on each coefficient (heavy tails: see :mod:`.bayes`)"""
 SLOPE_SCALE = 0.5
 """prior sd of a non-intercept coefficient per unit feature, as a share of the intercept's"""
 MEASUREMENT_NOISE_PP = 0.1
@@ -171,7 +174,8 @@ class Observation:
     blocks: tuple[tuple[str, str], ...]
     features: tuple[np.ndarray, ...]
     log_measured: float
-    weight: float
+    variance: float
+    """known variance of log_measured: measurement resolution and the stacked pairs' widening"""
     source: str
 
 
@@ -200,12 +204,12 @@ def base_spread(technique: str, basis: str, priors: Priors) -> float:
 def observation(parts: list[PartDamage], bases: list[str], strategy: Any, facts: ModelFacts, priors: Priors,
                 measured_damage: float, scale: float, source: str) -> Observation:
     pairs = len(parts) * (len(parts) - 1) / 2
-    tau = MEASUREMENT_NOISE_PP / 100.0 / scale
-    s0 = RESIDUAL_NOISE ** 2
-    weight = s0 / (s0 + (tau / measured_damage) ** 2 + pairs * priors.interaction.sigma_per_pair ** 2)
+    resolution = MEASUREMENT_NOISE_PP / 100.0 / scale
+    damage = max(measured_damage, resolution)  # below the resolution: "about the resolution"
+    variance = (resolution / damage) ** 2 + pairs * priors.interaction.sigma_per_pair ** 2
     return Observation(tuple(parts), tuple((p.technique, b) for p, b in zip(parts, bases)),
                        tuple(part_features(p, strategy, facts, priors) for p in parts),
-                       math.log(measured_damage), weight, source)
+                       math.log(damage), variance, source)
 
 
 def _log_total(damages: list[Damage], priors: Priors) -> float:
@@ -276,7 +280,7 @@ def fit_residual_model(family: str, observations: list[Observation], priors: Pri
         sds.extend([tau] + [tau * SLOPE_SCALE] * (len(names) - 1))
         start += len(names)
     prior_sd = np.array(sds)
-    weights = np.array([o.weight for o in observations])
+    variances = np.array([o.variance for o in observations])
     w = np.zeros(start)
     stacked = any(len(o.parts) > 1 for o in observations)
     posterior = None
@@ -296,7 +300,7 @@ def fit_residual_model(family: str, observations: list[Observation], priors: Pri
             for c, phi, sl in zip(shares, obs.features, slices):
                 X[i, sl] += c * phi
             y[i] = obs.log_measured - log_total + sum(c * f for c, f in zip(shares, shifts))
-        posterior = bayes.fit(X, y, weights, prior_sd, RESIDUAL_NOISE, PRIOR_DOF)
+        posterior = bayes.fit(X, y, variances, prior_sd, RESIDUAL_NOISE, NOISE_DOF, PRIOR_TAIL_DOF)
         w = posterior.mean
     assert posterior is not None
     return ResidualModel(family, blocks, posterior, prior_sd)
