@@ -403,6 +403,9 @@ def test_local_on_a_cuda_machine_predicts_the_executors_cuda_peak(minilm, monkey
         assert candidate.memory_gib == pytest.approx(expected.peak_memory_bytes / GIB, rel=1e-9)
         assert candidate.latency_ms is not None and candidate.latency_ms > 0
     assert "dynamic-int8" not in executable_space(spec, local(max_memory_gb=2)).weight_formats
+    assert Evaluator(spec, local(max_memory_gb=2), device="cpu").device.kind == "cpu"  # as executors(device="cpu")
+    assert executable_space(spec, local(max_memory_gb=2), "cpu").weight_formats == executable_space(
+        spec, local(max_memory_gb=2)).weight_formats  # dynamic-int8 is CPU-only but needs fp32 matmuls anyway
     monkeypatch.setattr(probe, "nvidia_gpus", lambda: ["Mystery Accelerator 1"])
     local_module.local_device.cache_clear()
     with pytest.raises(FitplanError, match="not in the hardware catalog"):
