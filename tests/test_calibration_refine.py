@@ -22,6 +22,7 @@ from planner.models import get_model
 from planner.planning import Constraints
 from planner.planning.candidate import Evaluator
 from planner.strategy import CompressionStrategy, QuantizationSpec, SparsitySpec
+from tests.test_local_target import fixed_host  # noqa: F401 - a fixed probed host for the local target
 
 BITS = {"nf4": 4, "fp4": 4, "hqq-int4": 4, "hqq-int3": 3, "hqq-int2": 2, "int8": 8, "hqq-int8": 8}
 MEASURED = ("nf4", "hqq-int4", "hqq-int3", "int8", "hqq-int8")
@@ -208,7 +209,7 @@ def test_device_correction_shrinks_towards_one_and_converges(spec):
 def test_evaluator_applies_the_memory_correction_of_its_device(spec):
     constraints = Constraints(gpu="RTX 4090", max_accuracy_loss=50)
     plain = Evaluator(spec, constraints).evaluate(quant("nf4"))
-    device = Evaluator(spec, constraints).device
+    device = Evaluator(spec, constraints).device_name
     store = CalibrationStore([device_record(spec, 1.25, device=device) for _ in range(6)])
     corrected = Evaluator(spec, constraints, calibration=store).evaluate(quant("nf4"))
     assert corrected.memory_gib / plain.memory_gib == pytest.approx(
@@ -216,6 +217,28 @@ def test_evaluator_applies_the_memory_correction_of_its_device(spec):
     assert any("memory x1.2" in n and "calibration store" in n for n in corrected.notes)
     elsewhere = CalibrationStore([device_record(spec, 1.25, device="NVIDIA L4")])
     assert Evaluator(spec, constraints, calibration=elsewhere).evaluate(quant("nf4")).memory_gib == plain.memory_gib
+
+
+def test_local_evaluator_applies_memory_and_latency_of_this_machine(fixed_host, tmp_path):
+    from tests.test_local_target import TINY_LLAMA
+
+    (tmp_path / "config.json").write_text(json.dumps(TINY_LLAMA))
+    tiny = get_model(str(tmp_path))
+    constraints = Constraints(deployment_target="local", max_memory_gb=1)
+    evaluator = Evaluator(tiny, constraints)
+    plain = evaluator.evaluate(quant("nf4"))
+    assert evaluator.device_name and plain.latency_ms
+    records = [record(tiny, quant("nf4"), 0.01, family="llama", device=evaluator.device_name,
+                      measured_memory_bytes=int(1.1 * 2**30), predicted_memory_bytes=2**30,
+                      measured_latency_ms=30.0 * math.exp(e), predicted_latency_ms=10.0) for e in (-0.1, 0.0, 0.1)]
+    corrected = Evaluator(tiny, constraints, calibration=CalibrationStore(records)).evaluate(quant("nf4"))
+    latency = CalibrationStore(records).device_correction("llama", evaluator.device_name, "latency", tiny.params.total)
+    assert 2.0 < latency.factor < 3.0 and latency.n == 3
+    assert corrected.latency_ms == pytest.approx(plain.latency_ms * latency.factor)
+    assert corrected.tokens_per_s == pytest.approx(plain.tokens_per_s / latency.factor)
+    assert corrected.speedup == pytest.approx(plain.speedup)  # the baseline is as slow: the ratio holds
+    assert corrected.memory_gib > plain.memory_gib
+    assert sum("calibration store" in n for n in corrected.notes) == 2
 
 
 # -- predictor agreement -------------------------------------------------------------------------------
