@@ -128,6 +128,17 @@ def test_stacked_records_inform_each_technique(spec):
     assert log_error(spec, sparsity_alone, CompressionStrategy(sparsity=sparse)) < 0.2
 
 
+def test_an_unmeasured_technique_gets_the_family_offset_with_a_wider_interval(spec):
+    store = synthetic_store(spec, 12)  # quantization records only
+    sparse = CompressionStrategy(sparsity=SparsitySpec(level=0.5, method="wanda"))
+    prior = predict_quality(spec, sparse, metric="perplexity")
+    pooled = predict_quality(spec, sparse, metric="perplexity", calibration=store)
+    measured = predict_quality(spec, quant("nf4"), metric="perplexity", calibration=store)
+    assert pooled.basis == "calibrated" and any("family-wide offset only" in n for n in pooled.notes)
+    assert pooled.retained_pct < prior.retained_pct  # this family's measured damage runs above the priors
+    assert log_width(measured) < log_width(pooled) <= log_width(prior) + 1e-9
+
+
 def test_other_families_and_sizes_are_never_applied(spec):
     store = synthetic_store(spec, 5)
     qwen = CalibrationStore([r.model_copy(update={"family": "qwen3"}) for r in store.records])
@@ -153,8 +164,9 @@ def test_profile_parts_are_calibrated_against_the_profile(spec):
     p = predict_quality(spec, quant("nf4"), metric="perplexity", profile=profile, calibration=store)
     assert p.basis == "calibrated" and p.parts[0].source.endswith(":profile")
     assert abs(math.log(-math.log(p.retained_pct / 100) / truth)) < 0.15
-    (correction,) = store.corrections(spec, profile=profile)
-    assert correction.basis == "profile" and correction.n == 4
+    corrections = {c.technique: c for c in store.corrections(spec, profile=profile)}
+    assert set(corrections) == {"quantization", "all techniques"}
+    assert corrections["quantization"].basis == "profile" and corrections["quantization"].n == 4
 
 
 def test_bayes_posterior_is_the_fixed_point_of_its_updates():

@@ -246,7 +246,7 @@ def _calibrate(spec, strategy: CompressionStrategy, facts: ModelFacts, priors: P
                bases: list[str], ns: list[int], notes: list[str]) -> int | None:
     """Correct each part whose (technique, basis) the store's residual model covers, in place; returns the
     number of distinct records behind the corrections (None: nothing corrected)."""
-    from planner.accuracy.residual import part_features
+    from planner.accuracy.residual import SHARED, part_features
 
     model = calibration.residual_model(spec, facts, _base_for(priors, profile, spec, facts), priors, profile)
     applied, blocks = [], []
@@ -258,16 +258,18 @@ def _calibrate(spec, strategy: CompressionStrategy, facts: ModelFacts, priors: P
             key = (id(facts), bases[i], p.technique, p.setting, p.damage, shape)
             corrected = model.cache.get(key)
             if corrected is None:
-                result = model.correct(p, bases[i], part_features(p, strategy, facts, priors))
+                result = model.correct(p, bases[i], part_features(p, strategy, facts, priors), priors)
                 corrected = model.cache[key] = result and (PartDamage(
                     p.technique, p.setting, result[0], result[1],
-                    f"calibration:{facts.family}:{p.technique}{':profile' if bases[i] == 'profile' else ''}"),)
+                    f"calibration:{facts.family}:{p.technique}{':profile' if bases[i] == 'profile' else ''}"),
+                    result[2])
             if not corrected:
                 continue
-            parts[i] = corrected[0]
+            parts[i], shared_only = corrected
             n = parts[i].n_rows
-            applied.append(f"{p.technique} ({bases[i]}, n={n})")
-            blocks.append((p.technique, bases[i]))
+            applied.append(f"{p.technique} ({bases[i]}, n={n}" + (", family-wide offset only: no record of this "
+                                                                 "technique)" if shared_only else ")"))
+            blocks.append((p.technique, bases[i]) if not shared_only else (SHARED, bases[i]))
             bases[i] = "calibrated"
             ns[i] = n
     others = sorted(calibration.families - {facts.family})

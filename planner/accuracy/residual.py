@@ -4,7 +4,12 @@ For one model family (records of models within ``SIZE_FACTOR`` of the predicted 
 ``p`` of a strategy, of technique ``t``, predicted on basis ``b`` (``prior``: the published rules;
 ``profile``: this model's sensitivity profile) has its log-damage corrected by
 
-    ln d_p  ->  ln d_p + phi_t(p) . w_{t,b}
+    ln d_p  ->  ln d_p + g_b + phi_t(p) . w_{t,b}
+
+``g_b`` is the family-wide offset shared by every technique on that basis (a model that quantization
+hurts less than the published models is usually more robust to pruning too: hierarchical pooling), and
+``w_{t,b}`` the technique's own deviation from it. A technique without any record of its own is corrected
+by ``g_b`` alone, its own coefficients adding their prior variance to the interval (a note says so).
 
 ``phi_t`` are the part's strategy features (an intercept first; one unit spans the usual range):
 
@@ -18,35 +23,39 @@ For one model family (records of models within ``SIZE_FACTOR`` of the predicted 
   width, heads, ffn, of a named student's parameters, and the recovery ``ln(1 + T/N) / 5``;
 - low_rank: removed rank fraction ``1 - rank_ratio``, indicators of ``mlp`` / ``attention`` targets.
 
-All ``w_{t,b}`` of a family are the coefficients of one Bayesian linear model (:mod:`.bayes`, unknown
-noise, variational posterior), shrunk towards zero residual (the base prediction) with prior standard deviation
-``tau = sqrt(max(s^2 - sigma0^2, sigma0^2))`` for the intercept, ``tau / 2`` per unit of every other
-feature; ``s`` is the base's own log-spread (the rule's residual scatter for the prior, which is the
-between-model spread of published results; ``PROFILE_SIGMA`` for a profile), ``sigma0 = RESIDUAL_NOISE``
-the prior noise worth ``PRIOR_DOF`` = 4 observations. With no record, the intercept-only predictive
-variance ``sigma0^2 + tau^2`` is the base's ``s^2``. A corrected part's log-spread is the predictive
-t at its features expressed as a normal spread (:meth:`.bayes.Posterior.normal_spread`), never wider than
-the uncorrected part's (far from every measurement the base interval still holds).
+All ``g_b`` and ``w_{t,b}`` of a family are the coefficients of one Bayesian linear model (:mod:`.bayes`:
+unknown noise, Student-t prior with ``PRIOR_TAIL_DOF`` = 2 degrees of freedom on each coefficient),
+centred on zero residual (the base prediction). Prior scales: ``SHARED_SCALE`` = 1 for ``g_b``;
+``tau = sqrt(max(s^2 - sigma0^2, sigma0^2))`` for a technique's intercept and ``tau / 2`` per unit of each
+other feature, ``s`` being the base's own log-spread (the rule's residual scatter for the prior, i.e. the
+between-model spread of published results; ``PROFILE_SIGMA`` for a profile); the noise ``sigma0 =
+RESIDUAL_NOISE``, worth ``NOISE_DOF`` = 4 observations. The heavy tails matter: a Gaussian prior of that
+scale keeps pulling a model far outside the published data back to the priors (the tiny causal LM, which
+2-bit quantization barely hurts: see ``benchmarks/calibration_refine.py``). A corrected part's log-spread
+is the predictive t at its features expressed as a normal spread
+(:meth:`.bayes.Posterior.normal_spread`), never wider than the uncorrected part's (far from every
+measurement the base interval still holds).
 
 Targets. Each record's measured damage ``M`` (latent units: ``-ln(retained/100) / scale`` of its metric
-family, floored at DAMAGE_FLOOR) is compared with the combined damage ``D`` of its base parts, computed
+family) is compared with the combined damage ``D`` of its base parts, computed
 as ``predict_quality`` computes them today (the record's model's facts; the profile when it is of that
 model): a later change of the priors or a new profile re-bases every record, and a record whose stored
 prediction already included a correction is never corrected twice.
 
 Stacked records (several techniques) are fitted jointly on the sum instead of being dropped: the
-combination rule gives ``ln D(f)`` with every part's log-damage shifted by ``f_p = phi(p) . w``;
+combination rule gives ``ln D(f)`` with every part's log-damage shifted by ``f_p = g_b + phi(p) . w``;
 linearised at the current estimate (Gauss-Newton, ``GAUSS_NEWTON_PASSES`` passes),
 ``ln M ~ ln D(f0) + sum_p c_p (f_p - f0_p)`` with ``c_p = d ln D / d ln d_p``, the part's share of the
-predicted total (``sum c_p = 1`` up to the interaction rule: D is homogeneous of degree 1 in the parts'
-damages). So a stacked record informs each technique in proportion to its share of the predicted damage,
+predicted total (``sum c_p = 1`` by Euler's theorem: D, interaction term included, is homogeneous of
+degree 1 in the parts' damages). So a stacked record informs each technique in proportion to its share of the predicted damage,
 and the joint posterior keeps what it cannot tell apart (correlated coefficients) in the intervals,
 rather than pretending one technique alone was off. A single-technique record is exact (``c = 1``).
 
-Weights. ``v = sigma0^2 / (sigma0^2 + (tau_m / M)^2 + pairs * sigma_pair^2)``: ``tau_m`` =
-``MEASUREMENT_NOISE_PP`` points of the retained % in latent units (a near-lossless measurement says little
-about a log-ratio, as the priors weigh rounded rows), ``pairs`` the stacked pairs of the record and
-``sigma_pair`` the combination rule's widening per pair (``accuracy_priors.toml`` [techniques.interaction]).
+Measurement variance of ``ln M`` (known, added to the fitted noise): ``(r / max(M, r))^2 + pairs *
+sigma_pair^2``, where ``r`` = ``MEASUREMENT_NOISE_PP`` points of the retained % in latent units (a
+near-lossless measurement says "damage about r" and little about the exact log-ratio, as the priors weigh
+rounded rows), ``pairs`` the stacked pairs of the record and ``sigma_pair`` the combination rule's
+widening per pair (``accuracy_priors.toml`` [techniques.interaction]).
 """
 
 from __future__ import annotations
@@ -60,13 +69,12 @@ import numpy as np
 from planner.accuracy import bayes
 from planner.accuracy.combine import Damage, combine
 from planner.accuracy.parts import ModelFacts, PartDamage, format_damage, format_shares
-from planner.accuracy.priors import Priors
+from planner.accuracy.priors import Z80, Priors, t90
 from planner.accuracy.profile import PROFILE_SIGMA
 
 RESIDUAL_NOISE = 0.25
 """sigma0: prior scale of a measurement's log-damage around the family's residual function (evaluation on
-a small calibration set and what the linear features miss); the data re-estimate it (worth PRIOR_DOF
-observations)."""
+a small calibration set and what the linear features miss); the data re-estimate it."""
 NOISE_DOF = 4.0
 """the prior noise scale counts as this many observations"""
 PRIOR_TAIL_DOF = 2.0
@@ -77,6 +85,10 @@ MEASUREMENT_NOISE_PP = 0.1
 """resolution of a measured retained %, percentage points"""
 GAUSS_NEWTON_PASSES = 3
 STRUCTURE_AXES = ("depth", "width", "heads", "ffn", "student")
+SHARED = "all techniques"
+"""the block of the family-wide offset every part of a basis shares"""
+SHARED_SCALE = 1.0
+"""prior scale of the family-wide offset of ln(measured / predicted damage)"""
 
 BaseFn = Callable[..., tuple[list[PartDamage], list[str], list[int]]]
 
@@ -168,7 +180,7 @@ def part_features(part: PartDamage, strategy: Any, facts: ModelFacts, priors: Pr
 # ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Observation:
-    """One measured record, ready to fit: its base parts, their blocks and features, ln M, weight."""
+    """One measured record, ready to fit: its base parts, their blocks and features, ln M and its variance."""
 
     parts: tuple[PartDamage, ...]
     blocks: tuple[tuple[str, str], ...]
@@ -236,17 +248,27 @@ class ResidualModel:
     cache: dict = field(default_factory=dict, repr=False)
     """corrected parts per (facts, basis, part, strategy shape), filled by predict_quality"""
 
-    def correct(self, part: PartDamage, basis: str, phi: np.ndarray) -> tuple[Damage, int] | None:
-        """The corrected damage of a part predicted on ``basis`` (None: no record informs its block)."""
+    def correct(self, part: PartDamage, basis: str, phi: np.ndarray,
+                priors: Priors) -> tuple[Damage, int, bool] | None:
+        """The corrected damage of a part predicted on ``basis``, the records behind it, and whether only
+        the shared family offset informs it (no record of its technique; its own coefficients then add
+        their prior variance). None: no record of this basis."""
         block = self.blocks.get((part.technique, basis))
-        if block is None:
+        shared = self.blocks.get((SHARED, basis))
+        if shared is None:
             return None
         x = np.zeros(len(self.prior_sd))
-        x[block.slice] = phi
-        shift, _ = self.posterior.predict(x)
-        spread = min(self.posterior.normal_spread(x), part.damage.s) if part.damage.s > 0 else \
-            self.posterior.normal_spread(x)
-        return Damage(part.damage.mu + shift, spread), block.n
+        x[shared.slice] = 1.0
+        unknown = 0.0
+        if block is not None:
+            x[block.slice] = phi
+        else:
+            unknown = float(phi ** 2 @ np.array(_prior_scales(part.technique, basis, priors)) ** 2)
+        shift, scale = self.posterior.predict(x)
+        spread = math.sqrt(scale ** 2 + unknown) * t90(self.posterior.dof) / Z80
+        if part.damage.s > 0:
+            spread = min(spread, part.damage.s)
+        return Damage(part.damage.mu + shift, spread), (block or shared).n, block is None
 
     def records_behind(self, keys: list[tuple[str, str]]) -> int:
         """Distinct records informing any of these (technique, basis) blocks."""
@@ -260,35 +282,52 @@ class ResidualModel:
         return {n: (float(m), float(s)) for n, m, s in zip(block.names, self.posterior.mean[sl], sd)}
 
 
+def _prior_scales(technique: str, basis: str, priors: Priors) -> list[float]:
+    """Prior scales of one block's coefficients (see the module docstring)."""
+    if technique == SHARED:
+        return [SHARED_SCALE]
+    spread = base_spread(technique, basis, priors)
+    tau = math.sqrt(max(spread ** 2 - RESIDUAL_NOISE ** 2, RESIDUAL_NOISE ** 2))
+    return [tau] + [tau * SLOPE_SCALE] * (len(feature_names(technique, priors)) - 1)
+
+
 def fit_residual_model(family: str, observations: list[Observation], priors: Priors) -> ResidualModel | None:
-    """The joint posterior of every (technique, basis) block the observations touch."""
+    """The joint posterior of every (technique, basis) block the observations touch, and of the shared
+    family offset of each basis."""
     if not observations:
         return None
     members: dict[tuple[str, str], list[int]] = {}
     for i, obs in enumerate(observations):
-        for key in dict.fromkeys(obs.blocks):
-            members.setdefault(key, []).append(i)
-    order = list(members)
+        for technique, basis in dict.fromkeys(obs.blocks):
+            members.setdefault((technique, basis), []).append(i)
+            shared = members.setdefault((SHARED, basis), [])
+            if not shared or shared[-1] != i:
+                shared.append(i)
     blocks, sds, start = {}, [], 0
-    for technique, basis in order:
-        names = feature_names(technique, priors)
-        rows = members[(technique, basis)]
+    for (technique, basis), rows in members.items():
+        names = ("intercept",) if technique == SHARED else feature_names(technique, priors)
         blocks[(technique, basis)] = Block(technique, basis, names, start, len(rows),
                                            sum(len(observations[i].parts) > 1 for i in rows), frozenset(rows))
-        spread = base_spread(technique, basis, priors)
-        tau = math.sqrt(max(spread ** 2 - RESIDUAL_NOISE ** 2, RESIDUAL_NOISE ** 2))
-        sds.extend([tau] + [tau * SLOPE_SCALE] * (len(names) - 1))
+        sds.extend(_prior_scales(technique, basis, priors))
         start += len(names)
     prior_sd = np.array(sds)
     variances = np.array([o.variance for o in observations])
+    designs = []  # per observation, per part: the row of the design matrix its log-damage shift is
+    for obs in observations:
+        rows = []
+        for (technique, basis), phi in zip(obs.blocks, obs.features):
+            x = np.zeros(start)
+            x[blocks[(technique, basis)].slice] = phi
+            x[blocks[(SHARED, basis)].slice] = 1.0
+            rows.append(x)
+        designs.append(rows)
     w = np.zeros(start)
     stacked = any(len(o.parts) > 1 for o in observations)
     posterior = None
     for _ in range(GAUSS_NEWTON_PASSES if stacked else 1):
         X, y = np.zeros((len(observations), start)), np.zeros(len(observations))
-        for i, obs in enumerate(observations):
-            slices = [blocks[key].slice for key in obs.blocks]
-            shifts = [float(phi @ w[sl]) for phi, sl in zip(obs.features, slices)]
+        for i, (obs, rows) in enumerate(zip(observations, designs)):
+            shifts = [float(x @ w) for x in rows]
             damages = [Damage(p.damage.mu + f, p.damage.s) for p, f in zip(obs.parts, shifts)]
             log_total = _log_total(damages, priors)
             if len(damages) == 1:
@@ -297,8 +336,8 @@ def fit_residual_model(family: str, observations: list[Observation], priors: Pri
                 eps = 1e-4
                 shares = [(_log_total(damages[:j] + [Damage(d.mu + eps, d.s)] + damages[j + 1:], priors)
                            - log_total) / eps for j, d in enumerate(damages)]
-            for c, phi, sl in zip(shares, obs.features, slices):
-                X[i, sl] += c * phi
+            for c, x in zip(shares, rows):
+                X[i] += c * x
             y[i] = obs.log_measured - log_total + sum(c * f for c, f in zip(shares, shifts))
         posterior = bayes.fit(X, y, variances, prior_sd, RESIDUAL_NOISE, NOISE_DOF, PRIOR_TAIL_DOF)
         w = posterior.mean
