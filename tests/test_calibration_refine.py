@@ -139,6 +139,26 @@ def test_an_unmeasured_technique_gets_the_family_offset_with_a_wider_interval(sp
     assert log_width(measured) < log_width(pooled) <= log_width(prior) + 1e-9
 
 
+def test_a_run_read_twice_counts_once(tmp_path):
+    from planner.accuracy.calibration import record_from_result
+    from tests.test_local_target import TINY_LLAMA
+
+    model = tmp_path / "tiny"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(TINY_LLAMA))
+    line = {"status": "ok", "model_dir": str(model), "strategy": json.loads(quant("nf4").to_json()), "device": "cpu",
+            "quality": {"evaluator": "perplexity", "metric": "perplexity", "retained_pct": 97.0},
+            "prediction": {"peak_memory_bytes": 5_000_000, "latency_ms": 12.0}, "peak_rss_bytes": 6_000_000}
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "results.jsonl").write_text(json.dumps(line) + "\n")
+    record = record_from_result(line, "result.json", device="Host CPU (cpu)")
+    assert record.predicted_memory_bytes == 5_000_000 and record.predicted_latency_ms == 12.0
+    assert record.device == "Host CPU (cpu)" and record.family == "llama"
+    CalibrationStore([], tmp_path).append(record)
+    store = CalibrationStore.load(tmp_path)
+    assert len(store) == 1 and any("counted once" in s for s in store.skipped)
+
+
 def test_other_families_and_sizes_are_never_applied(spec):
     store = synthetic_store(spec, 5)
     qwen = CalibrationStore([r.model_copy(update={"family": "qwen3"}) for r in store.records])

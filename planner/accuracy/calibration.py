@@ -104,6 +104,13 @@ class CalibrationRecord(BaseModel):
                 found.append(technique)
         return tuple(found)
 
+    @property
+    def run_key(self) -> tuple:
+        """What identifies the measurement: model, strategy, evaluator and measured value (a store that reads
+        a run both from the executors' results.jsonl and from an appended record counts it once)."""
+        return (self.family, os.path.normpath(self.model_name), json.dumps(self.strategy, sort_keys=True),
+                self.evaluator, round(self.measured_retained_pct, 6))
+
 
 class Correction(BaseModel):
     """One fitted block of the residual model: how a technique's prior (or profile) is corrected for
@@ -220,6 +227,7 @@ class CalibrationStore:
             raise InvalidConfigError(f"calibration store {directory} is not a directory.")
         records, skipped = [], []
         specs: dict[str, Any] = {}
+        seen: dict[tuple, str] = {}
         for path in sorted(directory.rglob("*.jsonl")):
             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
                 if not line.strip():
@@ -238,6 +246,11 @@ class CalibrationStore:
                     continue
                 if record.family is None:
                     skipped.append(f"{where}: model family unknown (model directory gone?)")
+                key = record.run_key
+                if key in seen:  # the same run read twice (its results.jsonl line and its record)
+                    skipped.append(f"{where}: the same measurement as {seen[key]}: counted once")
+                    continue
+                seen[key] = where
                 records.append(record)
         return cls(records, directory, skipped)
 

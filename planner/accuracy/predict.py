@@ -243,7 +243,7 @@ def residual_model_for(spec: "ModelSpec | str", calibration: CalibrationStore, *
 
 def _calibrate(spec, strategy: CompressionStrategy, facts: ModelFacts, priors: Priors,
                profile: SensitivityProfile | None, calibration: CalibrationStore, parts: list[PartDamage],
-               bases: list[str], ns: list[int], notes: list[str]) -> int | None:
+               bases: list[str], ns: list[int], notes: list[str], scale: float) -> int | None:
     """Correct each part whose (technique, basis) the store's residual model covers, in place; returns the
     number of distinct records behind the corrections (None: nothing corrected)."""
     from planner.accuracy.residual import SHARED, part_features
@@ -255,10 +255,10 @@ def _calibrate(spec, strategy: CompressionStrategy, facts: ModelFacts, priors: P
         shape = tuple(tuple(x.__dict__.values()) if x is not None else None for x in
                       (strategy.distillation, strategy.sparsity, strategy.low_rank, strategy.quantization))
         for i, p in enumerate(parts):
-            key = (id(facts), bases[i], p.technique, p.setting, p.damage, shape)
+            key = (id(facts), bases[i], p.technique, p.setting, p.damage, shape, scale)
             corrected = model.cache.get(key)
             if corrected is None:
-                result = model.correct(p, bases[i], part_features(p, strategy, facts, priors), priors)
+                result = model.correct(p, bases[i], part_features(p, strategy, facts, priors), priors, scale)
                 corrected = model.cache[key] = result and (PartDamage(
                     p.technique, p.setting, result[0], result[1],
                     f"calibration:{facts.family}:{p.technique}{':profile' if bases[i] == 'profile' else ''}"),
@@ -337,7 +337,7 @@ def predict_quality(spec: "ModelSpec | str", strategy: CompressionStrategy, *, p
     parts, bases, ns = base_parts(spec, strategy, facts, priors, profile, notes)
     records = None
     if calibration is not None:
-        records = _calibrate(spec, strategy, facts, priors, profile, calibration, parts, bases, ns, notes)
+        records = _calibrate(spec, strategy, facts, priors, profile, calibration, parts, bases, ns, notes, scale)
 
     quality_parts = tuple(_to_part(p, scale, b, n) for p, b, n in zip(parts, bases, ns))
     interaction = priors.interaction

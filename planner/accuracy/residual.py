@@ -248,11 +248,12 @@ class ResidualModel:
     cache: dict = field(default_factory=dict, repr=False)
     """corrected parts per (facts, basis, part, strategy shape), filled by predict_quality"""
 
-    def correct(self, part: PartDamage, basis: str, phi: np.ndarray,
-                priors: Priors) -> tuple[Damage, int, bool] | None:
+    def correct(self, part: PartDamage, basis: str, phi: np.ndarray, priors: Priors,
+                scale: float) -> tuple[Damage, int, bool] | None:
         """The corrected damage of a part predicted on ``basis``, the records behind it, and whether only
         the shared family offset informs it (no record of its technique; its own coefficients then add
-        their prior variance). None: no record of this basis."""
+        their prior variance). None: no record of this basis. The interval is for a measurement on a metric
+        of this ``scale``: it includes the resolution of a measured retained % (as the records' do)."""
         block = self.blocks.get((part.technique, basis))
         shared = self.blocks.get((SHARED, basis))
         if shared is None:
@@ -264,8 +265,10 @@ class ResidualModel:
             x[block.slice] = phi
         else:
             unknown = float(phi ** 2 @ np.array(_prior_scales(part.technique, basis, priors)) ** 2)
-        shift, scale = self.posterior.predict(x)
-        spread = math.sqrt(scale ** 2 + unknown) * t90(self.posterior.dof) / Z80
+        shift, spread = self.posterior.predict(x)
+        resolution = MEASUREMENT_NOISE_PP / 100.0 / scale
+        unknown += (resolution / max(math.exp(part.damage.mu + shift), resolution)) ** 2
+        spread = math.sqrt(spread ** 2 + unknown) * t90(self.posterior.dof) / Z80
         if part.damage.s > 0:
             spread = min(spread, part.damage.s)
         return Damage(part.damage.mu + shift, spread), (block or shared).n, block is None
