@@ -8,9 +8,11 @@ with the two models' ``config.json`` beside them (``models/<name>/``), so the be
 Quality, for each model (the store only ever holds records of that model's family):
 
 - leave-one-out: each record is predicted from the priors alone, and with every *other* record of the
-  model as the calibration store (the residual model of ``planner.accuracy.residual``);
+  model as the calibration store (the residual model of ``planner.accuracy.residual``); the same from the
+  model's sensitivity profile (``profiles/<model>.json``, written by ``executors.profile`` on this machine:
+  per-block nf4 / int8 / hqq-int2..4 / sparsity effects and block drops) alone and with the store;
 - learning curve: the records in a fixed shuffled order (seed 0); the first k form the store and the
-  remaining ones are predicted, k = 2, 4, 8, 12.
+  remaining ones are predicted (from the profile when there is one), k = 2, 4, 8, 12.
 
 Figures (``planner.accuracy.predictor_agreement`` on quality *loss*, percentage points of the record's
 own metric): MAE, median absolute error, Spearman rank correlation, coverage of the 80% interval.
@@ -118,12 +120,21 @@ def load_records(path: Path):
     return records
 
 
-def predict(record, store):
+def load_profile(model_name: str):
+    """The shipped sensitivity profile of a model (``profiles/<name>.json``, written by ``executors.profile``
+    on this machine), or None."""
+    from planner.accuracy import SensitivityProfile
+
+    path = DATA / "profiles" / f"{Path(model_name).name}.json"
+    return SensitivityProfile.load(path) if path.is_file() else None
+
+
+def predict(record, store, profile=None):
     from planner.accuracy import predict_quality
     from planner.strategy import CompressionStrategy
 
     return predict_quality(record.model_name, CompressionStrategy.model_validate(record.strategy),
-                           metric=record.metric_family or "accuracy", calibration=store)
+                           metric=record.metric_family or "accuracy", calibration=store, profile=profile)
 
 
 def agreement(rows):
@@ -133,11 +144,18 @@ def agreement(rows):
                                low=[100 - p.high_pct for _, p in rows], high=[100 - p.low_pct for _, p in rows])
 
 
-def quality_figures(records) -> dict:
+def quality_figures(records, profile=None) -> dict:
+    """Predictions of each record from the priors (``prior``), and leave-one-out with the other records as
+    the store (``loo``); with a profile also from the profile alone (``profile``) and profile + store
+    (``profile_loo``); ``curve``: k -> (before, after) agreement on the records after the first k."""
     from planner.accuracy import CalibrationStore
 
-    prior = [(r, predict(r, None)) for r in records]
-    loo = [(r, predict(r, CalibrationStore([o for o in records if o is not r]))) for r in records]
+    out = {"prior": [(r, predict(r, None)) for r in records],
+           "loo": [(r, predict(r, CalibrationStore([o for o in records if o is not r]))) for r in records]}
+    if profile is not None:
+        out["profile"] = [(r, predict(r, None, profile)) for r in records]
+        out["profile_loo"] = [(r, predict(r, CalibrationStore([o for o in records if o is not r]), profile))
+                              for r in records]
     order = list(records)
     random.Random(0).shuffle(order)
     curve = {}
@@ -146,8 +164,10 @@ def quality_figures(records) -> dict:
             continue
         store = CalibrationStore(order[:k])
         held = order[k:]
-        curve[k] = (agreement([(r, predict(r, None)) for r in held]), agreement([(r, predict(r, store)) for r in held]))
-    return {"prior": prior, "loo": loo, "curve": curve}
+        curve[k] = (agreement([(r, predict(r, None, profile)) for r in held]),
+                    agreement([(r, predict(r, store, profile)) for r in held]))
+    out["curve"] = curve
+    return out
 
 
 def device_figures(records, quantity: str) -> tuple[list[float], list[float]]:
@@ -189,14 +209,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'model':12} {'predictor':22} {'n':>3} {'MAE':>6} {'median':>6} {'rho':>5} {'80%cov':>6}")
     for model, rs in by_model.items():
         name = Path(model).name
-        figures = quality_figures(rs)
+        profile = load_profile(model)
+        figures = quality_figures(rs, profile)
+        base = "profile" if profile is not None else "priors"
         print(f"{name:12} {'priors':22} {len(rs):3d} {fmt(agreement(figures['prior']))}")
-        print(f"{name:12} {'calibrated (LOO)':22} {len(rs):3d} {fmt(agreement(figures['loo']))}")
+        print(f"{name:12} {'priors + calibration':22} {len(rs):3d} {fmt(agreement(figures['loo']))}")
+        if profile is not None:
+            print(f"{name:12} {'profile':22} {len(rs):3d} {fmt(agreement(figures['profile']))}")
+            print(f"{name:12} {'profile + calibration':22} {len(rs):3d} {fmt(agreement(figures['profile_loo']))}")
         for k, (before, after) in figures["curve"].items():
-            print(f"{name:12} {f'first {k}: priors':22} {before.n:3d} {fmt(before)}")
-            print(f"{name:12} {f'first {k}: calibrated':22} {after.n:3d} {fmt(after)}")
+            print(f"{name:12} {f'first {k}: {base}':22} {before.n:3d} {fmt(before)}")
+            print(f"{name:12} {f'first {k}: + calibration':22} {after.n:3d} {fmt(after)}")
         if args.rows:
-            for (r, p), (_, c) in zip(figures["prior"], figures["loo"]):
+            for (r, p), (_, c) in zip(figures["prior"], figures["profile_loo" if profile is not None else "loo"]):
                 print(f"    {json.dumps(r.strategy, separators=(',', ':'))[:60]:60} measured "
                       f"{r.measured_retained_pct:6.2f} prior {p.retained_pct:6.2f} calibrated {c.retained_pct:6.2f} "
                       f"[{c.low_pct:6.2f}, {c.high_pct:6.2f}]")

@@ -159,6 +159,23 @@ def test_a_run_read_twice_counts_once(tmp_path):
     assert len(store) == 1 and any("counted once" in s for s in store.skipped)
 
 
+def test_a_record_of_this_model_is_recognised_without_its_files(spec, monkeypatch):
+    """The loop writes records named by the model (spec.name); a name the registry and the disk do not know is
+    matched to the predicted model by fingerprint or name and size, and the hub is never asked."""
+    import planner.models.resolve as resolve
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(resolve, "_fetch_hub_config", lambda *a, **k: pytest.fail("the hub was asked"))
+    store = CalibrationStore([])
+    named = record(spec, quant("nf4"), 0.1).model_copy(update={"model_name": "someone/unknown-model",
+                                                               "fingerprint": model_fingerprint(spec.config)})
+    assert store._spec(named.model_name) is None and store._record_spec(named, spec) is spec
+    by_name = record(spec, quant("nf4"), 0.1).model_copy(update={"params": spec.params.total})
+    assert store._record_spec(by_name, spec) is not None
+    other = named.model_copy(update={"fingerprint": "f" * 16})
+    assert store._record_spec(other, spec) is None
+
+
 def test_other_families_and_sizes_are_never_applied(spec):
     store = synthetic_store(spec, 5)
     qwen = CalibrationStore([r.model_copy(update={"family": "qwen3"}) for r in store.records])
@@ -316,8 +333,13 @@ def test_real_runs_are_predicted_better_once_the_others_calibrate(tmp_path):
     assert families == {"bert", "llama"} and len(records) >= 30
     for family in families:
         runs = [r for r in records if r.family == family]
-        figures = bench.quality_figures(runs)
+        profile = bench.load_profile(runs[0].model_name)
+        assert profile is not None and profile.matches(get_model(runs[0].model_name))
+        figures = bench.quality_figures(runs, profile)
         prior, calibrated = bench.agreement(figures["prior"]), bench.agreement(figures["loo"])
         assert all(p.basis == "calibrated" for _, p in figures["loo"])
         assert calibrated.mae < 0.7 * prior.mae
         assert calibrated.spearman > prior.spearman - 0.05
+        # the closed loop's predictor: profile + calibration at least halves the priors' error
+        both = bench.agreement(figures["profile_loo"])
+        assert both.mae < 0.5 * prior.mae and both.mae < bench.agreement(figures["profile"]).mae

@@ -281,16 +281,33 @@ class CalibrationStore:
         return [r for r in self.records if r.family == family and technique in r.techniques]
 
     def _spec(self, name: str):
-        """The record's model spec (cached; None when it cannot be read, e.g. its directory is gone)."""
+        """The record's model spec from a local directory or the built-in registry (cached; None when it
+        cannot be read that way, e.g. its directory is gone: the hub is never asked)."""
         if name not in self._specs:
             from planner.errors import FitplanError
-            from planner.models import get_model
+            from planner.models import get_model, registry
 
+            self._specs[name] = None
             try:
-                self._specs[name] = get_model(name)
+                if Path(name).expanduser().exists() or registry.find_entry(name) is not None:
+                    self._specs[name] = get_model(name)
             except (FitplanError, OSError, ValueError):
-                self._specs[name] = None
+                pass
         return self._specs[name]
+
+    def _record_spec(self, record: CalibrationRecord, spec):
+        """The spec of the model a record measured: read from its name, or ``spec`` itself when the record
+        names it (same fingerprint, or same name and size) but its files cannot be read here."""
+        found = self._spec(record.model_name)
+        if found is None:
+            from planner.accuracy.profile import model_fingerprint
+
+            same_fingerprint = bool(record.fingerprint and spec.config
+                                    and record.fingerprint == model_fingerprint(spec.config))
+            same_name = record.model_name == spec.name and record.params in (None, spec.params.total)
+            if same_fingerprint or same_name:
+                return spec
+        return found
 
     def comparable(self, record: CalibrationRecord, family: str, params: float | None) -> bool:
         """True for a record of this family on a model within SIZE_FACTOR of ``params`` (or of unknown
@@ -331,7 +348,7 @@ class CalibrationStore:
             except ValidationError:
                 unread += 1
                 continue
-            record_spec = self._spec(record.model_name)
+            record_spec = self._record_spec(record, spec)
             if record_spec is not None:
                 parts, bases, record_facts = base(record_spec, strategy, True)
             elif record.predicted_retained_pct is not None:
