@@ -144,7 +144,7 @@ def agreement(rows):
                                low=[100 - p.high_pct for _, p in rows], high=[100 - p.low_pct for _, p in rows])
 
 
-def quality_figures(records, profile=None) -> dict:
+def quality_figures(records, profile=None, curve: bool = True) -> dict:
     """Predictions of each record from the priors (``prior``), and leave-one-out with the other records as
     the store (``loo``); with a profile also from the profile alone (``profile``) and profile + store
     (``profile_loo``); ``curve``: k -> (before, after) agreement on the records after the first k."""
@@ -158,15 +158,14 @@ def quality_figures(records, profile=None) -> dict:
                               for r in records]
     order = list(records)
     random.Random(0).shuffle(order)
-    curve = {}
-    for k in CURVE:
+    out["curve"] = {}
+    for k in CURVE if curve else ():
         if k >= len(order):
             continue
         store = CalibrationStore(order[:k])
         held = order[k:]
-        curve[k] = (agreement([(r, predict(r, None, profile)) for r in held]),
-                    agreement([(r, predict(r, store, profile)) for r in held]))
-    out["curve"] = curve
+        out["curve"][k] = (agreement([(r, predict(r, None, profile)) for r in held]),
+                           agreement([(r, predict(r, store, profile)) for r in held]))
     return out
 
 

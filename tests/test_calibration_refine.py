@@ -115,7 +115,9 @@ def test_stacked_records_inform_each_technique(spec):
         for strategy in (both, alone):
             records.append(record(spec, strategy, true_damage(spec, strategy) * math.exp(rng.gauss(0, 0.1))))
     store = CalibrationStore(records)
-    assert store.corrections(spec, metric="perplexity")[0].stacked == 12
+    blocks = {c.technique: c for c in store.corrections(spec)}
+    assert (blocks["quantization"].n, blocks["quantization"].stacked) == (12, 12)
+    assert (blocks["sparsity"].n, blocks["all techniques"].n) == (24, 24)
     for fmt in ("nf4", "hqq-int3"):
         prior = predict_quality(spec, quant(fmt), metric="perplexity")
         calibrated = predict_quality(spec, quant(fmt), metric="perplexity", calibration=store)
@@ -335,7 +337,7 @@ def test_real_runs_are_predicted_better_once_the_others_calibrate(tmp_path):
         runs = [r for r in records if r.family == family]
         profile = bench.load_profile(runs[0].model_name)
         assert profile is not None and profile.matches(get_model(runs[0].model_name))
-        figures = bench.quality_figures(runs, profile)
+        figures = bench.quality_figures(runs, profile, curve=False)
         prior, calibrated = bench.agreement(figures["prior"]), bench.agreement(figures["loo"])
         assert all(p.basis == "calibrated" for _, p in figures["loo"])
         assert calibrated.mae < 0.7 * prior.mae

@@ -49,6 +49,8 @@ class Posterior:
     dof: float
     n: int
     """observations behind the fit"""
+    scales: np.ndarray | None = None
+    """the fitted prior variances l_j of the scale mixture (a warm start for a refit)"""
 
     def predict(self, x: np.ndarray, noise: bool = True) -> tuple[float, float]:
         """(location, t scale) of the predictive distribution at ``x``; ``noise=False`` leaves out the
@@ -62,27 +64,34 @@ class Posterior:
 
 
 def fit(X: np.ndarray, y: np.ndarray, measurement_var: np.ndarray, prior_sd: np.ndarray, sigma0: float,
-        nu0: float = 4.0, prior_dof: float = 2.0, iterations: int = 100) -> Posterior:
+        nu0: float = 4.0, prior_dof: float = 2.0, iterations: int = 100, start: Posterior | None = None) -> Posterior:
     """Posterior of the model above for design ``X`` (n x p), targets ``y``, known measurement variances
     ``measurement_var`` (m_i^2), coefficient prior scales ``prior_sd`` (tau, p), prior noise scale ``sigma0``
-    worth ``nu0`` observations and prior degrees of freedom ``prior_dof`` (nu; inf = Gaussian prior)."""
+    worth ``nu0`` observations and prior degrees of freedom ``prior_dof`` (nu; inf = Gaussian prior).
+    ``start``: a previous fit of a nearby problem to start the fixed-point iteration from."""
     tau2 = np.asarray(prior_sd, dtype=float) ** 2
     y, m2 = np.asarray(y, dtype=float), np.asarray(measurement_var, dtype=float)
     X = np.asarray(X, dtype=float).reshape(len(y), len(tau2))
     scales, s2 = tau2.copy(), sigma0 ** 2
+    if start is not None and start.scales is not None and len(start.scales) == len(tau2):
+        scales, s2 = start.scales.copy(), start.sigma2
     for _ in range(iterations):
         p = 1.0 / (s2 + m2)
         cov = np.linalg.inv(np.diag(1.0 / scales) + (X.T * p) @ X)
         mean = cov @ (X.T @ (p * y))
+        moved = 0.0
         if math.isfinite(prior_dof):
-            scales = (prior_dof * tau2 + mean ** 2 + np.diag(cov)) / (prior_dof + 1.0)
-        expected = (y - X @ mean) ** 2 + np.einsum("ij,jk,ik->i", X, cov, X)
+            new_scales = (prior_dof * tau2 + mean ** 2 + np.diag(cov)) / (prior_dof + 1.0)
+            moved = float(np.max(np.abs(new_scales / scales - 1.0)))
+            scales = new_scales
+        expected = (y - X @ mean) ** 2 + ((X @ cov) * X).sum(axis=1)
         u = s2 * p
         new = (nu0 * sigma0 ** 2 + float(u @ np.maximum(expected - m2, 0.0))) / (nu0 + float(u.sum()))
-        converged = abs(new - s2) < 1e-9 + 1e-6 * s2
+        moved = max(moved, abs(new / s2 - 1.0))
         s2 = new
-        if converged:
+        if moved < 1e-4:
             break
     p = 1.0 / (s2 + m2)
     cov = np.linalg.inv(np.diag(1.0 / scales) + (X.T * p) @ X)
-    return Posterior(mean=cov @ (X.T @ (p * y)), cov=cov, sigma2=s2, dof=nu0 + float((s2 * p).sum()), n=len(y))
+    return Posterior(mean=cov @ (X.T @ (p * y)), cov=cov, sigma2=s2, dof=nu0 + float((s2 * p).sum()), n=len(y),
+                     scales=scales)

@@ -375,8 +375,9 @@ class CalibrationStore:
         self._models[key] = model
         return model
 
-    def corrections(self, spec, *, profile=None, metric: str = "accuracy") -> list[Correction]:
-        """The fitted residual blocks for ``spec`` (a ModelSpec or model name): what the store corrects."""
+    def corrections(self, spec, *, profile=None) -> list[Correction]:
+        """The fitted residual blocks for ``spec`` (a ModelSpec or model name): what the store corrects (the
+        residuals are in latent damage units, the same for every metric family)."""
         from planner.accuracy.predict import residual_model_for
 
         model = residual_model_for(spec, self, profile=profile)

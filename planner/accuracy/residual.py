@@ -342,7 +342,7 @@ def fit_residual_model(family: str, observations: list[Observation], priors: Pri
             for c, x in zip(shares, rows):
                 X[i] += c * x
             y[i] = obs.log_measured - log_total + sum(c * f for c, f in zip(shares, shifts))
-        posterior = bayes.fit(X, y, variances, prior_sd, RESIDUAL_NOISE, NOISE_DOF, PRIOR_TAIL_DOF)
+        posterior = bayes.fit(X, y, variances, prior_sd, RESIDUAL_NOISE, NOISE_DOF, PRIOR_TAIL_DOF, start=posterior)
         w = posterior.mean
     assert posterior is not None
     return ResidualModel(family, blocks, posterior, prior_sd)
