@@ -140,7 +140,8 @@ def predict(record, store, profile=None):
 def agreement(rows):
     from planner.accuracy import predictor_agreement
 
-    return predictor_agreement([100 - p.retained_pct for _, p in rows], [100 - r.measured_retained_pct for r, _ in rows],
+    return predictor_agreement([100 - p.retained_pct for _, p in rows],
+                               [100 - r.measured_retained_pct for r, _ in rows],
                                low=[100 - p.high_pct for _, p in rows], high=[100 - p.low_pct for _, p in rows])
 
 

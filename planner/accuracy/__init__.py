@@ -16,6 +16,7 @@ from planner.accuracy.priors import Priors, load_priors
 from planner.accuracy.profile import SensitivityProfile, model_fingerprint, sparsity_option
 from planner.accuracy.result import QualityPart, QualityPrediction
 
-__all__ = ["Agreement", "CalibrationRecord", "CalibrationStore", "Correction", "DeviceCorrection", "METRIC_FAMILIES", "MetricFamily", "Priors",
-           "QualityPart", "QualityPrediction", "SensitivityProfile", "load_priors", "metric_family",
-           "model_fingerprint", "predict_quality", "predictor_agreement", "sparsity_option"]
+__all__ = ["Agreement", "CalibrationRecord", "CalibrationStore", "Correction", "DeviceCorrection",
+           "METRIC_FAMILIES", "MetricFamily", "Priors", "QualityPart", "QualityPrediction",
+           "SensitivityProfile", "load_priors", "metric_family", "model_fingerprint", "predict_quality",
+           "predictor_agreement", "sparsity_option"]

@@ -20,10 +20,11 @@ tiny test model does not calibrate a 70B one). Records of another model family a
 
 Device (:meth:`CalibrationStore.device_correction`): memory and latency of this model family measured on
 one device, as a factor on the planner's prediction: ``y_i = ln(measured_i / predicted_i)`` of the records
-(raw predictions, before any correction), an intercept-only model of :mod:`.bayes` with prior sd
+(raw predictions, before any correction), an intercept-only model of :mod:`.bayes` with prior scale
 ``DEVICE_PRIOR_SD`` and noise ``DEVICE_NOISE`` per quantity: the factor ``exp(posterior mean)`` is shrunk
-towards 1 with few records (one memory record moves it ~94% of the way, one latency record ~80%), its
-log-spread is the predictive spread of a new candidate.
+towards 1 with few records (one memory record 10% off moves it ~92% of the way, one latency record ~76%;
+the Student-t prior lets a large, consistent factor through: one latency record 3x off moves it ~95%),
+its log-spread is the predictive spread of a new candidate.
 """
 
 from __future__ import annotations
@@ -36,9 +37,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from planner.accuracy import bayes
 from planner.accuracy.metrics import damage_from_retained, metric_family
@@ -48,9 +48,10 @@ from planner.errors import InvalidConfigError
 RECORD_KIND = "fitplan.calibration_record"
 SIZE_FACTOR = 8.0
 DEVICE_PRIOR_SD = {"memory": 0.2, "latency": 0.3}
-"""prior sd of ln(measured / predicted) on a device: the planner's published-data accuracy (memory
-median error ~10%, speed ~20-25% on engines it was fitted to, benchmarks/memory_accuracy.py and
-speed_accuracy.py), about 2 standard deviations wide"""
+"""prior scale of ln(measured / predicted) on a device: speed is 9-23% off (median by engine) on published
+rows (benchmarks/speed_accuracy.py); memory 0.7% (GPU inference) to ~10% (fine-tuning) off on published
+rows (README accuracy table), but a CPU run's process peak, runtime included, 14-24% off on this machine
+(benchmarks/calibration_refine.py)"""
 DEVICE_NOISE = {"memory": 0.05, "latency": 0.15}
 """prior scale of one run's scatter around the device factor: peak RSS repeats within a few %; CPU latency
 on a shared machine within ~15% run to run (benchmarks/executor_speed.py)"""
@@ -184,7 +185,8 @@ def record_from_result(payload: dict, source: str, specs: dict[str, Any] | None 
     """A record from one executors result (a results.jsonl line or a run's result.json; None for a failed or
     unmeasured run). Without a recorded prediction, today's prior prediction is used
     (``prediction_source="recomputed"``). ``device``: the name device corrections match on (e.g.
-    ``Evaluator.device``); default the executor's device string ('cpu', 'cuda:0')."""
+    ``planner.planning.candidate.Evaluator.device_name``); default the executor's device string ('cpu',
+    'cuda:0')."""
     quality = payload.get("quality") or {}
     if payload.get("status") != "ok" or not quality.get("retained_pct"):
         return None

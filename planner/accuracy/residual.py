@@ -47,9 +47,10 @@ combination rule gives ``ln D(f)`` with every part's log-damage shifted by ``f_p
 linearised at the current estimate (Gauss-Newton, ``GAUSS_NEWTON_PASSES`` passes),
 ``ln M ~ ln D(f0) + sum_p c_p (f_p - f0_p)`` with ``c_p = d ln D / d ln d_p``, the part's share of the
 predicted total (``sum c_p = 1`` by Euler's theorem: D, interaction term included, is homogeneous of
-degree 1 in the parts' damages). So a stacked record informs each technique in proportion to its share of the predicted damage,
-and the joint posterior keeps what it cannot tell apart (correlated coefficients) in the intervals,
-rather than pretending one technique alone was off. A single-technique record is exact (``c = 1``).
+degree 1 in the parts' damages). So a stacked record informs each technique in proportion to its share
+of the predicted damage, and the joint posterior keeps what it cannot tell apart (correlated
+coefficients) in the intervals, rather than pretending one technique alone was off. A single-technique
+record is exact (``c = 1``).
 
 Measurement variance of ``ln M`` (known, added to the fitted noise): ``(r / max(M, r))^2 + pairs *
 sigma_pair^2``, where ``r`` = ``MEASUREMENT_NOISE_PP`` points of the retained % in latent units (a
