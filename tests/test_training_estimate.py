@@ -118,3 +118,15 @@ def test_zero3_on_one_gpu_is_allowed_with_a_warning():
     assert any("divides nothing" in w for w in e.warnings)
     single = estimate_memory(LLAMA, "bf16", mode="full", batch=1, seq_len=512, sharding="ddp")
     assert single.breakdown_gib.get("communication_buffers", 0) == 0  # DDP on one GPU is plain training
+
+
+def test_lora_on_a_bitsandbytes_int8_base_upcasts_the_float_parameters():
+    # peft prepare_model_for_kbit_training casts every fp16/bf16 parameter of a bitsandbytes model to fp32,
+    # 8-bit bases included: embeddings, norms and lm_head double against the bf16 LoRA base.
+    from planner import get_model
+    from planner.memory import weight_bytes
+    int8 = estimate_memory(LLAMA, "int8", mode="lora", batch=1, seq_len=512, train_precision="mixed")
+    stored = weight_bytes(get_model(LLAMA), "int8").unquantized
+    frozen_float = [t for t in int8.terms if t.key == "weights_unquantized" and "upcast" in t.label]
+    assert frozen_float and frozen_float[0].gib == pytest.approx(2 * stored / 2**30, rel=1e-6)
+    assert int8.assumptions["residual_stream_bytes"] == 4  # fp32 embeddings and norms keep the stream fp32

@@ -82,3 +82,35 @@ def test_fsdp_divides_the_recipes_bytes():
 def test_bad_combinations_are_explained(sharding, gpus, offload, message):
     with pytest.raises(InvalidRequestError, match=message):
         shard_states(amp_adamw(), sharding=sharding, gpus=gpus, offload=offload)
+
+
+def test_zero_fp32_model_still_keeps_a_cloned_fp32_partition():
+    # stage_1_and_2.py / stage3.py: fp32 partition = parameter partition .clone().float(): 4 P / N more
+    fp32 = amp_adamw(compute_bytes=4, param_bytes=4)
+    states = shard_states(fp32, sharding="zero2", gpus=4)
+    assert states.master_weights == pytest.approx(4 * P / 4)
+    # params 4P (replicated) + grads 4P/4 + master 4P/4 + AdamW 8P/4
+    assert on_gpu(states) == pytest.approx(4 * P + 16 * P / 4)
+
+
+def test_zero3_retains_the_modules_reused_within_the_reuse_distance():
+    from planner.memory.training.sharding import zero3_retained_params
+
+    # forward order: embedding 100, six layers of 200, head 100; distance 1000. From the end: head (after 0)
+    # kept, layer 6 (after 100: 200 < 1000) kept, layer 5 (after 300: 600) kept, layer 4 (after 500: 1000)
+    # released -> tail 100 + 200 + 200 = 500. From the start: embedding (0) kept, layer 1 (after 100: 200)
+    # kept, layer 2 (300: 600) kept, layer 3 (500: 1000) released -> head 500 as well.
+    modules = (100, 200, 200, 200, 200, 200, 200, 100)
+    assert zero3_retained_params(modules, 1000) == 500
+    assert zero3_retained_params(modules, 10_000) == sum(modules)  # a small model stays gathered whole
+    assert zero3_retained_params((), 1000) == 0
+
+
+def test_zero3_buffers_add_the_retained_parameters_at_the_compute_dtype():
+    modules = (100_000_000,) + (200_000_000,) * 8 + (100_000_000,)
+    with_trace = shard_states(amp_adamw(module_params=modules), sharding="zero3", gpus=8,
+                              max_reuse_distance=1_000_000_000)
+    plain = shard_states(amp_adamw(), sharding="zero3", gpus=8)
+    # tail: head 1e8 (after 0), layers with 2 x after < 1e9: after 1e8 (3e8 total), 3e8 (5e8) -> 5e8 params
+    assert with_trace.buffers - plain.buffers == pytest.approx(500_000_000 * 2)
+    assert with_trace.buffers_upper >= with_trace.buffers

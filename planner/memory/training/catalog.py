@@ -80,6 +80,7 @@ class DeepSpeedConstants(BaseModel):
     reduce_bucket_size: int = Field(gt=0)
     overlap_comm_stage12: bool
     stage3_max_live_parameters: int = Field(gt=0)
+    stage3_max_reuse_distance: int = Field(gt=0)
     source: str
 
 

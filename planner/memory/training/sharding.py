@@ -13,7 +13,12 @@
   ``backward()``. CPU offload of the optimizer keeps only 16-bit parameters on the GPU and puts
   ``P x max(4N, 16) x 1.5`` (ZeRO-2) or ``P x 16 x 1.5`` (ZeRO-3) bytes in host RAM per node;
   parameter offload (ZeRO-3) leaves only the largest layer on the GPU and ``P x 18 x 1.5`` in host RAM.
-  Frozen weights are replicated under ZeRO-1/2 and partitioned under ZeRO-3.
+  Frozen weights are replicated under ZeRO-1/2 and partitioned under ZeRO-3. The fp32 partition the
+  optimizer steps is always a copy, also when the model itself is fp32 (DeepSpeed builds it with
+  ``.clone().float().detach()`` of the parameter partition), so a pure-fp32 ZeRO run keeps 4 more
+  bytes per trained parameter / N than the model dtype suggests. ZeRO-3 keeps a gathered parameter
+  after its use when the same parameter is used again within ``stage3_max_reuse_distance`` parameters
+  (:func:`zero3_retained_params`): the last layers of the forward stay gathered for their backward.
 - ``fsdp`` (PyTorch FSDP ``FULL_SHARD``, one unit per decoder layer): weights, gradients and states
   in the recipe's dtypes divided by N, plus the unsharded parameters of the unit in use and the one
   prefetched (frozen weights gathered as stored, e.g. 4-bit for QLoRA) and the unsharded gradients of
@@ -47,6 +52,7 @@ class StateInputs:
     largest_layer_params: int
     total_params: int = 0
     frozen_replicated_bytes: float = 0.0
+    module_params: tuple[int, ...] = ()  # parameters of each module in forward order (ZeRO-3 retention)
 
 
 @dataclass(frozen=True)
@@ -90,7 +96,8 @@ def validate(sharding: str, gpus: int, offload: str) -> list[str]:
 
 def shard_states(inputs: StateInputs, *, sharding: str, gpus: int, offload: str = "none", gpus_per_node: int = 8,
                  buffer_factor: float = 1.5, bucket_elements: int = 500_000_000,
-                 overlap_comm: bool = False, max_live_parameters: int = 1_000_000_000) -> ShardedStates:
+                 overlap_comm: bool = False, max_live_parameters: int = 1_000_000_000,
+                 max_reuse_distance: int = 1_000_000_000) -> ShardedStates:
     """Per-GPU model states for ``sharding`` over ``gpus`` (see the module docstring)."""
     validate(sharding, gpus, offload)
     n, p = gpus, inputs.trainable_params
@@ -104,17 +111,47 @@ def shard_states(inputs: StateInputs, *, sharding: str, gpus: int, offload: str 
         return _fsdp(inputs, n, offload)
     states = _zero(inputs, int(sharding[-1]), n, offload, max(1, -(-n // gpus_per_node)), min(n, gpus_per_node),
                    buffer_factor, bucket_elements, overlap_comm)
-    if sharding == "zero3":  # up to stage3_max_live_parameters gathered 16-bit parameters stay resident
+    if sharding == "zero3":
+        retained = zero3_retained_params(inputs.module_params, max_reuse_distance) * inputs.compute_bytes
+        buffers = states.buffers + retained
+        formulas = {**states.formulas, "buffers": states.formulas["buffers"] + " + parameters kept gathered "
+                    "for reuse within stage3_max_reuse_distance x compute bytes"}
+        # at most stage3_max_live_parameters gathered parameters (prefetched or kept) at once
         resident = min(max_live_parameters, inputs.total_params or max_live_parameters) * inputs.compute_bytes
-        return replace(states, buffers_upper=max(states.buffers, resident))
+        return replace(states, buffers=buffers, formulas=formulas,
+                       buffers_upper=max(buffers, states.buffers + resident))
     return states
+
+
+def zero3_retained_params(module_params: tuple[int, ...] | list[int], max_reuse_distance: int) -> int:
+    """Parameters ZeRO-3 keeps gathered between a module's use in forward and its use in backward.
+
+    DeepSpeed's ``PartitionedParameterCoordinator.__params_to_release`` (deepspeed/runtime/zero/
+    partitioned_param_coordinator.py) walks the recorded module trace from the current step and does not
+    release a parameter that reappears before ``stage3_max_reuse_distance`` parameters (default 1e9,
+    zero/config.py) have been traversed. A module whose forward is followed by ``A`` parameters of
+    later modules meets its backward after ``2 A`` parameters (forward to the end, backward back), so it
+    stays gathered when ``2 A < distance``: the tail of the network (the modules of about the last
+    ``distance / 2`` parameters). The same rule keeps the head gathered from the end of one backward to
+    the next forward; the larger of the two sets is resident at once.
+    """
+    def kept(order) -> int:
+        retained = after = 0
+        for params in order:
+            if 2 * after < max_reuse_distance:
+                retained += params
+            after += params
+        return retained
+    modules = list(module_params)
+    return max(kept(reversed(modules)), kept(modules)) if modules else 0
 
 
 def _zero(inputs: StateInputs, stage: int, n: int, offload: str, nodes: int, per_node: int, factor: float,
           bucket_elements: int, overlap_comm: bool) -> ShardedStates:
     p, low = inputs.trainable_params, inputs.compute_bytes
     mixed = low < 4
-    master, fp32_grads = (4 if mixed else 0), (4 if mixed else 0)
+    # the optimizer's fp32 partition is a .clone().float() of the parameter partition, fp32 models included
+    master, fp32_grads = 4, (4 if mixed else 0)
     largest = 4 * inputs.largest_layer_params  # DeepSpeed: fp16 param + fp16 grad of the largest layer
     params = p * low / (n if stage == 3 else 1)
     frozen = inputs.frozen_weight_bytes / (n if stage == 3 else 1)
