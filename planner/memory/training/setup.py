@@ -207,7 +207,7 @@ def activation_bounds(spec: ModelSpec, recipe: Recipe, framework: Framework, fmt
                                              offload=options.activation_offload, seq_len=seq_len,
                                              target_len=options.target_len), settings
         return activation_memory(spec, settings, plan, checkpointing=options.grad_checkpointing,
-                                 offload=options.activation_offload), settings
+                                 offload=options.activation_offload, seq_len=seq_len), settings
     point, settings = run(framework, False)
     upper = point
     for profile in load_catalog().frameworks.values():

@@ -158,8 +158,8 @@ def activation_terms(s: StepInputs) -> list[RawTerm]:
     if a.workspace_per_token:
         upper = max(a.workspace_per_token, a.layer_per_token)
         terms.append(RawTerm("activations", "gradient workspace of the layer in backward", Coeffs(
-            per_token=a.workspace_per_token), formula="max(3F or 2F MLP grads, flash-attention dq/dk/dv/dout + fp32 dq) "
-            "+ 2 x residual grads", source="planner.memory.training.activations.backward_workspace",
+            per_token=a.workspace_per_token), formula="max(3F or 2F MLP grads, flash-attention dq/dk/dv/dout + fp32 dq or eager "
+            "dq/dk/dv + 2 fp32 heads x s score grads) + 2 x residual grads", source="planner.memory.training.activations.backward_workspace",
             phases=frozenset({BACKWARD}), tokens="total", upper=Coeffs(per_token=upper)))
     if s.dequant_workspace:
         terms.append(_const("activations", "dequantized weight of the largest 4-bit Linear (transient)",
