@@ -40,8 +40,11 @@ def test_zero2_matches_deepspeeds_estimator(gpus):
 @pytest.mark.parametrize("gpus", [1, 2, 4, 8, 64])
 def test_zero3_divides_model_states_by_n_plus_the_largest_layer(gpus):
     states = shard_states(amp_adamw(), sharding="zero3", gpus=gpus)
-    assert on_gpu(states) == pytest.approx(18 * P / gpus)
+    # 16-bit params 2 + 16-bit gradient partition buffer 2 + fp32 master 4 + AdamW 8 bytes per parameter / N
+    assert on_gpu(states) == pytest.approx(16 * P / gpus)
     assert states.buffers == 4 * LARGEST
+    # the step's fp32 gradient of one sub group (default 1e9 elements) and its 16-bit flat copy
+    assert states.step_buffers == pytest.approx(min(1e9, P / gpus) * (4 + 2))
 
 
 def test_more_gpus_under_zero3_never_increase_per_gpu_states():

@@ -8,7 +8,10 @@
   16-bit compute dtype DeepSpeed keeps 16-bit parameters and gradients plus fp32 master weights, an
   fp32 gradient partition and the optimizer states; ZeRO-1 partitions the fp32 part, ZeRO-2 also the
   gradients, ZeRO-3 also the parameters. For AdamW this is DeepSpeed's own estimator
-  ``2P + 18P/N`` (ZeRO-2) and ``18P/N + 4 x largest_layer`` (ZeRO-3). Stages 1-2 allocate the
+  ``2P + 18P/N`` (ZeRO-2). ZeRO-3 differs from its estimator's ``18P/N``: stage3.py keeps the gradient
+  partition in the 16-bit gradient dtype (``grad_partitions_flat_buffer``) and makes the fp32 gradient
+  only during the step, one ``sub_group_size`` group at a time (default 1e9 elements): ``16P/N`` resident
+  plus ``min(sub_group_size, P/N) x 6`` bytes in the step, and ``4 x largest_layer`` buffers. Stages 1-2 allocate the
   contiguous-gradient bucket (``reduce_bucket_size`` elements, twice with ``overlap_comm``) in
   ``backward()``. CPU offload of the optimizer keeps only 16-bit parameters on the GPU and puts
   ``P x max(4N, 16) x 1.5`` (ZeRO-2) or ``P x 16 x 1.5`` (ZeRO-3) bytes in host RAM per node;
@@ -69,6 +72,7 @@ class ShardedStates:
     formulas: dict[str, str] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     buffers_upper: float | None = None
+    step_buffers: float = 0.0  # alive only during the optimizer step
 
 
 def validate(sharding: str, gpus: int, offload: str) -> list[str]:
@@ -97,7 +101,7 @@ def validate(sharding: str, gpus: int, offload: str) -> list[str]:
 def shard_states(inputs: StateInputs, *, sharding: str, gpus: int, offload: str = "none", gpus_per_node: int = 8,
                  buffer_factor: float = 1.5, bucket_elements: int = 500_000_000,
                  overlap_comm: bool = False, max_live_parameters: int = 1_000_000_000,
-                 max_reuse_distance: int = 1_000_000_000) -> ShardedStates:
+                 max_reuse_distance: int = 1_000_000_000, sub_group_size: int = 1_000_000_000) -> ShardedStates:
     """Per-GPU model states for ``sharding`` over ``gpus`` (see the module docstring)."""
     validate(sharding, gpus, offload)
     n, p = gpus, inputs.trainable_params
@@ -110,7 +114,7 @@ def shard_states(inputs: StateInputs, *, sharding: str, gpus: int, offload: str 
     if sharding == "fsdp":
         return _fsdp(inputs, n, offload)
     states = _zero(inputs, int(sharding[-1]), n, offload, max(1, -(-n // gpus_per_node)), min(n, gpus_per_node),
-                   buffer_factor, bucket_elements, overlap_comm)
+                   buffer_factor, bucket_elements, overlap_comm, sub_group_size)
     if sharding == "zero3":
         retained = zero3_retained_params(inputs.module_params, max_reuse_distance) * inputs.compute_bytes
         buffers = states.buffers + retained
@@ -147,7 +151,7 @@ def zero3_retained_params(module_params: tuple[int, ...] | list[int], max_reuse_
 
 
 def _zero(inputs: StateInputs, stage: int, n: int, offload: str, nodes: int, per_node: int, factor: float,
-          bucket_elements: int, overlap_comm: bool) -> ShardedStates:
+          bucket_elements: int, overlap_comm: bool, sub_group_size: int = 1_000_000_000) -> ShardedStates:
     p, low = inputs.trainable_params, inputs.compute_bytes
     mixed = low < 4
     # the optimizer's fp32 partition is a .clone().float() of the parameter partition, fp32 models included
@@ -155,8 +159,7 @@ def _zero(inputs: StateInputs, stage: int, n: int, offload: str, nodes: int, per
     largest = 4 * inputs.largest_layer_params  # DeepSpeed: fp16 param + fp16 grad of the largest layer
     params = p * low / (n if stage == 3 else 1)
     frozen = inputs.frozen_weight_bytes / (n if stage == 3 else 1)
-    # ZeRO-3 reduce-scatters straight into the fp32 gradient partition (DeepSpeed's estimator: 18 P / N)
-    grads = 0.0 if stage == 3 and mixed else p * low / (n if stage >= 2 else 1)
+    grads = p * low / (n if stage >= 2 else 1)
     buckets = bucket_elements * low * (2 if overlap_comm else 1) if stage < 3 else float(largest)
     formulas = {"trainable_weights": f"P x {low}" + (" / N" if stage == 3 else ""),
                 "gradients": _zero_gradient_formula(stage, low, mixed),
@@ -164,6 +167,14 @@ def _zero(inputs: StateInputs, stage: int, n: int, offload: str, nodes: int, per
                 "buffers": "reduce_bucket_size x bytes x (2 if overlap_comm)" if stage < 3
                 else "4 x largest_layer_params"}
     if offload == "none":
+        if stage == 3:
+            # stage3.py: the reduce-scattered gradients live in grad_partitions_flat_buffer (torch.zeros of the
+            # partition in the gradient dtype, allocated once); the step builds the fp32 gradient one sub group
+            # at a time (_prepare_fp32_grad_for_sub_group: flatten(...).to(fp32)), not a resident fp32 partition
+            step = min(sub_group_size, -(-p // n)) * (4 + (low if mixed else 0))
+            formulas["step_buffers"] = "min(sub_group_size, P / N) x (4 + 16-bit bytes)"
+            return ShardedStates(params, frozen, grads, p * master / n, inputs.states_fp32 / n, buckets, 0.0,
+                                 formulas, step_buffers=step)
         return ShardedStates(params, frozen, grads + p * fp32_grads / n, p * master / n, inputs.states_fp32 / n,
                              buckets, 0.0, formulas)
     host_per_param = master + fp32_grads + (inputs.states_fp32 / p if p else 0.0)
@@ -210,7 +221,9 @@ def _fsdp(inputs: StateInputs, n: int, offload: str) -> ShardedStates:
 
 
 def _zero_gradient_formula(stage: int, low: int, mixed: bool) -> str:
-    parts = [] if stage == 3 and mixed else [f"P x {low}" + (" / N" if stage >= 2 else "")]
+    if stage == 3:
+        return f"P x {low} / N (gradient partition buffer)"
+    parts = [f"P x {low}" + (" / N" if stage >= 2 else "")]
     if mixed:
         parts.append("P x 4 / N (fp32 partition)")
     return " + ".join(parts)

@@ -115,7 +115,8 @@ def state_terms(s: StepInputs) -> list[RawTerm]:
                             frozenset({BACKWARD}), "largest trainable tensor x grad bytes",
                             "torchtune optimizer_in_bwd: each parameter is stepped and its gradient freed in backward"))
     elif st.gradients:
-        phases = ALL if s.grad_accum > 1 else frozenset({STEP})
+        # ZeRO-3's gradient partition is a buffer allocated once (stage3.py grad_partitions_flat_buffer)
+        phases = ALL if s.grad_accum > 1 or s.sharding == "zero3" else frozenset({STEP})
         terms.append(_const("gradients", "gradients" + (" (accumulated across micro-batches)" if s.grad_accum > 1 else ""),
                             st.gradients, phases, st.formulas.get("gradients", "P x grad_bytes"), s.recipe.source))
     if st.master_weights:
@@ -127,6 +128,11 @@ def state_terms(s: StepInputs) -> list[RawTerm]:
                             (" in CUDA unified memory (pages out to host RAM under pressure)" if paged else ""),
                             st.optimizer_states, ALL, st.formulas.get("optimizer_states", "per-tensor states"),
                             s.optimizer.source, counted_in="device" if paged else "allocated"))
+    if st.step_buffers:
+        terms.append(_const("gradients", "fp32 gradients of one optimizer sub group (DeepSpeed ZeRO-3 step)",
+                            st.step_buffers, frozenset({STEP}), st.formulas.get("step_buffers", ""),
+                            "deepspeed/runtime/zero/stage3.py _prepare_fp32_grad_for_sub_group: "
+                            "flatten(averaged_gradients).to(fp32) per sub group (sub_group_size, default 1e9)"))
     if s.step_temporaries:
         terms.append(_const("optimizer_states", "optimizer step temporaries", s.step_temporaries, frozenset({STEP}),
                             f"{s.optimizer.step_temporaries} x {s.optimizer.step_temporaries_scope} trainable tensors",
