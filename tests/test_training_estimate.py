@@ -130,3 +130,11 @@ def test_lora_on_a_bitsandbytes_int8_base_upcasts_the_float_parameters():
     frozen_float = [t for t in int8.terms if t.key == "weights_unquantized" and "upcast" in t.label]
     assert frozen_float and frozen_float[0].gib == pytest.approx(2 * stored / 2**30, rel=1e-6)
     assert int8.assumptions["residual_stream_bytes"] == 4  # fp32 embeddings and norms keep the stream fp32
+
+
+def test_peft_0_4_stack_keeps_lora_adapters_in_fp32():
+    # peft 0.4.0 LoraLayer.update_layer builds lora_A/lora_B as nn.Linear (fp32) and moves them by device only
+    e = estimate_memory(LLAMA, "nf4", mode="qlora", batch=1, seq_len=256, framework="hf-2023",
+                        train_precision="fp16-mixed")
+    adapters = [t for t in e.terms if t.key == "adapters"][0]
+    assert adapters.gib * 2**30 == pytest.approx(4 * e.training.trainable_params)
