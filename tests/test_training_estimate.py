@@ -138,3 +138,18 @@ def test_peft_0_4_stack_keeps_lora_adapters_in_fp32():
                         train_precision="fp16-mixed")
     adapters = [t for t in e.terms if t.key == "adapters"][0]
     assert adapters.gib * 2**30 == pytest.approx(4 * e.training.trainable_params)
+
+
+def test_pytorch_1x_trainer_keeps_zeroed_gradients_through_the_next_step():
+    # zero_grad(set_to_none=False) (the default before PyTorch 2.0) zeroes .grad in place, so with one
+    # micro-batch per step the gradients are alive in forward and backward too, not only in the step
+    kwargs = dict(mode="full", batch=1, seq_len=256, train_precision="fp32", attention="flash", optimizer="sgd")
+    old = estimate_memory(LLAMA, "fp32", framework="hf-2021", **kwargs)
+    new = estimate_memory(LLAMA, "fp32", framework="hf", **kwargs)
+    grads = 4 * old.params_total / 2**30
+    assert old.phases_gib["loss"] - new.phases_gib["loss"] == pytest.approx(grads, abs=2e-3)
+    assert old.phases_gib["step"] == pytest.approx(new.phases_gib["step"], abs=2e-3)
+    # with gradient accumulation both keep them anyway
+    acc = {**kwargs, "grad_accum": 2}
+    assert estimate_memory(LLAMA, "fp32", framework="hf-2021", **acc).phases_gib["loss"] == pytest.approx(
+        estimate_memory(LLAMA, "fp32", framework="hf", **acc).phases_gib["loss"], abs=2e-3)

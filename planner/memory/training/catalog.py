@@ -71,6 +71,7 @@ class Framework(_Entry):
     softmax_saves_input: bool
     dequantized_weight_saved: bool
     fsdp_shards_quant_state: bool = False
+    zero_grad_set_to_none: bool = True
 
 
 class DeepSpeedConstants(BaseModel):

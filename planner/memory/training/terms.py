@@ -72,6 +72,7 @@ class StepInputs:
     upcast: bool
     activation_segment_waste: float
     state_segment_waste: float
+    grads_kept_between_steps: bool = False
 
 
 def _const(key: str, label: str, value: float, phases: frozenset[str], formula: str, source: str,
@@ -115,9 +116,11 @@ def state_terms(s: StepInputs) -> list[RawTerm]:
                             frozenset({BACKWARD}), "largest trainable tensor x grad bytes",
                             "torchtune optimizer_in_bwd: each parameter is stepped and its gradient freed in backward"))
     elif st.gradients:
-        # ZeRO-3's gradient partition is a buffer allocated once (stage3.py grad_partitions_flat_buffer)
-        phases = ALL if s.grad_accum > 1 or s.sharding == "zero3" else frozenset({STEP})
-        terms.append(_const("gradients", "gradients" + (" (accumulated across micro-batches)" if s.grad_accum > 1 else ""),
+        # ZeRO-3's gradient partition is a buffer allocated once (stage3.py grad_partitions_flat_buffer);
+        # zero_grad(set_to_none=False) (PyTorch < 2.0) keeps zeroed gradients from one step to the next
+        phases = ALL if s.grad_accum > 1 or s.sharding == "zero3" or s.grads_kept_between_steps else frozenset({STEP})
+        kept = " (kept zeroed between steps: zero_grad(set_to_none=False))" if s.grads_kept_between_steps else ""
+        terms.append(_const("gradients", "gradients" + (" (accumulated across micro-batches)" if s.grad_accum > 1 else kept),
                             st.gradients, phases, st.formulas.get("gradients", "P x grad_bytes"), s.recipe.source))
     if st.master_weights:
         terms.append(_const("optimizer_states", "fp32 master weights (DeepSpeed)", st.master_weights, ALL,
