@@ -20,6 +20,7 @@ Scoring:
 from __future__ import annotations
 
 import re
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -296,7 +297,8 @@ _TT_2024_05_LENGTH = ("'Seq Length' of the 2024-05 README is the max_seq_len of 
                       "(26.4 GB/GPU) leaves room for < ~1k tokens per sequence at batch 4 while its 7B LoRA row "
                       "(21.3 GB) needs more than the full 2048")
 _BNB_T4 = ("the blog names quantization, compute dtype, checkpointing, batch, accumulation and seq_len only; the "
-           "SFT script's TrainingArguments (fp16/bf16 autocast), LoRA config and padding are not published")
+           "SFT script's TrainingArguments (fp16/bf16 autocast), LoRA config and padding are not published "
+           "(BNB-01..06 of the first set are q-003, q-005, q-007, q-002, q-013 and q-014 transcribed again)")
 _BNB_13B_NQ = ("; 13B NF4 + GC at 1024 tokens is OOM without and fits with nested quantization (0.55 GiB smaller), "
                "so its true peak is within 0.55 GiB of the card")
 _T5_LENGTHS = ("sequence lengths are the script defaults, not stated in the post (128/128 assumed); wmt en-ro "
@@ -316,16 +318,13 @@ ROW_FLAGS: dict[str, str] = {
                                   "twitter_complaints example are not on it (max_length 128 assumed for both)"),
     **{f"M-hf_blog_4bit_bitsandbytes__q-0{i:02d}": _BNB_T4 + (_BNB_13B_NQ if i in (13, 14) else "")
        for i in range(1, 15)},
-    **{f"BNB-0{i}": f"{_BNB_T4}{_BNB_13B_NQ if j in (13, 14) else ''} (the same published outcome as "
-                    f"M-hf_blog_4bit_bitsandbytes__q-0{j:02d})"
+    **{f"BNB-0{i}": _BNB_T4 + (_BNB_13B_NQ if j in (13, 14) else "")
        for i, j in ((1, 3), (2, 5), (3, 7), (4, 2), (5, 13), (6, 14))},
     **{f"M-hf_blog_fit_more_and_train_f-{i:03d}": _T5_LENGTHS for i in range(1, 11)},
-    "M-philschmid_flant5_xlxxl_deep-007": ("OOM with CPU offload of parameters and optimizer at any batch while the "
-                                           "GPU-side need at batch 1 is ~5 GiB: host RAM (~270 GB for 11.3B fp32 "
-                                           "parameters with ZeRO-3 offload) is the likely limit, and the instances' "
-                                           "RAM is not published"),
-    "M-philschmid_flant5_xlxxl_deep-008": ("OOM with CPU offload at any batch while the GPU-side need at batch 1 is "
-                                           "~5 GiB: host RAM is the likely limit and is not published"),
+    **{f"M-philschmid_flant5_xlxxl_deep-00{i}": (
+        "OOM with CPU offload of parameters and optimizer at any batch while the GPU-side need at batch 1 is "
+        "~5 GiB: host RAM (fitplan estimates 249 GiB per node for 11.3B fp32 parameters with ZeRO-3 offload) is the likely limit, and the "
+        "instances' RAM is not published") for i in (7, 8)},
 }
 
 
@@ -334,14 +333,20 @@ def flag_of(row_id: str) -> str:
     return ROW_FLAGS.get(row_id, "")
 
 
-def print_flags(ids) -> None:
-    """The flagged rows among ``ids``, each with its reason (they stay in the scoring)."""
-    flagged = [i for i in ids if flag_of(i)]
-    if flagged:
-        print(f"flagged rows (kept in the scoring; the published value contradicts another row or lacks an input): "
-              f"{len(flagged)}")
-        for row_id in flagged:
-            print(f"  {row_id}: {flag_of(row_id)}")
+def print_flags(outcomes: dict[str, str]) -> None:
+    """The flagged rows (they stay in the scoring) grouped by cause: each reason once, then its rows with
+    their outcome in this run (``outcomes``: row id -> e.g. 'err -12%, safe miss' or 'wrong side')."""
+    by_reason: dict[str, list[str]] = {}
+    for row_id, outcome in outcomes.items():
+        if flag_of(row_id):
+            by_reason.setdefault(flag_of(row_id), []).append(f"{row_id} ({outcome})")
+    if by_reason:
+        count = sum(len(rows) for rows in by_reason.values())
+        print(f"flagged rows by cause (kept in the scoring; the published value contradicts another row or lacks "
+              f"an input): {count}")
+        for reason, rows in by_reason.items():
+            print(textwrap.fill(reason, 110, initial_indent="  - ", subsequent_indent="    "))
+            print(textwrap.fill(", ".join(rows), 110, initial_indent="      ", subsequent_indent="      "))
 
 
 def _requests(frame: pd.DataFrame, groups: dict, skipped: list[str]):
@@ -631,7 +636,12 @@ def print_more(resolve, first_bounds: pd.DataFrame | None, show_rows: bool, csv:
     for line in skipped_values:
         print(f"  {line}")
     if len(values):
-        print_flags(values["id"])
+        done = values.assign(err=100 * (values.estimate_gib - values.measured_gib) / values.measured_gib)
+        if first_values is not None and len(first_values):
+            done = pd.concat([first_values.assign(err=100 * (first_values.estimate_gib - first_values.measured_gib)
+                                                  / first_values.measured_gib), done], ignore_index=True)
+        print_flags({r.id: f"err {r.err:+.0f}%, safe {'ok' if r.safe_gib >= r.measured_gib else 'miss'}"
+                     for r in done.itertuples()})
     bounds, skipped_bounds = bound_rows(frame, resolve, first_bounds)
     print("\nFIT/OOM ROWS (point estimate of the device total on the published side of the capacity)")
     if show_rows:
@@ -642,7 +652,7 @@ def print_more(resolve, first_bounds: pd.DataFrame | None, show_rows: bool, csv:
     print(f"skipped {len(skipped_bounds)} fit/OOM rows:")
     for line in skipped_bounds:
         print(f"  {line}")
-    print_flags(bounds["id"])
+    print_flags({r.id: "right side" if r.point_agrees else "wrong side" for r in bounds.itertuples()})
     print("settings per source group:")
     seen = set()
     for group in [*GROUPS.values(), *BOUND_GROUPS.values()]:
