@@ -323,8 +323,8 @@ ROW_FLAGS: dict[str, str] = {
     **{f"M-hf_blog_fit_more_and_train_f-{i:03d}": _T5_LENGTHS for i in range(1, 11)},
     **{f"M-philschmid_flant5_xlxxl_deep-00{i}": (
         "OOM with CPU offload of parameters and optimizer at any batch while the GPU-side need at batch 1 is "
-        "~5 GiB: host RAM (fitplan estimates 249 GiB per node for 11.3B fp32 parameters with ZeRO-3 offload) is the likely limit, and the "
-        "instances' RAM is not published") for i in (7, 8)},
+        "~5 GiB: host RAM (fitplan estimates 249 GiB per node for 11.3B fp32 parameters with ZeRO-3 offload) "
+        "is the likely limit, and the instances' RAM is not published") for i in (7, 8)},
 }
 
 

@@ -118,7 +118,8 @@ def state_terms(s: StepInputs) -> list[RawTerm]:
     elif st.gradients:
         # ZeRO-3's gradient partition is a buffer allocated once (stage3.py grad_partitions_flat_buffer);
         # zero_grad(set_to_none=False) (PyTorch < 2.0) keeps zeroed gradients from one step to the next
-        phases = ALL if s.grad_accum > 1 or s.sharding == "zero3" or s.grads_kept_between_steps else frozenset({STEP})
+        kept_all_step = s.grad_accum > 1 or s.sharding == "zero3" or s.grads_kept_between_steps
+        phases = ALL if kept_all_step else frozenset({STEP})
         kept = " (kept zeroed between steps: zero_grad(set_to_none=False))" if s.grads_kept_between_steps else ""
         terms.append(_const("gradients", "gradients" + (" (accumulated across micro-batches)" if s.grad_accum > 1 else kept),
                             st.gradients, phases, st.formulas.get("gradients", "P x grad_bytes"), s.recipe.source))
