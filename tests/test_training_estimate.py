@@ -153,3 +153,16 @@ def test_pytorch_1x_trainer_keeps_zeroed_gradients_through_the_next_step():
     acc = {**kwargs, "grad_accum": 2}
     assert estimate_memory(LLAMA, "fp32", framework="hf-2021", **acc).phases_gib["loss"] == pytest.approx(
         estimate_memory(LLAMA, "fp32", framework="hf", **acc).phases_gib["loss"], abs=2e-3)
+
+
+def test_torchtune_0_1_qlora_keeps_the_to_nf4_workspace_reserved():
+    # torchao 0.1 to_nf4: (value.unsqueeze(-1) - nf4).abs() -> two numel x 16 bf16 tensors + the bf16 scaled
+    # blocks = 66 bytes per element of the largest quantized weight (Llama-3.1-8B MLP: 14336 x 4096)
+    old = estimate_memory(LLAMA, "nf4", mode="qlora", batch=1, seq_len=256, framework="torchtune-2024",
+                          train_precision="bf16")
+    cached = [t for t in old.terms if "load-time 4-bit quantization" in t.label]
+    assert len(cached) == 1 and cached[0].counted_in == "reserved"
+    assert cached[0].gib * 2**30 == pytest.approx(66 * 14336 * 4096)
+    new = estimate_memory(LLAMA, "nf4", mode="qlora", batch=1, seq_len=256, framework="torchtune",
+                          train_precision="bf16")
+    assert not [t for t in new.terms if "load-time 4-bit quantization" in t.label]

@@ -72,6 +72,7 @@ class Framework(_Entry):
     dequantized_weight_saved: bool
     fsdp_shards_quant_state: bool = False
     zero_grad_set_to_none: bool = True
+    init_quantize_workspace: float = 0.0
 
 
 class DeepSpeedConstants(BaseModel):

@@ -378,6 +378,8 @@ def prepare_training(spec: ModelSpec, fmt: WeightFormat, mode: str = "lora", *, 
         framework=framework.name, module_loading=options.cuda_module_loading,
         compute_capability=gpu.compute_capability_tuple if gpu is not None else None,
         upcast=upcast, resident_tensors=_resident_tensors(spec, plan, optimizer.state_tensors, acts.grad_layers),
+        init_quantize_cached=framework.init_quantize_workspace * frozen.weights.largest_quantized_tensor_params
+        if mode == "qlora" else 0.0,
         grads_kept_between_steps=not framework.zero_grad_set_to_none and options.sharding in ("none", "ddp")
         and not options.optimizer_in_backward,
         activation_segment_waste=allocator_waste(acts.tensor_sizes(batch, seq, options.grad_checkpointing)),

@@ -73,6 +73,7 @@ class StepInputs:
     activation_segment_waste: float
     state_segment_waste: float
     grads_kept_between_steps: bool = False
+    init_quantize_cached: float = 0.0
 
 
 def _const(key: str, label: str, value: float, phases: frozenset[str], formula: str, source: str,
@@ -198,6 +199,13 @@ def runtime_terms(s: StepInputs) -> list[RawTerm]:
     if nccl is not None:
         terms.append(replace(nccl, label=f"NCCL communicator buffers ({s.gpus} GPUs, data parallel)"))
     terms.append(allocator_slack_term(s.weights.allocator_waste, ALL))
+    if s.init_quantize_cached:
+        terms.append(RawTerm("allocator_reserve", "blocks cached from load-time 4-bit quantization of the largest "
+                             "weight", Coeffs(const=s.init_quantize_cached),
+                             formula="init_quantize_workspace bytes x largest quantized weight's elements",
+                             source="[frameworks] init_quantize_workspace in planner/data/training.toml (torchao 0.1 "
+                             "to_nf4); freed blocks stay reserved by the CUDA caching allocator", phases=ALL,
+                             counted_in="reserved"))
     # Segment packing of same-size tensors (planner.memory.weights.allocator_waste) assumes no mixing of
     # sizes within a 20 MiB segment, so it bounds the waste from above: it only feeds the safe bound.
     waste = s.state_segment_waste + s.activation_segment_waste
