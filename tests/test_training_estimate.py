@@ -166,3 +166,12 @@ def test_torchtune_0_1_qlora_keeps_the_to_nf4_workspace_reserved():
     new = estimate_memory(LLAMA, "nf4", mode="qlora", batch=1, seq_len=256, framework="torchtune",
                           train_precision="bf16")
     assert not [t for t in new.terms if "load-time 4-bit quantization" in t.label]
+
+
+def test_deepspeed_keeps_fp32_frozen_weights_in_an_fp32_run():
+    # engine.py _configure_distributed_model: module.half()/bfloat16() only with fp16/bf16 enabled
+    kwargs = dict(mode="lora", batch=1, seq_len=128, sharding="zero2", gpus=2)
+    fp32 = estimate_memory(LLAMA, "fp32", train_precision="fp32", **kwargs)
+    mixed = estimate_memory(LLAMA, "fp32", train_precision="bf16-mixed", **kwargs)
+    frozen = lambda e: sum(t.gib for t in e.terms if t.key == "weights_unquantized" and "frozen" in t.label)  # noqa: E731
+    assert frozen(fp32) == pytest.approx(2 * frozen(mixed), rel=1e-6)

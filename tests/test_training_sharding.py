@@ -117,3 +117,16 @@ def test_zero3_buffers_add_the_retained_parameters_at_the_compute_dtype():
     # tail: head 1e8 (after 0), layers with 2 x after < 1e9: after 1e8 (3e8 total), 3e8 (5e8) -> 5e8 params
     assert with_trace.buffers - plain.buffers == pytest.approx(500_000_000 * 2)
     assert with_trace.buffers_upper >= with_trace.buffers
+
+
+def test_zero3_keeps_a_4bit_frozen_base_gathered_as_stored():
+    # LoRA on a 4-bit base: 1e6 trainable (2 bytes when gathered) of 1e9 parameters, the frozen rest at 0.5 B
+    total, trainable = 1_000_000_000, 1_000_000
+    modules = (total // 10,) * 10  # every module reused within the distance below: the whole model retained
+    inputs = amp_adamw(trainable_params=trainable, frozen_weight_bytes=0.5 * (total - trainable),
+                       total_params=total, module_params=modules)
+    plain = shard_states(amp_adamw(trainable_params=trainable, frozen_weight_bytes=0.5 * (total - trainable),
+                                   total_params=total), sharding="zero3", gpus=4)
+    states = shard_states(inputs, sharding="zero3", gpus=4, max_reuse_distance=10 * total)
+    per_param = (trainable / total) * 2 + (1 - trainable / total) * 0.5
+    assert states.buffers - plain.buffers == pytest.approx(total * per_param)

@@ -90,8 +90,11 @@ def frozen_weights(spec: ModelSpec, fmt: WeightFormat, plan: TrainablePlan, fram
             unquantized -= item.bytes * share
     if upcasts_unquantized(plan.mode, fmt, framework):
         unquantized *= 4 / 2  # peft.prepare_model_for_kbit_training: 16-bit non-quantized parameters -> fp32
-    if options.sharding in ("zero1", "zero2", "zero3") and fmt.family == "float" and fmt.bits == 32:
-        unquantized /= 2  # DeepSpeed casts the module to its 16-bit dtype
+    if options.sharding in ("zero1", "zero2", "zero3") and fmt.family == "float" and fmt.bits == 32 \
+            and get_recipe(options.train_precision).compute_bytes < 4:
+        # deepspeed/runtime/engine.py _configure_distributed_model: module.half() / module.bfloat16() only when
+        # the config enables fp16 / bf16; an fp32 run keeps fp32 weights
+        unquantized /= 2
     return _Frozen(quantized, unquantized, w)
 
 

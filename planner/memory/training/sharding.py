@@ -116,7 +116,8 @@ def shard_states(inputs: StateInputs, *, sharding: str, gpus: int, offload: str 
     states = _zero(inputs, int(sharding[-1]), n, offload, max(1, -(-n // gpus_per_node)), min(n, gpus_per_node),
                    buffer_factor, bucket_elements, overlap_comm, sub_group_size)
     if sharding == "zero3":
-        retained = zero3_retained_params(inputs.module_params, max_reuse_distance) * inputs.compute_bytes
+        gathered = _gathered_bytes_per_param(inputs)[0]
+        retained = zero3_retained_params(inputs.module_params, max_reuse_distance) * gathered
         buffers = states.buffers + retained
         formulas = {**states.formulas, "buffers": states.formulas["buffers"] + " + parameters kept gathered "
                     "for reuse within stage3_max_reuse_distance x compute bytes"}
@@ -193,15 +194,23 @@ def _zero(inputs: StateInputs, stage: int, n: int, offload: str, nodes: int, per
                          host, formulas, ("ZeRO-Offload: gradients stream to host RAM through the buckets",))
 
 
-def _fsdp(inputs: StateInputs, n: int, offload: str) -> ShardedStates:
-    p, c, unit = inputs.trainable_params, inputs.compute_bytes, inputs.largest_layer_params
+def _gathered_bytes_per_param(inputs: StateInputs) -> tuple[float, float]:
+    """(bytes per gathered parameter, frozen share of the parameters). Frozen parameters are all-gathered in
+    their storage format (a quantized base as stored: torchao NF4Tensor.fsdp_pre_all_gather sends the packed
+    4-bit data and scales; DeepSpeed ZeRO-3 gathers a bitsandbytes Params4bit as stored), never wider than the
+    compute dtype; trainable ones in the compute dtype."""
+    p, c = inputs.trainable_params, inputs.compute_bytes
     total = max(inputs.total_params, p, 1)
     frozen_share = max(0.0, 1.0 - p / total)
-    # Frozen parameters are all-gathered in their storage format (a quantized base as stored: torchao
-    # NF4Tensor.fsdp_pre_all_gather sends the packed 4-bit data and scales), never wider than the compute
-    # dtype (MixedPrecision param_dtype); only the trainable share of a unit has unsharded gradients.
     frozen_bytes = min(c, inputs.frozen_weight_bytes / (frozen_share * total)) if frozen_share else 0.0
-    gather = unit * ((1 - frozen_share) * c + frozen_share * frozen_bytes)
+    return (1 - frozen_share) * c + frozen_share * frozen_bytes, frozen_share
+
+
+def _fsdp(inputs: StateInputs, n: int, offload: str) -> ShardedStates:
+    p, unit = inputs.trainable_params, inputs.largest_layer_params
+    # only the trainable share of a unit has unsharded gradients
+    per_param, frozen_share = _gathered_bytes_per_param(inputs)
+    gather = unit * per_param
     buffers = 2 * gather + unit * (1 - frozen_share) * inputs.grad_bytes
     formulas = {"trainable_weights": "P x param_bytes / N", "gradients": "P x grad_bytes / N",
                 "optimizer_states": "states / N",
