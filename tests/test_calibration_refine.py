@@ -178,6 +178,14 @@ def test_a_record_of_this_model_is_recognised_without_its_files(spec, monkeypatc
     assert store._record_spec(other, spec) is None
 
 
+def test_a_record_today_cannot_predict_is_left_out_with_a_note(spec):
+    good = synthetic_store(spec, 3).records
+    odd = record(spec, quant("nf4"), 0.1).model_copy(update={"strategy": {"quantization": {"weights": "int5"}}})
+    p = predict_quality(spec, quant("nf4"), calibration=CalibrationStore([*good, odd]))
+    assert p.basis == "calibrated" and p.n_measurements == 3
+    assert any("1 llama records not used" in n for n in p.notes)
+
+
 def test_other_families_and_sizes_are_never_applied(spec):
     store = synthetic_store(spec, 5)
     qwen = CalibrationStore([r.model_copy(update={"family": "qwen3"}) for r in store.records])

@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from planner.accuracy import bayes
 from planner.accuracy.metrics import damage_from_retained, metric_family
 from planner.accuracy.priors import Z80
-from planner.errors import InvalidConfigError
+from planner.errors import FitplanError, InvalidConfigError
 
 RECORD_KIND = "fitplan.calibration_record"
 SIZE_FACTOR = 8.0
@@ -167,7 +167,6 @@ def _prior_prediction(model_dir: str, strategy: dict, metric: str | None,
     """Today's prior prediction for a run that carried none (None if the model cannot be read).
     ``specs`` caches model specs by directory while a store loads."""
     from planner.accuracy.predict import predict_quality
-    from planner.errors import FitplanError
     from planner.models import get_model
     from planner.strategy import CompressionStrategy
 
@@ -286,7 +285,6 @@ class CalibrationStore:
         """The record's model spec from a local directory or the built-in registry (cached; None when it
         cannot be read that way, e.g. its directory is gone: the hub is never asked)."""
         if name not in self._specs:
-            from planner.errors import FitplanError
             from planner.models import get_model, registry
 
             self._specs[name] = None
@@ -351,16 +349,20 @@ class CalibrationStore:
                 unread += 1
                 continue
             record_spec = self._record_spec(record, spec)
-            if record_spec is not None:
-                parts, bases, record_facts = base(record_spec, strategy, True)
-            elif record.predicted_retained_pct is not None:
-                # model gone: today's parts on the predicted model's facts, rescaled to the recorded total
-                parts, bases, record_facts = base(spec, strategy, False)
-                from planner.accuracy.residual import rescale_parts
+            try:
+                if record_spec is not None:
+                    parts, bases, record_facts = base(record_spec, strategy, True)
+                elif record.predicted_retained_pct is not None:
+                    # model gone: today's parts on the predicted model's facts, rescaled to the recorded total
+                    parts, bases, record_facts = base(spec, strategy, False)
+                    from planner.accuracy.residual import rescale_parts
 
-                parts = rescale_parts(parts, damage_from_retained(record.predicted_retained_pct, scale), priors)
-                notes.append("some records' models could not be read: their recorded predictions were used.")
-            else:
+                    parts = rescale_parts(parts, damage_from_retained(record.predicted_retained_pct, scale), priors)
+                    notes.append("some records' models could not be read: their recorded predictions were used.")
+                else:
+                    unread += 1
+                    continue
+            except (FitplanError, ValueError):  # a strategy today's model cannot predict (e.g. a format removed)
                 unread += 1
                 continue
             if not parts:
