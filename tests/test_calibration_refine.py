@@ -298,6 +298,14 @@ def test_local_evaluator_applies_memory_and_latency_of_this_machine(fixed_host, 
     assert corrected.speedup == pytest.approx(plain.speedup)  # the baseline is as slow: the ratio holds
     assert corrected.memory_gib > plain.memory_gib
     assert sum("calibration store" in n for n in corrected.notes) == 2
+    # one source for the figures: the plan's table and its baseline carry the same corrected values
+    from planner.planning import plan
+
+    result = plan(tiny, constraints, calibration=CalibrationStore(records))
+    row = result.table("all").set_index("strategy").loc["nf4"]
+    assert row["memory_gib"] == pytest.approx(corrected.memory_gib)
+    assert row["latency_ms"] == pytest.approx(corrected.latency_ms)
+    assert result.baseline["latency_ms"] == pytest.approx(evaluator.baseline.latency_ms * latency.factor)
 
 
 # -- predictor agreement -------------------------------------------------------------------------------

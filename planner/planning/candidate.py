@@ -30,6 +30,7 @@ speedup = the baseline's latency (the model as the executors load it) / the cand
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -128,11 +129,11 @@ class Evaluator:
             self.workload = executor_workload(spec)
             self.baseline_format = "fp32"  # the checkpoint as the executors load it
             # The speed reference: the model as the executors load it (the identity strategy).
-            self.baseline = self._local_deployment(CompressionStrategy())
+            self._baseline = self._local_deployment(CompressionStrategy())
         else:
             self.baseline_format = baseline_format(constraints)
             # The speed reference: the uncompressed model at the constraint's GPU count, fitting or not.
-            self.baseline = deployment(spec, self.baseline_format, None, constraints, more_gpus=False)
+            self._baseline = deployment(spec, self.baseline_format, None, constraints, more_gpus=False)
 
     # -- pieces -----------------------------------------------------------------------------
     def derived(self, strategy: CompressionStrategy) -> ModelSpec:
@@ -198,7 +199,35 @@ class Evaluator:
         return self._local[key]
 
     def figures(self, strategy: CompressionStrategy) -> tuple[ModelSpec, Deployment, list[str]]:
-        """Derived spec, deployment figures and notes of ``strategy`` (raises FitplanError if impossible)."""
+        """Derived spec, deployment figures and notes of ``strategy`` (raises FitplanError if impossible),
+        corrected by the calibration store's factors for this device (:meth:`device_corrected`)."""
+        spec, raw, notes = self._raw_figures(strategy)
+        figures, more = self.device_corrected(raw)
+        return spec, figures, notes + more
+
+    def device_corrected(self, figures: Deployment) -> tuple[Deployment, list[str]]:
+        """``figures`` with the calibration store's measured/predicted factors of this model family on this
+        device applied (memory; latency and the timed forward's tokens/s), and the notes saying so. The
+        constraint's GPU count decides ``fits`` again; speedups are unchanged (the baseline scales alike)."""
+        changes: dict[str, Any] = {}
+        notes: list[str] = []
+        memory = self.device_correction("memory") if figures.memory_gib is not None else None
+        if memory is not None:
+            changes["memory_gib"] = value = figures.memory_gib * memory.factor
+            if figures.gpus == self.constraints.gpus:
+                changes["fits"] = fits = value <= self.constraints.memory_limit_gib()
+                if fits != figures.fits:
+                    changes["gpus_needed"] = figures.gpus if fits else 0
+            notes.append(memory.note())
+        latency = self.device_correction("latency") if figures.latency_ms is not None else None
+        if latency is not None:
+            changes["latency_ms"] = figures.latency_ms * latency.factor
+            if self.constraints.is_local and figures.prefill_tok_s:
+                changes["prefill_tok_s"] = figures.prefill_tok_s / latency.factor
+            notes.append(latency.note())
+        return (replace(figures, **changes) if changes else figures), notes
+
+    def _raw_figures(self, strategy: CompressionStrategy) -> tuple[ModelSpec, Deployment, list[str]]:
         spec = self.derived(strategy)
         if self.constraints.is_local:
             figures = self._local_deployment(strategy)
@@ -241,6 +270,11 @@ class Evaluator:
         return mine / ref
 
     @property
+    def baseline(self) -> Deployment:
+        """The speed reference (the uncompressed model), with this device's calibration factors applied."""
+        return self.device_corrected(self._baseline)[0]
+
+    @property
     def device_name(self) -> str | None:
         """Name of the device the figures are for (the constraints' accelerator; target local: the
         executors' device): calibration records of this device correct memory and latency."""
@@ -279,22 +313,7 @@ class Evaluator:
         speedup = self.speedup(figures)
         # 'local': the timed forward's tokens/s (the executors measure no decode)
         tokens_per_s = figures.prefill_tok_s if self.constraints.is_local else figures.decode_tok_s
-        memory, fits = figures.memory_gib, figures.fits
-        memory_correction = self.device_correction("memory")
-        if memory_correction is not None:
-            memory *= memory_correction.factor
-            if figures.gpus == self.constraints.gpus:
-                fits = memory <= self.constraints.memory_limit_gib()
-            notes.append(memory_correction.note())
-        latency, prefill_tok_s = figures.latency_ms, figures.prefill_tok_s
-        latency_correction = self.device_correction("latency") if latency is not None else None
-        if latency_correction is not None:  # the baseline's latency scales alike: speedup is unchanged
-            latency *= latency_correction.factor
-            if self.constraints.is_local and prefill_tok_s:
-                prefill_tok_s /= latency_correction.factor
-                tokens_per_s = prefill_tok_s
-            notes.append(latency_correction.note())
-        row = {"memory_gib": memory, "loss_pct": quality.loss_pct, "speedup": speedup,
+        row = {"memory_gib": figures.memory_gib, "loss_pct": quality.loss_pct, "speedup": speedup,
                "usd_per_hour": figures.usd_per_hour, "usd_per_1m_tokens": figures.usd_per_1m_tokens,
                "tokens_per_s": tokens_per_s}
         violations = []
@@ -307,11 +326,11 @@ class Evaluator:
                                             amount=None if math.isinf(amount) else amount,
                                             message=describe(limit, value, bound)))
         return Candidate(strategy=strategy, summary=strategy.summary(), quality=quality, loss_pct=quality.loss_pct,
-                         params=spec.params.total, memory_gib=memory, weights_gib=figures.weights_gib,
-                         fits=fits, gpus=figures.gpus, gpus_needed=figures.gpus_needed,
-                         tokens_per_s=tokens_per_s, prefill_tokens_per_s=prefill_tok_s,
+                         params=spec.params.total, memory_gib=figures.memory_gib, weights_gib=figures.weights_gib,
+                         fits=figures.fits, gpus=figures.gpus, gpus_needed=figures.gpus_needed,
+                         tokens_per_s=tokens_per_s, prefill_tokens_per_s=figures.prefill_tok_s,
                          speedup=speedup, usd_per_hour=figures.usd_per_hour,
-                         usd_per_1m_tokens=figures.usd_per_1m_tokens, latency_ms=latency, supported=True,
+                         usd_per_1m_tokens=figures.usd_per_1m_tokens, latency_ms=figures.latency_ms, supported=True,
                          feasible=not violations, violations=tuple(violations), notes=(*self.notes, *notes))
 
 
