@@ -25,8 +25,8 @@ SHOWN = (("rank", "#"), ("strategy", "strategy"), ("quality_retained_pct", "qual
 SHOWN_MEASURED = (("rank", "#"), ("strategy", "strategy"), ("quality_retained_pct", "qual%"),
                   ("measured_quality_retained_pct", "m.qual%"), ("memory_gib", "GiB"), ("measured_memory_gib", "m.GiB"),
                   ("measured_status", "run"), ("feasible", "ok"))
-NUMERIC = ("quality_retained_pct", "memory_gib", "speedup", "usd_per_1m_tokens", "measured_quality_retained_pct",
-           "measured_memory_gib")
+NUMERIC = ("quality_retained_pct", "memory_gib", "speedup", "usd_per_1m_tokens", "latency_ms",
+           "measured_quality_retained_pct", "measured_memory_gib")
 
 
 def add_storage_flags(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
@@ -50,8 +50,10 @@ def register_search(subparsers: argparse._SubParsersAction) -> None:
     add_constraint_flags(parser, objective=False)
     parser.add_argument("--trials", type=int, default=200, metavar="N", help="total trials of the study (default 200)")
     parser.add_argument("--sampler", default="auto", metavar="S", help="auto, nsga2, tpe, gp or random (default auto)")
-    parser.add_argument("--objectives", default="quality_loss,memory_gib,cost_per_1m_tokens", metavar="LIST",
-                        help="comma-separated: quality_loss, memory_gib, cost_per_1m_tokens, tokens_per_s, speedup")
+    parser.add_argument("--objectives", default=None, metavar="LIST",
+                        help="comma-separated: quality_loss, memory_gib, cost_per_1m_tokens, tokens_per_s, speedup, "
+                        "latency_ms (default quality_loss,memory_gib plus cost_per_1m_tokens on a priced GPU, "
+                        "latency_ms on --deployment-target local)")
     parser.add_argument("--seed", type=int, default=None, help="sampler seed")
     parser.add_argument("--jobs", type=int, default=1, metavar="N", help="parallel trials in this process")
     parser.add_argument("--timeout", type=float, default=None, metavar="S", help="stop after S seconds")
@@ -217,7 +219,12 @@ def _print(result, args: argparse.Namespace, paths: dict) -> None:  # noqa: ANN0
     if measured:  # the measured rows first among the shown ones would hide the ranking: keep rank order,
         top = result.table[(result.table.index < args.top) | result.table["measured_status"].notna()]
     columns = {}
-    for column, header in SHOWN_MEASURED if measured else SHOWN:
+    shown = SHOWN_MEASURED if measured else SHOWN
+    local = result.request.get("constraints", {}).get("deployment_target") == "local"
+    if local and not measured:  # no price: the timed forward
+        shown = tuple(("latency_ms", "ms") if column == "usd_per_1m_tokens" else (column, header)
+                      for column, header in SHOWN)
+    for column, header in shown:
         values = top[column].to_numpy() if column in top else np.array([])
         if column in NUMERIC:
             values = np.array([np.nan if v is None else float(v) for v in values], dtype=float)
@@ -234,9 +241,11 @@ def _print(result, args: argparse.Namespace, paths: dict) -> None:  # noqa: ANN0
     if measured:
         caption = (f"{feasible} feasible; qual%, GiB predicted; m. = measured; run = real run; "
                    f"ok = feasible (verified if run)")
+    elif local:
+        caption += "; GiB = peak of the executors' run; ms = their timed forward"
     print_columns(columns, title=title, caption=caption,
-                  formats={"qual%": "{:.1f}", "GiB": "{:.2f}", "x": "{:.2f}", "$/1M": "{:.3g}", "m.qual%": "{:.1f}",
-                           "m.GiB": "{:.3f}"})
+                  formats={"qual%": "{:.1f}", "GiB": "{:.2f}", "x": "{:.2f}", "$/1M": "{:.3g}", "ms": "{:,.0f}",
+                           "m.qual%": "{:.1f}", "m.GiB": "{:.3f}"})
     if result.rounds:
         _print_rounds(result.rounds)
     failed = result.table[result.table["measured_status"].fillna("").str.startswith("failed")] if measured else []

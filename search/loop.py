@@ -69,6 +69,8 @@ GIB = 2**30
 # candidate's own 80% interval instead of a band.
 SELECTION_BANDS = {"max_memory_gb": 0.15, "min_speedup": 0.30, "max_cost_per_hour": 0.0,
                    "max_cost_per_1m_tokens": 0.30, "min_tokens_per_s": 0.30}
+# Loop settings a resumed study may change (they change how much is done, not what a measurement means).
+RESUMABLE_CHANGES = ("execute_top", "rounds", "workers", "timeout_s")
 # Weight of a candidate's place relative to the feasible front in the selection score.
 FRONT_WEIGHT = {"pareto": 1.0, "feasible": 0.6, "near": 0.4}
 
@@ -336,46 +338,30 @@ def select_candidates(table: "pd.DataFrame", k: int, limits: dict[str, float], *
 
 
 # -- predictor quality ------------------------------------------------------------------------------
-def _spearman(x: list[float], y: list[float]) -> float | None:
-    """Spearman rank correlation (scipy), None below 3 points or when either side is constant."""
-    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
-        return None
-    from scipy.stats import spearmanr
-
-    value = float(spearmanr(x, y).statistic)
-    return None if math.isnan(value) else value
-
-
-def _median_abs_pct(pairs: list[tuple[float, float]]) -> float | None:
-    import statistics
-
-    errors = [abs(p - m) / m * 100.0 for p, m in pairs if m]
-    return statistics.median(errors) if errors else None
-
-
 def predictor_quality(measurements: list[MeasuredCandidate], state: int) -> dict[str, Any]:
     """Scores of predictor state ``state`` on the successful measurements of rounds >= state (held out):
     quality-loss MAE (points), Spearman of predicted vs measured loss, interval coverage, median
     |error| of memory and latency (%)."""
+    from planner.accuracy.agreement import predictor_agreement
+
     held = [m for m in measurements if m.ok and m.round >= state and state in m.predicted
             and m.quality_retained_pct is not None and m.predicted[state].quality_retained_pct is not None]
-    predicted = [100.0 - m.predicted[state].quality_retained_pct for m in held]
-    measured = [100.0 - m.quality_retained_pct for m in held]
-    inside = [m for m in held if m.predicted[state].quality_low_pct is not None
-              and m.predicted[state].quality_low_pct <= m.quality_retained_pct <= m.predicted[state].quality_high_pct]
-    bounded = [m for m in held if m.predicted[state].quality_low_pct is not None]
-    memory = [(m.predicted[state].memory_gib, m.memory_gib) for m in held
-              if m.predicted[state].memory_gib is not None and m.memory_gib]
-    latency = [(m.predicted[state].latency_ms, m.latency_ms) for m in held
-               if m.predicted[state].latency_ms is not None and m.latency_ms]
-    return {
-        "held_out": len(held),
-        "quality_loss_mae": sum(abs(p - q) for p, q in zip(predicted, measured)) / len(held) if held else None,
-        "quality_spearman": _spearman(predicted, measured),
-        "quality_coverage": len(inside) / len(bounded) if bounded else None,
-        "memory_error_pct": _median_abs_pct(memory),
-        "latency_error_pct": _median_abs_pct(latency),
-    }
+    before = [m.predicted[state] for m in held]
+    quality = predictor_agreement(
+        [100.0 - p.quality_retained_pct for p in before], [100.0 - m.quality_retained_pct for m in held],
+        low=[None if p.quality_high_pct is None else 100.0 - p.quality_high_pct for p in before],
+        high=[None if p.quality_low_pct is None else 100.0 - p.quality_low_pct for p in before])
+    # memory and latency: relative errors, % of the measured value
+    memory = predictor_agreement([_pct(p.memory_gib, m.memory_gib) for p, m in zip(before, held)], [0.0] * len(held))
+    latency = predictor_agreement([_pct(p.latency_ms, m.latency_ms) for p, m in zip(before, held)], [0.0] * len(held))
+    return {"held_out": len(held), "quality_loss_mae": quality.mae, "quality_spearman": quality.spearman,
+            "quality_coverage": quality.coverage, "memory_error_pct": memory.median_abs_error,
+            "latency_error_pct": latency.median_abs_error}
+
+
+def _pct(predicted: float | None, measured: float | None) -> float | None:
+    """100 x (predicted - measured) / measured (None when either is missing)."""
+    return None if not predicted or not measured else 100.0 * (predicted - measured) / measured
 
 
 # -- predictor states --------------------------------------------------------------------------------
@@ -447,12 +433,11 @@ def figures(row: dict[str, Any]) -> PredictedFigures:
 # -- execution ---------------------------------------------------------------------------------------
 def execute(storage: Any, study_name: str, jobs: list[dict[str, Any]], request: LoopRequest, *,
             progress: bool) -> list[Any]:
-    """Run the jobs through ``search.execution.execute_jobs`` (the queue: W workers, dedup, re-queue).
-
-    Until that module exists, runs them one after the other here with ``executors.execute`` (isolated)."""
+    """Run the jobs through ``search.execution.execute_jobs`` (the queue in ``<study>:execute``: W workers,
+    each job measured once across calls and resumes, a killed worker's job re-queued)."""
     try:
         from search.execution import ExecutionJob, execute_jobs
-    except ImportError:
+    except ImportError:  # until search.execution lands on this branch: one isolated run after the other
         return [_execute_here(job, request, progress) for job in jobs]
     return execute_jobs(storage, study_name, [ExecutionJob(**job) for job in jobs], model_dir=request.model_dir,
                         evaluator=request.evaluator, eval_data=request.eval_data, out_dir=str(request.runs_dir),
@@ -483,10 +468,11 @@ def _execute_here(job: dict[str, Any], request: LoopRequest, progress: bool) -> 
 class Loop:
     """One closed-loop search on an open study (see the module docstring). Built by search.run."""
 
-    def __init__(self, *, study: "optuna.Study", spec: Any, constraints: Any, space: Any, objectives: tuple,
+    def __init__(self, *, study: "optuna.Study", storage: Any, spec: Any, constraints: Any, space: Any, objectives: tuple,
                  request: LoopRequest, make_scorer, suggest, n_trials: int, sampler_name: str,
                  seed: int | None, make_sampler, progress: bool, base_label: str):  # noqa: ANN001
         self.study = study
+        self.storage = storage  # the RDB storage search.execution's workers share
         self.spec = spec
         self.constraints = constraints
         self.limits = constraints.active_limits()
@@ -503,6 +489,15 @@ class Loop:
         self.predictors = Predictors(make_scorer, request.open_store(), study.study_name, spec.model_type)
         self.interrupted = False
         self.evaluations = 0
+        # The name calibration records carry: the planner's name of the device when the search plans for
+        # the machine the executors measure on (target local), so its memory/latency corrections apply;
+        # otherwise the execution device ('cpu', 'cuda:0'), which never matches a planned GPU.
+        if constraints.is_local:
+            from planner.planning.local import local_device
+
+            self.device_name = local_device(request.device).name
+        else:
+            self.device_name = request.device
 
     # -- study attributes ----------------------------------------------------------------------
     def _attrs(self) -> dict[str, Any]:
@@ -523,11 +518,12 @@ class Loop:
         """All rounds; ``optimize(study, objective, target)`` grows a study to ``target`` trials."""
         recorded = self._attrs().get(LOOP_KEY)
         mine = self.request.model_dump(mode="json")
-        if recorded and {k: v for k, v in recorded.items() if k != "workers"} != {
-                k: v for k, v in mine.items() if k != "workers"}:
-            differing = ", ".join(sorted(k for k in mine if recorded.get(k) != mine[k] and k != "workers"))
-            raise InvalidRequestError(f"study {self.study.study_name!r} ran a loop with a different {differing}; "
-                                      "repeat its original command to resume it, or give another --study name.")
+        # A resume may change how much is done (K, rounds, workers, timeout), not what is measured.
+        differing = sorted(k for k in mine if k not in RESUMABLE_CHANGES and recorded and recorded.get(k) != mine[k])
+        if differing:
+            raise InvalidRequestError(f"study {self.study.study_name!r} ran a loop with a different "
+                                      f"{', '.join(differing)}; repeat its original command to resume it, or give "
+                                      "another --study name.")
         self._set(LOOP_KEY, mine)
         done = int((self._attrs().get(STATE_KEY) or {}).get("rounds_done", 0))
         self.evaluations = sum(1 for m in self.measurements().values())
@@ -607,8 +603,7 @@ class Loop:
         for s in todo:
             self.say(f"round {r}: executing {s['summary']} ({s['selection']})")
         jobs = [{"key": s["key"], "strategy_json": s["key"], "round": r, "trial": s.get("trial")} for s in todo]
-        results = execute(self.study._storage, self.study.study_name, jobs, self.request,  # noqa: SLF001
-                          progress=self.progress)
+        results = execute(self.storage, self.study.study_name, jobs, self.request, progress=self.progress)
         by_key = {s["key"]: s for s in todo}
         for m in results:
             chosen = by_key.get(m.key)
@@ -655,14 +650,15 @@ class Loop:
         strategy = CompressionStrategy.model_validate_json(chosen["key"])
         if (measurement.ok and measurement.quality_retained_pct and measurement.quality_retained_pct > 0
                 and not strategy.is_identity and not any(rec.source == source for rec in store.records)):
-            base = figures(self.predictors.base.row(strategy))
+            base = figures(self.predictors.base.row(strategy))  # uncorrected: what corrections apply to
             store.append(CalibrationRecord(
                 strategy=json.loads(chosen["key"]), model_name=self.spec.name, family=self.spec.model_type,
                 params=self.spec.params.total, evaluator=self.request.evaluator, metric=self.request.metric,
                 metric_family=metric_family(self.request.metric),
                 measured_retained_pct=measurement.quality_retained_pct,
                 predicted_retained_pct=base.quality_retained_pct, prediction_source="recorded",
-                device=self.request.device,
+                predicted_memory_bytes=round(base.memory_gib * GIB) if base.memory_gib else None,
+                predicted_latency_ms=base.latency_ms or None, device=self.device_name,
                 measured_memory_bytes=round(measurement.memory_gib * GIB) if measurement.memory_gib else None,
                 measured_latency_ms=measurement.latency_ms, source=source))
         self._set(MEASURED_PREFIX + digest(chosen["key"]), measurement.model_dump(mode="json"))

@@ -157,28 +157,31 @@ def study_items(attrs: dict[str, Any], prefix: str, model: type[BaseModel]) -> d
     return out
 
 
-MEASURED_LIMITS = ("max_accuracy_loss", "max_memory_gb", "min_speedup")
 MEASURED_WHAT = {"max_accuracy_loss": "quality loss", "max_memory_gb": "memory", "min_speedup": "speedup"}
 
 
 def measured_checks(measured: MeasuredCandidate, limits: dict[str, float], baseline_latency_ms: float | None, *,
-                    predicted: dict[str, float] | None = None, row: dict[str, Any] | None = None) -> list[str]:
+                    predicted: dict[str, float] | None = None, row: dict[str, Any] | None = None,
+                    same_device: bool = True) -> list[str]:
     """The constraints a measured candidate breaks, one clause each (empty: verified).
 
-    Checked on the measurements: ``max_accuracy_loss`` (100 - measured quality retained), ``max_memory_gb``
-    (measured peak) and ``min_speedup`` (measured baseline latency / measured latency; without a measured
-    baseline the speedup cannot be verified, which is a clause too). Other limits (cost, decode tokens/s)
-    are not measured by the executors and stay checked on the prediction: ``predicted`` is the trial
-    record's ``constraint_values`` (relative excess per limit) and ``row`` the table row holding the
-    predicted figure. A 'hardware' excess is not a clause: the run itself shows the device runs it.
+    Checked on the measurements: ``max_accuracy_loss`` (100 - measured quality retained), and when the
+    search plans for the device the candidates ran on (``same_device``: deployment target ``local``)
+    ``max_memory_gb`` (measured peak) and ``min_speedup`` (measured baseline latency / measured latency;
+    without a measured baseline the speedup cannot be verified, which is a clause too). Other limits (cost,
+    decode tokens/s; memory and speedup planned for another device) are not measured and stay checked on
+    the prediction: ``predicted`` is the trial record's ``constraint_values`` (relative excess per limit)
+    and ``row`` the table row holding the predicted figure. A 'hardware' excess is not a clause when the
+    candidate ran on the planned device: the run shows the device runs it.
     """
     from planner.planning.limits import LIMITS, describe, format_value
 
     clauses = []
     measured_values = {"max_accuracy_loss": None if measured.quality_retained_pct is None
-                       else 100.0 - measured.quality_retained_pct,
-                       "max_memory_gb": measured.memory_gib}
-    if "min_speedup" in limits:
+                       else 100.0 - measured.quality_retained_pct}
+    if same_device:
+        measured_values["max_memory_gb"] = measured.memory_gib
+    if "min_speedup" in limits and same_device:
         if baseline_latency_ms and measured.latency_ms:
             measured_values["min_speedup"] = baseline_latency_ms / measured.latency_ms
         else:
@@ -197,7 +200,12 @@ def measured_checks(measured: MeasuredCandidate, limits: dict[str, float], basel
                            f"{format_value(limit, bound)}")
     columns = {"loss_pct": "quality_loss_pct"}
     for name, excess in (predicted or {}).items():
-        if name in MEASURED_LIMITS or name not in LIMITS or name not in limits or not excess or excess <= 0:
+        if not excess or excess <= 0 or name in measured_values or (name == "min_speedup" and same_device):
+            continue
+        if name == "hardware" and not same_device:
+            clauses.append("predicted: the planned device cannot run it")
+            continue
+        if name not in LIMITS or name not in limits:
             continue
         limit = LIMITS[name]
         value = (row or {}).get(columns.get(limit.column, limit.column))

@@ -215,13 +215,16 @@ def _limits(request: dict[str, Any]) -> dict[str, float]:
 
 
 def _measured_values(values: list[float], objectives: tuple[str, ...], measured: Any,
-                     baseline_latency_ms: float | None) -> list[float]:
-    """Objective values with the measured figure where one exists (quality loss, memory, latency, speedup)."""
+                     baseline_latency_ms: float | None, same_device: bool) -> list[float]:
+    """Objective values with the measured figure where one exists (quality loss; memory, latency and
+    speedup when measured on the device the search plans for)."""
     out = list(values)
     for i, name in enumerate(objectives):
         value = None
         if name == "quality_loss" and measured.quality_retained_pct is not None:
             value = 100.0 - measured.quality_retained_pct
+        elif not same_device:
+            continue
         elif name == "memory_gib":
             value = measured.memory_gib
         elif name == "latency_ms":
@@ -252,6 +255,8 @@ def result_from_study(study: "optuna.Study", *, interrupted: bool = False, resum
     measured = study_items(attrs, MEASURED_PREFIX, MeasuredCandidate)
     rescored = study_items(attrs, RESCORED_PREFIX, Rescored)
     limits = _limits(request) if measured else {}
+    # Memory and speed measured on the device the search plans for (target local) verify those limits.
+    same_device = (request.get("constraints") or {}).get("deployment_target") == "local"
     from planner.strategy import CompressionStrategy
 
     baseline = measured.get(digest(strategy_key(CompressionStrategy())))
@@ -290,10 +295,11 @@ def result_from_study(study: "optuna.Study", *, interrupted: bool = False, resum
                 row.update(feasible=False, why_not=f"measured failed: {done.reason or 'unknown reason'}")
                 violation = math.inf
             else:
-                values = _measured_values(values, objectives, done, baseline_latency)
+                values = _measured_values(values, objectives, done, baseline_latency, same_device)
                 current = latest.record if latest is not None else record
                 clauses = measured_checks(done, limits, baseline_latency,
-                                          predicted=current.get("constraint_values") or {}, row=row)
+                                          predicted=current.get("constraint_values") or {}, row=row,
+                                          same_device=same_device)
                 row.update(verified=not clauses, feasible=not clauses, why_not="; ".join(clauses))
                 violation = 0.0 if row["verified"] else max(violation, 1.0)
         rows.append({**row, "trial": trial.number, "_values": [s * v for s, v in zip(signs, values)],

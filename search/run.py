@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from planner.errors import FitplanError, InvalidRequestError
-from search.objective import DEFAULT_OBJECTIVES, TrialScorer, resolve_objectives, trial_record
+from search.objective import TrialScorer, default_objectives, resolve_objectives, trial_record
 from search.results import SearchResult, result_from_study
 from search.space import SearchSpace
 
@@ -84,26 +84,30 @@ def _positive(name: str, value: Any, limit: float) -> Any:
 
 
 def run_search(model: Any, constraints: Any = None, *, space: SearchSpace | None = None, n_trials: int = 200,
-               sampler: str = "auto", objectives: Iterable[str] | str = DEFAULT_OBJECTIVES,
+               sampler: str = "auto", objectives: Iterable[str] | str | None = None,
                storage: str | Path | None = None, study_name: str | None = None, seed: int | None = None,
                n_jobs: int = 1, timeout: float | None = None, profile: Any = None, calibration: Any = None,
-               progress: bool = False, model_dir: str | Path | None = None, execute_top: int = 0, rounds: int = 1,
-               workers: int = 1, evaluator: str | None = None, eval_data: str | Path | None = None,
-               out_dir: str | Path | None = None, calibration_dir: str | Path | None = None,
-               device: str = "auto") -> SearchResult:
+               progress: bool = False, metric: str | None = None, model_dir: str | Path | None = None,
+               execute_top: int = 0, rounds: int = 1, workers: int = 1, evaluator: str | None = None,
+               eval_data: str | Path | None = None, out_dir: str | Path | None = None,
+               calibration_dir: str | Path | None = None, device: str = "auto") -> SearchResult:
     """Search strategies for ``model`` under ``constraints``; returns the ranked trade-offs.
 
     ``storage``: None = in memory (Python) — the CLI defaults to ``sqlite:///fitplan.db``; a path or any
     SQLAlchemy URL (``postgresql://...`` for several machines). ``study_name``: None derives one from
     the request, so the same call resumes the same study. ``n_trials``: the study's total budget.
+    ``objectives``: None = ``search.objective.default_objectives`` (what the target can give). ``metric``:
+    the evaluator or metric family quality is predicted on ('fidelity', 'perplexity'; default accuracy).
 
     Closed loop (``execute_top=K > 0``, see :mod:`search.loop`): ``rounds`` rounds of predicted trials,
     K candidates executed for real on ``model_dir`` (default: ``model`` when it is a directory) with the
-    executors' ``evaluator`` (name; default perplexity for causal LMs, fidelity for encoders) on
-    ``eval_data`` (a file; default the evaluator's built-in data), ``workers`` at once on ``device``,
-    runs under ``out_dir/runs``; measurements refine the calibration store ``calibration_dir`` (default
-    ``out_dir/calibration``; a ``calibration`` store's own directory when one is given) and every
-    strategy is re-scored before the next round. Needs the exec extra (torch).
+    executors' ``evaluator`` (name; default perplexity for causal LMs, fidelity for encoders; ``metric``
+    defaults to it) on ``eval_data`` (a file; default the evaluator's built-in data), ``workers`` at once
+    on ``device``, runs under ``out_dir/runs``; measurements refine the calibration store
+    ``calibration_dir`` (default ``out_dir/calibration``; a ``calibration`` store's own directory when one
+    is given) and every strategy is re-scored before the next round. The default space is what the
+    executors run on ``device`` (``search.space.executable_space``). The study needs a database execution
+    workers share: ``storage`` None means ``sqlite:///<out_dir>/search.db`` here. Needs the exec extra.
     """
     import optuna
 
@@ -132,24 +136,38 @@ def run_search(model: Any, constraints: Any = None, *, space: SearchSpace | None
                                   f"candidates to execute for real per round (e.g. execute_top=4).")
     spec = get_model(model)
     constraints = coerce_constraints(constraints)
+    if objectives is None:  # search.objective.default_objectives: what the target can give
+        objectives = default_objectives(constraints)
     objective_list = resolve_objectives(objectives if not isinstance(objectives, str) else objectives)
     profile = _load_profile(profile)
+    if loop is not None and metric is None:
+        metric = loop.evaluator  # quality predicted on the scale the executors measure
     if space is None:
-        space = default_space(spec, constraints)
+        if loop is not None:
+            from search.space import executable_space
+
+            space = executable_space(spec, constraints, loop.device)
+        else:
+            space = default_space(spec, constraints)
         if profile is not None:
             space = space.model_copy(update={"bit_budgets": DEFAULT_BIT_BUDGETS})
     def make_scorer(store: Any) -> TrialScorer:
-        return TrialScorer(candidate_evaluator(spec, constraints, objective_list, profile=profile, calibration=store),
-                           objective_list)
+        return TrialScorer(candidate_evaluator(spec, constraints, objective_list, profile=profile, calibration=store,
+                                               metric=metric, device=device), objective_list)
 
     scorer = make_scorer(calibration)
     request = request_record(spec, constraints, space, objective_list)
+    if metric is not None:
+        request["metric"] = metric
     if profile is not None:
         request["profile"] = {"fingerprint": profile.model.fingerprint, "created": profile.created,
                               "evaluator": profile.evaluator.name}
     directions = [o.direction for o in objective_list]
     sampler_obj = make_sampler(sampler, seed=seed, n_objectives=len(objective_list), n_trials=n_trials)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if storage is None and loop is not None:  # execution workers share the study: it needs a database
+        storage = f"sqlite:///{Path(loop.out_dir) / 'search.db'}"
+        Path(loop.out_dir).mkdir(parents=True, exist_ok=True)
     store = open_storage(storage) if storage is not None else optuna.storages.InMemoryStorage()
     name = study_name or default_study_name(request)
     study, resumed = open_study(store, name, request, directions, sampler_obj)
@@ -198,7 +216,7 @@ def run_search(model: Any, constraints: Any = None, *, space: SearchSpace | None
     from search.loop import Loop
 
     base = "profile" if profile is not None else "priors"
-    runner = Loop(study=study, spec=spec, constraints=constraints, space=space, objectives=objective_list,
+    runner = Loop(study=study, storage=store, spec=spec, constraints=constraints, space=space, objectives=objective_list,
                   request=loop, make_scorer=make_scorer, suggest=suggest, n_trials=n_trials, sampler_name=sampler,
                   seed=seed, make_sampler=make_sampler, progress=progress, base_label=base)
     try:
