@@ -28,11 +28,10 @@ from typing import Any
 
 import pandas as pd
 
-import hardware_db
 from planner import estimate_memory
 from planner.errors import FitplanError
 from planner.memory.result import GIB
-from training_rows import training_baselines
+from training_rows import capacity_gib, training_baselines
 
 ROOT = Path(__file__).resolve().parents[1]
 MORE_CSV = ROOT / "benchmarks" / "data" / "published_memory_measurements_more.csv"
@@ -451,19 +450,6 @@ class BoundGroup:
     request: Callable[[pd.Series], Request]
 
 
-def _capacity_gib(row: pd.Series) -> float | None:
-    """Usable capacity of the row's GPU: the catalog entry when the text names one (T4: 15 GiB usable),
-    else the printed size read as GiB (consumer GDDR cards sold as 'NN GB' have NN GiB)."""
-    text = str(row["gpu"])
-    for name in (text.split(" (")[0], re.sub(r"\s*\d+\s*GB?\b.*", "", text)):
-        try:
-            return hardware_db.get(name.strip()).memory_usable_gib
-        except Exception:  # noqa: BLE001,S112 - not a catalog name: try the next reading
-            continue
-    match = re.search(r"(\d+)\s*GB", text)
-    return float(match.group(1)) if match else None
-
-
 def bnb_blog(row: pd.Series) -> Request:
     """HF blog '4-bit ... QLoRA' T4 matrix: TRL SFTTrainer, peft 0.4, bitsandbytes 0.39, batch 1, GA 4,
     LoRA on q/v (peft's Llama default), eager attention (transformers 4.30)."""
@@ -562,7 +548,7 @@ def bound_rows(frame: pd.DataFrame, resolve, first_set: pd.DataFrame | None = No
     rows, skipped = [], []
     for row, group, request in _requests(frame[frame["kind"].isin(BOUND_KINDS)], BOUND_GROUPS, skipped):
         kind = str(row["kind"])
-        capacity = _capacity_gib(row)
+        capacity = capacity_gib(str(row["gpu"]))
         fits = kind in ("fits_at_batch", "max_batch_fit") or (kind == "fits_bool" and str(row["value"]) == "1")
         threshold = float(row["value"]) if kind == "alloc_at_OOM_GiB" else capacity
         outcome = "> lower bound" if kind == "alloc_at_OOM_GiB" else ("fits" if fits else "OOM")
