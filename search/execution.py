@@ -35,9 +35,8 @@ Exactly once, never lost:
   running it; a retry that carries the measurement of a worker killed just after storing it reuses it.
   A worker whose job was failed as stale while it was alive (it froze for longer than ``grace_s``)
   takes over the re-queued copy if no one has started it yet, and otherwise drops its measurement from
-  the study (the executor's ``result.json`` keeps it). Between taking a job and its first heartbeat
-  (one database write) a killed worker leaves the job RUNNING with no heartbeat, which Optuna never
-  fails: that window is one round trip long.
+  the study (the executor's ``result.json`` keeps it). A worker records the job's heartbeat *before*
+  taking it, so no moment leaves a RUNNING job without a heartbeat (Optuna never fails such a trial).
 - **Real failures are results.** A strategy that fails when run (crash, out of memory, exception,
   timeout, a step the model cannot take) is a ``status="failed"`` measurement with the reason, not
   retried.
@@ -181,7 +180,8 @@ def execute_jobs(storage: Any, study_name: str, jobs: Sequence[ExecutionJob | di
                  grace_s: int = 60, max_retries: int = 3, poll_s: float = 1.0) -> list[Measurement]:
     """Execute ``jobs`` (once each, across every worker of the study) and return their measurements.
 
-    ``storage``: an Optuna ``RDBStorage``, a SQLAlchemy URL or a SQLite path (the search's). Jobs whose key
+    ``storage``: an Optuna ``RDBStorage``, a SQLAlchemy URL or a SQLite path (the search's; None or an
+    in-memory storage: ``<out_dir>/execution.db``, for local workers). Jobs whose key
     is already measured or queued in ``<study_name>:execute`` are not queued again. ``workers`` threads of
     this process run jobs (0 = only remote ``fitplan worker`` processes); the call returns when every job
     of ``jobs`` is measured, by any worker, in the order of ``jobs``. ``evaluator``: 'perplexity',
@@ -249,13 +249,14 @@ def execute_jobs(storage: Any, study_name: str, jobs: Sequence[ExecutionJob | di
 
 
 def run_worker(storage: Any, study_name: str, *, model_dir: str | os.PathLike | None = None,
-               out_dir: str | os.PathLike | None = None, max_jobs: int | None = None,
-               idle_exit_s: float | None = None, poll_s: float = 2.0,
+               out_dir: str | os.PathLike | None = None, eval_data: str | os.PathLike | None = None,
+               max_jobs: int | None = None, idle_exit_s: float | None = None, poll_s: float = 2.0,
                report: Callable[[Measurement], None] | None = None, progress: bool = False) -> int:
     """Pull and run jobs of ``<study_name>:execute`` in this process, one at a time; returns how many ran.
 
-    The request (evaluator, data, device, executor, timeouts) comes from the study; ``model_dir`` and
-    ``out_dir`` override its paths for this machine (the same model at another path). Stops after
+    The request (evaluator, data, device, executor, timeouts) comes from the study; ``model_dir``,
+    ``out_dir`` and ``eval_data`` override its paths for this machine (the same model and data files at
+    other paths). Stops after
     ``max_jobs`` jobs, or after ``idle_exit_s`` seconds with nothing to run (None = keep waiting for
     jobs). When the execution study does not exist yet but the search study does, it waits for it.
     ``report`` is called with each measurement; ``progress``: say on stderr what it runs and waits for.
@@ -275,6 +276,11 @@ def run_worker(storage: Any, study_name: str, *, model_dir: str | os.PathLike | 
         overrides["model_dir"] = str(Path(model_dir).expanduser().resolve())
     if out_dir is not None:
         overrides["out_dir"] = str(Path(out_dir).expanduser().resolve())
+    if eval_data is not None:
+        if request.eval_data is None:
+            raise InvalidRequestError("this search evaluates on the evaluator's built-in data; a worker cannot "
+                                      "change it (drop --eval-data).")
+        overrides["eval_data"] = str(Path(eval_data).expanduser().resolve())
     request = request.model_copy(update=overrides)
     check_request(request)
     queue = _Queue.open(storage, study_name, request, create=False)
@@ -349,8 +355,8 @@ class _Queue:
             else:  # optuna < 4.9
                 retry = optuna.storages.RetryFailedTrialCallback(max_retry=request.max_retries)
                 options = {"failed_trial_callback": retry}
-            store = open_storage(_url(storage), exclusive_sqlite=True, heartbeat_interval=request.heartbeat_s,
-                                 grace_period=request.grace_s, **options)
+            store = open_storage(_url(storage, request.out_dir if create else None), exclusive_sqlite=True,
+                                 heartbeat_interval=request.heartbeat_s, grace_period=request.grace_s, **options)
         name = execution_study_name(study_name)
         if create:
             study = optuna.create_study(storage=store, study_name=name, direction="minimize", load_if_exists=True)
@@ -443,9 +449,13 @@ class _Queue:
         return None
 
     def _claim(self, trial_id: int) -> bool:
+        """WAITING -> RUNNING, with a heartbeat recorded first: a worker killed right after taking the job
+        still leaves a heartbeat that goes stale (a waiting trial's heartbeat is ignored; one taken by
+        another worker at the same moment just gets a fresh one)."""
         import optuna
         from optuna.trial import TrialState
 
+        self.storage.record_heartbeat(trial_id)
         try:
             return self.storage.set_trial_state_values(trial_id, state=TrialState.RUNNING)
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -564,9 +574,13 @@ def _count(name: str, value: Any, low: int, high: int) -> int:
     return value
 
 
-def _url(storage: Any) -> str:
+def _url(storage: Any, out_dir: str | None = None) -> str:
+    """The storage's URL; ``None`` or an in-memory storage (a Python search without ``storage``) with an
+    ``out_dir``: a SQLite file ``<out_dir>/execution.db`` (local workers only, and a re-run resumes)."""
     import optuna
 
+    if out_dir is not None and (storage is None or isinstance(storage, optuna.storages.InMemoryStorage)):
+        return f"sqlite:///{Path(out_dir) / 'execution.db'}"
     if isinstance(storage, optuna.storages.RDBStorage):
         return storage.url
     if isinstance(storage, optuna.storages.BaseStorage):

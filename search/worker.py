@@ -1,4 +1,5 @@
-"""``fitplan worker --storage URL --study NAME [--model-dir DIR] [--out DIR] [--max-jobs N] [--idle-exit S]``:
+"""``fitplan worker --storage URL --study NAME [--model-dir DIR] [--out DIR] [--eval-data FILE] [--max-jobs N]
+[--idle-exit S]``:
 run a search's execution jobs on this machine (see :mod:`search.execution`).
 
 Start it on any machine that reaches the study's storage (PostgreSQL for several machines) and has the
@@ -27,12 +28,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "path the search recorded)")
     parser.add_argument("--out", metavar="DIR", help="where run directories go on this machine (default: the "
                         "search's output directory)")
+    parser.add_argument("--eval-data", metavar="FILE", help="the search's evaluation data file on this machine "
+                        "(default: the path the search recorded)")
     parser.add_argument("--max-jobs", type=int, default=None, metavar="N", help="stop after N jobs")
     parser.add_argument("--idle-exit", type=float, default=None, metavar="S",
                         help="stop after S seconds with nothing to run (default: keep waiting for jobs)")
     add_format_flags(parser, csv=False)
     parser.set_defaults(func=run_worker_command, field_flags={"max_jobs": "--max-jobs", "idle_exit_s": "--idle-exit",
-                                                              "model_dir": "--model-dir", "out_dir": "--out"})
+                                                              "model_dir": "--model-dir", "out_dir": "--out",
+                                                              "eval_data": "--eval-data"})
 
 
 def run_worker_command(args: argparse.Namespace) -> int:
@@ -49,7 +53,7 @@ def run_worker_command(args: argparse.Namespace) -> int:
             print(f"{measurement.summary}: {describe(measurement)}", flush=True)
 
     ran = run_worker(_existing_storage(args.storage), args.study, model_dir=args.model_dir, out_dir=args.out,
-                     max_jobs=args.max_jobs, idle_exit_s=args.idle_exit, report=report,
+                     eval_data=args.eval_data, max_jobs=args.max_jobs, idle_exit_s=args.idle_exit, report=report,
                      progress=args.output == "table" and sys.stderr.isatty())
     if args.output == "json":
         from planner.render import print_json

@@ -3,8 +3,9 @@
 It is called exactly like ``executors.execute`` and returns an ``ExecutionResult``, but runs no model: it
 appends ``start <summary> <pid>`` to ``<out_dir>/calls.log``, sleeps ``FITPLAN_TEST_JOB_S`` seconds
 (default 0.2), appends ``end <summary> <pid>``, and reports a quality that depends on the strategy
-(100 - 2 x the weight bits' distance from 16). A strategy with 2:4 pruning fails, as a strategy that fails
-for real. The log lets a test count how often each job started and finished, in every worker process.
+(100 - 2 x the weight bits' distance from 16). A strategy with 2:4 pruning fails (a failed result) and one
+with 4:8 pruning raises, as strategies that fail for real. The log lets a test count how often each job
+started and finished, in every worker process.
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ def log_and_sleep(model_dir, strategy, *, evaluator=None, out_dir=None, isolate=
     strategy_dict = json.loads(strategy.to_json())
     common = dict(model_dir=str(model_dir), strategy=strategy_dict, strategy_summary=summary, device="cpu",
                   isolated=isolate)
+    if strategy.sparsity is not None and strategy.sparsity.pattern == "4:8":
+        _log(out_dir, f"end {summary} {os.getpid()}")
+        from planner.errors import UnsupportedError
+
+        raise UnsupportedError("deliberate: this model cannot take 4:8 sparsity")
     if strategy.sparsity is not None and strategy.sparsity.pattern == "2:4":
         _log(out_dir, f"end {summary} {os.getpid()}")
         return ExecutionResult(status="failed", reason="RuntimeError: deliberate failure of 2:4", **common)

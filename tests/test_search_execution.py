@@ -35,7 +35,8 @@ FAST = {"executor": FAKE, "heartbeat_s": 1, "grace_s": 2, "poll_s": 0.2}
 def _strategies() -> list[CompressionStrategy]:
     quantized = [CompressionStrategy(quantization=QuantizationSpec(weights=w)) for w in ("nf4", "int8", "bf16")]
     pruned = [CompressionStrategy(sparsity=SparsitySpec(level=level)) for level in (0.1, 0.2, 0.3, 0.4, 0.6)]
-    return quantized + pruned + [CompressionStrategy(sparsity=SparsitySpec(level=0.5, pattern="2:4"))]
+    failing = [CompressionStrategy(sparsity=SparsitySpec(level=0.5, pattern=p)) for p in ("4:8", "2:4")]
+    return quantized + pruned + failing
 
 
 @pytest.fixture
@@ -53,7 +54,8 @@ def postgres_url(tmp_path_factory):
 
 def _pop_all_concurrently(storage: str, name: str, model_dir: Path, out: Path, jobs: int, threads: int) -> list[int]:
     """Enqueue ``jobs`` jobs, then ``threads`` threads (each with its own storage connection) pop until empty."""
-    request = ExecutionRequest(model_dir=str(model_dir), out_dir=str(out), executor=FAKE, heartbeat_s=1, grace_s=2)
+    # taken jobs are not run here (no heartbeat after the first): a long grace keeps them from being re-queued
+    request = ExecutionRequest(model_dir=str(model_dir), out_dir=str(out), executor=FAKE, heartbeat_s=1, grace_s=600)
     queue = _Queue.open(storage, name, request)
     strategy = CompressionStrategy(quantization=QuantizationSpec(weights="nf4"))
     queue.enqueue([ExecutionJob(key=f"job-{i}", strategy_json=strategy.to_json()) for i in range(jobs)])
@@ -103,8 +105,11 @@ def test_two_local_workers_run_every_job_once_and_a_second_call_runs_none(backen
     nf4 = first[0]
     assert (nf4.status, nf4.quality_retained_pct, nf4.latency_ms, nf4.round) == ("ok", 94.0, 14.0, 1)
     assert nf4.memory_gib == pytest.approx(104 / 1024) and Path(nf4.result_path).is_file()
-    failed = first[-1]  # 2:4 fails for real: kept as measured-failed with the reason, not retried
-    assert failed.status == "failed" and "deliberate failure of 2:4" in failed.reason
+    # strategies that fail for real (a failed result, or an exception): measured-failed with the reason,
+    # not retried
+    raised, failed = first[-2:]
+    assert failed.status == "failed" and failed.reason == "RuntimeError: deliberate failure of 2:4"
+    assert raised.status == "failed" and raised.reason.startswith("UnsupportedError: deliberate: this model cannot")
 
     # the same jobs again, plus the first one twice: nothing runs, the same measurements come back
     again = execute_jobs(storage, name, jobs + jobs[:1], model_dir=model_dir, out_dir=tmp_path, workers=2, **FAST)
@@ -131,6 +136,29 @@ def test_a_job_queued_twice_runs_once_and_the_copy_is_closed_as_a_duplicate(tmp_
     states = sorted(t.state.name for t in queue.study.get_trials())
     assert states == ["COMPLETE", "PRUNED"]
     assert queue.study.get_trials()[1].user_attrs["fitplan_duplicate_of"] == 0
+
+
+def test_a_worker_taken_for_dead_while_it_ran_hands_its_measurement_to_the_requeued_copy(tmp_path, model_dir,
+                                                                                        monkeypatch):
+    # its heartbeat was late (a frozen machine): the job was failed and re-queued while it still ran; when it
+    # finishes it completes the waiting copy instead, so the job is not run a second time
+    monkeypatch.setenv("FITPLAN_TEST_JOB_S", "1")
+    request = ExecutionRequest(model_dir=str(model_dir), out_dir=str(tmp_path), executor=FAKE, heartbeat_s=1,
+                               grace_s=600)
+    queue = _Queue.open(str(tmp_path / "q.db"), "frozen", request)
+    queue.enqueue([ExecutionJob.of(_strategies()[0])])
+    taken = queue.pop()
+    runner = threading.Thread(target=queue.run, args=(taken, "w"))
+    runner.start()
+    while not calls(tmp_path):
+        time.sleep(0.05)
+    assert queue.storage.set_trial_state_values(taken._trial_id, state=optuna.trial.TrialState.FAIL)
+    queue.retry(queue.study, queue.storage.get_trial(taken._trial_id))  # what fail_stale_trials does
+    runner.join()
+    first, copy = queue.study.get_trials()
+    assert first.state.name == "FAIL" and copy.state.name == "COMPLETE"
+    assert copy.user_attrs[MEASUREMENT_KEY]["quality_retained_pct"] == 94.0
+    assert [e for e, _, _ in calls(tmp_path)] == ["start", "end"]
 
 
 def _worker(storage: str, name: str, job_seconds: float, *extra: str) -> subprocess.Popen:
@@ -242,3 +270,12 @@ def test_a_real_execution_on_minilm(tmp_path):
     assert m.latency_ms == pytest.approx(result.latency.median_ms) and m.latency_ms > 0
     assert m.predicted["peak_memory_bytes"] > 0 and m.predicted["quality"] is not None
     assert (m.summary, m.round, m.trial) == ("bf16", 1, 7) and m.seconds > 0
+
+
+def test_without_a_storage_the_queue_lives_in_the_output_directory(tmp_path, model_dir):
+    # a Python search without storage (in memory): the queue is <out_dir>/execution.db, so a re-run resumes
+    job = ExecutionJob.of(_strategies()[1])
+    [measurement] = execute_jobs(None, "s", [job], model_dir=model_dir, out_dir=tmp_path, **FAST)
+    assert measurement.status == "ok" and (tmp_path / "execution.db").is_file()
+    again = execute_jobs(optuna.storages.InMemoryStorage(), "s", [job], model_dir=model_dir, out_dir=tmp_path, **FAST)
+    assert again == [measurement] and len(calls(tmp_path)) == 2
