@@ -258,7 +258,7 @@ def run_worker(storage: Any, study_name: str, *, model_dir: str | os.PathLike | 
     ``out_dir`` and ``eval_data`` override its paths for this machine (the same model and data files at
     other paths). Stops after
     ``max_jobs`` jobs, or after ``idle_exit_s`` seconds with nothing to run (None = keep waiting for
-    jobs). When the execution study does not exist yet but the search study does, it waits for it.
+    jobs). While the execution study does not exist yet, it waits for it.
     ``report`` is called with each measurement; ``progress``: say on stderr what it runs and waits for.
     SIGTERM/SIGINT/SIGHUP while a job runs: the job is re-queued for another worker at once and the
     interruption propagates (KeyboardInterrupt).
@@ -621,11 +621,11 @@ def _history(trial: Any) -> list[int]:
 
 def _wait_for_request(storage: Any, study_name: str, idle_exit_s: float | None, poll_s: float,
                       progress: bool) -> ExecutionRequest | None:
-    """The stored request; waits while only the search study exists (its first jobs are not queued yet)."""
+    """The stored request; waits while the execution study does not exist yet (workers may start before
+    the search queues its first jobs; the message lists the studies there, so a misspelt name shows)."""
     import optuna
 
     from search.storage import open_storage
-    from search.study import load_existing
 
     store = open_storage(_url(storage))
     name = execution_study_name(study_name)
@@ -636,11 +636,16 @@ def _wait_for_request(storage: Any, study_name: str, idle_exit_s: float | None, 
             if recorded is not None:
                 return ExecutionRequest.model_validate(recorded)
         except KeyError:
-            if not said:
-                load_existing(store, name.removesuffix(EXECUTE_SUFFIX))  # neither study exists: a clear error
+            pass
         if not said and progress:
-            print(f"fitplan worker: waiting for study {name.removesuffix(EXECUTE_SUFFIX)!r} to queue jobs",
-                  file=sys.stderr, flush=True)
+            names = sorted({s.study_name.removesuffix(EXECUTE_SUFFIX)
+                            for s in optuna.get_all_study_summaries(store, include_best_trial=False)})
+            from hardware_db.names import did_you_mean
+
+            there = f"studies there: {', '.join(names[:10])}" if names else "the storage has no studies yet"
+            hint = did_you_mean(study_name, names) if names else ""
+            print(f"fitplan worker: waiting for {study_name.removesuffix(EXECUTE_SUFFIX)!r} to queue jobs ({there})."
+                  f"{hint}", file=sys.stderr, flush=True)
         said = True
         if idle_exit_s is not None and time.monotonic() - start >= idle_exit_s:
             return None

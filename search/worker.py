@@ -40,8 +40,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_worker_command(args: argparse.Namespace) -> int:
-    import sys
-
     from search.commands import _existing_storage
     from search.execution import describe, run_worker
 
@@ -54,7 +52,7 @@ def run_worker_command(args: argparse.Namespace) -> int:
 
     ran = run_worker(_existing_storage(args.storage), args.study, model_dir=args.model_dir, out_dir=args.out,
                      eval_data=args.eval_data, max_jobs=args.max_jobs, idle_exit_s=args.idle_exit, report=report,
-                     progress=args.output == "table" and sys.stderr.isatty())
+                     progress=args.output == "table")
     if args.output == "json":
         from planner.render import print_json
 
