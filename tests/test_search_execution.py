@@ -279,3 +279,25 @@ def test_without_a_storage_the_queue_lives_in_the_output_directory(tmp_path, mod
     assert measurement.status == "ok" and (tmp_path / "execution.db").is_file()
     again = execute_jobs(optuna.storages.InMemoryStorage(), "s", [job], model_dir=model_dir, out_dir=tmp_path, **FAST)
     assert again == [measurement] and len(calls(tmp_path)) == 2
+
+
+def test_a_job_whose_workers_keep_dying_comes_back_failed_and_is_queued_again_next_time(tmp_path, model_dir):
+    storage, name = str(tmp_path / "q.db"), "exhausted"
+    job = ExecutionJob.of(_strategies()[0])
+    options = {**FAST, "max_retries": 0}
+    returned: list = []
+    caller = threading.Thread(target=lambda: returned.extend(execute_jobs(
+        storage, name, [job], model_dir=model_dir, out_dir=tmp_path, workers=0, **options)))
+    caller.start()
+    worker = _worker(storage, name, 600)
+    while not calls(tmp_path):
+        assert worker.poll() is None, worker.communicate()[1]
+        time.sleep(0.2)
+    worker.send_signal(signal.SIGTERM)
+    worker.communicate(timeout=60)
+    caller.join(timeout=60)
+    [measurement] = returned
+    assert measurement.status == "failed" and "retries exhausted (max_retries=0)" in measurement.reason
+    # not stored as measured: the next call queues it again and runs it
+    [again] = execute_jobs(storage, name, [job], model_dir=model_dir, out_dir=tmp_path, workers=1, **options)
+    assert again.status == "ok" and [e for e, _, _ in calls(tmp_path)] == ["start", "start", "end"]
