@@ -191,6 +191,10 @@ def execute_jobs(storage: Any, study_name: str, jobs: Sequence[ExecutionJob | di
     there). ``heartbeat_s`` / ``grace_s`` / ``max_retries``: how a killed worker's job is detected and
     re-queued (see the module docstring). Raises InvalidRequestError for a bad request, before anything
     is queued; the first call on a study fixes its model, evaluator, data, device and executor.
+
+    Several local workers share this machine's cores: each job's memory is its own process's, but its
+    latency is measured under the others' load. Use ``workers=1`` (and remote workers for throughput) when
+    latency matters.
     """
     workers = _count("workers", workers, 0, MAX_WORKERS)
     _count("heartbeat_s", heartbeat_s, 1, 3600)
@@ -316,11 +320,12 @@ def check_request(request: ExecutionRequest) -> None:
     if request.executor == DEFAULT_EXECUTOR:
         require_exec_extra()
         from executors.evaluate import check_evaluation_data, get_evaluator
-        from executors.loading import check_device, model_kind
+        from executors.loading import check_device, model_kind, resolve_device
 
         kind = model_kind(Path(request.model_dir))
         check_evaluation_data(get_evaluator(request.evaluator, kind, data=request.eval_data), request.model_dir)
-        check_device(request.device)
+        if check_device(request.device).startswith("cuda"):
+            resolve_device(request.device)  # imports torch: a worker without the GPU refuses, not every job fails
     elif not Path(request.model_dir).is_dir():
         raise InvalidRequestError(f"model directory {request.model_dir!r} does not exist.")
     _executor(request)
@@ -462,13 +467,18 @@ class _Queue:
             return False
 
     def work(self, worker: str, done: threading.Event) -> None:
-        """A local worker thread: run jobs until ``done`` is set."""
+        """A local worker thread: run jobs until ``done`` is set. A storage error is reported and retried (the
+        job it hit goes back to the queue when its heartbeat goes stale); a lasting one stops the caller,
+        whose own polling raises it."""
         while not done.is_set():
-            trial = self.pop()
-            if trial is None:
-                done.wait(1.0)
-                continue
-            self.run(trial, worker)
+            try:
+                trial = self.pop()
+                if trial is not None:
+                    self.run(trial, worker)
+                    continue
+            except Exception as error:  # noqa: BLE001 - the thread must outlive a transient database error
+                print(f"fitplan execute {worker}: {type(error).__name__}: {error}; retrying", file=sys.stderr)
+            done.wait(1.0)
 
     def run(self, trial: "optuna.trial.FrozenTrial", worker: str) -> Measurement | None:
         """Run the taken job ``trial`` and store its measurement; None when it was a duplicate."""
