@@ -28,8 +28,8 @@ Exactly once, never lost:
   ``optuna.storages.fail_stale_trials`` fails the trial and Optuna's retry callback
   (``RetryHeartbeatStaleTrialCallback``, formerly ``RetryFailedTrialCallback``) enqueues a copy, up to
   ``max_retries`` times; a worker stopped by SIGTERM/SIGINT/SIGHUP re-queues its job at once the same way.
-  A job whose retries are exhausted is returned as ``failed`` (workers kept dying) but not stored as
-  measured, so the next call queues it again.
+  A job whose retries are exhausted is returned as ``failed`` with ``measured=False`` (its workers kept
+  dying) and is not stored as measured, so the next call queues it again.
 - **Never twice to completion.** A worker that pops a job whose key is already measured, or running in
   an earlier trial, closes it as a duplicate (PRUNED, user attribute ``fitplan_duplicate_of``) without
   running it; a retry that carries the measurement of a worker killed just after storing it reuses it.
@@ -115,6 +115,9 @@ class Measurement(BaseModel):
     seconds: float = Field(description="wall time of the job, in the worker")
     round: int = 0
     trial: int | None = Field(None, description="the job's main-study trial number")
+    measured: bool = Field(True, description="False when no worker finished the job (its workers kept dying, "
+                           "retries exhausted): the strategy's own outcome is unknown, and the next call queues "
+                           "it again")
 
     @classmethod
     def from_result(cls, job: ExecutionJob, result: Any, *, worker: str, seconds: float) -> "Measurement":
@@ -130,9 +133,10 @@ class Measurement(BaseModel):
                    trial=job.trial)
 
     @classmethod
-    def failure(cls, job: ExecutionJob, reason: str, *, worker: str, seconds: float = 0.0) -> "Measurement":
+    def failure(cls, job: ExecutionJob, reason: str, *, worker: str, seconds: float = 0.0,
+                measured: bool = True) -> "Measurement":
         return cls(key=job.key, summary=_strategy(job).summary(), status="failed", reason=reason, worker=worker,
-                   seconds=seconds, round=job.round, trial=job.trial)
+                   seconds=seconds, round=job.round, trial=job.trial, measured=measured)
 
 
 class ExecutionRequest(BaseModel):
@@ -426,7 +430,8 @@ class _Queue:
             if failed and max(len(_history(t)) + 1 for t in failed) > self.request.max_retries:
                 found[key] = Measurement.failure(
                     job, f"not measured: the workers running it stopped {len(failed)} times (heartbeat lost or "
-                    f"interrupted); retries exhausted (max_retries={self.request.max_retries})", worker=self.worker)
+                    f"interrupted); retries exhausted (max_retries={self.request.max_retries})", worker=self.worker,
+                    measured=False)
                 continue
             since = self._orphaned.setdefault(key, time.monotonic())
             if time.monotonic() - since >= self.request.grace_s:

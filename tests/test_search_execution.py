@@ -298,6 +298,7 @@ def test_a_job_whose_workers_keep_dying_comes_back_failed_and_is_queued_again_ne
     caller.join(timeout=60)
     [measurement] = returned
     assert measurement.status == "failed" and "retries exhausted (max_retries=0)" in measurement.reason
+    assert not measurement.measured
     # not stored as measured: the next call queues it again and runs it
     [again] = execute_jobs(storage, name, [job], model_dir=model_dir, out_dir=tmp_path, workers=1, **options)
-    assert again.status == "ok" and [e for e, _, _ in calls(tmp_path)] == ["start", "start", "end"]
+    assert again.status == "ok" and again.measured and [e for e, _, _ in calls(tmp_path)] == ["start", "start", "end"]
