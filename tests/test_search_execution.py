@@ -24,12 +24,15 @@ from planner.errors import InvalidRequestError
 from planner.strategy import CompressionStrategy, QuantizationSpec, SparsitySpec
 from search.execution import (JOB_KEY, MEASUREMENT_KEY, ExecutionJob, ExecutionRequest, _Queue, execute_jobs,
                               execution_study_name, run_worker)
+from search.storage import storage_url
 from tests.execution_helpers import calls
 from tests.services import postgres_or_skip
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE = "tests.execution_helpers:log_and_sleep"
-FAST = {"executor": FAKE, "heartbeat_s": 1, "grace_s": 2, "poll_s": 0.2}
+# a grace of 6 heartbeats: a live worker is never taken for dead on a loaded machine; the SIGKILL test,
+# which waits for the grace to pass, shortens it
+FAST = {"executor": FAKE, "heartbeat_s": 1, "grace_s": 6, "poll_s": 0.2}
 
 
 def _strategies() -> list[CompressionStrategy]:
@@ -115,9 +118,7 @@ def test_two_local_workers_run_every_job_once_and_a_second_call_runs_none(backen
     again = execute_jobs(storage, name, jobs + jobs[:1], model_dir=model_dir, out_dir=tmp_path, workers=2, **FAST)
     assert again == first + first[:1]
     _check_once(tmp_path, len(jobs))
-    study = optuna.load_study(study_name=execution_study_name(name), storage=_Queue.open(
-        storage, name, ExecutionRequest(model_dir=str(model_dir), out_dir=str(tmp_path), executor=FAKE, heartbeat_s=1,
-                                        grace_s=2), create=False).storage)
+    study = optuna.load_study(study_name=execution_study_name(name), storage=storage_url(storage))
     assert len(study.trials) == len(jobs)
     assert all(t.state == optuna.trial.TrialState.COMPLETE and MEASUREMENT_KEY in t.user_attrs for t in study.trials)
 
@@ -125,7 +126,7 @@ def test_two_local_workers_run_every_job_once_and_a_second_call_runs_none(backen
 def test_a_job_queued_twice_runs_once_and_the_copy_is_closed_as_a_duplicate(tmp_path, model_dir):
     # two searches enqueueing the same key at the same moment can both add it: the later copy is not run
     storage, name = str(tmp_path / "q.db"), "dup"
-    request = ExecutionRequest(model_dir=str(model_dir), out_dir=str(tmp_path), executor=FAKE, heartbeat_s=1, grace_s=2)
+    request = ExecutionRequest(model_dir=str(model_dir), out_dir=str(tmp_path), executor=FAKE, heartbeat_s=1, grace_s=6)
     queue = _Queue.open(storage, name, request)
     job = ExecutionJob.of(_strategies()[0])
     for _ in range(2):
@@ -172,7 +173,7 @@ def test_a_sigkilled_worker_s_job_is_requeued_and_finished_once_by_another_worke
     job = ExecutionJob.of(_strategies()[1], round=2)
     returned: list = []
     caller = threading.Thread(target=lambda: returned.extend(execute_jobs(
-        storage, name, [job], model_dir=model_dir, out_dir=tmp_path, workers=0, **FAST)))
+        storage, name, [job], model_dir=model_dir, out_dir=tmp_path, workers=0, **{**FAST, "grace_s": 3})))
     caller.start()  # queues the job and waits for remote workers (workers=0)
     doomed = _worker(storage, name, 600)
     deadline = time.monotonic() + 120
