@@ -73,7 +73,6 @@ MEASUREMENT_KEY = "fitplan_measurement"
 DUPLICATE_KEY = "fitplan_duplicate_of"
 WORKER_KEY = "fitplan_worker"
 DEFAULT_EXECUTOR = "executors.run:execute"
-EXEC_INSTALL = 'pip install ".[exec]"'
 GIB = 2**30
 HOST = socket.gethostname()
 MAX_WORKERS = 64
@@ -168,12 +167,13 @@ def execution_study_name(study_name: str) -> str:
 
 def require_exec_extra() -> None:
     """Raise one InvalidRequestError when torch, transformers or bitsandbytes is missing."""
-    from executors._imports import EXEC_PACKAGES
+    from executors._imports import EXEC_PACKAGES, INSTALL_HINT
 
     missing = [name for name in EXEC_PACKAGES if importlib.util.find_spec(name) is None]
     if missing:
-        raise InvalidRequestError(f"executing candidates needs the exec extra ({', '.join(missing)} not installed): "
-                                  f"from a fitplan checkout, {EXEC_INSTALL}")
+        verb = "is" if len(missing) == 1 else "are"
+        raise InvalidRequestError(f"executing candidates needs {', '.join(missing)}, which {verb} not installed; "
+                                  f"{INSTALL_HINT}.")
 
 
 # -- the public entry points ----------------------------------------------------------------------------------

@@ -245,7 +245,7 @@ def test_without_torch_one_clear_error_names_the_exec_extra(tmp_path, monkeypatc
 
     monkeypatch.setitem(sys.modules, "torch", None)  # importlib.util.find_spec then reports it missing
     job = ExecutionJob.of(_strategies()[0])
-    with pytest.raises(InvalidRequestError, match=r'exec extra \(torch not installed\): .*pip install "\.\[exec\]"'):
+    with pytest.raises(InvalidRequestError, match=r'needs torch, which is not installed; .*pip install "\.\[exec\]"'):
         execute_jobs(str(tmp_path / "q.db"), "s", [job], model_dir=tmp_path, out_dir=tmp_path)
     # a remote worker on a machine without torch: exit 2, one line
     monkeypatch.undo()
