@@ -594,6 +594,7 @@ def _url(storage: Any, out_dir: str | None = None) -> str:
     ``out_dir``: a SQLite file ``<out_dir>/execution.db`` (local workers only, and a re-run resumes)."""
     import optuna
 
+    storage = getattr(storage, "_backend", storage)  # a study's storage is a cache in front of the RDB storage
     if out_dir is not None and (storage is None or isinstance(storage, optuna.storages.InMemoryStorage)):
         return f"sqlite:///{Path(out_dir) / 'execution.db'}"
     if isinstance(storage, optuna.storages.RDBStorage):
