@@ -39,6 +39,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +72,10 @@ SELECTION_BANDS = {"max_memory_gb": 0.15, "min_speedup": 0.30, "max_cost_per_hou
                    "max_cost_per_1m_tokens": 0.30, "min_tokens_per_s": 0.30}
 # Loop settings a resumed study may change (they change how much is done, not what a measurement means).
 RESUMABLE_CHANGES = ("execute_top", "rounds", "workers", "timeout_s")
+# Expected cost of a run that trains (a student, or fine-tuning) over a plain one until this study has
+# measured both kinds (run_cost): MiniLM here, 209 s for a 0.25-ffn + depth-0.5 student under load against
+# ~13 s for int8 / nf4 (benchmarks/closed_loop.py's first run, this machine shared).
+TRAINING_COST_PRIOR = 16.0  # 209 s / 13 s
 # Weight of a candidate's place relative to the feasible front in the selection score.
 FRONT_WEIGHT = {"pareto": 1.0, "feasible": 0.6, "near": 0.4}
 
@@ -265,7 +270,8 @@ def _coordinates(frame: "pd.DataFrame") -> "list[list[float]]":
 
 
 def select_candidates(table: "pd.DataFrame", k: int, limits: dict[str, float], *,
-                      exclude: set[str] | frozenset[str] = frozenset()) -> "pd.DataFrame":
+                      exclude: set[str] | frozenset[str] = frozenset(),
+                      cost: "Callable[[dict[str, Any]], float] | None" = None) -> "pd.DataFrame":
     """The ``k`` table rows to execute next, with a ``selection`` column saying why.
 
     Never a row already measured (``measured_status`` set) nor one whose ``strategy_json`` is in
@@ -281,7 +287,9 @@ def select_candidates(table: "pd.DataFrame", k: int, limits: dict[str, float], *
     - distance = the smallest distance, in predicted objectives normalised to the pool's range, to the
       rows already picked or measured: the picks spread along the front instead of clustering.
 
-    Ties go to the better rank. ``limits``: ``Constraints.active_limits()``.
+    ``cost(row)``: the relative cost of executing a row (1 = a typical run; :func:`run_cost`); the
+    value is divided by it, so a candidate that trains a student must be worth that much more. Ties go to
+    the better rank. ``limits``: ``Constraints.active_limits()``.
     """
     import pandas as pd
 
@@ -317,7 +325,10 @@ def select_candidates(table: "pd.DataFrame", k: int, limits: dict[str, float], *
         if closeness >= 0.5:
             why.append("near a constraint boundary")
         chance = feasible_chance(row, limits)
-        return FRONT_WEIGHT[place] * (0.25 + chance) * (1.0 + width + closeness), ", ".join(why)
+        price = max(cost(row), 1e-6) if cost is not None else 1.0
+        if price > 1.5:
+            why.append(f"costs ~{price:.0f}x a plain run")
+        return FRONT_WEIGHT[place] * (0.25 + chance) * (1.0 + width + closeness) / price, ", ".join(why)
 
     scored = {i: value(i) for i in pool}
     while len(chosen) < k:
@@ -335,6 +346,34 @@ def select_candidates(table: "pd.DataFrame", k: int, limits: dict[str, float], *
     frame = table.iloc[[i for i, _ in chosen]].copy()
     frame["selection"] = [why for _, why in chosen]
     return frame
+
+
+def trains(strategy: Any) -> bool:
+    """The run trains something (a distilled student, or fine-tuning between pruning steps)."""
+    return strategy.distillation is not None or bool(strategy.sparsity and strategy.sparsity.finetune_steps)
+
+
+def run_cost(measurements: "list[MeasuredCandidate]"):
+    """``cost(row)`` for :func:`select_candidates`: the expected seconds of a run that trains over a plain
+    one, from this study's measured runs of each kind (median seconds); until both kinds are measured,
+    TRAINING_COST_PRIOR (measured here: a MiniLM student run took 209 s under load, a quantized one
+    13 s)."""
+    import statistics
+
+    from planner.strategy import CompressionStrategy
+
+    seconds: dict[bool, list[float]] = {True: [], False: []}
+    for m in measurements:
+        if m.seconds:
+            seconds[trains(CompressionStrategy.model_validate_json(m.key))].append(m.seconds)
+    ratio = (statistics.median(seconds[True]) / statistics.median(seconds[False])
+             if seconds[True] and seconds[False] else TRAINING_COST_PRIOR)
+
+    def cost(row: dict[str, Any]) -> float:
+        strategy = CompressionStrategy.model_validate_json(row["strategy_json"])
+        return max(1.0, ratio) if trains(strategy) else 1.0
+
+    return cost
 
 
 # -- predictor quality ------------------------------------------------------------------------------
@@ -435,33 +474,12 @@ def execute(storage: Any, study_name: str, jobs: list[dict[str, Any]], request: 
             progress: bool) -> list[Any]:
     """Run the jobs through ``search.execution.execute_jobs`` (the queue in ``<study>:execute``: W workers,
     each job measured once across calls and resumes, a killed worker's job re-queued)."""
-    try:
-        from search.execution import ExecutionJob, execute_jobs
-    except ImportError:  # until search.execution lands on this branch: one isolated run after the other
-        return [_execute_here(job, request, progress) for job in jobs]
+    from search.execution import ExecutionJob, execute_jobs
+
     return execute_jobs(storage, study_name, [ExecutionJob(**job) for job in jobs], model_dir=request.model_dir,
                         evaluator=request.evaluator, eval_data=request.eval_data, out_dir=str(request.runs_dir),
                         workers=request.workers, device=request.device, timeout_s=request.timeout_s,
                         progress=progress)
-
-
-def _execute_here(job: dict[str, Any], request: LoopRequest, progress: bool) -> Any:
-    """Stand-in for search.execution until it lands: one isolated run, as a Measurement-shaped object."""
-    from types import SimpleNamespace
-
-    from executors import execute as run
-    from search.objective import WORKER
-
-    start = time.monotonic()
-    result = run(request.model_dir, job["strategy_json"], evaluator=request.evaluator, data=request.eval_data,
-                 device=request.device, out_dir=request.runs_dir, timeout_s=request.timeout_s, progress=progress)
-    memory = result.peak_rss_bytes if result.device == "cpu" else result.cuda_peak_allocated_bytes
-    return SimpleNamespace(key=job["key"], status=result.status, reason=result.reason,
-                           quality_retained_pct=result.quality.retained_pct if result.quality else None,
-                           memory_gib=memory / GIB if memory else None,
-                           latency_ms=result.latency.median_ms if result.latency else None,
-                           result_path=result.result_path, worker=WORKER, seconds=time.monotonic() - start,
-                           round=job["round"])
 
 
 # -- the loop ----------------------------------------------------------------------------------------
@@ -616,7 +634,8 @@ class Loop:
         from planner.strategy import CompressionStrategy
 
         table = self.result().table
-        picks = select_candidates(table, self.request.execute_top, self.limits)
+        picks = select_candidates(table, self.request.execute_top, self.limits,
+                                  cost=run_cost(list(measured.values())))
         out = []
         baseline = strategy_key(CompressionStrategy())
         if "min_speedup" in self.limits and digest(baseline) not in measured:

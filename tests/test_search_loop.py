@@ -458,3 +458,29 @@ def test_without_a_storage_the_loop_keeps_its_study_in_the_output_directory(mode
     again = FakeExecution()
     result = _search(model_dir, tmp_path, monkeypatch, again, storage=None, rounds=1)
     assert again.calls == [] and result.resumed
+
+
+def test_selection_weighs_the_cost_of_a_run():
+    table = pd.DataFrame([
+        _row(1, "best", 99.5, 99.0, 99.8, 10.0, pareto=True),
+        _row(2, "student", 97.0, 94.0, 99.5, 4.0, pareto=True),
+        _row(3, "plain", 97.5, 96.0, 99.0, 5.0, pareto=True),
+    ])
+    assert list(select_candidates(table, 2, LIMITS)["strategy"]) == ["best", "student"]  # wider, farther
+    costly = select_candidates(table, 2, LIMITS, cost=lambda row: 16.0 if row["strategy"] == "student" else 1.0)
+    assert list(costly["strategy"]) == ["best", "plain"]
+    alone = select_candidates(table[table["strategy"] == "student"], 1, LIMITS, cost=lambda row: 16.0)
+    assert list(alone["strategy"]) == ["student"]  # still measured when it is the recommendation
+
+
+def test_run_cost_learns_the_training_ratio_from_the_study():
+    from planner.strategy import DistillationSpec, QuantizationSpec
+    from search.loop import TRAINING_COST_PRIOR, run_cost
+
+    student = CompressionStrategy(distillation=DistillationSpec(depth_ratio=0.5))
+    plain = CompressionStrategy(quantization=QuantizationSpec(weights="nf4"))
+    rows = [{"strategy_json": s.to_json()} for s in (student, plain)]
+    assert [run_cost([])(r) for r in rows] == [TRAINING_COST_PRIOR, 1.0]
+    done = [MeasuredCandidate(key=strategy_key(student), summary="s", round=1, status="ok", seconds=120.0),
+            MeasuredCandidate(key=strategy_key(plain), summary="p", round=1, status="ok", seconds=20.0)]
+    assert [run_cost(done)(r) for r in rows] == [6.0, 1.0]
