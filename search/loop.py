@@ -76,6 +76,10 @@ RESUMABLE_CHANGES = ("execute_top", "rounds", "workers", "timeout_s")
 # measured both kinds (run_cost): MiniLM here, 209 s for a 0.25-ffn + depth-0.5 student under load against
 # ~13 s for int8 / nf4 (benchmarks/closed_loop.py's first run, this machine shared).
 TRAINING_COST_PRIOR = 16.0  # 209 s / 13 s
+# A pick must be worth at least a plain run of a candidate just outside a limit with a 10% chance of meeting
+# the quality limit and no interval or boundary bonus: FRONT_WEIGHT["near"] x (0.25 + 0.10) x 1. Below it
+# (a hopeless candidate, or an expensive one worth little) the round executes fewer than K.
+MIN_PICK_VALUE = 0.4 * (0.25 + 0.10)
 # Weight of a candidate's place relative to the feasible front in the selection score.
 FRONT_WEIGHT = {"pareto": 1.0, "feasible": 0.6, "near": 0.4}
 
@@ -288,8 +292,9 @@ def select_candidates(table: "pd.DataFrame", k: int, limits: dict[str, float], *
       rows already picked or measured: the picks spread along the front instead of clustering.
 
     ``cost(row)``: the relative cost of executing a row (1 = a typical run; :func:`run_cost`); the
-    value is divided by it, so a candidate that trains a student must be worth that much more. Ties go to
-    the better rank. ``limits``: ``Constraints.active_limits()``.
+    value is divided by it, so a candidate that trains a student must be worth that much more. A pick worth
+    less than MIN_PICK_VALUE is not made (the recommendation excepted): fewer than ``k`` rows come back.
+    Ties go to the better rank. ``limits``: ``Constraints.active_limits()``.
     """
     import pandas as pd
 
@@ -332,7 +337,7 @@ def select_candidates(table: "pd.DataFrame", k: int, limits: dict[str, float], *
 
     scored = {i: value(i) for i in pool}
     while len(chosen) < k:
-        left = [i for i in pool if i not in {c for c, _ in chosen}]
+        left = [i for i in pool if i not in {c for c, _ in chosen} and scored[i][0] >= MIN_PICK_VALUE]
         if not left:
             break
 

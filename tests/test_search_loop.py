@@ -484,3 +484,15 @@ def test_run_cost_learns_the_training_ratio_from_the_study():
     done = [MeasuredCandidate(key=strategy_key(student), summary="s", round=1, status="ok", seconds=120.0),
             MeasuredCandidate(key=strategy_key(plain), summary="p", round=1, status="ok", seconds=20.0)]
     assert [run_cost(done)(r) for r in rows] == [6.0, 1.0]
+
+
+def test_a_round_skips_candidates_not_worth_a_run():
+    table = pd.DataFrame([
+        _row(1, "best", 99.5, 99.0, 99.8, 10.0, pareto=True),
+        # just outside, its interval barely reaches the limit: ~2% chance of meeting it
+        _row(2, "long-shot", 90.0, 85.0, 97.2, 5.0, feasible=False),
+        _row(3, "student", 96.5, 90.0, 99.0, 4.0, feasible=False),
+    ])
+    assert set(select_candidates(table, 3, LIMITS)["strategy"]) == {"best", "long-shot", "student"}
+    expensive = select_candidates(table, 3, LIMITS, cost=lambda row: 16.0 if row["strategy"] == "student" else 1.0)
+    assert list(expensive["strategy"]) == ["best", "long-shot"]  # the interval straddles the limit: worth a run
