@@ -382,7 +382,7 @@ def test_cli_runs_the_loop_and_prints_measured_columns(tmp_path, monkeypatch, ca
     table = pd.read_csv(tmp_path / "cli" / "table.csv")
     rounds = json.loads((tmp_path / "cli" / "table.json").read_text())["rounds"]
     assert 1 <= rounds[0]["executed"] <= 2  # at most K per round, fewer when the rest is not worth a run
-    assert table["measured_status"].notna().sum() == rounds[-1]["evaluations"] >= 2
+    assert table["measured_status"].notna().sum() == rounds[-1]["evaluations"] >= 1
 
 
 @pytest.mark.parametrize(("argv", "message"), [
