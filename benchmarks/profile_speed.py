@@ -76,6 +76,7 @@ def run_once(model: str, *, checkout: Path, replay: bool, threads: str, formats:
     return {"wall_s": wall, "load": load, "measurements": len(profile["entries"]) + len(profile["block_drop"]),
             "options": len({e["option"] for e in profile["entries"]}), "profile_s": profile["total_seconds"],
             "evaluate_s": cost.get("evaluate_seconds"), "apply_s": cost.get("apply_seconds"),
+            "used_threads": cost.get("threads"),
             "replayed": (cost["block_passes_replayed"] / cost["block_passes"]) if cost.get("block_passes") else None,
             "entries": {(e["block"], e["group"], e["option"]): e["retained_pct"] for e in profile["entries"]}}
 
@@ -115,7 +116,9 @@ def main() -> int:
             checkout, variant, thread = config
             same = [r for r in results if r["entries"].keys() == reference.keys()]
             worst = max((abs(r["entries"][k] - v) / v for r in same for k, v in reference.items()), default=None)
-            rows.append({"model": name, "variant": variant, "threads": thread,
+            used = sorted({r["used_threads"] for r in results if r["used_threads"] is not None})
+            rows.append({"model": name, "variant": variant,
+                         "threads": thread + (f"={'/'.join(map(str, used))}" if used and thread == "auto" else ""),
                          "options": results[0]["options"], "measurements": results[0]["measurements"],
                          "wall_s": statistics.median(r["wall_s"] for r in results),
                          "evaluate_s": _median([r["evaluate_s"] for r in results]),

@@ -6,18 +6,26 @@ that group alone and the evaluator scores the model; the result is the quality r
 uncompressed model (``retained_fraction``: compressed/baseline, or baseline/compressed for
 perplexity). Each block is also removed alone (block drop). Options:
 
-- weight formats (default int8, nf4, hqq-int4/3/2 when the hqq package is installed): the group's
-  Linear layers are swapped for the very modules the quantization step builds
-  (``executors.steps.quantize``: bitsandbytes Linear8bitLt / Linear4bit, HQQLinear) at fp32 compute,
-  so the measured effect is the weight format's own, then the original modules are put back;
-- sparsity (default unstructured 0.25 and 0.5, 2:4; ``sparsity_method`` wanda or magnitude): the
+- weight formats (default :data:`DEFAULT_FORMATS`: what a search on a CPU proposes, bf16, int8, nf4,
+  fp4 and hqq-int8/4/3/2 when the hqq package is installed; ``["all"]``: every runnable format): the group's Linear layers are swapped for the very modules the quantization step
+  builds (``executors.steps.quantize``: a bf16 Linear casting its input, bitsandbytes Linear8bitLt /
+  Linear4bit, torch's dynamic int8 Linear, HQQLinear) at fp32 compute, so the measured effect is the
+  weight format's own, then the original modules are put back;
+- sparsity (default unstructured 0.125, 0.25 and 0.5, 2:4; ``sparsity_method`` wanda or magnitude): the
   group's weights are masked in place with the pruning step's scores and masks
   (``executors.steps.masks``; Wanda's input norms from one calibration pass of the intact model),
   then restored from a copy;
 - block drop: a forward hook makes the block return its input (what removing it computes).
 
 Fast on CPU: the model is loaded once, the evaluator's data and reference outputs are computed once,
-and nothing is reloaded between options. A final check compares every weight with the original.
+and nothing is reloaded between options. Each (group, option) is quantized once, evaluated, and put
+back. An evaluation starts at the changed block: the intact model's block outputs are recorded during
+the reference pass and replayed for the blocks before it (:mod:`executors.replay`; exact, guarded,
+about 40% of the block passes saved), so the scores equal whole-model evaluations'. torch's threads
+are lowered to the cores other processes leave idle (:func:`executors.environment.idle_threads`):
+on a busy machine two threads waiting on each other made the profile several times slower. The
+profile records its own cost (:class:`planner.accuracy.profile.ProfileCost`: wall time per phase,
+evaluations, block passes replayed, threads). A final check compares every weight with the original.
 
 Profiles are cached under ``<cache>/profiles/`` (``$FITPLAN_CACHE``, else ``~/.cache/fitplan``), keyed by
 the model directory (path, weight files, their sizes and mtimes), its config fingerprint, the evaluator
@@ -52,13 +60,14 @@ from planner.accuracy.profile import (
 from planner.errors import InvalidRequestError, UnsupportedError
 from planner.strategy import SPARSITY_PATTERNS, WEIGHT_FORMATS
 
-# The weight formats the executors run on a CPU (bitsandbytes, torch dynamic int8, HQQ at the default group size;
-# bf16 halves an fp32 model): what a search on this device proposes. Other runnable ones (fp16, the -dq and HQQ
-# -g32/-g128 variants) on request, or all of them with formats=["all"].
-DEFAULT_FORMATS: tuple[str, ...] = ("bf16", "int8", "dynamic-int8", "nf4", "fp4", "hqq-int8", "hqq-int4", "hqq-int3",
-                                    "hqq-int2")
+# What a search of this model on a CPU proposes (search.space.executable_space): the weight formats the executors
+# run there (bitsandbytes int8 / nf4 / fp4, HQQ 8/4/3/2-bit at the default group size, bf16 as a compression of the
+# fp32 checkpoint) and its unstructured levels and 2:4. Other runnable formats (fp16, dynamic-int8, the -dq and
+# HQQ -g32/-g128 variants) on request, or all of them with formats=["all"].
+DEFAULT_FORMATS: tuple[str, ...] = ("bf16", "int8", "nf4", "fp4", "hqq-int8", "hqq-int4", "hqq-int3", "hqq-int2")
 PROFILE_DTYPE = "fp32"  # the profile loads the model in fp32 (executors.loading.load_model) and compares with it
-DEFAULT_SPARSITY: tuple[tuple[str, float], ...] = (("unstructured", 0.25), ("unstructured", 0.5), ("2:4", 0.5))
+DEFAULT_SPARSITY: tuple[tuple[str, float], ...] = (("unstructured", 0.125), ("unstructured", 0.25), ("unstructured", 0.5),
+                                                   ("2:4", 0.5))
 DEFAULT_SAMPLES = {"perplexity": 8, "fidelity": 32}  # perplexity windows / fidelity sentences
 DEFAULT_SEQ_LEN = {"perplexity": 128, "fidelity": 64}  # window length / max sentence tokens
 MIN_RETAINED_PCT = 1e-3  # a group whose option destroys the model (score <= 0, NaN): recorded at this floor

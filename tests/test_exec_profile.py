@@ -340,7 +340,7 @@ def test_default_options_cover_the_cpu_formats_and_refuse_the_loaded_dtype():
     from executors.profiling import DEFAULT_FORMATS, _format_options, _profilable
     from planner.errors import InvalidRequestError
 
-    assert {"bf16", "int8", "dynamic-int8", "nf4", "fp4", "hqq-int4", "hqq-int3", "hqq-int2"} <= set(DEFAULT_FORMATS)
+    assert {"bf16", "int8", "nf4", "fp4", "hqq-int8", "hqq-int4", "hqq-int3", "hqq-int2"} <= set(DEFAULT_FORMATS)
     assert _format_options(["all"], []) == _profilable() and "fp32" not in _profilable()
     assert _format_options(["bf16"], []) == ["bf16"]
     with pytest.raises(InvalidRequestError, match="loaded in fp32"):
@@ -354,7 +354,7 @@ def test_the_option_table_is_split_to_fit_80_columns():
     from executors.profiling import DEFAULT_FORMATS
     from planner.render import table_width
 
-    options = [_short(o) for o in (*DEFAULT_FORMATS, "hqq-int4-g32", "sparsity:unstructured:0.25",
+    options = [_short(o) for o in (*DEFAULT_FORMATS, "dynamic-int8", "hqq-int4-g32", "sparsity:unstructured:0.25",
                                    "sparsity:unstructured:0.5", "sparsity:2:4:0.5")]
     assert len(set(options)) == len(options)
     frame = pd.DataFrame([{"block": b, "group": "attn", **{o: 99.5 for o in options}} for b in range(24)])

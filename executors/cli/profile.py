@@ -18,7 +18,9 @@ EVAL_CHOICES = ("perplexity", "fidelity", "accuracy")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from executors.profiling import DEFAULT_FORMATS  # torch-free at import
+    from executors.profiling import DEFAULT_FORMATS, DEFAULT_SPARSITY  # torch-free at import
+
+    sparsity = ",".join(f"{level:g}" if pattern == "unstructured" else pattern for pattern, level in DEFAULT_SPARSITY)
 
     parser = subparsers.add_parser(
         "profile", help="measure a local model's per-block sensitivity to each format and sparsity level",
@@ -36,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         f"{','.join(DEFAULT_FORMATS)}; hqq only when installed); 'all' = every format the "
                         f"executors run; 'none' = no formats")
     parser.add_argument("--sparsity", metavar="LIST", help="comma-separated unstructured levels and N:M patterns "
-                        "(default: 0.25,0.5,2:4); 'none' = no sparsity")
+                        f"(default: {sparsity}); 'none' = no sparsity")
     parser.add_argument("--sparsity-method", choices=("wanda", "magnitude"), default="wanda",
                         help="weight scores for sparsity (default wanda, as fitplan search)")
     parser.add_argument("--no-block-drop", action="store_true", help="skip the block-drop measurements")
