@@ -17,9 +17,10 @@ Guards, so that a replayed score can never silently differ from the full one:
   evaluator fed the same batches in the same order); otherwise :class:`ReplayMismatch` is raised and
   the caller evaluates in full;
 - the number of calls must match the recording (checked when the ``with`` block exits);
-- recordings are kept only within a memory budget (``max_bytes``): when every block's outputs do not
-  fit, only evenly spaced start points are kept and a change in block ``b`` starts at the nearest
-  recorded start point at or before ``b`` (still exact, just less saving).
+- recordings are kept only within a memory budget (``max_bytes``, block 0's inputs included): when
+  every block's outputs do not fit, every other start point is given up until they do, and a change
+  in block ``b`` starts at the nearest recorded start point at or before ``b`` (still exact, just
+  less saving); with none left, every evaluation runs the whole model.
 """
 
 from __future__ import annotations
@@ -83,18 +84,41 @@ class BlockReplay:
     # -- recording -------------------------------------------------------------------------------
     @contextlib.contextmanager
     def recording(self) -> Iterator["BlockReplay"]:
-        """Record block 0's inputs and every block's outputs during the evaluator passes run inside;
-        on exit, keep the start points that fit in ``max_bytes``."""
+        """Record block 0's inputs and the start points' block outputs during the evaluator passes run
+        inside. Whenever the recording outgrows ``max_bytes``, every other start point is given up (the
+        later ones are kept: they save more), so memory never holds more than the budget and a block's
+        output."""
         n = len(self.blocks)
-        outputs: dict[int, list[Any]] = {c: [] for c in range(1, n)}
+        kept = set(range(1, n))
+        outputs: dict[int, list[Any]] = {c: [] for c in kept}
+        sizes = dict.fromkeys(kept, 0)
         inputs: list[Any] = []
+        state = {"inputs": 0, "over": False}
+
+        def total() -> int:
+            return state["inputs"] + sum(sizes[c] for c in kept)
+
+        def thin() -> None:
+            while kept and total() > self.max_bytes:
+                for c in sorted(kept)[0::2]:
+                    kept.discard(c)
+                    outputs[c].clear()
+            if total() > self.max_bytes:  # block 0's inputs alone are over the budget
+                state["over"] = True
+                inputs.clear()
 
         def first(_module: Any, args: tuple, kwargs: dict) -> None:
-            inputs.append(_copy(_first_tensor(args, kwargs)))
+            if not state["over"]:
+                inputs.append(_copy(_first_tensor(args, kwargs)))
+                state["inputs"] += _bytes(inputs[-1])
+                thin()
 
         def after(index: int):
             def hook(_module: Any, _args: tuple, output: Any) -> None:
-                outputs[index + 1].append(_copy(output))
+                if index + 1 in kept and not state["over"]:
+                    outputs[index + 1].append(_copy(output))
+                    sizes[index + 1] += _bytes(output)
+                    thin()
             return hook
 
         handles = [self.blocks[0].register_forward_pre_hook(first, with_kwargs=True)]
@@ -104,22 +128,13 @@ class BlockReplay:
         finally:
             for handle in handles:
                 handle.remove()
+        if state["over"] or not kept:
+            self.inputs, self.outputs, self.calls, self.recorded_bytes = [], {}, 0, 0
+            return
         self.inputs = inputs
         self.calls = len(inputs)
-        per_start = {c: sum(_bytes(o) for o in outs) for c, outs in outputs.items()}
-        kept = self._fitting(per_start)
-        self.outputs = {c: outputs[c] for c in kept}
-        self.recorded_bytes = sum(per_start[c] for c in kept) + sum(_bytes(i) for i in inputs)
-
-    def _fitting(self, per_start: dict[int, int]) -> list[int]:
-        """Evenly spaced start points whose recordings fit in the budget (all of them when they fit)."""
-        starts = sorted(per_start)
-        for count in range(len(starts), 0, -1):
-            step = len(starts) / count
-            chosen = sorted({starts[min(len(starts) - 1, int(round((i + 1) * step)) - 1)] for i in range(count)})
-            if sum(per_start[c] for c in chosen) <= self.max_bytes:
-                return chosen
-        return []
+        self.outputs = {c: outputs[c] for c in sorted(kept)}
+        self.recorded_bytes = total()
 
     # -- replaying -------------------------------------------------------------------------------
     def start_for(self, block: int) -> int:

@@ -117,7 +117,7 @@ def test_profiling_leaves_the_weights_as_they_were(tiny):
     model = load_model(tiny).model
     before = {k: v.clone() for k, v in model.state_dict().items()}
     groups = _block_groups(model)
-    for option in ("nf4", "hqq-int4", "sparsity:unstructured:0.5"):
+    for option in ("bf16", "nf4", "hqq-int4", "sparsity:unstructured:0.5"):
         with _applied(model, groups[0]["mlp"], option, "magnitude", {}, "cpu") as ok:
             assert ok
             changed = model.model.layers[0].mlp.down_proj
@@ -274,11 +274,15 @@ def test_replay_is_exact_guarded_and_within_its_memory_budget():
     with pytest.raises(ReplayMismatch, match="1 forward calls"), replay.starting_at(1), torch.no_grad():
         stack(batches[0])
     assert "forward" not in vars(stack[0])  # restored after a failure too
-    # a budget for one start point's recording keeps one (block 2 changes start at 1, still exact)
-    small = BlockReplay(list(stack), max_bytes=6 * 8 * 4)
+    # a budget for block 0's inputs and one start point's outputs keeps the later start point (a change in
+    # block 1 then runs the whole stack, one in block 2 starts there: still exact)
+    small = BlockReplay(list(stack), max_bytes=2 * 6 * 8 * 4)
     with small.recording():
         run()
     assert small.starts == [2] and small.start_for(1) == 0 and small.start_for(2) == 2
+    assert small.recorded_bytes == 2 * 6 * 8 * 4
+    with small.starting_at(2):
+        assert all(torch.equal(a, b) for a, b in zip(run(), expected))
     none = BlockReplay(list(stack), max_bytes=0)
     with none.recording():
         run()
