@@ -40,8 +40,10 @@ def register_search(subparsers: argparse._SubParsersAction) -> None:
     add_constraint_flags(parser, objective=False)
     parser.add_argument("--trials", type=int, default=200, metavar="N", help="total trials of the study (default 200)")
     parser.add_argument("--sampler", default="auto", metavar="S", help="auto, nsga2, tpe, gp or random (default auto)")
-    parser.add_argument("--objectives", default="quality_loss,memory_gib,cost_per_1m_tokens", metavar="LIST",
-                        help="comma-separated: quality_loss, memory_gib, cost_per_1m_tokens, tokens_per_s, speedup")
+    parser.add_argument("--objectives", default=None, metavar="LIST",
+                        help="comma-separated: quality_loss, memory_gib, cost_per_1m_tokens, tokens_per_s, speedup, "
+                        "latency_ms (default quality_loss,memory_gib plus cost_per_1m_tokens on a priced GPU, "
+                        "latency_ms on --deployment-target local)")
     parser.add_argument("--seed", type=int, default=None, help="sampler seed")
     parser.add_argument("--jobs", type=int, default=1, metavar="N", help="parallel trials in this process")
     parser.add_argument("--timeout", type=float, default=None, metavar="S", help="stop after S seconds")
@@ -177,9 +179,13 @@ def _print(result, args: argparse.Namespace, paths: dict) -> None:  # noqa: ANN0
         return
     top = result.table.head(args.top)
     columns = {}
-    for column, header in SHOWN:
+    shown = SHOWN
+    if result.request.get("constraints", {}).get("deployment_target") == "local":  # no price: the timed forward
+        shown = tuple(("latency_ms", "ms") if column == "usd_per_1m_tokens" else (column, header)
+                      for column, header in SHOWN)
+    for column, header in shown:
         values = top[column].to_numpy() if column in top else np.array([])
-        if column in ("quality_retained_pct", "memory_gib", "speedup", "usd_per_1m_tokens"):
+        if column in ("quality_retained_pct", "memory_gib", "speedup", "usd_per_1m_tokens", "latency_ms"):
             values = np.array([np.nan if v is None else float(v) for v in values], dtype=float)
         elif column == "basis":  # "prior (42)" -> "prior": the count is in the files and --json
             values = np.array([str(v).split(" ")[0] for v in values], dtype=object)
@@ -189,8 +195,10 @@ def _print(result, args: argparse.Namespace, paths: dict) -> None:  # noqa: ANN0
              f"({state} study {result.study_name})")
     feasible = int(result.table["feasible"].sum()) if len(result.table) else 0
     caption = f"{feasible} feasible; qual% = predicted quality retained; x = speedup; ok = feasible"
+    if shown is not SHOWN:
+        caption += "; GiB = peak of the executors' run; ms = their timed forward"
     print_columns(columns, title=title, caption=caption,
-                  formats={"qual%": "{:.1f}", "GiB": "{:.2f}", "x": "{:.2f}", "$/1M": "{:.3g}"})
+                  formats={"qual%": "{:.1f}", "GiB": "{:.2f}", "x": "{:.2f}", "$/1M": "{:.3g}", "ms": "{:,.0f}"})
     best = result.best
     if best is None:
         misses = result.table.head(3)
