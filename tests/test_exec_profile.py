@@ -365,3 +365,29 @@ def test_the_option_table_is_split_to_fit_80_columns():
     chunks = _chunks(frame, options, 80, table_width)
     assert [c for chunk in chunks for c in chunk] == options and len(chunks) > 1
     assert all(table_width([5, 5, *(6 for _ in chunk)]) <= 80 for chunk in chunks)
+
+
+def test_default_options_cover_what_a_local_search_proposes(tiny, monkeypatch, tmp_path):
+    """Every weight format and unstructured level the search proposes on this CPU (search.space.executable_space)
+    is measured by a default profile, so the allocator and the planner find them all in it."""
+    import hardware_db.probe as probe
+    import planner.planning.local as local
+    from executors import minilm_dir
+    from executors.profiling import DEFAULT_FORMATS, DEFAULT_SPARSITY
+    from planner.models.resolve import get_model
+    from search.space import executable_space
+    from tests.test_local_target import PROBE
+    from tests.test_local_target import local as local_constraints
+
+    monkeypatch.setattr(probe, "probe_host", lambda: PROBE)  # a fixed host with bf16 matmuls
+    monkeypatch.setenv("FITPLAN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(local, "_has_nvidia_driver", lambda: False)
+    local.local_device.cache_clear()
+    try:
+        for model_dir in (tiny, minilm_dir()):
+            space = executable_space(get_model(model_dir), local_constraints(max_memory_gb=1))
+            assert set(space.weight_formats) - {"none"} <= set(DEFAULT_FORMATS)
+            assert "unstructured" in space.sparsity and "2:4" in space.sparsity and ("2:4", 0.5) in DEFAULT_SPARSITY
+            assert set(space.levels_for("unstructured")) <= {level for p, level in DEFAULT_SPARSITY if p == "unstructured"}
+    finally:
+        local.local_device.cache_clear()
