@@ -99,8 +99,8 @@ def print_profile(outcome) -> None:  # noqa: ANN001 - ProfileOutcome lives in ex
             ("evaluator", f"{ev.name}: {ev.metric}, baseline {ev.baseline:.4g}"),
             ("calibration", f"{profile.settings.samples} samples x {profile.settings.seq_len} tokens, sparsity "
                             f"{profile.settings.sparsity_method}, {profile.settings.device}"),
-            ("cost", cost_line(profile) + (f"; cached: reused (measured {profile.created})" if outcome.cached
-                                           else ""))]
+            ("cost", (f"cached: reused, nothing measured now; measured {profile.created} in " if outcome.cached
+                      else "") + cost_line(profile))]
     head.append(("profile", str(outcome.path)))
     if outcome.out:
         head.append(("written to", str(outcome.out)))
@@ -119,8 +119,9 @@ def print_profile(outcome) -> None:  # noqa: ANN001 - ProfileOutcome lives in ex
                         title=f"quality retained % (one group changed{part})",
                         formats={c: "{:.2f}" for c in columns})
     if profile.block_drop:
-        frame = pd.DataFrame([{"block": d.block, "retained %": d.retained_pct} for d in profile.block_drop])
-        print_frame(frame, "table", title="block dropped (one-shot, no retraining)", formats={"retained %": "{:.2f}"})
+        column = "retained %, one-shot"
+        frame = pd.DataFrame([{"block": d.block, column: d.retained_pct} for d in profile.block_drop])
+        print_frame(frame, "table", title="block dropped (no retraining)", formats={column: "{:.2f}"})
     for note in outcome.notes:
         print(f"note: {note}")
 
@@ -137,7 +138,7 @@ def cost_line(profile) -> str:  # noqa: ANN001 - SensitivityProfile
              f"load {cost.load_seconds:.1f} s")
     if cost.block_passes_replayed:
         text += f"; {cost.block_passes_replayed / cost.block_passes:.0%} of block passes replayed"
-    return text + (f"; {cost.threads} threads)" if cost.threads else ")")
+    return text + (f"; {cost.threads} thread{'s' if cost.threads > 1 else ''})" if cost.threads else ")")
 
 
 def _chunks(frame, columns: list[str], width: int, table_width) -> list[list[str]]:  # noqa: ANN001
