@@ -189,6 +189,10 @@ def test_cli_prints_the_profile_and_refuses_mistakes(tiny, outcome, tmp_path, ca
     assert "nf4" in capsys.readouterr().err  # the close match
     assert main(["profile", str(tiny), "--sparsity", "heads"]) == 2
     assert main(["profile", str(tiny), "--formats", "gptq-int4"]) == 2
+    assert main(["profile", str(tiny), "--threads", "0"]) == 2
+    assert "--threads 0" in capsys.readouterr().err
+    assert main(["profile", str(tiny), "--formats", "fp32"]) == 2
+    assert "loaded in fp32" in capsys.readouterr().err
 
 
 # -- the fast path: replayed block outputs, threads, cost ----------------------------------------------
