@@ -11,7 +11,7 @@ import argparse
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the search package's commands to the ``fitplan`` parser (order = order in ``fitplan --help``)."""
-    from search import commands
+    from search import commands, worker
 
-    for add in (commands.register_search, commands.register_results, commands.register_report):
+    for add in (commands.register_search, commands.register_results, commands.register_report, worker.register):
         add(subparsers)
