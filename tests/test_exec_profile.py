@@ -395,3 +395,53 @@ def test_default_options_cover_what_a_local_search_proposes(tiny, monkeypatch, t
             assert set(space.levels_for("unstructured")) <= {level for p, level in DEFAULT_SPARSITY if p == "unstructured"}
     finally:
         local.local_device.cache_clear()
+
+
+def _three_block_model(family):
+    import torch
+    import transformers
+
+    from tests.steps.test_family_matrix import FAMILIES
+
+    config = dict(FAMILIES[family])
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if key in config:
+            config[key] = 3
+    config = transformers.AutoConfig.for_model(**config)
+    torch.manual_seed(0)
+    if family == "bert":
+        return transformers.AutoModel.from_config(config).eval()
+    if family == "t5":
+        return transformers.T5ForConditionalGeneration(config).eval()
+    return transformers.AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3", "gemma2", "phi3", "gpt2", "gpt_neox", "falcon", "opt", "bert",
+                                    "t5"])
+def test_replay_is_exact_on_every_family(family):
+    """Whatever a family's blocks take and return (rotary embeddings, position biases, caches, tuples), the
+    replayed outputs equal the full forward's."""
+    import torch
+
+    from executors.replay import BlockReplay
+    from executors.steps.layout import ModelLayout
+
+    model = _three_block_model(family)
+    batches = [torch.randint(3, 100, (2, 12)), torch.randint(3, 100, (1, 9))]
+
+    def run():
+        out = []
+        with torch.no_grad():
+            for ids in batches:
+                extra = {"decoder_input_ids": ids[:, :5]} if family == "t5" else {}
+                output = model(input_ids=ids, **extra)
+                out.append(output.logits if hasattr(output, "logits") else output.last_hidden_state)
+        return out
+
+    replay = BlockReplay(ModelLayout(model).blocks, max_bytes=10**8)
+    with replay.recording():
+        expected = run()
+    assert replay.starts == [1, 2]
+    for start in replay.starts:
+        with replay.starting_at(start):
+            assert all(torch.equal(a, b) for a, b in zip(run(), expected))
