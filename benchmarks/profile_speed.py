@@ -78,7 +78,8 @@ def run_once(model: str, *, checkout: Path, replay: bool, threads: str, formats:
             "evaluate_s": cost.get("evaluate_seconds"), "apply_s": cost.get("apply_seconds"),
             "used_threads": cost.get("threads"),
             "replayed": (cost["block_passes_replayed"] / cost["block_passes"]) if cost.get("block_passes") else None,
-            "entries": {(e["block"], e["group"], e["option"]): e["retained_pct"] for e in profile["entries"]}}
+            "entries": {(e["block"], e["group"], e["option"]): e["retained_pct"] for e in profile["entries"]},
+            "seconds": {(e["block"], e["group"], e["option"]): e["seconds"] for e in profile["entries"]}}
 
 
 def main() -> int:
@@ -99,7 +100,7 @@ def main() -> int:
     configs = [(ROOT, v, t) for v in variants for t in threads]
     if args.baseline_checkout is not None:
         configs += [(args.baseline_checkout.resolve(), "baseline", t) for t in threads]
-    rows = []
+    rows, per_option = [], []
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         model = model_dir(name)
         runs: dict[tuple, list[dict]] = {c: [] for c in configs}
@@ -112,6 +113,11 @@ def main() -> int:
                 print(f"{name} {variant:8s} threads={thread:7s} run {repeat + 1}: {result['wall_s']:6.1f} s wall "
                       f"(load {result['load']:.1f}), {result['measurements']} measurements", file=sys.stderr)
         reference = runs[configs[0]][0]["entries"]
+        for config, results in runs.items():
+            seconds = results[0]["seconds"]
+            options = dict.fromkeys(option for _, _, option in seconds)
+            per_option.append((name, config[1], config[2], {o: statistics.mean(v for k, v in seconds.items()
+                                                                              if k[2] == o) for o in options}))
         for config, results in runs.items():
             checkout, variant, thread = config
             same = [r for r in results if r["entries"].keys() == reference.keys()]
@@ -137,6 +143,10 @@ def main() -> int:
         print(f"{row['model']:9s} {row['variant']:8s} {row['threads']:>7s} {row['options']:4d} "
               f"{row['measurements']:4d} {row['wall_s']:7.1f} {_fmt(row['evaluate_s'])} {_fmt(row['apply_s'])} "
               f"{replayed:>6s} {row['load']:5.1f} {diff:>8s}")
+    print("\nseconds per entry (quantize or mask, evaluate, restore), mean over the blocks and groups of the first run:")
+    for name, variant, thread, means in per_option:
+        print(f"{name} {variant} threads={thread}: " + ", ".join(f"{o.removeprefix('sparsity:')} {v:.2f}"
+                                                                 for o, v in means.items()))
     print("vs ref: largest relative difference of an entry's retained % from the first variant's first run "
           "(entries both measured; '-' when the option sets differ)")
     return 0
