@@ -658,10 +658,13 @@ def _wait_for_request(storage: Any, study_name: str, idle_exit_s: float | None, 
                             for s in optuna.get_all_study_summaries(store, include_best_trial=False)})
             from hardware_db.names import did_you_mean
 
-            there = f"studies there: {', '.join(names[:10])}" if names else "the storage has no studies yet"
-            hint = did_you_mean(study_name, names) if names else ""
-            print(f"fitplan worker: waiting for {study_name.removesuffix(EXECUTE_SUFFIX)!r} to queue jobs ({there})."
-                  f"{hint}", file=sys.stderr, flush=True)
+            search = study_name.removesuffix(EXECUTE_SUFFIX)
+            if search in names:
+                there = ""
+            else:  # the search has not started yet, or the name is misspelt
+                listing = f"studies there: {', '.join(names[:10])}" if names else "the storage has no studies yet"
+                there = f" ({listing}){'.' + did_you_mean(search, names) if names else ''}"
+            print(f"fitplan worker: waiting for search {search!r} to queue jobs{there}", file=sys.stderr, flush=True)
         said = True
         if idle_exit_s is not None and time.monotonic() - start >= idle_exit_s:
             return None
