@@ -92,6 +92,11 @@ class BlockAllocator:
         self.damages = np.array(damages)  # (items, formats) damage; inf = not measured
         self.weights_count = sum(g.params for g in spec.param_groups if g.component in GROUPS and g.layers)
 
+    def min_bits(self) -> float:
+        """The smallest average stored bits per block weight any allocation reaches (every group in its
+        cheapest measured format): a smaller budget has no allocation."""
+        return float(self.costs.min(axis=1).sum()) * 8.0 / self.weights_count
+
     def bytes_for_bits(self, bits: float) -> float:
         """The byte budget of an average of ``bits`` stored bits per block weight."""
         return self.weights_count * bits / 8.0

@@ -151,6 +151,16 @@ def run_search(model: Any, constraints: Any = None, *, space: SearchSpace | None
             space = default_space(spec, constraints)
         if profile is not None:
             space = space.model_copy(update={"bit_budgets": DEFAULT_BIT_BUDGETS})
+    allocator = None
+    if profile is not None and space.bit_budgets:
+        from search.allocator import BlockAllocator
+
+        allocator = BlockAllocator(spec, profile, tuple(f for f in space.weight_formats if f != "none"))
+        # Budgets below what the measured formats can reach have no allocation: leave them out of the
+        # space rather than fail their trials.
+        reachable = tuple(b for b in space.bit_budgets if b >= allocator.min_bits() - 1e-9)
+        space = space.model_copy(update={"bit_budgets": reachable})
+
     def make_scorer(store: Any) -> TrialScorer:
         return TrialScorer(candidate_evaluator(spec, constraints, objective_list, profile=profile, calibration=store,
                                                metric=metric, device=device), objective_list)
@@ -171,12 +181,6 @@ def run_search(model: Any, constraints: Any = None, *, space: SearchSpace | None
     store = open_storage(storage) if storage is not None else optuna.storages.InMemoryStorage()
     name = study_name or default_study_name(request)
     study, resumed = open_study(store, name, request, directions, sampler_obj)
-
-    allocator = None
-    if profile is not None and space.bit_budgets:
-        from search.allocator import BlockAllocator
-
-        allocator = BlockAllocator(spec, profile, tuple(f for f in space.weight_formats if f != "none"))
 
     def suggest(trial: optuna.trial.Trial):
         return space.suggest(trial, allocator)

@@ -88,3 +88,22 @@ def test_profiled_search_samples_budgets_and_stores_per_block_strategies():
     assert overridden, "some allocations mix formats across blocks"
     assert all(s.version == 2 for s in overridden)
     assert (result.table["basis"].str.startswith("profile")).any()
+
+
+def test_min_bits_is_the_cheapest_allocation():
+    spec = get_model(TINY)
+    allocator = BlockAllocator(spec, _profile(spec), FORMATS)
+    assert allocator.allocate(allocator.bytes_for_bits(allocator.min_bits() * 0.99)) is None
+    assert allocator.allocate(allocator.bytes_for_bits(allocator.min_bits() * 1.01)) is not None
+
+
+def test_profiled_search_leaves_out_budgets_no_measured_format_reaches():
+    """A profile whose smallest format stores ~4.5 bits: the 2.5-4 bit budgets would fail every trial."""
+    spec = get_model("meta-llama/Llama-3.1-8B")
+    result = run_search(spec.name, Constraints(max_memory_gb=16, max_accuracy_loss=8, gpu="RTX 4090"),
+                        profile=_profile(spec), n_trials=20, sampler="random", seed=0)
+    floor = BlockAllocator(spec, _profile(spec), FORMATS).min_bits()
+    budgets = result.request["space"]["bit_budgets"]
+    assert budgets and min(budgets) >= floor > 3.0
+    errors = result.trials["error"].dropna()
+    assert not errors.str.contains("below the smallest format").any()
