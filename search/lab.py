@@ -315,26 +315,20 @@ class _Lab:
         from search.run import run_search
         from search.space import executable_space
 
-        device = self.device()
-        space = executable_space(self.spec, self.constraints, "cpu" if device.startswith("cpu") else device)
+        space = executable_space(self.spec, self.constraints, "cpu" if self.missing else "auto")
+        # The loop's budget is the study's total; the predicted step samples round 1's share of it, which the
+        # loop's first round then finds done (search.loop: round r grows the study to trials * r / rounds).
+        trials = self.request.trials if execute else -(-self.request.trials // self.request.rounds)
         kwargs: dict[str, Any] = {}
         if execute:
             kwargs = {"model_dir": self.request.model_dir, "execute_top": self.request.execute_top,
                       "rounds": self.request.rounds, "workers": self.workers, "evaluator": self.request.evaluator,
-                      "eval_data": self.request.eval_data, "out_dir": str(self.out / "runs"),
-                      "calibration_dir": str(self.out / "calibration"), "device": device}
+                      "eval_data": self.request.eval_data, "out_dir": str(self.out),
+                      "calibration_dir": str(self.out / "calibration"), "device": "auto"}
         study = STUDY if profile is not None else f"{STUDY}-prior"
-        return run_search(self.request.model_dir, self.constraints, space=space, n_trials=self.request.trials,
+        return run_search(self.request.model_dir, self.constraints, space=space, n_trials=trials,
                           storage=self.storage, study_name=study, seed=self.request.seed, profile=profile,
                           progress=self.progress, **kwargs)
-
-    def device(self) -> str:
-        """Where the executors run: CUDA GPU 0 when torch sees one, else the CPU (no torch: 'cpu')."""
-        if self.missing:
-            return "cpu"
-        from executors.loading import resolve_device
-
-        return resolve_device("auto")
 
     # step 3 -------------------------------------------------------------------------------------
     def implementation(self, profile: Any) -> Any:

@@ -120,6 +120,15 @@ def _shown_columns(table, measured: bool) -> list[tuple[str, str]]:  # noqa: ANN
     return shown
 
 
+# Headers of search.measured.RoundReport's fields (others are shown under their own name).
+ROUND_HEADERS = {"round": "round", "predictor": "predictor", "fit_records": "fitted on", "held_out": "held out",
+                 "quality_loss_mae": "quality MAE (points)", "quality_spearman": "Spearman",
+                 "quality_coverage": "in 80% interval", "memory_error_pct": "memory error %",
+                 "latency_error_pct": "latency error %", "executed": "executed", "failed": "failed",
+                 "evaluations": "evaluations so far", "recommendation": "recommendation",
+                 "recommendation_verified": "verified", "seconds": "seconds"}
+
+
 def _rounds(result):  # noqa: ANN001 - SearchResult -> DataFrame | None
     """Predictor quality per round of a closed-loop search (``SearchResult.rounds``), one row each."""
     import pandas as pd
@@ -130,7 +139,7 @@ def _rounds(result):  # noqa: ANN001 - SearchResult -> DataFrame | None
     rows = []
     for report in rounds:
         record = report.model_dump(mode="json") if hasattr(report, "model_dump") else dict(report)
-        rows.append(_flat(record))
+        rows.append({ROUND_HEADERS.get(k, k): v for k, v in _flat(record).items()})
     return pd.DataFrame(rows)
 
 
@@ -266,7 +275,8 @@ def _blocks(result, data) -> list[tuple]:  # noqa: ANN001
     if lab is not None and lab.baseline is not None:
         base = lab.baseline
         blocks += [("h3", "Baseline (the uncompressed model, measured on this machine)"),
-                   ("table", _frame([base.model_dump(exclude={"run_dir", "result_path"})]), None, "baseline", None)]
+                   ("table", _frame([base.model_dump(exclude={"run_dir", "result_path"}, exclude_none=True)]), None,
+                    "baseline", None)]
     if lab is not None and lab.profile:
         blocks.append(("p", f"Sensitivity profile: {lab.profile}"))
     blocks.append(("h2", "Hardware requirements"))
@@ -350,7 +360,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem 
 h1{font-size:1.5rem}h2{font-size:1.2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
 table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0}th,td{border:1px solid #ddd;padding:.25rem .5rem}
 th{background:#f4f4f4;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}
-tr.measured td{background:#eef7ee}tr.failed td{background:#fdecea}
+tr.measured td{background:#eef7ee}.scroll{overflow-x:auto}tr.failed td{background:#fdecea}
 .note{background:#fff8e1;padding:.5rem .8rem;border-left:3px solid #f0b400}.rec{background:#e8f5e9;padding:.6rem .9rem;
 border-left:3px solid #2e933c}pre{background:#f7f7f7;padding:.6rem}
 """
@@ -383,7 +393,8 @@ def _html_table(frame, columns=None, table_id: str | None = None, classes=None) 
         kind = classes[index] if classes else ""
         body.append((f'<tr class="{kind}">' if kind else "<tr>") + "".join(cells) + "</tr>")
     ident = f' id="{table_id}"' if table_id else ""
-    return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return (f'<div class="scroll"><table{ident}><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+            f"</div>")
 
 
 def _html(result, data, out: Path) -> Path:  # noqa: ANN001
