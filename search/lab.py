@@ -326,9 +326,14 @@ class _Lab:
                       "eval_data": self.request.eval_data, "out_dir": str(self.out),
                       "calibration_dir": str(self.out / "calibration"), "device": "auto"}
         study = STUDY if profile is not None else f"{STUDY}-prior"
-        return run_search(self.request.model_dir, self.constraints, space=space, n_trials=trials,
-                          storage=self.storage, study_name=study, seed=self.request.seed, profile=profile,
-                          progress=self.progress, **kwargs)
+        result = run_search(self.request.model_dir, self.constraints, space=space, n_trials=trials,
+                            storage=self.storage, study_name=study, seed=self.request.seed, profile=profile,
+                            progress=self.progress, **kwargs)
+        if result.interrupted:  # Ctrl-C: the study keeps every finished trial and execution; no checkpoint
+            self._echo(f"lab interrupted: finished trials and executions are saved in {self.out}; run the same "
+                       f"command again to resume")
+            raise KeyboardInterrupt
+        return result
 
     # step 3 -------------------------------------------------------------------------------------
     def implementation(self, profile: Any) -> Any:
@@ -498,6 +503,22 @@ def _verified_rows(result: Any, constraints: Any, baseline: MeasuredRun | None) 
     return [r for r in rows if all(c.ok for c in checks(r, constraints, baseline))]
 
 
+def _measured_outcomes(result: Any, constraints: Any, baseline: MeasuredRun | None) -> str:
+    """'; of the N executed: X: max_accuracy_loss 4.1 > 3; Y: failed: ...' (empty when none was executed)."""
+    rows = [r for r in result.table.to_dict(orient="records") if r.get("measured_status") is not None]
+    if not rows:
+        return "; no candidate was executed"
+    parts = []
+    for row in rows[:5]:
+        if not _measured_ok(row):
+            parts.append(f"{row['strategy']}: {row['measured_status']}")
+            continue
+        missed = [f"{c.constraint} {c.measured:.3g} vs {c.limit:g}" for c in checks(row, constraints, baseline)
+                  if c.ok is False]
+        parts.append(f"{row['strategy']}: {', '.join(missed) if missed else 'within the measurable limits'}")
+    return f"; of the {len(rows)} executed: " + "; ".join(parts)
+
+
 def validate(result: Any, constraints: Any, baseline: MeasuredRun | None) -> Validation:
     """Step 4's verdict on ``result.best``: verified when it was measured and every check holds on the
     measurement; otherwise the reason (not measured, failed, a limit exceeded, not measurable here)."""
@@ -520,7 +541,7 @@ def validate(result: Any, constraints: Any, baseline: MeasuredRun | None) -> Val
             "measured": measured, "deployment_note": note}
     if measured is None:
         return Validation(**base, verified=False, reason="the recommended candidate was not executed, so it is a "
-                          "prediction only")
+                          "prediction only" + _measured_outcomes(result, constraints, baseline))
     if measured.status != "ok":
         return Validation(**base, verified=False, reason=f"its run failed: {measured.reason}")
     failed = [c for c in found if c.ok is False]
