@@ -46,10 +46,11 @@ def predict(result: ExecutionResult, strategy: CompressionStrategy) -> Predictio
     except FitplanError as error:
         notes.append(f"parameters not predicted: {error}")
     if result.device == "cpu":
-        from planner.memory.cpu import CpuWorkload, estimate_cpu_process_memory
+        from planner.memory.cpu import estimate_cpu_process_memory
+        from planner.planning.local import executor_workload
 
         kind = result.model_kind or ("encoder" if spec.architecture == "encoder" else "causal-lm")
-        workload = CpuWorkload.default(kind, speed=result.latency is not None)
+        workload = executor_workload(spec, kind, speed=result.latency is not None)
         try:
             if strategy.low_rank is not None:
                 raise UnsupportedError("a low-rank factorised model has no ModelSpec of its own, so its weights "
@@ -74,21 +75,15 @@ def predict(result: ExecutionResult, strategy: CompressionStrategy) -> Predictio
 def _predict_cpu_latency(result: ExecutionResult, strategy: CompressionStrategy, spec, prediction: Prediction) -> None:  # noqa: ANN001
     """Latency of the timed forward on the probed host CPU (planner.speed.model.forward_latency)."""
     from hardware_db.probe import cached_host_entry
-    from planner.formats import get_format
-    from planner.memory.cpu import weights_path
-    from planner.models.derive import derive_spec
-    from planner.speed.engines import get_speed_engine
-    from planner.speed.model import forward_latency
+    from planner.planning.local import forward_ms
 
     if prediction.weight_bytes is None:
         prediction.notes.append("CPU latency not predicted: the weights were not predicted")
         return
     try:
-        _, fmt, compute = weights_path(strategy)
         host = cached_host_entry()
-        step = forward_latency(derive_spec(spec, strategy), get_format(fmt), get_speed_engine("hf"), host,
-                               weight_bytes=prediction.weight_bytes, batch=result.latency.batch_size,
-                               tokens=result.latency.seq_len, matmul_dtype=compute)
+        step = forward_ms(spec, strategy, host, weight_bytes=prediction.weight_bytes,
+                          batch=result.latency.batch_size, tokens=result.latency.seq_len)
     except Exception as error:  # noqa: BLE001 - the latency prediction never costs the measured result
         prediction.notes.append(f"CPU latency not predicted: {error}")
         return
@@ -103,12 +98,10 @@ def _predict_gpu(result: ExecutionResult, strategy: CompressionStrategy, spec, p
     """CUDA: planner.estimate_memory for the derived model in the strategy's Linear format, on the GPU the
     run reported (when the catalog knows it), at the evaluation batch; compared with
     torch.cuda.max_memory_allocated."""
-    from planner import estimate_memory
-    from planner.memory.cpu import CpuWorkload
-    from planner.models.derive import derive_spec
+    from planner.planning.local import executor_workload, gpu_run_memory
 
     kind = result.model_kind or ("encoder" if spec.architecture == "encoder" else "causal-lm")
-    workload = CpuWorkload.default(kind)
+    workload = executor_workload(spec, kind)
     precision = strategy.quantization.weights if strategy.quantization else "fp32"
     gpu = None
     if result.environment is not None:
@@ -120,8 +113,7 @@ def _predict_gpu(result: ExecutionResult, strategy: CompressionStrategy, spec, p
             prediction.notes.append(f"GPU {result.environment.device_name!r} is not in the catalog: memory is "
                                     f"predicted without its device facts")
     try:
-        estimate = estimate_memory(derive_spec(spec, strategy), precision, batch=workload.evaluate_batch,
-                                   seq_len=workload.evaluate_seq_len, gpu=gpu)
+        estimate = gpu_run_memory(spec, strategy, workload, gpu)
     except FitplanError as error:
         prediction.notes.append(f"memory not predicted: {error}")
         return

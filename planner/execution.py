@@ -1,5 +1,7 @@
 """How the executors apply a strategy, as pure facts the planner can reason about without torch.
 
+Also what they can apply at all (``EXECUTOR_FORMATS`` and the formats they refuse, with why).
+
 Shared by ``executors.loading`` (which does it) and ``planner.memory.cpu`` (which predicts its
 memory), so the prediction and the measurement always describe the same run:
 
@@ -11,10 +13,36 @@ memory), so the prediction and the measurement always describe the same run:
 
 from __future__ import annotations
 
-from planner.strategy import CompressionStrategy, QuantizationSpec
+from planner.strategy import HQQ_FORMATS, CompressionStrategy, QuantizationSpec
 
 BNB_FORMATS: tuple[str, ...] = ("int8", "nf4", "nf4-dq", "fp4", "fp4-dq")
 DTYPE_FORMATS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+
+# What the executors can apply (``executors.steps.quantize`` imports these lists; search and the ``local``
+# deployment target read them without torch): casts, bitsandbytes, torch dynamic int8, HQQ.
+EXECUTOR_FORMATS: tuple[str, ...] = (*DTYPE_FORMATS, *BNB_FORMATS, "dynamic-int8", *HQQ_FORMATS)
+# torch dynamic quantization: fp32 activations only, CPU kernels only.
+FP32_COMPUTE_ONLY: tuple[str, ...] = ("dynamic-int8",)
+CPU_ONLY_FORMATS: tuple[str, ...] = ("dynamic-int8",)
+UNSUPPORTED_FORMATS: dict[str, str] = {
+    "fp8": "fitplan's executors have no fp8 weight module yet (bitsandbytes has no fp8 layer; torch 2.13 has a "
+           "CPU float8 matmul, torch._scaled_mm, that nothing here uses)",
+    "gptq-int4": "GPTQ needs the gptqmodel package (not installed, not in fitplan's exec extra) and its "
+                 "calibration-based packing",
+    "gptq-int8": "GPTQ needs the gptqmodel package (not installed, not in fitplan's exec extra) and its "
+                 "calibration-based packing",
+    "awq-int4": "AWQ needs the autoawq package (not installed, not in fitplan's exec extra) and its "
+                "calibration-based packing",
+}
+# The executors never quantize the KV cache: no step applies QuantizationSpec.kv_cache.
+QUANTIZES_KV_CACHE = False
+
+
+def executor_formats(device: str = "cpu") -> tuple[str, ...]:
+    """Weight formats the executors apply on ``device`` ('cpu' or 'cuda')."""
+    if device == "cpu":
+        return EXECUTOR_FORMATS
+    return tuple(f for f in EXECUTOR_FORMATS if f not in CPU_ONLY_FORMATS)
 
 
 def load_time_format(spec: QuantizationSpec | None) -> str | None:

@@ -23,7 +23,9 @@ memory_gib             per-GPU memory, safe bound (GiB)
 fits                   fits the memory budget / GPU
 gpus                   GPUs one copy needs
 tokens_per_s           decode tokens/s of the whole batch (None: unknown)
-speedup                decode (or prefill) speedup vs the uncompressed model
+speedup                decode (or prefill) speedup vs the uncompressed model (target ``local``: baseline
+                       latency / latency)
+latency_ms             target ``local``: the executors' timed forward over their batch, ms (None elsewhere)
 usd_per_hour           $/h of those GPUs (None: no price)
 usd_per_1m_tokens      $ per 1M output tokens (None: no price or no speed)
 feasible               satisfies every constraint
@@ -48,7 +50,7 @@ if TYPE_CHECKING:
 
 TABLE_COLUMNS: tuple[str, ...] = (
     "rank", "strategy", "quality_retained_pct", "quality_low_pct", "quality_high_pct", "basis", "quality_loss_pct",
-    "memory_gib", "fits", "gpus", "tokens_per_s", "speedup", "usd_per_hour", "usd_per_1m_tokens", "feasible",
+    "memory_gib", "fits", "gpus", "tokens_per_s", "speedup", "latency_ms", "usd_per_hour", "usd_per_1m_tokens", "feasible",
     "pareto", "why_not", "strategy_json",
 )
 
@@ -77,16 +79,18 @@ def request_record(spec: "ModelSpec", constraints: "Constraints", space: "Search
     except PackageNotFoundError:
         fitplan_version = "unknown"
     return {"model": spec.name, "constraints": constraints.model_dump(mode="json", exclude_none=True),
-            "space": space.model_dump(mode="json"), "objectives": [o.name for o in objectives],
+            "space": space.record(), "objectives": [o.name for o in objectives],
             "fitplan_version": fitplan_version}
 
 
 def candidate_evaluator(spec: "ModelSpec", constraints: "Constraints", objectives: tuple, *, profile: Any = None,
-                        calibration: Any = None) -> Callable[["CompressionStrategy"], dict[str, Any]]:
-    """A function strategy -> trial row (table columns + prediction JSON + constraint values)."""
+                        calibration: Any = None, metric: str | None = None
+                        ) -> Callable[["CompressionStrategy"], dict[str, Any]]:
+    """A function strategy -> trial row (table columns + prediction JSON + constraint values). ``metric``: the
+    executors' evaluator or metric family quality is predicted on ('fidelity', 'perplexity', 'accuracy'...)."""
     from planner.planning.candidate import Evaluator
 
-    evaluator = Evaluator(spec, constraints, profile=profile, calibration=calibration)
+    evaluator = Evaluator(spec, constraints, profile=profile, calibration=calibration, metric=metric)
     limits = list(constraints.active_limits())
 
     def evaluate(strategy: "CompressionStrategy") -> dict[str, Any]:
@@ -131,6 +135,7 @@ def table_row(prediction: dict[str, Any], violations: list[str]) -> dict[str, An
         "gpus": prediction.get("gpus_needed") or prediction.get("gpus"),
         "tokens_per_s": prediction.get("tokens_per_s"),
         "speedup": prediction.get("speedup"),
+        "latency_ms": prediction.get("latency_ms"),
         "usd_per_hour": prediction.get("usd_per_hour"),
         "usd_per_1m_tokens": prediction.get("usd_per_1m_tokens"),
         "feasible": bool(prediction.get("feasible")),

@@ -40,8 +40,10 @@ def register_search(subparsers: argparse._SubParsersAction) -> None:
     add_constraint_flags(parser, objective=False)
     parser.add_argument("--trials", type=int, default=200, metavar="N", help="total trials of the study (default 200)")
     parser.add_argument("--sampler", default="auto", metavar="S", help="auto, nsga2, tpe, gp or random (default auto)")
-    parser.add_argument("--objectives", default="quality_loss,memory_gib,cost_per_1m_tokens", metavar="LIST",
-                        help="comma-separated: quality_loss, memory_gib, cost_per_1m_tokens, tokens_per_s, speedup")
+    parser.add_argument("--objectives", default=None, metavar="LIST",
+                        help="comma-separated: quality_loss, memory_gib, cost_per_1m_tokens, tokens_per_s, speedup, "
+                        "latency_ms (default quality_loss,memory_gib plus cost_per_1m_tokens on a priced GPU, "
+                        "latency_ms on --deployment-target local)")
     parser.add_argument("--seed", type=int, default=None, help="sampler seed")
     parser.add_argument("--jobs", type=int, default=1, metavar="N", help="parallel trials in this process")
     parser.add_argument("--timeout", type=float, default=None, metavar="S", help="stop after S seconds")

@@ -60,8 +60,23 @@ OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
     Objective("cost_per_1m_tokens", "minimize", "$ per 1M output tokens", "usd_per_1m_tokens"),
     Objective("tokens_per_s", "maximize", "decode tokens/s", "tokens_per_s"),
     Objective("speedup", "maximize", "decode speedup vs the uncompressed model", "speedup"),
+    Objective("latency_ms", "minimize", "the executors' timed forward, ms (deployment target local)", "latency_ms"),
 )}
 DEFAULT_OBJECTIVES = ("quality_loss", "memory_gib", "cost_per_1m_tokens")
+LOCAL_OBJECTIVES = ("quality_loss", "memory_gib", "latency_ms")
+
+
+def default_objectives(constraints: Any) -> tuple[str, ...]:
+    """The objectives a search optimises unless told: quality loss, memory and $ per 1M tokens on a priced
+    GPU; latency instead of cost on the ``local`` target (this machine: the executors' timed forward); quality
+    loss and memory alone where neither is known (no GPU, or a GPU without a price), so no trial fails
+    for lack of a figure the target cannot give."""
+    if constraints.is_local:
+        return LOCAL_OBJECTIVES
+    acc = constraints.gpu_accelerator()
+    if acc is None or acc.cloud_usd_per_hour is None:
+        return DEFAULT_OBJECTIVES[:2]
+    return DEFAULT_OBJECTIVES
 RECORD_KEY = "fitplan"
 # Which process ran a trial (host:pid): a distributed study says who did what.
 WORKER = f"{socket.gethostname()}:{os.getpid()}"

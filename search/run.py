@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from planner.errors import FitplanError, InvalidRequestError
-from search.objective import DEFAULT_OBJECTIVES, TrialScorer, resolve_objectives, trial_record
+from search.objective import TrialScorer, default_objectives, resolve_objectives, trial_record
 from search.results import SearchResult, result_from_study
 from search.space import SearchSpace
 
@@ -84,15 +84,17 @@ def _positive(name: str, value: Any, limit: float) -> Any:
 
 
 def run_search(model: Any, constraints: Any = None, *, space: SearchSpace | None = None, n_trials: int = 200,
-               sampler: str = "auto", objectives: Iterable[str] | str = DEFAULT_OBJECTIVES,
+               sampler: str = "auto", objectives: Iterable[str] | str | None = None,
                storage: str | Path | None = None, study_name: str | None = None, seed: int | None = None,
                n_jobs: int = 1, timeout: float | None = None, profile: Any = None, calibration: Any = None,
-               progress: bool = False) -> SearchResult:
+               progress: bool = False, metric: str | None = None) -> SearchResult:
     """Search strategies for ``model`` under ``constraints``; returns the ranked trade-offs.
 
     ``storage``: None = in memory (Python) — the CLI defaults to ``sqlite:///fitplan.db``; a path or any
     SQLAlchemy URL (``postgresql://...`` for several machines). ``study_name``: None derives one from
     the request, so the same call resumes the same study. ``n_trials``: the study's total budget.
+    ``objectives``: None = ``search.objective.default_objectives`` (what the target can give). ``metric``:
+    the evaluator or metric family quality is predicted on ('fidelity', 'perplexity'; default accuracy).
     """
     import optuna
 
@@ -107,15 +109,20 @@ def run_search(model: Any, constraints: Any = None, *, space: SearchSpace | None
     _positive("timeout", timeout, 10**7)
     spec = get_model(model)
     constraints = coerce_constraints(constraints)
+    if objectives is None:  # search.objective.default_objectives: what the target can give
+        objectives = default_objectives(constraints)
     objective_list = resolve_objectives(objectives if not isinstance(objectives, str) else objectives)
     profile = _load_profile(profile)
     if space is None:
         space = default_space(spec, constraints)
         if profile is not None:
             space = space.model_copy(update={"bit_budgets": DEFAULT_BIT_BUDGETS})
-    evaluate = candidate_evaluator(spec, constraints, objective_list, profile=profile, calibration=calibration)
+    evaluate = candidate_evaluator(spec, constraints, objective_list, profile=profile, calibration=calibration,
+                                   metric=metric)
     scorer = TrialScorer(evaluate, objective_list)
     request = request_record(spec, constraints, space, objective_list)
+    if metric is not None:
+        request["metric"] = metric
     if profile is not None:
         request["profile"] = {"fingerprint": profile.model.fingerprint, "created": profile.created,
                               "evaluator": profile.evaluator.name}

@@ -57,6 +57,9 @@ class SearchSpace(BaseModel):
     keep_layers: tuple[int, ...] = Field((0,), description="first and last k blocks kept unquantized")
     sparsity: tuple[str, ...] = Field(("none", "unstructured", "2:4"), description="'none' or a pattern")
     sparsity_levels: tuple[float, ...] = Field((0.25, 0.5), description="levels of patterns that take one")
+    levels_by_pattern: dict[str, tuple[float, ...]] = Field(
+        default_factory=dict, description="levels of one pattern, instead of sparsity_levels (e.g. a model with "
+        "2 key/value groups can drop heads only at 0.5); left out of the study record when empty")
     sparsity_method: str = Field("wanda", description="scoring of unstructured and N:M sparsity (magnitude or "
                                  "wanda); structured patterns use magnitude")
     distill_depths: tuple[float, ...] = Field((1.0,), description="student depth ratio (1.0 = none)")
@@ -108,6 +111,29 @@ class SearchSpace(BaseModel):
         if any(not 0 < v < 1 for v in value):
             raise ValueError("sparsity levels must be between 0 and 1 (exclusive)")
         return value
+
+    @field_validator("levels_by_pattern")
+    @classmethod
+    def _pattern_levels(cls, value: dict[str, tuple[float, ...]]) -> dict[str, tuple[float, ...]]:
+        for pattern, levels in value.items():
+            if pattern not in SPARSITY_PATTERNS or pattern in FIXED_LEVEL_PATTERNS:
+                raise ValueError(f"levels_by_pattern: {pattern!r} is not a pattern that takes a level")
+            cls._levels(tuple(levels))
+            if not levels:
+                raise ValueError(f"levels_by_pattern[{pattern!r}] must list at least one level")
+        return {pattern: tuple(dict.fromkeys(levels)) for pattern, levels in value.items()}
+
+    def levels_for(self, pattern: str) -> tuple[float, ...]:
+        """The levels a search asks for ``pattern`` (one that takes a level)."""
+        return self.levels_by_pattern.get(pattern, self.sparsity_levels)
+
+    def record(self) -> dict[str, Any]:
+        """The space as JSON data for the study record (``levels_by_pattern`` only when set, so studies
+        recorded before it existed resume)."""
+        data = self.model_dump(mode="json")
+        if not self.levels_by_pattern:
+            data.pop("levels_by_pattern")
+        return data
 
     @field_validator("distill_depths", "distill_widths")
     @classmethod
@@ -167,7 +193,7 @@ class SearchSpace(BaseModel):
         pattern = trial.suggest_categorical("sparsity", self.sparsity) if len(self.sparsity) > 1 else self.sparsity[0]
         params["sparsity"] = pattern
         if pattern not in ("none", *FIXED_LEVEL_PATTERNS):
-            params["sparsity_level"] = trial.suggest_categorical(f"sparsity_level_{pattern}", self.sparsity_levels)
+            params["sparsity_level"] = trial.suggest_categorical(f"sparsity_level_{pattern}", self.levels_for(pattern))
         for name, choices in (("distill_depth", self.distill_depths), ("distill_width", self.distill_widths),
                               ("low_rank", self.low_rank_ratios)):
             if len(choices) > 1:
@@ -195,7 +221,7 @@ class SearchSpace(BaseModel):
         if sparsity != "none":
             level = 0.5 if sparsity in FIXED_LEVEL_PATTERNS else sparsity_level
             if level is None:
-                level = self.sparsity_levels[0]
+                level = self.levels_for(sparsity)[0]
             method = "magnitude" if sparsity in ("heads", "ffn", "layers") else self.sparsity_method
             parts["sparsity"] = SparsitySpec(level=level, pattern=sparsity, method=method)
         depth = distill_depth if distill_depth is not None else self.distill_depths[0]
@@ -216,7 +242,7 @@ class SearchSpace(BaseModel):
             if pattern in ("none", *FIXED_LEVEL_PATTERNS):
                 sparsity_options.append((pattern, None))
             else:
-                sparsity_options.extend((pattern, level) for level in self.sparsity_levels)
+                sparsity_options.extend((pattern, level) for level in self.levels_for(pattern))
         for weights in self.weight_formats:
             keeps = self.keep_layers if weights != "none" else (self.keep_layers[0],)
             for keep, kv, (pattern, level), depth, width, rank in itertools.product(
@@ -228,7 +254,7 @@ class SearchSpace(BaseModel):
     @property
     def size(self) -> int:
         """Number of distinct points (configurations) in the space."""
-        levels = sum(1 if p in ("none", *FIXED_LEVEL_PATTERNS) else len(self.sparsity_levels) for p in self.sparsity)
+        levels = sum(1 if p in ("none", *FIXED_LEVEL_PATTERNS) else len(self.levels_for(p)) for p in self.sparsity)
         per_format = (len(self.kv_dtypes) * levels * len(self.distill_depths) * len(self.distill_widths)
                       * len(self.low_rank_ratios))
         quantized = sum(len(self.keep_layers) if f != "none" else 1 for f in self.weight_formats)
@@ -236,7 +262,9 @@ class SearchSpace(BaseModel):
 
     def canonical(self) -> str:
         """Canonical JSON of the space (what a study records to refuse a resume with another space)."""
-        return self.model_dump_json()
+        import json
+
+        return json.dumps(self.record(), separators=(",", ":"))
 
 
 def default_space(spec: "ModelSpec", constraints: Any, *, wide: bool = False) -> SearchSpace:
@@ -244,9 +272,14 @@ def default_space(spec: "ModelSpec", constraints: Any, *, wide: bool = False) ->
 
     Formats and KV dtypes are the planner grid's (``planner.planning.grid``: what the engine runs on the
     GPU; the 16-bit baseline is "none"); structured patterns and students only for families the
-    executors can cut. ``wide=True`` adds more levels and ratios (a larger space for long searches).
+    executors can cut, without the combinations of a pattern level and a student size that cut nothing
+    (:func:`_without_refused_combinations`). ``wide=True`` adds more levels and ratios (a larger space for
+    long searches).
     Raises InvalidRequestError naming the constraint when hardware gating leaves no format to search.
+    Deployment target ``local``: :func:`executable_space` (what the executors run on this machine).
     """
+    if constraints.is_local:
+        return executable_space(spec, constraints, wide=wide)
     from planner.formats import get_kv_dtype
     from planner.memory.devices import kv_dtype_support
     from planner.models.derive import structural_refusal
@@ -269,7 +302,101 @@ def default_space(spec: "ModelSpec", constraints: Any, *, wide: bool = False) ->
     levels = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7) if wide else (0.125, 0.25, 0.5)
     depths = ((1.0, 0.875, 0.75, 0.625, 0.5) if wide else (1.0, 0.75, 0.5)) if structured else (1.0,)
     widths = ((1.0, 0.75, 0.5) if structured else (1.0,))
-    return SearchSpace(weight_formats=("none", *compressed), kv_dtypes=tuple(kv),
-                       keep_layers=(0, 1, 2) if wide else (0, 1), sparsity=tuple(patterns), sparsity_levels=levels,
-                       distill_depths=depths, distill_widths=widths,
-                       low_rank_ratios=(1.0, 0.75, 0.5) if wide else (1.0,), compute_dtype=baseline)
+    space = SearchSpace(weight_formats=("none", *compressed), kv_dtypes=tuple(kv),
+                        keep_layers=(0, 1, 2) if wide else (0, 1), sparsity=tuple(patterns), sparsity_levels=levels,
+                        distill_depths=depths, distill_widths=widths,
+                        low_rank_ratios=(1.0, 0.75, 0.5) if wide else (1.0,), compute_dtype=baseline)
+    return _without_refused_combinations(spec, space)
+
+
+def executable_space(spec: "ModelSpec", constraints: Any, device: str = "auto", *, wide: bool = False) -> SearchSpace:
+    """The default space restricted to what fitplan's executors run (``planner.execution``'s lists, read
+    without torch) on ``device`` ('auto': the executors' own choice, CUDA GPU 0 when present, else the
+    CPU; 'cpu'; 'cuda'), so every proposed strategy can be executed and measured:
+
+    - weight formats the executors apply there (bitsandbytes int8 / nf4 / fp4, HQQ 8/4/3/2-bit, bf16 as
+      a compression of the float32 checkpoint; ``wide`` adds double-quantized and other-group-size
+      variants), minus HQQ formats that cannot pack one of the model's Linear layers, minus formats
+      the executors refuse with the space's compute dtype and formats the format registry cannot size
+      (``dynamic-int8``: fp32 activations only, and no storage record, so its memory is not predicted);
+      with a GPU deployment target, also only formats its engine runs on that GPU;
+    - no KV-cache dtype (the executors never quantize the KV cache);
+    - sparsity patterns and levels, student depths and widths that ``executors.preflight`` accepts for
+      this model (``planner.models.derive``: the family can be cut so, and the cut removes something),
+      alone and combined; low-rank only with ``wide`` (its memory is not predicted: the candidates could
+      not be checked against the memory budget).
+
+    Deployment target ``local`` (``Constraints(deployment_target='local')``) plans for the same device.
+    Raises InvalidRequestError when nothing compressed is left.
+    """
+    from planner.formats import get_format
+    from planner.memory.devices import format_support
+    from planner.models.derive import structural_refusal
+    from planner.planning.local import compute_dtype, executable_formats, local_device
+
+    target = local_device(device)
+    compute = compute_dtype(target)
+    formats, _ = executable_formats(spec, target, compute=compute, wide=wide)
+    if not constraints.is_local and target.kind == "cuda" and constraints.gpu_accelerator() is not None:
+        acc = constraints.gpu_accelerator()  # a GPU target: also what its engine runs there
+        formats = [f for f in formats
+                   if format_support(get_format(f), acc, constraints.memory_engine).supported is not False]
+    if not formats:
+        raise InvalidRequestError(f"no compressed weight format that fitplan's executors run on {target.name} "
+                                  f"fits {spec.name}")
+    levels = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7) if wide else (0.125, 0.25, 0.5)
+    patterns = ["none", "unstructured", "2:4"]
+    patterns += [kind for kind in ("ffn", "layers", "heads") if structural_refusal(spec, kind) is None]
+    depths: tuple[float, ...] = (1.0,)
+    widths: tuple[float, ...] = (1.0,)
+    if structural_refusal(spec, "student") is None:
+        depths = (1.0, 0.875, 0.75, 0.625, 0.5) if wide else (1.0, 0.75, 0.5)
+        widths = (1.0, 0.75, 0.5)
+    space = SearchSpace(weight_formats=("none", *formats), kv_dtypes=("auto",),
+                        keep_layers=(0, 1, 2) if wide else (0, 1), sparsity=tuple(patterns), sparsity_levels=levels,
+                        distill_depths=depths, distill_widths=widths,
+                        low_rank_ratios=(1.0, 0.75, 0.5) if wide else (1.0,), compute_dtype=compute)
+    return _without_refused_combinations(spec, space)
+
+
+def _without_refused_combinations(spec: "ModelSpec", space: SearchSpace) -> SearchSpace:
+    """Drop the structured-pattern levels and student depth/width values that the executors' preflight
+    (``planner.models.derive.derive_spec``) refuses, alone or combined (e.g. 12.5% of the layers of a
+    3-layer student removes none): values refused on their own first, then pattern levels before student
+    sizes (a level is one option of a pattern, a student size a whole axis value), the one in most refused
+    points first, until every structural point derives."""
+    from planner.errors import FitplanError
+    from planner.models.derive import derive_spec
+
+    while True:
+        alone: dict[tuple[str, Any], int] = {}  # refused on its own: a pattern level, or a student size
+        combined: dict[tuple[str, Any], int] = {}
+        structured = [(p, level) for p in space.sparsity if p in ("ffn", "layers", "heads")
+                      for level in space.levels_for(p)]
+        for (pattern, level), depth, width in itertools.product([("none", None), *structured], space.distill_depths,
+                                                                space.distill_widths):
+            strategy = space.strategy(sparsity=pattern, sparsity_level=level, distill_depth=depth, distill_width=width)
+            if strategy.distillation is None and strategy.sparsity is None:
+                continue
+            try:
+                derive_spec(spec, strategy)
+            except FitplanError:
+                single = strategy.distillation is None or strategy.sparsity is None
+                for key in ((pattern, level), ("distill_depths", depth), ("distill_widths", width)):
+                    if key[1] is not None and key[1] < 1:
+                        counts = alone if single else combined
+                        counts[key] = counts.get(key, 0) + 1
+        refused = alone or combined
+        if not refused:
+            return space
+        (name, value), _ = max(refused.items(), key=lambda item: (not item[0][0].startswith("distill"), item[1]))
+        if name.startswith("distill"):
+            space = space.model_copy(update={name: tuple(v for v in getattr(space, name) if v != value)})
+            continue
+        levels = tuple(v for v in space.levels_for(name) if v != value)
+        by_pattern = {**space.levels_by_pattern, name: levels}
+        patterns = space.sparsity
+        if not levels:
+            by_pattern.pop(name)
+            patterns = tuple(p for p in patterns if p != name)
+        space = space.model_copy(update={"levels_by_pattern": by_pattern, "sparsity": patterns})

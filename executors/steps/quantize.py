@@ -34,9 +34,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from executors._imports import import_bitsandbytes
+from planner.execution import UNSUPPORTED_FORMATS, executor_formats
 from planner.errors import InvalidRequestError, UnsupportedError
-from planner.models.derive import BNB_4BIT_FORMATS
-from planner.strategy import HQQ_FORMATS, CompressionStrategy, QuantizationSpec
+from planner.strategy import CompressionStrategy, QuantizationSpec
 from executors.steps import register_step
 from executors.steps._recorder import Recorder
 from executors.steps.context import StepContext
@@ -47,16 +47,6 @@ from executors.steps.report import NoEffectError, StepReport
 from executors.steps.storage import state_dict_bytes
 
 DENSE_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-UNSUPPORTED_FORMATS: dict[str, str] = {
-    "fp8": "fitplan's executors have no fp8 weight module yet (bitsandbytes has no fp8 layer; torch 2.13 has a "
-           "CPU float8 matmul, torch._scaled_mm, that nothing here uses)",
-    "gptq-int4": "GPTQ needs the gptqmodel package (not installed, not in fitplan's exec extra) and its "
-                 "calibration-based packing",
-    "gptq-int8": "GPTQ needs the gptqmodel package (not installed, not in fitplan's exec extra) and its "
-                 "calibration-based packing",
-    "awq-int4": "AWQ needs the autoawq package (not installed, not in fitplan's exec extra) and its "
-                "calibration-based packing",
-}
 _EMBEDDING_QUANT_REASON = ("bitsandbytes 0.50.2 Embedding8bit/Embedding4bit raise NotImplementedError on "
                            "state_dict(), so a quantized embedding can neither be saved nor measured")
 _FAST_4BIT_OUT, _FAST_4BIT_IN = 32, 64
@@ -179,7 +169,7 @@ def _check_formats(spec: QuantizationSpec, formats: set[str]) -> None:
 
 
 def runnable_formats() -> tuple[str, ...]:
-    return (*DENSE_DTYPES, "int8", *BNB_4BIT_FORMATS, "dynamic-int8", *HQQ_FORMATS)
+    return executor_formats("cpu")
 
 
 def _quantized_module(linear: nn.Linear, fmt: str, compute: torch.dtype, device: str) -> tuple[nn.Module, dict]:

@@ -49,13 +49,14 @@ def check_metric(metric: str) -> str:
 
 def metric_family(metric: str) -> str | None:
     """Family of a metric name as evaluators write it ('perplexity', 'classification accuracy',
-    'mean cosine to the uncompressed model', ...); None if it cannot be told."""
+    'mean cosine to the uncompressed model', ...) or of an executors' evaluator name ('fidelity': the
+    output cosine to the uncompressed model, the embedding family); None if it cannot be told."""
     text = metric.strip().lower()
     if text in METRIC_FAMILIES:
         return text
     if "perplex" in text or text in ("ppl", "loss", "nll"):
         return "perplexity"
-    if "cosine" in text or "embedding" in text or "neighbour" in text or "neighbor" in text:
+    if "cosine" in text or "embedding" in text or "neighbour" in text or "neighbor" in text or "fidelity" in text:
         return "embedding"
     if "accuracy" in text or text in ("acc", "f1", "exact match", "mmlu", "em"):
         return "accuracy"

@@ -104,7 +104,12 @@ def print_plan(result, *, top: int) -> None:
     console.print(escape(f"{result.model}: {c.summary()}"), highlight=False)
     speed = ("no speed (the device has no bandwidth)" if base["decode_tokens_per_s"] is None
              else f"{base['decode_tokens_per_s']:,.0f} tok/s decode")
-    console.print(escape(f"baseline {base['format']}: {base['memory_gib']:.1f} GiB per GPU, {speed}; "
+    where = "per GPU"
+    if c.is_local:  # the executors' run on this machine: its peak memory and timed forward
+        where = "peak"
+        speed = ("latency not predicted" if base.get("latency_ms") is None
+                 else f"forward {base['latency_ms']:,.0f} ms ({base['prefill_tokens_per_s']:,.0f} tok/s)")
+    console.print(escape(f"baseline {base['format']}: {base['memory_gib']:.1f} GiB {where}, {speed}; "
                          f"{result.n_candidates} strategies, {result.n_feasible} feasible, objective "
                          f"{result.objective}"), highlight=False)
     table = result.table("feasible").head(top)

@@ -16,7 +16,11 @@ How a strategy becomes figures:
 4. the limits of ``Constraints`` (``planner.planning.limits``).
 
 Speedup is decode (or prefill) tokens/s over the uncompressed model in bf16 (fp16 without bf16) on the
-same GPU count and engine.
+same GPU count and engine. The context is clipped to the model's maximum positions (a note says so).
+
+Deployment target ``local`` (:mod:`planner.planning.local`): step 2 is replaced by the figures a
+measured executor run reports on this machine (peak memory of the run, the timed forward's latency);
+speedup = the baseline's latency (the model as the executors load it) / the candidate's.
 """
 
 from __future__ import annotations
@@ -68,9 +72,12 @@ class Candidate(BaseModel):
     fits: bool
     gpus: int
     gpus_needed: int = Field(description="GPUs one copy needs (0: more than 16x the constraint's count)")
-    tokens_per_s: float | None = Field(description="decode tokens/s of the whole batch")
+    tokens_per_s: float | None = Field(description="decode tokens/s of the whole batch ('local': of the timed "
+                                       "forward)")
     prefill_tokens_per_s: float | None
     speedup: float | None
+    latency_ms: float | None = Field(None, description="deployment target 'local': the executors' timed forward "
+                                     "over their batch, ms (None elsewhere)")
     usd_per_hour: float | None
     usd_per_1m_tokens: float | None
     supported: bool = Field(description="the GPU and engine run every part of the strategy")
@@ -82,20 +89,40 @@ class Candidate(BaseModel):
 class Evaluator:
     """Evaluates strategies of one model under one set of constraints, sharing estimator work."""
 
-    def __init__(self, spec: ModelSpec, constraints: Constraints, *, profile: Any = None, calibration: Any = None):
+    def __init__(self, spec: ModelSpec, constraints: Constraints, *, profile: Any = None, calibration: Any = None,
+                 metric: str | None = None):
+        from planner.accuracy.metrics import check_metric
+
         self.spec = spec
-        self.constraints = constraints
         self.profile = profile
         self.calibration = calibration
-        self.baseline_format = baseline_format(constraints)
+        self.metric = check_metric(metric) if metric is not None else "accuracy"  # family of predict_quality
+        self.notes: tuple[str, ...] = ()
+        positions = spec.max_position_embeddings
+        if not constraints.is_local and positions and constraints.resolved_context > positions:
+            self.notes = (f"context clipped from {constraints.resolved_context:,} to the model's {positions:,} "
+                          "positions",)
+            constraints = constraints.model_copy(update={"context": positions})
+        self.constraints = constraints
         self.acc = constraints.gpu_accelerator()
         self._specs: dict[tuple, ModelSpec] = {}
         self._deployments: dict[tuple, Deployment] = {}
         self._estimates: dict[tuple, Any] = {}
         self._sparse: dict[tuple, Any] = {}
         self._mixed: dict[tuple, tuple[float, float]] = {}
-        # The speed reference: the uncompressed model at the constraint's GPU count, fitting or not.
-        self.baseline = deployment(spec, self.baseline_format, None, constraints, more_gpus=False)
+        self._local: dict[str, Deployment] = {}
+        if constraints.is_local:
+            from planner.planning.local import executor_workload, local_device
+
+            self.device = local_device()
+            self.workload = executor_workload(spec)
+            self.baseline_format = "fp32"  # the checkpoint as the executors load it
+            # The speed reference: the model as the executors load it (the identity strategy).
+            self.baseline = self._local_deployment(CompressionStrategy())
+        else:
+            self.baseline_format = baseline_format(constraints)
+            # The speed reference: the uncompressed model at the constraint's GPU count, fitting or not.
+            self.baseline = deployment(spec, self.baseline_format, None, constraints, more_gpus=False)
 
     # -- pieces -----------------------------------------------------------------------------
     def derived(self, strategy: CompressionStrategy) -> ModelSpec:
@@ -145,9 +172,30 @@ class Evaluator:
         self._mixed[key] = (weight, read)
         return weight, read
 
+    def _local_deployment(self, strategy: CompressionStrategy) -> Deployment:
+        """Deployment figures of a measured executor run on this machine (planner.planning.local)."""
+        key = strategy.model_dump_json()
+        if key not in self._local:
+            from planner.planning.local import local_figures
+
+            run = local_figures(self.spec, strategy, self.device, self.workload)
+            memory = run.memory_gib
+            fits = memory is not None and memory <= self.constraints.memory_limit_gib()
+            self._local[key] = Deployment(memory_gib=memory, weights_gib=run.weights_gib, gpus=1,
+                                          gpus_needed=1 if fits else 0, fits=fits, decode_tok_s=None,
+                                          prefill_tok_s=run.tokens_per_s, usd_per_hour=None, usd_per_1m_tokens=None,
+                                          latency_ms=run.latency_ms, notes=run.notes)
+        return self._local[key]
+
     def figures(self, strategy: CompressionStrategy) -> tuple[ModelSpec, Deployment, list[str]]:
         """Derived spec, deployment figures and notes of ``strategy`` (raises FitplanError if impossible)."""
         spec = self.derived(strategy)
+        if self.constraints.is_local:
+            figures = self._local_deployment(strategy)
+            work = self.workload
+            where = (f"predicted for the executors' run on {self.device.name} ({work.evaluator} "
+                     f"{work.evaluate_batch} x {work.evaluate_seq_len} tokens)")
+            return spec, figures, [where, *figures.notes]
         quant = strategy.quantization
         fmt = quant.weights if quant is not None else self.baseline_format
         kv = quant.kv_cache if quant is not None else None
@@ -172,6 +220,9 @@ class Evaluator:
         return spec, self._deployment(spec, fmt, kv, weight_delta, read_delta, arch), notes
 
     def speedup(self, figures: Deployment) -> float | None:
+        if self.constraints.is_local:
+            mine, ref = figures.latency_ms, self.baseline.latency_ms
+            return ref / mine if mine and ref else None
         metric = self.constraints.resolved_speedup_metric
         mine = figures.decode_tok_s if metric == "decode" else figures.prefill_tok_s
         ref = self.baseline.decode_tok_s if metric == "decode" else self.baseline.prefill_tok_s
@@ -182,7 +233,8 @@ class Evaluator:
     def predict(self, strategy: CompressionStrategy):
         from planner.accuracy import predict_quality
 
-        return predict_quality(self.spec, strategy, profile=self.profile, calibration=self.calibration)
+        return predict_quality(self.spec, strategy, profile=self.profile, calibration=self.calibration,
+                               metric=self.metric)
 
     # -- one candidate ------------------------------------------------------------------------
     def evaluate(self, strategy: CompressionStrategy) -> Candidate:
@@ -196,11 +248,13 @@ class Evaluator:
                              gpus=self.constraints.gpus, gpus_needed=0, tokens_per_s=None, prefill_tokens_per_s=None,
                              speedup=None, usd_per_hour=None, usd_per_1m_tokens=None, supported=False, feasible=False,
                              violations=(Violation(constraint="hardware", value=None, limit=None, amount=None,
-                                                   message=reason),), notes=())
+                                                   message=reason),), notes=self.notes)
         speedup = self.speedup(figures)
+        # 'local': the timed forward's tokens/s (the executors measure no decode)
+        tokens_per_s = figures.prefill_tok_s if self.constraints.is_local else figures.decode_tok_s
         row = {"memory_gib": figures.memory_gib, "loss_pct": quality.loss_pct, "speedup": speedup,
                "usd_per_hour": figures.usd_per_hour, "usd_per_1m_tokens": figures.usd_per_1m_tokens,
-               "tokens_per_s": figures.decode_tok_s}
+               "tokens_per_s": tokens_per_s}
         violations = []
         for name, bound in self.constraints.active_limits().items():
             limit = LIMITS[name]
@@ -213,10 +267,10 @@ class Evaluator:
         return Candidate(strategy=strategy, summary=strategy.summary(), quality=quality, loss_pct=quality.loss_pct,
                          params=spec.params.total, memory_gib=figures.memory_gib, weights_gib=figures.weights_gib,
                          fits=figures.fits, gpus=figures.gpus, gpus_needed=figures.gpus_needed,
-                         tokens_per_s=figures.decode_tok_s, prefill_tokens_per_s=figures.prefill_tok_s,
+                         tokens_per_s=tokens_per_s, prefill_tokens_per_s=figures.prefill_tok_s,
                          speedup=speedup, usd_per_hour=figures.usd_per_hour,
-                         usd_per_1m_tokens=figures.usd_per_1m_tokens, supported=True, feasible=not violations,
-                         violations=tuple(violations), notes=tuple(notes))
+                         usd_per_1m_tokens=figures.usd_per_1m_tokens, latency_ms=figures.latency_ms, supported=True,
+                         feasible=not violations, violations=tuple(violations), notes=(*self.notes, *notes))
 
 
 _EVALUATORS: list[Evaluator] = []
@@ -224,21 +278,24 @@ _EVALUATORS_KEPT = 8
 
 
 def evaluator_for(spec: ModelSpec, constraints: Constraints, *, profile: Any = None,
-                  calibration: Any = None) -> Evaluator:
+                  calibration: Any = None, metric: str | None = None) -> Evaluator:
     """An :class:`Evaluator` for these inputs, reused across calls (a search evaluates one model under
     one set of constraints thousands of times: the baseline and the estimator answers are shared)."""
+    from planner.accuracy.metrics import check_metric
+
     for evaluator in _EVALUATORS:
         same = evaluator.constraints is constraints or evaluator.constraints.model_dump() == constraints.model_dump()
-        if same and evaluator.spec is spec and evaluator.profile is profile and evaluator.calibration is calibration:
+        if same and evaluator.spec is spec and evaluator.profile is profile and evaluator.calibration is calibration \
+                and evaluator.metric == (metric and check_metric(metric) or "accuracy"):
             return evaluator
-    evaluator = Evaluator(spec, constraints, profile=profile, calibration=calibration)
+    evaluator = Evaluator(spec, constraints, profile=profile, calibration=calibration, metric=metric)
     _EVALUATORS.insert(0, evaluator)
     del _EVALUATORS[_EVALUATORS_KEPT:]
     return evaluator
 
 
 def evaluate_candidate(spec: Any, strategy: CompressionStrategy, constraints: Constraints, *, profile: Any = None,
-                       calibration: Any = None) -> Candidate:
+                       calibration: Any = None, metric: str | None = None) -> Candidate:
     """Evaluate one strategy of ``spec`` (a ModelSpec or model name) under ``constraints``.
 
     A strategy the GPU or engine cannot run (or a model family that cannot be cut as asked) comes back
@@ -248,4 +305,5 @@ def evaluate_candidate(spec: Any, strategy: CompressionStrategy, constraints: Co
 
     if not isinstance(constraints, Constraints):
         constraints = Constraints(**constraints)
-    return evaluator_for(get_model(spec), constraints, profile=profile, calibration=calibration).evaluate(strategy)
+    return evaluator_for(get_model(spec), constraints, profile=profile, calibration=calibration,
+                         metric=metric).evaluate(strategy)

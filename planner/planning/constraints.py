@@ -22,7 +22,10 @@ one limit to rank against. Units and meanings (one meaning each, shared by ``fit
 - ``deployment_target``: a preset from ``planner/data/deployment_targets.toml`` that fills gpu,
   engine, batch, context and the speedup metric when the user left them unset. With neither a gpu nor
   a target, the seed lab's ``cloud_inference`` applies (an NVIDIA L4 with vLLM): ``max_memory_gb`` then
-  stays the budget and the L4 supplies speed and price.
+  stays the budget and the L4 supplies speed and price. ``local`` is this machine as the executors
+  measure it (``planner.planning.local``): memory is the measured run's peak, speed the executors'
+  timed forward on their own workload (so ``batch`` / ``context`` do not apply), no price; without
+  ``max_memory_gb`` the device's usable memory is the budget.
 
 NaN and infinity are rejected everywhere; so are limits that cannot be evaluated (a speed limit with no
 GPU, a cost limit on a GPU without a price).
@@ -56,11 +59,19 @@ class DeploymentTarget(BaseModel):
     name: str
     description: str
     gpu: str | None = None
+    device: Literal["local"] | None = Field(None, description="'local': the device the executors measure on "
+                                            "(planner.planning.local); its workload is the executors'")
     engine: str
-    batch: int = Field(ge=1)
-    context: int = Field(ge=1)
+    batch: int | None = Field(None, ge=1)
+    context: int | None = Field(None, ge=1)
     speedup_metric: Literal["decode", "prefill"] = "decode"
     source: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _workload(self) -> "DeploymentTarget":
+        if self.device is None and (self.batch is None or self.context is None):
+            raise ValueError(f"deployment target {self.name!r} needs a batch and a context")
+        return self
 
 
 @cache
@@ -148,8 +159,15 @@ class Constraints(BaseModel):
                 filled[name] = getattr(preset, name)
         return filled
 
+    @property
+    def is_local(self) -> bool:
+        """The ``local`` target: this machine as the executors measure it (planner.planning.local)."""
+        return self.deployment_target == "local"
+
     @model_validator(mode="after")
     def _consistent(self) -> "Constraints":
+        if self.is_local:
+            return self._local_consistent()
         if self.max_memory_gb is None and self.gpu is None:
             raise ValueError("give a memory budget (max_memory_gb), a gpu, or a deployment_target that names one; "
                              "nothing to fit the model into otherwise.")
@@ -174,6 +192,23 @@ class Constraints(BaseModel):
             if asked or self.gpus > 1:
                 raise ValueError(f"{self.gpu} is a capacity, not a GPU model: it has no bandwidth or price for "
                                  f"{', '.join(asked) or 'a multi-GPU split'}; name a GPU (e.g. 'RTX 4090').")
+        return self
+
+    def _local_consistent(self) -> "Constraints":
+        wrong = [flag for flag, value in (("gpu", self.gpu), ("batch", self.batch), ("context", self.context),
+                                          ("max_cost_per_hour", self.max_cost_per_hour),
+                                          ("max_cost_per_1m_tokens", self.max_cost_per_1m_tokens))
+                 if value is not None]
+        if self.gpus != 1:
+            wrong.append("gpus")
+        if wrong:
+            raise ValueError(f"deployment target 'local' predicts the executors' own run on this machine (one "
+                             f"device, their workload: encoder 32 x 64, causal LM 8 x 128 tokens; no price): "
+                             f"{', '.join(wrong)} {'does' if len(wrong) == 1 else 'do'} not apply. Drop "
+                             f"{'it' if len(wrong) == 1 else 'them'}, or plan for another target.")
+        if self.mode != "inference":
+            raise ValueError("deployment target 'local' predicts inference runs of the executors; mode "
+                             "'fine-tuning' plans on a GPU target.")
         return self
 
     # Resolved settings (defaults applied) ------------------------------------------------------
@@ -212,14 +247,23 @@ class Constraints(BaseModel):
         return self._accelerator
 
     def memory_limit_gib(self) -> float:
-        """The per-device budget: min(max_memory_gb, the GPU's usable capacity)."""
+        """The per-device budget: min(max_memory_gb, the GPU's usable capacity); ``local``: max_memory_gb,
+        else the local device's usable memory."""
         limits = [self.max_memory_gb] if self.max_memory_gb is not None else []
+        if self.is_local:
+            if limits:
+                return limits[0]
+            from planner.planning.local import local_device
+
+            return local_device().accelerator.memory_usable_gib
         acc = self.gpu_accelerator()
         if acc is not None:
             limits.append(acc.memory_usable_gib)
         return min(limits)
 
     def memory_limit_source(self) -> str:
+        if self.is_local:
+            return "max_memory_gb" if self.max_memory_gb is not None else "local device usable memory"
         acc = self.gpu_accelerator()
         if acc is None or (self.max_memory_gb is not None and self.max_memory_gb <= acc.memory_usable_gib):
             return "max_memory_gb"
@@ -235,6 +279,8 @@ class Constraints(BaseModel):
         """One line: 'max_memory_gb=16, max_accuracy_loss=5, ... on NVIDIA L4 x1, vllm, batch 8 x 2048 tokens'."""
         limits = ", ".join(f"{name}={getattr(self, name):g}" for name in LIMIT_FIELDS
                            if getattr(self, name) is not None)
+        if self.is_local:
+            return f"{limits or 'no limits'}; this machine as the executors measure it (preset local)"
         where = f"{self.gpu} x{self.gpus}" if self.gpu else "no GPU"
         preset = f" (preset {self.deployment_target})" if self.deployment_target else ""
         return (f"{limits or 'no limits'}; {where}, {self.resolved_engine}, {self.mode}, batch "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from planner.errors import FitplanError
 from planner.memory.result import GIB
 from planner.models.spec import ModelSpec
 from planner.planning.constraints import Constraints
@@ -26,8 +27,9 @@ class Deployment:
     """Figures of one (architecture, weight format, KV dtype) on the constraint's hardware.
 
     ``memory_gib`` and ``fits`` are at the constraint's GPU count; ``gpus_needed`` is the smallest of
-    1, 2, 4, 8, 16 times that count on which it fits (0: none; fine-tuning is not spread over more GPUs, that
-    needs a sharding choice); speed and cost are for ``gpus`` GPUs: the
+    1, 2, 4, 8, 16 times that count on which it fits (0: none, or no split of the model over more GPUs
+    works; fine-tuning is not spread over more GPUs, that needs a sharding choice; without a named GPU
+    there is nothing to add more of); speed and cost are for ``gpus`` GPUs: the
     constraint's count when it fits there, else ``gpus_needed`` (else the constraint's count).
     """
 
@@ -40,6 +42,8 @@ class Deployment:
     prefill_tok_s: float | None
     usd_per_hour: float | None
     usd_per_1m_tokens: float | None
+    latency_ms: float | None = None  # deployment target 'local': the executors' timed forward
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -81,10 +85,14 @@ def deployment(spec: ModelSpec, weight_format: str, kv_dtype: str | None, constr
 
     base = constraints.gpus
     first = at(base)
-    if first.fits or not more_gpus or constraints.mode == "fine-tuning":
+    if first.fits or not more_gpus or constraints.mode == "fine-tuning" or constraints.gpu is None:
+        # no GPU named (a capacity budget only): more devices of nothing are not a deployment
         return first if first.fits or not more_gpus else replace(first, gpus_needed=0)
     for step in GPU_COUNT_STEPS[1:]:
-        more = at(base * step)
+        try:
+            more = at(base * step)
+        except FitplanError:
+            break  # a split the model cannot take (more stages than layers, heads not divisible): it does not fit
         if more.fits:
             return replace(more, memory_gib=first.memory_gib, fits=False)
     return replace(first, gpus_needed=0)

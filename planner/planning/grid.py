@@ -57,7 +57,10 @@ class Grid(BaseModel):
 
 
 def baseline_format(constraints: Constraints) -> str:
-    """bf16 where the GPU (and engine) runs it, else fp16: the reference of ``min_speedup``."""
+    """bf16 where the GPU (and engine) runs it, else fp16: the reference of ``min_speedup``. Deployment
+    target ``local``: fp32, the checkpoint as the executors load it."""
+    if constraints.is_local:
+        return "fp32"
     acc = constraints.gpu_accelerator()
     support = format_support(get_format("bf16"), acc, constraints.memory_engine)
     return "fp16" if support.supported is False else "bf16"
@@ -118,11 +121,22 @@ def _distillation_options(spec: ModelSpec, grid: Grid) -> list[DistillationSpec 
 def enumerate_strategies(spec: ModelSpec, constraints: Constraints, grid: Grid | None = None
                          ) -> tuple[list[CompressionStrategy], dict[str, str]]:
     """Every strategy of the grid the hardware runs (baseline first) and the formats left out, with why."""
-    grid = grid or Grid()
-    formats, dropped = runnable_formats(grid.formats, constraints)
     baseline = baseline_format(constraints)
-    kvs = runnable_kv_dtypes(grid.kv_dtypes, constraints)
-    compute = "fp16" if baseline == "fp16" else "bf16"
+    if constraints.is_local:
+        # what the executors apply on this machine (planner.planning.local); no KV-cache dtypes (not applied)
+        from planner.planning.local import compute_dtype, executable_formats, local_device
+
+        device = local_device()
+        compute = compute_dtype(device)
+        formats, dropped = executable_formats(spec, device, compute=compute,
+                                              candidates=grid.formats if grid is not None else None)
+        formats, kvs = [baseline, *formats], [None]
+        grid = grid or Grid()
+    else:
+        grid = grid or Grid()
+        formats, dropped = runnable_formats(grid.formats, constraints)
+        kvs = runnable_kv_dtypes(grid.kv_dtypes, constraints)
+        compute = "fp16" if baseline == "fp16" else "bf16"
     strategies = []
     for distill, sparsity, fmt, kv in itertools.product(_distillation_options(spec, grid),
                                                         _sparsity_options(spec, grid), formats, kvs):

@@ -46,9 +46,11 @@ TABLE_COLUMNS: dict[str, str] = {
     "memory_gib": "memory per GPU at the constraint's GPU count (safe bound), GiB",
     "fits": "memory_gib within the budget",
     "gpus_needed": "GPUs one copy needs (0: more than 16x the constraint's count)",
-    "tokens_per_s": "decode tokens/s of the whole batch",
+    "tokens_per_s": "decode tokens/s of the whole batch (deployment target 'local': of the timed forward)",
     "prefill_tokens_per_s": "prompt tokens/s",
-    "speedup": "tokens/s over the uncompressed bf16/fp16 model on the same GPUs and engine",
+    "speedup": "tokens/s over the uncompressed bf16/fp16 model on the same GPUs and engine ('local': baseline "
+               "latency / latency)",
+    "latency_ms": "deployment target 'local': the executors' timed forward over their batch, ms (else empty)",
     "usd_per_hour": "$/h of the GPUs",
     "usd_per_1m_tokens": "$ per 1M generated tokens",
     "feasible": "meets every limit",
@@ -195,12 +197,14 @@ def _md_cell(value: Any) -> str:
 
 
 def plan(model: Any, constraints: Constraints | dict, *, objective: str = "accuracy", profile: Any = None,
-         calibration: Any = None, grid: Grid | None = None, misses: int = 5) -> Plan:
+         calibration: Any = None, grid: Grid | None = None, misses: int = 5, metric: str | None = None) -> Plan:
     """Rank the compression strategies of ``model`` under ``constraints`` (see the module docstring).
 
     ``constraints``: a :class:`Constraints` or a dict of its fields (the seed lab's
     ``{'max_memory_gb': 16, 'max_accuracy_loss': 5, 'min_speedup': 1.5, 'deployment_target': 'cloud_inference'}``).
     ``profile`` / ``calibration``: a sensitivity profile and a calibration store for the accuracy model.
+    ``metric``: the evaluator or metric family quality is predicted on ('fidelity', 'perplexity',
+    'accuracy' (default)...: ``planner.accuracy.metrics.metric_family``).
     """
     if objective not in OBJECTIVES:
         from hardware_db.names import did_you_mean
@@ -215,7 +219,7 @@ def plan(model: Any, constraints: Constraints | dict, *, objective: str = "accur
     collecting = gc.isenabled()
     gc.disable()  # thousands of short-lived objects and no cycles: collection passes only cost time
     try:
-        return _plan(spec, constraints, objective, profile, calibration, grid, misses)
+        return _plan(spec, constraints, objective, profile, calibration, grid, misses, metric)
     finally:
         if collecting:
             gc.enable()
@@ -224,7 +228,7 @@ def plan(model: Any, constraints: Constraints | dict, *, objective: str = "accur
 _DESCRIPTOR_COLUMNS = ["strategy", "weights", "kv_cache", "sparsity", "distillation", "retained_pct",
                        "retained_low_pct", "retained_high_pct", "basis", "n_measurements", "loss_pct"]
 _FIGURE_COLUMNS = ["params_b", "memory_gib", "fits", "gpus_needed", "tokens_per_s", "prefill_tokens_per_s",
-                   "speedup", "usd_per_hour", "usd_per_1m_tokens"]
+                   "speedup", "latency_ms", "usd_per_hour", "usd_per_1m_tokens"]
 _FILL_CHUNK = 16
 
 
@@ -266,6 +270,7 @@ class _Grid:
         frame, evaluator = self.frame, self.evaluator
         evaluated, rejected = frame["_evaluated"].to_numpy(copy=True), frame["_rejected"].to_numpy(copy=True)
         notes = frame["notes"].to_numpy(copy=True)
+        local = evaluator.constraints.is_local
         values = {name: frame[name].to_numpy(dtype=float if name not in ("fits", "gpus_needed") else object,
                                              copy=True) for name in _FIGURE_COLUMNS}
         for i in rows:
@@ -279,7 +284,8 @@ class _Grid:
                 continue
             for name, value in (("params_b", derived.params.total / 1e9), ("memory_gib", figures.memory_gib),
                                 ("fits", figures.fits), ("gpus_needed", figures.gpus_needed),
-                                ("tokens_per_s", figures.decode_tok_s), ("prefill_tokens_per_s", figures.prefill_tok_s),
+                                ("tokens_per_s", figures.prefill_tok_s if local else figures.decode_tok_s),
+                                ("prefill_tokens_per_s", figures.prefill_tok_s), ("latency_ms", figures.latency_ms),
                                 ("speedup", evaluator.speedup(figures)), ("usd_per_hour", figures.usd_per_hour),
                                 ("usd_per_1m_tokens", figures.usd_per_1m_tokens)):
                 values[name][i] = np.nan if value is None else value
@@ -351,8 +357,9 @@ class _Grid:
         self.fill(range(len(self.frame)))
 
 
-def _plan(spec, constraints: Constraints, objective: str, profile, calibration, grid, misses: int) -> Plan:
-    evaluator = Evaluator(spec, constraints, profile=profile, calibration=calibration)
+def _plan(spec, constraints: Constraints, objective: str, profile, calibration, grid, misses: int,
+          metric: str | None = None) -> Plan:
+    evaluator = Evaluator(spec, constraints, profile=profile, calibration=calibration, metric=metric)
     strategies, excluded = enumerate_strategies(spec, constraints, grid)
     limits = constraints.active_limits()
     state = _Grid(evaluator, strategies, limits)
@@ -409,7 +416,7 @@ def _assemble(state: _Grid, objective: str, misses: int) -> dict[str, Any]:
     base = evaluator.baseline
     baseline = {"format": evaluator.baseline_format, "memory_gib": base.memory_gib,
                 "decode_tokens_per_s": base.decode_tok_s, "prefill_tokens_per_s": base.prefill_tok_s,
-                "gpus": base.gpus}
+                "gpus": base.gpus, "latency_ms": base.latency_ms}
     return dict(frame=frame, strategies=strategies, recommended=recommended, reason=reason, nearest_misses=nearest,
                 relaxations=relaxations, binding=binding, baseline=baseline, notes=notes)
 
@@ -463,12 +470,17 @@ def _pareto(frame, objective: str) -> np.ndarray:
 
 
 def _reason(row, objective: str, n_feasible: int, constraints: Constraints) -> str:
-    lead = {"accuracy": "highest predicted quality", "cost": "lowest $ per 1M tokens", "speed": "fastest decode",
-            "memory": "smallest memory"}[objective]
+    local = constraints.is_local  # the executors' run on this machine: peak memory, timed forward
+    lead = {"accuracy": "highest predicted quality", "cost": "lowest $ per 1M tokens",
+            "speed": "fastest forward" if local else "fastest decode", "memory": "smallest memory"}[objective]
     parts = [f"{row['retained_pct']:.1f}% quality retained (80%: {row['retained_low_pct']:.1f}-"
-             f"{row['retained_high_pct']:.1f}, {row['basis']})", f"{row['memory_gib']:.1f} GiB per GPU"]
+             f"{row['retained_high_pct']:.1f}, {row['basis']})",
+             f"{row['memory_gib']:.1f} GiB {'peak' if local else 'per GPU'}"]
     if not math.isnan(row["speedup"]):
-        parts.append(f"{row['speedup']:.2f}x {constraints.resolved_speedup_metric}")
+        metric = "(forward latency)" if local else constraints.resolved_speedup_metric
+        parts.append(f"{row['speedup']:.2f}x {metric}")
+    if local and not math.isnan(row["latency_ms"]):
+        parts.append(f"{row['latency_ms']:,.0f} ms forward")
     if not math.isnan(row["usd_per_1m_tokens"]):
         parts.append(f"${row['usd_per_1m_tokens']:,.2f}/1M tokens")
     return f"{lead} of {n_feasible} feasible: " + ", ".join(parts)
