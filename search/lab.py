@@ -153,13 +153,18 @@ def _check_same_lab(out: Path, request: LabRequest) -> None:
         found = _read_checkpoint(out / f"{step}.json")
         if found is None:
             continue
-        recorded = found.get("request") or {}
-        wanted = request.model_dump(mode="json")
-        differs = [f"{k} {recorded.get(k)!r} (asked: {wanted[k]!r})" for k in wanted if recorded.get(k) != wanted[k]]
+        recorded, wanted = _flat_request(found.get("request") or {}), _flat_request(request.model_dump(mode="json"))
+        differs = [f"{k} {recorded.get(k)!r} (asked: {wanted.get(k)!r})" for k in sorted(set(recorded) | set(wanted))
+                   if recorded.get(k) != wanted.get(k)]
         if differs:
             raise InvalidRequestError(f"--out {str(out)!r} holds a lab with other settings: {'; '.join(differs)}. "
                                       f"Re-run with the same settings to resume it, or choose another --out.")
         return
+
+
+def _flat_request(request: dict[str, Any]) -> dict[str, Any]:
+    """The request with the constraints' fields at the top (a difference names the field)."""
+    return {**{k: v for k, v in request.items() if k != "constraints"}, **(request.get("constraints") or {})}
 
 
 def _frame_records(frame: Any) -> Any:
@@ -318,7 +323,9 @@ class _Lab:
         space = executable_space(self.spec, self.constraints, "cpu" if self.missing else "auto")
         # The loop's budget is the study's total; the predicted step samples round 1's share of it, which the
         # loop's first round then finds done (search.loop: round r grows the study to trials * r / rounds).
-        trials = self.request.trials if execute else -(-self.request.trials // self.request.rounds)
+        # Without the exec extra no loop follows: the predicted search gets the whole budget.
+        trials = (self.request.trials if execute or self.missing
+                  else -(-self.request.trials // self.request.rounds))
         kwargs: dict[str, Any] = {}
         if execute:
             kwargs = {"model_dir": self.request.model_dir, "execute_top": self.request.execute_top,
@@ -459,7 +466,7 @@ def checks(row: dict[str, Any], constraints: Any, baseline: MeasuredRun | None) 
     """Each active limit of ``constraints`` against the candidate ``row`` (a trade-off table row): its
     prediction and measurement. Memory and speed are measurable only when the target is the device the
     executors ran on (deployment target ``local``); elsewhere the check says so (ok None)."""
-    local = constraints.deployment_target == "local"
+    local = constraints.is_local
     elsewhere = f"the target is {constraints.gpu or 'another device'}; this machine's measurement does not apply"
     found = []
     for name, limit in constraints.active_limits().items():
@@ -605,7 +612,6 @@ def run_lab(model_dir: str | os.PathLike, constraints: Any, *, out_dir: str | os
         for step in ("implementation", "validation"):
             lab.steps[step] = f"not run: {', '.join(lab.missing)} not installed"
         reports = lab.report(result, baseline, None, stopped, strategy.get("profile"))
-        lab.echo(stopped)
         return LabOutcome(out_dir=out, steps=lab.steps, checkpoints=checkpoints, reports=reports, stopped=stopped,
                           seconds=time.monotonic() - started)
     result = lab.implementation(profile)

@@ -217,13 +217,19 @@ def deployment_note(best: dict[str, Any] | None, constraints) -> str:  # noqa: A
                 "violates.")
     engine = constraints.resolved_engine
     where = f"{best.get('gpus') or constraints.gpus} x {constraints.gpu}" if constraints.gpu else "the memory budget"
+    local = constraints.is_local  # measured memory and latency are the target's own only on the local device
+    if local:
+        from planner.planning.local import local_device
+
+        where = f"this machine, {local_device().name}"
     memory, measured_memory = _number(best, "memory_gib"), _number(best, "measured_memory_gib")
     parts = [f"Deploy `{best['strategy']}` with {engine} on {where}"]
     figures = []
     if memory is not None:
         figures.append(f"{memory:.2f} GiB predicted" + (f", {measured_memory:.2f} GiB measured"
-                                                        if measured_memory is not None else ""))
+                                                        if measured_memory is not None and local else ""))
     latency, measured_latency = _number(best, "latency_ms"), _number(best, "measured_latency_ms")
+    measured_latency = measured_latency if local else None
     if latency is not None or measured_latency is not None:
         text = " / ".join(f"{v:,.1f} ms {k}" for k, v in (("predicted", latency), ("measured", measured_latency))
                           if v is not None)
