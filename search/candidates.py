@@ -84,13 +84,14 @@ def request_record(spec: "ModelSpec", constraints: "Constraints", space: "Search
 
 
 def candidate_evaluator(spec: "ModelSpec", constraints: "Constraints", objectives: tuple, *, profile: Any = None,
-                        calibration: Any = None, metric: str | None = None
+                        calibration: Any = None, metric: str | None = None, device: str = "auto"
                         ) -> Callable[["CompressionStrategy"], dict[str, Any]]:
     """A function strategy -> trial row (table columns + prediction JSON + constraint values). ``metric``: the
-    executors' evaluator or metric family quality is predicted on ('fidelity', 'perplexity', 'accuracy'...)."""
+    executors' evaluator or metric family quality is predicted on ('fidelity', 'perplexity', 'accuracy'...);
+    ``device``: the executors' device of deployment target ``local`` ('auto', 'cpu', 'cuda')."""
     from planner.planning.candidate import Evaluator
 
-    evaluator = Evaluator(spec, constraints, profile=profile, calibration=calibration, metric=metric)
+    evaluator = Evaluator(spec, constraints, profile=profile, calibration=calibration, metric=metric, device=device)
     limits = list(constraints.active_limits())
 
     def evaluate(strategy: "CompressionStrategy") -> dict[str, Any]:

@@ -179,9 +179,13 @@ def _print(result, args: argparse.Namespace, paths: dict) -> None:  # noqa: ANN0
         return
     top = result.table.head(args.top)
     columns = {}
-    for column, header in SHOWN:
+    shown = SHOWN
+    if result.request.get("constraints", {}).get("deployment_target") == "local":  # no price: the timed forward
+        shown = tuple(("latency_ms", "ms") if column == "usd_per_1m_tokens" else (column, header)
+                      for column, header in SHOWN)
+    for column, header in shown:
         values = top[column].to_numpy() if column in top else np.array([])
-        if column in ("quality_retained_pct", "memory_gib", "speedup", "usd_per_1m_tokens"):
+        if column in ("quality_retained_pct", "memory_gib", "speedup", "usd_per_1m_tokens", "latency_ms"):
             values = np.array([np.nan if v is None else float(v) for v in values], dtype=float)
         elif column == "basis":  # "prior (42)" -> "prior": the count is in the files and --json
             values = np.array([str(v).split(" ")[0] for v in values], dtype=object)
@@ -191,8 +195,10 @@ def _print(result, args: argparse.Namespace, paths: dict) -> None:  # noqa: ANN0
              f"({state} study {result.study_name})")
     feasible = int(result.table["feasible"].sum()) if len(result.table) else 0
     caption = f"{feasible} feasible; qual% = predicted quality retained; x = speedup; ok = feasible"
+    if shown is not SHOWN:
+        caption += "; GiB = peak of the executors' run; ms = their timed forward"
     print_columns(columns, title=title, caption=caption,
-                  formats={"qual%": "{:.1f}", "GiB": "{:.2f}", "x": "{:.2f}", "$/1M": "{:.3g}"})
+                  formats={"qual%": "{:.1f}", "GiB": "{:.2f}", "x": "{:.2f}", "$/1M": "{:.3g}", "ms": "{:,.0f}"})
     best = result.best
     if best is None:
         misses = result.table.head(3)

@@ -371,3 +371,42 @@ def test_unknown_local_device_is_a_clear_error():
         local_device("tpu")
     with pytest.raises(FitplanError, match="no NVIDIA GPU"):
         local_device("cuda")
+
+
+def test_local_on_a_cuda_machine_predicts_the_executors_cuda_peak(minilm, monkeypatch):
+    """With an NVIDIA GPU, 'local' is CUDA GPU 0 (its catalog entry): memory = the peak allocated that
+    executors/predict.py predicts for a CUDA run on that GPU; latency = the timed forward on it."""
+    import hardware_db.probe as probe
+    import planner.planning.local as local_module
+    from executors.predict import predict
+    from executors.result import Environment, ExecutionResult
+    from planner.memory.result import GIB
+    from planner.models.resolve import get_model
+    from planner.planning.candidate import Evaluator
+    from search.space import executable_space
+
+    monkeypatch.setattr(local_module, "_has_nvidia_driver", lambda: True)
+    monkeypatch.setattr(probe, "nvidia_gpus", lambda: ["NVIDIA GeForce RTX 4090"])
+    local_module.local_device.cache_clear()
+    device = local_module.local_device()
+    assert device.kind == "cuda" and device.accelerator.name == "NVIDIA GeForce RTX 4090"
+    spec = get_model(minilm)
+    evaluator = Evaluator(spec, local(max_memory_gb=2))
+    environment = Environment(device="cuda", device_name="NVIDIA GeForce RTX 4090", python="3.11", platform="linux",
+                              cpu_model="x", cpu_count=2, torch_threads=2, versions={})
+    for strategy in STRATEGIES[:3]:
+        candidate = evaluator.evaluate(strategy)
+        result = ExecutionResult(status="ok", model_dir=minilm, model_kind="encoder",
+                                 strategy=json.loads(strategy.to_json()), strategy_summary=strategy.summary(),
+                                 device="cuda", isolated=True, environment=environment)
+        expected = predict(result, strategy)
+        assert candidate.memory_gib == pytest.approx(expected.peak_memory_bytes / GIB, rel=1e-9)
+        assert candidate.latency_ms is not None and candidate.latency_ms > 0
+    assert "dynamic-int8" not in executable_space(spec, local(max_memory_gb=2)).weight_formats
+    assert Evaluator(spec, local(max_memory_gb=2), device="cpu").device.kind == "cpu"  # as executors(device="cpu")
+    assert executable_space(spec, local(max_memory_gb=2), "cpu").weight_formats == executable_space(
+        spec, local(max_memory_gb=2)).weight_formats  # dynamic-int8 is CPU-only but needs fp32 matmuls anyway
+    monkeypatch.setattr(probe, "nvidia_gpus", lambda: ["Mystery Accelerator 1"])
+    local_module.local_device.cache_clear()
+    with pytest.raises(FitplanError, match="not in the hardware catalog"):
+        local_module.local_device()

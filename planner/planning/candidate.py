@@ -57,8 +57,11 @@ class Violation(BaseModel):
 
 
 class Candidate(BaseModel):
-    """An evaluated strategy. Memory is per GPU at the constraint's GPU count; speed and cost are for
-    ``gpus`` GPUs (that count when it fits, else ``gpus_needed``)."""
+    """An evaluated strategy. Memory is per GPU at the constraint's GPU count (safe bound); speed and cost
+    are for ``gpus`` GPUs (that count when it fits, else ``gpus_needed``). Deployment target ``local``:
+    memory is the predicted peak of the executors' run (CPU: process RSS; CUDA: peak allocated; no
+    margin, it is compared with the measurement), ``latency_ms`` their timed forward, ``tokens_per_s``
+    its throughput, speedup the baseline's latency over this one's; no price."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
@@ -90,7 +93,10 @@ class Evaluator:
     """Evaluates strategies of one model under one set of constraints, sharing estimator work."""
 
     def __init__(self, spec: ModelSpec, constraints: Constraints, *, profile: Any = None, calibration: Any = None,
-                 metric: str | None = None):
+                 metric: str | None = None, device: str = "auto"):
+        """``metric``: the executors' evaluator or metric family quality is predicted on ('fidelity',
+        'perplexity', 'accuracy' (default)...). ``device``: with deployment target ``local``, the executors'
+        device ('auto' as they choose it, 'cpu', 'cuda')."""
         from planner.accuracy.metrics import check_metric
 
         self.spec = spec
@@ -114,7 +120,7 @@ class Evaluator:
         if constraints.is_local:
             from planner.planning.local import executor_workload, local_device
 
-            self.device = local_device()
+            self.device = local_device(device)
             self.workload = executor_workload(spec)
             self.baseline_format = "fp32"  # the checkpoint as the executors load it
             # The speed reference: the model as the executors load it (the identity strategy).

@@ -38,7 +38,8 @@ CONSTRAINT_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "engine": ("--engine", {"metavar": "ENGINE", "help": "hf (default), vllm, llamacpp, litgpt, tensorrt-llm, ..."}),
     "deployment_target": ("--deployment-target", {"choices": DEPLOYMENT_TARGETS,
                                                   "help": "preset filling gpu, engine, batch and context "
-                                                          "(default cloud_inference when no --gpu)"}),
+                                                          "(default cloud_inference when no --gpu); local = "
+                                                          "this machine as `fitplan run` measures it"}),
 }
 _FLOAT_FIELDS = ("max_memory_gb", "max_accuracy_loss", "min_speedup", "max_cost_per_hour", "max_cost_per_1m_tokens",
                  "min_tokens_per_s")
