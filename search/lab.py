@@ -192,6 +192,11 @@ class _Lab:
         self.spec = get_model(Path(request.model_dir))
         self.constraints = Constraints(**request.constraints)
         self.storage = f"sqlite:///{out / 'lab.db'}"
+        from executors.evaluate import DEFAULT_EVALUATOR
+        from executors.loading import model_kind
+
+        # Quality is predicted on the family of the metric the executors measure (fidelity -> embedding).
+        self.metric = request.evaluator or DEFAULT_EVALUATOR[model_kind(request.model_dir)]
 
     def echo(self, text: str) -> None:
         self._echo(f"lab {time.monotonic() - self.start:6.1f} s  {text}")
@@ -275,7 +280,7 @@ class _Lab:
         import planner
 
         self.echo("[2/4] strategy: planning under " + self.constraints.summary())
-        plan = planner.plan(self.spec, self.constraints, profile=profile)
+        plan = planner.plan(self.spec, self.constraints, profile=profile, metric=self.metric)
         plan_record = plan.as_dict()
         plan_record["candidates"] = plan_record["candidates"][:10]
         result = self._search(profile, execute=False)
@@ -335,7 +340,7 @@ class _Lab:
         study = STUDY if profile is not None else f"{STUDY}-prior"
         result = run_search(self.request.model_dir, self.constraints, space=space, n_trials=trials,
                             storage=self.storage, study_name=study, seed=self.request.seed, profile=profile,
-                            progress=self.progress, **kwargs)
+                            metric=self.metric, progress=self.progress, **kwargs)
         if result.interrupted:  # Ctrl-C: the study keeps every finished trial and execution; no checkpoint
             self._echo(f"lab interrupted: finished trials and executions are saved in {self.out}; run the same "
                        f"command again to resume")
