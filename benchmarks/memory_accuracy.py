@@ -360,13 +360,17 @@ def markdown_table(inference: pd.DataFrame, finetune: pd.DataFrame, more: pd.Dat
                   f"{ft['16B/param_median_%']:.1f}%", f"{ft['LLaMA-Factory_median_%']:.1f}%")]
     if more is not None:
         for label, name in (("fine-tuning (second set)", "ALL new fine-tuning"),
-                            ("fine-tuning (both sets)", "ALL fine-tuning, both sets")):
+                            ("fine-tuning (both sets)", "ALL fine-tuning, both sets"),
+                            ("fine-tuning, without the flagged rows (diagnostic)",
+                             "  (diagnostic) without flagged rows")):
             part = more[more.group == name].iloc[0]
             lines.append(_row(f"{int(part['rows'])} {label}", part, f"{part['safe_hit_%']:.1f}%",
                               f"{part['16B/param_median_%']:.1f}%", f"{part['LLaMA-Factory_median_%']:.1f}%"))
-    total = bounds[bounds.group == "ALL fit/OOM"].iloc[0]
-    lines.append(f"| {int(total['rows'])} fit/OOM outcomes | point estimate on the published side: {total['point_right_%']:.1f}% | "
-                 f"{total['safe_right_%']:.1f}% | - | - |")
+    for label, name in (("fit/OOM outcomes", "ALL fit/OOM"),
+                        ("fit/OOM outcomes, without the flagged rows (diagnostic)", "  (diagnostic) without flagged rows")):
+        total = bounds[bounds.group == name].iloc[0]
+        lines.append(f"| {int(total['rows'])} {label} | point estimate on the published side: "
+                     f"{total['point_right_%']:.1f}% | {total['safe_right_%']:.1f}% | - | - |")
     return "\n".join(lines)
 
 

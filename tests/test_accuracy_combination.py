@@ -186,5 +186,5 @@ def test_results_jsonl_is_a_calibration_source(tmp_path):
     p = predict_quality(spec, CompressionStrategy(quantization=QuantizationSpec(weights="nf4")), calibration=store,
                         metric="perplexity")
     assert p.basis == "calibrated" and p.n_measurements == 1
-    # one record, shrunk towards the prior by 2 pseudo-records: a third of the way to the measurement
+    # one record: the residual model moves the prediction part of the way to the measurement (shrunk to the prior)
     assert record.predicted_retained_pct > p.retained_pct > 83.3

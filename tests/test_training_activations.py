@@ -86,3 +86,18 @@ def test_activation_offloading_keeps_two_layers_on_the_gpu():
     assert offloaded.host_per_token + offloaded.stored_per_token == pytest.approx(
         kept.stored_per_token + 2 * kept.layer_per_token)
     assert offloaded.stored_per_token < kept.stored_per_token / 10
+
+
+def test_eager_backward_workspace_holds_two_fp32_score_gradients():
+    from planner.memory.training.activations import backward_workspace
+
+    spec, heads, h, s = gpt_layer_spec(), 16, 1024, 2048
+    eager = ActivationSettings(residual_bytes=2, matmul_bytes=2, norm_fp32_input=False, attention="eager")
+    flash = ActivationSettings(**{**eager.__dict__, "attention": "flash"})
+    residual_grads, mlp = 2 * 2 * h, 2 * 2 * 4 * h  # 2-byte residual grads in and out; plain MLP: 2 x 4h grads
+    # flash: dq, dk, dv, d(out) (4 x h at 2 bytes) + fp32 dq accumulator (4h) < the MLP's gradients
+    assert backward_workspace(spec, flash, s) == max(mlp, 2 * 4 * h + 4 * h) + residual_grads
+    # eager: dq, dk, dv, d(out) + softmax backward's fp32 output and input gradients (2 x 4 x heads x s)
+    assert backward_workspace(spec, eager, s) == 2 * 4 * h + 8 * heads * s + residual_grads
+    # a short sequence leaves the MLP gradients as the larger part
+    assert backward_workspace(spec, eager, 1) == mlp + residual_grads

@@ -118,3 +118,60 @@ def test_zero3_on_one_gpu_is_allowed_with_a_warning():
     assert any("divides nothing" in w for w in e.warnings)
     single = estimate_memory(LLAMA, "bf16", mode="full", batch=1, seq_len=512, sharding="ddp")
     assert single.breakdown_gib.get("communication_buffers", 0) == 0  # DDP on one GPU is plain training
+
+
+def test_lora_on_a_bitsandbytes_int8_base_upcasts_the_float_parameters():
+    # peft prepare_model_for_kbit_training casts every fp16/bf16 parameter of a bitsandbytes model to fp32,
+    # 8-bit bases included: embeddings, norms and lm_head double against the bf16 LoRA base.
+    from planner import get_model
+    from planner.memory import weight_bytes
+    int8 = estimate_memory(LLAMA, "int8", mode="lora", batch=1, seq_len=512, train_precision="mixed")
+    stored = weight_bytes(get_model(LLAMA), "int8").unquantized
+    frozen_float = [t for t in int8.terms if t.key == "weights_unquantized" and "upcast" in t.label]
+    assert frozen_float and frozen_float[0].gib == pytest.approx(2 * stored / 2**30, rel=1e-6)
+    assert int8.assumptions["residual_stream_bytes"] == 4  # fp32 embeddings and norms keep the stream fp32
+
+
+def test_peft_0_4_stack_keeps_lora_adapters_in_fp32():
+    # peft 0.4.0 LoraLayer.update_layer builds lora_A/lora_B as nn.Linear (fp32) and moves them by device only
+    e = estimate_memory(LLAMA, "nf4", mode="qlora", batch=1, seq_len=256, framework="hf-2023",
+                        train_precision="fp16-mixed")
+    adapters = [t for t in e.terms if t.key == "adapters"][0]
+    assert adapters.gib * 2**30 == pytest.approx(4 * e.training.trainable_params)
+
+
+def test_pytorch_1x_trainer_keeps_zeroed_gradients_through_the_next_step():
+    # zero_grad(set_to_none=False) (the default before PyTorch 2.0) zeroes .grad in place, so with one
+    # micro-batch per step the gradients are alive in forward and backward too, not only in the step
+    kwargs = dict(mode="full", batch=1, seq_len=256, train_precision="fp32", attention="flash", optimizer="sgd")
+    old = estimate_memory(LLAMA, "fp32", framework="hf-2021", **kwargs)
+    new = estimate_memory(LLAMA, "fp32", framework="hf", **kwargs)
+    grads = 4 * old.params_total / 2**30
+    assert old.phases_gib["loss"] - new.phases_gib["loss"] == pytest.approx(grads, abs=2e-3)
+    assert old.phases_gib["step"] == pytest.approx(new.phases_gib["step"], abs=2e-3)
+    # with gradient accumulation both keep them anyway
+    acc = {**kwargs, "grad_accum": 2}
+    assert estimate_memory(LLAMA, "fp32", framework="hf-2021", **acc).phases_gib["loss"] == pytest.approx(
+        estimate_memory(LLAMA, "fp32", framework="hf", **acc).phases_gib["loss"], abs=2e-3)
+
+
+def test_torchtune_0_1_qlora_keeps_the_to_nf4_workspace_reserved():
+    # torchao 0.1 to_nf4: (value.unsqueeze(-1) - nf4).abs() -> two numel x 16 bf16 tensors + the bf16 scaled
+    # blocks = 66 bytes per element of the largest quantized weight (Llama-3.1-8B MLP: 14336 x 4096)
+    old = estimate_memory(LLAMA, "nf4", mode="qlora", batch=1, seq_len=256, framework="torchtune-2024",
+                          train_precision="bf16")
+    cached = [t for t in old.terms if "load-time 4-bit quantization" in t.label]
+    assert len(cached) == 1 and cached[0].counted_in == "reserved"
+    assert cached[0].gib * 2**30 == pytest.approx(66 * 14336 * 4096)
+    new = estimate_memory(LLAMA, "nf4", mode="qlora", batch=1, seq_len=256, framework="torchtune",
+                          train_precision="bf16")
+    assert not [t for t in new.terms if "load-time 4-bit quantization" in t.label]
+
+
+def test_deepspeed_keeps_fp32_frozen_weights_in_an_fp32_run():
+    # engine.py _configure_distributed_model: module.half()/bfloat16() only with fp16/bf16 enabled
+    kwargs = dict(mode="lora", batch=1, seq_len=128, sharding="zero2", gpus=2)
+    fp32 = estimate_memory(LLAMA, "fp32", train_precision="fp32", **kwargs)
+    mixed = estimate_memory(LLAMA, "fp32", train_precision="bf16-mixed", **kwargs)
+    frozen = lambda e: sum(t.gib for t in e.terms if t.key == "weights_unquantized" and "frozen" in t.label)  # noqa: E731
+    assert frozen(fp32) == pytest.approx(2 * frozen(mixed), rel=1e-6)

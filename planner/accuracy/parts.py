@@ -110,10 +110,9 @@ def _mix(weighted: list[tuple[float, Damage]]) -> Damage | None:
     return Damage(math.log(total), spread)
 
 
-def quantization_damage(q, facts: ModelFacts, priors: Priors) -> PartDamage | None:
-    """Share-weighted damage of the formats a QuantizationSpec puts on each block's attention and MLP
-    (per-block overrides and kept layers included), embeddings, lm_head and KV cache."""
-    notes: list[str] = []
+def format_shares(q, facts: ModelFacts) -> dict[str, float]:
+    """Format name -> share of the blocks' Linear parameters a QuantizationSpec stores in it (per-block
+    overrides and kept layers included; embeddings and lm_head relative to the blocks)."""
     shares: dict[str, float] = {}
     n = facts.num_layers
     if q.block_formats or q.keep_first_layers or q.keep_last_layers:
@@ -128,8 +127,15 @@ def quantization_damage(q, facts: ModelFacts, priors: Priors) -> PartDamage | No
     for share, fmt in ((facts.embedding_share, q.embeddings), (facts.lm_head_share, q.lm_head)):
         if fmt:
             shares[fmt] = shares.get(fmt, 0.0) + share
+    return shares
+
+
+def quantization_damage(q, facts: ModelFacts, priors: Priors) -> PartDamage | None:
+    """Share-weighted damage of the formats a QuantizationSpec puts on each block's attention and MLP
+    (per-block overrides and kept layers included), embeddings, lm_head and KV cache."""
+    notes: list[str] = []
     weighted: list[tuple[float, Damage]] = []
-    for fmt, share in shares.items():
+    for fmt, share in format_shares(q, facts).items():
         damage = format_damage(fmt, facts, priors, notes)
         if damage:
             weighted.append((share, damage))

@@ -1,14 +1,16 @@
 """``predict_quality``: predicted quality retained of a compressed model, with interval and basis.
 
-Three bases, in order of preference:
+Three bases:
 
+- **prior**: the published-data rules of :mod:`.priors`;
 - **profile**: a :class:`SensitivityProfile` of this model is given and covers the strategy's
-  quantization / sparsity / depth options: the damage is the sum of the profile's measured
+  quantization / sparsity / depth options: that part's damage is the sum of the profile's measured
   per-(block, group) effects; parts the profile does not cover come from the priors (noted);
-- **calibrated**: a :class:`CalibrationStore` holds measured results of the same model family for a
-  technique of the strategy: that technique's prior is corrected (see :mod:`.calibration`);
-- **prior**: the published-data rules of :mod:`.priors`.
+- **calibrated**: a :class:`CalibrationStore` holds measured runs of the same model family: each part
+  (prior or profile) whose technique the records inform is corrected by the residual model of
+  :mod:`.residual` (a Bayesian linear model on the part's strategy features), with its interval.
 
+The prediction's basis is the most informed of its parts' (calibrated, then profile, then prior).
 Parts combine by :func:`planner.accuracy.combine.combine` (additive in log-quality + interaction term,
 wider interval for stacked parts). Work that depends only on the model or on one part is cached, so a
 call costs tens of microseconds once a model's facts are known.
@@ -25,7 +27,7 @@ from planner.accuracy.metrics import check_metric, retained_from_damage
 from planner.accuracy.parts import (ModelFacts, PartDamage, distillation_damage, low_rank_damage, model_facts,
                                     quantization_damage, sparsity_damage)
 from planner.accuracy.priors import Z80, Priors, load_priors
-from planner.accuracy.profile import SensitivityProfile, damage_sum, sparsity_option
+from planner.accuracy.profile import PROFILE_SIGMA, SensitivityProfile, damage_sum, sparsity_option
 from planner.accuracy.result import QualityPart, QualityPrediction
 from planner.errors import InvalidRequestError
 from planner.strategy import CompressionStrategy
@@ -33,9 +35,6 @@ from planner.strategy import CompressionStrategy
 if TYPE_CHECKING:
     from planner.models import ModelSpec
 
-PROFILE_SIGMA = 0.25
-"""log-spread of a profile's additive estimate of one part (measurement noise of the per-block effects and
-the additivity of blocks within a part; HIGGS's linearity theorem holds in the medium-bit regime)."""
 
 _facts_cache: dict[tuple, ModelFacts] = {}
 _part_cache: dict[tuple, PartDamage] = {}
@@ -191,6 +190,106 @@ def profile_parts(strategy: CompressionStrategy, profile: SensitivityProfile, sc
 
 
 # ------------------------------------------------------------------------------------------------
+# Base parts (prior, profile) and the calibration of each part
+# ------------------------------------------------------------------------------------------------
+def base_parts(spec, strategy: CompressionStrategy, facts: ModelFacts, priors: Priors,
+               profile: SensitivityProfile | None, notes: list[str]) -> tuple[list[PartDamage], list[str], list[int]]:
+    """The uncorrected parts of a prediction: the priors' parts, replaced by the profile's where it
+    covers them (a profile of another model is not applied, noted). Returns (parts, bases, n)."""
+    parts = prior_parts(strategy, facts, priors)
+    bases = ["prior"] * len(parts)
+    ns = [p.n_rows for p in parts]
+    for p in parts:
+        notes.extend(p.notes)
+    if profile is not None:
+        if not profile.matches(spec):
+            notes.append(f"sensitivity profile is for {profile.model.name}, not {spec.name}: not applied.")
+        else:
+            profile_scale = priors.metric_scale(profile.evaluator.metric_family)
+            covered, _ = profile_parts(strategy, profile, profile_scale, notes, facts, priors)
+            for i, p in enumerate(parts):
+                if p.technique in covered:
+                    parts[i] = covered.pop(p.technique)
+                    bases[i] = "profile"
+                    ns[i] = parts[i].n_rows
+            for p in covered.values():  # e.g. a depth change the priors did not see as a part
+                parts.append(p)
+                bases.append("profile")
+                ns.append(p.n_rows)
+    return parts, bases, ns
+
+
+def _base_for(priors: Priors, profile: SensitivityProfile | None, query=None, query_facts: ModelFacts | None = None):
+    """``base(spec, strategy, use_profile) -> (parts, bases, facts)`` for the calibration store's fit (a record
+    of the predicted model itself uses the prediction's facts, e.g. its training_tokens)."""
+    def base(spec, strategy, use_profile):
+        same = query is not None and (spec.name, spec.params.total) == (query.name, query.params.total)
+        facts = query_facts if same and query_facts is not None else _facts(spec, priors, None)
+        parts, bases, _ = base_parts(spec, strategy, facts, priors, profile if use_profile else None, [])
+        return parts, bases, facts
+    return base
+
+
+def residual_model_for(spec: "ModelSpec | str", calibration: CalibrationStore, *,
+                       profile: SensitivityProfile | None = None, priors: Priors | None = None):
+    """The store's residual model for ``spec`` (None without usable records of its family)."""
+    from planner.models import get_model
+
+    priors = priors or load_priors()
+    spec = get_model(spec) if isinstance(spec, str) else spec
+    facts = _facts(spec, priors, None)
+    return calibration.residual_model(spec, facts, _base_for(priors, profile, spec, facts), priors, profile)
+
+
+def _calibrate(spec, strategy: CompressionStrategy, facts: ModelFacts, priors: Priors,
+               profile: SensitivityProfile | None, calibration: CalibrationStore, parts: list[PartDamage],
+               bases: list[str], ns: list[int], notes: list[str], scale: float) -> int | None:
+    """Correct each part whose (technique, basis) the store's residual model covers, in place; returns the
+    number of distinct records behind the corrections (None: nothing corrected)."""
+    from planner.accuracy.residual import SHARED, part_features
+
+    model = calibration.residual_model(spec, facts, _base_for(priors, profile, spec, facts), priors, profile)
+    applied, blocks = [], []
+    if model is not None:
+        notes.extend(model.notes)
+        shape = tuple(tuple(x.__dict__.values()) if x is not None else None for x in
+                      (strategy.distillation, strategy.sparsity, strategy.low_rank, strategy.quantization))
+        for i, p in enumerate(parts):
+            key = (id(facts), bases[i], p.technique, p.setting, p.damage, shape, scale)
+            corrected = model.cache.get(key)
+            if corrected is None:
+                result = model.correct(p, bases[i], part_features(p, strategy, facts, priors), priors, scale)
+                corrected = model.cache[key] = result and (PartDamage(
+                    p.technique, p.setting, result[0], result[1],
+                    f"calibration:{facts.family}:{p.technique}{':profile' if bases[i] == 'profile' else ''}"),
+                    result[2])
+            if not corrected:
+                continue
+            parts[i], shared_only = corrected
+            n = parts[i].n_rows
+            applied.append(f"{p.technique} ({bases[i]}, n={n}" + (", family-wide offset only: no record of this "
+                                                                 "technique)" if shared_only else ")"))
+            blocks.append((p.technique, bases[i]) if not shared_only else (SHARED, bases[i]))
+            bases[i] = "calibrated"
+            ns[i] = n
+    others = sorted(calibration.families - {facts.family})
+    if others:
+        notes.append(f"calibration store: records of other model families ({', '.join(others)}) are never applied "
+                     f"to {facts.family}.")
+    if applied:
+        notes.append(f"calibrated by measured {facts.family} runs: {', '.join(applied)} (residual model).")
+        return model.records_behind(blocks)
+    same = [r for r in calibration.records if r.family == facts.family]
+    if same:
+        far = sum(not calibration.comparable(r, facts.family, facts.params) for r in same)
+        notes.append(f"calibration store: {len(same)} {facts.family} records ({far} from models more than 8x "
+                     "smaller or larger than this one), none usable for these techniques: not applied.")
+    else:
+        notes.append(f"calibration store has no measured {facts.family} records: not applied.")
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
 def _to_part(p: PartDamage, scale: float, basis: str, n: int) -> QualityPart:
     key = (scale, basis, n)
     shown = p.shown.get(key)
@@ -235,65 +334,20 @@ def predict_quality(spec: "ModelSpec | str", strategy: CompressionStrategy, *, p
         return QualityPrediction.model_construct(
             retained_pct=100.0, low_pct=100.0, high_pct=100.0, basis="prior", n_measurements=0, metric=metric,
             parts=(), interaction_pct=0.0, notes=("uncompressed: nothing to predict.",))
-    parts = prior_parts(strategy, facts, priors)
-    bases: list[str] = []
-    ns: list[int] = []
-    for p in parts:
-        bases.append("prior")
-        ns.append(p.n_rows)
-        notes.extend(p.notes)
-
-    if profile is not None:
-        if not profile.matches(spec):
-            notes.append(f"sensitivity profile is for {profile.model.name}, not {spec.name}: not applied.")
-        else:
-            profile_scale = priors.metric_scale(profile.evaluator.metric_family)
-            covered, _ = profile_parts(strategy, profile, profile_scale, notes, facts, priors)
-            for i, p in enumerate(parts):
-                if p.technique in covered:
-                    parts[i] = covered.pop(p.technique)
-                    bases[i] = "profile"
-                    ns[i] = parts[i].n_rows
-            for p in covered.values():  # e.g. a depth change the priors did not see as a part
-                parts.append(p)
-                bases.append("profile")
-                ns.append(p.n_rows)
-
+    parts, bases, ns = base_parts(spec, strategy, facts, priors, profile, notes)
+    records = None
     if calibration is not None:
-        applied = False
-        for i, p in enumerate(parts):
-            if bases[i] != "prior":
-                continue
-            correction = calibration.correction(facts.family, p.technique, facts.params)
-            if correction is None:
-                continue
-            sigma_prior = p.damage.s
-            spread = correction.scatter if correction.scatter is not None else sigma_prior
-            s = math.sqrt(spread ** 2 + sigma_prior ** 2 * 2.0 / (2.0 + correction.n))
-            parts[i] = PartDamage(p.technique, p.setting, Damage(p.damage.mu + correction.log_bias, s),
-                                  correction.n, f"calibration:{facts.family}:{p.technique}")
-            bases[i] = "calibrated"
-            ns[i] = correction.n
-            applied = True
-        if not applied:
-            families = ", ".join(sorted(calibration.families)) or "none"
-            unusable = sum(len(calibration.records_for(facts.family, p.technique)) for p in parts)
-            if unusable:
-                notes.append(f"calibration store: {unusable} {facts.family} records stack several techniques or "
-                             f"come from models more than 8x smaller or larger than this one: not applied.")
-            else:
-                notes.append(f"calibration store has no measured {facts.family} records for these techniques "
-                             f"(families: {families}): not applied.")
+        records = _calibrate(spec, strategy, facts, priors, profile, calibration, parts, bases, ns, notes, scale)
 
     quality_parts = tuple(_to_part(p, scale, b, n) for p, b, n in zip(parts, bases, ns))
     interaction = priors.interaction
     total = combine([p.damage for p in parts], interaction.gamma, interaction.sigma_per_pair)
     retained = retained_from_damage(total.median, scale)
-    basis = "profile" if "profile" in bases else "calibrated" if "calibrated" in bases else "prior"
+    basis = "calibrated" if "calibrated" in bases else "profile" if "profile" in bases else "prior"
     no_interaction = retained_from_damage(total.median - total.interaction, scale)
     return QualityPrediction.model_construct(
         retained_pct=retained, low_pct=retained_from_damage(total.high, scale),
         high_pct=retained_from_damage(total.low, scale), basis=basis,
-        n_measurements=sum(n for n, b in zip(ns, bases) if b == basis) if parts else 0,
+        n_measurements=records if basis == "calibrated" else sum(n for n, b in zip(ns, bases) if b == basis),
         metric=metric, parts=quality_parts, interaction_pct=no_interaction - retained,
         notes=tuple(dict.fromkeys(notes)))

@@ -66,6 +66,11 @@ def sparsity_option(pattern: str, level: float) -> str:
     return f"sparsity:{pattern}:{level:g}"
 
 
+PROFILE_SIGMA = 0.25
+"""log-spread of a profile's additive estimate of one part (measurement noise of the per-block effects and
+the additivity of blocks within a part; HIGGS's linearity theorem holds in the medium-bit regime)."""
+
+
 class _Profile(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -35,7 +35,8 @@ class QualityPrediction(BaseModel):
     high_pct: float = Field(description="upper end of the 80% interval, %")
     basis: Literal["prior", "profile", "calibrated"] = Field(
         description="prior = published rules only; profile = this model's sensitivity profile; calibrated = "
-        "priors corrected by measured results of this model family")
+        "priors (or the profile) corrected by measured results of this model family (residual model of "
+        "planner.accuracy.residual)")
     n_measurements: int = Field(description="measurements behind the number (rows, profile entries, records)")
     metric: Literal["accuracy", "perplexity", "embedding"] = Field(
         description="metric family the percentage is expressed in (see planner.accuracy.metrics)")

@@ -12,8 +12,12 @@ How a strategy becomes figures:
    format and KV dtype, plus exact weight-byte changes the single-format estimator does not know:
    per-group formats and kept first/last blocks (``planner.formats.storage`` bytes of each tensor in
    its own format) and 2:4 / unstructured storage (``sparse_storage``);
-3. ``planner.accuracy.predict_quality`` on the original model and the strategy;
-4. the limits of ``Constraints`` (``planner.planning.limits``).
+3. ``planner.accuracy.predict_quality`` on the original model and the strategy (corrected by the
+   calibration store's residual model when one is given);
+4. with a calibration store, memory and latency are multiplied by the store's measured/predicted factors
+   for this model family on this device (``CalibrationStore.device_correction``, matched on
+   :attr:`Evaluator.device_name`; a note on the candidate says so);
+5. the limits of ``Constraints`` (``planner.planning.limits``).
 
 Speedup is decode (or prefill) tokens/s over the uncompressed model in bf16 (fp16 without bf16) on the
 same GPU count and engine. The context is clipped to the model's maximum positions (a note says so).
@@ -26,6 +30,7 @@ speedup = the baseline's latency (the model as the executors load it) / the cand
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -124,11 +129,11 @@ class Evaluator:
             self.workload = executor_workload(spec)
             self.baseline_format = "fp32"  # the checkpoint as the executors load it
             # The speed reference: the model as the executors load it (the identity strategy).
-            self.baseline = self._local_deployment(CompressionStrategy())
+            self._baseline = self._local_deployment(CompressionStrategy())
         else:
             self.baseline_format = baseline_format(constraints)
             # The speed reference: the uncompressed model at the constraint's GPU count, fitting or not.
-            self.baseline = deployment(spec, self.baseline_format, None, constraints, more_gpus=False)
+            self._baseline = deployment(spec, self.baseline_format, None, constraints, more_gpus=False)
 
     # -- pieces -----------------------------------------------------------------------------
     def derived(self, strategy: CompressionStrategy) -> ModelSpec:
@@ -194,7 +199,35 @@ class Evaluator:
         return self._local[key]
 
     def figures(self, strategy: CompressionStrategy) -> tuple[ModelSpec, Deployment, list[str]]:
-        """Derived spec, deployment figures and notes of ``strategy`` (raises FitplanError if impossible)."""
+        """Derived spec, deployment figures and notes of ``strategy`` (raises FitplanError if impossible),
+        corrected by the calibration store's factors for this device (:meth:`device_corrected`)."""
+        spec, raw, notes = self._raw_figures(strategy)
+        figures, more = self.device_corrected(raw)
+        return spec, figures, notes + more
+
+    def device_corrected(self, figures: Deployment) -> tuple[Deployment, list[str]]:
+        """``figures`` with the calibration store's measured/predicted factors of this model family on this
+        device applied (memory; latency and the timed forward's tokens/s), and the notes saying so. The
+        constraint's GPU count decides ``fits`` again; speedups are unchanged (the baseline scales alike)."""
+        changes: dict[str, Any] = {}
+        notes: list[str] = []
+        memory = self.device_correction("memory") if figures.memory_gib is not None else None
+        if memory is not None:
+            changes["memory_gib"] = value = figures.memory_gib * memory.factor
+            if figures.gpus == self.constraints.gpus:
+                changes["fits"] = fits = value <= self.constraints.memory_limit_gib()
+                if fits != figures.fits:
+                    changes["gpus_needed"] = figures.gpus if fits else 0
+            notes.append(memory.note())
+        latency = self.device_correction("latency") if figures.latency_ms is not None else None
+        if latency is not None:
+            changes["latency_ms"] = figures.latency_ms * latency.factor
+            if self.constraints.is_local and figures.prefill_tok_s:
+                changes["prefill_tok_s"] = figures.prefill_tok_s / latency.factor
+            notes.append(latency.note())
+        return (replace(figures, **changes) if changes else figures), notes
+
+    def _raw_figures(self, strategy: CompressionStrategy) -> tuple[ModelSpec, Deployment, list[str]]:
         spec = self.derived(strategy)
         if self.constraints.is_local:
             figures = self._local_deployment(strategy)
@@ -235,6 +268,28 @@ class Evaluator:
         if not mine or not ref:
             return None
         return mine / ref
+
+    @property
+    def baseline(self) -> Deployment:
+        """The speed reference (the uncompressed model), with this device's calibration factors applied."""
+        return self.device_corrected(self._baseline)[0]
+
+    @property
+    def device_name(self) -> str | None:
+        """Name of the device the figures are for (the constraints' accelerator; target local: the
+        executors' device): calibration records of this device correct memory and latency."""
+        if self.constraints.is_local:
+            return self.device.name
+        return self.acc.name if self.acc is not None else None
+
+    def device_correction(self, quantity: str):
+        """The calibration store's measured/predicted factor of ``quantity`` ('memory', 'latency') for this
+        model family on this device (None without a store, a device or records)."""
+        if self.calibration is None or self.device_name is None:
+            return None
+        correction = self.calibration.device_correction(self.spec.model_type, self.device_name, quantity,
+                                                        self.spec.params.total)
+        return correction if correction.n else None
 
     def predict(self, strategy: CompressionStrategy):
         from planner.accuracy import predict_quality

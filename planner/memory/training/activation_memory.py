@@ -128,8 +128,9 @@ def _split(saved: dict[str, float], saved_at_one: dict[str, float]) -> tuple[flo
 
 
 def activation_memory(spec: ModelSpec, settings: ActivationSettings, plan: TrainablePlan, *,
-                      checkpointing: str = "none", offload: bool = False) -> ActivationMemory:
-    """Activation coefficients of one sequence (see :class:`ActivationMemory`)."""
+                      checkpointing: str = "none", offload: bool = False, seq_len: int = 0) -> ActivationMemory:
+    """Activation coefficients of one sequence (see :class:`ActivationMemory`); ``seq_len`` sizes the
+    eager-attention score gradients of the backward workspace (which holds either those or the MLP's)."""
     if checkpointing not in CHECKPOINTING:
         raise InvalidRequestError(
             f"unknown gradient checkpointing {checkpointing!r}; use one of {', '.join(CHECKPOINTING)}.")
@@ -161,7 +162,7 @@ def activation_memory(spec: ModelSpec, settings: ActivationSettings, plan: Train
     return ActivationMemory(
         stored_per_token=stored[0] + model_level, stored_per_token_sq=stored[1],
         recompute_per_token=recompute[0], recompute_per_token_sq=recompute[1],
-        workspace_per_token=backward_workspace(spec, settings) if parts else 0.0,
+        workspace_per_token=backward_workspace(spec, settings, seq_len) if parts else 0.0,
         host_per_token=host[0], host_per_token_sq=host[1], layer_per_token=largest[0],
         checkpoint_per_token=checkpoint, grad_layers=len(parts), largest_tensors=biggest, live_tensors=live,
         layer_tensors_per_token=tuple(saved_one.values()))

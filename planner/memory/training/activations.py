@@ -286,19 +286,30 @@ def layer_saved(spec: ModelSpec, settings: ActivationSettings, modes: Callable[[
     return tape.saved
 
 
-def backward_workspace(spec: ModelSpec, settings: ActivationSettings) -> float:
+EAGER_SCORE_GRADIENT_BYTES = 8  # two fp32 heads x s tensors per token at the softmax backward
+
+
+def backward_workspace(spec: ModelSpec, settings: ActivationSettings, seq_len: int = 0) -> float:
     """Bytes per token of gradients alive while one layer runs backward (an estimate, not a count).
 
     The MLP backward holds the gradient of its output and of the intermediate product, then the two
     gradients of the gated product (``3 x F`` at the matmul dtype for a gated MLP, ``2 x F`` plain);
-    flash-attention backward holds dq, dk, dv, d(out) and flash-attn 2's fp32 dq accumulator. The
-    larger of the two, plus the gradient of the residual stream in and out (``2 x h``).
+    flash-attention backward holds dq, dk, dv, d(out) and flash-attn 2's fp32 dq accumulator. Eager
+    attention instead materialises gradients of the ``heads x s`` scores: the softmax runs in fp32
+    (transformers' eager attention upcasts it; autocast runs softmax in fp32), and PyTorch's
+    ``_softmax_backward_data(grad_output, output, ...)`` allocates the fp32 input gradient while the fp32
+    output gradient is alive (tools/autograd/derivatives.yaml), so ``2 x 4 x heads x s`` bytes per token
+    (``EAGER_SCORE_GRADIENT_BYTES``) on top of dq, dk, dv. The larger of MLP and attention, plus the
+    gradient of the residual stream in and out (``2 x h``).
     """
     m, a = settings.matmul_bytes, spec.attention
     width = spec.moe.expert_intermediate_size * spec.moe.experts_per_token if spec.moe else spec.mlp.intermediate_size
     mlp = (3 if spec.mlp.gated else 2) * m * width
     q_w, kv_w = a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim
-    attention = m * (2 * q_w + 2 * kv_w) + 4 * q_w
+    if settings.attention == "eager":
+        attention = m * (2 * q_w + 2 * kv_w) + EAGER_SCORE_GRADIENT_BYTES * a.num_heads * seq_len
+    else:
+        attention = m * (2 * q_w + 2 * kv_w) + 4 * q_w
     return max(mlp, attention) + 2 * settings.residual_bytes * spec.hidden_size
 
 

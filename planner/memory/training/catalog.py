@@ -71,6 +71,8 @@ class Framework(_Entry):
     softmax_saves_input: bool
     dequantized_weight_saved: bool
     fsdp_shards_quant_state: bool = False
+    zero_grad_set_to_none: bool = True
+    init_quantize_workspace: float = 0.0
 
 
 class DeepSpeedConstants(BaseModel):
@@ -80,6 +82,7 @@ class DeepSpeedConstants(BaseModel):
     reduce_bucket_size: int = Field(gt=0)
     overlap_comm_stage12: bool
     stage3_max_live_parameters: int = Field(gt=0)
+    stage3_max_reuse_distance: int = Field(gt=0)
     source: str
 
 

@@ -193,7 +193,8 @@ def seq2seq_activation_memory(spec: ModelSpec, settings: ActivationSettings, pla
     return ActivationMemory(
         stored_per_token=stored[0] + model_level, stored_per_token_sq=stored[1],
         recompute_per_token=recompute[0], recompute_per_token_sq=recompute[1],
-        workspace_per_token=backward_workspace(spec, settings) * max(1.0, ratio) if layers else 0.0,
+        workspace_per_token=backward_workspace(spec, settings, max(seq_len, target_len or seq_len))
+        * max(1.0, ratio) if layers else 0.0,
         host_per_token=host[0], host_per_token_sq=host[1], layer_per_token=largest[0],
         checkpoint_per_token=checkpoint, grad_layers=layers,
         largest_tensors=tuple(sorted(saved_one.items(), key=lambda kv: -kv[1])[:6]), live_tensors=live,

@@ -90,8 +90,11 @@ def frozen_weights(spec: ModelSpec, fmt: WeightFormat, plan: TrainablePlan, fram
             unquantized -= item.bytes * share
     if upcasts_unquantized(plan.mode, fmt, framework):
         unquantized *= 4 / 2  # peft.prepare_model_for_kbit_training: 16-bit non-quantized parameters -> fp32
-    if options.sharding in ("zero1", "zero2", "zero3") and fmt.family == "float" and fmt.bits == 32:
-        unquantized /= 2  # DeepSpeed casts the module to its 16-bit dtype
+    if options.sharding in ("zero1", "zero2", "zero3") and fmt.family == "float" and fmt.bits == 32 \
+            and get_recipe(options.train_precision).compute_bytes < 4:
+        # deepspeed/runtime/engine.py _configure_distributed_model: module.half() / module.bfloat16() only when
+        # the config enables fp16 / bf16; an fp32 run keeps fp32 weights
+        unquantized /= 2
     return _Frozen(quantized, unquantized, w)
 
 
@@ -103,8 +106,10 @@ def quant_state_bytes(frozen: _Frozen, fmt: WeightFormat) -> float:
 
 
 def upcasts_unquantized(mode: str, fmt: WeightFormat, framework: Framework) -> bool:
-    """peft.prepare_model_for_kbit_training casts a bitsandbytes model's float parameters to fp32."""
-    return mode == "qlora" and fmt.family == "bnb" and framework.kbit_upcasts_unquantized
+    """peft.prepare_model_for_kbit_training casts a bitsandbytes model's float parameters to fp32, for an
+    8-bit base as for a 4-bit one (peft 0.4.0 utils/other.py: every fp16/bf16 parameter; later releases
+    skip only Params4bit data and GPTQ/AQLM/EETQ/HQQ models), so LoRA on bitsandbytes int8 is upcast too."""
+    return mode in ("lora", "qlora") and fmt.family == "bnb" and framework.kbit_upcasts_unquantized
 
 
 def autocast_copy_bytes(plan: TrainablePlan, recipe: Recipe, frozen: _Frozen, upcast: bool, sharding: str,
@@ -205,7 +210,7 @@ def activation_bounds(spec: ModelSpec, recipe: Recipe, framework: Framework, fmt
                                              offload=options.activation_offload, seq_len=seq_len,
                                              target_len=options.target_len), settings
         return activation_memory(spec, settings, plan, checkpointing=options.grad_checkpointing,
-                                 offload=options.activation_offload), settings
+                                 offload=options.activation_offload, seq_len=seq_len), settings
     point, settings = run(framework, False)
     upper = point
     for profile in load_catalog().frameworks.values():
@@ -228,6 +233,28 @@ def _resident_tensors(spec: ModelSpec, plan: TrainablePlan, states_per_tensor: i
     weights = sum(g.count for g in spec.param_groups)
     trainable = sum(t.count for t in plan.tensors) * (1 + states_per_tensor)
     return weights + trainable + 12 * grad_layers
+
+
+def forward_module_params(spec: ModelSpec) -> tuple[int, ...]:
+    """Parameters of the modules in the order a forward pass uses them: embeddings, the encoder's layers
+    (encoder-decoder models), the decoder's layers, then the output layer (the tied embedding again
+    when the head shares its weight)."""
+    def per_layer(prefix: str, count: int) -> list[int]:
+        sizes = [0] * count
+        for group in spec.param_groups:
+            if group.layers and group.name.startswith(prefix):
+                for index in group.layers:
+                    if index < count:
+                        sizes[index] += group.params // len(group.layers)
+        return sizes
+    outside = [g for g in spec.param_groups if not g.layers]
+    heads = [g.params for g in outside if g.role == "lm_head"]
+    embeddings = [g.params for g in outside if g.kind == "embedding"]
+    encoder_layers = max((max(g.layers) + 1 for g in spec.param_groups
+                          if g.layers and g.name.startswith("encoder.layers.")), default=0)
+    tail = heads or (embeddings[:1] if spec.tie_word_embeddings else [])
+    return tuple([sum(embeddings)] + per_layer("encoder.layers.", encoder_layers)
+                 + per_layer("layers.", spec.num_layers) + tail)
 
 
 def largest_module_params(spec: ModelSpec) -> int:
@@ -312,7 +339,7 @@ def prepare_training(spec: ModelSpec, fmt: WeightFormat, mode: str = "lora", *, 
         states_at_param_dtype=opt.state_bytes(optimizer, adapters, adapter_bytes)
         + opt.state_bytes(optimizer, copies, copy_bytes),
         states_fp32=opt.state_bytes(optimizer, plan.tensors, 4), largest_layer_params=largest_module_params(spec),
-        total_params=spec.params.total,
+        total_params=spec.params.total, module_params=forward_module_params(spec),
         frozen_replicated_bytes=0.0 if framework.fsdp_shards_quant_state else quant_state_bytes(frozen, fmt))
     states = shard_states(inputs, sharding=options.sharding, gpus=gpus, offload=options.offload,
                           gpus_per_node=options.gpus_per_node,
@@ -320,7 +347,8 @@ def prepare_training(spec: ModelSpec, fmt: WeightFormat, mode: str = "lora", *, 
                           bucket_elements=options.zero_bucket_elements or catalog.deepspeed.reduce_bucket_size,
                           overlap_comm=catalog.deepspeed.overlap_comm_stage12 if options.overlap_comm is None
                           else options.overlap_comm,
-                          max_live_parameters=catalog.deepspeed.stage3_max_live_parameters)
+                          max_live_parameters=catalog.deepspeed.stage3_max_live_parameters,
+                          max_reuse_distance=catalog.deepspeed.stage3_max_reuse_distance)
     frozen_share = states.frozen_weights / inputs.frozen_weight_bytes if inputs.frozen_weight_bytes else 0.0
     on_gpu_step = options.offload == "none"
     divisor = gpus if options.sharding == "fsdp" else 1
@@ -353,6 +381,10 @@ def prepare_training(spec: ModelSpec, fmt: WeightFormat, mode: str = "lora", *, 
         framework=framework.name, module_loading=options.cuda_module_loading,
         compute_capability=gpu.compute_capability_tuple if gpu is not None else None,
         upcast=upcast, resident_tensors=_resident_tensors(spec, plan, optimizer.state_tensors, acts.grad_layers),
+        init_quantize_cached=framework.init_quantize_workspace * frozen.weights.largest_quantized_tensor_params
+        if mode == "qlora" else 0.0,
+        grads_kept_between_steps=not framework.zero_grad_set_to_none and options.sharding in ("none", "ddp")
+        and not options.optimizer_in_backward,
         activation_segment_waste=allocator_waste(acts.tensor_sizes(batch, seq, options.grad_checkpointing)),
         state_segment_waste=allocator_waste(_state_tensor_sizes(plan, grad_bytes, adapter_bytes, optimizer, states,
                                                                 inputs)))

@@ -72,6 +72,8 @@ class StepInputs:
     upcast: bool
     activation_segment_waste: float
     state_segment_waste: float
+    grads_kept_between_steps: bool = False
+    init_quantize_cached: float = 0.0
 
 
 def _const(key: str, label: str, value: float, phases: frozenset[str], formula: str, source: str,
@@ -115,8 +117,12 @@ def state_terms(s: StepInputs) -> list[RawTerm]:
                             frozenset({BACKWARD}), "largest trainable tensor x grad bytes",
                             "torchtune optimizer_in_bwd: each parameter is stepped and its gradient freed in backward"))
     elif st.gradients:
-        phases = ALL if s.grad_accum > 1 else frozenset({STEP})
-        terms.append(_const("gradients", "gradients" + (" (accumulated across micro-batches)" if s.grad_accum > 1 else ""),
+        # ZeRO-3's gradient partition is a buffer allocated once (stage3.py grad_partitions_flat_buffer);
+        # zero_grad(set_to_none=False) (PyTorch < 2.0) keeps zeroed gradients from one step to the next
+        kept_all_step = s.grad_accum > 1 or s.sharding == "zero3" or s.grads_kept_between_steps
+        phases = ALL if kept_all_step else frozenset({STEP})
+        kept = " (kept zeroed between steps: zero_grad(set_to_none=False))" if s.grads_kept_between_steps else ""
+        terms.append(_const("gradients", "gradients" + (" (accumulated across micro-batches)" if s.grad_accum > 1 else kept),
                             st.gradients, phases, st.formulas.get("gradients", "P x grad_bytes"), s.recipe.source))
     if st.master_weights:
         terms.append(_const("optimizer_states", "fp32 master weights (DeepSpeed)", st.master_weights, ALL,
@@ -127,6 +133,11 @@ def state_terms(s: StepInputs) -> list[RawTerm]:
                             (" in CUDA unified memory (pages out to host RAM under pressure)" if paged else ""),
                             st.optimizer_states, ALL, st.formulas.get("optimizer_states", "per-tensor states"),
                             s.optimizer.source, counted_in="device" if paged else "allocated"))
+    if st.step_buffers:
+        terms.append(_const("gradients", "fp32 gradients of one optimizer sub group (DeepSpeed ZeRO-3 step)",
+                            st.step_buffers, frozenset({STEP}), st.formulas.get("step_buffers", ""),
+                            "deepspeed/runtime/zero/stage3.py _prepare_fp32_grad_for_sub_group: "
+                            "flatten(averaged_gradients).to(fp32) per sub group (sub_group_size, default 1e9)"))
     if s.step_temporaries:
         terms.append(_const("optimizer_states", "optimizer step temporaries", s.step_temporaries, frozenset({STEP}),
                             f"{s.optimizer.step_temporaries} x {s.optimizer.step_temporaries_scope} trainable tensors",
@@ -158,8 +169,8 @@ def activation_terms(s: StepInputs) -> list[RawTerm]:
     if a.workspace_per_token:
         upper = max(a.workspace_per_token, a.layer_per_token)
         terms.append(RawTerm("activations", "gradient workspace of the layer in backward", Coeffs(
-            per_token=a.workspace_per_token), formula="max(3F or 2F MLP grads, flash-attention dq/dk/dv/dout + fp32 dq) "
-            "+ 2 x residual grads", source="planner.memory.training.activations.backward_workspace",
+            per_token=a.workspace_per_token), formula="max(3F or 2F MLP grads, flash-attention dq/dk/dv/dout + fp32 dq or eager "
+            "dq/dk/dv + 2 fp32 heads x s score grads) + 2 x residual grads", source="planner.memory.training.activations.backward_workspace",
             phases=frozenset({BACKWARD}), tokens="total", upper=Coeffs(per_token=upper)))
     if s.dequant_workspace:
         terms.append(_const("activations", "dequantized weight of the largest 4-bit Linear (transient)",
@@ -188,6 +199,13 @@ def runtime_terms(s: StepInputs) -> list[RawTerm]:
     if nccl is not None:
         terms.append(replace(nccl, label=f"NCCL communicator buffers ({s.gpus} GPUs, data parallel)"))
     terms.append(allocator_slack_term(s.weights.allocator_waste, ALL))
+    if s.init_quantize_cached:
+        terms.append(RawTerm("allocator_reserve", "blocks cached from load-time 4-bit quantization of the largest "
+                             "weight", Coeffs(const=s.init_quantize_cached),
+                             formula="init_quantize_workspace bytes x largest quantized weight's elements",
+                             source="[frameworks] init_quantize_workspace in planner/data/training.toml (torchao 0.1 "
+                             "to_nf4); freed blocks stay reserved by the CUDA caching allocator", phases=ALL,
+                             counted_in="reserved"))
     # Segment packing of same-size tensors (planner.memory.weights.allocator_waste) assumes no mixing of
     # sizes within a 20 MiB segment, so it bounds the waste from above: it only feeds the safe bound.
     waste = s.state_segment_waste + s.activation_segment_waste
