@@ -48,6 +48,11 @@ EXEC_PACKAGES = ("torch", "transformers", "bitsandbytes")
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.bin", "*.safetensors.index.json",
                    "pytorch_model.bin.index.json")
 DEFAULT_OUT = "fitplan-lab"
+# Why distilled students are left out unless asked for: executing one trains it (200 steps by default,
+# planner.strategy.DistillationSpec), measured at over 10 minutes for a MiniLM student on this 2-core CPU
+# under load, the whole lab's budget; every other technique executes in seconds.
+NO_DISTILLATION = ("distilled students left out: executing one trains it, which takes longer on a CPU than the "
+                   "rest of the lab; --with-distillation includes them")
 STUDY = "lab"
 SCHEMA = 1
 
@@ -65,6 +70,7 @@ class LabRequest(BaseModel):
     execute_top: int = Field(3, ge=1, le=64, description="candidates executed per round")
     rounds: int = Field(2, ge=1, le=20, description="closed-loop rounds")
     trials: int = Field(100, ge=1, le=100_000, description="predicted trials of the search")
+    distillation: bool = Field(False, description="include distilled students (each execution trains one)")
     seed: int = 0
 
 
@@ -291,6 +297,7 @@ class _Lab:
         self.steps["strategy"] = "done" if complete else "predicted only: no profile (torch not installed)"
         data = {"constraints": self.constraints.model_dump(mode="json", exclude_none=True),
                 "constraints_summary": self.constraints.summary(), "profile": profile_record, "plan": plan_record,
+                "space_notes": [] if self.request.distillation else [NO_DISTILLATION],
                 "search": {"storage": self.storage, "study": result.study_name, "trials": result.n_trials,
                            "feasible": int(result.table["feasible"].sum()),
                            "best": _row_record(best), "top": _frame_records(result.table.head(10))}}
@@ -326,6 +333,8 @@ class _Lab:
         from search.space import executable_space
 
         space = executable_space(self.spec, self.constraints, "cpu" if self.missing else "auto")
+        if not self.request.distillation:  # see NO_DISTILLATION
+            space = space.model_copy(update={"distill_depths": (1.0,), "distill_widths": (1.0,)})
         # The loop's budget is the study's total; the predicted step samples round 1's share of it, which the
         # loop's first round then finds done (search.loop: round r grows the study to trials * r / rounds).
         # Without the exec extra no loop follows: the predicted search gets the whole budget.
@@ -441,7 +450,8 @@ class _Lab:
                        f"{'reused from the cache' if profile_record['cached'] else 'measured'} "
                        f"({profile_record['seconds']:.1f} s); {profile_record['path']}")
         lab = LabSummary(model_dir=self.request.model_dir, steps=self.steps, baseline=baseline, profile=profile,
-                         validation=validation, stopped=stopped)
+                         validation=validation, stopped=stopped,
+                         notes=[] if self.request.distillation else [NO_DISTILLATION])
         paths = {"html": write_report(result, self.out, fmt="html", lab=lab),
                  "md": write_report(result, self.out, fmt="md", lab=lab)}
         paths.update({f"table {k}": v for k, v in result.write(self.out / "tables").items() if k in ("csv", "md")})
@@ -531,13 +541,27 @@ def _measured_outcomes(result: Any, constraints: Any, baseline: MeasuredRun | No
     return f"; of the {len(rows)} executed: " + "; ".join(parts)
 
 
+def _recommended(result: Any, constraints: Any, baseline: MeasuredRun | None) -> tuple[dict[str, Any] | None, str]:
+    """The search's recommendation (``SearchResult.best``), except that a lab recommends compression: when
+    that is the uncompressed model and a compressed candidate is verified, the best-ranked such candidate,
+    with a sentence saying the uncompressed model meets the limits too."""
+    best = result.best
+    if best is None or best.get("strategy") != "baseline":
+        return best, ""
+    for row in _verified_rows(result, constraints, baseline):
+        if row["strategy"] != "baseline":
+            return row, (" The uncompressed model meets every limit too (it ranks first on quality); this is the "
+                         "best verified compressed candidate.")
+    return best, " No compressed candidate was verified: the uncompressed model is the recommendation."
+
+
 def validate(result: Any, constraints: Any, baseline: MeasuredRun | None) -> Validation:
     """Step 4's verdict on ``result.best``: verified when it was measured and every check holds on the
     measurement; otherwise the reason (not measured, failed, a limit exceeded, not measurable here)."""
     from search.report import deployment_note
 
-    best = result.best
-    note = deployment_note(best, constraints)
+    best, uncompressed = _recommended(result, constraints, baseline)
+    note = deployment_note(best, constraints) + uncompressed
     if best is None:
         return Validation(strategy=None, verified=False, deployment_note=note,
                           reason="no strategy meets every constraint, even as predicted; see the nearest misses")
@@ -577,13 +601,15 @@ def _stderr(text: str) -> None:
 def run_lab(model_dir: str | os.PathLike, constraints: Any, *, out_dir: str | os.PathLike = DEFAULT_OUT,
             execute_top: int = 3, rounds: int = 2, trials: int = 100, workers: int = 1, evaluator: str | None = None,
             eval_data: str | os.PathLike | None = None, seed: int = 0, save_best: bool = False,
+            distillation: bool = False,
             progress: bool = True, echo: Callable[[str], None] | None = None) -> LabOutcome:
     """Run (or resume) the lab on ``model_dir`` under ``constraints`` (a Constraints or a dict; with no
     deployment target and no gpu, the target is ``local``: this machine). See the module docstring.
 
     ``execute_top`` candidates are executed per round for ``rounds`` rounds, by ``workers`` parallel
     workers; ``trials`` predicted trials of the search. ``evaluator`` / ``eval_data``: the executors'
-    quality evaluator and the user's data for it. ``echo``: where progress lines go (default stderr).
+    quality evaluator and the user's data for it. ``distillation``: also search distilled students
+    (see NO_DISTILLATION). ``echo``: where progress lines go (default stderr).
     """
     from executors.paths import writable_directory
     from search.candidates import coerce_constraints
@@ -601,7 +627,7 @@ def run_lab(model_dir: str | os.PathLike, constraints: Any, *, out_dir: str | os
         data = str(data.resolve())
     request = LabRequest(model_dir=str(model), constraints=constraints.model_dump(mode="json", exclude_none=True),
                          evaluator=evaluator, eval_data=data, execute_top=execute_top, rounds=rounds, trials=trials,
-                         seed=seed)
+                         distillation=distillation, seed=seed)
     if not 1 <= workers <= 64:
         raise InvalidRequestError(f"workers must be between 1 and 64, got {workers}.")
     out = writable_directory(out_dir, "--out").resolve()

@@ -2,7 +2,7 @@
 
 ``fitplan lab MODEL_DIR --max-memory-gb G --max-accuracy-loss P [--min-speedup X] [--deployment-target T]
 [--out DIR] [--execute-top K] [--rounds R] [--trials N] [--workers W] [--eval E] [--eval-data FILE]
-[--save-best] [--seed S]``. Progress goes to stderr; the verdict, the files and the exported model to
+[--with-distillation] [--save-best] [--seed S]``. Progress goes to stderr; the verdict, the files and the exported model to
 stdout. Without ``--deployment-target`` and ``--gpu`` the target is this machine (``local``).
 """
 
@@ -55,6 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--eval", dest="evaluator", choices=EVAL_CHOICES,
                         help="quality metric (default: perplexity for causal LMs, fidelity for encoders)")
     parser.add_argument("--eval-data", metavar="FILE", help="your evaluation data for --eval")
+    parser.add_argument("--with-distillation", action="store_true", help="also search distilled students (each "
+                        "execution trains one: minutes on a CPU; left out by default)")
     parser.add_argument("--save-best", action="store_true", help="export the verified recommendation as a model "
                         "directory from_pretrained reloads (into DIR/best-model)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the search and the runs (default 0)")
@@ -76,7 +78,8 @@ def run_lab_command(args: argparse.Namespace) -> int:
                                   f"measured quality against it.")
     outcome = run_lab(args.model_dir, constraints, out_dir=args.out, execute_top=args.execute_top,
                       rounds=args.rounds, trials=args.trials, workers=args.workers, evaluator=args.evaluator,
-                      eval_data=args.eval_data, seed=args.seed, save_best=args.save_best, progress=not args.quiet,
+                      eval_data=args.eval_data, seed=args.seed, save_best=args.save_best,
+                      distillation=args.with_distillation, progress=not args.quiet,
                       echo=(lambda _text: None) if args.quiet else None)
     for step, status in outcome.steps.items():
         print(f"{step}: {status}")

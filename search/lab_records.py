@@ -102,3 +102,4 @@ class LabSummary(_Record):
     profile: str | None = Field(None, description="the sensitivity profile used, one line (None: none)")
     validation: Validation | None = None
     stopped: str | None = Field(None, description="why the lab stopped before executing candidates")
+    notes: list[str] = Field(default_factory=list, description="what the lab left out and why")

@@ -274,6 +274,7 @@ def _blocks(result, data) -> list[tuple]:  # noqa: ANN001
     if lab is not None and lab.steps:
         blocks += [("h2", "Lab steps"), ("table", _frame([{"step": k, "status": v} for k, v in lab.steps.items()]),
                                           None, None, None)]
+        blocks += [("p", f"Note: {note}.") for note in (lab.notes if lab is not None else [])]
     blocks += [("h2", "Model analysis"),
                ("p", f"{spec.name}: {spec.params.total:,} parameters ({spec.params.active:,} active), "
                      f"{spec.num_layers} layers, model type {spec.model_type}."),
@@ -306,8 +307,9 @@ def _blocks(result, data) -> list[tuple]:  # noqa: ANN001
         blocks.append(("table", data["rounds"], None, "rounds", None))
     elif data["measured"]:
         blocks.append(("p", "No per-round report in this study."))
-    blocks += [("h2", "Recommendation"), ("rec", deployment_note(data["best"], data["constraints"]))]
     validation = lab.validation if lab is not None else None
+    blocks += [("h2", "Recommendation"), ("rec", validation.deployment_note if validation is not None else
+                                          deployment_note(data["best"], data["constraints"]))]
     if validation is not None:
         blocks += [("h2", "Validation"), ("note" if not validation.verified else "rec",
                                           ("Verified: " if validation.verified else "Not verified: ") + validation.reason)]
