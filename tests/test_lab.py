@@ -114,7 +114,7 @@ def full_lab(minilm, tmp_path_factory):
     import io
 
     out = tmp_path_factory.mktemp("full") / "lab"
-    command = ["lab", str(minilm), *LIMITS, "--trials", "12", "--execute-top", "1", "--rounds", "1", "--save-best",
+    command = ["lab", str(minilm), *LIMITS, "--trials", "40", "--execute-top", "1", "--rounds", "1", "--save-best",
                "--out", str(out)]
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
@@ -124,7 +124,6 @@ def full_lab(minilm, tmp_path_factory):
 
 def test_the_lab_runs_every_step_and_verifies_and_exports_the_recommendation(full_lab):
     out, _, code, stdout = full_lab
-    assert code == 0, stdout
     steps = {step: json.loads((out / f"{step}.json").read_text()) for step in
              ("analysis", "strategy", "implementation", "validation")}
     assert all(found["complete"] for found in steps.values())
@@ -139,9 +138,9 @@ def test_the_lab_runs_every_step_and_verifies_and_exports_the_recommendation(ful
     assert set(checks) == {"max_memory_gb", "max_accuracy_loss"}
     if validation["verified"]:  # verified means measured within every limit
         assert checks["max_memory_gb"]["measured"] <= 1 and checks["max_accuracy_loss"]["measured"] <= 3
-        assert validation["export"]["status"] == "ok"
-    else:
-        assert validation["reason"] and validation["export"]["status"] == "not exported"
+        assert validation["export"]["status"] == "ok" and code == 0, stdout
+    else:  # --save-best that exported nothing is not a success
+        assert validation["reason"] and validation["export"]["status"] == "not exported" and code == 1, stdout
     report = (out / "report.html").read_text()
     assert "measured quality %" in report and "measured GiB" in report and 'id="rounds"' in report
 
@@ -168,7 +167,7 @@ def test_the_exported_model_reloads_and_matches_the_measured_quality(full_lab, m
 def test_a_rerun_resumes_every_step_and_executes_nothing_again(full_lab, capsys):
     out, command, _, _ = full_lab
     runs_before = sorted(p.name for p in (out / "runs").glob("*/*") if p.is_dir())
-    assert main(command) == 0
+    assert main(command) == full_lab[2]
     printed = capsys.readouterr().out
     assert "analysis: resumed" in printed and "implementation: resumed" in printed
     assert "validation: resumed" in printed
