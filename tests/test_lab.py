@@ -145,6 +145,17 @@ def test_the_lab_runs_every_step_and_verifies_and_exports_the_recommendation(ful
     assert "measured quality %" in report and "measured GiB" in report and 'id="rounds"' in report
 
 
+def test_the_lab_report_renders_in_headless_chromium(full_lab, tmp_path):
+    from tests.browser import dump_dom
+
+    out = full_lab[0]
+    dom, body = dump_dom(out / "report.html", tmp_path / "profile")
+    assert 'data-js-errors=""' in body and 'data-rendered="yes"' in body, body
+    for table in ("tradeoffs", "baseline", "rounds", "checks"):
+        assert f'id="{table}"' in dom
+    assert "Predictions only" not in dom and "(predicted and measured)" in dom
+
+
 def test_the_exported_model_reloads_and_matches_the_measured_quality(full_lab, minilm):
     out, _, code, stdout = full_lab
     validation = json.loads((out / "validation.json").read_text())["validation"]
