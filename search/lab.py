@@ -420,7 +420,11 @@ class _Lab:
         import executors
 
         skipped: list[str] = []
-        for row in _verified_rows(result, self.constraints, baseline):
+        rows = _verified_rows(result, self.constraints, baseline)
+        # The recommendation first; then the other verified compressed candidates in rank order.
+        rows = ([r for r in rows if r["strategy"] == validation.strategy] +
+                [r for r in rows if r["strategy"] not in (validation.strategy, "baseline")])
+        for row in rows:
             target = self.out / "best-model"
             self.echo(f"[4/4] export: {row['strategy']} -> {target}")
             try:

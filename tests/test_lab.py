@@ -139,6 +139,8 @@ def test_the_lab_runs_every_step_and_verifies_and_exports_the_recommendation(ful
     if validation["verified"]:  # verified means measured within every limit
         assert checks["max_memory_gb"]["measured"] <= 1 and checks["max_accuracy_loss"]["measured"] <= 3
         assert validation["export"]["status"] == "ok" and code == 0, stdout
+        export = validation["export"]  # the recommendation itself, or the reason it could not be exported
+        assert export["strategy"] == validation["strategy"] or "cannot be exported" in export["reason"]
     else:  # --save-best that exported nothing is not a success
         assert validation["reason"] and validation["export"]["status"] == "not exported" and code == 1, stdout
     report = (out / "report.html").read_text()
