@@ -28,11 +28,10 @@ from typing import Any
 
 import pandas as pd
 
-import hardware_db
 from planner import estimate_memory
 from planner.errors import FitplanError
 from planner.memory.result import GIB
-from training_rows import training_baselines
+from training_rows import capacity_gib, training_baselines
 
 ROOT = Path(__file__).resolve().parents[1]
 MORE_CSV = ROOT / "benchmarks" / "data" / "published_memory_measurements_more.csv"
@@ -297,7 +296,13 @@ _TT_2024_05_LENGTH = ("'Seq Length' of the 2024-05 README is the max_seq_len of 
                       "(21.3 GB) needs more than the full 2048")
 _BNB_T4 = ("the blog names quantization, compute dtype, checkpointing, batch, accumulation and seq_len only; the "
            "SFT script's TrainingArguments (fp16/bf16 autocast), LoRA config and padding are not published "
-           "(BNB-01..06 of the first set are q-003, q-005, q-007, q-002, q-013 and q-014 transcribed again)")
+           "(BNB-01..06 of the first set are q-003, q-005, q-007, q-002, q-013 and q-014 transcribed again). What the "
+           "stack of the time keeps alive is modelled from its code (peft 0.4.0 prepare_model_for_kbit_training: "
+           "every fp16/bf16 parameter to fp32 and checkpointing on, applied by trl 0.4.7's SFTTrainer to any 4/8-bit "
+           "model given a peft_config; transformers 4.30.2 Llama: fp32 softmax in eager attention, full-vocabulary "
+           "logits with an fp32 loss; bitsandbytes 4-bit: the dequantized weight of one Linear in backward); the "
+           "OOM runs sit GiBs above that (see 'GiB short'), more than any per-token term at 1024 "
+           "tokens (fp32 logits of 1024 x 32000 are 0.12 GiB), so what else the script held is not published")
 _BNB_13B_NQ = ("; 13B NF4 + GC at 1024 tokens is OOM without and fits with nested quantization (0.55 GiB smaller), "
                "so its true peak is within 0.55 GiB of the card")
 _T5_LENGTHS = ("sequence lengths are the script defaults, not stated in the post (128/128 assumed); wmt en-ro "
@@ -451,19 +456,6 @@ class BoundGroup:
     request: Callable[[pd.Series], Request]
 
 
-def _capacity_gib(row: pd.Series) -> float | None:
-    """Usable capacity of the row's GPU: the catalog entry when the text names one (T4: 15 GiB usable),
-    else the printed size read as GiB (consumer GDDR cards sold as 'NN GB' have NN GiB)."""
-    text = str(row["gpu"])
-    for name in (text.split(" (")[0], re.sub(r"\s*\d+\s*GB?\b.*", "", text)):
-        try:
-            return hardware_db.get(name.strip()).memory_usable_gib
-        except Exception:  # noqa: BLE001,S112 - not a catalog name: try the next reading
-            continue
-    match = re.search(r"(\d+)\s*GB", text)
-    return float(match.group(1)) if match else None
-
-
 def bnb_blog(row: pd.Series) -> Request:
     """HF blog '4-bit ... QLoRA' T4 matrix: TRL SFTTrainer, peft 0.4, bitsandbytes 0.39, batch 1, GA 4,
     LoRA on q/v (peft's Llama default), eager attention (transformers 4.30)."""
@@ -562,7 +554,7 @@ def bound_rows(frame: pd.DataFrame, resolve, first_set: pd.DataFrame | None = No
     rows, skipped = [], []
     for row, group, request in _requests(frame[frame["kind"].isin(BOUND_KINDS)], BOUND_GROUPS, skipped):
         kind = str(row["kind"])
-        capacity = _capacity_gib(row)
+        capacity = capacity_gib(str(row["gpu"]))
         fits = kind in ("fits_at_batch", "max_batch_fit") or (kind == "fits_bool" and str(row["value"]) == "1")
         threshold = float(row["value"]) if kind == "alloc_at_OOM_GiB" else capacity
         outcome = "> lower bound" if kind == "alloc_at_OOM_GiB" else ("fits" if fits else "OOM")
@@ -582,6 +574,8 @@ def bound_rows(frame: pd.DataFrame, resolve, first_set: pd.DataFrame | None = No
         note = ""
         if fits and not agrees and request.mode != "inference" and request.seq_len > 8:
             note = f"fits up to {_longest_fitting(request, resolve, threshold)} tokens"
+        elif not fits and not agrees:
+            note = f"{threshold - point:.2f} GiB short of the OOM"
         rows.append({"id": row["id"], "group": group.label, "outcome": outcome, "limit_gib": round(threshold, 2),
                      "point_gib": round(point, 2), "safe_gib": round(safe, 2), "point_agrees": agrees,
                      "safe_agrees": safe_agrees, "note": note, "flagged": bool(flag_of(row["id"]))})

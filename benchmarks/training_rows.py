@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+import hardware_db
 from planner import estimate_memory
 from planner.memory.result import GIB
 from planner.memory.training.trainable import plan_trainable
@@ -149,11 +150,26 @@ def evaluate_finetune(row: pd.Series, spec, fmt: str, group: str, unit: float, t
                        note=estimate.peak_phase)
 
 
+def capacity_gib(gpu: str) -> float | None:
+    """Usable capacity of a row's GPU text: the catalog entry when the text names one ('NVIDIA T4 16GB x1'
+    -> T4: 14.75 GiB, what CUDA reports), else the printed size read as GiB (consumer GDDR cards sold as
+    'NN GB' have NN GiB)."""
+    for name in (gpu.split(" (")[0], re.sub(r"\s*\d+\s*GB?\b.*", "", gpu)):
+        try:
+            return hardware_db.get(name.strip()).memory_usable_gib
+        except Exception:  # noqa: BLE001,S112 - not a catalog name: try the next reading
+            continue
+    match = re.search(r"(\d+)\s*GB", gpu)
+    return float(match.group(1)) if match else None
+
+
 def bound_rows(frame: pd.DataFrame, resolve) -> pd.DataFrame:
     """The fit/OOM rows (BNB blog, 16 GB T4, TRL SFTTrainer): does the estimate land on the measured side?
 
-    ``measured_gb`` is ``<15.0`` (it fit) or ``>15.0`` (out of memory); the point estimate of the device
-    total and the safe bound are both reported.
+    ``measured_gb`` is ``<15.0`` (it fit) or ``>15.0`` (out of memory), the transcriber's reading of "a 16 GB
+    card": the estimate is compared with the catalog's usable capacity of the row's GPU instead (T4: 14.75
+    GiB, what CUDA can allocate), as for the second set; the point estimate of the device total and the safe
+    bound are both reported.
     """
     rows = []
     for _, row in frame[frame["measure_kind"].str.startswith("bound_")].iterrows():
@@ -166,7 +182,7 @@ def bound_rows(frame: pd.DataFrame, resolve) -> pd.DataFrame:
         estimate = estimate_memory(resolve(row["model"]), precision, mode=mode, batch=int(row["batch"]),
                                    seq_len=_seq_len(row), **options)
         fits = str(row["measured_gb"]).startswith("<")
-        bound = float(str(row["measured_gb"]).strip("<>"))
+        bound = capacity_gib(str(row["gpu"])) or float(str(row["measured_gb"]).strip("<>"))
         rows.append({"id": row["id"], "outcome": "fits" if fits else "OOM", "bound_gib": bound,
                      "device_total_gib": round(estimate.device_total_gib, 2), "safe_gib": round(estimate.safe_gib, 2),
                      "point_agrees": (estimate.device_total_gib < bound) == fits,

@@ -1,6 +1,6 @@
 """Real runs of compression strategies (quantize, prune, distill, low-rank) and their measurement.
 
-Needs the ``exec`` extra (torch, transformers, bitsandbytes): ``pip install "fitplan[exec]"``.
+Needs the ``exec`` extra (torch, transformers, bitsandbytes): ``pip install ".[exec]"`` from a checkout.
 Importing this package stays light: torch is imported only when something runs (the names below
 are loaded on first access).
 

@@ -20,7 +20,7 @@ from types import ModuleType
 
 from planner.errors import UnsupportedError
 
-INSTALL_HINT = 'install the exec extra: pip install "fitplan[exec]"'
+INSTALL_HINT = 'install the exec extra: from a fitplan checkout, pip install ".[exec]"'
 EXEC_PACKAGES: tuple[str, ...] = ("torch", "transformers", "bitsandbytes")
 
 

@@ -6,18 +6,26 @@ that group alone and the evaluator scores the model; the result is the quality r
 uncompressed model (``retained_fraction``: compressed/baseline, or baseline/compressed for
 perplexity). Each block is also removed alone (block drop). Options:
 
-- weight formats (default int8, nf4, hqq-int4/3/2 when the hqq package is installed): the group's
-  Linear layers are swapped for the very modules the quantization step builds
-  (``executors.steps.quantize``: bitsandbytes Linear8bitLt / Linear4bit, HQQLinear) at fp32 compute,
-  so the measured effect is the weight format's own, then the original modules are put back;
-- sparsity (default unstructured 0.25 and 0.5, 2:4; ``sparsity_method`` wanda or magnitude): the
+- weight formats (default :data:`DEFAULT_FORMATS`: what a search on a CPU proposes, bf16, int8, nf4,
+  fp4 and hqq-int8/4/3/2 when the hqq package is installed; ``["all"]``: every runnable format): the group's Linear layers are swapped for the very modules the quantization step
+  builds (``executors.steps.quantize``: a bf16 Linear casting its input, bitsandbytes Linear8bitLt /
+  Linear4bit, torch's dynamic int8 Linear, HQQLinear) at fp32 compute, so the measured effect is the
+  weight format's own, then the original modules are put back;
+- sparsity (default unstructured 0.125, 0.25 and 0.5, 2:4; ``sparsity_method`` wanda or magnitude): the
   group's weights are masked in place with the pruning step's scores and masks
   (``executors.steps.masks``; Wanda's input norms from one calibration pass of the intact model),
   then restored from a copy;
 - block drop: a forward hook makes the block return its input (what removing it computes).
 
 Fast on CPU: the model is loaded once, the evaluator's data and reference outputs are computed once,
-and nothing is reloaded between options. A final check compares every weight with the original.
+and nothing is reloaded between options. Each (group, option) is quantized once, evaluated, and put
+back. An evaluation starts at the changed block: the intact model's block outputs are recorded during
+the reference pass and replayed for the blocks before it (:mod:`executors.replay`; exact, guarded,
+about 40% of the block passes saved), so the scores equal whole-model evaluations'. torch's threads
+are lowered to the cores other processes leave idle (:func:`executors.environment.idle_threads`):
+on a busy machine two threads waiting on each other made the profile several times slower. The
+profile records its own cost (:class:`planner.accuracy.profile.ProfileCost`: wall time per phase,
+evaluations, block passes replayed, threads). A final check compares every weight with the original.
 
 Profiles are cached under ``<cache>/profiles/`` (``$FITPLAN_CACHE``, else ``~/.cache/fitplan``), keyed by
 the model directory (path, weight files, their sizes and mtimes), its config fingerprint, the evaluator
@@ -43,6 +51,7 @@ from planner.accuracy.profile import (
     ProfileEntry,
     ProfileEvaluator,
     ProfileModel,
+    ProfileCost,
     ProfileSettings,
     SensitivityProfile,
     model_fingerprint,
@@ -51,12 +60,20 @@ from planner.accuracy.profile import (
 from planner.errors import InvalidRequestError, UnsupportedError
 from planner.strategy import SPARSITY_PATTERNS, WEIGHT_FORMATS
 
-DEFAULT_FORMATS: tuple[str, ...] = ("int8", "nf4", "hqq-int4", "hqq-int3", "hqq-int2")
-DEFAULT_SPARSITY: tuple[tuple[str, float], ...] = (("unstructured", 0.25), ("unstructured", 0.5), ("2:4", 0.5))
+# What a search of this model on a CPU proposes (search.space.executable_space): the weight formats the executors
+# run there (bitsandbytes int8 / nf4 / fp4, HQQ 8/4/3/2-bit at the default group size, bf16 as a compression of the
+# fp32 checkpoint) and its unstructured levels and 2:4. Other runnable formats (fp16, dynamic-int8, the -dq and
+# HQQ -g32/-g128 variants) on request, or all of them with formats=["all"].
+DEFAULT_FORMATS: tuple[str, ...] = ("bf16", "int8", "nf4", "fp4", "hqq-int8", "hqq-int4", "hqq-int3", "hqq-int2")
+PROFILE_DTYPE = "fp32"  # the profile loads the model in fp32 (executors.loading.load_model) and compares with it
+DEFAULT_SPARSITY: tuple[tuple[str, float], ...] = (("unstructured", 0.125), ("unstructured", 0.25), ("unstructured", 0.5),
+                                                   ("2:4", 0.5))
 DEFAULT_SAMPLES = {"perplexity": 8, "fidelity": 32}  # perplexity windows / fidelity sentences
 DEFAULT_SEQ_LEN = {"perplexity": 128, "fidelity": 64}  # window length / max sentence tokens
 MIN_RETAINED_PCT = 1e-3  # a group whose option destroys the model (score <= 0, NaN): recorded at this floor
 PROFILE_DIR = "profiles"
+REPLAY_MAX_BYTES = 2**30  # recorded block outputs kept for replay (executors.replay): at most 1 GiB ...
+REPLAY_MEMORY_FRACTION = 0.1  # ... and at most this share of the available memory
 _NM_PATTERNS = ("2:4", "4:8")
 
 
@@ -75,7 +92,8 @@ def profile(model_dir: str | os.PathLike, *, evaluator: Any = None, data: str | 
             formats: Sequence[str] | None = None, sparsity: Sequence[tuple[str, float]] | None = None,
             sparsity_method: str = "wanda", block_drop: bool = True, samples: int | None = None,
             seq_len: int | None = None, device: str = "cpu", seed: int = 0, cache: bool = True,
-            out: str | os.PathLike | None = None, progress: bool = False) -> SensitivityProfile:
+            out: str | os.PathLike | None = None, progress: bool = False, threads: int | None = None,
+            replay: bool = True) -> SensitivityProfile:
     """The sensitivity profile of the model directory ``model_dir`` (see the module docstring).
 
     ``evaluator``: 'perplexity' / 'fidelity' / 'accuracy' / an evaluator object (default: perplexity
@@ -83,17 +101,22 @@ def profile(model_dir: str | os.PathLike, *, evaluator: Any = None, data: str | 
     (weight formats) and ``sparsity`` ((pattern, level) pairs) are the options; ``samples`` /
     ``seq_len`` size the calibration set (perplexity windows x tokens; fidelity sentences x max
     tokens). ``out``: also write the JSON there (never overwritten). ``cache=False`` re-measures.
+    ``threads``: torch's intra-op threads while measuring (restored after; default: torch's count lowered to
+    the cores other processes leave idle: on a busy machine extra threads wait on each other).
+    ``replay=False``: every evaluation runs the whole model (see :mod:`executors.replay`; same scores, slower).
     """
     return run_profile(model_dir, evaluator=evaluator, data=data, formats=formats, sparsity=sparsity,
                        sparsity_method=sparsity_method, block_drop=block_drop, samples=samples, seq_len=seq_len,
-                       device=device, seed=seed, cache=cache, out=out, progress=progress).profile
+                       device=device, seed=seed, cache=cache, out=out, progress=progress, threads=threads,
+                       replay=replay).profile
 
 
 def run_profile(model_dir: str | os.PathLike, *, evaluator: Any = None, data: str | os.PathLike | None = None,
                 formats: Sequence[str] | None = None, sparsity: Sequence[tuple[str, float]] | None = None,
                 sparsity_method: str = "wanda", block_drop: bool = True, samples: int | None = None,
                 seq_len: int | None = None, device: str = "cpu", seed: int = 0, cache: bool = True,
-                out: str | os.PathLike | None = None, progress: bool = False) -> ProfileOutcome:
+                out: str | os.PathLike | None = None, progress: bool = False, threads: int | None = None,
+                replay: bool = True) -> ProfileOutcome:
     """:func:`profile`, returning the :class:`ProfileOutcome` (path, cache hit, notes)."""
     from executors.evaluate import check_evaluation_data, get_evaluator
     from executors.evaluate.base import fingerprint
@@ -106,6 +129,8 @@ def run_profile(model_dir: str | os.PathLike, *, evaluator: Any = None, data: st
     out_path = Path(out).expanduser() if out is not None else None
     if out_path is not None and out_path.exists():
         raise InvalidRequestError(f"--out {out}: the file exists; profiles are never overwritten, choose another path.")
+    if threads is not None and not (isinstance(threads, int) and 1 <= threads <= 1024):
+        raise InvalidRequestError(f"--threads {threads}: use a positive number of threads.")
     if sparsity_method not in ("wanda", "magnitude"):
         raise InvalidRequestError(f"sparsity_method {sparsity_method!r}: use 'wanda' or 'magnitude'.")
     chosen = get_evaluator(evaluator, kind, data=data)
@@ -128,11 +153,28 @@ def run_profile(model_dir: str | os.PathLike, *, evaluator: Any = None, data: st
             path.unlink()
         else:
             return ProfileOutcome(found, path, cached=True, out=_copy_out(found, out_path), notes=notes)
-    measured = _measure(root, kind, config, chosen, options, block_drop, settings, progress)
+    with _threads(threads):
+        measured = _measure(root, kind, config, chosen, options, block_drop, settings, progress, notes, replay=replay)
     if path.exists():  # cache=False re-measured: the fresh profile replaces the cached one
         path.unlink()
     measured.save(path)
     return ProfileOutcome(measured, path, cached=False, out=_copy_out(measured, out_path), notes=notes)
+
+
+@contextlib.contextmanager
+def _threads(count: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to ``count`` for the block (None: torch's count, lowered to the cores
+    other processes leave idle, :func:`executors.environment.idle_threads`)."""
+    from executors._imports import import_torch
+    from executors.environment import idle_threads
+
+    torch = import_torch()
+    before = torch.get_num_threads()
+    torch.set_num_threads(count if count is not None else idle_threads(before))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _copy_out(found: SensitivityProfile, out_path: Path | None) -> Path | None:
@@ -145,6 +187,8 @@ def _format_options(formats: Sequence[str] | None, notes: list[str]) -> list[str
 
     explicit = formats is not None
     chosen = list(DEFAULT_FORMATS if formats is None else formats)
+    if chosen == ["all"]:
+        explicit, chosen = False, _profilable()
     out = []
     for fmt in chosen:
         if fmt not in WEIGHT_FORMATS:
@@ -152,15 +196,16 @@ def _format_options(formats: Sequence[str] | None, notes: list[str]) -> list[str
 
             raise InvalidRequestError(f"unknown weight format {fmt!r}.{did_you_mean(fmt, list(WEIGHT_FORMATS))} "
                                       f"Profilable: {', '.join(_profilable())}.")
-        if fmt in ("fp32", "fp16", "bf16"):
-            raise InvalidRequestError(f"format {fmt!r} is a plain dtype, not a compression option; profilable: "
-                                      f"{', '.join(_profilable())}.")
+        if fmt == PROFILE_DTYPE:
+            raise InvalidRequestError(f"format {fmt!r}: the profile measures against the model loaded in "
+                                      f"{PROFILE_DTYPE}, so it changes nothing; profilable: {', '.join(_profilable())}.")
         if fmt in UNSUPPORTED_FORMATS or fmt not in runnable_formats():
             raise UnsupportedError(f"weight format {fmt!r} cannot run here: "
                                    f"{UNSUPPORTED_FORMATS.get(fmt, 'no executor for it')}.")
         if fmt.startswith("hqq-") and not _has_hqq():
             if explicit:
-                raise UnsupportedError(f"format {fmt!r} needs the hqq package: pip install 'fitplan[exec]'.")
+                raise UnsupportedError(f"format {fmt!r} needs the hqq package: pip install hqq (from a fitplan "
+                                       f"checkout: pip install \".[exec]\").")
             notes.append(f"{fmt} skipped: the hqq package is not installed")
             continue
         out.append(fmt)
@@ -170,7 +215,7 @@ def _format_options(formats: Sequence[str] | None, notes: list[str]) -> list[str
 def _profilable() -> list[str]:
     from executors.steps.quantize import runnable_formats
 
-    return [f for f in runnable_formats() if f not in ("fp32", "fp16", "bf16")]
+    return [f for f in runnable_formats() if f != PROFILE_DTYPE]
 
 
 def _has_hqq() -> bool:
@@ -247,28 +292,69 @@ def _seq_len(evaluator: Any) -> int | None:
 
 # -- measuring ---------------------------------------------------------------------------------------
 def _measure(root: Path, kind: str, config: dict, evaluator: Any, options: list[str], block_drop: bool,
-             settings: ProfileSettings, show_progress: bool) -> SensitivityProfile:
+             settings: ProfileSettings, show_progress: bool, notes: list[str] | None = None, *,
+             replay: bool = True) -> SensitivityProfile:
+    """Measure every (block, group, option) entry and every block drop (see the module docstring).
+
+    ``replay``: evaluations start at the changed block from the intact model's recorded block outputs
+    (:mod:`executors.replay`; the scores equal full evaluations'); False evaluates the whole model each time.
+    """
     from executors._imports import import_torch
     from executors.evaluate.base import retained_fraction
     from executors.loading import load_model, resolve_device
+    from executors.replay import BlockReplay, ReplayMismatch
 
+    notes = notes if notes is not None else []
     torch = import_torch()
     torch.manual_seed(settings.seed)
     start = time.monotonic()
     device = resolve_device(settings.device or "cpu")
     loaded = load_model(root, device=device)
     model, tokenizer = loaded.model, loaded.tokenizer
+    load_seconds = time.monotonic() - start
     groups = _block_groups(model)
+    blocks = _blocks(model)
     n_blocks = len(groups)
-    reference = evaluator.reference(model, tokenizer)
+    began = time.monotonic()
+    recorder = BlockReplay(blocks, max_bytes=_replay_budget()) if replay and n_blocks > 1 else None
+    with recorder.recording() if recorder is not None else contextlib.nullcontext():
+        reference = evaluator.reference(model, tokenizer)
+    if recorder is not None and not recorder.starts:
+        notes.append(f"block outputs exceed the replay budget ({_replay_budget() / 2**20:.0f} MiB): every "
+                     f"evaluation runs the whole model")
+        recorder = None
+    reference_seconds = time.monotonic() - began
     checksum = _checksum(model)
+    began = time.monotonic()
     norms = _wanda_norms(model, loaded, groups, settings) if any(o.startswith("sparsity:") for o in options) \
         and settings.sparsity_method == "wanda" else {}
+    calibration_seconds = time.monotonic() - began
+    spent = {"apply": 0.0, "evaluate": 0.0, "evaluations": 1, "passes": 0, "replayed": 0}
 
     def retained(score: float) -> float:
         value = 100.0 * retained_fraction(score, reference.value, evaluator.higher_is_better)
         return value if value == value and value > MIN_RETAINED_PCT else MIN_RETAINED_PCT  # NaN / <= 0: floor
 
+    def score(block: int) -> float:
+        """The evaluator's score of the model as it is now, whose first change is in ``block``."""
+        nonlocal recorder
+        began, calls_before = time.monotonic(), calls[0]
+        first = recorder.start_for(block) if recorder is not None else 0
+        try:
+            with recorder.starting_at(first) if first else contextlib.nullcontext():
+                value = evaluator.evaluate(model, tokenizer, reference).value
+        except ReplayMismatch as error:  # the evaluator is not repeatable call by call: evaluate in full
+            notes.append(f"replay disabled ({error}); every evaluation runs the whole model")
+            recorder, first = None, 0
+            value = evaluator.evaluate(model, tokenizer, reference).value
+        spent["evaluate"] += time.monotonic() - began
+        spent["evaluations"] += 1
+        spent["passes"] += (calls[0] - calls_before) * n_blocks
+        spent["replayed"] += (calls[0] - calls_before) * first
+        return value
+
+    calls = [0]  # forward calls of the first block (replayed or not): block passes = calls x blocks
+    counter = blocks[0].register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
     entries: list[ProfileEntry] = []
     drops: list[BlockDrop] = []
     work = [(b, g, o) for b in range(n_blocks) for g in ("attention", "mlp") if groups[b][g] for o in options]
@@ -276,24 +362,34 @@ def _measure(root: Path, kind: str, config: dict, evaluator: Any, options: list[
     with _progress(show_progress, total, f"profiling {root.name}") as advance:
         for block, group, option in work:
             began = time.monotonic()
+            value = None
             with _applied(model, groups[block][group], option, settings.sparsity_method, norms, device) as ok:
-                score = evaluator.evaluate(model, tokenizer, reference).value if ok else None
-            if score is not None:
-                entries.append(ProfileEntry(block=block, group=group, option=option, retained_pct=retained(score),
+                spent["apply"] += time.monotonic() - began
+                if ok:
+                    value = score(block)
+                applied_until = time.monotonic()
+            spent["apply"] += time.monotonic() - applied_until  # restoring
+            if value is not None:
+                entries.append(ProfileEntry(block=block, group=group, option=option, retained_pct=retained(value),
                                             seconds=round(time.monotonic() - began, 4)))
-            advance()
+            advance(f"block {block} {group} {option}")
         if block_drop:
-            blocks = _blocks(model)
             for block in range(n_blocks):
                 began = time.monotonic()
                 with _dropped(blocks[block]):
-                    score = evaluator.evaluate(model, tokenizer, reference).value
-                drops.append(BlockDrop(block=block, retained_pct=retained(score),
+                    value = score(block)
+                drops.append(BlockDrop(block=block, retained_pct=retained(value),
                                        seconds=round(time.monotonic() - began, 4)))
-                advance()
+                advance(f"block {block} dropped")
+    counter.remove()
     if _checksum(model) != checksum:
         raise RuntimeError("profiling changed the model's weights (a restore failed); the profile is discarded.")
     family = metric_family(evaluator.metric) or metric_family(evaluator.name) or "accuracy"
+    cost = ProfileCost(evaluations=spent["evaluations"], load_seconds=round(load_seconds, 3),
+                       reference_seconds=round(reference_seconds, 3),
+                       calibration_seconds=round(calibration_seconds, 3), apply_seconds=round(spent["apply"], 3),
+                       evaluate_seconds=round(spent["evaluate"], 3), block_passes=spent["passes"],
+                       block_passes_replayed=spent["replayed"], threads=torch.get_num_threads())
     return SensitivityProfile(
         model=ProfileModel(name=config.get("_name_or_path") or root.resolve().name,
                            family=str(config.get("model_type", "unknown")), fingerprint=model_fingerprint(config),
@@ -302,7 +398,14 @@ def _measure(root: Path, kind: str, config: dict, evaluator: Any, options: list[
                                    data_fingerprint=evaluator.key(), baseline=float(reference.value)),
         settings=settings.model_copy(update={"device": device}), entries=tuple(entries), block_drop=tuple(drops),
         created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        total_seconds=round(time.monotonic() - start, 3))
+        total_seconds=round(time.monotonic() - start, 3), cost=cost)
+
+
+def _replay_budget() -> int:
+    """Bytes of recorded block outputs the replay may keep: a tenth of the available memory, at most 1 GiB."""
+    import psutil
+
+    return int(min(REPLAY_MAX_BYTES, psutil.virtual_memory().available * REPLAY_MEMORY_FRACTION))
 
 
 def _block_groups(model: Any) -> list[dict[str, list[str]]]:
@@ -457,7 +560,7 @@ def _quiet() -> Iterator[None]:
 def _progress(enabled: bool, total: int, description: str) -> Iterator[Any]:
     """A rich progress bar on stderr (or nothing); yields ``advance()``."""
     if not enabled:
-        yield lambda: None
+        yield lambda _done=None: None
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
@@ -466,4 +569,8 @@ def _progress(enabled: bool, total: int, description: str) -> Iterator[Any]:
                   TimeElapsedColumn(), TimeRemainingColumn(), console=Console(file=sys.stderr),
                   transient=True) as bar:
         task = bar.add_task(description, total=total)
-        yield lambda: bar.advance(task)
+
+        def advance(done: str | None = None) -> None:
+            bar.update(task, advance=1, description=f"{description}: {done}" if done else description)
+
+        yield advance

@@ -19,6 +19,10 @@ _LAZY = {
     "SearchSpace": "search.space",
     "default_space": "search.space",
     "OBJECTIVES": "search.objective",
+    "execute_jobs": "search.execution",
+    "run_worker": "search.execution",
+    "ExecutionJob": "search.execution",
+    "Measurement": "search.execution",
 }
 
 __all__ = sorted(_LAZY)

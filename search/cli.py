@@ -11,7 +11,8 @@ import argparse
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the search package's commands to the ``fitplan`` parser (order = order in ``fitplan --help``)."""
-    from search import commands, lab_cli
+    from search import commands, lab_cli, worker
 
-    for add in (commands.register_search, commands.register_results, commands.register_report, lab_cli.register):
+    for add in (commands.register_search, commands.register_results, commands.register_report, worker.register,
+                lab_cli.register):
         add(subparsers)

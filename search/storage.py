@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from planner.errors import InvalidRequestError
 
@@ -55,8 +55,15 @@ def _connect_args(url: str) -> dict:
     return {}
 
 
-def open_storage(storage: str | Path | None) -> "optuna.storages.RDBStorage":
-    """An Optuna RDB storage for ``storage``, checked to be reachable (raises StorageError otherwise)."""
+def open_storage(storage: str | Path | None, *, exclusive_sqlite: bool = False,
+                 **rdb_options: Any) -> "optuna.storages.RDBStorage":
+    """An Optuna RDB storage for ``storage``, checked to be reachable (raises StorageError otherwise).
+
+    ``rdb_options`` go to ``optuna.storages.RDBStorage`` (e.g. ``heartbeat_interval``, ``grace_period``,
+    ``heartbeat_stale_trial_callback``). ``exclusive_sqlite``: on SQLite, every transaction takes the
+    write lock when it begins (see :func:`_exclusive_sqlite`); needed wherever several workers pop
+    enqueued trials.
+    """
     import optuna
     import sqlalchemy
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
@@ -88,9 +95,11 @@ def open_storage(storage: str | Path | None) -> "optuna.storages.RDBStorage":
     # (a unique-constraint error on the schema version) and only has to open the storage again.
     for attempt in range(5):
         try:
-            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **rdb_options)
             if url.startswith("sqlite"):
                 _fast_sqlite(storage)
+                if exclusive_sqlite:
+                    _exclusive_sqlite(storage)
             return storage
         except SQLAlchemyError as error:
             if attempt == 4:
@@ -116,6 +125,29 @@ def _fast_sqlite(storage: "optuna.storages.RDBStorage") -> None:
 
     event.listen(storage.engine, "connect", pragmas)
     storage.engine.dispose()  # connections opened while creating the schema get the pragmas on reconnect
+
+
+def _exclusive_sqlite(storage: "optuna.storages.RDBStorage") -> None:
+    """Begin every transaction with ``BEGIN IMMEDIATE`` (SQLAlchemy's recipe for pysqlite transactions).
+
+    Optuna pops an enqueued trial by reading it ``FOR UPDATE`` and setting it RUNNING only if it is still
+    WAITING. SQLite ignores ``FOR UPDATE`` and pysqlite runs the read outside any transaction, so two
+    workers can both see WAITING and both take the trial: measured here, 4 threads or 4 processes popping
+    300 enqueued trials took 19-22 trials twice. Taking the write lock at ``BEGIN`` makes the read and
+    the update one serialised step: 0 duplicates in the same test. PostgreSQL's row lock already does
+    this (0 duplicates without the change).
+    """
+    from sqlalchemy import event
+
+    def autocommit_driver(connection, _record) -> None:
+        connection.isolation_level = None  # pysqlite emits no BEGIN of its own; the listener below does
+
+    def begin_immediate(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    event.listen(storage.engine, "connect", autocommit_driver)
+    event.listen(storage.engine, "begin", begin_immediate)
+    storage.engine.dispose()
 
 
 def _redacted(url: str) -> str:

@@ -107,3 +107,18 @@ def start_postgres(directory: Path) -> tuple[str, Callable[[], None]]:
         stop()
         raise ServiceUnavailable(f"createdb failed: {createdb.stderr.strip()[-300:]}")
     return f"postgresql://{role}@127.0.0.1:{port}/fitplan", stop
+
+
+def postgres_or_skip(directory: Path):
+    """``start_postgres`` for a pytest fixture: skip with the reason where no server can start, fail instead
+    under ``FITPLAN_REQUIRE_POSTGRES=1``. Yields the URL; stops the server after."""
+    import pytest
+
+    try:
+        url, stop = start_postgres(directory)
+    except ServiceUnavailable as error:
+        if os.environ.get(REQUIRE_ENV) == "1":
+            pytest.fail(f"PostgreSQL is required here ({REQUIRE_ENV}=1) but could not start: {error}")
+        pytest.skip(f"no PostgreSQL server can be started on this machine: {error}")
+    yield url
+    stop()

@@ -117,7 +117,7 @@ def test_profiling_leaves_the_weights_as_they_were(tiny):
     model = load_model(tiny).model
     before = {k: v.clone() for k, v in model.state_dict().items()}
     groups = _block_groups(model)
-    for option in ("nf4", "hqq-int4", "sparsity:unstructured:0.5"):
+    for option in ("bf16", "nf4", "hqq-int4", "sparsity:unstructured:0.5"):
         with _applied(model, groups[0]["mlp"], option, "magnitude", {}, "cpu") as ok:
             assert ok
             changed = model.model.layers[0].mlp.down_proj
@@ -189,3 +189,259 @@ def test_cli_prints_the_profile_and_refuses_mistakes(tiny, outcome, tmp_path, ca
     assert "nf4" in capsys.readouterr().err  # the close match
     assert main(["profile", str(tiny), "--sparsity", "heads"]) == 2
     assert main(["profile", str(tiny), "--formats", "gptq-int4"]) == 2
+    assert main(["profile", str(tiny), "--threads", "0"]) == 2
+    assert "--threads 0" in capsys.readouterr().err
+    assert main(["profile", str(tiny), "--formats", "fp32"]) == 2
+    assert "loaded in fp32" in capsys.readouterr().err
+
+
+# -- the fast path: replayed block outputs, threads, cost ----------------------------------------------
+def test_replayed_entries_equal_whole_model_evaluations(tiny, outcome):
+    """The default path starts each evaluation at the changed block from the intact model's recorded
+    outputs; evaluating the whole model every time (the original path) gives the same numbers."""
+    from executors.evaluate import get_evaluator
+    from executors.loading import read_config
+    from executors.profiling import _format_options, _measure, _sized, _sparsity_options
+
+    p = outcome.profile
+    assert p.cost is not None and p.cost.block_passes_replayed > 0  # block 1's entries skipped block 0
+    assert p.cost.evaluations == p.n_measurements + 1 and p.cost.evaluate_seconds > 0
+    evaluator = _sized(get_evaluator("perplexity", "causal-lm"), 2, 32)
+    options = _format_options(["hqq-int4", "nf4"], []) + _sparsity_options([("2:4", 0.5)])
+    full = _measure(tiny, "causal-lm", read_config(tiny), evaluator, options, True, p.settings, False, [],
+                    replay=False)
+    assert full.cost.block_passes_replayed == 0
+    for e in full.entries:
+        assert p.effect(e.block, e.group, e.option) == pytest.approx(e.retained_pct, rel=1e-9, abs=1e-9)
+    assert [d.retained_pct for d in full.block_drop] == pytest.approx([d.retained_pct for d in p.block_drop],
+                                                                      rel=1e-9)
+
+
+def test_an_hqq_entry_equals_the_quantize_step_applied_by_hand(tiny, outcome):
+    import torch
+
+    from executors.loading import load_model
+    from executors.steps.hqq import hqq_linear
+
+    loaded = load_model(tiny)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    baseline = _perplexity(model, tokenizer)
+    attention = model.model.layers[1].self_attn
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        setattr(attention, name, hqq_linear(getattr(attention, name), "hqq-int4", torch.float32, "cpu")[0])
+    measured = 100 * baseline / _perplexity(model, tokenizer)
+    assert measured != pytest.approx(100.0, abs=1e-6)
+    assert outcome.profile.effect(1, "attention", "hqq-int4") == pytest.approx(measured, rel=1e-5)
+
+
+def _linear_stack(width=8, depth=3):
+    import torch
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(*(torch.nn.Linear(width, width) for _ in range(depth)))
+
+
+def test_replay_is_exact_guarded_and_within_its_memory_budget():
+    import torch
+
+    from executors.replay import BlockReplay, ReplayMismatch
+
+    stack = _linear_stack()
+    batches = [torch.randn(4, 8), torch.randn(2, 8)]
+
+    def run():
+        with torch.no_grad():
+            return [stack(b) for b in batches]
+
+    replay = BlockReplay(list(stack), max_bytes=10**6)
+    with replay.recording():
+        expected = run()
+    assert replay.starts == [1, 2] and replay.calls == 2
+    calls = []
+    handle = stack[0].register_forward_hook(lambda *_: calls.append(1))
+    for start in (1, 2):
+        with replay.starting_at(start):
+            got = run()
+        assert all(torch.equal(a, b) for a, b in zip(got, expected))
+    handle.remove()
+    assert len(calls) == 4 and type(stack[0]).forward is torch.nn.Linear.forward and "forward" not in vars(stack[0])
+    with torch.no_grad():  # a change in the last block shows
+        saved = stack[2].weight.clone()
+        stack[2].weight.mul_(2)
+        with replay.starting_at(2):
+            changed = run()
+        stack[2].weight.copy_(saved)
+    assert not torch.equal(changed[0], expected[0])
+    # other inputs than recorded, or another number of calls: refused, never a wrong score
+    with pytest.raises(ReplayMismatch, match="input differs"), replay.starting_at(1), torch.no_grad():
+        stack(torch.zeros(4, 8))
+    with pytest.raises(ReplayMismatch, match="1 forward calls"), replay.starting_at(1), torch.no_grad():
+        stack(batches[0])
+    assert "forward" not in vars(stack[0])  # restored after a failure too
+    # a budget for block 0's inputs and one start point's outputs keeps the later start point (a change in
+    # block 1 then runs the whole stack, one in block 2 starts there: still exact)
+    small = BlockReplay(list(stack), max_bytes=2 * 6 * 8 * 4)
+    with small.recording():
+        run()
+    assert small.starts == [2] and small.start_for(1) == 0 and small.start_for(2) == 2
+    assert small.recorded_bytes == 2 * 6 * 8 * 4
+    with small.starting_at(2):
+        assert all(torch.equal(a, b) for a, b in zip(run(), expected))
+    none = BlockReplay(list(stack), max_bytes=0)
+    with none.recording():
+        run()
+    assert none.starts == [] and none.start_for(2) == 0
+
+
+_DRIFT = {"passes": 0}
+
+
+def drifting_score(model, tokenizer):
+    """A user metric whose first pass (the reference) scores two windows and every later pass one."""
+    import torch
+
+    from executors.evaluate.perplexity import windows_perplexity
+
+    _DRIFT["passes"] += 1
+    torch.manual_seed(0)
+    windows = torch.randint(0, len(tokenizer), (2, 16))
+    return 1.0 / windows_perplexity(model, windows[: 2 if _DRIFT["passes"] == 1 else 1], 8)
+
+
+def test_an_evaluator_that_changes_its_batches_falls_back_to_whole_model_evaluations(tiny, cache):
+    """A user evaluator whose forward calls differ between passes cannot be replayed: the profile says so,
+    evaluates the whole model, and gets what the original path gets."""
+    from executors.profiling import run_profile
+
+    settings = dict(evaluator=drifting_score, formats=["int8"], sparsity=[], block_drop=False, cache=False)
+    _DRIFT["passes"] = 0
+    fast = run_profile(tiny, **settings)
+    assert any("replay disabled" in n for n in fast.notes) and len(fast.profile.entries) == 4
+    _DRIFT["passes"] = 0
+    full = run_profile(tiny, **settings, replay=False)
+    assert [e.retained_pct for e in fast.profile.entries] == pytest.approx([e.retained_pct for e in
+                                                                            full.profile.entries], rel=1e-9)
+
+
+def test_threads_follow_the_idle_cores(monkeypatch):
+    import os
+
+    from executors.environment import idle_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)
+    for load, wanted, expected in ((0.1, 2, 2), (0.8, 2, 1), (6.0, 2, 1), (0.0, 1, 1), (0.0, 8, 2)):
+        monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, load, load))
+        assert idle_threads(wanted) == expected
+
+
+def test_threads_are_set_while_profiling_and_restored(tiny, cache):
+    import torch
+
+    from executors.profiling import run_profile
+
+    before = torch.get_num_threads()
+    outcome = run_profile(tiny, formats=["int8"], sparsity=[], block_drop=False, samples=1, seq_len=16, threads=1)
+    assert outcome.profile.cost.threads == 1 and torch.get_num_threads() == before
+
+
+def test_default_options_cover_the_cpu_formats_and_refuse_the_loaded_dtype():
+    from executors.profiling import DEFAULT_FORMATS, _format_options, _profilable
+    from planner.errors import InvalidRequestError
+
+    assert {"bf16", "int8", "nf4", "fp4", "hqq-int8", "hqq-int4", "hqq-int3", "hqq-int2"} <= set(DEFAULT_FORMATS)
+    assert _format_options(["all"], []) == _profilable() and "fp32" not in _profilable()
+    assert _format_options(["bf16"], []) == ["bf16"]
+    with pytest.raises(InvalidRequestError, match="loaded in fp32"):
+        _format_options(["fp32"], [])
+
+
+def test_the_option_table_is_split_to_fit_80_columns():
+    import pandas as pd
+
+    from executors.cli.profile import _chunks, _short
+    from executors.profiling import DEFAULT_FORMATS
+    from planner.render import table_width
+
+    options = [_short(o) for o in (*DEFAULT_FORMATS, "dynamic-int8", "hqq-int4-g32", "sparsity:unstructured:0.25",
+                                   "sparsity:unstructured:0.5", "sparsity:2:4:0.5")]
+    assert len(set(options)) == len(options)
+    frame = pd.DataFrame([{"block": b, "group": "attn", **{o: 99.5 for o in options}} for b in range(24)])
+    chunks = _chunks(frame, options, 80, table_width)
+    assert [c for chunk in chunks for c in chunk] == options and len(chunks) > 1
+    assert all(table_width([5, 5, *(6 for _ in chunk)]) <= 80 for chunk in chunks)
+
+
+def test_default_options_cover_what_a_local_search_proposes(tiny, monkeypatch, tmp_path):
+    """Every weight format and unstructured level the search proposes on this CPU (search.space.executable_space)
+    is measured by a default profile, so the allocator and the planner find them all in it."""
+    import hardware_db.probe as probe
+    import planner.planning.local as local
+    from executors import minilm_dir
+    from executors.profiling import DEFAULT_FORMATS, DEFAULT_SPARSITY
+    from planner.models.resolve import get_model
+    from search.space import executable_space
+    from tests.test_local_target import PROBE
+    from tests.test_local_target import local as local_constraints
+
+    monkeypatch.setattr(probe, "probe_host", lambda: PROBE)  # a fixed host with bf16 matmuls
+    monkeypatch.setenv("FITPLAN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(local, "_has_nvidia_driver", lambda: False)
+    local.local_device.cache_clear()
+    try:
+        for model_dir in (tiny, minilm_dir()):
+            space = executable_space(get_model(model_dir), local_constraints(max_memory_gb=1))
+            assert set(space.weight_formats) - {"none"} <= set(DEFAULT_FORMATS)
+            assert "unstructured" in space.sparsity and "2:4" in space.sparsity and ("2:4", 0.5) in DEFAULT_SPARSITY
+            assert set(space.levels_for("unstructured")) <= {level for p, level in DEFAULT_SPARSITY if p == "unstructured"}
+    finally:
+        local.local_device.cache_clear()
+
+
+def _three_block_model(family):
+    import torch
+    import transformers
+
+    from tests.steps.test_family_matrix import FAMILIES
+
+    config = dict(FAMILIES[family])
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if key in config:
+            config[key] = 3
+    config = transformers.AutoConfig.for_model(**config)
+    torch.manual_seed(0)
+    if family == "bert":
+        return transformers.AutoModel.from_config(config).eval()
+    if family == "t5":
+        return transformers.T5ForConditionalGeneration(config).eval()
+    return transformers.AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3", "gemma2", "phi3", "gpt2", "gpt_neox", "falcon", "opt", "bert",
+                                    "t5"])
+def test_replay_is_exact_on_every_family(family):
+    """Whatever a family's blocks take and return (rotary embeddings, position biases, caches, tuples), the
+    replayed outputs equal the full forward's."""
+    import torch
+
+    from executors.replay import BlockReplay
+    from executors.steps.layout import ModelLayout
+
+    model = _three_block_model(family)
+    batches = [torch.randint(3, 100, (2, 12)), torch.randint(3, 100, (1, 9))]
+
+    def run():
+        out = []
+        with torch.no_grad():
+            for ids in batches:
+                extra = {"decoder_input_ids": ids[:, :5]} if family == "t5" else {}
+                output = model(input_ids=ids, **extra)
+                out.append(output.logits if hasattr(output, "logits") else output.last_hidden_state)
+        return out
+
+    replay = BlockReplay(ModelLayout(model).blocks, max_bytes=10**8)
+    with replay.recording():
+        expected = run()
+    assert replay.starts == [1, 2]
+    for start in replay.starts:
+        with replay.starting_at(start):
+            assert all(torch.equal(a, b) for a, b in zip(run(), expected))

@@ -15,7 +15,7 @@ import optuna
 import pytest
 
 from search.objective import trial_record
-from tests.services import REQUIRE_ENV, ServiceUnavailable, start_postgres
+from tests.services import postgres_or_skip
 
 ROOT = Path(__file__).resolve().parents[1]
 LLAMA = "meta-llama/Llama-3.1-8B"
@@ -24,14 +24,7 @@ WORKERS = 3
 
 @pytest.fixture(scope="module")
 def postgres_url(tmp_path_factory):
-    try:
-        url, stop = start_postgres(tmp_path_factory.mktemp("postgres"))
-    except ServiceUnavailable as error:
-        if os.environ.get(REQUIRE_ENV) == "1":
-            pytest.fail(f"PostgreSQL is required here ({REQUIRE_ENV}=1) but could not start: {error}")
-        pytest.skip(f"no PostgreSQL server can be started on this machine: {error}")
-    yield url
-    stop()
+    yield from postgres_or_skip(tmp_path_factory.mktemp("postgres"))
 
 
 def _search(storage: str, study: str, trials: int, seed: int, out: Path) -> subprocess.Popen:

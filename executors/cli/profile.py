@@ -18,6 +18,10 @@ EVAL_CHOICES = ("perplexity", "fidelity", "accuracy")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from executors.profiling import DEFAULT_FORMATS, DEFAULT_SPARSITY  # torch-free at import
+
+    sparsity = ",".join(f"{level:g}" if pattern == "unstructured" else pattern for pattern, level in DEFAULT_SPARSITY)
+
     parser = subparsers.add_parser(
         "profile", help="measure a local model's per-block sensitivity to each format and sparsity level",
         description="For each transformer block and module group (attention, mlp), apply each weight format "
@@ -30,10 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--eval-data", metavar="PATH", help="your evaluation data for --eval (text / JSONL for "
                         "perplexity, sentences for fidelity, CSV/JSONL with labels for accuracy)")
     parser.add_argument("--out", metavar="FILE", help="also write the profile JSON to FILE (never overwritten)")
-    parser.add_argument("--formats", metavar="LIST", help="comma-separated weight formats (default: int8,nf4,"
-                        "hqq-int4,hqq-int3,hqq-int2; hqq only when installed); 'none' = no formats")
+    parser.add_argument("--formats", metavar="LIST", help=f"comma-separated weight formats (default: "
+                        f"{','.join(DEFAULT_FORMATS)}; hqq only when installed); 'all' = every format the "
+                        f"executors run; 'none' = no formats")
     parser.add_argument("--sparsity", metavar="LIST", help="comma-separated unstructured levels and N:M patterns "
-                        "(default: 0.25,0.5,2:4); 'none' = no sparsity")
+                        f"(default: {sparsity}); 'none' = no sparsity")
     parser.add_argument("--sparsity-method", choices=("wanda", "magnitude"), default="wanda",
                         help="weight scores for sparsity (default wanda, as fitplan search)")
     parser.add_argument("--no-block-drop", action="store_true", help="skip the block-drop measurements")
@@ -43,6 +48,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(default 64)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     parser.add_argument("--no-cache", action="store_true", help="measure again even when a cached profile exists")
+    parser.add_argument("--threads", type=int, metavar="N", help="torch threads while profiling (default: torch's "
+                        "count lowered to the cores other processes leave idle, at least 1)")
+    parser.add_argument("--no-replay", action="store_true", help="evaluate the whole model for every entry instead "
+                        "of starting at the changed block from the intact model's recorded outputs (slower; the "
+                        "same scores)")
     add_format_flags(parser, csv=False)
     parser.set_defaults(func=run)
 
@@ -66,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
                           sparsity=parse_sparsity(",".join(sparsity)) if sparsity is not None else None,
                           sparsity_method=args.sparsity_method, block_drop=not args.no_block_drop,
                           samples=args.samples, seq_len=args.seq_len, device=args.device, cache=not args.no_cache,
+                          threads=args.threads, replay=not args.no_replay,
                           out=args.out, progress=args.output != "json" and sys.stderr.isatty())
     profile = outcome.profile
     if args.output == "json":
@@ -80,15 +91,16 @@ def run(args: argparse.Namespace) -> int:
 def print_profile(outcome) -> None:  # noqa: ANN001 - ProfileOutcome lives in executors
     import pandas as pd
 
+    from planner.render import console, table_width
+
     profile = outcome.profile
     ev = profile.evaluator
-    measured = sum(e.seconds for e in profile.entries) + sum(d.seconds for d in profile.block_drop)
-    cost = f"{profile.total_seconds:.1f} s ({profile.n_measurements} measurements, {measured:.1f} s evaluating)"
     head = [("model", f"{profile.model.name} ({profile.model.family}, {profile.model.num_blocks} blocks)"),
             ("evaluator", f"{ev.name}: {ev.metric}, baseline {ev.baseline:.4g}"),
             ("calibration", f"{profile.settings.samples} samples x {profile.settings.seq_len} tokens, sparsity "
                             f"{profile.settings.sparsity_method}, {profile.settings.device}"),
-            ("cost", cost + (f"; cached: reused (measured {profile.created})" if outcome.cached else ""))]
+            ("cost", (f"cached: reused, nothing measured now; measured {profile.created} in " if outcome.cached
+                      else "") + cost_line(profile))]
     head.append(("profile", str(outcome.path)))
     if outcome.out:
         head.append(("written to", str(outcome.out)))
@@ -97,21 +109,62 @@ def print_profile(outcome) -> None:  # noqa: ANN001 - ProfileOutcome lives in ex
     if options:
         rows: dict[tuple[int, str], dict] = {}
         for e in profile.entries:
-            group = "attn" if e.group == "attention" else e.group  # keeps ten columns within 80
+            group = "attn" if e.group == "attention" else e.group
             rows.setdefault((e.block, e.group), {"block": e.block, "group": group})[_short(e.option)] = e.retained_pct
         frame = pd.DataFrame(list(rows.values()))
-        print_frame(frame, "table", title="quality retained, % of the uncompressed model (one group changed)",
-                    formats={_short(o): "{:.2f}" for o in options})
+        chunks = _chunks(frame, [_short(o) for o in options], console().width, table_width)
+        for i, columns in enumerate(chunks):
+            part = f", {i + 1} of {len(chunks)}" if len(chunks) > 1 else ""
+            print_frame(frame[["block", "group", *columns]], "table",
+                        title=f"quality retained % (one group changed{part})",
+                        formats={c: "{:.2f}" for c in columns})
     if profile.block_drop:
-        frame = pd.DataFrame([{"block": d.block, "retained %": d.retained_pct} for d in profile.block_drop])
-        print_frame(frame, "table", title="block dropped (one-shot, no retraining)", formats={"retained %": "{:.2f}"})
+        column = "retained %, one-shot"
+        frame = pd.DataFrame([{"block": d.block, column: d.retained_pct} for d in profile.block_drop])
+        print_frame(frame, "table", title="block dropped (no retraining)", formats={column: "{:.2f}"})
     for note in outcome.notes:
         print(f"note: {note}")
 
 
+def cost_line(profile) -> str:  # noqa: ANN001 - SensitivityProfile
+    """What measuring the profile cost, in one line: wall time, evaluations and where the time went."""
+    evaluations = profile.n_measurements
+    text = f"{profile.total_seconds or 0:.1f} s ({evaluations} measurements"
+    cost = profile.cost
+    if cost is None:  # a profile written before the cost record existed
+        measured = sum(e.seconds for e in profile.entries) + sum(d.seconds for d in profile.block_drop)
+        return text + f", {measured:.1f} s evaluating)"
+    text += (f": evaluating {cost.evaluate_seconds:.1f} s, quantizing/masking {cost.apply_seconds:.1f} s, "
+             f"load {cost.load_seconds:.1f} s")
+    if cost.block_passes_replayed:
+        text += f"; {cost.block_passes_replayed / cost.block_passes:.0%} of block passes replayed"
+    return text + (f"; {cost.threads} thread{'s' if cost.threads > 1 else ''})" if cost.threads else ")")
+
+
+def _chunks(frame, columns: list[str], width: int, table_width) -> list[list[str]]:  # noqa: ANN001
+    """``columns`` split into consecutive runs of about equal size, each printed with block and group within
+    ``width`` characters."""
+    def natural(column: str) -> int:
+        cells = frame[column].map(lambda v: "-" if v != v else f"{v:.2f}") if column in columns else frame[column].astype(str)
+        return max(len(column), int(cells.str.len().max()))
+
+    fixed = [natural("block"), natural("group")]
+    widths = [natural(c) for c in columns]
+    for count in range(1, len(columns) + 1):
+        size = -(-len(columns) // count)
+        runs = [columns[i:i + size] for i in range(0, len(columns), size)]
+        spans = [widths[i:i + size] for i in range(0, len(columns), size)]
+        if all(table_width(fixed + span) <= width for span in spans):
+            return runs
+    return [[c] for c in columns]
+
+
 def _short(option: str) -> str:
-    """Column names that keep the table within 80 columns: 'sparsity:unstructured:0.5' -> 'u0.5'."""
+    """Column names that keep the table narrow: 'sparsity:unstructured:0.5' -> 'u0.5', 'hqq-int4' -> 'hqq4',
+    'dynamic-int8' -> 'dyn8'."""
     if option.startswith("sparsity:"):
         pattern, _, level = option[len("sparsity:"):].rpartition(":")
         return f"u{level}" if pattern == "unstructured" else pattern
-    return f"hqq{option.removeprefix('hqq-int')}" if option.startswith("hqq-int") else option
+    if option == "dynamic-int8":
+        return "dyn8"
+    return f"hqq{option.removeprefix('hqq-int').replace('-', '')}" if option.startswith("hqq-int") else option

@@ -47,7 +47,7 @@ def _hqq() -> Any:
     except ImportError as error:
         from executors._imports import ExecExtraMissingError
 
-        raise ExecExtraMissingError("HQQ formats need the hqq package: pip install 'fitplan[exec]' "
+        raise ExecExtraMissingError('HQQ formats need the hqq package: from a fitplan checkout, pip install ".[exec]" '
                                     "(or pip install hqq)") from error
     return quantize
 

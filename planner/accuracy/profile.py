@@ -23,7 +23,10 @@ File format (JSON, UTF-8; ``SensitivityProfile.save`` / ``SensitivityProfile.loa
         {"block": 0, "retained_pct": 61.0, "seconds": 3.2}
       ],
       "created": "2026-12-05T23:00:00Z",
-      "total_seconds": 812.5
+      "total_seconds": 812.5,
+      "cost": {"evaluations": 198, "load_seconds": 2.1, "reference_seconds": 0.4,
+               "calibration_seconds": 0.3, "apply_seconds": 9.8, "evaluate_seconds": 31.0,
+               "block_passes": 1188, "block_passes_replayed": 540, "threads": 2}   # optional
     }
 
 - ``group``: ``attention`` or ``mlp`` (the module groups of :class:`~planner.strategy.QuantizationSpec`);
@@ -31,7 +34,11 @@ File format (JSON, UTF-8; ``SensitivityProfile.save`` / ``SensitivityProfile.loa
   ``sparsity:<pattern>:<level>`` (``sparsity:unstructured:0.5``, ``sparsity:2:4:0.5``);
 - ``retained_pct``: the evaluator's quality retained, % of the unmodified model (as the executors
   report it: baseline/compressed for lower-is-better metrics);
-- ``seconds``: what measuring the entry cost (the search uses it to budget new profiles).
+- ``seconds``: what measuring the entry cost (the search uses it to budget new profiles);
+- ``cost`` (optional): where the measuring time went: loading the model, the reference pass, the
+  sparsity calibration pass, applying the options (quantizing / masking) and evaluating; the number of
+  evaluator passes, and of block forward passes needed vs replayed from the intact model's recorded
+  outputs instead of recomputed (``executors.replay``).
 """
 
 from __future__ import annotations
@@ -128,6 +135,20 @@ class BlockDrop(_Profile):
     seconds: float = Field(0.0, ge=0)
 
 
+class ProfileCost(_Profile):
+    """What measuring a profile cost (seconds are wall time on the profiling machine)."""
+
+    evaluations: int = Field(ge=0, description="evaluator passes, reference included")
+    load_seconds: float = Field(0.0, ge=0)
+    reference_seconds: float = Field(0.0, ge=0, description="the intact model's pass (and its recording)")
+    calibration_seconds: float = Field(0.0, ge=0, description="Wanda's input norms")
+    apply_seconds: float = Field(0.0, ge=0, description="quantizing / masking / restoring the groups")
+    evaluate_seconds: float = Field(0.0, ge=0, description="evaluator passes after the reference")
+    block_passes: int = Field(0, ge=0, description="block forward calls a full evaluation of every entry needs")
+    block_passes_replayed: int = Field(0, ge=0, description="of those, replayed from the recording")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads")
+
+
 class SensitivityProfile(_Profile):
     """A model's measured per-block sensitivities (see the module docstring for the JSON)."""
 
@@ -140,6 +161,7 @@ class SensitivityProfile(_Profile):
     block_drop: tuple[BlockDrop, ...] = ()
     created: str | None = None
     total_seconds: float | None = Field(None, ge=0)
+    cost: ProfileCost | None = None
 
     @field_validator("version")
     @classmethod
