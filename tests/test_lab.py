@@ -185,3 +185,21 @@ def test_a_rerun_resumes_every_step_and_executes_nothing_again(full_lab, capsys)
     assert "analysis: resumed" in printed and "implementation: resumed" in printed
     assert "validation: resumed" in printed
     assert sorted(p.name for p in (out / "runs").glob("*/*") if p.is_dir()) == runs_before
+
+
+def test_a_gpu_target_measured_on_this_cpu_searches_only_formats_its_engine_runs(minilm):
+    """The seed's --deployment-target cloud_inference (vLLM on an L4), executed here on a CPU: the space
+    holds formats both the executors run here and vLLM runs on the L4 (otherwise every trial fails)."""
+    import hardware_db
+    from planner.formats import get_format
+    from planner.memory.devices import format_support
+    from planner.models.resolve import get_model
+    from planner.planning.constraints import Constraints
+    from search.space import executable_space
+
+    constraints = Constraints(max_memory_gb=16, max_accuracy_loss=5, deployment_target="cloud_inference")
+    space = executable_space(get_model(minilm), constraints, "cpu")
+    l4 = hardware_db.get("L4")
+    formats = [f for f in space.weight_formats if f != "none"]
+    assert formats and all(format_support(get_format(f), l4, "vllm").supported is not False for f in formats)
+    assert "nf4" not in formats  # bitsandbytes runs here but vLLM does not run it
