@@ -2,7 +2,11 @@
 
 ``fitplan search MODEL [constraint flags of plan] --trials N [--sampler S] [--storage URL] [--study NAME]
 [--out DIR]`` writes the ranked table (CSV, JSON, Markdown) and the Pareto plots (PNG, HTML) into DIR and
-prints the top of the table. ``fitplan results --storage URL --study NAME [--out DIR]`` rebuilds the same
+prints the top of the table. With ``--execute-top K [--rounds R] [--workers W] [--eval NAME]
+[--eval-data FILE] [--calibration DIR] [--device D]`` on a model directory it runs the closed loop
+(search.loop): K candidates per round executed for real (runs under DIR/runs), the predictions refined
+from them (calibration store DIR/calibration unless --calibration), predicted next to measured columns
+and the predictor's quality per round. ``fitplan results --storage URL --study NAME [--out DIR]`` rebuilds the same
 from the study alone. The CLI's default storage is ``sqlite:///fitplan.db`` in the working directory.
 """
 
@@ -17,6 +21,12 @@ DEFAULT_OUT = "fitplan-search"
 # Columns printed in the terminal, most important first; the rest are in the files (--out) and --json.
 SHOWN = (("rank", "#"), ("strategy", "strategy"), ("quality_retained_pct", "qual%"), ("basis", "basis"),
          ("memory_gib", "GiB"), ("speedup", "x"), ("usd_per_1m_tokens", "$/1M"), ("feasible", "ok"))
+# With measurements (closed loop): predicted next to measured; 'ok' = feasible, measured ones verified.
+SHOWN_MEASURED = (("rank", "#"), ("strategy", "strategy"), ("quality_retained_pct", "qual%"),
+                  ("measured_quality_retained_pct", "m.qual%"), ("memory_gib", "GiB"), ("measured_memory_gib", "m.GiB"),
+                  ("measured_status", "run"), ("feasible", "ok"))
+NUMERIC = ("quality_retained_pct", "memory_gib", "speedup", "usd_per_1m_tokens", "latency_ms",
+           "measured_quality_retained_pct", "measured_memory_gib")
 
 
 def add_storage_flags(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
@@ -49,14 +59,27 @@ def register_search(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--timeout", type=float, default=None, metavar="S", help="stop after S seconds")
     parser.add_argument("--profile", metavar="FILE", help="sensitivity profile JSON of this model: predictions on "
                         "the profile basis and per-block formats allocated exactly under sampled bit budgets")
-    parser.add_argument("--calibration", metavar="DIR", help="calibration store of measured results")
+    parser.add_argument("--calibration", metavar="DIR", help="calibration store of measured results (with "
+                        "--execute-top: also where the loop's measurements are added; default OUT/calibration)")
+    loop = parser.add_argument_group("closed loop (needs a model directory and the exec extra)")
+    loop.add_argument("--execute-top", type=int, default=0, metavar="K", help="per round, execute K candidates for "
+                      "real, refine the predictions from them and re-score (default 0: predictions only)")
+    loop.add_argument("--rounds", type=int, default=1, metavar="R", help="rounds of predict-execute-refine "
+                      "(default 1; --trials is split over them)")
+    loop.add_argument("--workers", type=int, default=1, metavar="W", help="executions at once (default 1)")
+    loop.add_argument("--eval", dest="evaluator", metavar="NAME", help="the executors' evaluator: perplexity, "
+                      "fidelity or accuracy (default: perplexity for causal LMs, fidelity for encoders)")
+    loop.add_argument("--eval-data", metavar="FILE", help="your evaluation data for --eval")
+    loop.add_argument("--device", default="auto", help="where candidates run: auto, cpu, cuda or cuda:N (default auto)")
     add_storage_flags(parser)
     parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output directory (default ./{DEFAULT_OUT})")
     parser.add_argument("--top", type=int, default=10, metavar="N", help="rows printed (default 10)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_format_flags(parser)
     # Errors of run_search name its keywords; the CLI prints the flag that set each one.
-    parser.set_defaults(func=run_search_command, field_flags={"n_trials": "--trials", "n_jobs": "--jobs"})
+    parser.set_defaults(func=run_search_command, field_flags={
+        "n_trials": "--trials", "n_jobs": "--jobs", "execute_top": "--execute-top", "eval_data": "--eval-data",
+        "calibration_dir": "--calibration", "out_dir": "--out", "model_dir": "MODEL"})
 
 
 def register_results(subparsers: argparse._SubParsersAction) -> None:
@@ -128,14 +151,28 @@ def run_search_command(args: argparse.Namespace) -> int:
         from planner.accuracy.profile import SensitivityProfile
 
         profile = SensitivityProfile.load(args.profile)
-    if args.calibration is not None:
-        from planner.accuracy.calibration import CalibrationStore
+    loop: dict = {}
+    if args.execute_top:
+        loop = {"execute_top": args.execute_top, "rounds": args.rounds, "workers": args.workers,
+                "evaluator": args.evaluator, "eval_data": args.eval_data, "device": args.device,
+                "out_dir": str(out) if out is not None else None, "calibration_dir": args.calibration}
+    else:
+        given = [flag for flag, used in (("--rounds", args.rounds != 1), ("--workers", args.workers != 1),
+                                         ("--eval", args.evaluator is not None),
+                                         ("--eval-data", args.eval_data is not None),
+                                         ("--device", args.device != "auto")) if used]
+        if given:
+            raise InvalidRequestError(f"{', '.join(given)} only apply with --execute-top K (the closed loop: K "
+                                      f"candidates executed for real per round).")
+        if args.calibration is not None:
+            from planner.accuracy.calibration import CalibrationStore
 
-        calibration = CalibrationStore.load(args.calibration)
+            calibration = CalibrationStore.load(args.calibration)
+    interactive = not args.no_progress and args.output == "table" and sys.stderr.isatty()
     result = run_search(args.model, constraints, n_trials=args.trials, sampler=args.sampler,
                         objectives=args.objectives, storage=args.storage, study_name=args.study, seed=args.seed,
                         n_jobs=args.jobs, timeout=args.timeout, profile=profile, calibration=calibration,
-                        progress=not args.no_progress and args.output == "table" and sys.stderr.isatty())
+                        progress=interactive or (bool(loop) and not args.no_progress), **loop)
     paths = result.write(out) if out is not None else {}
     _print(result, args, paths)
     return 130 if result.interrupted else 0
@@ -178,35 +215,73 @@ def _print(result, args: argparse.Namespace, paths: dict) -> None:  # noqa: ANN0
         print(result.to_csv(), end="")
         return
     top = result.table.head(args.top)
+    measured = len(result.table) and result.table["measured_status"].notna().any()
+    if measured:  # the measured rows first among the shown ones would hide the ranking: keep rank order,
+        top = result.table[(result.table.index < args.top) | result.table["measured_status"].notna()]
     columns = {}
-    shown = SHOWN
-    if result.request.get("constraints", {}).get("deployment_target") == "local":  # no price: the timed forward
+    shown = SHOWN_MEASURED if measured else SHOWN
+    local = result.request.get("constraints", {}).get("deployment_target") == "local"
+    if local and not measured:  # no price: the timed forward
         shown = tuple(("latency_ms", "ms") if column == "usd_per_1m_tokens" else (column, header)
                       for column, header in SHOWN)
     for column, header in shown:
         values = top[column].to_numpy() if column in top else np.array([])
-        if column in ("quality_retained_pct", "memory_gib", "speedup", "usd_per_1m_tokens", "latency_ms"):
+        if column in NUMERIC:
             values = np.array([np.nan if v is None else float(v) for v in values], dtype=float)
         elif column == "basis":  # "prior (42)" -> "prior": the count is in the files and --json
             values = np.array([str(v).split(" ")[0] for v in values], dtype=object)
+        elif column == "measured_status":  # "failed: <reason>" -> "failed": the reason is in why_not
+            values = np.array(["-" if not isinstance(v, str) else v.split(":")[0] for v in values], dtype=object)
         columns[header] = values
     state = "resumed" if result.resumed else "new"
     title = (f"{result.request.get('model')}: {len(result.table)} strategies from {result.n_trials} trials "
              f"({state} study {result.study_name})")
     feasible = int(result.table["feasible"].sum()) if len(result.table) else 0
     caption = f"{feasible} feasible; qual% = predicted quality retained; x = speedup; ok = feasible"
-    if shown is not SHOWN:
+    if measured:
+        caption = (f"{feasible} feasible; qual%, GiB predicted; m. = measured; run = real run; "
+                   f"ok = feasible (verified if run)")
+    elif local:
         caption += "; GiB = peak of the executors' run; ms = their timed forward"
     print_columns(columns, title=title, caption=caption,
-                  formats={"qual%": "{:.1f}", "GiB": "{:.2f}", "x": "{:.2f}", "$/1M": "{:.3g}", "ms": "{:,.0f}"})
+                  formats={"qual%": "{:.1f}", "GiB": "{:.2f}", "x": "{:.2f}", "$/1M": "{:.3g}", "ms": "{:,.0f}",
+                           "m.qual%": "{:.1f}", "m.GiB": "{:.3f}"})
+    if result.rounds:
+        _print_rounds(result.rounds)
+    failed = result.table[result.table["measured_status"].fillna("").str.startswith("failed")] if measured else []
+    for row in getattr(failed, "itertuples", lambda: [])():
+        print(f"failed for real (excluded): {row.strategy}: {row.measured_status.removeprefix('failed: ')}")
     best = result.best
     if best is None:
         misses = result.table.head(3)
         print("no feasible strategy; closest: " + "; ".join(f"{r.strategy}: {r.why_not}" for r in misses.itertuples()))
+    elif best.get("verified"):
+        print(f"recommended (verified): {best['strategy']} ({best['measured_quality_retained_pct']:.1f}% quality "
+              f"retained measured, predicted {best['quality_retained_pct']:.1f}%; {best['measured_memory_gib']:.3f} GiB "
+              f"measured){'' if result.best_is_verified else '; better-ranked candidates are not measured yet'}")
     else:
         print(f"recommended: {best['strategy']} ({best['quality_retained_pct']:.1f}% quality retained, "
-              f"{best['memory_gib']:.2f} GiB)")
+              f"{best['memory_gib']:.2f} GiB){' (predicted; not verified)' if measured else ''}")
     if result.interrupted:
         print("interrupted: every finished trial is saved; run the same command again to resume")
     for kind, path in paths.items():
         print(f"wrote {kind}: {path}")
+
+
+def _print_rounds(rounds) -> None:  # noqa: ANN001 - list[RoundReport]
+    """Predictor quality per round: the predictor that chose each round's candidates, scored on what
+    was measured from that round on (held out from its fit)."""
+    import numpy as np
+
+    def col(name: str) -> "np.ndarray":
+        return np.array([np.nan if getattr(r, name) is None else float(getattr(r, name)) for r in rounds], dtype=float)
+
+    columns = {"round": np.array([r.round for r in rounds]), "predictor": np.array([r.predictor for r in rounds],
+                                                                                     dtype=object),
+               "held": np.array([r.held_out for r in rounds]), "MAE": col("quality_loss_mae"),
+               "rho": col("quality_spearman"), "cover": col("quality_coverage"), "mem%": col("memory_error_pct"),
+               "lat%": col("latency_error_pct"), "runs": np.array([r.executed for r in rounds])}
+    print_columns(columns, title="predictor of each round, on what was measured from then on",
+                  caption="MAE: quality loss, points; rho: Spearman; cover: in 80% interval; mem%, lat%: "
+                          "median |error|",
+                  formats={"MAE": "{:.2f}", "rho": "{:.2f}", "cover": "{:.0%}", "mem%": "{:.1f}", "lat%": "{:.1f}"})

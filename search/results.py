@@ -2,10 +2,18 @@
 
 :class:`SearchResult` holds every trial as a DataFrame and the ranked trade-off table:
 
-``TABLE_COLUMNS`` (documented below) — rank 1 is the best feasible candidate: feasible candidates come
-first, ordered by Pareto layer (non-dominated sorting over the study's objectives) and then by the
-first objective; infeasible ones follow, least violating first. ``pareto`` is the first layer.
-Equal strategies proposed twice (several workers, or the sampler repeating itself) appear once.
+``TABLE_COLUMNS`` (documented in search.candidates) then ``MEASURED_COLUMNS`` (search.measured) — rank 1
+is the best feasible candidate: feasible candidates come first, ordered by Pareto layer (non-dominated
+sorting over the study's objectives) and then by the first objective; infeasible ones follow, least
+violating first. ``pareto`` is the first layer. Equal strategies proposed twice (several workers, or the
+sampler repeating itself) appear once.
+
+A closed-loop search (search.loop) adds, from the study's attributes: each strategy's latest (re-scored)
+prediction in place of the one its trial made; the measured columns; and measurements in the verdict:
+a candidate measured ok is ranked on its measured quality loss, memory and latency (the objectives that
+have a measured counterpart), is feasible when its measured figures satisfy the constraints (``verified``)
+and infeasible with the measured reason when they do not; a candidate whose run failed for real is kept
+with ``measured_status = "failed: <reason>"``, infeasible and ranked last, so it is never recommended.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict
 
 from search.candidates import TABLE_COLUMNS, table_row
+from search.measured import MEASURED_COLUMNS, RoundReport
 from search.objective import trial_record
 
 if TYPE_CHECKING:
@@ -42,6 +51,10 @@ class SearchResult(BaseModel):
     interrupted: bool = False
     resumed: bool = False
     evaluations: int = 0
+    rounds: list[RoundReport] = []  # closed loop: one report per round (search.measured.RoundReport)
+    # Per table row (by strategy_json): the objective values it is ranked on (measured where measured, in
+    # the objectives' own directions) and its constraint violation (0 = feasible; inf = failed for real).
+    ranking: dict[str, tuple[list[float], float]] = {}
 
     @property
     def pareto(self) -> "pd.DataFrame":
@@ -49,10 +62,25 @@ class SearchResult(BaseModel):
         return self.table[self.table["pareto"]]
 
     @property
+    def measured(self) -> "pd.DataFrame":
+        """The rows executed for real (ok or failed), in rank order."""
+        return self.table[self.table["measured_status"].notna()]
+
+    @property
     def best(self) -> dict[str, Any] | None:
-        """The rank-1 feasible candidate's row, or None when no trial is feasible."""
+        """The recommendation: the best *verified* candidate (measured, every constraint met) when one
+        exists, else the rank-1 feasible candidate (predicted only); None when nothing is feasible."""
         feasible = self.table[self.table["feasible"]]
-        return None if feasible.empty else feasible.iloc[0].to_dict()
+        if feasible.empty:
+            return None
+        verified = feasible[feasible["verified"].fillna(False).astype(bool)]
+        return (verified if not verified.empty else feasible).iloc[0].to_dict()
+
+    @property
+    def best_is_verified(self) -> bool:
+        """The top-ranked feasible candidate is verified: no unmeasured candidate is predicted better."""
+        feasible = self.table[self.table["feasible"]]
+        return not feasible.empty and bool(feasible.iloc[0]["verified"])
 
     # -- export -------------------------------------------------------------------------------------
 
@@ -65,7 +93,8 @@ class SearchResult(BaseModel):
     def to_json(self, path: str | Path | None = None) -> str:
         payload = {"study": self.study_name, "request": self.request, "objectives": list(self.objectives),
                    "trials": self.n_trials, "complete": self.n_complete, "failed": self.n_failed,
-                   "interrupted": self.interrupted, "table": _records(self.table)}
+                   "interrupted": self.interrupted, "rounds": [r.model_dump(mode="json") for r in self.rounds],
+                   "table": _records(self.table)}
         text = json.dumps(payload, indent=2, default=str)
         if path is not None:
             Path(path).write_text(text)
@@ -77,6 +106,8 @@ class SearchResult(BaseModel):
                  f"Model `{self.request.get('model')}`; objectives: {', '.join(self.objectives)}; "
                  f"{self.n_complete} of {self.n_trials} trials complete, {self.n_failed} failed.", "",
                  _markdown_table(frame)]
+        if self.rounds:
+            lines += ["", "## Predictor quality per round", "", _markdown_table(rounds_frame(self.rounds))]
         text = "\n".join(lines) + "\n"
         if path is not None:
             Path(path).write_text(text)
@@ -165,41 +196,125 @@ def _dominates(a: list[float], b: list[float]) -> bool:
     return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
 
 
+def rounds_frame(rounds: list[RoundReport]) -> "pd.DataFrame":
+    """The round reports as a table (one row per round)."""
+    import pandas as pd
+
+    return pd.DataFrame([r.model_dump() for r in rounds])
+
+
+def _limits(request: dict[str, Any]) -> dict[str, float]:
+    """The active limits of the request's constraints ({} when they cannot be rebuilt)."""
+    from planner.errors import FitplanError
+    from planner.planning.constraints import Constraints
+
+    try:
+        return Constraints(**(request.get("constraints") or {})).active_limits()
+    except (FitplanError, ValueError, TypeError):
+        return {}
+
+
+def _measured_values(values: list[float], objectives: tuple[str, ...], measured: Any,
+                     baseline_latency_ms: float | None, same_device: bool) -> list[float]:
+    """Objective values with the measured figure where one exists (quality loss; memory, latency and
+    speedup when measured on the device the search plans for)."""
+    out = list(values)
+    for i, name in enumerate(objectives):
+        value = None
+        if name == "quality_loss" and measured.quality_retained_pct is not None:
+            value = 100.0 - measured.quality_retained_pct
+        elif not same_device:
+            continue
+        elif name == "memory_gib":
+            value = measured.memory_gib
+        elif name == "latency_ms":
+            value = measured.latency_ms
+        elif name == "speedup" and baseline_latency_ms and measured.latency_ms:
+            value = baseline_latency_ms / measured.latency_ms
+        if value is not None:
+            out[i] = value
+    return out
+
+
 def result_from_study(study: "optuna.Study", *, interrupted: bool = False, resumed: bool = False,
                       evaluations: int = 0) -> SearchResult:
-    """Rebuild the trials and the ranked table from the study's trials and user attributes."""
+    """Rebuild the trials and the ranked table from the study's trials and user attributes (with the
+    closed loop's re-scored predictions and measurements, see the module docstring)."""
     import optuna
     import pandas as pd
 
-    request = study.user_attrs.get("fitplan_request") or {}
+    from search.measured import (MEASURED_PREFIX, RESCORED_PREFIX, ROUND_ATTR, ROUNDS_KEY, MeasuredCandidate,
+                                 Rescored, digest, measured_checks, study_items)
+    from search.objective import strategy_key
+
+    attrs = study.user_attrs
+    request = attrs.get("fitplan_request") or {}
     objectives = tuple(request.get("objectives") or ())
     directions = tuple(d.name.lower() for d in study.directions)
+    signs = [1.0 if d == "minimize" else -1.0 for d in directions]
+    measured = study_items(attrs, MEASURED_PREFIX, MeasuredCandidate)
+    rescored = study_items(attrs, RESCORED_PREFIX, Rescored)
+    limits = _limits(request) if measured else {}
+    # Memory and speed measured on the device the search plans for (target local) verify those limits.
+    same_device = (request.get("constraints") or {}).get("deployment_target") == "local"
+    from planner.strategy import CompressionStrategy
+
+    baseline = measured.get(digest(strategy_key(CompressionStrategy())))
+    baseline_latency = baseline.latency_ms if baseline is not None and baseline.ok else None
     trial_rows, rows, seen = [], [], {}
     all_trials = study.get_trials(deepcopy=False)
     for trial in all_trials:
         record = trial_record(trial)
-        base = {"number": trial.number, "state": trial.state.name, "worker": record.get("worker"),
-                "error": trial.system_attrs.get("fail_reason")}
+        base = {"number": trial.number, "state": trial.state.name, "round": trial.user_attrs.get(ROUND_ATTR),
+                "worker": record.get("worker"), "error": trial.system_attrs.get("fail_reason")}
         if trial.values:
             base.update({f"objective_{name}": value for name, value in zip(objectives, trial.values)})
         prediction = record.get("prediction")
         row = table_row(prediction, record.get("violations") or []) if prediction else {}
         trial_rows.append({**base, **row})
-        if trial.state == optuna.trial.TrialState.COMPLETE and prediction:
-            key = record["strategy"]
-            if key in seen:
+        if trial.state != optuna.trial.TrialState.COMPLETE or not prediction:
+            continue
+        key = record["strategy"]
+        if key in seen:
+            continue
+        seen[key] = True
+        values = list(trial.values)
+        violation = sum(max(0.0, c) for c in (trial.constraints or {}).values())
+        latest = rescored.get(digest(key))
+        if latest is not None:
+            if latest.values is None:  # after refinement an objective became unknown: not rankable
                 continue
-            seen[key] = True
-            signs = [1.0 if d == "minimize" else -1.0 for d in directions]
-            rows.append({**row, "trial": trial.number, "_values": [s * v for s, v in zip(signs, trial.values)],
-                         "_violation": sum(max(0.0, c) for c in (trial.constraints or {}).values())})
+            row = table_row(latest.record["prediction"], latest.record.get("violations") or [])
+            values, violation = list(latest.values), max(0.0, latest.violation)
+        row = {**row, **{column: None for column in MEASURED_COLUMNS}, "verified": False}
+        done = measured.get(digest(key))
+        if done is not None:
+            row.update(measured_quality_retained_pct=done.quality_retained_pct, measured_memory_gib=done.memory_gib,
+                       measured_latency_ms=done.latency_ms, measured_status=done.status_text, measured_run=done.run)
+            if not done.ok:
+                row.update(feasible=False, why_not=f"measured failed: {done.reason or 'unknown reason'}")
+                violation = math.inf
+            else:
+                values = _measured_values(values, objectives, done, baseline_latency, same_device)
+                current = latest.record if latest is not None else record
+                clauses = measured_checks(done, limits, baseline_latency,
+                                          predicted=current.get("constraint_values") or {}, row=row,
+                                          same_device=same_device)
+                row.update(verified=not clauses, feasible=not clauses, why_not="; ".join(clauses))
+                violation = 0.0 if row["verified"] else max(violation, 1.0)
+        rows.append({**row, "trial": trial.number, "_values": [s * v for s, v in zip(signs, values)],
+                     "_violation": violation})
     trials = pd.DataFrame(trial_rows)
+    ranking = {row["strategy_json"]: ([s * v for s, v in zip(signs, row["_values"])], row["_violation"])
+               for row in rows}
     table = _rank(rows)
     n_complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in all_trials)
     n_failed = sum(t.state == optuna.trial.TrialState.FAIL for t in all_trials)
+    rounds = [RoundReport.model_validate(r) for r in attrs.get(ROUNDS_KEY) or []]
     return SearchResult(study_name=study.study_name, request=request, objectives=objectives, directions=directions,
                         trials=trials, table=table, n_trials=len(all_trials), n_complete=n_complete,
-                        n_failed=n_failed, interrupted=interrupted, resumed=resumed, evaluations=evaluations)
+                        n_failed=n_failed, interrupted=interrupted, resumed=resumed, evaluations=evaluations,
+                        rounds=rounds, ranking=ranking)
 
 
 def _rank(rows: list[dict[str, Any]]) -> "pd.DataFrame":
@@ -218,6 +333,6 @@ def _rank(rows: list[dict[str, Any]]) -> "pd.DataFrame":
     ordered = feasible + infeasible
     for rank, row in enumerate(ordered, start=1):
         row["rank"] = rank
-    frame = pd.DataFrame(ordered, columns=[*TABLE_COLUMNS, "trial"]) if ordered else pd.DataFrame(
-        columns=[*TABLE_COLUMNS, "trial"])
+    columns = [*TABLE_COLUMNS, *MEASURED_COLUMNS, "trial"]
+    frame = pd.DataFrame(ordered, columns=columns) if ordered else pd.DataFrame(columns=columns)
     return frame.reset_index(drop=True)

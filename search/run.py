@@ -87,7 +87,10 @@ def run_search(model: Any, constraints: Any = None, *, space: SearchSpace | None
                sampler: str = "auto", objectives: Iterable[str] | str | None = None,
                storage: str | Path | None = None, study_name: str | None = None, seed: int | None = None,
                n_jobs: int = 1, timeout: float | None = None, profile: Any = None, calibration: Any = None,
-               progress: bool = False, metric: str | None = None) -> SearchResult:
+               progress: bool = False, metric: str | None = None, model_dir: str | Path | None = None,
+               execute_top: int = 0, rounds: int = 1, workers: int = 1, evaluator: str | None = None,
+               eval_data: str | Path | None = None, out_dir: str | Path | None = None,
+               calibration_dir: str | Path | None = None, device: str = "auto") -> SearchResult:
     """Search strategies for ``model`` under ``constraints``; returns the ranked trade-offs.
 
     ``storage``: None = in memory (Python) — the CLI defaults to ``sqlite:///fitplan.db``; a path or any
@@ -95,6 +98,16 @@ def run_search(model: Any, constraints: Any = None, *, space: SearchSpace | None
     the request, so the same call resumes the same study. ``n_trials``: the study's total budget.
     ``objectives``: None = ``search.objective.default_objectives`` (what the target can give). ``metric``:
     the evaluator or metric family quality is predicted on ('fidelity', 'perplexity'; default accuracy).
+
+    Closed loop (``execute_top=K > 0``, see :mod:`search.loop`): ``rounds`` rounds of predicted trials,
+    K candidates executed for real on ``model_dir`` (default: ``model`` when it is a directory) with the
+    executors' ``evaluator`` (name; default perplexity for causal LMs, fidelity for encoders; ``metric``
+    defaults to it) on ``eval_data`` (a file; default the evaluator's built-in data), ``workers`` at once
+    on ``device``, runs under ``out_dir/runs``; measurements refine the calibration store
+    ``calibration_dir`` (default ``out_dir/calibration``; a ``calibration`` store's own directory when one
+    is given) and every strategy is re-scored before the next round. The default space is what the
+    executors run on ``device`` (``search.space.executable_space``). The study needs a database execution
+    workers share: ``storage`` None means ``sqlite:///<out_dir>/search.db`` here. Needs the exec extra.
     """
     import optuna
 
@@ -107,19 +120,42 @@ def run_search(model: Any, constraints: Any = None, *, space: SearchSpace | None
     n_trials = int(_positive("n_trials", n_trials, MAX_TRIALS))
     n_jobs = int(_positive("n_jobs", n_jobs, 64))
     _positive("timeout", timeout, 10**7)
+    loop = None
+    if execute_top:
+        from search.loop import LoopRequest
+
+        loop = LoopRequest.build(model=model, model_dir=model_dir, execute_top=execute_top, rounds=rounds,
+                                 workers=workers, evaluator=evaluator, eval_data=eval_data, device=device,
+                                 out_dir=out_dir, calibration_dir=calibration_dir, calibration=calibration)
+        calibration = loop.open_store()
+    elif rounds != 1 or any(v is not None for v in (model_dir, evaluator, eval_data, out_dir, calibration_dir)):
+        given = [name for name, v in (("rounds", rounds != 1 or None), ("model_dir", model_dir),
+                                      ("evaluator", evaluator), ("eval_data", eval_data), ("out_dir", out_dir),
+                                      ("calibration_dir", calibration_dir)) if v is not None]
+        raise InvalidRequestError(f"{', '.join(given)} only apply to a closed loop: set execute_top to the number of "
+                                  f"candidates to execute for real per round (e.g. execute_top=4).")
     spec = get_model(model)
     constraints = coerce_constraints(constraints)
     if objectives is None:  # search.objective.default_objectives: what the target can give
         objectives = default_objectives(constraints)
     objective_list = resolve_objectives(objectives if not isinstance(objectives, str) else objectives)
     profile = _load_profile(profile)
+    if loop is not None and metric is None:
+        metric = loop.evaluator  # quality predicted on the scale the executors measure
     if space is None:
-        space = default_space(spec, constraints)
+        if loop is not None:
+            from search.space import executable_space
+
+            space = executable_space(spec, constraints, loop.device)
+        else:
+            space = default_space(spec, constraints)
         if profile is not None:
             space = space.model_copy(update={"bit_budgets": DEFAULT_BIT_BUDGETS})
-    evaluate = candidate_evaluator(spec, constraints, objective_list, profile=profile, calibration=calibration,
-                                   metric=metric)
-    scorer = TrialScorer(evaluate, objective_list)
+    def make_scorer(store: Any) -> TrialScorer:
+        return TrialScorer(candidate_evaluator(spec, constraints, objective_list, profile=profile, calibration=store,
+                                               metric=metric, device=device), objective_list)
+
+    scorer = make_scorer(calibration)
     request = request_record(spec, constraints, space, objective_list)
     if metric is not None:
         request["metric"] = metric
@@ -129,6 +165,9 @@ def run_search(model: Any, constraints: Any = None, *, space: SearchSpace | None
     directions = [o.direction for o in objective_list]
     sampler_obj = make_sampler(sampler, seed=seed, n_objectives=len(objective_list), n_trials=n_trials)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if storage is None and loop is not None:  # execution workers share the study: it needs a database
+        storage = f"sqlite:///{Path(loop.out_dir) / 'search.db'}"
+        Path(loop.out_dir).mkdir(parents=True, exist_ok=True)
     store = open_storage(storage) if storage is not None else optuna.storages.InMemoryStorage()
     name = study_name or default_study_name(request)
     study, resumed = open_study(store, name, request, directions, sampler_obj)
@@ -139,30 +178,52 @@ def run_search(model: Any, constraints: Any = None, *, space: SearchSpace | None
 
         allocator = BlockAllocator(spec, profile, tuple(f for f in space.weight_formats if f != "none"))
 
-    def objective(trial: optuna.trial.Trial) -> list[float]:
-        return scorer(trial, space.suggest(trial, allocator))
+    def suggest(trial: optuna.trial.Trial):
+        return space.suggest(trial, allocator)
 
-    done = _finished(study)
-    remaining = max(0, n_trials - done)
-    interrupted = False
-    callbacks = [optuna.study.MaxTrialsCallback(n_trials, states=(optuna.trial.TrialState.COMPLETE,
-                                                                  optuna.trial.TrialState.FAIL))]
-    bar = _Progress(study, scorer, n_trials, done) if progress and remaining else None
-    if bar is not None:
-        callbacks.append(bar.update)
-    try:
-        if remaining:
-            if bar is not None:
-                bar.start()
-            study.optimize(objective, n_trials=remaining, timeout=timeout, n_jobs=n_jobs, callbacks=callbacks,
-                           catch=(FitplanError, ValueError, ArithmeticError), gc_after_trial=False,
-                           show_progress_bar=False)
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
+    def objective(trial: optuna.trial.Trial) -> list[float]:
+        return scorer(trial, suggest(trial))
+
+    def optimize(target_study, function, target: int, callback=None) -> bool:  # noqa: ANN001
+        """Grow ``target_study`` to ``target`` finished trials; False when interrupted (Ctrl-C)."""
+        done = _finished(target_study)
+        remaining = max(0, target - done)
+        callbacks = [optuna.study.MaxTrialsCallback(target, states=(optuna.trial.TrialState.COMPLETE,
+                                                                    optuna.trial.TrialState.FAIL))]
+        if callback is not None:
+            callbacks.insert(0, callback)
+        bar = _Progress(scorer, target, done) if progress and remaining else None
         if bar is not None:
-            bar.stop()
-    return result_from_study(study, interrupted=interrupted, resumed=resumed, evaluations=scorer.evaluations)
+            callbacks.append(bar.update)
+        try:
+            if remaining:
+                if bar is not None:
+                    bar.start()
+                target_study.optimize(function, n_trials=remaining, timeout=timeout, n_jobs=n_jobs,
+                                      callbacks=callbacks, catch=(FitplanError, ValueError, ArithmeticError),
+                                      gc_after_trial=False, show_progress_bar=False)
+        except KeyboardInterrupt:
+            return False
+        finally:
+            if bar is not None:
+                bar.stop()
+        return True
+
+    if loop is None:
+        finished = optimize(study, objective, n_trials)
+        return result_from_study(study, interrupted=not finished, resumed=resumed, evaluations=scorer.evaluations)
+
+    from search.loop import Loop
+
+    base = "profile" if profile is not None else "priors"
+    runner = Loop(study=study, storage=store, spec=spec, constraints=constraints, space=space, objectives=objective_list,
+                  request=loop, make_scorer=make_scorer, suggest=suggest, n_trials=n_trials, sampler_name=sampler,
+                  seed=seed, make_sampler=make_sampler, progress=progress, base_label=base)
+    try:
+        runner.run(optimize)
+    except KeyboardInterrupt:  # during an execution: every finished measurement is in the study
+        runner.interrupted = True
+    return result_from_study(study, interrupted=runner.interrupted, resumed=resumed, evaluations=scorer.evaluations)
 
 
 def _finished(study) -> int:
@@ -175,7 +236,7 @@ def _finished(study) -> int:
 class _Progress:
     """A rich progress bar on stderr with the best feasible candidates so far."""
 
-    def __init__(self, study, scorer: TrialScorer, total: int, done: int):
+    def __init__(self, scorer: TrialScorer, total: int, done: int):
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
