@@ -88,7 +88,7 @@ def hardware_requirements(spec, constraints) -> dict[str, Any]:  # noqa: ANN001 
     return hardware
 
 
-def _sections(result, lab=None) -> dict[str, Any]:  # noqa: ANN001 - SearchResult, LabSummary
+def _sections(result, lab=None, model=None) -> dict[str, Any]:  # noqa: ANN001 - SearchResult, LabSummary
     """Every figure of the report, computed once (both renderers use it)."""
     import pandas as pd
 
@@ -96,7 +96,7 @@ def _sections(result, lab=None) -> dict[str, Any]:  # noqa: ANN001 - SearchResul
     from planner.planning.constraints import Constraints
 
     request = result.request
-    spec = get_model(lab.model_dir if lab is not None else request["model"])
+    spec = get_model(lab.model_dir if lab is not None else model or request["model"])
     constraints = Constraints(**request.get("constraints", {}))
     params = spec.params.model_dump()
     analysis = pd.DataFrame([{"component": k, "parameters": v, "share %": 100.0 * v / params["total"]}
@@ -157,9 +157,11 @@ def _flat(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def write_report(result, out_dir: str | Path, *, fmt: str = "html", lab=None) -> Path:  # noqa: ANN001
+def write_report(result, out_dir: str | Path, *, fmt: str = "html", lab=None,  # noqa: ANN001
+                 model: str | None = None) -> Path:
     """Write the report of ``result`` (a SearchResult) into ``out_dir``; returns the report's path.
-    ``lab``: the :class:`~search.lab_records.LabSummary` of a ``fitplan lab`` run (adds its sections)."""
+    ``lab``: the :class:`~search.lab_records.LabSummary` of a ``fitplan lab`` run (adds its sections).
+    ``model``: where to read the model from when the request's name does not resolve (a local directory)."""
     if fmt not in FORMATS:
         from hardware_db.names import did_you_mean
 
@@ -169,7 +171,7 @@ def write_report(result, out_dir: str | Path, *, fmt: str = "html", lab=None) ->
     if out.exists() and not out.is_dir():
         raise InvalidRequestError(f"--out {str(out_dir)!r} is a file; give a directory.")
     out.mkdir(parents=True, exist_ok=True)
-    data = _sections(result, lab)
+    data = _sections(result, lab, model)
     if fmt == "md":
         return _markdown(result, data, out)
     return _html(result, data, out)

@@ -203,3 +203,10 @@ def test_a_gpu_target_measured_on_this_cpu_searches_only_formats_its_engine_runs
     formats = [f for f in space.weight_formats if f != "none"]
     assert formats and all(format_support(get_format(f), l4, "vllm").supported is not False for f in formats)
     assert "nf4" not in formats  # bitsandbytes runs here but vLLM does not run it
+
+
+def test_fitplan_report_rebuilds_the_lab_report_from_its_study(full_lab, tmp_path):
+    out = full_lab[0]  # the model is a local directory: its config's name does not resolve offline
+    assert main(["report", "--storage", str(out / "lab.db"), "--study", "lab", "--out", str(tmp_path)]) == 0
+    page = (tmp_path / "report.html").read_text()
+    assert "(predicted and measured)" in page and 'id="rounds"' in page and 'class="measured"' in page
