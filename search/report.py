@@ -131,30 +131,10 @@ ROUND_HEADERS = {"round": "round", "predictor": "predictor", "fit_records": "fit
 
 def _rounds(result):  # noqa: ANN001 - SearchResult -> DataFrame | None
     """Predictor quality per round of a closed-loop search (``SearchResult.rounds``), one row each."""
-    import pandas as pd
+    from search.results import rounds_frame
 
     rounds = getattr(result, "rounds", None) or []
-    if not rounds:
-        return None
-    rows = []
-    for report in rounds:
-        record = report.model_dump(mode="json") if hasattr(report, "model_dump") else dict(report)
-        rows.append({ROUND_HEADERS.get(k, k): v for k, v in _flat(record).items()})
-    return pd.DataFrame(rows)
-
-
-def _flat(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Scalars of a nested record with dotted keys (lists are counted, not expanded)."""
-    flat: dict[str, Any] = {}
-    for key, value in record.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{name} "))
-        elif isinstance(value, list):
-            flat[name] = len(value)
-        else:
-            flat[name] = value
-    return flat
+    return rounds_frame(rounds).rename(columns=ROUND_HEADERS) if rounds else None
 
 
 def write_report(result, out_dir: str | Path, *, fmt: str = "html", lab=None,  # noqa: ANN001
