@@ -51,9 +51,22 @@ def pareto_points(table: "pd.DataFrame", x: str = "memory_gib", y: str = "qualit
     front = feasible[feasible["pareto"].astype(bool)] if "pareto" in feasible else feasible.iloc[0:0]
     others = feasible.drop(front.index)
     infeasible = usable[~usable["feasible"].astype(bool)]
-    measured_column = f"measured_{y}"
-    measured = (table[table[measured_column].notna()] if measured_column in table.columns else table.iloc[0:0])
-    return ParetoPoints(x, y, front.sort_values(x), others, infeasible, measured)
+    return ParetoPoints(x, y, front.sort_values(x), others, infeasible, _measured(table, y))
+
+
+def _measured(table: "pd.DataFrame", y: str) -> "pd.DataFrame":
+    """Rows executed for real, with their measured ``measured_<y>`` (the quality loss is derived from the
+    closed loop's ``measured_quality_retained_pct``); failed runs have none and are left out."""
+    import pandas as pd
+
+    column = f"measured_{y}"
+    if column not in table.columns and y == "quality_loss_pct" and "measured_quality_retained_pct" in table.columns:
+        table = table.assign(**{column: 100.0 - pd.to_numeric(table["measured_quality_retained_pct"],
+                                                              errors="coerce")})
+    if column not in table.columns:
+        return table.iloc[0:0]
+    values = pd.to_numeric(table[column], errors="coerce")
+    return table.assign(**{column: values})[values.notna()]
 
 
 def plot_pareto_png(table: "pd.DataFrame", path: str | Path, *, x: str = "memory_gib", y: str = "quality_loss_pct",
@@ -126,7 +139,9 @@ def pareto_figure(table: "pd.DataFrame", *, x: str = "memory_gib", y: str = "qua
         figure.add_trace(go.Scatter(x=points.measured[x], y=points.measured[f"measured_{y}"], mode="markers",
                                     name="measured", marker={"symbol": "star", "size": 14, "color": "#2e933c",
                                                              "line": {"width": 1, "color": "black"}},
-                                    text=hover(points.measured), hoverinfo="text"))
+                                    text=[f"{text}<br>measured: {value:.3g}" for text, value in
+                                          zip(hover(points.measured), points.measured[f"measured_{y}"])],
+                                    hoverinfo="text"))
     figure.update_layout(title=title, xaxis_title=AXIS_LABELS.get(x, x), yaxis_title=AXIS_LABELS.get(y, y),
                          template="plotly_white", height=520)
     return figure

@@ -337,8 +337,10 @@ def executable_space(spec: "ModelSpec", constraints: Any, device: str = "auto", 
     target = local_device(device)
     compute = compute_dtype(target)
     formats, _ = executable_formats(spec, target, compute=compute, wide=wide)
-    if not constraints.is_local and target.kind == "cuda" and constraints.gpu_accelerator() is not None:
-        acc = constraints.gpu_accelerator()  # a GPU target: also what its engine runs there
+    if not constraints.is_local and constraints.gpu_accelerator() is not None:
+        # A GPU target: also what its engine runs there, wherever the executors measure (a CPU measures
+        # quality for a GPU deployment: a format the target cannot run would fail every trial).
+        acc = constraints.gpu_accelerator()
         formats = [f for f in formats
                    if format_support(get_format(f), acc, constraints.memory_engine).supported is not False]
     if not formats:

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.browser import dump_dom, screenshot
 from planner.cli import main
+from search.report import write_report
 
-REQUIRE_ENV = "FITPLAN_REQUIRE_CHROMIUM"
 LLAMA = "meta-llama/Llama-3.1-8B"
 SEARCH = ["search", LLAMA, "--max-memory-gb", "16", "--max-accuracy-loss", "8", "--gpu", "RTX 4090", "--sampler",
           "random", "--seed", "0", "--trials", "30", "--no-progress"]
@@ -26,21 +24,6 @@ def study(tmp_path_factory):
     return root, storage
 
 
-def _chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if found is None:
-        if os.environ.get(REQUIRE_ENV) == "1":
-            pytest.fail(f"Chromium is required here ({REQUIRE_ENV}=1) but is not installed")
-        pytest.skip("no Chromium on this machine (CI installs the distribution's package)")
-    return found
-
-
-def _headless(browser: str, profile: Path) -> list[str]:
-    return [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            f"--user-data-dir={profile}", "--virtual-time-budget=10000"]
-
-
 def test_html_report_renders_in_headless_chromium_without_errors(study, tmp_path, capsys):
     root, storage = study
     out = tmp_path / "html"
@@ -49,19 +32,13 @@ def test_html_report_renders_in_headless_chromium_without_errors(study, tmp_path
     assert f"wrote {page}" in capsys.readouterr().out
     text = page.read_text()
     assert "<script src=\"http" not in text and "predictions only" in text  # offline, labelled
-    browser = _chromium()
-    dom = subprocess.run([*_headless(browser, tmp_path / "p1"), "--dump-dom", page.as_uri()],
-                         capture_output=True, text=True, timeout=180)
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    body = re.search(r"<body[^>]*>", dom.stdout).group(0)
+    dom, body = dump_dom(page, tmp_path / "p1")
     assert 'data-js-errors=""' in body, body  # the page's error guard caught nothing
     assert 'data-rendered="yes"' in body, body  # plotly drew the Pareto plot
-    assert 'id="tradeoffs"' in dom.stdout and dom.stdout.count("<tr>") > 10
-    assert "main-svg" in dom.stdout
-    shot = tmp_path / "report.png"
-    result = subprocess.run([*_headless(browser, tmp_path / "p2"), f"--screenshot={shot}", "--window-size=1280,2400",
-                             page.as_uri()], capture_output=True, text=True, timeout=180)
-    assert result.returncode == 0 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+    assert 'id="tradeoffs"' in dom and dom.count("<tr>") > 10
+    assert "main-svg" in dom
+    shot = screenshot(page, tmp_path / "p2", tmp_path / "report.png")
+    assert shot.stat().st_size > 20_000
 
 
 def test_markdown_report_has_every_section_and_its_plot(study, tmp_path):
@@ -82,3 +59,69 @@ def test_report_mistakes_exit_2(study, tmp_path, capsys):
     assert "unknown report format 'pdf'" in capsys.readouterr().err
     assert main(["report", "--storage", storage, "--study", "nope", "--out", str(tmp_path)]) == 2
     assert "no study named 'nope'" in capsys.readouterr().err
+
+
+def _measured_result(storage: str):
+    """The study's result with three candidates executed as the closed loop records them (two measured,
+    one failed for real): the table's measured_* columns next to the predictions."""
+    from search.results import result_from_study
+    from search.storage import open_storage
+    from search.study import load_existing
+
+    result = result_from_study(load_existing(open_storage(storage), "rep"))
+    table = result.table.copy()
+    for column in ("measured_quality_retained_pct", "measured_memory_gib", "measured_latency_ms"):
+        table[column] = None
+    table["measured_status"] = None
+    table["measured_run"] = None
+    for index, loss in ((0, 0.8), (1, 6.5)):
+        table.loc[index, "measured_quality_retained_pct"] = table.loc[index, "quality_retained_pct"] - loss
+        table.loc[index, "measured_memory_gib"] = table.loc[index, "memory_gib"] * 0.9
+        table.loc[index, "measured_latency_ms"] = 40.0 + index
+        table.loc[index, "measured_status"] = "ok"
+        table.loc[index, "measured_run"] = f"/runs/{index}"
+    table.loc[2, "measured_status"] = "failed: out of memory"
+    return result.model_copy(update={"table": table})
+
+
+def test_report_with_measurements_renders_predicted_next_to_measured(study, tmp_path):
+    from planner.planning.constraints import Constraints
+    from search.lab import validate
+    from search.lab_records import LabSummary, MeasuredRun
+
+    root, storage = study
+    result = _measured_result(storage)
+    constraints = Constraints(**result.request["constraints"])
+    baseline = MeasuredRun(strategy="baseline", status="ok", quality_retained_pct=100.0, memory_gib=15.0,
+                           latency_ms=50.0)
+    validation = validate(result, constraints, baseline)
+    # Measured on this machine, but the target is an RTX 4090: memory cannot be verified here.
+    assert not validation.verified and "not measurable here" in validation.reason
+    lab = LabSummary(model_dir=LLAMA, steps={"analysis": "done"}, baseline=baseline, validation=validation)
+    page = write_report(result, tmp_path / "html", lab=lab)
+    text = page.read_text()
+    assert "predicted and measured" in text and "Predictions only" not in text
+    header = re.search(r'<table id="tradeoffs"><thead><tr>(.*?)</tr>', text).group(1)
+    cells = re.findall(r"<th>(.*?)</th>", header)
+    # each measurement sits right after the prediction it checks
+    assert cells[cells.index("quality %") + 4] == "measured quality %"
+    assert cells[cells.index("GiB") + 1] == "measured GiB"
+    assert text.count('<tr class="measured">') == 2 and text.count('<tr class="failed">') == 1
+    assert 'id="checks"' in text and "Not verified" in text
+    dom, body = dump_dom(page, tmp_path / "p1")
+    assert 'data-js-errors=""' in body and 'data-rendered="yes"' in body, body
+    legend = re.findall(r'class="legendtext"[^>]*>([^<]*)<', dom)
+    assert "measured" in legend and "Pareto front" in legend, legend  # measured points drawn apart
+    shot = screenshot(page, tmp_path / "p2", tmp_path / "measured.png", height=3000)
+    assert shot.stat().st_size > 20_000
+
+
+def test_pareto_points_take_the_measured_loss_from_the_measured_quality(study):
+    from search.plots import pareto_points
+
+    root, storage = study
+    result = _measured_result(storage)
+    points = pareto_points(result.table)
+    assert len(points.measured) == 2  # the failed run has no measured quality
+    expected = 100.0 - result.table.loc[[0, 1], "measured_quality_retained_pct"].astype(float)
+    assert list(points.measured["measured_quality_loss_pct"].round(6)) == list(expected.round(6))
