@@ -109,16 +109,27 @@ def start_postgres(directory: Path) -> tuple[str, Callable[[], None]]:
     return f"postgresql://{role}@127.0.0.1:{port}/fitplan", stop
 
 
-def postgres_or_skip(directory: Path):
+def postgres_or_skip():
     """``start_postgres`` for a pytest fixture: skip with the reason where no server can start, fail instead
-    under ``FITPLAN_REQUIRE_POSTGRES=1``. Yields the URL; stops the server after."""
+    under ``FITPLAN_REQUIRE_POSTGRES=1``. Yields the URL; stops the server and removes its files after.
+
+    The cluster lives in its own ``tempfile.mkdtemp`` directory, not under pytest's ``tmp_path`` root:
+    pytest prunes older ``pytest-N`` roots, so another pytest session on the same machine could delete a
+    running cluster's files."""
+    import tempfile
+
     import pytest
 
+    directory = Path(tempfile.mkdtemp(prefix="fitplan-postgres-"))
     try:
         url, stop = start_postgres(directory)
     except ServiceUnavailable as error:
+        shutil.rmtree(directory, ignore_errors=True)
         if os.environ.get(REQUIRE_ENV) == "1":
             pytest.fail(f"PostgreSQL is required here ({REQUIRE_ENV}=1) but could not start: {error}")
         pytest.skip(f"no PostgreSQL server can be started on this machine: {error}")
-    yield url
-    stop()
+    try:
+        yield url
+    finally:
+        stop()
+        shutil.rmtree(directory, ignore_errors=True)

@@ -23,8 +23,8 @@ WORKERS = 3
 
 
 @pytest.fixture(scope="module")
-def postgres_url(tmp_path_factory):
-    yield from postgres_or_skip(tmp_path_factory.mktemp("postgres"))
+def postgres_url():
+    yield from postgres_or_skip()
 
 
 def _search(storage: str, study: str, trials: int, seed: int, out: Path) -> subprocess.Popen:

@@ -51,8 +51,8 @@ def model_dir(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def postgres_url(tmp_path_factory):
-    yield from postgres_or_skip(tmp_path_factory.mktemp("postgres"))
+def postgres_url():
+    yield from postgres_or_skip()
 
 
 def _pop_all_concurrently(storage: str, name: str, model_dir: Path, out: Path, jobs: int, threads: int) -> list[int]:
