@@ -48,7 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from planner.errors import InvalidRequestError
 from search.measured import (LOOP_KEY, MEASURED_PREFIX, RESCORED_PREFIX, ROUND_ATTR, ROUNDS_KEY, SELECTED_PREFIX,
                              STATE_KEY, MeasuredCandidate, PredictedFigures, Rescored, RoundReport, digest,
-                             study_items)
+                             number, study_items)
 from search.objective import strategy_key, trial_record
 
 if TYPE_CHECKING:
@@ -169,26 +169,16 @@ def _count(name: str, value: Any, limit: int) -> int:
 
 
 # -- selection ---------------------------------------------------------------------------------------
-def _num(value: Any) -> float | None:
-    if value is None:
-        return None
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(value) else value
-
-
 def _limit_value(row: dict[str, Any], name: str) -> float | None:
     """The table's predicted figure for a limit (optimistic end of the interval for quality)."""
     from planner.planning.limits import LIMITS
 
     if name == "max_accuracy_loss":
-        high = _num(row.get("quality_high_pct"))
-        retained = high if high is not None else _num(row.get("quality_retained_pct"))
+        high = number(row.get("quality_high_pct"))
+        retained = high if high is not None else number(row.get("quality_retained_pct"))
         return None if retained is None else 100.0 - retained
     column = LIMITS[name].column
-    return _num(row.get("quality_loss_pct" if column == "loss_pct" else column))
+    return number(row.get("quality_loss_pct" if column == "loss_pct" else column))
 
 
 def plausibly_feasible(row: dict[str, Any], limits: dict[str, float]) -> bool:
@@ -222,7 +212,7 @@ def boundary_closeness(row: dict[str, Any], limits: dict[str, float]) -> float:
         if name not in LIMITS:
             continue
         if name == "max_accuracy_loss":
-            retained, low, high = (_num(row.get(c)) for c in ("quality_retained_pct", "quality_low_pct",
+            retained, low, high = (number(row.get(c)) for c in ("quality_retained_pct", "quality_low_pct",
                                                               "quality_high_pct"))
             if retained is None:
                 continue
@@ -245,7 +235,7 @@ def feasible_chance(row: dict[str, Any], limits: dict[str, float]) -> float:
     """Rough chance that the measured quality meets ``max_accuracy_loss``: the 80% interval read as a
     normal distribution in retained % (sigma = width / 2.563); 1 without that limit or an interval."""
     bound = limits.get("max_accuracy_loss")
-    retained, low, high = (_num(row.get(c)) for c in ("quality_retained_pct", "quality_low_pct", "quality_high_pct"))
+    retained, low, high = (number(row.get(c)) for c in ("quality_retained_pct", "quality_low_pct", "quality_high_pct"))
     if bound is None or retained is None:
         return 1.0
     sigma = ((high - low) / 2.563) if low is not None and high is not None and high > low else 0.0
@@ -262,7 +252,7 @@ def _coordinates(frame: "pd.DataFrame") -> "list[list[float]]":
     columns = [c for c in ("quality_loss_pct", "memory_gib", "latency_ms", "speedup") if c in frame]
     data = []
     for column in columns:
-        values = np.array([_num(v) if _num(v) is not None else np.nan for v in frame[column]], dtype=float)
+        values = np.array([number(v) if number(v) is not None else np.nan for v in frame[column]], dtype=float)
         if np.all(np.isnan(values)):
             continue
         low, high = np.nanmin(values), np.nanmax(values)
@@ -308,7 +298,7 @@ def select_candidates(table: "pd.DataFrame", k: int, limits: dict[str, float], *
     if not pool:
         return table.head(0).assign(selection=[])
     coords = _coordinates(table)
-    widths = {i: max(0.0, (_num(rows[i].get("quality_high_pct")) or 0.0) - (_num(rows[i].get("quality_low_pct"))
+    widths = {i: max(0.0, (number(rows[i].get("quality_high_pct")) or 0.0) - (number(rows[i].get("quality_low_pct"))
                                                                              or 0.0)) for i in pool}
     widest = max(widths.values()) or 1.0
     anchors = [coords[i] for i in range(len(rows)) if measured_mask.iloc[i]]
@@ -754,7 +744,7 @@ class Loop:
 
 
 def _int(value: Any) -> int | None:
-    value = _num(value)
+    value = number(value)
     return None if value is None else int(value)
 
 

@@ -54,6 +54,17 @@ MEASURED_COLUMNS: tuple[str, ...] = (
 """
 
 
+def number(value: Any) -> float | None:
+    """A table cell as a float: None for a missing value, NaN, a boolean or anything not numeric."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(value) else value
+
+
 def digest(key: str) -> str:
     """Short stable id of a strategy key (study attribute names stay short)."""
     return hashlib.sha256(key.encode()).hexdigest()[:16]

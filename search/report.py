@@ -181,14 +181,9 @@ def _rows(frame, columns=None) -> tuple[list[str], list[list[str]]]:  # noqa: AN
 
 
 def _number(row: dict[str, Any], key: str) -> float | None:
-    value = row.get(key)
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(value) else value
+    from search.measured import number
+
+    return number(row.get(key))
 
 
 def deployment_note(best: dict[str, Any] | None, constraints) -> str:  # noqa: ANN001 - Constraints
