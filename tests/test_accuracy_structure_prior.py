@@ -116,3 +116,14 @@ def test_unfitted_row_of_the_same_pruned_model_is_inside_the_interval():
 def test_no_training_rows_are_cited_for_structure():
     """The one-shot end is anchored by a cited row without recovery training, not by the prior alone."""
     assert any(float(r.setting.get("recovery_tokens", 0)) == 0 for r in STRUCTURE_ROWS)
+
+
+def test_a_clamp_on_an_unknown_coefficient_is_refused():
+    from planner.accuracy.priors import _validate
+    from planner.errors import InvalidConfigError
+    from planner._data import read_data_toml
+
+    raw = read_data_toml("accuracy_priors.toml", 1)
+    raw["techniques"]["structure"]["clamp"] = {"sise": "both"}
+    with pytest.raises(InvalidConfigError, match="sise.*allowed: intercept, removed, recovery, size"):
+        _validate(raw)

@@ -469,6 +469,12 @@ def _validate(raw: dict) -> PriorsFile:
     for name, fmt in formats.items():
         if fmt.method is not None and fmt.method not in methods:
             raise InvalidConfigError(f"accuracy_priors.toml: format {name} names unknown method {fmt.method!r}.")
+    for name, technique in data.techniques.items():
+        if isinstance(technique, TechniqueDef) and name in TECHNIQUES:
+            unknown = set(technique.clamp) - set(coefficient_names(name, data))
+            if unknown:
+                raise InvalidConfigError(f"accuracy_priors.toml: techniques.{name}.clamp names unknown coefficients "
+                                         f"{sorted(unknown)}; allowed: {', '.join(coefficient_names(name, data))}.")
     ids = [r.id for r in data.rows]
     if len(ids) != len(set(ids)):
         raise InvalidConfigError("accuracy_priors.toml: duplicate row ids.")
