@@ -172,7 +172,7 @@ def coefficient_names(technique: str, data: PriorsFile) -> tuple[str, ...]:
         return ("intercept", "level", "pattern:2:4", "pattern:4:8", "method:magnitude", "method:sparsegpt",
                 "size", "tokens", "recovery", "magnitude_size")
     if technique == "structure":
-        return ("intercept", "removed", "recovery", "size")
+        return ("intercept", "removed", "recovery", "size", "collapse")
     if technique == "low_rank":
         return ("intercept", "removed")
     raise ValueError(f"unknown technique {technique!r}")
@@ -197,14 +197,16 @@ def sparsity_features(level: float, pattern: str, method: str, params: float, tp
 
 
 def structure_features(kept: float, recovery_tokens: float, params: float, data: PriorsFile) -> list[float]:
-    """[1, ln r, T, ln(N / 7e9)]: r = 1 - kept, the removed fraction of the block parameters, and
-    T = ln(1 + recovery tokens / N). The damage is a power law in r (``d ~ r^removed``): it vanishes as
-    r -> 0, grows monotonically with r, and stays finite as r -> 1 (students keeping 5% of the blocks
-    retain ~97% after training); the rule's saturation bounds it from above. Damage falls
-    monotonically with T (``recovery`` < 0)."""
+    """[1, ln r, T, ln(N / 7e9), -ln(1 - r) exp(-T)]: r = 1 - kept, the removed fraction of the block
+    parameters, and T = ln(1 + recovery tokens / N). Without training (T = 0, both shape coefficients
+    ~1) the damage grows like r / (1 - r): nothing as r -> 0, collapse as r -> 1. Training both scales
+    it down (``recovery`` < 0) and lifts the collapse term (exp(-T)): a trained student's damage grows
+    only like r (students keeping 5% of the blocks retain ~97%). Monotone in r and in T for positive
+    ``removed`` and ``collapse`` and negative ``recovery``; the saturation bounds it from above."""
     kept = min(max(kept, 1e-3), 1 - 1e-6)
-    return [1.0, math.log(1.0 - kept), math.log1p(recovery_tokens / params),
-            math.log(params / data.pretraining.reference_params)]
+    recovery = math.log1p(recovery_tokens / params)
+    return [1.0, math.log(1.0 - kept), recovery, math.log(params / data.pretraining.reference_params),
+            -math.log(kept) * math.exp(-recovery)]
 
 
 def structure_recovery_log_factor(kept: float, recovery_tokens: float, params: float, priors: "Priors") -> float:
