@@ -71,6 +71,10 @@ def register_search(subparsers: argparse._SubParsersAction) -> None:
                       "fidelity or accuracy (default: perplexity for causal LMs, fidelity for encoders)")
     loop.add_argument("--eval-data", metavar="FILE", help="your evaluation data for --eval")
     loop.add_argument("--device", default="auto", help="where candidates run: auto, cpu, cuda or cuda:N (default auto)")
+    loop.add_argument("--execution-timeout", type=float, default=None, metavar="SECONDS",
+                      help="kill an execution after SECONDS and keep it as failed ('timed out after N s'); "
+                           "default: 10x the run's expected time (the study's runs, or the profile's cost), "
+                           "at least 300 s; 3600 s before anything is known")
     add_storage_flags(parser)
     parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output directory (default ./{DEFAULT_OUT})")
     parser.add_argument("--top", type=int, default=10, metavar="N", help="rows printed (default 10)")
@@ -158,12 +162,14 @@ def run_search_command(args: argparse.Namespace) -> int:
     if args.execute_top:
         loop = {"execute_top": args.execute_top, "rounds": args.rounds, "workers": args.workers,
                 "evaluator": args.evaluator, "eval_data": args.eval_data, "device": args.device,
-                "out_dir": str(out) if out is not None else None, "calibration_dir": args.calibration}
+                "out_dir": str(out) if out is not None else None, "calibration_dir": args.calibration,
+                "execution_timeout": args.execution_timeout}
     else:
         given = [flag for flag, used in (("--rounds", args.rounds != 1), ("--workers", args.workers != 1),
                                          ("--eval", args.evaluator is not None),
                                          ("--eval-data", args.eval_data is not None),
-                                         ("--device", args.device != "auto")) if used]
+                                         ("--device", args.device != "auto"),
+                                         ("--execution-timeout", args.execution_timeout is not None)) if used]
         if given:
             raise InvalidRequestError(f"{', '.join(given)} only apply with --execute-top K (the closed loop: K "
                                       f"candidates executed for real per round).")
@@ -258,6 +264,11 @@ def _print(result, args: argparse.Namespace, paths: dict) -> None:  # noqa: ANN0
     if best is None:
         misses = result.table.head(3)
         print("no feasible strategy; closest: " + "; ".join(f"{r.strategy}: {r.why_not}" for r in misses.itertuples()))
+    elif result.no_compression_needed:
+        figures = (f"{best['measured_quality_retained_pct']:.1f}% quality, {best['measured_memory_gib']:.3f} GiB measured"
+                   if best.get("verified") else f"{best['memory_gib']:.2f} GiB predicted")
+        print(f"recommended: no compression needed: the uncompressed model meets every constraint ({figures}) and "
+              f"no compressed candidate does")
     elif best.get("verified"):
         print(f"recommended (verified): {best['strategy']} ({best['measured_quality_retained_pct']:.1f}% quality "
               f"retained measured, predicted {best['quality_retained_pct']:.1f}%; {best['measured_memory_gib']:.3f} GiB "
