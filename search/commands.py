@@ -110,16 +110,19 @@ def register_report(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_report_command(args: argparse.Namespace) -> int:
-    from search.measured import LOOP_KEY
+    import sys
+
     from search.report import write_report
     from search.results import result_from_study
-    from search.study import load_existing
+    from search.study import load_existing, study_model
 
     out = _check_out(args.out)
     study = load_existing(_existing_storage(args.storage), args.study)
-    # A closed loop records the model directory it executed (its name in the request may not resolve offline).
-    model_dir = (study.user_attrs.get(LOOP_KEY) or {}).get("model_dir")
-    path = write_report(result_from_study(study), out, fmt=args.report_format, model=model_dir)
+    # A local model's name in the request may not resolve offline: the study records its path and config.
+    model, note = study_model(study)
+    if note:
+        print(f"fitplan report: note: {note}", file=sys.stderr)
+    path = write_report(result_from_study(study), out, fmt=args.report_format, model=model)
     print(f"wrote {path}")
     return 0
 

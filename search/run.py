@@ -123,7 +123,7 @@ def run_search(model: Any, constraints: Any = None, *, space: SearchSpace | None
     from search.candidates import candidate_evaluator, coerce_constraints, request_record
     from search.space import default_space
     from search.storage import open_storage
-    from search.study import default_study_name, open_study
+    from search.study import default_study_name, open_study, record_model_source
 
     n_trials = int(_positive("n_trials", n_trials, MAX_TRIALS))
     n_jobs = int(_positive("n_jobs", n_jobs, 64))
@@ -192,6 +192,7 @@ def run_search(model: Any, constraints: Any = None, *, space: SearchSpace | None
     store = open_storage(storage) if storage is not None else optuna.storages.InMemoryStorage()
     name = study_name or default_study_name(request)
     study, resumed = open_study(store, name, request, directions, sampler_obj)
+    record_model_source(study, spec)  # a local model: fitplan report rebuilds it offline (search.study)
 
     def suggest(trial: optuna.trial.Trial):
         return space.suggest(trial, allocator)

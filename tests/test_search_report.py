@@ -125,3 +125,34 @@ def test_pareto_points_take_the_measured_loss_from_the_measured_quality(study):
     assert len(points.measured) == 2  # the failed run has no measured quality
     expected = 100.0 - result.table.loc[[0, 1], "measured_quality_retained_pct"].astype(float)
     assert list(points.measured["measured_quality_loss_pct"].round(6)) == list(expected.round(6))
+
+
+def test_report_rebuilds_a_predicted_only_search_of_a_local_directory_offline(tmp_path, capsys, monkeypatch):
+    """The request records the config's name ('my-private-model'), which no registry or hub lookup resolves
+    offline: the study also records the directory and its config, and says so when the directory moved."""
+    import json
+    import shutil
+
+    from tests.test_search_loop import LLAMA_8B_CONFIG
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = tmp_path / "models" / "my-private-model"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text(json.dumps(LLAMA_8B_CONFIG))
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    assert main(["search", str(model), "--max-memory-gb", "16", "--gpu", "RTX 4090", "--sampler", "random",
+                 "--seed", "0", "--trials", "8", "--no-progress", "--storage", storage, "--study", "local",
+                 "--out", str(tmp_path / "search")]) == 0
+    capsys.readouterr()
+    report = ["report", "--storage", storage, "--study", "local", "--format", "md"]
+    assert main([*report, "--out", str(tmp_path / "r1")]) == 0
+    assert "my-private-model" in (tmp_path / "r1" / "report.md").read_text()
+    assert capsys.readouterr().err == ""  # the directory is where it was: nothing to say
+    moved = tmp_path / "elsewhere"
+    shutil.move(str(model), moved)
+    assert main([*report, "--out", str(tmp_path / "r2")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"the model directory {model} recorded by the search no longer exists" in err[0]
+    first, second = ((tmp_path / r / "report.md").read_text() for r in ("r1", "r2"))
+    assert "Model analysis" in second and second.split("## Model analysis")[1].split("##")[0] == \
+        first.split("## Model analysis")[1].split("##")[0]  # the same parameter breakdown, from the recorded config
