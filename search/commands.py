@@ -16,15 +16,15 @@ import argparse
 from pathlib import Path
 
 from planner.render import add_format_flags, print_columns, print_json
+from search.table_markdown import LOCAL_SWAP, MEASURED, PREDICTED
 
 DEFAULT_OUT = "fitplan-search"
-# Columns printed in the terminal, most important first; the rest are in the files (--out) and --json.
-SHOWN = (("rank", "#"), ("strategy", "strategy"), ("quality_retained_pct", "qual%"), ("basis", "basis"),
-         ("memory_gib", "GiB"), ("speedup", "x"), ("usd_per_1m_tokens", "$/1M"), ("feasible", "ok"))
-# With measurements (closed loop): predicted next to measured; 'ok' = feasible, measured ones verified.
-SHOWN_MEASURED = (("rank", "#"), ("strategy", "strategy"), ("quality_retained_pct", "qual%"),
-                  ("measured_quality_retained_pct", "m.qual%"), ("memory_gib", "GiB"), ("measured_memory_gib", "m.GiB"),
-                  ("measured_status", "run"), ("feasible", "ok"))
+# Columns printed in the terminal, most important first (the same as table.md: search.table_markdown); the
+# rest are in the files (--out) and --json. With measurements (closed loop): predicted next to measured;
+# 'ok' = feasible, measured ones verified.
+SHOWN = tuple((column, header) for column, header, _ in PREDICTED)
+SHOWN_MEASURED = tuple((column, header) for column, header, _ in MEASURED)
+CELL_FORMATS = {header: fmt for column, header, fmt in (*PREDICTED, *MEASURED, *LOCAL_SWAP.values()) if fmt}
 NUMERIC = ("quality_retained_pct", "memory_gib", "speedup", "usd_per_1m_tokens", "latency_ms",
            "measured_quality_retained_pct", "measured_memory_gib")
 
@@ -234,8 +234,7 @@ def _print(result, args: argparse.Namespace, paths: dict) -> None:  # noqa: ANN0
     shown = SHOWN_MEASURED if measured else SHOWN
     local = result.request.get("constraints", {}).get("deployment_target") == "local"
     if local and not measured:  # no price: the timed forward
-        shown = tuple(("latency_ms", "ms") if column == "usd_per_1m_tokens" else (column, header)
-                      for column, header in SHOWN)
+        shown = tuple(LOCAL_SWAP[column][:2] if column in LOCAL_SWAP else (column, header) for column, header in SHOWN)
     for column, header in shown:
         values = top[column].to_numpy() if column in top else np.array([])
         if column in NUMERIC:
@@ -255,9 +254,7 @@ def _print(result, args: argparse.Namespace, paths: dict) -> None:  # noqa: ANN0
                    f"ok = feasible (verified if run)")
     elif local:
         caption += "; GiB = peak of the executors' run; ms = their timed forward"
-    print_columns(columns, title=title, caption=caption,
-                  formats={"qual%": "{:.1f}", "GiB": "{:.2f}", "x": "{:.2f}", "$/1M": "{:.3g}", "ms": "{:,.0f}",
-                           "m.qual%": "{:.1f}", "m.GiB": "{:.3f}"})
+    print_columns(columns, title=title, caption=caption, formats=CELL_FORMATS)
     if result.rounds:
         _print_rounds(result.rounds)
     failed = result.table[result.table["measured_status"].fillna("").str.startswith("failed")] if measured else []

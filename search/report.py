@@ -316,6 +316,7 @@ def _frame(rows: list[dict[str, Any]]):  # noqa: ANN202
 
 def _markdown(result, data, out: Path) -> Path:  # noqa: ANN001
     from search.results import _markdown_table
+    from search.table_markdown import compact_columns, markdown_table
 
     png = result.plot_pareto(out / "pareto.png")
     lines = [f"# {_title(result, data)}", ""]
@@ -337,6 +338,9 @@ def _markdown(result, data, out: Path) -> Path:  # noqa: ANN001
             _, frame, columns, _, _ = block
             if columns is None:
                 lines += [_markdown_table(frame), ""]
+                continue
+            if block[3] == "tradeoffs":  # within 80 columns; the HTML report and table.csv have every column
+                lines += [markdown_table(frame, compact_columns(result.table, result.request)), ""]
                 continue
             headers, rows = _rows(frame, columns)
             lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]

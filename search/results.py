@@ -128,11 +128,18 @@ class SearchResult(BaseModel):
         return text
 
     def to_markdown(self, path: str | Path | None = None, top: int | None = None) -> str:
+        """The table's main columns as Markdown within 80 columns (search.table_markdown); every column
+        is in :meth:`to_csv` and :meth:`to_json`."""
+        import textwrap
+
+        from search.table_markdown import compact_columns, markdown_table
+
         frame = self.table if top is None else self.table.head(top)
-        lines = [f"# fitplan search `{self.study_name}`", "",
-                 f"Model `{self.request.get('model')}`; objectives: {', '.join(self.objectives)}; "
-                 f"{self.n_complete} of {self.n_trials} trials complete, {self.n_failed} failed.", "",
-                 _markdown_table(frame)]
+        intro = (f"Model `{self.request.get('model')}`; objectives: {', '.join(self.objectives)}; "
+                 f"{self.n_complete} of {self.n_trials} trials complete, {self.n_failed} failed. Every column "
+                 f"(intervals, why not, strategy JSON) is in table.csv and table.json.")
+        lines = [f"# fitplan search `{self.study_name}`", "", textwrap.fill(intro, 80), "",
+                 markdown_table(frame, compact_columns(self.table, self.request))]
         if self.rounds:
             lines += ["", "## Predictor quality per round", "", _markdown_table(rounds_frame(self.rounds))]
         text = "\n".join(lines) + "\n"

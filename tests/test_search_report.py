@@ -156,3 +156,48 @@ def test_report_rebuilds_a_predicted_only_search_of_a_local_directory_offline(tm
     first, second = ((tmp_path / r / "report.md").read_text() for r in ("r1", "r2"))
     assert "Model analysis" in second and second.split("## Model analysis")[1].split("##")[0] == \
         first.split("## Model analysis")[1].split("##")[0]  # the same parameter breakdown, from the recorded config
+
+
+def _tradeoff_lines(text: str, heading: str | None = None) -> list[str]:
+    """The lines of the Markdown trade-off table (after ``heading`` when given) and its footnotes."""
+    if heading is not None:
+        text = text.split(heading, 1)[1]
+    start = text.index("| ")
+    block = text[start:].split("\n## ", 1)[0]
+    return block.splitlines()
+
+
+def test_markdown_tradeoff_tables_fit_80_columns_and_keep_the_answer(study, tmp_path):
+    """table.md and report.md: every line within 80 characters, with rank, strategy, quality, memory and
+    verdict; a long strategy cut in a cell is written out in full below; every column stays in the CSV."""
+    import pandas as pd
+
+    from planner.strategy import BlockFormat, CompressionStrategy, QuantizationSpec, SparsitySpec
+
+    root, storage = study
+    result = _measured_result(storage)
+    table = result.table.copy()
+    long = CompressionStrategy(quantization=QuantizationSpec(
+        weights="nf4", kv_cache="fp8", block_formats=tuple(BlockFormat(block=b, group="mlp", format="int8")
+                                                           for b in range(6))),
+        sparsity=SparsitySpec(level=0.125, pattern="heads"))
+    table.loc[1, "strategy"] = long.summary()  # 70+ characters, with '|' separators
+    result = result.model_copy(update={"table": table})
+    for measured in (False, True):
+        current = result if measured else result.model_copy(update={"table": table.assign(measured_status=None)})
+        paths = current.write(tmp_path / f"files-{measured}")
+        report = write_report(current, tmp_path / f"report-{measured}", fmt="md")
+        for text in (paths["md"].read_text(), _tradeoff_lines(report.read_text(), "## Ranked trade-offs")):
+            lines = _tradeoff_lines(text) if isinstance(text, str) else text
+            assert max(len(line) for line in lines) <= 80, "\n".join(lines)
+            header = [h.strip() for h in lines[0].strip("|").split("|")]
+            assert header[:3] == ["#", "strategy", "qual%"] and "GiB" in header and header[-1] == "ok"
+            assert ("m.qual%" in header and "run" in header) == measured
+            joined = "\n".join(lines)
+            assert "Strategies cut above, in full:" in joined
+            full = " ".join(joined.split("Strategies cut above, in full:")[1].split())
+            assert long.summary() in full  # the whole strategy, wrapped
+            assert lines[2].replace(" ", "").startswith(f"|{int(table.loc[0, 'rank'])}|")  # rank order kept
+        csv = pd.read_csv(paths["csv"])
+        assert {"why_not", "strategy_json", "quality_low_pct", "usd_per_hour"} <= set(csv.columns)
+        assert long.summary() in set(csv["strategy"])
