@@ -3,11 +3,13 @@
 ``fitplan search MODEL [constraint flags of plan] --trials N [--sampler S] [--storage URL] [--study NAME]
 [--out DIR]`` writes the ranked table (CSV, JSON, Markdown) and the Pareto plots (PNG, HTML) into DIR and
 prints the top of the table. With ``--execute-top K [--rounds R] [--workers W] [--eval NAME]
-[--eval-data FILE] [--calibration DIR] [--device D]`` on a model directory it runs the closed loop
-(search.loop): K candidates per round executed for real (runs under DIR/runs), the predictions refined
+[--eval-data FILE] [--calibration DIR] [--device D] [--execution-timeout S]`` on a model directory it runs
+the closed loop (search.loop): K candidates per round executed for real (runs under DIR/runs), the predictions refined
 from them (calibration store DIR/calibration unless --calibration), predicted next to measured columns
 and the predictor's quality per round. ``fitplan results --storage URL --study NAME [--out DIR]`` rebuilds the same
-from the study alone. The CLI's default storage is ``sqlite:///fitplan.db`` in the working directory.
+from the study alone (a local model directory is recorded with its config, so ``fitplan report`` works
+offline; search.study.study_model). The CLI's default storage is ``sqlite:///fitplan.db`` in the working
+directory.
 """
 
 from __future__ import annotations
