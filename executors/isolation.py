@@ -267,7 +267,7 @@ def run_isolated(function: str, request: dict[str, Any], job_dir: str | os.PathL
                               stderr_tail=_stderr_tail(job), killed_by=killed_by)
     where = f" during phase {last_phase!r}" if last_phase else ""
     if killed_by == "timeout":
-        outcome.reason = f"timeout: killed after {timeout_s:g} s{where}"
+        outcome.reason = f"timed out after {timeout_s:g} s{where} (killed)"
     elif killed_by == "memory-cap":
         outcome.reason = (f"memory cap exceeded: resident memory passed {memory_cap_bytes / 2**20:,.0f} MiB"
                           f"{where} (polled peak {max_rss / 2**20:,.0f} MiB); killed")

@@ -84,6 +84,19 @@ class BlockSparsity(_Part):
     level: float = Field(ge=0, lt=1)
 
 
+def _overrides_summary(items: tuple, what: str, average: str | None) -> str:
+    """'+4 block formats avg 6.0b #9c1e': how many per-block overrides, their average (bits of the formats,
+    or sparsity level) and the first 4 hex digits of the SHA-256 of the overrides sorted by block and group,
+    so two different allocations with as many overrides never share a summary (the table's strategy
+    column), while the summary stays short enough for an 80-column table."""
+    import hashlib
+
+    ordered = sorted(items, key=lambda item: (item.block, item.group))
+    canonical = json.dumps([item.model_dump(mode="json") for item in ordered], sort_keys=True, separators=(",", ":"))
+    tag = hashlib.sha256(canonical.encode()).hexdigest()[:4]
+    return f"+{len(items)} {what}{f' avg {average}' if average else ''} #{tag}"
+
+
 def _unique_blocks(items: tuple, what: str) -> None:
     seen = set()
     for item in items:
@@ -159,7 +172,11 @@ class QuantizationSpec(_Part):
         if self.kv_cache:
             parts.append(f"kv {self.kv_cache}")
         if self.block_formats:
-            parts.append(f"+{len(self.block_formats)} block formats")
+            from planner.formats import get_format
+
+            bits = [get_format(o.format).bits for o in self.block_formats]
+            parts.append(_overrides_summary(self.block_formats, "block formats",
+                                            None if None in bits else f"{sum(bits) / len(bits):.1f}b"))
         return " ".join(parts)
 
 
@@ -211,7 +228,10 @@ class SparsitySpec(_Part):
 
     def summary(self) -> str:
         level = "" if self.pattern in ("2:4", "4:8") else f"{self.level:g} "
-        overrides = f" +{len(self.block_levels)} block levels" if self.block_levels else ""
+        overrides = ""
+        if self.block_levels:
+            mean = sum(o.level for o in self.block_levels) / len(self.block_levels)
+            overrides = " " + _overrides_summary(self.block_levels, "block levels", f"{mean:.2f}")
         return f"{level}{self.pattern} {self.method}{overrides}".strip()
 
 

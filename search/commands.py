@@ -3,11 +3,13 @@
 ``fitplan search MODEL [constraint flags of plan] --trials N [--sampler S] [--storage URL] [--study NAME]
 [--out DIR]`` writes the ranked table (CSV, JSON, Markdown) and the Pareto plots (PNG, HTML) into DIR and
 prints the top of the table. With ``--execute-top K [--rounds R] [--workers W] [--eval NAME]
-[--eval-data FILE] [--calibration DIR] [--device D]`` on a model directory it runs the closed loop
-(search.loop): K candidates per round executed for real (runs under DIR/runs), the predictions refined
+[--eval-data FILE] [--calibration DIR] [--device D] [--execution-timeout S]`` on a model directory it runs
+the closed loop (search.loop): K candidates per round executed for real (runs under DIR/runs), the predictions refined
 from them (calibration store DIR/calibration unless --calibration), predicted next to measured columns
 and the predictor's quality per round. ``fitplan results --storage URL --study NAME [--out DIR]`` rebuilds the same
-from the study alone. The CLI's default storage is ``sqlite:///fitplan.db`` in the working directory.
+from the study alone (a local model directory is recorded with its config, so ``fitplan report`` works
+offline; search.study.study_model). The CLI's default storage is ``sqlite:///fitplan.db`` in the working
+directory.
 """
 
 from __future__ import annotations
@@ -16,15 +18,15 @@ import argparse
 from pathlib import Path
 
 from planner.render import add_format_flags, print_columns, print_json
+from search.table_markdown import LOCAL_SWAP, MEASURED, PREDICTED
 
 DEFAULT_OUT = "fitplan-search"
-# Columns printed in the terminal, most important first; the rest are in the files (--out) and --json.
-SHOWN = (("rank", "#"), ("strategy", "strategy"), ("quality_retained_pct", "qual%"), ("basis", "basis"),
-         ("memory_gib", "GiB"), ("speedup", "x"), ("usd_per_1m_tokens", "$/1M"), ("feasible", "ok"))
-# With measurements (closed loop): predicted next to measured; 'ok' = feasible, measured ones verified.
-SHOWN_MEASURED = (("rank", "#"), ("strategy", "strategy"), ("quality_retained_pct", "qual%"),
-                  ("measured_quality_retained_pct", "m.qual%"), ("memory_gib", "GiB"), ("measured_memory_gib", "m.GiB"),
-                  ("measured_status", "run"), ("feasible", "ok"))
+# Columns printed in the terminal, most important first (the same as table.md: search.table_markdown); the
+# rest are in the files (--out) and --json. With measurements (closed loop): predicted next to measured;
+# 'ok' = feasible, measured ones verified.
+SHOWN = tuple((column, header) for column, header, _ in PREDICTED)
+SHOWN_MEASURED = tuple((column, header) for column, header, _ in MEASURED)
+CELL_FORMATS = {header: fmt for column, header, fmt in (*PREDICTED, *MEASURED, *LOCAL_SWAP.values()) if fmt}
 NUMERIC = ("quality_retained_pct", "memory_gib", "speedup", "usd_per_1m_tokens", "latency_ms",
            "measured_quality_retained_pct", "measured_memory_gib")
 
@@ -71,6 +73,10 @@ def register_search(subparsers: argparse._SubParsersAction) -> None:
                       "fidelity or accuracy (default: perplexity for causal LMs, fidelity for encoders)")
     loop.add_argument("--eval-data", metavar="FILE", help="your evaluation data for --eval")
     loop.add_argument("--device", default="auto", help="where candidates run: auto, cpu, cuda or cuda:N (default auto)")
+    loop.add_argument("--execution-timeout", type=float, default=None, metavar="SECONDS",
+                      help="kill an execution after SECONDS and keep it as failed ('timed out after N s'); "
+                           "default: 10x the run's expected time (the study's runs, or the profile's cost), "
+                           "at least 300 s; 3600 s before anything is known")
     add_storage_flags(parser)
     parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output directory (default ./{DEFAULT_OUT})")
     parser.add_argument("--top", type=int, default=10, metavar="N", help="rows printed (default 10)")
@@ -106,16 +112,19 @@ def register_report(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_report_command(args: argparse.Namespace) -> int:
-    from search.measured import LOOP_KEY
+    import sys
+
     from search.report import write_report
     from search.results import result_from_study
-    from search.study import load_existing
+    from search.study import load_existing, study_model
 
     out = _check_out(args.out)
     study = load_existing(_existing_storage(args.storage), args.study)
-    # A closed loop records the model directory it executed (its name in the request may not resolve offline).
-    model_dir = (study.user_attrs.get(LOOP_KEY) or {}).get("model_dir")
-    path = write_report(result_from_study(study), out, fmt=args.report_format, model=model_dir)
+    # A local model's name in the request may not resolve offline: the study records its path and config.
+    model, note = study_model(study)
+    if note:
+        print(f"fitplan report: note: {note}", file=sys.stderr)
+    path = write_report(result_from_study(study), out, fmt=args.report_format, model=model)
     print(f"wrote {path}")
     return 0
 
@@ -158,12 +167,14 @@ def run_search_command(args: argparse.Namespace) -> int:
     if args.execute_top:
         loop = {"execute_top": args.execute_top, "rounds": args.rounds, "workers": args.workers,
                 "evaluator": args.evaluator, "eval_data": args.eval_data, "device": args.device,
-                "out_dir": str(out) if out is not None else None, "calibration_dir": args.calibration}
+                "out_dir": str(out) if out is not None else None, "calibration_dir": args.calibration,
+                "execution_timeout": args.execution_timeout}
     else:
         given = [flag for flag, used in (("--rounds", args.rounds != 1), ("--workers", args.workers != 1),
                                          ("--eval", args.evaluator is not None),
                                          ("--eval-data", args.eval_data is not None),
-                                         ("--device", args.device != "auto")) if used]
+                                         ("--device", args.device != "auto"),
+                                         ("--execution-timeout", args.execution_timeout is not None)) if used]
         if given:
             raise InvalidRequestError(f"{', '.join(given)} only apply with --execute-top K (the closed loop: K "
                                       f"candidates executed for real per round).")
@@ -225,8 +236,7 @@ def _print(result, args: argparse.Namespace, paths: dict) -> None:  # noqa: ANN0
     shown = SHOWN_MEASURED if measured else SHOWN
     local = result.request.get("constraints", {}).get("deployment_target") == "local"
     if local and not measured:  # no price: the timed forward
-        shown = tuple(("latency_ms", "ms") if column == "usd_per_1m_tokens" else (column, header)
-                      for column, header in SHOWN)
+        shown = tuple(LOCAL_SWAP[column][:2] if column in LOCAL_SWAP else (column, header) for column, header in SHOWN)
     for column, header in shown:
         values = top[column].to_numpy() if column in top else np.array([])
         if column in NUMERIC:
@@ -246,9 +256,7 @@ def _print(result, args: argparse.Namespace, paths: dict) -> None:  # noqa: ANN0
                    f"ok = feasible (verified if run)")
     elif local:
         caption += "; GiB = peak of the executors' run; ms = their timed forward"
-    print_columns(columns, title=title, caption=caption,
-                  formats={"qual%": "{:.1f}", "GiB": "{:.2f}", "x": "{:.2f}", "$/1M": "{:.3g}", "ms": "{:,.0f}",
-                           "m.qual%": "{:.1f}", "m.GiB": "{:.3f}"})
+    print_columns(columns, title=title, caption=caption, formats=CELL_FORMATS)
     if result.rounds:
         _print_rounds(result.rounds)
     failed = result.table[result.table["measured_status"].fillna("").str.startswith("failed")] if measured else []
@@ -258,6 +266,11 @@ def _print(result, args: argparse.Namespace, paths: dict) -> None:  # noqa: ANN0
     if best is None:
         misses = result.table.head(3)
         print("no feasible strategy; closest: " + "; ".join(f"{r.strategy}: {r.why_not}" for r in misses.itertuples()))
+    elif result.no_compression_needed:
+        figures = (f"{best['measured_quality_retained_pct']:.1f}% quality, {best['measured_memory_gib']:.3f} GiB measured"
+                   if best.get("verified") else f"{best['memory_gib']:.2f} GiB predicted")
+        print(f"recommended: no compression needed: the uncompressed model meets every constraint ({figures}) and "
+              f"no compressed candidate does")
     elif best.get("verified"):
         print(f"recommended (verified): {best['strategy']} ({best['measured_quality_retained_pct']:.1f}% quality "
               f"retained measured, predicted {best['quality_retained_pct']:.1f}%; {best['measured_memory_gib']:.3f} GiB "

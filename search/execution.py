@@ -87,6 +87,8 @@ class ExecutionJob(BaseModel):
     strategy_json: str = Field(description="CompressionStrategy.to_json()")
     round: int = Field(0, description="the search round that chose it")
     trial: int | None = Field(None, description="number of the main study's trial it came from")
+    timeout_s: float | None = Field(None, gt=0, description="this job's timeout, seconds (None: the request's); "
+                                    "the isolated run is killed then and measured as failed, 'timed out after N s'")
 
     @classmethod
     def of(cls, strategy: "CompressionStrategy", *, round: int = 0, trial: int | None = None) -> "ExecutionJob":
@@ -505,7 +507,8 @@ class _Queue:
             try:
                 result = self.execute(self.request.model_dir, _strategy(job), evaluator=self.request.evaluator,
                                       out_dir=self.request.out_dir, isolate=True, data=self.request.eval_data,
-                                      device=self.request.device, timeout_s=self.request.timeout_s)
+                                      device=self.request.device,
+                                      timeout_s=job.timeout_s if job.timeout_s is not None else self.request.timeout_s)
                 measurement = Measurement.from_result(job, result, worker=worker, seconds=time.monotonic() - start)
             except KeyboardInterrupt:
                 self.requeue_held(f"{worker} was interrupted while the job ran")

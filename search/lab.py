@@ -186,8 +186,9 @@ def _frame_records(frame: Any) -> Any:
 # -- the lab ---------------------------------------------------------------------------------------------
 class _Lab:
     def __init__(self, request: LabRequest, out: Path, *, workers: int, save_best: bool, progress: bool,
-                 echo: Callable[[str], None]):
+                 echo: Callable[[str], None], execution_timeout: float | None = None):
         self.request, self.out, self.workers, self.save_best = request, out, workers, save_best
+        self.execution_timeout = execution_timeout
         self.progress, self._echo = progress, echo
         self.start = time.monotonic()
         self.steps: dict[str, str] = {}
@@ -328,7 +329,7 @@ class _Lab:
 
         return SensitivityProfile.load(record["path"])
 
-    def _search(self, profile: Any, *, execute: bool) -> Any:
+    def _search(self, profile: Any, *, execute: bool, baseline: MeasuredRun | None = None) -> Any:
         from search.run import run_search
         from search.space import executable_space
 
@@ -345,7 +346,11 @@ class _Lab:
             kwargs = {"model_dir": self.request.model_dir, "execute_top": self.request.execute_top,
                       "rounds": self.request.rounds, "workers": self.workers, "evaluator": self.request.evaluator,
                       "eval_data": self.request.eval_data, "out_dir": str(self.out),
-                      "calibration_dir": str(self.out / "calibration"), "device": "auto"}
+                      "calibration_dir": str(self.out / "calibration"), "device": "auto",
+                      "execution_timeout": self.execution_timeout,
+                      # step 1's measured baseline is the loop's reference: stored in its study, never re-run
+                      "baseline_run": baseline.result_path if baseline is not None and baseline.status == "ok"
+                      else None}
         study = STUDY if profile is not None else f"{STUDY}-prior"
         result = run_search(self.request.model_dir, self.constraints, space=space, n_trials=trials,
                             storage=self.storage, study_name=study, seed=self.request.seed, profile=profile,
@@ -357,7 +362,7 @@ class _Lab:
         return result
 
     # step 3 -------------------------------------------------------------------------------------
-    def implementation(self, profile: Any) -> Any:
+    def implementation(self, profile: Any, baseline: MeasuredRun | None = None) -> Any:
         """The closed loop; returns its SearchResult (rebuilt from the study when the step is complete)."""
         found = self.done("implementation")
         if found is not None:
@@ -366,7 +371,7 @@ class _Lab:
             return self._stored_result(found["search"]["study"])
         self.echo(f"[3/4] implementation: {self.request.rounds} rounds x {self.request.execute_top} candidates "
                   f"executed for real ({self.workers} worker{'s' if self.workers > 1 else ''})")
-        result = self._search(profile, execute=True)
+        result = self._search(profile, execute=True, baseline=baseline)
         table = result.table
         measured = table[table["measured_status"].notna()] if "measured_status" in table else table.iloc[0:0]
         rounds = [r.model_dump(mode="json") if hasattr(r, "model_dump") else r for r in result.rounds]
@@ -423,7 +428,7 @@ class _Lab:
         rows = _verified_rows(result, self.constraints, baseline)
         # The recommendation first; then the other verified compressed candidates in rank order.
         rows = ([r for r in rows if r["strategy"] == validation.strategy] +
-                [r for r in rows if r["strategy"] not in (validation.strategy, "baseline")])
+                [r for r in rows if r["strategy"] != validation.strategy and not r.get("reference")])
         for row in rows:
             target = self.out / "best-model"
             self.echo(f"[4/4] export: {row['strategy']} -> {target}")
@@ -545,27 +550,13 @@ def _measured_outcomes(result: Any, constraints: Any, baseline: MeasuredRun | No
     return f"; of the {len(rows)} executed: " + "; ".join(parts)
 
 
-def _recommended(result: Any, constraints: Any, baseline: MeasuredRun | None) -> tuple[dict[str, Any] | None, str]:
-    """The search's recommendation (``SearchResult.best``), except that a lab recommends compression: when
-    that is the uncompressed model and a compressed candidate is verified, the best-ranked such candidate,
-    with a sentence saying the uncompressed model meets the limits too."""
-    best = result.best
-    if best is None or best.get("strategy") != "baseline":
-        return best, ""
-    for row in _verified_rows(result, constraints, baseline):
-        if row["strategy"] != "baseline":
-            return row, (" The uncompressed model meets every limit too (it ranks first on quality); this is the "
-                         "best verified compressed candidate.")
-    return best, " No compressed candidate was verified: the uncompressed model is the recommendation."
-
-
 def validate(result: Any, constraints: Any, baseline: MeasuredRun | None) -> Validation:
     """Step 4's verdict on ``result.best``: verified when it was measured and every check holds on the
     measurement; otherwise the reason (not measured, failed, a limit exceeded, not measurable here)."""
     from search.report import deployment_note
 
-    best, uncompressed = _recommended(result, constraints, baseline)
-    note = deployment_note(best, constraints) + uncompressed
+    best = result.best  # a compressed candidate whenever one is feasible (search.results)
+    note = deployment_note(best, constraints)
     if best is None:
         return Validation(strategy=None, verified=False, deployment_note=note,
                           reason="no strategy meets every constraint, even as predicted; see the nearest misses")
@@ -605,7 +596,7 @@ def _stderr(text: str) -> None:
 def run_lab(model_dir: str | os.PathLike, constraints: Any, *, out_dir: str | os.PathLike = DEFAULT_OUT,
             execute_top: int = 3, rounds: int = 2, trials: int = 100, workers: int = 1, evaluator: str | None = None,
             eval_data: str | os.PathLike | None = None, seed: int = 0, save_best: bool = False,
-            distillation: bool = False,
+            distillation: bool = False, execution_timeout: float | None = None,
             progress: bool = True, echo: Callable[[str], None] | None = None) -> LabOutcome:
     """Run (or resume) the lab on ``model_dir`` under ``constraints`` (a Constraints or a dict; with no
     deployment target and no gpu, the target is ``local``: this machine). See the module docstring.
@@ -613,7 +604,9 @@ def run_lab(model_dir: str | os.PathLike, constraints: Any, *, out_dir: str | os
     ``execute_top`` candidates are executed per round for ``rounds`` rounds, by ``workers`` parallel
     workers; ``trials`` predicted trials of the search. ``evaluator`` / ``eval_data``: the executors'
     quality evaluator and the user's data for it. ``distillation``: also search distilled students
-    (see NO_DISTILLATION). ``echo``: where progress lines go (default stderr).
+    (see NO_DISTILLATION). ``execution_timeout``: seconds before a candidate's execution is killed and kept
+    as failed (None: from the expected cost of a run, ``search.loop.execution_timeout``; not part of the
+    lab's identity, so a resume may change it). ``echo``: where progress lines go (default stderr).
     """
     from executors.paths import writable_directory
     from search.candidates import coerce_constraints
@@ -634,9 +627,13 @@ def run_lab(model_dir: str | os.PathLike, constraints: Any, *, out_dir: str | os
                          distillation=distillation, seed=seed)
     if not 1 <= workers <= 64:
         raise InvalidRequestError(f"workers must be between 1 and 64, got {workers}.")
+    from search.loop import check_execution_timeout
+
+    check_execution_timeout(execution_timeout)  # before the baseline and the profile spend minutes
     out = writable_directory(out_dir, "--out").resolve()
     _check_same_lab(out, request)
-    lab = _Lab(request, out, workers=workers, save_best=save_best, progress=progress, echo=echo or _stderr)
+    lab = _Lab(request, out, workers=workers, save_best=save_best, progress=progress, echo=echo or _stderr,
+               execution_timeout=execution_timeout)
     analysis = lab.analysis()
     baseline = MeasuredRun.model_validate(analysis["baseline"])
     strategy, profile = lab.strategy()
@@ -649,7 +646,7 @@ def run_lab(model_dir: str | os.PathLike, constraints: Any, *, out_dir: str | os
         reports = lab.report(result, baseline, None, stopped, strategy.get("profile"))
         return LabOutcome(out_dir=out, steps=lab.steps, checkpoints=checkpoints, reports=reports, stopped=stopped,
                           seconds=time.monotonic() - started)
-    result = lab.implementation(profile)
+    result = lab.implementation(profile, baseline)
     validation, changed = lab.validation(result, baseline)
     checkpoints = {step: lab.path(step) for step in STEPS}
     reports = {"html": out / "report.html", "md": out / "report.md"}

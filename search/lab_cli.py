@@ -2,7 +2,7 @@
 
 ``fitplan lab MODEL_DIR --max-memory-gb G --max-accuracy-loss P [--min-speedup X] [--deployment-target T]
 [--out DIR] [--execute-top K] [--rounds R] [--trials N] [--workers W] [--eval E] [--eval-data FILE]
-[--with-distillation] [--save-best] [--seed S]``. Progress goes to stderr; the verdict, the files and the exported model to
+[--with-distillation] [--save-best] [--execution-timeout SECONDS] [--seed S]``. Progress goes to stderr; the verdict, the files and the exported model to
 stdout. Without ``--deployment-target`` and ``--gpu`` the target is this machine (``local``).
 """
 
@@ -59,6 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "execution trains one: minutes on a CPU; left out by default)")
     parser.add_argument("--save-best", action="store_true", help="export the verified recommendation as a model "
                         "directory from_pretrained reloads (into DIR/best-model)")
+    parser.add_argument("--execution-timeout", type=float, default=None, metavar="SECONDS",
+                        help="kill a candidate's execution after SECONDS and keep it as failed (default: 10x the "
+                             "run's expected time from the baseline run, at least 300 s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the search and the runs (default 0)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     parser.set_defaults(func=run_lab_command, field_flags={"execute_top": "--execute-top", "eval_data": "--eval-data",
@@ -79,7 +82,8 @@ def run_lab_command(args: argparse.Namespace) -> int:
     outcome = run_lab(args.model_dir, constraints, out_dir=args.out, execute_top=args.execute_top,
                       rounds=args.rounds, trials=args.trials, workers=args.workers, evaluator=args.evaluator,
                       eval_data=args.eval_data, seed=args.seed, save_best=args.save_best,
-                      distillation=args.with_distillation, progress=not args.quiet,
+                      distillation=args.with_distillation, execution_timeout=args.execution_timeout,
+                      progress=not args.quiet,
                       echo=(lambda _text: None) if args.quiet else None)
     for step, status in outcome.steps.items():
         print(f"{step}: {status}")

@@ -71,7 +71,9 @@ GIB = 2**30
 SELECTION_BANDS = {"max_memory_gb": 0.15, "min_speedup": 0.30, "max_cost_per_hour": 0.0,
                    "max_cost_per_1m_tokens": 0.30, "min_tokens_per_s": 0.30}
 # Loop settings a resumed study may change (they change how much is done, not what a measurement means).
-RESUMABLE_CHANGES = ("execute_top", "rounds", "workers", "timeout_s")
+RESUMABLE_CHANGES = ("execute_top", "rounds", "workers", "timeout_s", "baseline_run")
+# Why the reference run is in the study (search.measured.MeasuredCandidate.selection).
+REFERENCE_SELECTION = "reference: the uncompressed model, measured before the search (not a candidate)"
 # Expected cost of a run that trains (a student, or fine-tuning) over a plain one until this study has
 # measured both kinds (run_cost): MiniLM here, 209 s for a 0.25-ffn + depth-0.5 student under load against
 # ~13 s for int8 / nf4 (benchmarks/closed_loop.py's first run, this machine shared).
@@ -80,6 +82,14 @@ TRAINING_COST_PRIOR = 16.0  # 209 s / 13 s
 # the quality limit and no interval or boundary bonus: FRONT_WEIGHT["near"] x (0.25 + 0.10) x 1. Below it
 # (a hopeless candidate, or an expensive one worth little) the round executes fewer than K.
 MIN_PICK_VALUE = 0.4 * (0.25 + 0.10)
+# Per-execution timeout when none is given (execution_timeout): TIMEOUT_FACTOR x the run's expected seconds,
+# at least MIN_TIMEOUT_S; DEFAULT_TIMEOUT_S when nothing tells the expected time yet. A shared 2-core machine
+# runs 2-4x slower under load than idle (issue 8's note), so 10x keeps a slow but healthy run alive while a
+# hung one (a deadlocked kernel, a swap storm) is stopped; the floor covers start-up (imports, model load).
+TIMEOUT_FACTOR = 10.0
+MIN_TIMEOUT_S = 300.0
+DEFAULT_TIMEOUT_S = 3600.0
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
 # Weight of a candidate's place relative to the feasible front in the selection score.
 FRONT_WEIGHT = {"pareto": 1.0, "feasible": 0.6, "near": 0.4}
 
@@ -101,12 +111,15 @@ class LoopRequest(BaseModel):
     device: str = "auto"
     out_dir: str
     calibration_dir: str
-    timeout_s: float | None = None
+    timeout_s: float | None = Field(None, description="per-execution timeout, seconds (None: execution_timeout's "
+                                    "default from the run's expected cost)")
+    baseline_run: str | None = Field(None, description="result.json of the uncompressed model's measured run "
+                                     "(executors.execute with no strategy): stored as the reference")
 
     @classmethod
     def build(cls, *, model: Any, model_dir: Any, execute_top: Any, rounds: Any, workers: Any, evaluator: Any,
               eval_data: Any, device: Any, out_dir: Any, calibration_dir: Any, calibration: Any,
-              timeout_s: Any = None) -> "LoopRequest":
+              timeout_s: Any = None, baseline_run: Any = None) -> "LoopRequest":
         """Check every input before anything runs; each mistake is one InvalidRequestError line."""
         execute_top = _count("execute_top", execute_top, MAX_EXECUTE_TOP)
         rounds = _count("rounds", rounds, MAX_ROUNDS)
@@ -145,10 +158,14 @@ class LoopRequest(BaseModel):
         for name, path in (("out_dir", out), ("calibration_dir", store_dir)):
             if path.exists() and not path.is_dir():
                 raise InvalidRequestError(f"{name} {str(path)!r} is a file; give a directory.")
+        check_execution_timeout(timeout_s)
+        if baseline_run is not None:
+            baseline_run = str(reference_result(baseline_run, directory, chosen.name).result_path)
         return cls(model_dir=str(directory.resolve()), model_kind=kind, execute_top=execute_top, rounds=rounds,
                    workers=workers, evaluator=chosen.name, metric=chosen.metric,
                    eval_data=str(Path(eval_data).expanduser().resolve()) if eval_data is not None else None,
-                   device=device, out_dir=str(out), calibration_dir=str(store_dir), timeout_s=timeout_s)
+                   device=device, out_dir=str(out), calibration_dir=str(store_dir), timeout_s=timeout_s,
+                   baseline_run=baseline_run)
 
     def open_store(self):
         """The calibration store (created empty when the directory does not exist)."""
@@ -160,6 +177,47 @@ class LoopRequest(BaseModel):
     @property
     def runs_dir(self) -> Path:
         return Path(self.out_dir) / "runs"
+
+
+def check_execution_timeout(value: Any) -> None:
+    """None, or a number of seconds above 0 and at most MAX_TIMEOUT_S; else one InvalidRequestError."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not math.isfinite(value) or not 0 < value <= MAX_TIMEOUT_S):
+        raise InvalidRequestError(f"execution_timeout must be a number of seconds above 0 and at most "
+                                  f"{MAX_TIMEOUT_S:,.0f} (a week), got {value!r}; leave it out for a timeout from "
+                                  f"the run's expected cost.")
+
+
+def reference_result(path: Any, model_dir: Path, evaluator: str) -> Any:
+    """The executors' ExecutionResult of a measured run of the uncompressed model (``baseline_run``: its
+    result.json or run directory), checked: it must be an ok run of the identity strategy of the same model
+    directory, measured with the loop's evaluator (otherwise its figures are no reference for the loop's)."""
+    from pydantic import ValidationError
+
+    from executors.result import ExecutionResult
+    from planner.strategy import CompressionStrategy
+
+    file = Path(path).expanduser()
+    if file.is_dir():
+        file = file / "result.json"
+    try:
+        result = ExecutionResult.model_validate_json(file.read_text())
+    except (OSError, ValidationError, ValueError) as error:
+        detail = getattr(error, "strerror", None) or type(error).__name__
+        raise InvalidRequestError(f"baseline_run {str(path)!r} is not a readable executors result.json ({detail}); "
+                                  "give the result.json of `fitplan run MODEL_DIR` with no strategy.") from None
+    if not CompressionStrategy.model_validate(result.strategy).is_identity:
+        raise InvalidRequestError(f"baseline_run {str(path)!r} ran {result.strategy_summary!r}, not the uncompressed "
+                                  "model (no strategy).")
+    if result.status != "ok":
+        raise InvalidRequestError(f"baseline_run {str(path)!r} failed ({result.reason}); it cannot be the reference.")
+    if Path(result.model_dir).expanduser().resolve() != model_dir.resolve():
+        raise InvalidRequestError(f"baseline_run {str(path)!r} measured {result.model_dir}, not {model_dir}.")
+    used = result.quality.evaluator if result.quality is not None else None
+    if used != evaluator:
+        raise InvalidRequestError(f"baseline_run {str(path)!r} was evaluated with {used!r}, the loop with "
+                                  f"{evaluator!r}; measure the baseline with the same evaluator.")
+    return result.model_copy(update={"result_path": str(file.resolve())})
 
 
 def _count(name: str, value: Any, limit: int) -> int:
@@ -268,8 +326,9 @@ def select_candidates(table: "pd.DataFrame", k: int, limits: dict[str, float], *
                       cost: "Callable[[dict[str, Any]], float] | None" = None) -> "pd.DataFrame":
     """The ``k`` table rows to execute next, with a ``selection`` column saying why.
 
-    Never a row already measured (``measured_status`` set) nor one whose ``strategy_json`` is in
-    ``exclude``. The pool is every *plausibly feasible* row (:func:`plausibly_feasible`: feasible, or
+    Never a row already measured (``measured_status`` set), nor the uncompressed reference (``reference``
+    True: what quality is measured against, not a candidate; search.results), nor one whose
+    ``strategy_json`` is in ``exclude``. The pool is every *plausibly feasible* row (:func:`plausibly_feasible`: feasible, or
     outside a limit by less than the prediction's error there). The first pick is the current
     recommendation (the top-ranked feasible row), because a verified recommendation is the loop's goal.
     The others are picked greedily by ``value x (distance + 0.05)``:
@@ -293,7 +352,7 @@ def select_candidates(table: "pd.DataFrame", k: int, limits: dict[str, float], *
     measured_mask = table["measured_status"].notna() if "measured_status" in table else pd.Series(False, table.index)
     rows = table.to_dict(orient="records")
     pool = [i for i, row in enumerate(rows)
-            if not measured_mask.iloc[i] and row.get("strategy_json") not in exclude
+            if not measured_mask.iloc[i] and row.get("strategy_json") not in exclude and not row.get("reference")
             and plausibly_feasible(row, limits)]
     if not pool:
         return table.head(0).assign(selection=[])
@@ -353,6 +412,20 @@ def run_cost(measurements: "list[MeasuredCandidate]"):
     one, from this study's measured runs of each kind (median seconds); until both kinds are measured,
     TRAINING_COST_PRIOR (measured here: a MiniLM student run took 209 s under load, a quantized one
     13 s)."""
+    from planner.strategy import CompressionStrategy
+
+    ratio = _run_seconds(measurements)[1]
+
+    def cost(row: dict[str, Any]) -> float:
+        strategy = CompressionStrategy.model_validate_json(row["strategy_json"])
+        return max(1.0, ratio) if trains(strategy) else 1.0
+
+    return cost
+
+
+def _run_seconds(measurements: "list[MeasuredCandidate]") -> tuple[float | None, float]:
+    """(median seconds of this study's runs that train nothing (None: none yet), expected seconds of a
+    training run over a plain one: measured when both kinds were run, else TRAINING_COST_PRIOR)."""
     import statistics
 
     from planner.strategy import CompressionStrategy
@@ -361,14 +434,32 @@ def run_cost(measurements: "list[MeasuredCandidate]"):
     for m in measurements:
         if m.seconds:
             seconds[trains(CompressionStrategy.model_validate_json(m.key))].append(m.seconds)
-    ratio = (statistics.median(seconds[True]) / statistics.median(seconds[False])
-             if seconds[True] and seconds[False] else TRAINING_COST_PRIOR)
+    plain = statistics.median(seconds[False]) if seconds[False] else None
+    ratio = plain and seconds[True] and statistics.median(seconds[True]) / plain
+    return plain, ratio or TRAINING_COST_PRIOR
 
-    def cost(row: dict[str, Any]) -> float:
-        strategy = CompressionStrategy.model_validate_json(row["strategy_json"])
-        return max(1.0, ratio) if trains(strategy) else 1.0
 
-    return cost
+def execution_timeout(strategy: Any, measurements: "list[MeasuredCandidate]", *, given: float | None = None,
+                      profile_seconds: float | None = None) -> tuple[float, str]:
+    """The timeout of one execution of ``strategy`` and where it comes from (one phrase).
+
+    ``given`` (run_search's ``execution_timeout``, ``--execution-timeout``) wins. Otherwise TIMEOUT_FACTOR x
+    the run's expected seconds, at least MIN_TIMEOUT_S: the expected seconds of a plain run are the median
+    of this study's measured runs (the reference run of the uncompressed model included), else the
+    sensitivity profile's cost (``profile_seconds``: loading the model + two evaluations, the baseline's and
+    the candidate's); a run that trains costs the measured (or prior) training ratio times that. With no
+    expected cost at all, DEFAULT_TIMEOUT_S.
+    """
+    if given is not None:
+        return float(given), "given"
+    plain, ratio = _run_seconds(measurements)
+    source = "this study's runs"
+    if plain is None and profile_seconds:
+        plain, source = profile_seconds, "the profile's cost"
+    if plain is None:
+        return DEFAULT_TIMEOUT_S, "default: no expected cost known yet"
+    expected = plain * (max(1.0, ratio) if trains(strategy) else 1.0)
+    return max(MIN_TIMEOUT_S, TIMEOUT_FACTOR * expected), f"{TIMEOUT_FACTOR:g}x the expected {expected:.0f} s ({source})"
 
 
 # -- predictor quality ------------------------------------------------------------------------------
@@ -483,7 +574,8 @@ class Loop:
 
     def __init__(self, *, study: "optuna.Study", storage: Any, spec: Any, constraints: Any, space: Any, objectives: tuple,
                  request: LoopRequest, make_scorer, suggest, n_trials: int, sampler_name: str,
-                 seed: int | None, make_sampler, progress: bool, base_label: str):  # noqa: ANN001
+                 seed: int | None, make_sampler, progress: bool, base_label: str,
+                 profile_seconds: float | None = None):  # noqa: ANN001
         self.study = study
         self.storage = storage  # the RDB storage search.execution's workers share
         self.spec = spec
@@ -499,6 +591,7 @@ class Loop:
         self.make_sampler = make_sampler
         self.progress = progress
         self.base_label = base_label
+        self.profile_seconds = profile_seconds  # expected seconds of a plain run from the profile's cost
         self.predictors = Predictors(make_scorer, request.open_store(), study.study_name, spec.model_type)
         self.interrupted = False
         self.evaluations = 0
@@ -539,6 +632,7 @@ class Loop:
                                       "another --study name.")
         self._set(LOOP_KEY, mine)
         done = int((self._attrs().get(STATE_KEY) or {}).get("rounds_done", 0))
+        self._store_reference(done + 1)
         self.evaluations = sum(1 for m in self.measurements().values())
         for r in range(done + 1, self.request.rounds + 1):
             start = time.monotonic()
@@ -550,6 +644,27 @@ class Loop:
             self._execute_round(r)
             self._refine(r, time.monotonic() - start)
             self._set(STATE_KEY, {"rounds_done": r})
+
+    def _store_reference(self, state: int) -> None:
+        """The given measured baseline run (``request.baseline_run``) into the study as the reference's
+        measurement (round 0, before any selection), with its prediction, so the table shows it and the
+        loop never executes the uncompressed model again (e.g. for a measured speedup)."""
+        from planner.strategy import CompressionStrategy
+        from search.execution import ExecutionJob, Measurement
+
+        key = strategy_key(CompressionStrategy())
+        if self.request.baseline_run is None or digest(key) in self.measurements():
+            return
+        result = reference_result(self.request.baseline_run, Path(self.request.model_dir), self.request.evaluator)
+        m = Measurement.from_result(ExecutionJob(key=key, strategy_json=key), result, worker="reference run",
+                                    seconds=result.wall_seconds or 0.0)
+        self._set(MEASURED_PREFIX + digest(key), MeasuredCandidate(
+            key=key, summary="baseline", round=0, selection=REFERENCE_SELECTION, status=m.status, reason=m.reason,
+            quality_retained_pct=m.quality_retained_pct, memory_gib=m.memory_gib, latency_ms=m.latency_ms,
+            run=m.result_path, worker=m.worker, seconds=m.seconds).model_dump(mode="json"))
+        self._rescore(self.predictors.scorer(state), key, state)
+        self.say(f"reference: the uncompressed model's run {result.run_dir} ({m.memory_gib or float('nan'):.3f} GiB, "
+                 f"{m.latency_ms or float('nan'):.1f} ms)")
 
     def _objective(self, scorer, r: int):  # noqa: ANN001
         def objective(trial):  # noqa: ANN001
@@ -604,6 +719,8 @@ class Loop:
         return warm
 
     def _execute_round(self, r: int) -> None:
+        from planner.strategy import CompressionStrategy
+
         attrs = self._attrs()
         measured = study_items(attrs, MEASURED_PREFIX, MeasuredCandidate)
         selection = attrs.get(f"{SELECTED_PREFIX}{r}")
@@ -613,9 +730,15 @@ class Loop:
         todo = [s for s in selection if digest(s["key"]) not in measured]
         if not todo:
             return
+        measured_list = list(measured.values())
         for s in todo:
-            self.say(f"round {r}: executing {s['summary']} ({s['selection']})")
-        jobs = [{"key": s["key"], "strategy_json": s["key"], "round": r, "trial": s.get("trial")} for s in todo]
+            s["timeout_s"], s["timeout_source"] = execution_timeout(
+                CompressionStrategy.model_validate_json(s["key"]), measured_list, given=self.request.timeout_s,
+                profile_seconds=self.profile_seconds)
+            self.say(f"round {r}: executing {s['summary']} ({s['selection']}; timeout {s['timeout_s']:.0f} s: "
+                     f"{s['timeout_source']})")
+        jobs = [{"key": s["key"], "strategy_json": s["key"], "round": r, "trial": s.get("trial"),
+                 "timeout_s": s["timeout_s"]} for s in todo]
         results = execute(self.storage, self.study.study_name, jobs, self.request, progress=self.progress)
         by_key = {s["key"]: s for s in todo}
         for m in results:
@@ -636,7 +759,7 @@ class Loop:
         if "min_speedup" in self.limits and digest(baseline) not in measured:
             # A measured speedup needs the uncompressed model's measured latency on this device.
             out.append({"key": baseline, "summary": "uncompressed baseline", "trial": None,
-                        "selection": "baseline for the measured speedup"})
+                        "selection": "reference: the uncompressed model's latency, to measure the speedup"})
         for row in picks.to_dict(orient="records"):
             key = strategy_key(CompressionStrategy.model_validate_json(row["strategy_json"]))
             out.append({"key": key, "summary": row["strategy"], "trial": _int(row.get("trial")),
@@ -657,7 +780,7 @@ class Loop:
             key=chosen["key"], summary=chosen["summary"], round=r, trial=chosen.get("trial"),
             selection=chosen["selection"], status=m.status, reason=m.reason,
             quality_retained_pct=m.quality_retained_pct, memory_gib=m.memory_gib, latency_ms=m.latency_ms,
-            run=m.result_path, worker=m.worker, seconds=m.seconds,
+            run=m.result_path, worker=m.worker, seconds=m.seconds, timeout_s=chosen.get("timeout_s"),
             predicted={int(j): PredictedFigures(**p) for j, p in (chosen.get("predicted") or {}).items()})
         source = _source(self.study.study_name, r, chosen["key"])
         store = self.predictors.store
@@ -699,15 +822,24 @@ class Loop:
             if not key or key in seen:
                 continue
             seen.add(key)
-            strategy = CompressionStrategy.model_validate_json(key)
-            row = scorer.row(strategy)
-            values = [o.value(row) for o in self.objectives]
-            record = {"strategy": key, "summary": strategy.summary(), "prediction": row["prediction"],
-                      "violations": row["violations"], "constraint_values": row["constraint_values"]}
-            self._set(RESCORED_PREFIX + digest(key), Rescored(
-                round=r + 1, record=record, values=None if any(v is None for v in values) else values,
-                violation=sum(row["constraint_values"].values())).model_dump(mode="json"))
+            self._rescore(scorer, key, r + 1)
+        reference = strategy_key(CompressionStrategy())
+        if reference not in seen and digest(reference) in self.measurements():
+            self._rescore(scorer, reference, r + 1)  # the reference run no trial proposed
         self._report(r, seconds)
+
+    def _rescore(self, scorer, key: str, state: int) -> None:  # noqa: ANN001 - a TrialScorer
+        """Store ``key``'s prediction by predictor state ``state`` (``fitplan_rescored:<digest>``)."""
+        from planner.strategy import CompressionStrategy
+
+        strategy = CompressionStrategy.model_validate_json(key)
+        row = scorer.row(strategy)
+        values = [o.value(row) for o in self.objectives]
+        record = {"strategy": key, "summary": strategy.summary(), "prediction": row["prediction"],
+                  "violations": row["violations"], "constraint_values": row["constraint_values"]}
+        self._set(RESCORED_PREFIX + digest(key), Rescored(
+            round=state, record=record, values=None if any(v is None for v in values) else values,
+            violation=sum(row["constraint_values"].values())).model_dump(mode="json"))
 
     def _report(self, r: int, seconds: float) -> None:
         attrs = self._attrs()

@@ -101,6 +101,8 @@ class MeasuredCandidate(BaseModel):
     run: str | None = Field(None, description="the run's result file")
     worker: str | None = None
     seconds: float | None = None
+    timeout_s: float | None = Field(None, description="the execution's timeout, seconds (a run killed then is "
+                                    "failed with reason 'timed out after N s')")
     predicted: dict[int, PredictedFigures] = Field(
         default_factory=dict, description="by predictor state j (the predictor fitted on rounds < j: state 1 = "
         "priors/profile and calibration records from before this search): its prediction, made before this "

@@ -201,6 +201,9 @@ def deployment_note(best: dict[str, Any] | None, constraints) -> str:  # noqa: A
         where = f"this machine, {local_device().name}"
     memory, measured_memory = _number(best, "memory_gib"), _number(best, "measured_memory_gib")
     parts = [f"Deploy `{best['strategy']}` with {engine} on {where}"]
+    if best.get("reference"):  # search.results: recommended only when no compressed candidate is feasible
+        parts = ["No compression needed: the uncompressed model meets every constraint and no compressed "
+                 f"candidate does. Deploy it unchanged with {engine} on {where}"]
     figures = []
     if memory is not None:
         figures.append(f"{memory:.2f} GiB predicted" + (f", {measured_memory:.2f} GiB measured"
@@ -278,6 +281,9 @@ def _blocks(result, data) -> list[tuple]:  # noqa: ANN001
     if "measured_status" in table.columns:
         classes = ["failed" if str(s).startswith("failed") else "measured" if isinstance(s, str) and s else ""
                    for s in table["measured_status"]]
+        if "reference" in table.columns:
+            classes = [f"{c} reference".strip() if bool(r) is True else c
+                       for c, r in zip(classes, table["reference"].fillna(False))]
     blocks += [("table", table, data["shown"], "tradeoffs", classes), ("h2", "Pareto front"), ("plot",),
                ("h2", "Predictor quality"), ("p", _predictor_text(data))]
     if data["rounds"] is not None:
@@ -310,6 +316,7 @@ def _frame(rows: list[dict[str, Any]]):  # noqa: ANN202
 
 def _markdown(result, data, out: Path) -> Path:  # noqa: ANN001
     from search.results import _markdown_table
+    from search.table_markdown import compact_columns, markdown_table
 
     png = result.plot_pareto(out / "pareto.png")
     lines = [f"# {_title(result, data)}", ""]
@@ -331,6 +338,9 @@ def _markdown(result, data, out: Path) -> Path:  # noqa: ANN001
             _, frame, columns, _, _ = block
             if columns is None:
                 lines += [_markdown_table(frame), ""]
+                continue
+            if block[3] == "tradeoffs":  # within 80 columns; the HTML report and table.csv have every column
+                lines += [markdown_table(frame, compact_columns(result.table, result.request)), ""]
                 continue
             headers, rows = _rows(frame, columns)
             lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]

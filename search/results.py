@@ -8,6 +8,15 @@ sorting over the study's objectives) and then by the first objective; infeasible
 violating first. ``pareto`` is the first layer. Equal strategies proposed twice (several workers, or the
 sampler repeating itself) appear once.
 
+The uncompressed model (the identity strategy, summary ``baseline``) is the **reference** every
+candidate is measured against, not a candidate: when a trial proposed it, or the closed loop stored its
+measured run, it is the first row with rank 0, ``reference`` True and the strategy shown as
+``baseline (reference)``; it is not on the Pareto front and is never ranked against the candidates.
+The recommendation (:attr:`SearchResult.best`) is a compressed candidate whenever one is feasible; the
+reference is recommended only when it meets every constraint and no compressed candidate does, and then
+:attr:`SearchResult.no_compression_needed` is True, so the CLI, the lab and the report say "no
+compression needed" instead of presenting the uncompressed model as a compression strategy.
+
 A closed-loop search (search.loop) adds, from the study's attributes: each strategy's latest (re-scored)
 prediction in place of the one its trial made; the measured columns; and measurements in the verdict:
 a candidate measured ok is ranked on its measured quality loss, memory and latency (the objectives that
@@ -32,6 +41,9 @@ from search.objective import trial_record
 if TYPE_CHECKING:
     import optuna
     import pandas as pd
+
+REFERENCE_LABEL = "baseline (reference)"
+"""The strategy cell of the reference row (the uncompressed model; column ``reference`` True, rank 0)."""
 
 
 class SearchResult(BaseModel):
@@ -66,21 +78,36 @@ class SearchResult(BaseModel):
         """The rows executed for real (ok or failed), in rank order."""
         return self.table[self.table["measured_status"].notna()]
 
+    def _feasible(self) -> "tuple[pd.DataFrame, pd.DataFrame]":
+        """(feasible compressed candidates, the reference row when it is feasible), in rank order."""
+        feasible = self.table[self.table["feasible"].astype(bool)]
+        reference = _reference_mask(feasible)
+        return feasible[~reference], feasible[reference]
+
     @property
     def best(self) -> dict[str, Any] | None:
-        """The recommendation: the best *verified* candidate (measured, every constraint met) when one
-        exists, else the rank-1 feasible candidate (predicted only); None when nothing is feasible."""
-        feasible = self.table[self.table["feasible"]]
-        if feasible.empty:
-            return None
-        verified = feasible[feasible["verified"].fillna(False).astype(bool)]
-        return (verified if not verified.empty else feasible).iloc[0].to_dict()
+        """The recommendation: the best *verified* compressed candidate (measured, every constraint met)
+        when one exists, else the rank-1 feasible candidate (predicted only); when no compressed candidate
+        is feasible, the uncompressed reference if it meets every constraint (:attr:`no_compression_needed`);
+        None when nothing is feasible."""
+        candidates, reference = self._feasible()
+        if candidates.empty:
+            return None if reference.empty else reference.iloc[0].to_dict()
+        verified = candidates[candidates["verified"].fillna(False).astype(bool)]
+        return (verified if not verified.empty else candidates).iloc[0].to_dict()
+
+    @property
+    def no_compression_needed(self) -> bool:
+        """The recommendation is the uncompressed model: it meets every constraint, no compressed candidate does."""
+        best = self.best
+        return best is not None and bool(best.get("reference"))
 
     @property
     def best_is_verified(self) -> bool:
-        """The top-ranked feasible candidate is verified: no unmeasured candidate is predicted better."""
-        feasible = self.table[self.table["feasible"]]
-        return not feasible.empty and bool(feasible.iloc[0]["verified"])
+        """The recommendation is verified and no unmeasured candidate is ranked above it."""
+        candidates, reference = self._feasible()
+        top = candidates if not candidates.empty else reference
+        return not top.empty and bool(top.iloc[0]["verified"])
 
     # -- export -------------------------------------------------------------------------------------
 
@@ -101,11 +128,18 @@ class SearchResult(BaseModel):
         return text
 
     def to_markdown(self, path: str | Path | None = None, top: int | None = None) -> str:
+        """The table's main columns as Markdown within 80 columns (search.table_markdown); every column
+        is in :meth:`to_csv` and :meth:`to_json`."""
+        import textwrap
+
+        from search.table_markdown import compact_columns, markdown_table
+
         frame = self.table if top is None else self.table.head(top)
-        lines = [f"# fitplan search `{self.study_name}`", "",
-                 f"Model `{self.request.get('model')}`; objectives: {', '.join(self.objectives)}; "
-                 f"{self.n_complete} of {self.n_trials} trials complete, {self.n_failed} failed.", "",
-                 _markdown_table(frame)]
+        intro = (f"Model `{self.request.get('model')}`; objectives: {', '.join(self.objectives)}; "
+                 f"{self.n_complete} of {self.n_trials} trials complete, {self.n_failed} failed. Every column "
+                 f"(intervals, why not, strategy JSON) is in table.csv and table.json.")
+        lines = [f"# fitplan search `{self.study_name}`", "", textwrap.fill(intro, 80), "",
+                 markdown_table(frame, compact_columns(self.table, self.request))]
         if self.rounds:
             lines += ["", "## Predictor quality per round", "", _markdown_table(rounds_frame(self.rounds))]
         text = "\n".join(lines) + "\n"
@@ -142,6 +176,15 @@ class SearchResult(BaseModel):
         self.plot_pareto(paths["png"], x=x)
         self.plot_pareto_html(paths["html"], x=x)
         return paths
+
+
+def _reference_mask(frame: "pd.DataFrame") -> "pd.Series":
+    """True on the reference row (the uncompressed model)."""
+    if "reference" not in frame:
+        import pandas as pd
+
+        return pd.Series(False, index=frame.index)
+    return frame["reference"].fillna(False).astype(bool)
 
 
 def _x_axis(objectives: tuple[str, ...]) -> str:
@@ -261,7 +304,39 @@ def result_from_study(study: "optuna.Study", *, interrupted: bool = False, resum
 
     baseline = measured.get(digest(strategy_key(CompressionStrategy())))
     baseline_latency = baseline.latency_ms if baseline is not None and baseline.ok else None
+    reference_key = strategy_key(CompressionStrategy())
     trial_rows, rows, seen = [], [], {}
+
+    def add_row(key: str, row: dict[str, Any], values: list[float], violation: float, record: dict[str, Any],
+                number: int | None) -> None:
+        latest = rescored.get(digest(key))
+        if latest is not None:
+            if latest.values is None:  # after refinement an objective became unknown: not rankable
+                return
+            row = table_row(latest.record["prediction"], latest.record.get("violations") or [])
+            values, violation = list(latest.values), max(0.0, latest.violation)
+        row = {**row, **{column: None for column in MEASURED_COLUMNS}, "verified": False,
+               "reference": key == reference_key}
+        if row["reference"]:
+            row["strategy"] = REFERENCE_LABEL
+        done = measured.get(digest(key))
+        if done is not None:
+            row.update(measured_quality_retained_pct=done.quality_retained_pct, measured_memory_gib=done.memory_gib,
+                       measured_latency_ms=done.latency_ms, measured_status=done.status_text, measured_run=done.run)
+            if not done.ok:
+                row.update(feasible=False, why_not=f"measured failed: {done.reason or 'unknown reason'}")
+                violation = math.inf
+            else:
+                values = _measured_values(values, objectives, done, baseline_latency, same_device)
+                current = latest.record if latest is not None else record
+                clauses = measured_checks(done, limits, baseline_latency,
+                                          predicted=current.get("constraint_values") or {}, row=row,
+                                          same_device=same_device)
+                row.update(verified=not clauses, feasible=not clauses, why_not="; ".join(clauses))
+                violation = 0.0 if row["verified"] else max(violation, 1.0)
+        rows.append({**row, "trial": number, "_values": [s * v for s, v in zip(signs, values)],
+                     "_violation": violation})
+
     all_trials = study.get_trials(deepcopy=False)
     for trial in all_trials:
         record = trial_record(trial)
@@ -278,32 +353,14 @@ def result_from_study(study: "optuna.Study", *, interrupted: bool = False, resum
         if key in seen:
             continue
         seen[key] = True
-        values = list(trial.values)
-        violation = sum(max(0.0, c) for c in (trial.constraints or {}).values())
-        latest = rescored.get(digest(key))
-        if latest is not None:
-            if latest.values is None:  # after refinement an objective became unknown: not rankable
-                continue
-            row = table_row(latest.record["prediction"], latest.record.get("violations") or [])
-            values, violation = list(latest.values), max(0.0, latest.violation)
-        row = {**row, **{column: None for column in MEASURED_COLUMNS}, "verified": False}
-        done = measured.get(digest(key))
-        if done is not None:
-            row.update(measured_quality_retained_pct=done.quality_retained_pct, measured_memory_gib=done.memory_gib,
-                       measured_latency_ms=done.latency_ms, measured_status=done.status_text, measured_run=done.run)
-            if not done.ok:
-                row.update(feasible=False, why_not=f"measured failed: {done.reason or 'unknown reason'}")
-                violation = math.inf
-            else:
-                values = _measured_values(values, objectives, done, baseline_latency, same_device)
-                current = latest.record if latest is not None else record
-                clauses = measured_checks(done, limits, baseline_latency,
-                                          predicted=current.get("constraint_values") or {}, row=row,
-                                          same_device=same_device)
-                row.update(verified=not clauses, feasible=not clauses, why_not="; ".join(clauses))
-                violation = 0.0 if row["verified"] else max(violation, 1.0)
-        rows.append({**row, "trial": trial.number, "_values": [s * v for s, v in zip(signs, values)],
-                     "_violation": violation})
+        add_row(key, row, list(trial.values), sum(max(0.0, c) for c in (trial.constraints or {}).values()),
+                record, trial.number)
+    # Measured strategies no trial proposed (the reference run the loop was given): from their re-scored record.
+    for name, done in measured.items():
+        latest = rescored.get(name)
+        if done.key not in seen and latest is not None and latest.values is not None:
+            seen[done.key] = True
+            add_row(done.key, {}, list(latest.values), latest.violation, latest.record, None)
     trials = pd.DataFrame(trial_rows)
     ranking = {row["strategy_json"]: ([s * v for s, v in zip(signs, row["_values"])], row["_violation"])
                for row in rows}
@@ -320,6 +377,11 @@ def result_from_study(study: "optuna.Study", *, interrupted: bool = False, resum
 def _rank(rows: list[dict[str, Any]]) -> "pd.DataFrame":
     import pandas as pd
 
+    reference = [r for r in rows if r.get("reference")]
+    for row in reference:
+        row["pareto"] = False
+        row["rank"] = 0
+    rows = [r for r in rows if not r.get("reference")]
     feasible = [r for r in rows if r["feasible"]]
     infeasible = [r for r in rows if not r["feasible"]]
     layers = non_dominated_layers([r["_values"] for r in feasible])
@@ -330,9 +392,9 @@ def _rank(rows: list[dict[str, Any]]) -> "pd.DataFrame":
     infeasible.sort(key=lambda r: (r["_violation"], r["_values"]))
     for row in infeasible:
         row["pareto"] = False
-    ordered = feasible + infeasible
-    for rank, row in enumerate(ordered, start=1):
+    for rank, row in enumerate(feasible + infeasible, start=1):
         row["rank"] = rank
-    columns = [*TABLE_COLUMNS, *MEASURED_COLUMNS, "trial"]
+    ordered = reference + feasible + infeasible
+    columns = [*TABLE_COLUMNS, *MEASURED_COLUMNS, "reference", "trial"]
     frame = pd.DataFrame(ordered, columns=columns) if ordered else pd.DataFrame(columns=columns)
     return frame.reset_index(drop=True)

@@ -90,7 +90,8 @@ def run_search(model: Any, constraints: Any = None, *, space: SearchSpace | None
                progress: bool = False, metric: str | None = None, model_dir: str | Path | None = None,
                execute_top: int = 0, rounds: int = 1, workers: int = 1, evaluator: str | None = None,
                eval_data: str | Path | None = None, out_dir: str | Path | None = None,
-               calibration_dir: str | Path | None = None, device: str = "auto") -> SearchResult:
+               calibration_dir: str | Path | None = None, device: str = "auto",
+               baseline_run: str | Path | None = None, execution_timeout: float | None = None) -> SearchResult:
     """Search strategies for ``model`` under ``constraints``; returns the ranked trade-offs.
 
     ``storage``: None = in memory (Python) — the CLI defaults to ``sqlite:///fitplan.db``; a path or any
@@ -108,6 +109,13 @@ def run_search(model: Any, constraints: Any = None, *, space: SearchSpace | None
     is given) and every strategy is re-scored before the next round. The default space is what the
     executors run on ``device`` (``search.space.executable_space``). The study needs a database execution
     workers share: ``storage`` None means ``sqlite:///<out_dir>/search.db`` here. Needs the exec extra.
+    ``baseline_run``: the result.json (or run directory) of the uncompressed model already measured with the
+    same evaluator (``fitplan lab`` measures it first): stored in the study as the reference, so the loop
+    never executes the uncompressed model itself. The uncompressed model is never selected as a candidate
+    to execute, and is recommended only when no compressed candidate is feasible (search.results).
+    ``execution_timeout``: seconds one execution may take before its isolated process is killed and the
+    candidate is stored as failed ("timed out after N s"; never retried); None derives it from the run's
+    expected cost (``search.loop.execution_timeout``: 10x the study's median run, or the profile's cost).
     """
     import optuna
 
@@ -115,7 +123,7 @@ def run_search(model: Any, constraints: Any = None, *, space: SearchSpace | None
     from search.candidates import candidate_evaluator, coerce_constraints, request_record
     from search.space import default_space
     from search.storage import open_storage
-    from search.study import default_study_name, open_study
+    from search.study import default_study_name, open_study, record_model_source
 
     n_trials = int(_positive("n_trials", n_trials, MAX_TRIALS))
     n_jobs = int(_positive("n_jobs", n_jobs, 64))
@@ -126,12 +134,15 @@ def run_search(model: Any, constraints: Any = None, *, space: SearchSpace | None
 
         loop = LoopRequest.build(model=model, model_dir=model_dir, execute_top=execute_top, rounds=rounds,
                                  workers=workers, evaluator=evaluator, eval_data=eval_data, device=device,
-                                 out_dir=out_dir, calibration_dir=calibration_dir, calibration=calibration)
+                                 out_dir=out_dir, calibration_dir=calibration_dir, calibration=calibration,
+                                 baseline_run=baseline_run, timeout_s=execution_timeout)
         calibration = loop.open_store()
-    elif rounds != 1 or any(v is not None for v in (model_dir, evaluator, eval_data, out_dir, calibration_dir)):
+    elif rounds != 1 or any(v is not None for v in (model_dir, evaluator, eval_data, out_dir, calibration_dir,
+                                                    baseline_run, execution_timeout)):
         given = [name for name, v in (("rounds", rounds != 1 or None), ("model_dir", model_dir),
                                       ("evaluator", evaluator), ("eval_data", eval_data), ("out_dir", out_dir),
-                                      ("calibration_dir", calibration_dir)) if v is not None]
+                                      ("calibration_dir", calibration_dir), ("baseline_run", baseline_run),
+                                      ("execution_timeout", execution_timeout)) if v is not None]
         raise InvalidRequestError(f"{', '.join(given)} only apply to a closed loop: set execute_top to the number of "
                                   f"candidates to execute for real per round (e.g. execute_top=4).")
     spec = get_model(model)
@@ -181,6 +192,7 @@ def run_search(model: Any, constraints: Any = None, *, space: SearchSpace | None
     store = open_storage(storage) if storage is not None else optuna.storages.InMemoryStorage()
     name = study_name or default_study_name(request)
     study, resumed = open_study(store, name, request, directions, sampler_obj)
+    record_model_source(study, spec)  # a local model: fitplan report rebuilds it offline (search.study)
 
     def suggest(trial: optuna.trial.Trial):
         return space.suggest(trial, allocator)
@@ -222,12 +234,23 @@ def run_search(model: Any, constraints: Any = None, *, space: SearchSpace | None
     base = "profile" if profile is not None else "priors"
     runner = Loop(study=study, storage=store, spec=spec, constraints=constraints, space=space, objectives=objective_list,
                   request=loop, make_scorer=make_scorer, suggest=suggest, n_trials=n_trials, sampler_name=sampler,
-                  seed=seed, make_sampler=make_sampler, progress=progress, base_label=base)
+                  seed=seed, make_sampler=make_sampler, progress=progress, base_label=base,
+                  profile_seconds=_profile_run_seconds(profile))
     try:
         runner.run(optimize)
     except KeyboardInterrupt:  # during an execution: every finished measurement is in the study
         runner.interrupted = True
     return result_from_study(study, interrupted=runner.interrupted, resumed=resumed, evaluations=scorer.evaluations)
+
+
+def _profile_run_seconds(profile: Any) -> float | None:
+    """Expected seconds of one plain execution from a profile's own cost: loading the model plus two
+    evaluator passes (the baseline's and the candidate's; ProfileCost.reference_seconds is one). None
+    without a profile or its cost."""
+    cost = getattr(profile, "cost", None)
+    if cost is None or not cost.reference_seconds:
+        return None
+    return cost.load_seconds + 2.0 * cost.reference_seconds
 
 
 def _finished(study) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from planner.errors import InvalidRequestError
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
 
 FINGERPRINT_KEY = "fitplan_fingerprint"
 REQUEST_KEY = "fitplan_request"
+# A model read from a local directory or config.json: {"path", "name", "fingerprint", "config"} (the request
+# records only the model's name, which does not resolve offline; see study_model).
+MODEL_SOURCE_KEY = "fitplan_model_source"
 WAIT_FOR_CREATOR_S = 30.0
 
 
@@ -104,3 +108,65 @@ def load_existing(storage: "optuna.storages.BaseStorage", study_name: str) -> "o
         hint = did_you_mean(study_name, names) if names else ""
         listing = f" Studies there: {', '.join(names[:10])}." if names else " The storage has no studies."
         raise InvalidRequestError(f"no study named {study_name!r} in this storage.{hint}{listing}") from None
+
+
+def _local_path(spec: Any) -> Path | None:
+    """The directory (or JSON file) a spec was read from; None for a registry, hub or dict model."""
+    source = str(getattr(spec, "source", "") or "")
+    if not source or source in ("registry", "dict") or source.startswith(("hub:", "hub-cache:")):
+        return None
+    path = Path(source).expanduser().resolve()
+    return path.parent if path.name == "config.json" else path
+
+
+def record_model_source(study: "optuna.Study", spec: Any) -> None:
+    """Record where a local model came from (its path, fingerprint and config.json) in the study, so
+    ``fitplan report`` rebuilds the search offline (:func:`study_model`). A registry or hub model records
+    nothing: its name resolves."""
+    from planner.accuracy.profile import model_fingerprint
+
+    path = _local_path(spec)
+    if path is None:
+        return
+    study.set_user_attr(MODEL_SOURCE_KEY, json.loads(json.dumps(
+        {"path": str(path), "name": spec.name, "fingerprint": model_fingerprint(spec.config), "config": spec.config},
+        default=str)))
+
+
+def study_model(study: "optuna.Study") -> tuple[Any, str | None]:
+    """The model of a stored search for its report: (a ModelSpec or a name for ``get_model``, a note or None).
+
+    A local model is read again from its recorded path when that still holds the same model (same
+    fingerprint); when the directory moved, was deleted or holds another model now, the spec is rebuilt
+    from the config.json recorded in the study and the note says so in one line. A closed loop of a study
+    from before this record names only its model directory: gone, that is one InvalidRequestError line.
+    Other models: the request's name (registry or hub id)."""
+    from planner.accuracy.profile import model_fingerprint
+    from planner.models.resolve import get_model
+    from planner.models.spec import ModelSpec
+
+    attrs = study.user_attrs
+    source = attrs.get(MODEL_SOURCE_KEY)
+    if source:
+        path = Path(source["path"])
+        config_file = path / "config.json" if path.is_dir() else path
+        try:
+            current = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            current = None
+        if isinstance(current, dict) and model_fingerprint(current) == source.get("fingerprint"):
+            return get_model(path, name=source.get("name")), None
+        why = ("no longer exists (moved or deleted)" if current is None else
+               f"now holds another model (fingerprint {model_fingerprint(current) if isinstance(current, dict) else '?'}"
+               f", recorded {source.get('fingerprint')})")
+        spec = ModelSpec.from_config(source["config"], name=source.get("name"), source=f"study {study.study_name}")
+        return spec, (f"the model directory {path} recorded by the search {why}; the report uses the config.json "
+                      f"recorded in the study")
+    loop_dir = (attrs.get("fitplan_loop") or {}).get("model_dir")
+    if loop_dir:
+        if Path(loop_dir).is_dir():
+            return loop_dir, None
+        raise InvalidRequestError(f"the search's model directory {loop_dir} no longer exists (moved?) and study "
+                                  f"{study.study_name!r} predates recording the model's config; put the directory "
+                                  f"back where it was to write the report.")
+    return (attrs.get(REQUEST_KEY) or {}).get("model"), None

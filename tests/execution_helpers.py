@@ -68,3 +68,21 @@ def log_and_sleep(model_dir, strategy, *, evaluator=None, out_dir=None, isolate=
     result.save(result_path)
     _log(out_dir, f"end {summary} {os.getpid()}")
     return result
+
+
+def isolated_sleep(model_dir, strategy, *, evaluator=None, out_dir=None, isolate=True, data=None, device="auto",
+                   timeout_s=None):
+    """Like ``executors.execute``'s isolated path, without a model: the run (a sleep of FITPLAN_TEST_JOB_S
+    seconds) happens in ``executors.isolation.run_isolated``'s child process under ``timeout_s``; a run it
+    kills comes back as a failed result with the isolation's reason."""
+    from executors.isolation import run_isolated
+    from executors.result import ExecutionResult
+
+    summary = strategy.summary()
+    _log(out_dir, f"start {summary} {os.getpid()}")
+    outcome = run_isolated("tests.exec_helpers:sleep", {"seconds": float(os.environ.get("FITPLAN_TEST_JOB_S", "0.2"))},
+                           Path(out_dir) / f"job-{summary.replace(' ', '_')}-{time.monotonic_ns()}", timeout_s=timeout_s)
+    _log(out_dir, f"end {summary} {os.getpid()}")
+    return ExecutionResult(status=outcome.status, reason=outcome.reason, model_dir=str(model_dir),
+                           strategy=json.loads(strategy.to_json()), strategy_summary=summary, device="cpu",
+                           isolated=True, wall_seconds=outcome.wall_seconds)

@@ -37,7 +37,7 @@ def test_failures_are_reported_not_raised(tmp_path, job, expected):
 def test_timeout_kills_the_child(tmp_path):
     outcome = run_isolated("tests.exec_helpers:sleep", {"seconds": 30}, tmp_path / "job", timeout_s=1.5)
     assert outcome.status == "failed" and outcome.killed_by == "timeout"
-    assert outcome.reason == "timeout: killed after 1.5 s during phase 'sleeping'"
+    assert outcome.reason == "timed out after 1.5 s during phase 'sleeping' (killed)"
     assert outcome.signal == "SIGKILL"
     assert outcome.wall_seconds < 10
 

@@ -77,7 +77,7 @@ def test_timeout_and_memory_cap_fail_without_killing_the_caller(minilm, tmp_path
     from executors import execute
 
     slow = execute(minilm, None, out_dir=tmp_path / "t", timeout_s=1.0, speed=False)
-    assert slow.status == "failed" and "timeout: killed after 1 s" in slow.reason
+    assert slow.status == "failed" and "timed out after 1 s" in slow.reason
     capped = execute(minilm, None, out_dir=tmp_path / "m", memory_cap_bytes=120 * MIB, speed=False)
     assert capped.status == "failed" and "memory cap exceeded: resident memory passed 120 MiB" in capped.reason
 

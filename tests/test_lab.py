@@ -50,6 +50,16 @@ def test_bad_flags_exit_2_naming_the_flag(minilm, tmp_path, capsys, flags, messa
     assert stop.value.code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("value", "message"), [("0", "must be a number of seconds above 0"),
+                                               ("-5", "must be a number of seconds above 0"),
+                                               ("inf", "must be a finite number")])
+def test_a_bad_execution_timeout_exits_2_before_anything_runs(minilm, tmp_path, capsys, value, message):
+    assert main(["lab", str(minilm), *LIMITS, "--execution-timeout", value, "--out", str(tmp_path / "lab")]) == 2
+    err = capsys.readouterr().err
+    assert f"--execution-timeout {message}" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "lab" / "analysis.json").exists()
+
+
 def test_max_accuracy_loss_is_required(minilm, tmp_path, capsys):
     assert main(["lab", str(minilm), "--max-memory-gb", "1", "--out", str(tmp_path / "lab")]) == 2
     assert "--max-accuracy-loss is required" in capsys.readouterr().err
@@ -145,6 +155,26 @@ def test_the_lab_runs_every_step_and_verifies_and_exports_the_recommendation(ful
     assert export["strategy"] == validation["strategy"] or "cannot be exported" in export["reason"]
     report = (out / "report.html").read_text()
     assert "measured quality %" in report and "measured GiB" in report and 'id="rounds"' in report
+
+
+def test_the_lab_baseline_is_the_loops_measured_reference_and_never_executed_again(full_lab):
+    """Step 1's baseline run is stored in the loop's study: the table shows it measured, as the reference
+    (rank 0), and the loop spends no execution on the uncompressed model."""
+    import optuna
+
+    from search.results import result_from_study
+
+    out = full_lab[0]
+    baseline = json.loads((out / "analysis.json").read_text())["baseline"]
+    study = optuna.load_study(study_name="lab", storage=f"sqlite:///{out / 'lab.db'}")
+    table = result_from_study(study).table
+    reference = table[table["reference"].astype(bool)]
+    assert len(reference) == 1 and reference.iloc[0]["rank"] == 0
+    assert reference.iloc[0]["strategy"] == "baseline (reference)" and reference.iloc[0]["measured_status"] == "ok"
+    assert reference.iloc[0]["measured_latency_ms"] == pytest.approx(baseline["latency_ms"])
+    assert reference.iloc[0]["measured_run"] == baseline["result_path"]
+    runs = [json.loads(line) for line in (out / "runs" / "results.jsonl").read_text().splitlines() if line.strip()]
+    assert sum(r["strategy_summary"] == "baseline" for r in runs) == 1  # step 1's run only
 
 
 def test_the_lab_report_renders_in_headless_chromium(full_lab, tmp_path):

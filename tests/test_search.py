@@ -68,6 +68,11 @@ def test_run_ranks_feasible_candidates_that_satisfy_every_constraint():
     result = run_search(LLAMA, CONSTRAINTS, space=SMALL, n_trials=60, sampler="nsga2", seed=1)
     assert result.n_complete == 60 and result.n_failed == 0
     table = result.table
+    # the uncompressed model, when sampled, is the reference (rank 0, first), not a ranked candidate
+    reference = table["reference"].astype(bool)
+    assert list(table[reference]["rank"]) == [0] * int(reference.sum()) and reference.sum() <= 1
+    assert not reference.iloc[1:].any()
+    table = table[~reference]
     assert list(table["rank"]) == list(range(1, len(table) + 1))
     assert table["strategy_json"].is_unique  # equal strategies appear once
     feasible = table[table["feasible"]]

@@ -107,3 +107,29 @@ def test_profiled_search_leaves_out_budgets_no_measured_format_reaches():
     assert budgets and min(budgets) >= floor > 3.0
     errors = result.trials["error"].dropna()
     assert not errors.str.contains("below the smallest format").any()
+
+
+def test_distinct_per_block_allocations_never_share_a_summary():
+    """Each distinct allocation of a profiled search is its own table row, and its strategy cell must say
+    so: the count of overrides, their average bits and a short digest of which block got what."""
+    import re
+
+    from planner.strategy import BlockFormat, CompressionStrategy, QuantizationSpec
+
+    spec = get_model("meta-llama/Llama-3.1-8B")
+    result = run_search(spec.name, Constraints(max_memory_gb=16, max_accuracy_loss=8, gpu="RTX 4090"),
+                        profile=_profile(spec, sensitive_blocks=(0, 31)), n_trials=40, sampler="random", seed=0)
+    rows = result.table[result.table["strategy"].str.contains("block formats")]
+    assert len(rows) >= 2, "the search proposed several allocations"
+    assert rows["strategy"].is_unique  # one row per strategy_json, and no two look alike
+    for summary in rows["strategy"]:
+        part = summary.split(" | ")[0]  # the quantization part (sparsity may follow)
+        found = re.search(r" (\+\d+ block formats avg \d+\.\db #[0-9a-f]{4})$", part)
+        assert found, summary
+        assert len(found.group(1)) <= 32  # compact: the 80-column tables keep it readable
+    # same count and the same formats on other blocks: still two summaries; the order given does not matter
+    one = (BlockFormat(block=0, group="mlp", format="int8"), BlockFormat(block=1, group="mlp", format="bf16"))
+    other = (BlockFormat(block=2, group="mlp", format="int8"), BlockFormat(block=1, group="mlp", format="bf16"))
+    a, b, a_again = (CompressionStrategy(quantization=QuantizationSpec(weights="nf4", block_formats=f)).summary()
+                     for f in (one, other, one[::-1]))
+    assert a != b and a == a_again and a.startswith("nf4 +2 block formats avg 12.0b #")

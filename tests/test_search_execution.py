@@ -303,3 +303,19 @@ def test_a_job_whose_workers_keep_dying_comes_back_failed_and_is_queued_again_ne
     # not stored as measured: the next call queues it again and runs it
     [again] = execute_jobs(storage, name, [job], model_dir=model_dir, out_dir=tmp_path, workers=1, **options)
     assert again.status == "ok" and again.measured and [e for e, _, _ in calls(tmp_path)] == ["start", "start", "end"]
+
+
+def test_a_job_timeout_kills_the_isolated_run_and_is_a_measured_failure_not_retried(tmp_path, model_dir, monkeypatch):
+    monkeypatch.setenv("FITPLAN_TEST_JOB_S", "30")
+    storage = storage_url(tmp_path / "q.db")
+    slow = ExecutionJob.of(CompressionStrategy(quantization=QuantizationSpec(weights="nf4")))
+    started = time.monotonic()
+    [measured] = execute_jobs(storage, "s", [slow.model_copy(update={"timeout_s": 1.5})], model_dir=model_dir,
+                              out_dir=tmp_path, **{**FAST, "executor": "tests.execution_helpers:isolated_sleep"})
+    assert time.monotonic() - started < 25  # killed, not slept out
+    assert measured.status == "failed" and measured.measured
+    assert measured.reason == "timed out after 1.5 s during phase 'sleeping' (killed)"
+    assert [c[0] for c in calls(tmp_path)] == ["start", "end"]  # run once, never retried
+    again = execute_jobs(storage, "s", [slow], model_dir=model_dir, out_dir=tmp_path,
+                         **{**FAST, "executor": "tests.execution_helpers:isolated_sleep"})
+    assert again[0].reason == measured.reason and len(calls(tmp_path)) == 2  # the failure is kept, not re-run

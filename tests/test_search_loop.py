@@ -391,6 +391,9 @@ def test_cli_runs_the_loop_and_prints_measured_columns(tmp_path, monkeypatch, ca
     (["--execute-top", "2", "--eval-data", "/nonexistent/file.txt"], "/nonexistent/file.txt"),
     (["--execute-top", "0", "--eval", "perplexity"], "--eval only apply with --execute-top K"),
     (["--execute-top", "99"], "--execute-top must be a whole number from 1 to 64"),
+    (["--execution-timeout", "60"], "--execution-timeout only apply with --execute-top K"),
+    (["--execute-top", "2", "--execution-timeout", "0"], "--execution-timeout must be a number of seconds above 0"),
+    (["--execute-top", "2", "--execution-timeout", "nan"], "--execution-timeout must be a finite number"),
 ])
 def test_cli_bad_input_exits_2_with_one_line(model_dir, tmp_path, monkeypatch, capsys, argv, message):
     from planner.cli import main
@@ -496,3 +499,163 @@ def test_a_round_skips_candidates_not_worth_a_run():
     assert set(select_candidates(table, 3, LIMITS)["strategy"]) == {"best", "long-shot", "student"}
     expensive = select_candidates(table, 3, LIMITS, cost=lambda row: 16.0 if row["strategy"] == "student" else 1.0)
     assert list(expensive["strategy"]) == ["best", "long-shot"]  # the interval straddles the limit: worth a run
+
+
+# -- the uncompressed model is the reference, not a candidate ------------------------------------------------
+BASELINE_KEY = strategy_key(CompressionStrategy())
+# bf16 Llama-3.1-8B fits an H100 (engine hf there: no fp8 KV cache), so the baseline is feasible
+ROOMY_LIMITS = {"gpu": "NVIDIA H100 SXM", "max_accuracy_loss": 15.0}
+ROOMY_SPACE = SPACE.model_copy(update={"kv_dtypes": ("auto",)})
+
+
+def test_the_uncompressed_reference_is_never_executed_nor_recommended(model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(loop_module, "execute", fake := FakeExecution())
+    result = run_search(MODEL, ROOMY_LIMITS, space=ROOMY_SPACE, n_trials=36, seed=3, sampler="tpe", model_dir=model_dir,
+                        execute_top=3, rounds=2, out_dir=tmp_path / "out", storage=f"sqlite:///{tmp_path}/loop.db",
+                        study_name="loop")
+    table = result.table
+    reference = table[table["reference"]]
+    assert len(reference) == 1  # the sampler proposed it: it is in the table, as the reference
+    row = reference.iloc[0]
+    assert row["rank"] == 0 and row["strategy"] == "baseline (reference)" and not row["pareto"]
+    assert row["feasible"] and row["quality_loss_pct"] == 0  # it meets the limits, and is best on quality
+    assert BASELINE_KEY not in fake.calls and len(fake.calls) == 6  # no execution spent on it
+    candidates = table[~table["reference"]]
+    assert list(candidates["rank"]) == list(range(1, len(candidates) + 1))
+    assert not result.best.get("reference") and result.best["verified"] and not result.no_compression_needed
+
+
+def _baseline_result(tmp_path, model_dir, evaluator="perplexity"):
+    from executors.result import ExecutionResult, LatencyMeasurement, QualityMeasurement
+
+    run = tmp_path / "baseline-run"
+    run.mkdir()
+    result = ExecutionResult(
+        status="ok", run_dir=str(run), model_dir=str(model_dir), strategy=CompressionStrategy().model_dump(mode="json"),
+        strategy_summary="baseline", device="cpu", isolated=True, peak_rss_bytes=17 * 2**30, wall_seconds=12.0,
+        latency=LatencyMeasurement(batch_size=1, seq_len=8, warmup=1, repeats=3, median_ms=40.0, min_ms=39.0,
+                                   max_ms=41.0, tokens_per_s=200.0),
+        quality=QualityMeasurement(evaluator=evaluator, metric="perplexity", higher_is_better=False, compressed=9.0,
+                                   baseline=9.0, retained_pct=100.0, baseline_cached=False))
+    (run / "result.json").write_text(result.model_dump_json())
+    return run / "result.json"
+
+
+def test_a_measured_baseline_run_is_stored_as_the_reference_and_not_run_again(model_dir, tmp_path, monkeypatch):
+    """min_speedup needs the baseline's measured latency: given the lab's baseline run, the loop stores it
+    (the table shows it, measured, as the reference) instead of executing the uncompressed model."""
+    from search.loop import REFERENCE_SELECTION
+
+    space = SearchSpace(weight_formats=("fp8", "gptq-int8", "gptq-int4"), kv_dtypes=("auto", "fp8"),
+                        keep_layers=(0, 1), sparsity=("none",))  # the sampler cannot propose the baseline
+    path = _baseline_result(tmp_path, model_dir)
+    fake = FakeExecution()
+    result = _search(model_dir, tmp_path, monkeypatch, fake, space=space, n_trials=12,
+                     baseline_run=path, **{})
+    assert BASELINE_KEY not in fake.calls and len(fake.calls) == 6
+    reference = result.table[result.table["reference"]]
+    assert len(reference) == 1
+    row = reference.iloc[0]
+    assert row["rank"] == 0 and row["measured_status"] == "ok" and row["measured_latency_ms"] == 40.0
+    assert row["measured_memory_gib"] == pytest.approx(17.0) and row["measured_quality_retained_pct"] == 100.0
+    assert row["measured_run"] == str(path.resolve())
+    stored = _measurements(tmp_path)[digest(BASELINE_KEY)]
+    assert stored.round == 0 and stored.selection == REFERENCE_SELECTION
+    # the speedup limit: with the reference stored, no execution is spent on the baseline either
+    other = tmp_path / "speed"
+    other.mkdir()
+    fake = FakeExecution()
+    monkeypatch.setattr(loop_module, "execute", fake)
+    run_search(MODEL, {**LOOP_LIMITS, "min_speedup": 1.2}, space=space, n_trials=12, seed=3, sampler="tpe",
+               model_dir=model_dir, execute_top=2, rounds=1, out_dir=other, storage=f"sqlite:///{other}/s.db",
+               study_name="speed", baseline_run=path)
+    assert BASELINE_KEY not in fake.calls and fake.calls
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"evaluator": "fidelity"}, "was evaluated with 'fidelity', the loop with 'perplexity'"),
+    ({"missing": True}, "is not a readable executors result.json"),
+])
+def test_a_wrong_baseline_run_is_one_clear_error(model_dir, tmp_path, monkeypatch, change, message):
+    from planner.errors import InvalidRequestError
+
+    path = _baseline_result(tmp_path, model_dir, evaluator=change.get("evaluator", "perplexity"))
+    if change.get("missing"):
+        path = tmp_path / "nowhere" / "result.json"
+    with pytest.raises(InvalidRequestError, match=message):
+        _search(model_dir, tmp_path, monkeypatch, FakeExecution(), baseline_run=path)
+
+
+def test_no_compression_needed_is_said_when_only_the_uncompressed_model_meets_the_limits(tmp_path, capsys):
+    from search.report import deployment_note
+
+    limits = {**ROOMY_LIMITS, "max_accuracy_loss": 1e-6}  # any compression loses more
+    result = run_search(MODEL, limits, space=ROOMY_SPACE, n_trials=20, seed=3, sampler="tpe")
+    assert result.table[~result.table["reference"]]["feasible"].sum() == 0
+    assert result.no_compression_needed and result.best["reference"]
+    from planner.planning.constraints import Constraints
+
+    assert deployment_note(result.best, Constraints(**limits)).startswith("No compression needed")
+
+
+# -- per-execution timeout ---------------------------------------------------------------------------------
+class TimeoutRecorder(FakeExecution):
+    """The fake execution, recording each job's timeout; the job named SLOW 'times out' as the isolation says."""
+
+    SLOW = "gptq-int8"
+
+    def __init__(self):
+        super().__init__()
+        self.timeouts: list[tuple[int, float]] = []
+
+    def __call__(self, storage, study_name, jobs, request, *, progress):
+        self.timeouts += [(job["round"], job["timeout_s"]) for job in jobs]
+        out = super().__call__(storage, study_name, jobs, request, progress=progress)
+        for job, m in zip(jobs, out):
+            if CompressionStrategy.model_validate_json(job["key"]).summary().startswith(self.SLOW):
+                m.status, m.reason = "failed", f"timed out after {job['timeout_s']:g} s during phase 'evaluate' (killed)"
+                m.quality_retained_pct = m.memory_gib = m.latency_ms = None
+        return out
+
+
+def test_every_execution_gets_the_given_timeout_and_a_timed_out_run_is_kept_as_failed(model_dir, tmp_path,
+                                                                                       monkeypatch):
+    fake = TimeoutRecorder()
+    result = _search(model_dir, tmp_path, monkeypatch, fake, execution_timeout=45)
+    assert fake.timeouts and all(t == 45 for _, t in fake.timeouts)
+    stored = _measurements(tmp_path).values()
+    assert all(m.timeout_s == 45 for m in stored)
+    timed_out = [m for m in stored if m.summary.startswith(TimeoutRecorder.SLOW)]
+    assert timed_out, "the space has gptq-int8 candidates; one must have been executed"
+    for m in timed_out:
+        assert m.status == "failed" and m.reason.startswith("timed out after 45 s")
+        row = result.table[result.table["strategy"] == m.summary].iloc[0]
+        assert row["measured_status"].startswith("failed: timed out after 45 s") and not row["feasible"]
+    assert result.best is not None and not result.best["strategy"].startswith(TimeoutRecorder.SLOW)
+
+
+def test_the_default_timeout_comes_from_the_expected_cost_of_the_run(model_dir, tmp_path, monkeypatch):
+    from search.loop import DEFAULT_TIMEOUT_S, MIN_TIMEOUT_S, TIMEOUT_FACTOR, execution_timeout
+
+    fake = TimeoutRecorder()
+    _search(model_dir, tmp_path, monkeypatch, fake)
+    # round 1: nothing measured, no profile: the default; round 2: 10x the measured 0.1 s, floored
+    assert {t for r, t in fake.timeouts if r == 1} == {DEFAULT_TIMEOUT_S}
+    assert {t for r, t in fake.timeouts if r == 2} == {MIN_TIMEOUT_S}
+    plain = CompressionStrategy.model_validate_json(strategy_key(CompressionStrategy.from_json(
+        '{"quantization": {"weights": "nf4"}}')))
+    student = CompressionStrategy.from_json('{"distillation": {"depth_ratio": 0.5}}')
+    runs = [MeasuredCandidate(key=strategy_key(plain), summary="nf4", round=1, status="ok", seconds=60.0)]
+    assert execution_timeout(plain, runs) == (TIMEOUT_FACTOR * 60.0, "10x the expected 60 s (this study's runs)")
+    seconds, source = execution_timeout(student, runs)  # a student trains: the prior ratio until measured
+    assert seconds == TIMEOUT_FACTOR * 60.0 * loop_module.TRAINING_COST_PRIOR and "960 s" in source
+    assert execution_timeout(plain, [], profile_seconds=50.0) == (500.0, "10x the expected 50 s (the profile's cost)")
+    assert execution_timeout(plain, runs, given=7.5) == (7.5, "given")
+
+
+@pytest.mark.parametrize("value", [0, -3, float("nan"), float("inf"), "60"])
+def test_a_bad_execution_timeout_is_one_clear_error(model_dir, tmp_path, monkeypatch, value):
+    from planner.errors import InvalidRequestError
+
+    with pytest.raises(InvalidRequestError, match="execution_timeout must be a number of seconds above 0"):
+        _search(model_dir, tmp_path, monkeypatch, FakeExecution(), execution_timeout=value)

@@ -125,3 +125,79 @@ def test_pareto_points_take_the_measured_loss_from_the_measured_quality(study):
     assert len(points.measured) == 2  # the failed run has no measured quality
     expected = 100.0 - result.table.loc[[0, 1], "measured_quality_retained_pct"].astype(float)
     assert list(points.measured["measured_quality_loss_pct"].round(6)) == list(expected.round(6))
+
+
+def test_report_rebuilds_a_predicted_only_search_of_a_local_directory_offline(tmp_path, capsys, monkeypatch):
+    """The request records the config's name ('my-private-model'), which no registry or hub lookup resolves
+    offline: the study also records the directory and its config, and says so when the directory moved."""
+    import json
+    import shutil
+
+    from tests.test_search_loop import LLAMA_8B_CONFIG
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = tmp_path / "models" / "my-private-model"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text(json.dumps(LLAMA_8B_CONFIG))
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    assert main(["search", str(model), "--max-memory-gb", "16", "--gpu", "RTX 4090", "--sampler", "random",
+                 "--seed", "0", "--trials", "8", "--no-progress", "--storage", storage, "--study", "local",
+                 "--out", str(tmp_path / "search")]) == 0
+    capsys.readouterr()
+    report = ["report", "--storage", storage, "--study", "local", "--format", "md"]
+    assert main([*report, "--out", str(tmp_path / "r1")]) == 0
+    assert "my-private-model" in (tmp_path / "r1" / "report.md").read_text()
+    assert capsys.readouterr().err == ""  # the directory is where it was: nothing to say
+    moved = tmp_path / "elsewhere"
+    shutil.move(str(model), moved)
+    assert main([*report, "--out", str(tmp_path / "r2")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"the model directory {model} recorded by the search no longer exists" in err[0]
+    first, second = ((tmp_path / r / "report.md").read_text() for r in ("r1", "r2"))
+    assert "Model analysis" in second and second.split("## Model analysis")[1].split("##")[0] == \
+        first.split("## Model analysis")[1].split("##")[0]  # the same parameter breakdown, from the recorded config
+
+
+def _tradeoff_lines(text: str, heading: str | None = None) -> list[str]:
+    """The lines of the Markdown trade-off table (after ``heading`` when given) and its footnotes."""
+    if heading is not None:
+        text = text.split(heading, 1)[1]
+    start = text.index("| ")
+    block = text[start:].split("\n## ", 1)[0]
+    return block.splitlines()
+
+
+def test_markdown_tradeoff_tables_fit_80_columns_and_keep_the_answer(study, tmp_path):
+    """table.md and report.md: every line within 80 characters, with rank, strategy, quality, memory and
+    verdict; a long strategy cut in a cell is written out in full below; every column stays in the CSV."""
+    import pandas as pd
+
+    from planner.strategy import BlockFormat, CompressionStrategy, QuantizationSpec, SparsitySpec
+
+    root, storage = study
+    result = _measured_result(storage)
+    table = result.table.copy()
+    long = CompressionStrategy(quantization=QuantizationSpec(
+        weights="nf4", kv_cache="fp8", block_formats=tuple(BlockFormat(block=b, group="mlp", format="int8")
+                                                           for b in range(6))),
+        sparsity=SparsitySpec(level=0.125, pattern="heads"))
+    table.loc[1, "strategy"] = long.summary()  # 70+ characters, with '|' separators
+    result = result.model_copy(update={"table": table})
+    for measured in (False, True):
+        current = result if measured else result.model_copy(update={"table": table.assign(measured_status=None)})
+        paths = current.write(tmp_path / f"files-{measured}")
+        report = write_report(current, tmp_path / f"report-{measured}", fmt="md")
+        for text in (paths["md"].read_text(), _tradeoff_lines(report.read_text(), "## Ranked trade-offs")):
+            lines = _tradeoff_lines(text) if isinstance(text, str) else text
+            assert max(len(line) for line in lines) <= 80, "\n".join(lines)
+            header = [h.strip() for h in lines[0].strip("|").split("|")]
+            assert header[:3] == ["#", "strategy", "qual%"] and "GiB" in header and header[-1] == "ok"
+            assert ("m.qual%" in header and "run" in header) == measured
+            joined = "\n".join(lines)
+            assert "Strategies cut above, in full:" in joined
+            full = " ".join(joined.split("Strategies cut above, in full:")[1].split())
+            assert long.summary() in full  # the whole strategy, wrapped
+            assert lines[2].replace(" ", "").startswith(f"|{int(table.loc[0, 'rank'])}|")  # rank order kept
+        csv = pd.read_csv(paths["csv"])
+        assert {"why_not", "strategy_json", "quality_low_pct", "usd_per_hour"} <= set(csv.columns)
+        assert long.summary() in set(csv["strategy"])
