@@ -117,8 +117,8 @@ def test_profiling_leaves_the_weights_as_they_were(tiny):
     model = load_model(tiny).model
     before = {k: v.clone() for k, v in model.state_dict().items()}
     groups = _block_groups(model)
-    for option in ("bf16", "nf4", "hqq-int4", "sparsity:unstructured:0.5"):
-        with _applied(model, groups[0]["mlp"], option, "magnitude", {}, "cpu") as ok:
+    for option in ("bf16", "nf4", "hqq-int4", "sparsity:unstructured:0.5", "sparsity:ffn:0.5"):
+        with _applied(model, groups[0]["mlp"], option, "magnitude", {}, "cpu", 0) as ok:
             assert ok
             changed = model.model.layers[0].mlp.down_proj
             assert type(changed).__name__ != "Linear" or bool((changed.weight == 0).any())
@@ -445,3 +445,72 @@ def test_replay_is_exact_on_every_family(family):
     for start in replay.starts:
         with replay.starting_at(start):
             assert all(torch.equal(a, b) for a, b in zip(run(), expected))
+
+
+def test_structured_entries_equal_the_channels_removed_for_real(tiny, cache):
+    """An ffn entry equals block 1's MLP rebuilt without the pruning step's lowest-scoring half of its channels;
+    heads entries exist on attention groups only, and the profile leaves the weights intact."""
+    import torch
+
+    from executors import run_profile
+    from executors.loading import load_model
+    from executors.steps.layout import ModelLayout
+    from executors.steps.structured import ffn_channel_scores
+
+    p = run_profile(tiny, formats=(), sparsity=(("ffn", 0.5), ("heads", 0.5)), block_drop=False, samples=2,
+                    seq_len=32).profile
+    assert {(e.block, e.group, e.option) for e in p.entries} == {
+        (b, g, o) for b in (0, 1) for g, o in (("mlp", "sparsity:ffn:0.5"), ("attention", "sparsity:heads:0.5"))}
+    assert all(e.retained_pct != 100.0 for e in p.entries)
+    loaded = load_model(tiny)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    baseline = _perplexity(model, tokenizer)
+    layout = ModelLayout(model)
+    keep = torch.topk(ffn_channel_scores(layout, layout.block_prefix(1)), 64).indices.sort().values
+    mlp = model.model.layers[1].mlp
+    with torch.no_grad():
+        for name in ("gate_proj", "up_proj"):
+            old = getattr(mlp, name)
+            new = torch.nn.Linear(64, 64, bias=False)
+            new.weight.copy_(old.weight[keep])
+            setattr(mlp, name, new)
+        down = torch.nn.Linear(64, 64, bias=False)
+        down.weight.copy_(mlp.down_proj.weight[:, keep])
+        mlp.down_proj = down
+    measured = 100 * baseline / _perplexity(model, tokenizer)
+    assert p.effect(1, "mlp", "sparsity:ffn:0.5") == pytest.approx(measured, rel=1e-5)
+
+
+def test_the_quantize_step_applies_per_block_formats(tiny):
+    """block_formats (a profiled search's allocation) reach the modules: block 1's MLP in hqq-int4, the rest int8;
+    after whole-layer pruning the overrides still address the original block numbers."""
+    from executors.loading import load_model
+    from executors.steps.context import StepContext
+    from executors.steps.quantize import quantize
+    from planner.strategy import CompressionStrategy
+
+    strategy = CompressionStrategy.model_validate({"quantization": {
+        "weights": "int8", "compute_dtype": "fp32", "block_formats": [{"block": 1, "group": "mlp", "format": "hqq-int4"}]}})
+    model = load_model(tiny).model
+    _, report = quantize(model, strategy.quantization, StepContext(), strategy)
+    actions = {m.name: m.action for m in report.modules}
+    assert {n: a for n, a in actions.items() if "layers.1.mlp" in n} == {
+        f"model.layers.1.mlp.{p}": "hqq-int4" for p in ("gate_proj", "up_proj", "down_proj")}
+    assert {a for n, a in actions.items() if "layers.1.mlp" not in n} == {"int8"}
+    model = load_model(tiny).model
+    del model.model.layers[0]  # block 1 is now the first block of the model
+    model.config.num_hidden_layers = 1
+    _, report = quantize(model, strategy.quantization, StepContext(kept_layers=[1]), strategy)
+    assert {m.name: m.action for m in report.modules}["model.layers.0.mlp.down_proj"] == "hqq-int4"
+
+
+def test_load_time_quantization_and_the_memory_model_see_per_block_formats():
+    from planner.execution import group_format, load_time_format
+    from planner.strategy import QuantizationSpec
+
+    spec = QuantizationSpec(weights="nf4", block_formats=[{"block": 2, "group": "attention", "format": "int8"}])
+    assert load_time_format(spec) is None  # bitsandbytes at load time would put every block in nf4
+    assert load_time_format(QuantizationSpec(weights="nf4")) == "nf4"
+    assert group_format(spec, "attention", "linear", 2, 4) == "int8"
+    assert group_format(spec, "mlp", "linear", 2, 4) == "nf4"
+    assert group_format(spec, "attention", "linear", 1, 4) == "nf4"

@@ -27,7 +27,7 @@ from planner.accuracy.metrics import check_metric, retained_from_damage
 from planner.accuracy.parts import (ModelFacts, PartDamage, distillation_damage, low_rank_damage, model_facts,
                                     quantization_damage, sparsity_damage)
 from planner.accuracy.priors import Z80, Priors, load_priors
-from planner.accuracy.profile import PROFILE_SIGMA, SensitivityProfile, damage_sum, sparsity_option
+from planner.accuracy.profile import PROFILE_SIGMA, STRUCTURED_GROUP, SensitivityProfile, damage_sum, sparsity_option
 from planner.accuracy.result import QualityPart, QualityPrediction
 from planner.errors import InvalidRequestError
 from planner.strategy import CompressionStrategy
@@ -118,14 +118,28 @@ def _outside_blocks(q, facts: ModelFacts | None, priors: Priors | None) -> Damag
     return part.damage if part is not None else None
 
 
+def _one_shot(damage: float, what: str, strategy: CompressionStrategy, facts: ModelFacts | None,
+              priors: Priors | None, notes: list[str]) -> float:
+    """Log of a profile's one-shot structural damage, scaled down by the structure prior's recovery factor
+    ``exp(recovery * ln(1 + T/N))`` when training follows the change (noted)."""
+    mu = math.log(damage)
+    tokens = _depth_recovery_tokens(strategy)
+    if tokens and facts is not None and priors is not None:
+        factor = priors.rules["structure"].coefficients()["recovery"] * math.log1p(tokens / facts.params)
+        mu += factor
+        notes.append(f"profile {what} effects are one-shot: {tokens:,.0f} training tokens scale their damage by "
+                     f"{math.exp(factor):.2f} (structure prior's recovery term).")
+    return mu
+
+
 def profile_parts(strategy: CompressionStrategy, profile: SensitivityProfile, scale: float,
                   notes: list[str], facts: ModelFacts | None = None,
                   priors: Priors | None = None) -> tuple[dict[str, PartDamage], int]:
     """Parts the profile covers (technique -> damage) and how many entries were used.
 
-    Block-drop effects are measured one-shot; when training follows the depth change (distillation
-    steps, fine-tuning steps), the structure rule's recovery factor ``exp(recovery * ln(1 + T/N))`` of
-    the priors scales them down (noted)."""
+    Block-drop and structured-pruning (ffn, heads) effects are measured one-shot; when training follows the
+    change (distillation steps, fine-tuning steps), the structure rule's recovery factor scales them down
+    (:func:`_one_shot`)."""
     n_blocks = profile.model.num_blocks
     covered: dict[str, PartDamage] = {}
     used = 0
@@ -134,19 +148,24 @@ def profile_parts(strategy: CompressionStrategy, profile: SensitivityProfile, sc
     if kept is not None:
         effects = [profile.drop_effect(b) for b in range(n_blocks) if b not in set(kept)]
         if effects and all(e is not None for e in effects):
-            key = "structure"
-            mu = math.log(damage_sum(effects, scale))
-            tokens = _depth_recovery_tokens(strategy)
-            if tokens and facts is not None and priors is not None:
-                factor = priors.rules["structure"].coefficients()["recovery"] * math.log1p(tokens / facts.params)
-                mu += factor
-                notes.append(f"profile block-drop effects are one-shot: {tokens:,.0f} training tokens scale their "
-                             f"damage by {math.exp(factor):.2f} (structure prior's recovery term).")
-            covered[key] = PartDamage(key, f"drop {len(effects)} of {n_blocks} blocks",
-                                      Damage(mu, PROFILE_SIGMA), len(effects), "profile:block_drop")
+            mu = _one_shot(damage_sum(effects, scale), "block-drop", strategy, facts, priors, notes)
+            covered["structure"] = PartDamage("structure", f"drop {len(effects)} of {n_blocks} blocks",
+                                              Damage(mu, PROFILE_SIGMA), len(effects), "profile:block_drop")
             used += len(effects)
         elif effects:
             notes.append("profile lacks block-drop effects for some removed blocks: depth from the priors.")
+    sp = strategy.sparsity
+    if sp is not None and sp.pattern in STRUCTURED_GROUP:
+        group = STRUCTURED_GROUP[sp.pattern]
+        option = sparsity_option(sp.pattern, sp.level)
+        effects = [profile.effect(b, group, option) for b in blocks]
+        if effects and all(e is not None for e in effects):
+            mu = _one_shot(damage_sum(effects, scale), f"{sp.pattern} pruning", strategy, facts, priors, notes)
+            covered["structure"] = PartDamage("structure", sp.summary(), Damage(mu, PROFILE_SIGMA), len(effects),
+                                              "profile:entries")
+            used += len(effects)
+        else:
+            notes.append(f"profile has no complete {option} entries: structured pruning from the priors.")
     q = strategy.quantization
     if q is not None:
         effects, missing = [], set()

@@ -31,7 +31,9 @@ File format (JSON, UTF-8; ``SensitivityProfile.save`` / ``SensitivityProfile.loa
 
 - ``group``: ``attention`` or ``mlp`` (the module groups of :class:`~planner.strategy.QuantizationSpec`);
 - ``option``: a weight-format name of :data:`planner.strategy.WEIGHT_FORMATS`, or
-  ``sparsity:<pattern>:<level>`` (``sparsity:unstructured:0.5``, ``sparsity:2:4:0.5``);
+  ``sparsity:<pattern>:<level>`` (``sparsity:unstructured:0.5``, ``sparsity:2:4:0.5``; the structured
+  ``sparsity:ffn:0.25`` on ``mlp`` groups and ``sparsity:heads:0.25`` on ``attention`` groups: that share of
+  the block's MLP channels / head groups removed, :data:`STRUCTURED_GROUP`);
 - ``retained_pct``: the evaluator's quality retained, % of the unmodified model (as the executors
   report it: baseline/compressed for lower-is-better metrics);
 - ``seconds``: what measuring the entry cost (the search uses it to budget new profiles);
@@ -72,6 +74,9 @@ def sparsity_option(pattern: str, level: float) -> str:
     """The profile option name of a sparsity pattern and level: 'sparsity:2:4:0.5'."""
     return f"sparsity:{pattern}:{level:g}"
 
+
+STRUCTURED_GROUP = {"ffn": "mlp", "heads": "attention"}
+"""structured pruning patterns a profile measures per block, and the module group each removes part of"""
 
 PROFILE_SIGMA = 0.25
 """log-spread of a profile's additive estimate of one part (measurement noise of the per-block effects and
