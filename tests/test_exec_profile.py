@@ -514,3 +514,19 @@ def test_load_time_quantization_and_the_memory_model_see_per_block_formats():
     assert group_format(spec, "attention", "linear", 2, 4) == "int8"
     assert group_format(spec, "mlp", "linear", 2, 4) == "nf4"
     assert group_format(spec, "attention", "linear", 1, 4) == "nf4"
+
+
+def test_a_run_with_whole_layer_pruning_quantizes_the_kept_blocks_by_their_original_number(tiny, tmp_path):
+    import executors
+
+    strategy = {"sparsity": {"level": 0.5, "pattern": "layers"},
+                "quantization": {"weights": "int8", "compute_dtype": "fp32",
+                                 "block_formats": [{"block": 1, "group": "mlp", "format": "hqq-int4"}]}}
+    result = executors.execute(tiny, strategy, isolate=False, speed=False, out_dir=tmp_path)
+    assert result.status == "ok", result.reason
+    pruning, quantization = result.steps
+    kept = pruning["structure"]["kept_layers"]
+    assert len(kept) == 1
+    actions = {m["name"]: m["action"] for m in quantization["modules"]}
+    assert actions["model.layers.0.mlp.down_proj"] == ("hqq-int4" if kept == [1] else "int8")
+    assert actions["model.layers.0.self_attn.o_proj"] == "int8"

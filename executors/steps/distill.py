@@ -61,9 +61,8 @@ def distill(teacher: nn.Module, spec: DistillationSpec, context: StepContext,
     student, structure = build_student(teacher, spec, strategy)
     rec.structure.update(structure)
     if "teacher_layers_kept" in structure:
-        before = context.kept_layers
-        kept = structure["teacher_layers_kept"]
-        context.kept_layers = [before[i] for i in kept] if before else list(kept)
+        earlier, kept = context.kept_layers, structure["teacher_layers_kept"]
+        context.kept_layers = [earlier[i] for i in kept] if earlier else list(kept)
     causal = ModelLayout(teacher).architecture == "decoder"
     if context.evaluator is not None:
         rec.metrics["student_quality_initial"] = float(context.evaluator(student))
