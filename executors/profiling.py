@@ -19,6 +19,9 @@ perplexity). Each block is also removed alone (block drop). Options:
   heads): the block's channels / key-value head groups the pruning step would remove
   (``executors.steps.structured``' magnitude scores) are cut off by zeroing the output projection's
   columns that read them, which computes exactly what the pruned block computes;
+- whole: each option applied to every group at once (what a uniform strategy runs), one evaluation per
+  option: per-group effects need not add up, and the planner scales an option's summed effects by the
+  measured ratio (:meth:`planner.accuracy.profile.SensitivityProfile.additivity`);
 - block drop: a forward hook makes the block return its input (what removing it computes).
 
 Fast on CPU: the model is loaded once, the evaluator's data and reference outputs are computed once,
@@ -59,6 +62,7 @@ from planner.accuracy.profile import (
     ProfileCost,
     ProfileSettings,
     SensitivityProfile,
+    WholeEntry,
     model_fingerprint,
     sparsity_option,
 )
@@ -148,7 +152,7 @@ def run_profile(model_dir: str | os.PathLike, *, evaluator: Any = None, data: st
     settings = ProfileSettings(samples=_samples(chosen), seq_len=_seq_len(chosen), seed=seed, device=device,
                                sparsity_method=sparsity_method)
     key = fingerprint([directory_fingerprint(root), model_fingerprint(config), chosen.key(), options, block_drop,
-                       settings.model_dump(mode="json")])
+                       settings.model_dump(mode="json"), "whole"])
     path = cache_root() / PROFILE_DIR / f"{model_fingerprint(config)}-{key}.json"
     if cache and path.is_file():
         try:
@@ -366,9 +370,10 @@ def _measure(root: Path, kind: str, config: dict, evaluator: Any, options: list[
     counter = blocks[0].register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
     entries: list[ProfileEntry] = []
     drops: list[BlockDrop] = []
+    whole: list[WholeEntry] = []
     work = [(b, g, o) for b in range(n_blocks) for g in ("attention", "mlp") if groups[b][g] for o in options
             if STRUCTURED_GROUP.get(_pattern(o), g) == g]
-    total = len(work) + (n_blocks if block_drop else 0)
+    total = len(work) + len(options) + (n_blocks if block_drop else 0)
     with _progress(show_progress, total, f"profiling {root.name}") as advance:
         for block, group, option in work:
             began = time.monotonic()
@@ -384,6 +389,19 @@ def _measure(root: Path, kind: str, config: dict, evaluator: Any, options: list[
                 entries.append(ProfileEntry(block=block, group=group, option=option, retained_pct=retained(value),
                                             seconds=round(time.monotonic() - began, 4)))
             advance(f"block {block} {group} {option}")
+        for option in options:  # every group at once, as a uniform strategy applies it
+            began = time.monotonic()
+            value = None
+            with contextlib.ExitStack() as applied:
+                done = [applied.enter_context(_applied(model, groups[b][g], option, settings.sparsity_method, norms,
+                                                       device, b)) for b, g, o in work if o == option]
+                spent["apply"] += time.monotonic() - began
+                if any(done):
+                    value = score(0)
+            if value is not None:
+                whole.append(WholeEntry(option=option, retained_pct=retained(value),
+                                        seconds=round(time.monotonic() - began, 4)))
+            advance(f"every block {option}")
         if block_drop:
             for block in range(n_blocks):
                 began = time.monotonic()
@@ -408,6 +426,7 @@ def _measure(root: Path, kind: str, config: dict, evaluator: Any, options: list[
         evaluator=ProfileEvaluator(name=evaluator.name, metric=evaluator.metric, metric_family=family,
                                    data_fingerprint=evaluator.key(), baseline=float(reference.value)),
         settings=settings.model_copy(update={"device": device}), entries=tuple(entries), block_drop=tuple(drops),
+        whole=tuple(whole),
         created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         total_seconds=round(time.monotonic() - start, 3), cost=cost)
 

@@ -93,6 +93,22 @@ def test_structured_pruning_from_the_profile(llama8b):
     assert other.basis == "prior" and any("no complete sparsity:ffn:0.5" in n for n in other.notes)
 
 
+def test_an_options_whole_model_entry_scales_its_summed_effects(llama8b):
+    """Per-group effects that do not add up: the whole-model entry is what a uniform strategy gets, and a
+    strategy using the option on half the groups gets half of it (the summed effects times the ratio)."""
+    import math
+
+    n = llama8b.num_layers
+    data = {**_profile(llama8b, 99.9).model_dump(), "whole": [{"option": "nf4", "retained_pct": 90.0}]}
+    profile = SensitivityProfile.model_validate(data)
+    assert profile.additivity("nf4", 1.0) == pytest.approx(math.log(0.9) / (2 * n * math.log(0.999)))
+    uniform = predict_quality(llama8b, quant("nf4"), profile=profile, metric="perplexity")
+    assert uniform.retained_pct == pytest.approx(90.0, rel=1e-9)
+    half = quant("nf4", block_formats=[{"block": b, "group": "mlp", "format": "bf16"} for b in range(n)])
+    assert predict_quality(llama8b, half, profile=profile, metric="perplexity").retained_pct == pytest.approx(
+        100 * math.sqrt(0.9), rel=1e-9)
+
+
 def test_profile_of_other_model_is_not_applied(llama8b):
     p = predict_quality(llama8b, quant("nf4"), profile=_profile(llama8b, 50.0, name="other/model"))
     assert p.basis == "prior" and any("not applied" in n for n in p.notes)

@@ -5,6 +5,7 @@ intact, the on-disk cache, the planner's profile basis, and the CLI's mistakes."
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -77,6 +78,7 @@ def test_profile_covers_every_block_group_and_option(outcome):
     assert {(e.block, e.group, e.option) for e in p.entries} == {(b, g, o) for b in (0, 1)
                                                                  for g in ("attention", "mlp") for o in options}
     assert [d.block for d in p.block_drop] == [0, 1]
+    assert {w.option for w in p.whole} == options  # each option on every group at once
     assert p.total_seconds > 0 and all(e.seconds > 0 for e in p.entries)
     # every option changed the model's outputs (a step that did nothing would score exactly 100)
     assert all(e.retained_pct != 100.0 for e in p.entries) and all(d.retained_pct != 100.0 for d in p.block_drop)
@@ -159,7 +161,8 @@ def test_the_planner_predicts_from_the_profile_as_measured(tiny, outcome):
         # ones push it below, and a uniformly worse profile predicts a lower quality
         def scaled(value):
             data = p.model_dump()  # validated anew: model_copy would keep the cached lookup table
-            data["entries"] = [{**e, "retained_pct": value(e["retained_pct"])} for e in data["entries"]]
+            for key in ("entries", "whole"):
+                data[key] = [{**e, "retained_pct": value(e["retained_pct"])} for e in data[key]]
             return type(p).model_validate(data)
 
         harmless = predict_quality(spec, strategy, profile=scaled(lambda _: 99.99))
@@ -168,6 +171,10 @@ def test_the_planner_predicts_from_the_profile_as_measured(tiny, outcome):
         worse = predict_quality(spec, strategy, profile=scaled(lambda v: v * 0.9))
         assert worse.retained_pct < with_profile.retained_pct
         assert with_profile.retained_pct != pytest.approx(prior.retained_pct, abs=1e-6)
+        # a uniform strategy is predicted as its whole-model measurement (on the profile's metric)
+        whole = next(w.retained_pct for w in p.whole if w.option == option)
+        assert predict_quality(spec, strategy, profile=p, metric="perplexity").retained_pct == pytest.approx(
+            min(whole, 100 * math.exp(-1e-4)), rel=1e-9)
 
 
 def test_cli_prints_the_profile_and_refuses_mistakes(tiny, outcome, tmp_path, capsys):

@@ -5,7 +5,9 @@ Three bases:
 - **prior**: the published-data rules of :mod:`.priors`;
 - **profile**: a :class:`SensitivityProfile` of this model is given and covers the strategy's
   quantization / sparsity / depth options: that part's damage is the sum of the profile's measured
-  per-(block, group) effects; parts the profile does not cover come from the priors (noted);
+  per-(block, group) effects, each option's scaled by its measured additivity (whole-model entry over the
+  summed effects, :meth:`SensitivityProfile.additivity`); parts the profile does not cover come from the
+  priors (noted);
 - **calibrated**: a :class:`CalibrationStore` holds measured runs of the same model family: each part
   (prior or profile) whose technique the records inform is corrected by the residual model of
   :mod:`.residual` (a Bayesian linear model on the part's strategy features), with its interval.
@@ -27,7 +29,8 @@ from planner.accuracy.metrics import check_metric, retained_from_damage
 from planner.accuracy.parts import (ModelFacts, PartDamage, distillation_damage, low_rank_damage, model_facts,
                                     quantization_damage, sparsity_damage)
 from planner.accuracy.priors import Z80, Priors, load_priors
-from planner.accuracy.profile import PROFILE_SIGMA, STRUCTURED_GROUP, SensitivityProfile, damage_sum, sparsity_option
+from planner.accuracy.profile import (PROFILE_SIGMA, STRUCTURED_GROUP, SensitivityProfile, damage_sum, option_damage,
+                                      sparsity_option)
 from planner.accuracy.result import QualityPart, QualityPrediction
 from planner.errors import InvalidRequestError
 from planner.strategy import CompressionStrategy
@@ -160,7 +163,8 @@ def profile_parts(strategy: CompressionStrategy, profile: SensitivityProfile, sc
         option = sparsity_option(sp.pattern, sp.level)
         effects = [profile.effect(b, group, option) for b in blocks]
         if effects and all(e is not None for e in effects):
-            mu = _one_shot(damage_sum(effects, scale), f"{sp.pattern} pruning", strategy, facts, priors, notes)
+            damage = option_damage(profile, [(option, e) for e in effects], scale)
+            mu = _one_shot(damage, f"{sp.pattern} pruning", strategy, facts, priors, notes)
             covered["structure"] = PartDamage("structure", sp.summary(), Damage(mu, PROFILE_SIGMA), len(effects),
                                               "profile:entries")
             used += len(effects)
@@ -178,11 +182,11 @@ def profile_parts(strategy: CompressionStrategy, profile: SensitivityProfile, sc
                 if effect is None:
                     missing.add(fmt)
                 else:
-                    effects.append(effect)
+                    effects.append((fmt, effect))
         if missing:
             notes.append(f"profile has no entries for {', '.join(sorted(missing))}: quantization from the priors.")
         elif effects:
-            total = damage_sum(effects, scale)
+            total = option_damage(profile, effects, scale)
             rest = _outside_blocks(q, facts, priors)
             if rest is not None:
                 total += rest.median
@@ -194,13 +198,13 @@ def profile_parts(strategy: CompressionStrategy, profile: SensitivityProfile, sc
     if sp is not None and not sp.structured:
         wanted = [(b, g, sparsity_option(sp.pattern, sp.block_level(b, g))) for b in blocks
                   for g in ("attention", "mlp") if sp.block_level(b, g) > 0]
-        effects = [profile.effect(b, g, option) for b, g, option in wanted]
+        effects = [(option, profile.effect(b, g, option)) for b, g, option in wanted]
         option = ", ".join(sorted({o for _, _, o in wanted}))
-        if effects and all(e is not None for e in effects):
+        if effects and all(e is not None for _, e in effects):
             if sp.method != profile.settings.sparsity_method:
                 notes.append(f"profile measured {profile.settings.sparsity_method} sparsity, strategy uses {sp.method}.")
             covered["sparsity"] = PartDamage("sparsity", sp.summary(),
-                                             Damage(math.log(damage_sum(effects, scale)), PROFILE_SIGMA),
+                                             Damage(math.log(option_damage(profile, effects, scale)), PROFILE_SIGMA),
                                              len(effects), "profile:entries")
             used += len(effects)
         else:
