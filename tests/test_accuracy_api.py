@@ -95,18 +95,21 @@ def test_structured_pruning_from_the_profile(llama8b):
 
 def test_an_options_whole_model_entry_scales_its_summed_effects(llama8b):
     """Per-group effects that do not add up: the whole-model entry is what a uniform strategy gets, and a
-    strategy using the option on half the groups gets half of it (the summed effects times the ratio)."""
+    strategy using the option on half the groups the second-order interpolation (planner.accuracy.profile)."""
     import math
 
     n = llama8b.num_layers
     data = {**_profile(llama8b, 99.9).model_dump(), "whole": [{"option": "nf4", "retained_pct": 90.0}]}
     profile = SensitivityProfile.model_validate(data)
-    assert profile.additivity("nf4", 1.0) == pytest.approx(math.log(0.9) / (2 * n * math.log(0.999)))
+    kappa, total = profile.additivity("nf4", 1.0)
+    assert total == pytest.approx(-2 * n * math.log(0.999)) and kappa == pytest.approx(-math.log(0.9) / total)
     uniform = predict_quality(llama8b, quant("nf4"), profile=profile, metric="perplexity")
     assert uniform.retained_pct == pytest.approx(90.0, rel=1e-9)
     half = quant("nf4", block_formats=[{"block": b, "group": "mlp", "format": "bf16"} for b in range(n)])
+    # second order: half the summed damage, S (1 + (kappa - 1) / 2)
+    expected = 100 * math.exp(-total / 2 * (1 + (kappa - 1) / 2))
     assert predict_quality(llama8b, half, profile=profile, metric="perplexity").retained_pct == pytest.approx(
-        100 * math.sqrt(0.9), rel=1e-9)
+        expected, rel=1e-9)
 
 
 def test_profile_of_other_model_is_not_applied(llama8b):

@@ -43,7 +43,7 @@ File format (JSON, UTF-8; ``SensitivityProfile.save`` / ``SensitivityProfile.loa
   per-group effects of an option need not add up: on the tiny causal LM 2:4 sparsity of block 0's MLP
   alone keeps 88.5% of the perplexity, of every group at once 95.8%; on MiniLM the twelve hqq-int2 groups
   multiply to 37.6% of the fidelity and measure 21.1% together. :meth:`SensitivityProfile.additivity`
-  is the ratio of the two, which the planner applies to the option's summed effects;
+  is the ratio of the two, from which :func:`option_damage` corrects the option's summed effects;
 - ``seconds``: what measuring the entry cost (the search uses it to budget new profiles);
 - ``cost`` (optional): where the measuring time went: loading the model, the reference pass, the
   sparsity calibration pass, applying the options (quantizing / masking) and evaluating; the number of
@@ -209,19 +209,18 @@ class SensitivityProfile(_Profile):
         return self._drops.get(block)
 
     @cached_property
-    def _additivity(self) -> dict[tuple[str, float], float]:
+    def _additivity(self) -> dict[tuple[str, float], tuple[float, float]]:
         return {}
 
-    def additivity(self, option: str, scale: float) -> float:
-        """Measured whole-model damage of ``option`` over the sum of its per-group damages (1 when the profile
-        has no whole-model entry for it): the factor that makes the additive estimate of a strategy applying
-        ``option`` to every group equal what was measured for it (see ``whole`` in the module docstring)."""
+    def additivity(self, option: str, scale: float) -> tuple[float, float]:
+        """(kappa, T): the measured whole-model damage of ``option`` over ``T``, the sum of its per-group
+        damages (kappa = 1 when the profile has no whole-model entry for it). See :func:`option_damage`."""
         key = (option, scale)
         if key not in self._additivity:
             whole = next((w.retained_pct for w in self.whole if w.option == option), None)
             parts = [e.retained_pct for e in self.entries if e.option == option]
-            self._additivity[key] = (1.0 if whole is None or not parts
-                                     else damage_sum([whole], scale) / damage_sum(parts, scale))
+            total = damage_sum(parts, scale) if parts else 0.0
+            self._additivity[key] = (1.0 if whole is None or not parts else damage_sum([whole], scale) / total, total)
         return self._additivity[key]
 
     @property
@@ -275,15 +274,27 @@ class SensitivityProfile(_Profile):
 
 
 def option_damage(profile: SensitivityProfile, effects: list[tuple[str, float]], scale: float) -> float:
-    """Latent damage of (option, measured retained %) per-group effects: each option's summed damages times
-    its :meth:`~SensitivityProfile.additivity` (so a uniform strategy gets exactly its whole-model entry)."""
+    """Latent damage of (option, measured retained %) per-group effects.
+
+    Per-group effects of an option need not add up (``whole`` in the module docstring). Second order, the
+    damage of a set of groups with summed damages ``S`` is ``S + c S^2`` (pairwise interactions ``c d_i d_j``,
+    a Taylor expansion around the intact model; HIGGS's linearity theorem is its first-order term). The
+    whole-model entry fixes ``c``: ``T + c T^2 = kappa T`` for the sum ``T`` of all the option's groups, so
+
+        D(S) = S * (1 + (kappa - 1) * S / T)
+
+    which is the whole-model measurement for a uniform strategy (S = T) and the plain sum for one group
+    among many. Options add (their interactions are the combination rule's, between parts)."""
     from planner.accuracy.metrics import DAMAGE_FLOOR
 
-    by_option: dict[str, list[float]] = {}
+    by_option: dict[str, float] = {}
     for option, effect in effects:
-        by_option.setdefault(option, []).append(effect)
-    total = sum(profile.additivity(o, scale) * sum(max(-math.log(e / 100.0) / scale, 0.0) for e in values)
-                for o, values in by_option.items())
+        by_option[option] = by_option.get(option, 0.0) + max(-math.log(effect / 100.0) / scale, 0.0)
+    total = 0.0
+    for option, summed in by_option.items():
+        kappa, whole_sum = profile.additivity(option, scale)
+        share = min(summed / whole_sum, 1.0) if whole_sum > 0 else 1.0
+        total += summed * (1.0 + (kappa - 1.0) * share)
     return total or DAMAGE_FLOOR
 
 

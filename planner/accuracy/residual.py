@@ -52,11 +52,14 @@ of the predicted damage, and the joint posterior keeps what it cannot tell apart
 coefficients) in the intervals, rather than pretending one technique alone was off. A single-technique
 record is exact (``c = 1``).
 
-Measurement variance of ``ln M`` (known, added to the fitted noise): ``(r / max(M, r))^2 + pairs *
-sigma_pair^2``, where ``r`` = ``MEASUREMENT_NOISE_PP`` points of the retained % in latent units (a
-near-lossless measurement says "damage about r" and little about the exact log-ratio, as the priors weigh
-rounded rows), ``pairs`` the stacked pairs of the record and ``sigma_pair`` the combination rule's
-widening per pair (``accuracy_priors.toml`` [techniques.interaction]).
+Resolution. ``r`` = ``MEASUREMENT_NOISE_PP`` points of the retained % in latent units. A record compares
+``ln(M + r)`` with ``ln(D + r)`` (slope ``c_p D / (D + r)``), not two floors: a near-lossless measurement
+(even a measured gain) against a near-lossless prediction says "both about zero" and moves nothing, where
+``ln max(M, r) - ln D`` with the prediction's smaller floor read it as ten times the damage (a few such
+records of the closed loop pulled every correction the wrong way). Its known variance, added to the fitted
+noise: ``(r / (M + r))^2 + pairs * sigma_pair^2`` (a near-lossless measurement says little about the exact
+log-ratio, as the priors weigh rounded rows), ``pairs`` the stacked pairs of the record and
+``sigma_pair`` the combination rule's widening per pair (``accuracy_priors.toml`` [techniques.interaction]).
 """
 
 from __future__ import annotations
@@ -190,6 +193,8 @@ class Observation:
     variance: float
     """known variance of log_measured: measurement resolution and the stacked pairs' widening"""
     source: str
+    resolution: float = 0.0
+    """r: the damage a measured retained % resolves (``log_measured`` is ``ln(M + r)``; see :func:`observation`)"""
 
 
 @dataclass(frozen=True)
@@ -218,11 +223,11 @@ def observation(parts: list[PartDamage], bases: list[str], strategy: Any, facts:
                 measured_damage: float, scale: float, source: str) -> Observation:
     pairs = len(parts) * (len(parts) - 1) / 2
     resolution = MEASUREMENT_NOISE_PP / 100.0 / scale
-    damage = max(measured_damage, resolution)  # below the resolution: "about the resolution"
+    damage = max(measured_damage, 0.0) + resolution  # compared with predicted + resolution (see the fit)
     variance = (resolution / damage) ** 2 + pairs * priors.interaction.sigma_per_pair ** 2
     return Observation(tuple(parts), tuple((p.technique, b) for p, b in zip(parts, bases)),
                        tuple(part_features(p, strategy, facts, priors) for p in parts),
-                       math.log(damage), variance, source)
+                       math.log(damage), variance, source, resolution)
 
 
 def _log_total(damages: list[Damage], priors: Priors) -> float:
@@ -340,9 +345,16 @@ def fit_residual_model(family: str, observations: list[Observation], priors: Pri
                 eps = 1e-4
                 shares = [(_log_total(damages[:j] + [Damage(d.mu + eps, d.s)] + damages[j + 1:], priors)
                            - log_total) / eps for j, d in enumerate(damages)]
+            # measured and predicted damage are compared with the resolution r added to both: ln(M + r) vs
+            # ln(D + r). Near-lossless records then say "both about zero" instead of a log-ratio of two floors
+            # (a measured 100.3% retained against a predicted 99.99% read as 10x the damage, and a few such
+            # records pulled every correction up); the slope of ln(D + r) is c_p D / (D + r).
+            total = math.exp(log_total)
+            damp = total / (total + obs.resolution)
+            shares = [c * damp for c in shares]
             for c, x in zip(shares, rows):
                 X[i] += c * x
-            y[i] = obs.log_measured - log_total + sum(c * f for c, f in zip(shares, shifts))
+            y[i] = obs.log_measured - math.log(total + obs.resolution) + sum(c * f for c, f in zip(shares, shifts))
         posterior = bayes.fit(X, y, variances, prior_sd, RESIDUAL_NOISE, NOISE_DOF, PRIOR_TAIL_DOF, start=posterior)
         w = posterior.mean
     assert posterior is not None
