@@ -166,7 +166,7 @@ def profile_parts(strategy: CompressionStrategy, profile: SensitivityProfile, sc
             damage = option_damage(profile, [(option, e) for e in effects], scale)
             mu = _one_shot(damage, f"{sp.pattern} pruning", strategy, facts, priors, notes)
             covered["structure"] = PartDamage("structure", sp.summary(), Damage(mu, PROFILE_SIGMA), len(effects),
-                                              "profile:entries")
+                                              f"profile:entries:{sp.pattern}")
             used += len(effects)
         else:
             notes.append(f"profile has no complete {option} entries: structured pruning from the priors.")
@@ -269,7 +269,7 @@ def _calibrate(spec, strategy: CompressionStrategy, facts: ModelFacts, priors: P
                bases: list[str], ns: list[int], notes: list[str], scale: float) -> int | None:
     """Correct each part whose (technique, basis) the store's residual model covers, in place; returns the
     number of distinct records behind the corrections (None: nothing corrected)."""
-    from planner.accuracy.residual import SHARED, part_features
+    from planner.accuracy.residual import SHARED, block_technique, part_features
 
     model = calibration.residual_model(spec, facts, _base_for(priors, profile, spec, facts), priors, profile)
     applied, blocks = [], []
@@ -292,7 +292,7 @@ def _calibrate(spec, strategy: CompressionStrategy, facts: ModelFacts, priors: P
             n = parts[i].n_rows
             applied.append(f"{p.technique} ({bases[i]}, n={n}" + (", family-wide offset only: no record of this "
                                                                  "technique)" if shared_only else ")"))
-            blocks.append((p.technique, bases[i]) if not shared_only else (SHARED, bases[i]))
+            blocks.append((block_technique(p, bases[i]), bases[i]) if not shared_only else (SHARED, bases[i]))
             bases[i] = "calibrated"
             ns[i] = n
     others = sorted(calibration.families - {facts.family})
