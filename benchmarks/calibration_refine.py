@@ -9,8 +9,12 @@ Quality, for each model (the store only ever holds records of that model's famil
 
 - leave-one-out: each record is predicted from the priors alone, and with every *other* record of the
   model as the calibration store (the residual model of ``planner.accuracy.residual``); the same from the
-  model's sensitivity profile (``profiles/<model>.json``, written by ``executors.profile`` on this machine:
-  per-block nf4 / int8 / hqq-int2..4 / sparsity effects and block drops) alone and with the store;
+  model's sensitivity profile (``profiles/<model>.json``, written by ``executors.profile`` on this machine
+  with its defaults: per-block bf16 / int8 / nf4 / fp4 / hqq-int8..2 / unstructured / 2:4 / ffn / heads
+  effects, block drops, and each option on every block at once) alone and with the store. The
+  whole-model entries are runs of the same uniform strategies most records are, measured by the profiler:
+  the profile column is then what the loop starts from, not a test of how per-block effects compose
+  (that is ``benchmarks/closed_loop.py``'s per-block allocations);
 - learning curve: the records in a fixed shuffled order (seed 0); the first k form the store and the
   remaining ones are predicted (from the profile when there is one), k = 2, 4, 8, 12.
 

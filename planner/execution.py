@@ -49,14 +49,15 @@ def load_time_format(spec: QuantizationSpec | None) -> str | None:
     """The single format a quantization spec can be applied with at load time, or None.
 
     Eligible: every Linear group has the same format (no attention/mlp override, no kept first/last
-    blocks), embeddings and lm_head unquantized, and the format is a bitsandbytes one or a plain dtype
+    blocks, no per-block format other than ``weights``), embeddings and lm_head unquantized, and the format is a bitsandbytes one or a plain dtype
     equal to the compute dtype.
     """
     if spec is None:
         return None
     uniform = (spec.format_for("attention") == spec.weights == spec.format_for("mlp")
                and spec.embeddings is None and spec.lm_head is None
-               and spec.keep_first_layers == 0 and spec.keep_last_layers == 0)
+               and spec.keep_first_layers == 0 and spec.keep_last_layers == 0
+               and all(o.format == spec.weights for o in spec.block_formats))
     if not uniform:
         return None
     if spec.weights in BNB_FORMATS or (spec.weights in DTYPE_FORMATS and spec.weights == spec.compute_dtype):
@@ -90,12 +91,17 @@ def uses_bitsandbytes(strategy: CompressionStrategy) -> bool:
 def group_format(spec: QuantizationSpec | None, component: str, kind: str, layer: int | None,
                  num_layers: int) -> str:
     """The format a module group ends up in under ``spec`` (what ``executors.steps.quantize`` does):
-    block Linears get their group's format, the first/last ``keep_*_layers`` blocks ``keep_format``,
+    block Linears get their per-block format (``block_formats``), else their group's format, the first/last ``keep_*_layers`` blocks ``keep_format``,
     embeddings and lm_head their own setting; everything else (norms, poolers, unset groups) the
     compute dtype. Without a spec everything stays float32."""
     if spec is None:
         return "fp32"
     if kind == "linear" and layer is not None:
+        group = "attention" if component == "attention" else "mlp" if component in (
+            "mlp", "experts", "shared_experts", "router") else None
+        for override in spec.block_formats:
+            if group is not None and override.block == layer and override.group == group:
+                return override.format
         if layer < spec.keep_first_layers or layer >= num_layers - spec.keep_last_layers:
             return spec.keep_format
         if component == "attention":

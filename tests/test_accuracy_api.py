@@ -74,6 +74,44 @@ def test_profile_basis_and_round_trip(llama8b, tmp_path):
     assert p.retained_pct == pytest.approx(100 * (0.999 ** 64) ** 0.29, rel=1e-3)
 
 
+def test_structured_pruning_from_the_profile(llama8b):
+    """ffn pruning sums the profile's per-block ffn entries of the MLP groups (heads: of the attention groups);
+    a level the profile did not measure comes from the priors (noted)."""
+    entries = [{"block": b, "group": g, "option": o, "retained_pct": r}
+               for b in range(llama8b.num_layers)
+               for g, o, r in (("mlp", "sparsity:ffn:0.25", 99.5), ("attention", "sparsity:heads:0.25", 99.0))]
+    profile = SensitivityProfile.model_validate({**_profile(llama8b, 99.9).model_dump(), "entries": entries})
+    ffn = CompressionStrategy(sparsity=SparsitySpec(level=0.25, pattern="ffn"))
+    p = predict_quality(llama8b, ffn, profile=profile, metric="perplexity")
+    assert p.basis == "profile" and [part.technique for part in p.parts] == ["structure"]
+    assert p.retained_pct == pytest.approx(100 * 0.995 ** llama8b.num_layers, rel=1e-6)
+    heads = predict_quality(llama8b, CompressionStrategy(sparsity=SparsitySpec(level=0.25, pattern="heads")),
+                            profile=profile, metric="perplexity")
+    assert heads.retained_pct == pytest.approx(100 * 0.99 ** llama8b.num_layers, rel=1e-6)
+    other = predict_quality(llama8b, CompressionStrategy(sparsity=SparsitySpec(level=0.5, pattern="ffn")),
+                            profile=profile, metric="perplexity")
+    assert other.basis == "prior" and any("no complete sparsity:ffn:0.5" in n for n in other.notes)
+
+
+def test_an_options_whole_model_entry_scales_its_summed_effects(llama8b):
+    """Per-group effects that do not add up: the whole-model entry is what a uniform strategy gets, and a
+    strategy using the option on half the groups the second-order interpolation (planner.accuracy.profile)."""
+    import math
+
+    n = llama8b.num_layers
+    data = {**_profile(llama8b, 99.9).model_dump(), "whole": [{"option": "nf4", "retained_pct": 90.0}]}
+    profile = SensitivityProfile.model_validate(data)
+    kappa, total = profile.additivity("nf4", 1.0)
+    assert total == pytest.approx(-2 * n * math.log(0.999)) and kappa == pytest.approx(-math.log(0.9) / total)
+    uniform = predict_quality(llama8b, quant("nf4"), profile=profile, metric="perplexity")
+    assert uniform.retained_pct == pytest.approx(90.0, rel=1e-9)
+    half = quant("nf4", block_formats=[{"block": b, "group": "mlp", "format": "bf16"} for b in range(n)])
+    # second order: half the summed damage, S (1 + (kappa - 1) / 2)
+    expected = 100 * math.exp(-total / 2 * (1 + (kappa - 1) / 2))
+    assert predict_quality(llama8b, half, profile=profile, metric="perplexity").retained_pct == pytest.approx(
+        expected, rel=1e-9)
+
+
 def test_profile_of_other_model_is_not_applied(llama8b):
     p = predict_quality(llama8b, quant("nf4"), profile=_profile(llama8b, 50.0, name="other/model"))
     assert p.basis == "prior" and any("not applied" in n for n in p.notes)

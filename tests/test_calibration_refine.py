@@ -212,8 +212,15 @@ def test_profile_parts_are_calibrated_against_the_profile(spec):
     assert p.basis == "calibrated" and p.parts[0].source.endswith(":profile")
     assert abs(math.log(-math.log(p.retained_pct / 100) / truth)) < 0.15
     corrections = {c.technique: c for c in store.corrections(spec, profile=profile)}
-    assert set(corrections) == {"quantization", "all techniques"}
+    assert set(corrections) == {"quantization"}  # no family-wide offset on the profile basis
     assert corrections["quantization"].basis == "profile" and corrections["quantization"].n == 4
+    # records of one option do not move another technique's profile part (measured separately)
+    sparse = CompressionStrategy(sparsity=SparsitySpec(level=0.5, pattern="2:4"))
+    sparse_profile = SensitivityProfile.model_validate({**profile.model_dump(), "entries": entries + [
+        {**e, "option": "sparsity:2:4:0.5", "retained_pct": 99.0} for e in entries]})
+    alone = predict_quality(spec, sparse, metric="perplexity", profile=sparse_profile)
+    after = predict_quality(spec, sparse, metric="perplexity", profile=sparse_profile, calibration=store)
+    assert alone.basis == "profile" and after.retained_pct == alone.retained_pct
 
 
 def test_bayes_posterior_is_the_fixed_point_of_its_updates():

@@ -5,6 +5,7 @@ intact, the on-disk cache, the planner's profile basis, and the CLI's mistakes."
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -77,6 +78,7 @@ def test_profile_covers_every_block_group_and_option(outcome):
     assert {(e.block, e.group, e.option) for e in p.entries} == {(b, g, o) for b in (0, 1)
                                                                  for g in ("attention", "mlp") for o in options}
     assert [d.block for d in p.block_drop] == [0, 1]
+    assert {w.option for w in p.whole} == options  # each option on every group at once
     assert p.total_seconds > 0 and all(e.seconds > 0 for e in p.entries)
     # every option changed the model's outputs (a step that did nothing would score exactly 100)
     assert all(e.retained_pct != 100.0 for e in p.entries) and all(d.retained_pct != 100.0 for d in p.block_drop)
@@ -117,8 +119,8 @@ def test_profiling_leaves_the_weights_as_they_were(tiny):
     model = load_model(tiny).model
     before = {k: v.clone() for k, v in model.state_dict().items()}
     groups = _block_groups(model)
-    for option in ("bf16", "nf4", "hqq-int4", "sparsity:unstructured:0.5"):
-        with _applied(model, groups[0]["mlp"], option, "magnitude", {}, "cpu") as ok:
+    for option in ("bf16", "nf4", "hqq-int4", "sparsity:unstructured:0.5", "sparsity:ffn:0.5"):
+        with _applied(model, groups[0]["mlp"], option, "magnitude", {}, "cpu", 0) as ok:
             assert ok
             changed = model.model.layers[0].mlp.down_proj
             assert type(changed).__name__ != "Linear" or bool((changed.weight == 0).any())
@@ -159,7 +161,8 @@ def test_the_planner_predicts_from_the_profile_as_measured(tiny, outcome):
         # ones push it below, and a uniformly worse profile predicts a lower quality
         def scaled(value):
             data = p.model_dump()  # validated anew: model_copy would keep the cached lookup table
-            data["entries"] = [{**e, "retained_pct": value(e["retained_pct"])} for e in data["entries"]]
+            for key in ("entries", "whole"):
+                data[key] = [{**e, "retained_pct": value(e["retained_pct"])} for e in data[key]]
             return type(p).model_validate(data)
 
         harmless = predict_quality(spec, strategy, profile=scaled(lambda _: 99.99))
@@ -168,6 +171,10 @@ def test_the_planner_predicts_from_the_profile_as_measured(tiny, outcome):
         worse = predict_quality(spec, strategy, profile=scaled(lambda v: v * 0.9))
         assert worse.retained_pct < with_profile.retained_pct
         assert with_profile.retained_pct != pytest.approx(prior.retained_pct, abs=1e-6)
+        # a uniform strategy is predicted as its whole-model measurement (on the profile's metric)
+        whole = next(w.retained_pct for w in p.whole if w.option == option)
+        assert predict_quality(spec, strategy, profile=p, metric="perplexity").retained_pct == pytest.approx(
+            min(whole, 100 * math.exp(-1e-4)), rel=1e-9)
 
 
 def test_cli_prints_the_profile_and_refuses_mistakes(tiny, outcome, tmp_path, capsys):
@@ -445,3 +452,88 @@ def test_replay_is_exact_on_every_family(family):
     for start in replay.starts:
         with replay.starting_at(start):
             assert all(torch.equal(a, b) for a, b in zip(run(), expected))
+
+
+def test_structured_entries_equal_the_channels_removed_for_real(tiny, cache):
+    """An ffn entry equals block 1's MLP rebuilt without the pruning step's lowest-scoring half of its channels;
+    heads entries exist on attention groups only, and the profile leaves the weights intact."""
+    import torch
+
+    from executors import run_profile
+    from executors.loading import load_model
+    from executors.steps.layout import ModelLayout
+    from executors.steps.structured import ffn_channel_scores
+
+    p = run_profile(tiny, formats=(), sparsity=(("ffn", 0.5), ("heads", 0.5)), block_drop=False, samples=2,
+                    seq_len=32).profile
+    assert {(e.block, e.group, e.option) for e in p.entries} == {
+        (b, g, o) for b in (0, 1) for g, o in (("mlp", "sparsity:ffn:0.5"), ("attention", "sparsity:heads:0.5"))}
+    assert all(e.retained_pct != 100.0 for e in p.entries)
+    loaded = load_model(tiny)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    baseline = _perplexity(model, tokenizer)
+    layout = ModelLayout(model)
+    keep = torch.topk(ffn_channel_scores(layout, layout.block_prefix(1)), 64).indices.sort().values
+    mlp = model.model.layers[1].mlp
+    with torch.no_grad():
+        for name in ("gate_proj", "up_proj"):
+            old = getattr(mlp, name)
+            new = torch.nn.Linear(64, 64, bias=False)
+            new.weight.copy_(old.weight[keep])
+            setattr(mlp, name, new)
+        down = torch.nn.Linear(64, 64, bias=False)
+        down.weight.copy_(mlp.down_proj.weight[:, keep])
+        mlp.down_proj = down
+    measured = 100 * baseline / _perplexity(model, tokenizer)
+    assert p.effect(1, "mlp", "sparsity:ffn:0.5") == pytest.approx(measured, rel=1e-5)
+
+
+def test_the_quantize_step_applies_per_block_formats(tiny):
+    """block_formats (a profiled search's allocation) reach the modules: block 1's MLP in hqq-int4, the rest int8;
+    after whole-layer pruning the overrides still address the original block numbers."""
+    from executors.loading import load_model
+    from executors.steps.context import StepContext
+    from executors.steps.quantize import quantize
+    from planner.strategy import CompressionStrategy
+
+    strategy = CompressionStrategy.model_validate({"quantization": {
+        "weights": "int8", "compute_dtype": "fp32", "block_formats": [{"block": 1, "group": "mlp", "format": "hqq-int4"}]}})
+    model = load_model(tiny).model
+    _, report = quantize(model, strategy.quantization, StepContext(), strategy)
+    actions = {m.name: m.action for m in report.modules}
+    assert {n: a for n, a in actions.items() if "layers.1.mlp" in n} == {
+        f"model.layers.1.mlp.{p}": "hqq-int4" for p in ("gate_proj", "up_proj", "down_proj")}
+    assert {a for n, a in actions.items() if "layers.1.mlp" not in n} == {"int8"}
+    model = load_model(tiny).model
+    del model.model.layers[0]  # block 1 is now the first block of the model
+    model.config.num_hidden_layers = 1
+    _, report = quantize(model, strategy.quantization, StepContext(kept_layers=[1]), strategy)
+    assert {m.name: m.action for m in report.modules}["model.layers.0.mlp.down_proj"] == "hqq-int4"
+
+
+def test_load_time_quantization_and_the_memory_model_see_per_block_formats():
+    from planner.execution import group_format, load_time_format
+    from planner.strategy import QuantizationSpec
+
+    spec = QuantizationSpec(weights="nf4", block_formats=[{"block": 2, "group": "attention", "format": "int8"}])
+    assert load_time_format(spec) is None  # bitsandbytes at load time would put every block in nf4
+    assert load_time_format(QuantizationSpec(weights="nf4")) == "nf4"
+    assert group_format(spec, "attention", "linear", 2, 4) == "int8"
+    assert group_format(spec, "mlp", "linear", 2, 4) == "nf4"
+    assert group_format(spec, "attention", "linear", 1, 4) == "nf4"
+
+
+def test_a_run_with_whole_layer_pruning_quantizes_the_kept_blocks_by_their_original_number(tiny, tmp_path):
+    import executors
+
+    strategy = {"sparsity": {"level": 0.5, "pattern": "layers"},
+                "quantization": {"weights": "int8", "compute_dtype": "fp32",
+                                 "block_formats": [{"block": 1, "group": "mlp", "format": "hqq-int4"}]}}
+    result = executors.execute(tiny, strategy, isolate=False, speed=False, out_dir=tmp_path)
+    assert result.status == "ok", result.reason
+    pruning, quantization = result.steps
+    kept = pruning["structure"]["kept_layers"]
+    assert len(kept) == 1
+    actions = {m["name"]: m["action"] for m in quantization["modules"]}
+    assert actions["model.layers.0.mlp.down_proj"] == ("hqq-int4" if kept == [1] else "int8")
+    assert actions["model.layers.0.self_attn.o_proj"] == "int8"

@@ -42,10 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--sparsity-method", choices=("wanda", "magnitude"), default="wanda",
                         help="weight scores for sparsity (default wanda, as fitplan search)")
     parser.add_argument("--no-block-drop", action="store_true", help="skip the block-drop measurements")
-    parser.add_argument("--samples", type=int, help="calibration size: perplexity windows (default 8) or "
-                        "fidelity sentences (default 32)")
-    parser.add_argument("--seq-len", type=int, help="tokens per perplexity window (default 128) / per sentence "
-                        "(default 64)")
+    parser.add_argument("--samples", type=int, help="calibration size: perplexity windows or fidelity "
+                        "sentences (default: the evaluator's own set, what a run is scored on)")
+    parser.add_argument("--seq-len", type=int, help="tokens per perplexity window / per sentence (default: "
+                        "the evaluator's, 128 / 64)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     parser.add_argument("--no-cache", action="store_true", help="measure again even when a cached profile exists")
     parser.add_argument("--threads", type=int, metavar="N", help="torch threads while profiling (default: torch's "

@@ -35,6 +35,9 @@ class StepContext:
     calibration_batch_size: int = 4
     calibration_seq_len: int = 128
     checkpoint_every: int = 50
+    kept_layers: list[int] | None = None
+    """original block index of each block of the current model, set by a step that removes blocks (whole-layer
+    pruning, a derived student): later steps address blocks by their original index (``block_formats``)"""
 
     def require_batches(self, purpose: str) -> BatchSource:
         if self.batches is None:

@@ -60,6 +60,9 @@ def distill(teacher: nn.Module, spec: DistillationSpec, context: StepContext,
     rec = Recorder("distillation", spec, teacher)
     student, structure = build_student(teacher, spec, strategy)
     rec.structure.update(structure)
+    if "teacher_layers_kept" in structure:
+        earlier, kept = context.kept_layers, structure["teacher_layers_kept"]
+        context.kept_layers = [earlier[i] for i in kept] if earlier else list(kept)
     causal = ModelLayout(teacher).architecture == "decoder"
     if context.evaluator is not None:
         rec.metrics["student_quality_initial"] = float(context.evaluator(student))

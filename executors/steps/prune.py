@@ -89,6 +89,9 @@ def prune(model: nn.Module, spec: SparsitySpec, context: StepContext,
         rec.notes.append(result.stopped)
     if spec.structured:
         rec.structure.update(pruner.structure())
+        if spec.pattern == "layers":
+            earlier = context.kept_layers  # a derived student's blocks, numbered in the original model
+            context.kept_layers = [earlier[i] for i in pruner.kept_layers] if earlier else list(pruner.kept_layers)
     else:
         rec.storage.update(pruner.storage(model))
         rec.notes.append("zeros are stored densely and multiplied by dense kernels: memory and speed unchanged on "

@@ -1,7 +1,9 @@
 """Quantization of an already-loaded (possibly distilled/pruned) model by module replacement.
 
 Each Linear of the transformer blocks gets the format of its group (``QuantizationSpec.format_for``:
-attention / mlp; the first/last ``keep_*_layers`` blocks get ``keep_format``), the output head gets
+attention / mlp; the first/last ``keep_*_layers`` blocks get ``keep_format``) unless ``block_formats``
+gives its (block, group) another one (the per-block allocation of a profiled search; blocks are numbered
+as in the original model, also after an earlier step removed some: ``StepContext.kept_layers``), the output head gets
 ``lm_head`` and the token embeddings ``embeddings``; everything else (norms, embeddings without a
 format, a BERT pooler) runs at ``compute_dtype``.
 
@@ -76,7 +78,7 @@ def quantize(model: nn.Module, spec: QuantizationSpec, context: StepContext,
     layout = ModelLayout(model)
     compute = DENSE_DTYPES[spec.compute_dtype]
     rec = Recorder("quantization", spec, model)
-    plan = _plan(layout, spec, rec)
+    plan = _plan(layout, spec, rec, context.kept_layers)
     _check_formats(spec, {fmt for _, fmt in plan} | ({spec.embeddings} if spec.embeddings else set()))
     check_hqq_sites([(site.name, site.module, fmt) for site, fmt in plan])
 
@@ -121,8 +123,12 @@ def quantize(model: nn.Module, spec: QuantizationSpec, context: StepContext,
                              params_after=rec.params_before)
 
 
-def _plan(layout: ModelLayout, spec: QuantizationSpec, rec: Recorder) -> list[tuple[LinearSite, str]]:
-    """The format of each dense Linear; modules no group covers are recorded as skipped."""
+def _plan(layout: ModelLayout, spec: QuantizationSpec, rec: Recorder,
+          kept_layers: list[int] | None = None) -> list[tuple[LinearSite, str]]:
+    """The format of each dense Linear; modules no group covers are recorded as skipped. ``kept_layers``: the
+    original index of each current block (after whole-layer pruning or a derived student), which
+    ``block_formats`` are addressed by."""
+    overrides = {(o.block, o.group): o.format for o in spec.block_formats}
     plan = []
     for path in layout.expert_weights():
         rec.skip(path, f"fused 3-D expert tensor (experts x out x in): bitsandbytes and torch have no module for it; "
@@ -139,7 +145,9 @@ def _plan(layout: ModelLayout, spec: QuantizationSpec, rec: Recorder) -> list[tu
                 continue
             num_layers = len(layout.model.get_submodule(site.stack))
             kept = site.layer < spec.keep_first_layers or site.layer >= num_layers - spec.keep_last_layers
-            plan.append((site, spec.keep_format if kept else spec.format_for(group)))
+            original = kept_layers[site.layer] if kept_layers and site.layer < len(kept_layers) else site.layer
+            fmt = overrides.get((original, group))
+            plan.append((site, fmt or (spec.keep_format if kept else spec.format_for(group))))
         elif site.component == "lm_head":
             fmt = spec.format_for("lm_head")
             if fmt is None:

@@ -5,7 +5,9 @@ Three bases:
 - **prior**: the published-data rules of :mod:`.priors`;
 - **profile**: a :class:`SensitivityProfile` of this model is given and covers the strategy's
   quantization / sparsity / depth options: that part's damage is the sum of the profile's measured
-  per-(block, group) effects; parts the profile does not cover come from the priors (noted);
+  per-(block, group) effects, each option's scaled by its measured additivity (whole-model entry over the
+  summed effects, :meth:`SensitivityProfile.additivity`); parts the profile does not cover come from the
+  priors (noted);
 - **calibrated**: a :class:`CalibrationStore` holds measured runs of the same model family: each part
   (prior or profile) whose technique the records inform is corrected by the residual model of
   :mod:`.residual` (a Bayesian linear model on the part's strategy features), with its interval.
@@ -27,7 +29,8 @@ from planner.accuracy.metrics import check_metric, retained_from_damage
 from planner.accuracy.parts import (ModelFacts, PartDamage, distillation_damage, low_rank_damage, model_facts,
                                     quantization_damage, sparsity_damage)
 from planner.accuracy.priors import Z80, Priors, load_priors
-from planner.accuracy.profile import PROFILE_SIGMA, SensitivityProfile, damage_sum, sparsity_option
+from planner.accuracy.profile import (PROFILE_SIGMA, STRUCTURED_GROUP, SensitivityProfile, damage_sum, option_damage,
+                                      sparsity_option)
 from planner.accuracy.result import QualityPart, QualityPrediction
 from planner.errors import InvalidRequestError
 from planner.strategy import CompressionStrategy
@@ -118,14 +121,41 @@ def _outside_blocks(q, facts: ModelFacts | None, priors: Priors | None) -> Damag
     return part.damage if part is not None else None
 
 
+def _measured(mu: float, scale: float) -> Damage:
+    """A profile part's damage ``exp(mu)`` with its spread: ``PROFILE_SIGMA`` and, in quadrature, the
+    resolution ``r`` of a measured retained % (``residual.MEASUREMENT_NOISE_PP`` points, additive on the
+    damage: the 80% upper bound reaches at least ``D + r``). A near-lossless profile sum says "damage about
+    zero, within a run's resolution", not "exactly 99.99%": a MiniLM candidate predicted at 99.99%
+    [99.99, 99.99] measured 99.98%."""
+    from planner.accuracy.residual import MEASUREMENT_NOISE_PP
+
+    resolution = MEASUREMENT_NOISE_PP / 100.0 / scale
+    floor = math.log1p(resolution / math.exp(mu)) / Z80
+    return Damage(mu, math.sqrt(PROFILE_SIGMA ** 2 + floor ** 2))
+
+
+def _one_shot(damage: float, what: str, strategy: CompressionStrategy, facts: ModelFacts | None,
+              priors: Priors | None, notes: list[str]) -> float:
+    """Log of a profile's one-shot structural damage, scaled down by the structure prior's recovery factor
+    ``exp(recovery * ln(1 + T/N))`` when training follows the change (noted)."""
+    mu = math.log(damage)
+    tokens = _depth_recovery_tokens(strategy)
+    if tokens and facts is not None and priors is not None:
+        factor = priors.rules["structure"].coefficients()["recovery"] * math.log1p(tokens / facts.params)
+        mu += factor
+        notes.append(f"profile {what} effects are one-shot: {tokens:,.0f} training tokens scale their damage by "
+                     f"{math.exp(factor):.2f} (structure prior's recovery term).")
+    return mu
+
+
 def profile_parts(strategy: CompressionStrategy, profile: SensitivityProfile, scale: float,
                   notes: list[str], facts: ModelFacts | None = None,
                   priors: Priors | None = None) -> tuple[dict[str, PartDamage], int]:
     """Parts the profile covers (technique -> damage) and how many entries were used.
 
-    Block-drop effects are measured one-shot; when training follows the depth change (distillation
-    steps, fine-tuning steps), the structure rule's recovery factor ``exp(recovery * ln(1 + T/N))`` of
-    the priors scales them down (noted)."""
+    Block-drop and structured-pruning (ffn, heads) effects are measured one-shot; when training follows the
+    change (distillation steps, fine-tuning steps), the structure rule's recovery factor scales them down
+    (:func:`_one_shot`)."""
     n_blocks = profile.model.num_blocks
     covered: dict[str, PartDamage] = {}
     used = 0
@@ -134,19 +164,25 @@ def profile_parts(strategy: CompressionStrategy, profile: SensitivityProfile, sc
     if kept is not None:
         effects = [profile.drop_effect(b) for b in range(n_blocks) if b not in set(kept)]
         if effects and all(e is not None for e in effects):
-            key = "structure"
-            mu = math.log(damage_sum(effects, scale))
-            tokens = _depth_recovery_tokens(strategy)
-            if tokens and facts is not None and priors is not None:
-                factor = priors.rules["structure"].coefficients()["recovery"] * math.log1p(tokens / facts.params)
-                mu += factor
-                notes.append(f"profile block-drop effects are one-shot: {tokens:,.0f} training tokens scale their "
-                             f"damage by {math.exp(factor):.2f} (structure prior's recovery term).")
-            covered[key] = PartDamage(key, f"drop {len(effects)} of {n_blocks} blocks",
-                                      Damage(mu, PROFILE_SIGMA), len(effects), "profile:block_drop")
+            mu = _one_shot(damage_sum(effects, scale), "block-drop", strategy, facts, priors, notes)
+            covered["structure"] = PartDamage("structure", f"drop {len(effects)} of {n_blocks} blocks",
+                                              _measured(mu, scale), len(effects), "profile:block_drop")
             used += len(effects)
         elif effects:
             notes.append("profile lacks block-drop effects for some removed blocks: depth from the priors.")
+    sp = strategy.sparsity
+    if sp is not None and sp.pattern in STRUCTURED_GROUP:
+        group = STRUCTURED_GROUP[sp.pattern]
+        option = sparsity_option(sp.pattern, sp.level)
+        effects = [profile.effect(b, group, option) for b in blocks]
+        if effects and all(e is not None for e in effects):
+            damage = option_damage(profile, [(option, e) for e in effects], scale)
+            mu = _one_shot(damage, f"{sp.pattern} pruning", strategy, facts, priors, notes)
+            covered["structure"] = PartDamage("structure", sp.summary(), _measured(mu, scale), len(effects),
+                                              f"profile:entries:{sp.pattern}")
+            used += len(effects)
+        else:
+            notes.append(f"profile has no complete {option} entries: structured pruning from the priors.")
     q = strategy.quantization
     if q is not None:
         effects, missing = [], set()
@@ -159,29 +195,29 @@ def profile_parts(strategy: CompressionStrategy, profile: SensitivityProfile, sc
                 if effect is None:
                     missing.add(fmt)
                 else:
-                    effects.append(effect)
+                    effects.append((fmt, effect))
         if missing:
             notes.append(f"profile has no entries for {', '.join(sorted(missing))}: quantization from the priors.")
         elif effects:
-            total = damage_sum(effects, scale)
+            total = option_damage(profile, effects, scale)
             rest = _outside_blocks(q, facts, priors)
             if rest is not None:
                 total += rest.median
                 notes.append("profile covers the blocks; embeddings / lm_head / KV-cache formats come from the priors.")
-            covered["quantization"] = PartDamage("quantization", q.summary(), Damage(math.log(total), PROFILE_SIGMA),
+            covered["quantization"] = PartDamage("quantization", q.summary(), _measured(math.log(total), scale),
                                                  len(effects), "profile:entries")
             used += len(effects)
     sp = strategy.sparsity
     if sp is not None and not sp.structured:
         wanted = [(b, g, sparsity_option(sp.pattern, sp.block_level(b, g))) for b in blocks
                   for g in ("attention", "mlp") if sp.block_level(b, g) > 0]
-        effects = [profile.effect(b, g, option) for b, g, option in wanted]
+        effects = [(option, profile.effect(b, g, option)) for b, g, option in wanted]
         option = ", ".join(sorted({o for _, _, o in wanted}))
-        if effects and all(e is not None for e in effects):
+        if effects and all(e is not None for _, e in effects):
             if sp.method != profile.settings.sparsity_method:
                 notes.append(f"profile measured {profile.settings.sparsity_method} sparsity, strategy uses {sp.method}.")
             covered["sparsity"] = PartDamage("sparsity", sp.summary(),
-                                             Damage(math.log(damage_sum(effects, scale)), PROFILE_SIGMA),
+                                             _measured(math.log(option_damage(profile, effects, scale)), scale),
                                              len(effects), "profile:entries")
             used += len(effects)
         else:
@@ -246,7 +282,7 @@ def _calibrate(spec, strategy: CompressionStrategy, facts: ModelFacts, priors: P
                bases: list[str], ns: list[int], notes: list[str], scale: float) -> int | None:
     """Correct each part whose (technique, basis) the store's residual model covers, in place; returns the
     number of distinct records behind the corrections (None: nothing corrected)."""
-    from planner.accuracy.residual import SHARED, part_features
+    from planner.accuracy.residual import SHARED, block_technique, part_features
 
     model = calibration.residual_model(spec, facts, _base_for(priors, profile, spec, facts), priors, profile)
     applied, blocks = [], []
@@ -269,7 +305,7 @@ def _calibrate(spec, strategy: CompressionStrategy, facts: ModelFacts, priors: P
             n = parts[i].n_rows
             applied.append(f"{p.technique} ({bases[i]}, n={n}" + (", family-wide offset only: no record of this "
                                                                  "technique)" if shared_only else ")"))
-            blocks.append((p.technique, bases[i]) if not shared_only else (SHARED, bases[i]))
+            blocks.append((block_technique(p, bases[i]), bases[i]) if not shared_only else (SHARED, bases[i]))
             bases[i] = "calibrated"
             ns[i] = n
     others = sorted(calibration.families - {facts.family})
