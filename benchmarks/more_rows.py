@@ -31,6 +31,7 @@ import pandas as pd
 from planner import estimate_memory
 from planner.errors import FitplanError
 from planner.memory.result import GIB
+from same_measurements import once
 from training_rows import capacity_gib, training_baselines
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -607,8 +608,9 @@ def _longest_fitting(request: Request, resolve, capacity: float) -> int:
 def summarize_bounds(frame: pd.DataFrame) -> pd.DataFrame:
     out = []
     unflagged = frame[~frame.flagged] if "flagged" in frame else frame
-    for group, part in [*frame.groupby("group", sort=False), ("ALL fit/OOM", frame),
-                        ("  (diagnostic) without flagged rows", unflagged)]:
+    for group, part in [*frame.groupby("group", sort=False), ("ALL fit/OOM", once(frame)),
+                        ("  (as transcribed: merged rows counted twice)", frame),
+                        ("  (diagnostic) without flagged rows", once(unflagged))]:
         out.append({"group": group, "rows": len(part), "point_right_%": 100.0 * part.point_agrees.mean(),
                     "safe_right_%": 100.0 * part.safe_agrees.mean(),
                     "errors": int(part.point_gib.isna().sum())})
@@ -630,9 +632,11 @@ def print_more(resolve, first_bounds: pd.DataFrame | None, show_rows: bool, csv:
         if first_values is not None and len(first_values):
             joined = pd.concat([first_values, values], ignore_index=True)
             joined["flagged"] = [bool(flag_of(i)) for i in joined["id"]]
-            both = summarize_values(joined)[0].iloc[[-1]]
-            clean = summarize_values(joined[~joined.flagged])[0].iloc[[-1]]
+            both = summarize_values(once(joined))[0].iloc[[-1]]
+            twice = summarize_values(joined)[0].iloc[[-1]]
+            clean = summarize_values(once(joined[~joined.flagged]))[0].iloc[[-1]]
             summary = pd.concat([summary, both.assign(group="ALL fine-tuning, both sets"),
+                                 twice.assign(group="  (as transcribed: merged rows counted twice)"),
                                  clean.assign(group="  (diagnostic) without flagged rows")], ignore_index=True)
         print(summary.round(2).to_string(index=False))
     print(f"skipped {len(skipped_values)} value rows:")

@@ -52,10 +52,13 @@ TRAINING_GROUPS: dict[str, TrainingGroup] = {
         "(optim='adamw_hf', one parameter at a time), eager BERT attention with dropout 0.1, CUDA 11 context "
         "of 1343 MiB as measured in the same doc"),
     "QW1": TrainingGroup(
-        {"framework": "qwen1", "optimizer": "adamw", "grad_checkpointing": "full", "attention": "flash",
+        {"framework": "qwen1", "optimizer": "adamw-torch-2.0", "grad_checkpointing": "full", "attention": "flash",
          "grad_accum": 8},
         "QwenLM/Qwen finetune.py: HF Trainer + peft (r=64, lora_dropout 0.05, c_attn/c_proj/w1/w2), gradient "
-        "checkpointing, FlashAttention-2, batch 1 x GA 8; the remote code casts the model to bf16 itself and "
+        "checkpointing, FlashAttention-2, batch 1 x GA 8; the README profiles with 'CUDA 11.8 and Pytorch 2.0', "
+        "and without DeepSpeed the Trainer (transformers 4.32 training_args.py: default optim 'adamw_torch') "
+        "steps torch.optim.AdamW, foreach on CUDA, whose PyTorch 2.0 version holds two whole-list temporaries "
+        "(optimizer 'adamw-torch-2.0'; DeepSpeed rows step with DeepSpeed's own Adam); the remote code casts the model to bf16 itself and "
         "computes the loss on the logits as they come (fp32 under the Trainer's bf16 autocast, fp16/bf16 under "
         "DeepSpeed, which runs no autocast); Q-LoRA in fp16 with DeepSpeed ZeRO-2 (ds_config_zero2.json: "
         "reduce_bucket_size 2e8, overlap_comm); full fine-tuning and 72B LoRA with ZeRO-3",

@@ -356,8 +356,10 @@ def test_real_runs_are_predicted_better_once_the_others_calibrate(tmp_path):
         figures = bench.quality_figures(runs, profile, curve=False)
         prior, calibrated = bench.agreement(figures["prior"]), bench.agreement(figures["loo"])
         assert all(p.basis == "calibrated" for _, p in figures["loo"])
-        assert calibrated.mae < 0.7 * prior.mae
+        # margins against the priors alone: the structure prior no longer extrapolates to ~0% retained,
+        # so MiniLM's priors-only error fell from 24.2 to 11.8 points and calibration's relative gain shrank
+        assert calibrated.mae < 0.8 * prior.mae
         assert calibrated.spearman > prior.spearman - 0.05
-        # the closed loop's predictor: profile + calibration at least halves the priors' error
+        # the closed loop's predictor: profile + calibration cuts the priors' error by a third or more
         both = bench.agreement(figures["profile_loo"])
-        assert both.mae < 0.5 * prior.mae and both.mae < bench.agreement(figures["profile"]).mae
+        assert both.mae < 0.65 * prior.mae and both.mae < bench.agreement(figures["profile"]).mae

@@ -52,6 +52,8 @@ def test_step_temporaries_foreach_whole_list_loop_largest_fused_none():
     assert step_temporary_bytes(get_optimizer("adamw"), tensors, 4) == (3_000_000 + 50) * 4
     assert step_temporary_bytes(get_optimizer("adamw_hf"), tensors, 4) == 1_000_000 * 4
     assert step_temporary_bytes(get_optimizer("adamw_torch_fused"), tensors, 4) == 0
+    # PyTorch 2.0's foreach AdamW builds denom out of place: sqrt(exp_avg_sq) and denom for the whole list
+    assert step_temporary_bytes(get_optimizer("adamw-torch-2.0"), tensors, 2) == 2 * (3_000_000 + 50) * 2
     assert state_bytes(get_optimizer("adamw"), tensors, 4) == 8 * (3_000_000 + 50)
 
 

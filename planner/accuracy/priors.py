@@ -14,6 +14,13 @@ the fit where the rows are thin; the interval uses Student's t at the residual d
 (:func:`t90`) rather than the normal quantile. Rows are weighted by ``sigma^2 / (sigma^2 + (tau_i/d_i)^2)``, tau_i
 the resolution of the cited figure (:func:`row_noise`), so rounded near-lossless figures count little. :func:`fit_rules` refits on any subset of rows (the leave-one-row-out
 benchmark uses it).
+
+Extrapolation guards (per technique, in the data file): ``clamp`` holds named features within the range
+of the fitted rows (outside it the estimate stays at the edge and the spread grows by the shift the
+unclamped rule would have made), and ``saturation`` bounds the damage, ``d = 1 / (1/d_lin + 1/D)``,
+fitted on the inverted targets. The structure rule (students and heads / FFN / layer removal) uses
+both: its cited rows cover 110M-70B parameters, so a 4M-parameter model is predicted as a 110M one with
+a wider interval rather than extrapolated to ~0% retained.
 """
 
 from __future__ import annotations
@@ -52,10 +59,20 @@ class CoefficientPrior(_Data):
     source: str
 
 
+class SaturationDef(_Data):
+    max_damage: float = Field(gt=0)
+    source: str
+
+
 class TechniqueDef(_Data):
     description: str
     min_sigma: float = Field(gt=0)
     prior: dict[str, CoefficientPrior]
+    clamp: dict[str, Literal["both", "above", "below"]] = Field(default_factory=dict)
+    """coefficient -> side(s) on which its feature is held within the range of the fitted rows (the
+    interval widens outside)"""
+    saturation: SaturationDef | None = None
+    """damage bound: d = 1 / (1/d_linear + 1/max_damage)"""
 
 
 class InteractionDef(_Data):
@@ -155,7 +172,7 @@ def coefficient_names(technique: str, data: PriorsFile) -> tuple[str, ...]:
         return ("intercept", "level", "pattern:2:4", "pattern:4:8", "method:magnitude", "method:sparsegpt",
                 "size", "tokens", "recovery", "magnitude_size")
     if technique == "structure":
-        return ("intercept", "removed", "recovery", "size")
+        return ("intercept", "removed", "recovery", "size", "collapse")
     if technique == "low_rank":
         return ("intercept", "removed")
     raise ValueError(f"unknown technique {technique!r}")
@@ -180,9 +197,26 @@ def sparsity_features(level: float, pattern: str, method: str, params: float, tp
 
 
 def structure_features(kept: float, recovery_tokens: float, params: float, data: PriorsFile) -> list[float]:
+    """[1, ln r, T, ln(N / 7e9), -ln(1 - r) exp(-T)]: r = 1 - kept, the removed fraction of the block
+    parameters, and T = ln(1 + recovery tokens / N). Without training (T = 0, both shape coefficients
+    ~1) the damage grows like r / (1 - r): nothing as r -> 0, collapse as r -> 1. Training both scales
+    it down (``recovery`` < 0) and lifts the collapse term (exp(-T)): a trained student's damage grows
+    only like r (students keeping 5% of the blocks retain ~97%). Monotone in r and in T for positive
+    ``removed`` and ``collapse`` and negative ``recovery``; the saturation bounds it from above."""
     kept = min(max(kept, 1e-3), 1 - 1e-6)
-    return [1.0, math.log((1.0 - kept) / kept), math.log1p(recovery_tokens / params),
-            math.log(params / data.pretraining.reference_params)]
+    recovery = math.log1p(recovery_tokens / params)
+    return [1.0, math.log(1.0 - kept), recovery, math.log(params / data.pretraining.reference_params),
+            -math.log(kept) * math.exp(-recovery)]
+
+
+def structure_recovery_log_factor(kept: float, recovery_tokens: float, params: float, priors: "Priors") -> float:
+    """ln of the factor by which ``recovery_tokens`` of training scale the structure rule's (linear)
+    damage at this removed fraction: the recovery terms of the rule, with its clamps. For scaling a
+    measured one-shot effect (e.g. a profile's block drops) by the training that follows."""
+    rule = priors.rules["structure"]
+    trained = np.clip(structure_features(kept, recovery_tokens, params, priors.data), rule.lower, rule.upper)
+    one_shot = np.clip(structure_features(kept, 0.0, params, priors.data), rule.lower, rule.upper)
+    return float((trained - one_shot) @ rule.coef)
 
 
 def low_rank_features(kept: float) -> list[float]:
@@ -216,10 +250,17 @@ def row_damage(row: PriorRow, data: PriorsFile) -> float:
 # Fitted rules
 # ------------------------------------------------------------------------------------------------
 class Rule:
-    """A fitted log-linear rule of one technique."""
+    """A fitted log-linear rule of one technique.
+
+    ``lower``/``upper`` hold the clamped features within the range the fitted rows span: outside it the
+    estimate stays at the edge and the spread grows by the shift the unclamped rule would have made,
+    ``|b| . |x - clamp(x)|`` (added to it). ``max_damage`` D bounds the damage,
+    ``d = 1 / (1/d_lin + 1/D)``: monotone, ~``d_lin`` for small damage, never above D."""
 
     def __init__(self, technique: str, names: tuple[str, ...], coef: np.ndarray, cov_unit: np.ndarray,
-                 sigma: float, n_rows: int, row_ids: tuple[str, ...], dof: float = math.inf):
+                 sigma: float, n_rows: int, row_ids: tuple[str, ...], dof: float = math.inf,
+                 lower: np.ndarray | None = None, upper: np.ndarray | None = None,
+                 max_damage: float | None = None):
         self.dof = dof
         self.t_ratio = t90(dof) / Z80
         """Student-t over normal 80% quantile at the fit's residual degrees of freedom: folded into the
@@ -231,15 +272,44 @@ class Rule:
         self.sigma = sigma
         self.n_rows = n_rows
         self.row_ids = row_ids
+        self.lower = np.full(len(names), -np.inf) if lower is None else lower
+        self.upper = np.full(len(names), np.inf) if upper is None else upper
+        self.max_damage = max_damage
 
     def predict_log(self, features: list[float]) -> tuple[float, float]:
         """(median ln d, predictive standard deviation of ln d) at these features."""
-        x = np.asarray(features)
-        mu = float(x @ self.coef)
-        return mu, self.sigma * self.t_ratio * math.sqrt(1.0 + float(x @ self.cov_unit @ x))
+        x = np.asarray(features, dtype=float)
+        held = np.clip(x, self.lower, self.upper)
+        mu = float(held @ self.coef)
+        s = self.sigma * self.t_ratio * math.sqrt(1.0 + float(held @ self.cov_unit @ held))
+        s = s + float(np.abs(self.coef) @ np.abs(x - held))
+        if self.max_damage is None:
+            return mu, s
+        return saturate(mu, s, self.max_damage)
+
+    def extrapolated(self, features: list[float]) -> tuple[str, ...]:
+        """Names of the features outside the fitted rows' range (held at its edge)."""
+        x = np.asarray(features, dtype=float)
+        return tuple(n for n, v, lo, hi in zip(self.names, x, self.lower, self.upper) if v < lo or v > hi)
 
     def coefficients(self) -> dict[str, float]:
         return dict(zip(self.names, (float(c) for c in self.coef)))
+
+
+def saturate(mu: float, s: float, max_damage: float) -> tuple[float, float]:
+    """ln d and spread of ``d = 1 / (1/d_lin + 1/D)`` for ``ln d_lin ~ (mu, s)``. The spread is set so
+    that the optimistic 80% end (least damage) is the exact image of the linear one; the pessimistic end
+    is then wider than its image (the map compresses large damage)."""
+    def sat(v: float) -> float:
+        return v - math.log1p(math.exp(min(v, 700.0)) / max_damage)
+    centre = sat(mu)
+    return centre, (centre - sat(mu - Z80 * s)) / Z80
+
+
+def unsaturate(damage: float, max_damage: float) -> float:
+    """Inverse of the saturation: the linear damage whose bounded value is ``damage`` (< D)."""
+    damage = min(damage, 0.95 * max_damage)
+    return 1.0 / (1.0 / damage - 1.0 / max_damage)
 
 
 def _prior_for(name: str, technique: TechniqueDef) -> CoefficientPrior:
@@ -296,6 +366,12 @@ def fit_rule(technique: str, rows: list[PriorRow], data: PriorsFile) -> Rule:
         offset = np.array([row_features(r, data)[1] for r in used])
         damage = np.array([row_damage(r, data) for r in used])
         tau = np.array([row_noise(r, data) for r in used])
+        if definition.saturation is not None:
+            bound = definition.saturation.max_damage
+            linear = np.array([unsaturate(d, bound) for d in damage])
+            # relative resolution tau/d carried through the inverse map: d ln d_lin / d ln d = D / (D - d)
+            tau = tau * linear / damage * bound / (bound - np.minimum(damage, 0.95 * bound))
+            damage = linear
         y = np.log(damage) - offset
     else:
         X, y, damage, tau = np.zeros((0, len(names))), np.zeros(0), np.zeros(0), np.zeros(0)
@@ -320,7 +396,16 @@ def fit_rule(technique: str, rows: list[PriorRow], data: PriorsFile) -> Rule:
             break
         sigma = new_sigma
     dof = max(n - p_eff, 1.0) if n else math.inf
-    return Rule(technique, names, coef, A_inv, sigma, n, tuple(r.id for r in used), dof)
+    lower, upper = np.full(len(names), -np.inf), np.full(len(names), np.inf)
+    for j, name in enumerate(names):
+        side = definition.clamp.get(name)
+        if side and n:
+            if side in ("both", "below"):
+                lower[j] = X[:, j].min()
+            if side in ("both", "above"):
+                upper[j] = X[:, j].max()
+    return Rule(technique, names, coef, A_inv, sigma, n, tuple(r.id for r in used), dof, lower, upper,
+                definition.saturation.max_damage if definition.saturation else None)
 
 
 def fit_rules(rows: list[PriorRow], data: PriorsFile) -> dict[str, Rule]:
@@ -386,6 +471,12 @@ def _validate(raw: dict) -> PriorsFile:
     for name, fmt in formats.items():
         if fmt.method is not None and fmt.method not in methods:
             raise InvalidConfigError(f"accuracy_priors.toml: format {name} names unknown method {fmt.method!r}.")
+    for name, technique in data.techniques.items():
+        if isinstance(technique, TechniqueDef) and name in TECHNIQUES:
+            unknown = set(technique.clamp) - set(coefficient_names(name, data))
+            if unknown:
+                raise InvalidConfigError(f"accuracy_priors.toml: techniques.{name}.clamp names unknown coefficients "
+                                         f"{sorted(unknown)}; allowed: {', '.join(coefficient_names(name, data))}.")
     ids = [r.id for r in data.rows]
     if len(ids) != len(set(ids)):
         raise InvalidConfigError("accuracy_priors.toml: duplicate row ids.")
@@ -404,4 +495,4 @@ def load_priors() -> Priors:
 
 
 __all__ = ["DAMAGE_FLOOR", "Priors", "PriorRow", "Rule", "Z80", "fit_rule", "fit_rules", "load_priors",
-           "row_damage", "row_features", "row_noise"]
+           "row_damage", "row_features", "row_noise", "saturate", "structure_recovery_log_factor"]
