@@ -20,7 +20,8 @@ evaluator perplexity) — with fixed seeds, on this machine (deployment target `
    changed (the run says so, and the old file is kept beside it).
 3. **Loop**: ``run_search(model, local constraints, profile=..., execute_top=K, rounds=R)`` in a fresh
    directory ``<out>/run-<UTC time>/<model>`` (``--reuse-loop DIR`` resumes the loop studies of an
-   earlier run directory instead), on the same space, without distilled students unless
+   earlier run directory instead: the same loop measurements, so with the same code the held-out figures
+   repeat exactly, and two predictor versions can be compared on one loop run), on the same space, without distilled students unless
    ``--students`` (a student is trained for each candidate: minutes per candidate on this CPU).
    Reported: the round reports, the real evaluations until the top-ranked candidate is verified
    (measured, every constraint met), and whether the verified recommendation's measured quality lies
@@ -652,7 +653,8 @@ def main() -> int:
     parser.add_argument("--out", default=None, help="directory for the runs (each run gets its own run-<UTC time> "
                         "directory in it; default: a new temporary one)")
     parser.add_argument("--reuse-loop", default=None, metavar="DIR", help="a run directory of an earlier run "
-                        "(<out>/run-...): resume its loop studies instead of running new loops")
+                        "(<out>/run-...): resume its loop studies instead of running new loops (the same loop "
+                        "measurements: compares predictor versions on one loop run)")
     parser.add_argument("--students", action="store_true", help="also search distilled students (slow: each "
                         "candidate trains one)")
     args = parser.parse_args()
