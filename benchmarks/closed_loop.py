@@ -97,19 +97,20 @@ class BenchmarkError(Exception):
 def executed_form(strategy: Any, num_blocks: int) -> str:
     """Canonical JSON of what the executors actually run for ``strategy`` on a model of ``num_blocks``.
 
-    Quantization: each block's attention and MLP format as ``executors/steps/quantize.py`` (``_plan``)
-    applies it (kept blocks at ``keep_format``, the rest at the group's format; ``block_formats`` are not
-    applied by the executors), the embeddings' and lm_head's formats and the compute dtype (the KV-cache
-    dtype is never applied either). Sparsity: the spec without ``block_levels`` (not applied). Students
+    Quantization: each block's attention and MLP format as ``executors/steps/quantize.py`` applies it
+    (``planner.execution.block_group_format``: the per-block override, else ``keep_format`` for kept
+    blocks, else the group's format), the embeddings' and lm_head's formats and the compute dtype (the
+    KV-cache dtype is never applied). Sparsity: the spec without ``block_levels`` (not applied). Students
     and low rank as given. Two strategies with equal forms run the same model and measure the same.
     """
     data: dict[str, Any] = {}
+    from planner.execution import block_group_format
+
     quant = strategy.quantization
     if quant is not None:
         blocks = []
         for block in range(num_blocks):
-            kept = block < quant.keep_first_layers or block >= num_blocks - quant.keep_last_layers
-            blocks.append([quant.keep_format if kept else quant.format_for(group) for group in ("attention", "mlp")])
+            blocks.append([block_group_format(quant, block, group, num_blocks) for group in ("attention", "mlp")])
         data["quantization"] = {"blocks": blocks, "embeddings": quant.embeddings, "lm_head": quant.lm_head,
                                 "compute_dtype": quant.compute_dtype}
     if strategy.sparsity is not None:
@@ -291,12 +292,25 @@ def write_heldout(path: Path, data: dict[str, Any], previous: dict[str, Any] | N
 
 
 # -- the measurement cache -------------------------------------------------------------------------------
+def executors_code_fingerprint() -> str:
+    """Hash of the code that turns a strategy into a measured model (``executors/`` and
+    ``planner/execution.py``): a measurement made by other executor code is not reused (e.g. runs from
+    before the executors applied per-block formats measured every block at the main format)."""
+    h = hashlib.sha256()
+    for path in sorted([*(ROOT / "executors").rglob("*.py"), ROOT / "planner" / "execution.py"]):
+        h.update(path.relative_to(ROOT).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 class MeasurementCache:
     """Held-out measurements on disk, one file per strategy key, under a directory of one model
-    fingerprint, evaluator key and device; each file repeats those keys and is read only if they match."""
+    fingerprint, evaluator key and device; each file repeats those keys and the executors' code fingerprint
+    and is read only if they all match."""
 
     def __init__(self, root: Path, *, model_fp: str, evaluator_key: str, device: str):
-        self.identity = {"model_fingerprint": model_fp, "evaluator_key": evaluator_key, "device": device}
+        self.identity = {"model_fingerprint": model_fp, "evaluator_key": evaluator_key, "device": device,
+                         "executors_code": executors_code_fingerprint()}
         device_id = hashlib.sha256(device.encode()).hexdigest()[:8]
         self.directory = root / "closed_loop_heldout" / model_fp / f"{evaluator_key}-{device_id}"
 

@@ -29,10 +29,14 @@ def _quant(weights="nf4", blocks=(), keep=0, **parts):
             BlockFormat(block=b, group=g, format=f) for b, g, f in blocks)), **parts)
 
 
-def test_executed_form_ignores_what_the_executors_do_not_apply(bench):
+def test_executed_form_follows_what_the_executors_apply(bench):
     a = _quant("hqq-int2", [(0, "mlp", "int8"), (1, "attention", "hqq-int4")])
     b = _quant("hqq-int2", [(2, "mlp", "hqq-int8")])
-    assert a != b and bench.executed_form(a, 4) == bench.executed_form(b, 4) == bench.executed_form(_quant("hqq-int2"), 4)
+    forms = {bench.executed_form(s, 4) for s in (a, b, _quant("hqq-int2"))}
+    assert len(forms) == 3  # per-block formats are applied: three different models
+    # an override equal to the main format runs the same model as none
+    assert bench.executed_form(_quant("hqq-int2", [(2, "mlp", "hqq-int2")]), 4) == bench.executed_form(
+        _quant("hqq-int2"), 4)
     # keeping the first/last block at bf16 with bf16 weights changes nothing; at nf4 it does
     assert bench.executed_form(_quant("bf16", keep=1), 4) == bench.executed_form(_quant("bf16"), 4)
     assert bench.executed_form(_quant("nf4", keep=1), 4) != bench.executed_form(_quant("nf4"), 4)
@@ -49,7 +53,7 @@ def test_executed_form_ignores_what_the_executors_do_not_apply(bench):
 
 def test_executed_form_agrees_with_the_executors_quantization_plan(bench):
     """The executors' own per-Linear plan (executors/steps/quantize.py) gives one format per block and group
-    that matches executed_form: if the executors start applying block_formats, this fails."""
+    that matches executed_form (per-block overrides, kept blocks and group formats alike)."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     from executors.steps._recorder import Recorder

@@ -36,7 +36,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from executors._imports import import_bitsandbytes
-from planner.execution import UNSUPPORTED_FORMATS, executor_formats
+from planner.execution import UNSUPPORTED_FORMATS, block_group_format, executor_formats
 from planner.errors import InvalidRequestError, UnsupportedError
 from planner.strategy import CompressionStrategy, QuantizationSpec
 from executors.steps import register_step
@@ -128,7 +128,6 @@ def _plan(layout: ModelLayout, spec: QuantizationSpec, rec: Recorder,
     """The format of each dense Linear; modules no group covers are recorded as skipped. ``kept_layers``: the
     original index of each current block (after whole-layer pruning or a derived student), which
     ``block_formats`` are addressed by."""
-    overrides = {(o.block, o.group): o.format for o in spec.block_formats}
     plan = []
     for path in layout.expert_weights():
         rec.skip(path, f"fused 3-D expert tensor (experts x out x in): bitsandbytes and torch have no module for it; "
@@ -144,10 +143,8 @@ def _plan(layout: ModelLayout, spec: QuantizationSpec, rec: Recorder,
                                     f"kept at {spec.compute_dtype}")
                 continue
             num_layers = len(layout.model.get_submodule(site.stack))
-            kept = site.layer < spec.keep_first_layers or site.layer >= num_layers - spec.keep_last_layers
             original = kept_layers[site.layer] if kept_layers and site.layer < len(kept_layers) else site.layer
-            fmt = overrides.get((original, group))
-            plan.append((site, fmt or (spec.keep_format if kept else spec.format_for(group))))
+            plan.append((site, block_group_format(spec, site.layer, group, num_layers, original)))
         elif site.component == "lm_head":
             fmt = spec.format_for("lm_head")
             if fmt is None:
