@@ -129,6 +129,32 @@ ROUND_HEADERS = {"round": "round", "predictor": "predictor", "fit_records": "fit
                  "recommendation_verified": "verified", "seconds": "seconds"}
 
 
+# report.md within 80 columns (search.table_markdown.frame_markdown), per table (told apart by its first
+# column): short headers, and what to give up first when the table is too wide (report.html has every column).
+MARKDOWN_TABLES: dict[str, tuple[dict[str, str], tuple[tuple[str, str], ...]]] = {
+    "format": ({"memory_gib": "GiB", "gpus_needed": "gpus", "utilization_pct": "util%", "usd_per_hour": "$/h",
+                "purchase_usd": "buy $", "tokens_per_s": "tok/s", "retained_pct": "qual%", "retained_low_pct": "low%",
+                "retained_high_pct": "high%"},
+               (("drop", "utilization_pct"), ("drop", "purchase_usd"), ("drop", "basis"), ("shrink", "note"),
+                ("drop", "retained_low_pct"), ("drop", "retained_high_pct"))),
+    "gpu": ({"per_gpu_safe_gib": "GiB/GPU", "decode_tok_s": "tok/s", "usd_per_million_tokens": "$/1M",
+             "usd_per_hour": "$/h"}, (("drop", "pp"), ("drop", "tp"), ("drop", "decode_tok_s"))),
+    "round": ({"round": "#", "fitted on": "fit", "held out": "held", "quality MAE (points)": "MAE",
+               "in 80% interval": "in 80%", "memory error %": "mem err%", "latency error %": "lat err%",
+               "executed": "ran", "evaluations so far": "evals", "seconds": "s"},
+              (*(("drop", c) for c in ("seconds", "evaluations so far", "failed", "executed", "verified")),
+               ("shrink", "predictor"), ("drop", "fitted on"), ("drop", "recommendation"),
+               *(("drop", c) for c in ("latency error %", "memory error %", "in 80% interval")))),
+}
+
+
+def _markdown_frame(frame) -> str:  # noqa: ANN001 - DataFrame
+    from search.table_markdown import frame_markdown
+
+    labels, steps = MARKDOWN_TABLES.get(str(frame.columns[0]), ({}, ())) if len(frame.columns) else ({}, ())
+    return frame_markdown(frame, labels=labels, steps=steps, elsewhere="report.html")
+
+
 def _rounds(result):  # noqa: ANN001 - SearchResult -> DataFrame | None
     """Predictor quality per round of a closed-loop search (``SearchResult.rounds``), one row each."""
     from search.results import rounds_frame
@@ -315,7 +341,6 @@ def _frame(rows: list[dict[str, Any]]):  # noqa: ANN202
 
 
 def _markdown(result, data, out: Path) -> Path:  # noqa: ANN001
-    from search.results import _markdown_table
     from search.table_markdown import compact_columns, markdown_table
 
     png = result.plot_pareto(out / "pareto.png")
@@ -337,7 +362,7 @@ def _markdown(result, data, out: Path) -> Path:  # noqa: ANN001
         elif kind == "table":
             _, frame, columns, _, _ = block
             if columns is None:
-                lines += [_markdown_table(frame), ""]
+                lines += [_markdown_frame(frame), ""]
                 continue
             if block[3] == "tradeoffs":  # within 80 columns; the HTML report and table.csv have every column
                 lines += [markdown_table(frame, compact_columns(result.table, result.request)), ""]

@@ -202,20 +202,13 @@ def _records(frame: "pd.DataFrame") -> list[dict[str, Any]]:
 
 
 def _markdown_table(frame: "pd.DataFrame") -> str:
+    """Every column of ``frame`` as a plain Markdown table (cells as search.table_markdown.frame_cell)."""
+    from search.table_markdown import frame_cell
+
     headers = list(frame.columns)
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    for record in frame.itertuples(index=False):
-        cells = []
-        for value in record:
-            if value is None or (isinstance(value, float) and math.isnan(value)):
-                cells.append("-")
-            elif isinstance(value, bool):
-                cells.append("yes" if value else "no")
-            elif isinstance(value, float):
-                cells.append(f"{value:,.3g}" if abs(value) < 1000 else f"{value:,.0f}")
-            else:
-                cells.append(str(value).replace("|", "\\|"))
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["| " + " | ".join(frame_cell(value).replace("|", "\\|") for value in record) + " |"
+              for record in frame.itertuples(index=False)]
     return "\n".join(lines)
 
 

@@ -63,6 +63,35 @@ def cell(column: str, value: Any, fmt: str | None) -> str:
     return str(value)
 
 
+def _render(headers: list[str], cells: list[list[str]], numeric: list[bool], widths: dict[int, int]
+            ) -> tuple[list[str], list[tuple[int, int]]]:
+    """The Markdown lines of the kept columns (``widths``: index -> width; numbers right-aligned, text
+    cut with "…") and the (row, column) of every cell cut."""
+    keep = list(widths)
+
+    def line(values: list[str]) -> str:
+        return "| " + " | ".join(v.rjust(widths[i]) if numeric[i] else v.ljust(widths[i])
+                                 for i, v in zip(keep, values)) + " |"
+
+    lines = [line([headers[i] for i in keep]),
+             "|" + "|".join(("-" * (widths[i] + 1) + ":") if numeric[i] else "-" * (widths[i] + 2) for i in keep) + "|"]
+    cut = []
+    for r, row in enumerate(cells):
+        values = []
+        for i in keep:
+            text = row[i]
+            if len(text) > widths[i]:
+                text = text[:max(widths[i] - 1, 0)] + "…"
+                cut.append((r, i))
+            values.append(text)
+        lines.append(line(values))
+    return lines, cut
+
+
+def _wrap(items: list[str], width: int) -> list[str]:
+    return [textwrap.fill(item, width, subsequent_indent="  ", break_on_hyphens=False) for item in items]
+
+
 def markdown_table(frame: "pd.DataFrame", columns: list[tuple[str, str, str | None]], *, width: int = WIDTH) -> str:
     """``frame``'s ``columns`` as a Markdown table no wider than ``width`` (see the module docstring)."""
     from planner.render import Layout, fit_to_width
@@ -73,33 +102,63 @@ def markdown_table(frame: "pd.DataFrame", columns: list[tuple[str, str, str | No
              for row in frame[[c for c, _, _ in shown]].itertuples(index=False)]
     steps = tuple(("drop", h) for h in GIVE_UP) + (("shrink", "strategy"),)
     widths = fit_to_width(headers, cells, width, Layout(steps=steps, min_width=MIN_STRATEGY_WIDTH))
-    keep = list(widths)
-    numeric = {i: shown[i][2] is not None or shown[i][0] == "rank" for i in keep}
-
-    def line(values: list[str]) -> str:
-        return "| " + " | ".join(v.rjust(widths[i]) if numeric[i] else v.ljust(widths[i])
-                                 for i, v in zip(keep, values)) + " |"
-
-    lines = [line([headers[i] for i in keep]),
-             "|" + "|".join(("-" * (widths[i] + 1) + ":") if numeric[i] else "-" * (widths[i] + 2) for i in keep) + "|"]
-    cut = []
+    numeric = [f is not None or c == "rank" for c, _, f in shown]
+    lines, cut = _render(headers, cells, numeric, widths)
     strategy = headers.index("strategy") if "strategy" in headers else None
     rank = headers.index("#") if "#" in headers else None
-    for row in cells:
-        values = []
-        for i in keep:
-            text = row[i]
-            if len(text) > widths[i]:
-                text = text[:max(widths[i] - 1, 0)] + "…"
-                if i == strategy:
-                    cut.append((row[rank] if rank is not None else "?", row[i].replace("\\|", "|")))
-            values.append(text)
-        lines.append(line(values))
+    cut = [(cells[r][rank] if rank is not None else "?", cells[r][i].replace("\\|", "|"))
+           for r, i in cut if i == strategy]
     if cut:
         lines += ["", "Strategies cut above, in full:", ""]
-        lines += [textwrap.fill(f"- #{number}: {text}", width, subsequent_indent="  ", break_on_hyphens=False)
-                  for number, text in cut]
+        lines += _wrap([f"- #{number}: {text}" for number, text in cut], width)
     return "\n".join(lines)
 
 
-__all__ = ["MEASURED", "PREDICTED", "compact_columns", "markdown_table"]
+def frame_cell(value: Any) -> str:
+    """One cell of a generic table: '-' for a missing value, yes/no, numbers to 3 significant digits
+    (thousands separated; whole above 1,000)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:,.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+def frame_markdown(frame: "pd.DataFrame", *, labels: dict[str, str] | None = None,
+                   steps: tuple[tuple[str, str], ...] = (),
+                   elsewhere: str = "the HTML report", width: int = WIDTH) -> str:
+    """Any DataFrame as a Markdown table no wider than ``width``, the answer kept whole.
+
+    Headers are shortened by ``labels`` (column -> header). While the table is too wide, ``steps`` are
+    taken in order (``("drop", column)`` leaves a column out, ``("shrink", column)`` cuts a text column with
+    "…"; see planner.render.Layout), then the other text columns are cut, the widest first; every cut cell is written out in full below the table, and a line names the
+    columns left out (they are in ``elsewhere``). A one-row table is printed as "field | value" rows."""
+    from planner.render import Layout, fit_to_width
+
+    labels = labels or {}
+    names = [str(c) for c in frame.columns]
+    headers = [labels.get(c, c) for c in names]
+    cells = [[frame_cell(v).replace("|", "\\|") for v in row] for row in frame.itertuples(index=False)]
+    numeric = [frame[c].dtype.kind in "iuf" for c in frame.columns]
+    if len(cells) == 1:  # field | value
+        cells = [[n, v] for n, v in zip(names, cells[0])]
+        headers, numeric, names, steps = ["field", "value"], [False, False], ["field", "value"], ()
+    natural = {i: max([len(h), *(len(row[i]) for row in cells)]) for i, h in enumerate(headers)}
+    text = sorted((i for i in natural if not numeric[i]), key=lambda i: -natural[i])
+    steps = tuple((action, labels.get(c, c)) for action, c in steps) + tuple(("shrink", headers[i]) for i in text)
+    widths = fit_to_width(headers, cells, width, Layout(steps=steps))
+    lines, cut = _render(headers, cells, numeric, widths)
+    if cut:
+        lines += ["", "Cut above, in full:", ""]
+        full = [(cells[r][0].replace("\\|", "|"), headers[i], cells[r][i].replace("\\|", "|")) for r, i in cut]
+        lines += _wrap([f"- {row}: {text}" if len(frame) == 1 else f"- {text}" if header == headers[0] else
+                        f"- {names[0]} {row}, {header}: {text}" for row, header, text in full], width)
+    dropped = [names[i] for i in natural if i not in widths]
+    if dropped:
+        lines += ["", *_wrap([f"Only in {elsewhere}: {', '.join(dropped)}."], width)]
+    return "\n".join(lines)
+
+
+__all__ = ["MEASURED", "PREDICTED", "compact_columns", "frame_markdown", "markdown_table"]

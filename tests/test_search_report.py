@@ -201,3 +201,47 @@ def test_markdown_tradeoff_tables_fit_80_columns_and_keep_the_answer(study, tmp_
         csv = pd.read_csv(paths["csv"])
         assert {"why_not", "strategy_json", "quality_low_pct", "usd_per_hour"} <= set(csv.columns)
         assert long.summary() in set(csv["strategy"])
+
+
+def test_every_markdown_table_of_a_measured_report_fits_80_columns_and_keeps_the_key_figures(study, tmp_path):
+    """report.md with measurements, a lab baseline and per-round predictor quality: every table line within
+    80 characters; the baseline's quality, memory and latency, the hardware answers and each round's MAE and
+    Spearman are still there; a cut cell is written out in full and left-out columns are named."""
+    from search.lab_records import LabSummary, MeasuredRun
+    from search.measured import RoundReport
+
+    root, storage = study
+    result = _measured_result(storage)
+    rounds = [RoundReport(round=1, predictor="profile", fit_records=0, held_out=6, quality_loss_mae=0.939,
+                          quality_spearman=0.588, quality_coverage=0.667, memory_error_pct=16.3,
+                          latency_error_pct=26.3, executed=3, evaluations=4, recommendation="bf16 keep 1+1 at bf16",
+                          seconds=21.3),
+              RoundReport(round=2, predictor="profile, calibrated on 3 llama records", fit_records=3, held_out=3,
+                          quality_loss_mae=0.0268, quality_spearman=0.912, quality_coverage=0.667,
+                          memory_error_pct=10.6, latency_error_pct=28.5, executed=3, evaluations=7,
+                          recommendation="bf16 keep 1+1 at bf16", recommendation_verified=True, seconds=23.0)]
+    result = result.model_copy(update={"rounds": rounds})
+    baseline = MeasuredRun(strategy="baseline", status="ok", device="cpu", evaluator="perplexity (perplexity)",
+                           quality_retained_pct=100.0, memory_gib=0.506, latency_ms=51.7, batch="8 x 128 tokens",
+                           tokens_per_s=19813.0, seconds=13.1)
+    lab = LabSummary(model_dir=LLAMA, steps={"analysis": "done"}, baseline=baseline)
+    text = write_report(result, tmp_path / "md", fmt="md", lab=lab).read_text()
+    table_lines = [line for line in text.splitlines() if line.startswith("|")]
+    assert len(table_lines) > 40 and max(len(line) for line in table_lines) <= 80, \
+        "\n".join(line for line in table_lines if len(line) > 80)
+    base = text.split("### Baseline", 1)[1].split("\n#", 1)[0]
+    for field, value in (("quality_retained_pct", "100"), ("memory_gib", "0.506"), ("latency_ms", "51.7"),
+                         ("tokens_per_s", "19,813"), ("evaluator", "perplexity (perplexity)")):
+        assert re.search(rf"\| {field} +\| {re.escape(value)} +\|", base), base
+    per_round = text.split("## Predictor quality", 1)[1].split("\n## ", 1)[0]
+    header = [h.strip() for h in next(l for l in per_round.splitlines() if l.startswith("|")).strip("|").split("|")]
+    assert header[:2] == ["#", "predictor"] and {"MAE", "Spearman"} <= set(header)
+    for number, mae, rho in (("1", "0.939", "0.588"), ("2", "0.0268", "0.912")):
+        row = next(l for l in per_round.splitlines() if l.startswith(f"| {number} |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[header.index("MAE")] == mae and cells[header.index("Spearman")] == rho
+    assert "- round 2, predictor: profile, calibrated on 3 llama records" in per_round  # cut, then in full
+    assert "Only in report.html:" in per_round and "seconds" in per_round.split("Only in report.html:")[1]
+    hardware = text.split("## Hardware requirements", 1)[1].split("\n## ", 1)[0]
+    assert "| format " in hardware and "qual%" in hardware and "GiB" in hardware
+    assert hardware.count("| NVIDIA") >= 8 and "GiB/GPU" in hardware and "$/h" in hardware
