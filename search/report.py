@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from planner.errors import InvalidRequestError
+from search.table_markdown import ROUND_HEADERS, ROUND_TABLE
 
 FORMATS = ("html", "md")
 TABLE_TOP = 25
@@ -121,12 +122,6 @@ def _shown_columns(table, measured: bool) -> list[tuple[str, str]]:  # noqa: ANN
 
 
 # Headers of search.measured.RoundReport's fields (others are shown under their own name).
-ROUND_HEADERS = {"round": "round", "predictor": "predictor", "fit_records": "fitted on", "held_out": "held out",
-                 "quality_loss_mae": "quality MAE (points)", "quality_spearman": "Spearman",
-                 "quality_coverage": "in 80% interval", "memory_error_pct": "memory error %",
-                 "latency_error_pct": "latency error %", "executed": "executed", "failed": "failed",
-                 "evaluations": "evaluations so far", "recommendation": "recommendation",
-                 "recommendation_verified": "verified", "seconds": "seconds"}
 
 
 # report.md within 80 columns (search.table_markdown.frame_markdown), per table (told apart by its first
@@ -139,12 +134,7 @@ MARKDOWN_TABLES: dict[str, tuple[dict[str, str], tuple[tuple[str, str], ...]]] =
                 ("drop", "retained_low_pct"), ("drop", "retained_high_pct"))),
     "gpu": ({"per_gpu_safe_gib": "GiB/GPU", "decode_tok_s": "tok/s", "usd_per_million_tokens": "$/1M",
              "usd_per_hour": "$/h"}, (("drop", "pp"), ("drop", "tp"), ("drop", "decode_tok_s"))),
-    "round": ({"round": "#", "fitted on": "fit", "held out": "held", "quality MAE (points)": "MAE",
-               "in 80% interval": "in 80%", "memory error %": "mem err%", "latency error %": "lat err%",
-               "executed": "ran", "evaluations so far": "evals", "seconds": "s"},
-              (*(("drop", c) for c in ("seconds", "evaluations so far", "failed", "executed", "verified")),
-               ("shrink", "predictor"), ("drop", "fitted on"), ("drop", "recommendation"),
-               *(("drop", c) for c in ("latency error %", "memory error %", "in 80% interval")))),
+    "round": ROUND_TABLE,
 }
 
 

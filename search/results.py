@@ -132,7 +132,7 @@ class SearchResult(BaseModel):
         is in :meth:`to_csv` and :meth:`to_json`."""
         import textwrap
 
-        from search.table_markdown import compact_columns, markdown_table
+        from search.table_markdown import compact_columns, markdown_table, rounds_markdown
 
         frame = self.table if top is None else self.table.head(top)
         intro = (f"Model `{self.request.get('model')}`; objectives: {', '.join(self.objectives)}; "
@@ -141,7 +141,7 @@ class SearchResult(BaseModel):
         lines = [f"# fitplan search `{self.study_name}`", "", textwrap.fill(intro, 80), "",
                  markdown_table(frame, compact_columns(self.table, self.request))]
         if self.rounds:
-            lines += ["", "## Predictor quality per round", "", _markdown_table(rounds_frame(self.rounds))]
+            lines += ["", "## Predictor quality per round", "", rounds_markdown(rounds_frame(self.rounds), "table.json")]
         text = "\n".join(lines) + "\n"
         if path is not None:
             Path(path).write_text(text)
@@ -199,17 +199,6 @@ def _records(frame: "pd.DataFrame") -> list[dict[str, Any]]:
     for record in frame.to_dict(orient="records"):
         records.append({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()})
     return records
-
-
-def _markdown_table(frame: "pd.DataFrame") -> str:
-    """Every column of ``frame`` as a plain Markdown table (cells as search.table_markdown.frame_cell)."""
-    from search.table_markdown import frame_cell
-
-    headers = list(frame.columns)
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(frame_cell(value).replace("|", "\\|") for value in record) + " |"
-              for record in frame.itertuples(index=False)]
-    return "\n".join(lines)
 
 
 def non_dominated_layers(values: list[list[float]]) -> list[int]:

@@ -162,3 +162,28 @@ def frame_markdown(frame: "pd.DataFrame", *, labels: dict[str, str] | None = Non
 
 
 __all__ = ["MEASURED", "PREDICTED", "compact_columns", "frame_markdown", "markdown_table"]
+
+
+# Predictor quality per round (``search.results.rounds_frame``): readable headers (the HTML report's), then
+# the Markdown's short headers and give-up order (``frame_markdown``), for table.md and report.md alike.
+ROUND_HEADERS = {"round": "round", "predictor": "predictor", "fit_records": "fitted on", "held_out": "held out",
+                 "quality_loss_mae": "quality MAE (points)", "quality_spearman": "Spearman",
+                 "quality_coverage": "in 80% interval", "memory_error_pct": "memory error %",
+                 "latency_error_pct": "latency error %", "executed": "executed", "failed": "failed",
+                 "evaluations": "evaluations so far", "recommendation": "recommendation",
+                 "recommendation_verified": "verified", "seconds": "seconds"}
+ROUND_TABLE: tuple[dict[str, str], tuple[tuple[str, str], ...]] = (
+    {"round": "#", "fitted on": "fit", "held out": "held", "quality MAE (points)": "MAE",
+     "in 80% interval": "in 80%", "memory error %": "mem err%", "latency error %": "lat err%",
+     "executed": "ran", "evaluations so far": "evals", "seconds": "s"},
+    (*(("drop", c) for c in ("seconds", "evaluations so far", "failed", "executed", "verified")),
+     ("shrink", "predictor"), ("drop", "fitted on"), ("drop", "recommendation"),
+     *(("drop", c) for c in ("latency error %", "memory error %", "in 80% interval"))))
+
+
+def rounds_markdown(rounds: "pd.DataFrame", elsewhere: str, width: int = WIDTH) -> str:
+    """The round reports (``search.results.rounds_frame``) as Markdown within ``width`` columns; the
+    columns left out are named as being in ``elsewhere``."""
+    labels, steps = ROUND_TABLE
+    return frame_markdown(rounds.rename(columns=ROUND_HEADERS), labels=labels, steps=steps, elsewhere=elsewhere,
+                          width=width)

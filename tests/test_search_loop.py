@@ -325,7 +325,13 @@ def test_the_rounds_are_stored_in_the_study(model_dir, tmp_path, monkeypatch):
     rebuilt = result_from_study(study)
     assert rebuilt.rounds == result.rounds
     assert rebuilt.table.drop(columns=[]).equals(result.table)
-    assert "Predictor quality per round" in rebuilt.to_markdown()
+    text = rebuilt.to_markdown()
+    assert "Predictor quality per round" in text
+    # table.md: the rounds table within 80 columns too, its MAE kept, the rest named as in table.json
+    rounds = text[text.index("## Predictor quality per round"):]
+    table = [line for line in rounds.splitlines() if line.startswith("|")]
+    assert len(table) == 2 + len(result.rounds) and all(len(line) <= 80 for line in table)
+    assert "MAE" in table[0] and "table.json" in rounds
     assert json.loads(rebuilt.to_json())["rounds"][1]["round"] == 2
 
 
