@@ -94,23 +94,26 @@ class BenchmarkError(Exception):
 
 
 # -- what a strategy executes, and the stratified draw (pure) ---------------------------------------------
-def executed_form(strategy: Any, num_blocks: int) -> str:
+def executed_form(strategy: Any, num_blocks: int, influence: Any = None) -> str:
     """Canonical JSON of what the executors actually run for ``strategy`` on a model of ``num_blocks``.
 
-    Quantization: each block's attention and MLP format as ``executors/steps/quantize.py`` applies it
-    (``planner.execution.block_group_format``: the per-block override, else ``keep_format`` for kept
-    blocks, else the group's format), the embeddings' and lm_head's formats and the compute dtype (the
+    Quantization: each remaining block's attention and MLP format as ``executors/steps/quantize.py``
+    applies it (``planner.execution.block_group_format``: the per-block override by original block index,
+    else ``keep_format`` for kept blocks, else the group's format; the blocks a depth change leaves are
+    ``planner.models.derive.original_blocks``, whole-layer pruning by the profile's ``influence`` when
+    given), the embeddings' and lm_head's formats and the compute dtype (the
     KV-cache dtype is never applied). Sparsity: the spec without ``block_levels`` (not applied). Students
     and low rank as given. Two strategies with equal forms run the same model and measure the same.
     """
     data: dict[str, Any] = {}
     from planner.execution import block_group_format
+    from planner.models.derive import original_blocks
 
     quant = strategy.quantization
     if quant is not None:
-        blocks = []
-        for block in range(num_blocks):
-            blocks.append([block_group_format(quant, block, group, num_blocks) for group in ("attention", "mlp")])
+        original = original_blocks(num_blocks, strategy, influence) or list(range(num_blocks))
+        blocks = [[block_group_format(quant, position, group, len(original), block) for group in ("attention", "mlp")]
+                  for position, block in enumerate(original)]
         data["quantization"] = {"blocks": blocks, "embeddings": quant.embeddings, "lm_head": quant.lm_head,
                                 "compute_dtype": quant.compute_dtype}
     if strategy.sparsity is not None:
@@ -426,13 +429,15 @@ def draw_heldout(name: str, spec: Any, space: Any, profile: Any, make_scorer: An
     from search.objective import strategy_key
 
     scorer = make_scorer(True)(None)  # the profile alone: independent of any loop run
+    influence = profile.block_influence()
     points, strategies, origins = [], {}, {}
     for origin, strategy in loop_points(spec, space, profile):
         key = strategy_key(strategy)
         if strategy.is_identity or key in strategies:
             continue
         predicted = figures(scorer.row(strategy)).quality_retained_pct
-        points.append(Point(key=key, executed=executed_form(strategy, spec.num_layers), technique=technique(strategy),
+        points.append(Point(key=key, executed=executed_form(strategy, spec.num_layers, influence),
+                            technique=technique(strategy),
                             predicted_loss=None if predicted is None else 100.0 - predicted,
                             summary=strategy.summary()))
         strategies[key] = strategy
@@ -525,7 +530,8 @@ def run_model(name: str, args: argparse.Namespace, work_root: Path, loop_root: P
     print(f"{name}: held-out set {heldout_note}", flush=True)
     candidates = heldout["candidates"]
     held_strategies = [CompressionStrategy.model_validate(c["strategy"]) for c in candidates]
-    held_points = [Point(key=c["key"], executed=executed_form(s, spec.num_layers), technique=c["technique"],
+    influence = profile.block_influence()
+    held_points = [Point(key=c["key"], executed=executed_form(s, spec.num_layers, influence), technique=c["technique"],
                          predicted_loss=c["predicted_loss_pct"], summary=c["summary"])
                    for c, s in zip(candidates, held_strategies)]
 
@@ -561,7 +567,7 @@ def run_model(name: str, args: argparse.Namespace, work_root: Path, loop_root: P
     # measured in a round < j trained predictor state j and is not scored for it.
     loop_rounds: dict[str, int] = {}
     for m in measured.values():
-        form = executed_form(CompressionStrategy.model_validate_json(m.key), spec.num_layers)
+        form = executed_form(CompressionStrategy.model_validate_json(m.key), spec.num_layers, influence)
         loop_rounds[form] = min(m.round, loop_rounds.get(form, m.round))
     store = request.open_store()
     predictors = {True: Predictors(scorer(True), store, study.study_name, spec.model_type),

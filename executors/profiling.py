@@ -22,7 +22,11 @@ perplexity). Each block is also removed alone (block drop). Options:
 - whole: each option applied to every group at once (what a uniform strategy runs), one evaluation per
   option: per-group effects need not add up, and the planner scales an option's summed effects by the
   measured ratio (:meth:`planner.accuracy.profile.SensitivityProfile.additivity`);
-- block drop: a forward hook makes the block return its input (what removing it computes).
+- block drop: a forward hook makes the block return its input (what removing it computes); each block's
+  ShortGPT influence is recorded with it, computed once by the whole-layer pruning step's own code
+  (:func:`executors.steps.structured.block_influence`) on the very batches that step calibrates on (the
+  default training corpus, the profile's seed and :class:`~executors.steps.context.StepContext`'s batch
+  count, size and length: :func:`_step_context`), so the planner predicts the blocks that step keeps.
 
 Fast on CPU: the model is loaded once, the evaluator's data and reference outputs are computed once,
 and nothing is reloaded between options. Each (group, option) is quantized once, evaluated, and put
@@ -152,7 +156,7 @@ def run_profile(model_dir: str | os.PathLike, *, evaluator: Any = None, data: st
     settings = ProfileSettings(samples=_samples(chosen), seq_len=_seq_len(chosen), seed=seed, device=device,
                                sparsity_method=sparsity_method)
     key = fingerprint([directory_fingerprint(root), model_fingerprint(config), chosen.key(), options, block_drop,
-                       settings.model_dump(mode="json"), "whole"])
+                       settings.model_dump(mode="json"), "whole", "influence"])
     path = cache_root() / PROFILE_DIR / f"{model_fingerprint(config)}-{key}.json"
     if cache and path.is_file():
         try:
@@ -341,6 +345,7 @@ def _measure(root: Path, kind: str, config: dict, evaluator: Any, options: list[
     began = time.monotonic()
     norms = _wanda_norms(model, loaded, groups, settings) if any(o.startswith("sparsity:") for o in options) \
         and settings.sparsity_method == "wanda" else {}
+    influence = _influence(model, loaded, settings) if block_drop else None
     calibration_seconds = time.monotonic() - began
     spent = {"apply": 0.0, "evaluate": 0.0, "evaluations": 1, "passes": 0, "replayed": 0}
 
@@ -408,7 +413,7 @@ def _measure(root: Path, kind: str, config: dict, evaluator: Any, options: list[
                 with _dropped(blocks[block]):
                     value = score(block)
                 drops.append(BlockDrop(block=block, retained_pct=retained(value),
-                                       seconds=round(time.monotonic() - began, 4)))
+                                       seconds=round(time.monotonic() - began, 4), influence=influence[block]))
                 advance(f"block {block} dropped")
     counter.remove()
     if _checksum(model) != checksum:
@@ -468,17 +473,33 @@ def _checksum(model: Any) -> float:
     return float(sum(p.detach().double().abs().sum() for p in model.parameters()))
 
 
-def _wanda_norms(model: Any, loaded: Any, groups: list[dict[str, list[str]]], settings: ProfileSettings) -> dict:
-    """Wanda's input-feature norms of every profiled Linear, from the pruning step's calibration batches."""
+def _step_context(loaded: Any, settings: ProfileSettings) -> Any:
+    """The StepContext a candidate run of this model gives its pruning steps (``executors.candidate``: the
+    default training corpus, the run's seed, the default calibration batch count, size and length)."""
     from executors.candidate import _training_batches
     from executors.steps.context import StepContext
+
+    return StepContext(batches=_training_batches(loaded.tokenizer, None, settings.seed), device=loaded.device,
+                       seed=settings.seed)
+
+
+def _wanda_norms(model: Any, loaded: Any, groups: list[dict[str, list[str]]], settings: ProfileSettings) -> dict:
+    """Wanda's input-feature norms of every profiled Linear, from the pruning step's calibration batches."""
     from executors.steps.masks import input_norms
 
     names = [n for g in groups for names in g.values() for n in names]
-    context = StepContext(batches=_training_batches(loaded.tokenizer, None, settings.seed), device=loaded.device,
-                          seed=settings.seed)
     modules = {name: model.get_submodule(name) for name in names}
-    return input_norms(model, modules, context.calibration("Wanda sparsity profile"), loaded.device)
+    return input_norms(model, modules, _step_context(loaded, settings).calibration("Wanda sparsity profile"),
+                       loaded.device)
+
+
+def _influence(model: Any, loaded: Any, settings: ProfileSettings) -> list[float]:
+    """Each block's influence as the whole-layer pruning step computes it on the unpruned model."""
+    from executors.steps.layout import ModelLayout
+    from executors.steps.structured import block_influence
+
+    batches = _step_context(loaded, settings).calibration("whole-layer pruning profile")
+    return block_influence(model, ModelLayout(model), batches, loaded.device).tolist()
 
 
 @contextlib.contextmanager

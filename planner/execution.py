@@ -105,9 +105,10 @@ def block_group_format(spec: QuantizationSpec, block: int, group: str, num_block
 
 
 def group_format(spec: QuantizationSpec | None, component: str, kind: str, layer: int | None,
-                 num_layers: int) -> str:
+                 num_layers: int, original_layer: int | None = None) -> str:
     """The format a module group ends up in under ``spec`` (what ``executors.steps.quantize`` does):
-    block Linears get their per-block format (``block_formats``), else their group's format, the first/last ``keep_*_layers`` blocks ``keep_format``,
+    block Linears get their per-block format (``block_formats``, by ``original_layer``, the block's index
+    in the original model after layer pruning or a student), else their group's format, the first/last ``keep_*_layers`` blocks ``keep_format``,
     embeddings and lm_head their own setting; everything else (norms, poolers, unset groups) the
     compute dtype. Without a spec everything stays float32."""
     if spec is None:
@@ -116,7 +117,7 @@ def group_format(spec: QuantizationSpec | None, component: str, kind: str, layer
         group = "attention" if component == "attention" else "mlp" if component in (
             "mlp", "experts", "shared_experts", "router") else None
         if group is not None:
-            return block_group_format(spec, layer, group, num_layers)
+            return block_group_format(spec, layer, group, num_layers, original_layer)
         if layer < spec.keep_first_layers or layer >= num_layers - spec.keep_last_layers:
             return spec.keep_format
     if component == "embeddings" and kind == "embedding":

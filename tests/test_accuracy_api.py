@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -196,3 +197,50 @@ def test_named_student_uses_its_size(llama8b):
     small = predict_quality(llama8b, CompressionStrategy(distillation=DistillationSpec(student="meta-llama/Llama-3.2-1B")))
     large = predict_quality(llama8b, CompressionStrategy(distillation=DistillationSpec(student="meta-llama/Llama-3.2-3B")))
     assert small.retained_pct < large.retained_pct < 100
+
+
+def _with_drops(spec, influence=None) -> SensitivityProfile:
+    """A profile whose block b, removed alone, keeps 99.9 - 0.01 b % of the perplexity (and, optionally, the
+    blocks' influence)."""
+    drops = [{"block": b, "retained_pct": 99.9 - 0.01 * b, "seconds": 1.0,
+              **({"influence": influence[b]} if influence is not None else {})} for b in range(spec.num_layers)]
+    return SensitivityProfile.model_validate({**_profile(spec, 99.9).model_dump(), "block_drop": drops})
+
+
+def test_layer_pruning_sums_the_drops_of_the_blocks_the_executors_influence_rule_removes(llama8b):
+    from planner.models.derive import evenly_spaced_kept_layers, kept_by_influence
+
+    n = llama8b.num_layers
+    influence = [0.01 * ((7 * b) % n) for b in range(n)]  # a scrambled order, not evenly spaced
+    layers = CompressionStrategy(sparsity=SparsitySpec(level=0.25, pattern="layers"))
+    kept = kept_by_influence(influence, n - 8)
+    assert kept != evenly_spaced_kept_layers(n, n - 8)
+
+    def expected(kept_blocks):
+        return 100 * math.prod((99.9 - 0.01 * b) / 100 for b in range(n) if b not in kept_blocks)
+
+    p = predict_quality(llama8b, layers, profile=_with_drops(llama8b, influence), metric="perplexity")
+    assert p.basis == "profile" and [part.technique for part in p.parts] == ["structure"]
+    assert p.retained_pct == pytest.approx(expected(kept), rel=1e-9)
+    assert any("influence rule picks them (profile)" in note for note in p.notes)
+    old = predict_quality(llama8b, layers, profile=_with_drops(llama8b), metric="perplexity")  # no influence
+    assert old.retained_pct == pytest.approx(expected(evenly_spaced_kept_layers(n, n - 8)), rel=1e-9)
+    assert any("assumed evenly spaced: no profile influence" in note for note in old.notes)
+    assert old.retained_pct != pytest.approx(p.retained_pct, rel=1e-9)
+    gradual = layers.model_copy(update={"sparsity": layers.sparsity.model_copy(update={"gradual_steps": 2})})
+    notes = predict_quality(llama8b, gradual, profile=_with_drops(llama8b, influence), metric="perplexity").notes
+    assert any("approximate" in note for note in notes)
+
+
+def test_a_profile_with_influence_round_trips_and_an_old_one_loads(llama8b, tmp_path):
+    influence = [0.5 + 0.001 * b for b in range(llama8b.num_layers)]
+    profile = _with_drops(llama8b, influence)
+    loaded = SensitivityProfile.load(profile.save(tmp_path / "new.json"))
+    assert loaded == profile and loaded.block_influence() == influence
+    old = json.loads((tmp_path / "new.json").read_text())
+    for drop in old["block_drop"]:
+        del drop["influence"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert SensitivityProfile.load(tmp_path / "old.json").block_influence() is None
+    partial = {**old, "block_drop": old["block_drop"][:-1] + [{**old["block_drop"][-1], "influence": 0.3}]}
+    assert SensitivityProfile.model_validate(partial).block_influence() is None  # all blocks or none

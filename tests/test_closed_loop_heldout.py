@@ -163,3 +163,20 @@ def test_content_fingerprint_follows_the_weights_not_the_path(bench, tmp_path):
     assert bench.content_fingerprint(tmp_path / "a") == bench.content_fingerprint(tmp_path / "b")
     (tmp_path / "b" / "model.safetensors").write_bytes(b"other weights")
     assert bench.content_fingerprint(tmp_path / "a") != bench.content_fingerprint(tmp_path / "b")
+
+
+def test_executed_form_of_layer_pruning_lists_the_kept_blocks_by_their_original_number(bench):
+    """Half of 4 blocks pruned: the executor keeps the two most influential (1 and 2 here), evenly spaced
+    ones (0 and 3) without influence; an override of a removed block runs the same model as none."""
+    layers = SparsitySpec(level=0.5, pattern="layers")
+    influence = [0.1, 0.9, 0.8, 0.2]
+
+    def blocks(strategy, given=None):
+        return json.loads(bench.executed_form(strategy, 4, given))["quantization"]["blocks"]
+
+    assert blocks(_quant("nf4", [(2, "mlp", "int8")], sparsity=layers), influence) == [["nf4", "nf4"],
+                                                                                        ["nf4", "int8"]]
+    assert blocks(_quant("nf4", [(2, "mlp", "int8")], sparsity=layers)) == [["nf4", "nf4"], ["nf4", "nf4"]]
+    assert blocks(_quant("nf4", [(3, "mlp", "int8")], sparsity=layers)) == [["nf4", "nf4"], ["nf4", "int8"]]
+    assert bench.executed_form(_quant("nf4", [(0, "mlp", "int8")], sparsity=layers), 4, influence) == \
+        bench.executed_form(_quant("nf4", sparsity=layers), 4, influence)

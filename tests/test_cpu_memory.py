@@ -177,3 +177,28 @@ def test_a_machine_part_of_another_stack_or_a_corrupt_file_is_not_used():
     assert cached_machine_profile() is None and not cpu_profile().measured_here
     with pytest.raises(ValueError, match="forward_bytes lacks"):
         _machine(forward_bytes={"encoder": 1.0})
+
+
+def test_after_layer_pruning_per_block_formats_follow_the_original_block_index():
+    """4 blocks, half pruned: the kept blocks are originally 0 and 3 (evenly spaced) or, with the profile's
+    influence, 1 and 2. A format override of a removed block changes nothing; one of a kept block changes its
+    bytes, wherever the block now sits (block 3 is the second block of the pruned model)."""
+    spec = get_model(TINY, name="tiny")
+    workload = CpuWorkload.default("causal-lm", speed=False)
+
+    def weights(block: int, influence=None) -> float:
+        plan = CompressionStrategy(sparsity=SparsitySpec(level=0.5, pattern="layers"), quantization=QuantizationSpec(
+            weights="nf4", block_formats=[{"block": block, "group": "mlp", "format": "int8"}]))
+        return estimate_cpu_process_memory(spec, plan, workload=workload, influence=influence).cpu.weight_bytes
+
+    plain = CompressionStrategy(sparsity=SparsitySpec(level=0.5, pattern="layers"),
+                                quantization=QuantizationSpec(weights="nf4"))
+    uniform = estimate_cpu_process_memory(spec, plain, workload=workload).cpu.weight_bytes
+    assert weights(1) == uniform  # block 1 was removed
+    assert weights(3) > uniform  # block 3 is kept (now at index 1) with its MLP in int8
+    assert weights(0) == weights(3)
+    influence = [0.1, 0.9, 0.8, 0.2]  # the executor keeps blocks 1 and 2
+    assert weights(1, influence) == weights(2, influence) > weights(3, influence) == uniform
+    estimate = estimate_cpu_process_memory(spec, plain, workload=workload, influence=influence)
+    assert "influence rule" in estimate.assumptions["kept_blocks"]
+    assert "evenly spaced" in estimate_cpu_process_memory(spec, plain, workload=workload).assumptions["kept_blocks"]

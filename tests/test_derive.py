@@ -154,3 +154,46 @@ def test_derived_config_counts_like_transformers(name, part):
     with torch.device("meta"):
         model = auto.from_config(config)
     assert sum(p.numel() for p in model.parameters()) == derived.params.total < spec.params.total
+
+
+def test_kept_by_influence_keeps_the_most_influential_ties_to_the_lower_index():
+    from planner.models.derive import kept_by_influence
+
+    assert kept_by_influence([0.1, 0.9, 0.5], 2) == [1, 2]  # returned in block order
+    assert kept_by_influence([0.2, 0.5, 0.5, 0.5], 2) == [1, 2]  # a tie goes to the lower index
+    assert kept_by_influence([0.5, 0.5, 0.5, 0.5], 3) == [0, 1, 2]
+    assert kept_by_influence([0.3, 0.1, 0.3, 0.2], 4) == [0, 1, 2, 3]
+    for bad, count in (([0.1, 0.2], 0), ([0.1, 0.2], 3), ([float("nan"), 0.2], 1)):
+        with pytest.raises(InvalidRequestError):
+            kept_by_influence(bad, count)
+
+
+def test_layer_pruning_keeps_by_influence_when_known_else_evenly_spaced():
+    from planner.models.derive import layers_kept, original_blocks
+
+    assert layers_kept(4, 0.5) == [0, 3]  # the evenly spaced assumption
+    assert layers_kept(4, 0.5, [0.2, 0.9, 0.8, 0.1]) == [1, 2]
+    with pytest.raises(InvalidRequestError, match="another model"):
+        layers_kept(4, 0.5, [0.2, 0.9, 0.8])
+    layers = CompressionStrategy(sparsity=SparsitySpec(level=0.5, pattern="layers"))
+    assert original_blocks(4, layers, [0.2, 0.9, 0.8, 0.1]) == [1, 2]
+    assert original_blocks(4, layers) == [0, 3]
+    assert original_blocks(4, CompressionStrategy(sparsity=SparsitySpec(level=0.5))) is None
+    # a depth student first keeps original blocks 0, 2, 5, 7 of 8; the executor then measures the student's
+    # influence, so the teacher's does not apply: evenly spaced among the student's blocks
+    student = CompressionStrategy(distillation=DistillationSpec(depth_ratio=0.5),
+                                  sparsity=SparsitySpec(level=0.5, pattern="layers"))
+    assert original_blocks(8, student, [1.0] * 8) == [0, 7]
+
+
+def test_the_derived_layer_types_are_those_of_the_blocks_influence_keeps():
+    spec = registry_spec("google/gemma-2-2b")  # alternating sliding / full attention
+    layers = CompressionStrategy(sparsity=SparsitySpec(level=0.5, pattern="layers"))
+    n = spec.num_layers
+    even_first = [1.0 if i % 2 == 0 else 0.0 for i in range(n)]  # the influential blocks: every even one
+    types = spec.attention.layer_types
+    derived = derive_spec(spec, layers, influence=even_first)
+    assert list(derived.attention.layer_types) == [types[i] for i in range(0, n, 2)]
+    odd_first = [1.0 - v for v in even_first]
+    assert list(derive_spec(spec, layers, influence=odd_first).attention.layer_types) == [types[i]
+                                                                                          for i in range(1, n, 2)]

@@ -16,8 +16,8 @@ SPARSITY = (("unstructured", 0.5), ("2:4", 0.5))
 SETTINGS = dict(formats=FORMATS, sparsity=SPARSITY, sparsity_method="magnitude", samples=2, seq_len=32)
 
 
-def build_tiny_llama(path):
-    """A 2-block Llama (hidden 64) with a small BPE tokenizer, saved with save_pretrained."""
+def build_tiny_llama(path, layers: int = 2):
+    """A ``layers``-block Llama (hidden 64) with a small BPE tokenizer, saved with save_pretrained."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -26,7 +26,7 @@ def build_tiny_llama(path):
 
     tokenizer = train_tokenizer(load_corpus(None).train[:200])
     torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4,
                          num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=256,
                          tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id)
     model = LlamaForCausalLM(config)
@@ -537,3 +537,55 @@ def test_a_run_with_whole_layer_pruning_quantizes_the_kept_blocks_by_their_origi
     actions = {m["name"]: m["action"] for m in quantization["modules"]}
     assert actions["model.layers.0.mlp.down_proj"] == ("hqq-int4" if kept == [1] else "int8")
     assert actions["model.layers.0.self_attn.o_proj"] == "int8"
+
+
+@pytest.fixture(scope="module")
+def tiny4(tmp_path_factory):
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama-4"), layers=4)
+
+
+def test_whole_layer_pruning_keeps_what_kept_by_influence_picks_ties_included(tiny4, monkeypatch):
+    """Blocks 1-3 equally influential, two kept: the lower indices 1 and 2 (planner.models.derive's rule;
+    torch.topk would keep 2 and 3)."""
+    import torch
+
+    from executors.candidate import _training_batches
+    from executors.loading import load_model
+    from executors.steps import prune as prune_step
+    from executors.steps.context import StepContext
+    from planner.strategy import CompressionStrategy, SparsitySpec
+
+    monkeypatch.setattr(prune_step, "block_influence", lambda *_: torch.tensor([0.2, 0.5, 0.5, 0.5]))
+    loaded = load_model(tiny4)
+    strategy = CompressionStrategy(sparsity=SparsitySpec(level=0.5, pattern="layers"))
+    context = StepContext(batches=_training_batches(loaded.tokenizer, None, 0))
+    model, report = prune_step.prune(loaded.model, strategy.sparsity, context, strategy)
+    assert report.structure["kept_layers"] == [1, 2] and context.kept_layers == [1, 2]
+    assert len(model.model.layers) == 2
+
+
+def test_the_profile_records_the_influence_the_pruning_step_computes(tiny4, cache, tmp_path):
+    """The profile's influence is the pruning step's on the same calibration batches, so the blocks the planner
+    predicts a run keeps are the blocks the run keeps."""
+    import executors
+    from executors import run_profile
+    from executors.candidate import _training_batches
+    from executors.loading import load_model
+    from executors.steps.context import StepContext
+    from executors.steps.layout import ModelLayout
+    from executors.steps.structured import block_influence
+    from planner.models.derive import kept_by_influence
+
+    found = run_profile(tiny4, formats=[], sparsity=[], samples=2, seq_len=32).profile
+    influence = found.block_influence()
+    assert influence is not None and len(influence) == 4 and len(set(influence)) == 4
+    loaded = load_model(tiny4)
+    batches = StepContext(batches=_training_batches(loaded.tokenizer, None, 0)).calibration("whole-layer pruning")
+    by_hand = block_influence(loaded.model, ModelLayout(loaded.model), batches, "cpu").tolist()
+    assert influence == pytest.approx(by_hand, rel=1e-5)
+    for level in (0.25, 0.5, 0.75):
+        strategy = {"sparsity": {"level": level, "pattern": "layers"}}
+        result = executors.execute(tiny4, strategy, isolate=False, speed=False, out_dir=tmp_path / str(level))
+        assert result.status == "ok", result.reason
+        kept = result.steps[0]["structure"]["kept_layers"]
+        assert kept == kept_by_influence(influence, len(kept))

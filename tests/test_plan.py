@@ -55,6 +55,25 @@ def test_candidate_memory_comes_from_the_derived_model(llama8b):
     assert half.tokens_per_s > full.tokens_per_s
 
 
+def test_gpu_memory_after_layer_pruning_reads_per_block_formats_by_original_block(llama8b):
+    """A quarter of the 32 blocks pruned (evenly spaced without a profile: blocks 1, 2, 3, 5, ... go, 0 and 31
+    stay): an override of a removed block changes nothing, one of a kept block its bytes."""
+    from planner.models.derive import evenly_spaced_kept_layers
+
+    constraints = Constraints(gpu="RTX 4090")
+    kept = evenly_spaced_kept_layers(32, 24)
+    removed = next(b for b in range(32) if b not in kept)
+    late = kept[-2]  # kept, and at a lower index in the pruned model
+
+    def memory(block=None):
+        overrides = [] if block is None else [{"block": block, "group": "mlp", "format": "fp16"}]
+        strategy = CompressionStrategy(sparsity=SparsitySpec(level=0.25, pattern="layers"),
+                                       quantization=QuantizationSpec(weights="nf4", block_formats=overrides))
+        return evaluate_candidate(llama8b, strategy, constraints).memory_gib
+
+    assert late >= 24 and memory(removed) == memory() < memory(late)
+
+
 # -- sparse storage -----------------------------------------------------------------------------
 
 def test_two_four_storage_is_half_the_values_plus_two_bit_indices():

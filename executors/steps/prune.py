@@ -28,6 +28,7 @@ from planner.models.derive import (
     check_structured_support,
     ffn_alignment,
     kept_ffn_width,
+    kept_by_influence,
     kept_kv_groups,
     kept_layer_count,
 )
@@ -239,7 +240,7 @@ class _StructuredPruner:
             count = kept_layer_count(self.original.num_layers, level)
             if count < layout.spec.num_layers:
                 influence = block_influence(model, layout, self.calibration, self.context.device)
-                keep = sorted(torch.topk(influence, count).indices.tolist())
+                keep = kept_by_influence(influence.tolist(), count)
                 keep_blocks(model, layout, keep)
                 self.kept_layers = [self.kept_layers[i] for i in keep]
         return model

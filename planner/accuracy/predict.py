@@ -33,6 +33,7 @@ from planner.accuracy.profile import (PROFILE_SIGMA, STRUCTURED_GROUP, Sensitivi
                                       sparsity_option)
 from planner.accuracy.result import QualityPart, QualityPrediction
 from planner.errors import InvalidRequestError
+from planner.execution import block_group_format
 from planner.strategy import CompressionStrategy
 
 if TYPE_CHECKING:
@@ -87,16 +88,19 @@ def prior_parts(strategy: CompressionStrategy, facts: ModelFacts, priors: Priors
 # ------------------------------------------------------------------------------------------------
 # Profile basis
 # ------------------------------------------------------------------------------------------------
-def _kept_blocks(strategy: CompressionStrategy, num_blocks: int) -> list[int] | None:
-    """Blocks a depth change keeps (None = all)."""
-    from planner.models.derive import evenly_spaced_kept_layers, kept_layer_count, student_layer_indices
+def _kept_blocks(strategy: CompressionStrategy, profile: SensitivityProfile, notes: list[str]) -> list[int] | None:
+    """Original blocks a depth change keeps (None = all): :func:`planner.models.derive.original_blocks`,
+    whole-layer pruning by the profile's recorded influence when it has one (noted either way)."""
+    from planner.models.derive import influence_note, original_blocks
 
-    dist, sp = strategy.distillation, strategy.sparsity
-    if dist is not None and dist.depth_ratio is not None and dist.width_ratio is None and not dist.student:
-        return student_layer_indices(num_blocks, dist.depth_ratio)
-    if sp is not None and sp.pattern == "layers":
-        return evenly_spaced_kept_layers(num_blocks, kept_layer_count(num_blocks, sp.level))
-    return None
+    dist = strategy.distillation
+    if dist is not None and (dist.width_ratio is not None or dist.student):
+        return None
+    influence = profile.block_influence()
+    note = influence_note(strategy, influence)
+    if note:
+        notes.append(note)
+    return original_blocks(profile.model.num_blocks, strategy, influence)
 
 
 def _depth_recovery_tokens(strategy: CompressionStrategy) -> float:
@@ -159,7 +163,7 @@ def profile_parts(strategy: CompressionStrategy, profile: SensitivityProfile, sc
     n_blocks = profile.model.num_blocks
     covered: dict[str, PartDamage] = {}
     used = 0
-    kept = _kept_blocks(strategy, n_blocks)
+    kept = _kept_blocks(strategy, profile, notes)
     blocks = kept if kept is not None else list(range(n_blocks))
     if kept is not None:
         effects = [profile.drop_effect(b) for b in range(n_blocks) if b not in set(kept)]
@@ -186,9 +190,9 @@ def profile_parts(strategy: CompressionStrategy, profile: SensitivityProfile, sc
     q = strategy.quantization
     if q is not None:
         effects, missing = [], set()
-        for block in blocks:
+        for position, block in enumerate(blocks):
             for group in ("attention", "mlp"):
-                fmt = q.block_format(block, group, n_blocks)
+                fmt = block_group_format(q, position, group, len(blocks), block)
                 if fmt in ("fp32", "fp16", "bf16"):
                     continue
                 effect = profile.effect(block, group, fmt)

@@ -19,8 +19,8 @@ File format (JSON, UTF-8; ``SensitivityProfile.save`` / ``SensitivityProfile.loa
         {"block": 0, "group": "attention", "option": "nf4", "retained_pct": 99.7, "seconds": 4.1},
         {"block": 0, "group": "mlp", "option": "sparsity:2:4:0.5", "retained_pct": 97.9, "seconds": 6.0}
       ],
-      "block_drop": [  # the whole block removed (depth pruning)
-        {"block": 0, "retained_pct": 61.0, "seconds": 3.2}
+      "block_drop": [  # the whole block removed (depth pruning); influence optional (older profiles lack it)
+        {"block": 0, "retained_pct": 61.0, "seconds": 3.2, "influence": 0.083}
       ],
       "whole": [   # optional: one option applied to every block's groups at once
         {"option": "nf4", "retained_pct": 98.9, "seconds": 4.5}
@@ -44,6 +44,10 @@ File format (JSON, UTF-8; ``SensitivityProfile.save`` / ``SensitivityProfile.loa
   alone keeps 88.5% of the perplexity, of every group at once 95.8%; on MiniLM the twelve hqq-int2 groups
   multiply to 37.6% of the fidelity and measure 21.1% together. :meth:`SensitivityProfile.additivity`
   is the ratio of the two, from which :func:`option_damage` corrects the option's summed effects;
+- ``influence`` (``block_drop``): the block's ShortGPT influence ``1 - mean cos(h_in, h_out)`` on the
+  whole-layer pruning step's calibration batches of the unpruned model; whole-layer pruning keeps the
+  blocks of highest influence (:func:`planner.models.derive.kept_by_influence`), so the planner predicts
+  the blocks the executor removes (:meth:`SensitivityProfile.block_influence`);
 - ``seconds``: what measuring the entry cost (the search uses it to budget new profiles);
 - ``cost`` (optional): where the measuring time went: loading the model, the reference pass, the
   sparsity calibration pass, applying the options (quantizing / masking) and evaluating; the number of
@@ -146,6 +150,8 @@ class BlockDrop(_Profile):
     block: int = Field(ge=0)
     retained_pct: float = Field(gt=0, allow_inf_nan=False)
     seconds: float = Field(0.0, ge=0)
+    influence: float | None = Field(None, allow_inf_nan=False,
+                                    description="ShortGPT block influence on the layer-pruning calibration batches")
 
 
 class WholeEntry(_Profile):
@@ -162,7 +168,7 @@ class ProfileCost(_Profile):
     evaluations: int = Field(ge=0, description="evaluator passes, reference included")
     load_seconds: float = Field(0.0, ge=0)
     reference_seconds: float = Field(0.0, ge=0, description="the intact model's pass (and its recording)")
-    calibration_seconds: float = Field(0.0, ge=0, description="Wanda's input norms")
+    calibration_seconds: float = Field(0.0, ge=0, description="Wanda's input norms and the block influence")
     apply_seconds: float = Field(0.0, ge=0, description="quantizing / masking / restoring the groups")
     evaluate_seconds: float = Field(0.0, ge=0, description="evaluator passes after the reference")
     block_passes: int = Field(0, ge=0, description="block forward calls a full evaluation of every entry needs")
@@ -207,6 +213,13 @@ class SensitivityProfile(_Profile):
 
     def drop_effect(self, block: int) -> float | None:
         return self._drops.get(block)
+
+    def block_influence(self) -> list[float] | None:
+        """Every block's recorded influence in block order; None unless all blocks have one."""
+        found = {d.block: d.influence for d in self.block_drop if d.influence is not None}
+        if set(found) != set(range(self.model.num_blocks)):
+            return None
+        return [found[b] for b in range(self.model.num_blocks)]
 
     @cached_property
     def _additivity(self) -> dict[tuple[str, float], tuple[float, float]]:

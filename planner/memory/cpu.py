@@ -50,6 +50,7 @@ Never imports torch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -63,6 +64,7 @@ from planner.execution import BNB_FORMATS, group_format, load_time_format
 from planner.formats import dtype_bytes, format_names, get_format, group_size_variant_names
 from planner.formats.storage import GroupStorage, group_storage
 from planner.memory.result import GIB, CpuFigures, MemoryEstimate, MemoryTerm, sum_terms
+from planner.models.derive import original_blocks
 from planner.models.resolve import get_model
 from planner.models.spec import ModelSpec, ParamGroup
 from planner.strategy import CompressionStrategy, QuantizationSpec
@@ -315,9 +317,12 @@ def group_bytes(spec: ModelSpec, fmt_name: str, compute_dtype: str, group: Param
     return GroupStorage(group, True, stored.bytes + bias, stored.stored_as)
 
 
-def weights_under(spec: ModelSpec, quantization: QuantizationSpec | None) -> tuple[float, dict[str, float]]:
+def weights_under(spec: ModelSpec, quantization: QuantizationSpec | None,
+                  original: Sequence[int] | None = None) -> tuple[float, dict[str, float]]:
     """Exact stored bytes of ``spec`` with every group in the format ``quantization`` gives it
-    (:func:`planner.execution.group_format`, layer by layer), and the bytes per format.
+    (:func:`planner.execution.group_format`, layer by layer), and the bytes per format. ``original``: the
+    original model's index of each block of ``spec`` (:func:`planner.models.derive.original_blocks`) when
+    ``spec`` is a depth-pruned model or a student: per-block formats are addressed by it.
 
     Follows ``executors.steps.quantize``: embeddings stay in the compute dtype when given a
     bitsandbytes format (its embedding modules cannot be saved), an lm_head given a format is
@@ -330,7 +335,8 @@ def weights_under(spec: ModelSpec, quantization: QuantizationSpec | None) -> tup
         layers = group.layers or (None,)
         per_layer = group.count // len(group.layers) if group.layers else group.count
         for layer in layers:
-            name = group_format(quantization, group.component, group.kind, layer, spec.num_layers)
+            name = group_format(quantization, group.component, group.kind, layer, spec.num_layers,
+                                None if original is None or layer is None else original[layer])
             if group.kind == "embedding" and name in BNB_FORMATS:
                 name = compute
             if name not in format_names() and name not in group_size_variant_names():
@@ -513,13 +519,14 @@ def distillation_training_bytes(student: ModelSpec, kind: str, batch: int, seq_l
 
 
 def _steps_phases(spec: ModelSpec, derived: ModelSpec, kind: str, strategy: CompressionStrategy,
-                  workload: CpuWorkload, profile: CpuProfile, measured: str) -> _Phases:
+                  workload: CpuWorkload, profile: CpuProfile, measured: str,
+                  influence: Sequence[float] | None = None) -> _Phases:
     from planner.execution import uses_bitsandbytes
 
     constants = profile.steps_constants(kind)
     quantization = strategy.quantization
     compute = quantization.compute_dtype if quantization is not None else "fp32"
-    weights, _ = weights_under(derived, quantization)
+    weights, _ = weights_under(derived, quantization, original_blocks(spec.num_layers, strategy, influence))
     checkpoint = spec.params.total * CHECKPOINT_BYTES_PER_PARAM
     base = _startup(profile, uses_bitsandbytes(strategy), measured)
     startup = list(base)
@@ -550,16 +557,19 @@ def _steps_phases(spec: ModelSpec, derived: ModelSpec, kind: str, strategy: Comp
 
 def estimate_cpu_process_memory(model: Any, strategy: CompressionStrategy | None = None, *,
                                 workload: CpuWorkload | None = None,
-                                profile: CpuProfile | None = None) -> MemoryEstimate:
+                                profile: CpuProfile | None = None,
+                                influence: Sequence[float] | None = None) -> MemoryEstimate:
     """Predicted peak RSS of an isolated executor run of ``strategy`` on ``model`` on this CPU.
 
-    ``model``: anything :func:`planner.get_model` accepts. Returns a MemoryEstimate whose
+    ``model``: anything :func:`planner.get_model` accepts. ``influence``: each block's influence (a
+    sensitivity profile's :meth:`~planner.accuracy.profile.SensitivityProfile.block_influence`): whole-layer
+    pruning then keeps the blocks the executor keeps (else the evenly spaced assumption). Returns a MemoryEstimate whose
     ``peak_allocated_gib`` and ``device_total_gib`` are the predicted peak RSS, with the terms of the
     peak phase, ``cpu.phases_bytes`` = the predicted peak of every phase and
     ``cpu.weight_bytes`` = the exact stored weights of the resulting model.
     """
     from planner.execution import split_load_time_quantization
-    from planner.models.derive import derive_spec
+    from planner.models.derive import derive_spec, influence_note
 
     spec = get_model(model)
     strategy = strategy or CompressionStrategy()
@@ -572,8 +582,8 @@ def estimate_cpu_process_memory(model: Any, strategy: CompressionStrategy | None
         derived = spec
         phases = _load_time_phases(spec, kind, strategy, workload, profile, measured)
     else:
-        derived = derive_spec(spec, strategy)
-        phases = _steps_phases(spec, derived, kind, strategy, workload, profile, measured)
+        derived = derive_spec(spec, strategy, influence=influence)
+        phases = _steps_phases(spec, derived, kind, strategy, workload, profile, measured, influence)
     totals = phases.totals()
     peak_phase = max(phases.extra, key=lambda name: totals[name])
     peak_terms = tuple(phases.base + phases.extra[peak_phase])
@@ -587,7 +597,8 @@ def estimate_cpu_process_memory(model: Any, strategy: CompressionStrategy | None
         terms=peak_terms,
         assumptions={"device": "cpu", "path": phases.label, "compute_dtype": phases.compute, "peak_phase": peak_phase,
                      "checkpoint_dtype": "fp32", "profile_machine": profile.machine.key,
-                     "machine_measured_here": profile.measured_here},
+                     "machine_measured_here": profile.measured_here,
+                     **({"kept_blocks": note} if (note := influence_note(strategy, influence)) else {})},
         warnings=() if profile.measured_here else (
             "this machine's start-up, loading and first-forward memory is not measured yet: the reference "
             "machine's is used (see assumptions.profile_machine); python -m executors.machine_profile "

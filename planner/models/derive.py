@@ -30,10 +30,13 @@ Rules (documented once, used by planner and executors alike):
   family the planner describes (fused gate_up and Conv1D MLPs included; the width goes into the
   family's own key, :data:`FFN_WIDTH_KEYS`); not MoE expert widths. Encoder-decoder models (T5): MLP
   channels only, the same width in both stacks (one ``d_ff``).
-- **Whole layers** (``level``): ``max(1, L - round_half_up(level * L))`` layers kept. Which ones the
-  executor drops is measured (lowest block influence on calibration data); this module assumes the
-  evenly spaced pick unless ``kept_layers`` (from the executor's report) is given. Only models whose
-  layers differ (sliding/full attention mixes) need it: the parameter count does not depend on it.
+- **Whole layers** (``level``): ``max(1, L - round_half_up(level * L))`` layers kept. Which ones: the
+  executor keeps the blocks of highest influence on its calibration batches (:func:`kept_by_influence`,
+  ShortGPT); the planner uses the same rule on the influence a sensitivity profile recorded
+  (:func:`layers_kept`), else assumes the evenly spaced pick; ``kept_layers`` (from the executor's
+  report) overrides both. The parameter count does not depend on the pick; the layer types of
+  sliding/full attention mixes and the per-block formats (``block_formats``, addressed by original
+  block index, :func:`original_blocks`) do.
 - Unstructured and N:M sparsity, low-rank factorisation and quantization keep every shape: the spec is
   returned unchanged (low-rank changes the parameter count: :func:`low_rank_params`).
 """
@@ -108,6 +111,73 @@ def kept_kv_groups(num_kv_heads: int, level: float) -> int:
 def evenly_spaced_kept_layers(num_layers: int, kept: int) -> list[int]:
     """The default pick of ``kept`` layers out of ``num_layers``: evenly spaced, first and last kept."""
     return student_layer_indices(num_layers, kept / num_layers)
+
+
+def kept_by_influence(influence: Sequence[float], count: int) -> list[int]:
+    """The ``count`` blocks whole-layer pruning keeps: those of highest block influence, ties broken by the
+    lower index, returned in ascending order.
+
+    Block influence (ShortGPT, Men et al. 2024, arXiv 2403.03853) is ``1 - mean cos(h_in, h_out)`` of a
+    block over calibration tokens: a block that barely changes its input is the first to go. The
+    executors' pruning step calls this rule on the influence it measures; the planner calls it on the
+    influence a sensitivity profile recorded, so both pick the same blocks, ties included.
+    """
+    values = [float(v) for v in influence]
+    if not 1 <= count <= len(values):
+        raise InvalidRequestError(f"cannot keep {count} of {len(values)} blocks: keep between 1 and {len(values)}.")
+    if any(v != v for v in values):
+        raise InvalidRequestError("block influence contains NaN: the calibration pass produced no finite value.")
+    order = sorted(range(len(values)), key=lambda i: (-values[i], i))
+    return sorted(order[:count])
+
+
+def layers_kept(num_layers: int, level: float, influence: Sequence[float] | None = None) -> list[int]:
+    """Blocks whole-layer pruning at ``level`` keeps: :func:`kept_by_influence` of the given per-block
+    ``influence`` (as measured on the unpruned model), else the evenly spaced assumption."""
+    count = kept_layer_count(num_layers, level)
+    if influence is not None:
+        if len(influence) != num_layers:
+            raise InvalidRequestError(f"block influence has {len(influence)} values for a model of {num_layers} "
+                                      f"blocks: it was measured on another model.")
+        return kept_by_influence(influence, count)
+    return evenly_spaced_kept_layers(num_layers, count)
+
+
+def original_blocks(num_layers: int, strategy: CompressionStrategy,
+                    influence: Sequence[float] | None = None) -> list[int] | None:
+    """The original block index of each block of :func:`derive_spec`'s model of a ``num_layers`` model
+    (None: the blocks are the original ones, or a named student's own). A depth student keeps
+    :func:`student_layer_indices`; whole-layer pruning then keeps :func:`layers_kept` of those
+    (``influence``, measured on the original model, applies only when no distillation came first: the
+    executor measures the student's own)."""
+    distill, sparsity = strategy.distillation, strategy.sparsity
+    if distill is not None and distill.student is not None:
+        return None
+    blocks = list(range(num_layers))
+    if distill is not None:
+        influence = None
+        if distill.depth_ratio is not None:
+            blocks = student_layer_indices(num_layers, distill.depth_ratio)
+    if sparsity is not None and sparsity.pattern == "layers":
+        blocks = [blocks[i] for i in layers_kept(len(blocks), sparsity.level, influence)]
+    return blocks if len(blocks) < num_layers else None
+
+
+def influence_note(strategy: CompressionStrategy, influence: Sequence[float] | None) -> str | None:
+    """How the planner picked the blocks whole-layer pruning keeps (None: the strategy prunes no layers)."""
+    sparsity = strategy.sparsity
+    if sparsity is None or sparsity.pattern != "layers":
+        return None
+    if strategy.distillation is not None:
+        return ("layers pruning after distillation: kept blocks assumed evenly spaced (the executor measures "
+                "the student's influence)")
+    if influence is None:
+        return "layers pruning: kept blocks assumed evenly spaced: no profile influence"
+    note = "layers pruning: kept blocks as the executor's influence rule picks them (profile)"
+    if sparsity.gradual_steps > 1 or sparsity.finetune_steps:
+        note += ("; approximate: gradual pruning / fine-tuning recomputes influence on the partly pruned model, "
+                 "the profile's is one-shot")
+    return note
 
 
 def ffn_alignment(strategy: CompressionStrategy | None) -> int:
@@ -188,11 +258,12 @@ def ffn_config_updates(spec: ModelSpec, width: int) -> dict[str, int]:
 
 
 def derive_spec(spec: ModelSpec, strategy: CompressionStrategy, *,
-                kept_layers: Sequence[int] | None = None) -> ModelSpec:
+                kept_layers: Sequence[int] | None = None, influence: Sequence[float] | None = None) -> ModelSpec:
     """The spec of the model ``strategy`` turns ``spec`` into (same spec if no shape changes).
 
     ``kept_layers``: indices (into the possibly distilled model) that whole-layer pruning kept, as
-    reported by the executor; default: the evenly spaced pick.
+    reported by the executor; default: :func:`layers_kept` with ``influence`` (per block of ``spec``'s
+    model, e.g. a sensitivity profile's; ignored after a student) or the evenly spaced pick.
     """
     current = spec
     distill = strategy.distillation
@@ -214,22 +285,25 @@ def derive_spec(spec: ModelSpec, strategy: CompressionStrategy, *,
             raise InvalidRequestError(f"student {distill.summary()} keeps every layer and MLP channel of "
                                       f"{current.name}: it would be a copy. Use a smaller depth_ratio or width_ratio.")
         current = student
+    if distill is not None:
+        influence = None
 
     sparsity = strategy.sparsity
     if sparsity is not None and sparsity.structured:
         check_structured_support(current, sparsity.pattern)
         check_structural_effect(current, sparsity, strategy)
-        current = _structurally_pruned(current, sparsity, strategy, kept_layers)
+        current = _structurally_pruned(current, sparsity, strategy, kept_layers, influence)
     return current
 
 
 def _structurally_pruned(spec: ModelSpec, sparsity: SparsitySpec, strategy: CompressionStrategy,
-                         kept_layers: Sequence[int] | None) -> ModelSpec:
+                         kept_layers: Sequence[int] | None, influence: Sequence[float] | None) -> ModelSpec:
     config = dict(spec.config)
     if sparsity.pattern == "layers":
         check_structured_support(spec, "layers")
         count = kept_layer_count(spec.num_layers, sparsity.level)
-        indices = list(kept_layers) if kept_layers is not None else evenly_spaced_kept_layers(spec.num_layers, count)
+        indices = list(kept_layers) if kept_layers is not None else layers_kept(spec.num_layers, sparsity.level,
+                                                                                 influence)
         if len(indices) != count or len(set(indices)) != count or not all(0 <= i < spec.num_layers for i in indices):
             raise InvalidRequestError(f"kept_layers must be {count} distinct indices in 0..{spec.num_layers - 1} "
                                       f"for level {sparsity.level}, got {list(indices)}.")

@@ -39,7 +39,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from planner.errors import FitplanError
 from planner.formats import get_format
 from planner.formats.storage import group_storage
-from planner.models.derive import derive_spec, ffn_alignment
+from planner.execution import block_group_format
+from planner.models.derive import derive_spec, ffn_alignment, original_blocks
 from planner.models.spec import ModelSpec
 from planner.planning.constraints import Constraints
 from planner.planning.estimates import Deployment, deployment
@@ -142,8 +143,14 @@ class Evaluator:
                sparsity.summary() if sparsity is not None and sparsity.structured else None,
                ffn_alignment(strategy))
         if key not in self._specs:
-            self._specs[key] = derive_spec(self.spec, strategy)
+            self._specs[key] = derive_spec(self.spec, strategy, influence=self._influence())
         return self._specs[key]
+
+    def _influence(self) -> list[float] | None:
+        """The profile's per-block influence (whole-layer pruning keeps the blocks the executor keeps), if any."""
+        if self.profile is None or not self.profile.matches(self.spec):
+            return None
+        return self.profile.block_influence()
 
     def _deployment(self, spec: ModelSpec, fmt: str, kv: str | None, weight_delta: float, read_delta: float,
                     arch: tuple) -> Deployment:
@@ -154,9 +161,12 @@ class Evaluator:
                                                 key=(arch, fmt, kv))
         return self._deployments[key]
 
-    def _mixed_delta(self, spec: ModelSpec, quant: QuantizationSpec, arch: tuple) -> tuple[float, float]:
+    def _mixed_delta(self, spec: ModelSpec, quant: QuantizationSpec, arch: tuple,
+                     original: list[int] | None = None) -> tuple[float, float]:
         """Weight and read-byte changes of per-group and per-block formats (kept blocks, block overrides)
-        against storing every block Linear in ``quant.weights``: each tensor in its own format."""
+        against storing every block Linear in ``quant.weights``: each tensor in its own format
+        (:func:`planner.execution.block_group_format`; ``original``: each block's index in the original
+        model after a depth change, by which per-block formats are addressed)."""
         key = (arch, quant.model_dump_json(exclude={"kv_cache", "compute_dtype"}))
         if key in self._mixed:
             return self._mixed[key]
@@ -169,7 +179,8 @@ class Evaluator:
                 per_layer: dict[str, float] = {}
                 stored = 0.0
                 for layer in group.layers:
-                    name = quant.block_format(layer, component, spec.num_layers)
+                    name = block_group_format(quant, layer, component, spec.num_layers,
+                                              None if original is None else original[layer])
                     if name not in per_layer:
                         per_layer[name] = group_storage(spec, get_format(name), group).bytes / len(group.layers)
                     stored += per_layer[name]
@@ -189,7 +200,7 @@ class Evaluator:
         if key not in self._local:
             from planner.planning.local import local_figures
 
-            run = local_figures(self.spec, strategy, self.device, self.workload)
+            run = local_figures(self.spec, strategy, self.device, self.workload, self._influence())
             memory = run.memory_gib
             fits = memory is not None and memory <= self.constraints.memory_limit_gib()
             self._local[key] = Deployment(memory_gib=memory, weights_gib=run.weights_gib, gpus=1,
@@ -242,7 +253,8 @@ class Evaluator:
         weight_delta = read_delta = 0.0
         notes: list[str] = []
         if quant is not None:
-            weight_delta, read_delta = self._mixed_delta(spec, quant, arch)
+            weight_delta, read_delta = self._mixed_delta(
+                spec, quant, arch, original_blocks(self.spec.num_layers, strategy, self._influence()))
         sparsity = strategy.sparsity
         if sparsity is not None and not sparsity.structured:
             skey = (arch, fmt, sparsity.model_dump_json(),

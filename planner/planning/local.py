@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import cache
 from typing import Any, Literal
@@ -114,17 +115,19 @@ def matmul_format(strategy: CompressionStrategy) -> tuple[str, str]:
 
 
 def forward_ms(spec: ModelSpec, strategy: CompressionStrategy, device: Any, *, weight_bytes: float, batch: int,
-               tokens: int):
+               tokens: int, influence: Sequence[float] | None = None):
     """The executors' timed forward of ``strategy`` on ``device`` (a hardware_db.Accelerator: the probed host
     or a GPU): ``planner.speed.model.forward_latency`` of the derived model in its matmul format, reading
-    ``weight_bytes`` once, over ``batch`` x ``tokens`` (engine hf; hf-cpu on a CPU). Returns the StepBreakdown."""
+    ``weight_bytes`` once, over ``batch`` x ``tokens`` (engine hf; hf-cpu on a CPU). ``influence``: per-block
+    influence for the blocks whole-layer pruning keeps (:func:`planner.models.derive.derive_spec`). Returns the
+    StepBreakdown."""
     from planner.formats import get_format
     from planner.models.derive import derive_spec
     from planner.speed.engines import get_speed_engine
     from planner.speed.model import forward_latency
 
     fmt, compute = matmul_format(strategy)
-    return forward_latency(derive_spec(spec, strategy), get_format(fmt), get_speed_engine("hf"), device,
+    return forward_latency(derive_spec(spec, strategy, influence=influence), get_format(fmt), get_speed_engine("hf"), device,
                            weight_bytes=weight_bytes, batch=batch, tokens=tokens, matmul_dtype=compute)
 
 
@@ -154,17 +157,20 @@ class LocalFigures:
 
 
 def local_figures(spec: ModelSpec, strategy: CompressionStrategy, device: LocalDevice | None = None,
-                  workload: Any = None) -> LocalFigures:
+                  workload: Any = None, influence: Sequence[float] | None = None) -> LocalFigures:
     """Memory, weights and latency a measured executor run of ``strategy`` reports on ``device`` (default:
     :func:`local_device`). A figure that cannot be predicted is None with a note (never an exception
-    for a strategy the executors run; FitplanError for one the model cannot take)."""
+    for a strategy the executors run; FitplanError for one the model cannot take). ``influence``: each
+    block's influence (a sensitivity profile's ``block_influence()``): whole-layer pruning keeps the blocks
+    the executor keeps, whose per-block formats apply (else the evenly spaced assumption, noted)."""
     from planner.memory.cpu import estimate_cpu_process_memory, weights_under
-    from planner.models.derive import derive_spec
+    from planner.models.derive import derive_spec, influence_note, original_blocks
 
     device = device or local_device()
     workload = workload or executor_workload(spec)
-    notes: list[str] = []
-    derived = derive_spec(spec, strategy)  # raises for a cut the family cannot take (the executors refuse it)
+    notes: list[str] = [note] if (note := influence_note(strategy, influence)) else []
+    # raises for a cut the family cannot take (the executors refuse it)
+    derived = derive_spec(spec, strategy, influence=influence)
     memory = weights = None
     if strategy.low_rank is not None:
         notes.append("memory and latency not predicted: a low-rank factorised model has no ModelSpec of its own")
@@ -172,12 +178,13 @@ def local_figures(spec: ModelSpec, strategy: CompressionStrategy, device: LocalD
                             workload.speed_seq_len or workload.evaluate_seq_len, tuple(notes))
     try:
         if device.kind == "cpu":
-            estimate = estimate_cpu_process_memory(spec, strategy, workload=workload)
+            estimate = estimate_cpu_process_memory(spec, strategy, workload=workload, influence=influence)
             memory, weights = estimate.peak_allocated_gib, estimate.cpu.weight_bytes
         else:
             estimate = gpu_run_memory(spec, strategy, workload, device.accelerator)
             memory = estimate.peak_allocated_gib
-            weights = weights_under(derived, strategy.quantization)[0]
+            weights = weights_under(derived, strategy.quantization,
+                                    original_blocks(spec.num_layers, strategy, influence))[0]
     except FitplanError as error:
         notes.append(f"memory not predicted: {error}")
     batch = workload.speed_batch or workload.evaluate_batch
@@ -185,7 +192,8 @@ def local_figures(spec: ModelSpec, strategy: CompressionStrategy, device: LocalD
     latency = tokens_per_s = None
     if weights is not None:
         try:
-            step = forward_ms(spec, strategy, device.accelerator, weight_bytes=weights, batch=batch, tokens=tokens)
+            step = forward_ms(spec, strategy, device.accelerator, weight_bytes=weights, batch=batch, tokens=tokens,
+                              influence=influence)
         except FitplanError as error:
             notes.append(f"latency not predicted: {error}")
         else:
