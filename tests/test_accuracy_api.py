@@ -113,6 +113,42 @@ def test_an_options_whole_model_entry_scales_its_summed_effects(llama8b):
         expected, rel=1e-9)
 
 
+def test_groups_that_measured_a_gain_lift_the_intervals_upper_end_only(llama8b):
+    """A profile group can measure above 100%. The point prediction floors it at no damage; the interval's
+    upper end counts the gains of the groups used, each option's scaled by 1 - share (a uniform strategy's
+    whole-model entry already measured what they add up to)."""
+    import math
+
+    n = llama8b.num_layers
+    entries = [{"block": b, "group": g, "option": "nf4", "retained_pct": 100.1 if b < 4 else 99.0}
+               for b in range(n) for g in ("attention", "mlp")]
+    data = {**_profile(llama8b, 99.9).model_dump(), "entries": entries,
+            "whole": [{"option": "nf4", "retained_pct": 60.0}]}
+    profile = SensitivityProfile.model_validate(data)
+    no_gain = SensitivityProfile.model_validate({**data, "entries": [
+        {**e, "retained_pct": min(e["retained_pct"], 100.0)} for e in entries]})
+    # nf4 on the eight gaining groups only: damage floored at zero, gain 8 * ln(1.001) (share 0)
+    gaining = quant("bf16", block_formats=[{"block": b, "group": g, "format": "nf4"}
+                                           for b in range(4) for g in ("attention", "mlp")])
+    p = predict_quality(llama8b, gaining, profile=profile, metric="perplexity")
+    q = predict_quality(llama8b, gaining, profile=no_gain, metric="perplexity")
+    assert p.retained_pct == q.retained_pct and p.low_pct == q.low_pct
+    assert q.high_pct <= 100.0 < p.high_pct
+    assert p.high_pct == pytest.approx(q.high_pct * 1.001 ** 8, rel=1e-9)
+    assert p.parts[0].high_pct == pytest.approx(p.high_pct, rel=1e-9)
+    # uniform: share 1, no gain; the whole-model entry is the prediction
+    uniform = predict_quality(llama8b, quant("nf4"), profile=profile, metric="perplexity")
+    assert uniform.retained_pct == pytest.approx(60.0, rel=1e-9)
+    assert uniform.high_pct == predict_quality(llama8b, quant("nf4"), profile=no_gain, metric="perplexity").high_pct
+    # half the damaging groups too: the gain scaled by 1 - their share of the option's damage
+    half = quant("bf16", block_formats=[{"block": b, "group": g, "format": "nf4"}
+                                        for b in range(4 + (n - 4) // 2) for g in ("attention", "mlp")])
+    share = ((n - 4) // 2) / (n - 4)
+    with_gain = predict_quality(llama8b, half, profile=profile, metric="perplexity").high_pct
+    without = predict_quality(llama8b, half, profile=no_gain, metric="perplexity").high_pct
+    assert math.log(with_gain / without) == pytest.approx(8 * math.log(1.001) * (1 - share), rel=1e-9)
+
+
 def test_profile_of_other_model_is_not_applied(llama8b):
     p = predict_quality(llama8b, quant("nf4"), profile=_profile(llama8b, 50.0, name="other/model"))
     assert p.basis == "prior" and any("not applied" in n for n in p.notes)

@@ -30,7 +30,7 @@ from planner.accuracy.parts import (ModelFacts, PartDamage, distillation_damage,
                                     quantization_damage, sparsity_damage)
 from planner.accuracy.priors import Z80, Priors, load_priors
 from planner.accuracy.profile import (PROFILE_SIGMA, STRUCTURED_GROUP, SensitivityProfile, damage_sum, option_damage,
-                                      sparsity_option)
+                                      option_gain, sparsity_option)
 from planner.accuracy.result import QualityPart, QualityPrediction
 from planner.errors import InvalidRequestError
 from planner.execution import block_group_format
@@ -183,7 +183,8 @@ def profile_parts(strategy: CompressionStrategy, profile: SensitivityProfile, sc
             damage = option_damage(profile, [(option, e) for e in effects], scale)
             mu = _one_shot(damage, f"{sp.pattern} pruning", strategy, facts, priors, notes)
             covered["structure"] = PartDamage("structure", sp.summary(), _measured(mu, scale), len(effects),
-                                              f"profile:entries:{sp.pattern}")
+                                              f"profile:entries:{sp.pattern}",
+                                              gain=option_gain(profile, [(option, e) for e in effects], scale))
             used += len(effects)
         else:
             notes.append(f"profile has no complete {option} entries: structured pruning from the priors.")
@@ -209,7 +210,8 @@ def profile_parts(strategy: CompressionStrategy, profile: SensitivityProfile, sc
                 total += rest.median
                 notes.append("profile covers the blocks; embeddings / lm_head / KV-cache formats come from the priors.")
             covered["quantization"] = PartDamage("quantization", q.summary(), _measured(math.log(total), scale),
-                                                 len(effects), "profile:entries")
+                                                 len(effects), "profile:entries",
+                                                 gain=option_gain(profile, effects, scale))
             used += len(effects)
     sp = strategy.sparsity
     if sp is not None and not sp.structured:
@@ -222,7 +224,7 @@ def profile_parts(strategy: CompressionStrategy, profile: SensitivityProfile, sc
                 notes.append(f"profile measured {profile.settings.sparsity_method} sparsity, strategy uses {sp.method}.")
             covered["sparsity"] = PartDamage("sparsity", sp.summary(),
                                              _measured(math.log(option_damage(profile, effects, scale)), scale),
-                                             len(effects), "profile:entries")
+                                             len(effects), "profile:entries", gain=option_gain(profile, effects, scale))
             used += len(effects)
         else:
             notes.append(f"profile has no complete {option} entries: sparsity from the priors.")
@@ -301,8 +303,8 @@ def _calibrate(spec, strategy: CompressionStrategy, facts: ModelFacts, priors: P
                 result = model.correct(p, bases[i], part_features(p, strategy, facts, priors), priors, scale)
                 corrected = model.cache[key] = result and (PartDamage(
                     p.technique, p.setting, result[0], result[1],
-                    f"calibration:{facts.family}:{p.technique}{':profile' if bases[i] == 'profile' else ''}"),
-                    result[2])
+                    f"calibration:{facts.family}:{p.technique}{':profile' if bases[i] == 'profile' else ''}",
+                    gain=p.gain), result[2])
             if not corrected:
                 continue
             parts[i], shared_only = corrected
@@ -338,7 +340,7 @@ def _to_part(p: PartDamage, scale: float, basis: str, n: int) -> QualityPart:
         shown = p.shown[key] = QualityPart.model_construct(
             technique=p.technique, setting=p.setting, retained_pct=retained_from_damage(p.damage.median, scale),
             low_pct=retained_from_damage(p.damage.quantile(Z80), scale),
-            high_pct=retained_from_damage(p.damage.quantile(-Z80), scale),
+            high_pct=retained_from_damage(p.damage.quantile(-Z80) - p.gain, scale),
             basis=basis, n_measurements=n, source=p.source)
     return shown
 
@@ -387,7 +389,7 @@ def predict_quality(spec: "ModelSpec | str", strategy: CompressionStrategy, *, p
     no_interaction = retained_from_damage(total.median - total.interaction, scale)
     return QualityPrediction.model_construct(
         retained_pct=retained, low_pct=retained_from_damage(total.high, scale),
-        high_pct=retained_from_damage(total.low, scale), basis=basis,
+        high_pct=retained_from_damage(total.low - sum(p.gain for p in parts), scale), basis=basis,
         n_measurements=records if basis == "calibrated" else sum(n for n, b in zip(ns, bases) if b == basis),
         metric=metric, parts=quality_parts, interaction_pct=no_interaction - retained,
         notes=tuple(dict.fromkeys(notes)))

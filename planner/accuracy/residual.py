@@ -258,8 +258,8 @@ def rescale_parts(parts: list[PartDamage], total: float, priors: Priors) -> list
     """The parts with every log-damage shifted by one amount so that they combine to ``total`` (exact:
     the combined damage is homogeneous of degree 1 in the parts' damages)."""
     shift = math.log(total) - _log_total([p.damage for p in parts], priors)
-    return [PartDamage(p.technique, p.setting, Damage(p.damage.mu + shift, p.damage.s), p.n_rows, p.source)
-            for p in parts]
+    return [PartDamage(p.technique, p.setting, Damage(p.damage.mu + shift, p.damage.s), p.n_rows, p.source,
+                        gain=p.gain) for p in parts]
 
 
 @dataclass
