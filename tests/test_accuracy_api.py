@@ -280,3 +280,14 @@ def test_a_profile_with_influence_round_trips_and_an_old_one_loads(llama8b, tmp_
     assert SensitivityProfile.load(tmp_path / "old.json").block_influence() is None
     partial = {**old, "block_drop": old["block_drop"][:-1] + [{**old["block_drop"][-1], "influence": 0.3}]}
     assert SensitivityProfile.model_validate(partial).block_influence() is None  # all blocks or none
+
+
+def test_after_layer_pruning_keep_first_and_last_apply_to_the_blocks_that_remain(llama8b):
+    """As executors/steps/quantize.py applies them: the first and last of the 24 blocks left (wherever they
+    were), so 22 blocks x 2 groups come from the profile's nf4 entries."""
+    n = llama8b.num_layers
+    influence = [0.01 * ((7 * b) % n) for b in range(n)]  # block 0 goes, block 31 stays
+    strategy = CompressionStrategy(sparsity=SparsitySpec(level=0.25, pattern="layers"), quantization=QuantizationSpec(
+        weights="nf4", keep_first_layers=1, keep_last_layers=1, keep_format="bf16"))
+    p = predict_quality(llama8b, strategy, profile=_with_drops(llama8b, influence), metric="perplexity")
+    assert {part.technique: part.n_measurements for part in p.parts} == {"structure": 8, "quantization": 2 * 22}
