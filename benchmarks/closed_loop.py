@@ -10,9 +10,10 @@ evaluator perplexity) — with fixed seeds, on this machine (deployment target `
    Drawn once, with ``--heldout-seed``, from every point the loop can propose: the executable space
    (``search.space.executable_space``) with the profile's per-block allocation at each weight budget
    (``search.allocator``, as ``run_search`` does), times every sparsity option (and student, with
-   ``--students``). Points that *execute* identically are one point (:func:`executed_form`: the executors
-   apply neither ``block_formats`` nor ``block_levels``, so two allocations with the same main format run
-   the same model, and only one of them is drawn). The draw is stratified (:func:`select_heldout`): round robin over the techniques
+   ``--students``). Points that *execute* identically are one point (:func:`executed_form`: each remaining
+   block's formats as the executors apply them, blocks removed by whole-layer pruning being those the
+   profile's influence says the executor removes; ``block_levels`` are not applied), and only one of them is
+   drawn. The draw is stratified (:func:`select_heldout`): round robin over the techniques
    (:func:`technique`), and within each technique over bands of the quality loss predicted from the
    profile alone (:data:`LOSS_BANDS`). The file records the model fingerprint (a hash of config.json
    and the weight files' contents), the space fingerprint, the seed and each strategy's JSON; later
@@ -36,7 +37,8 @@ evaluator perplexity) — with fixed seeds, on this machine (deployment target `
    that the loop happened to measure (the same executed model) in a round a predictor was fitted on is
    left out of that predictor's scores (it was training data): ``n`` per predictor says how many were
    scored. Quality-loss MAE (points), Spearman of predicted vs measured loss, 80%-interval coverage,
-   and the median |error| of memory and latency.
+   and the median |error| of memory and latency; the held-out table prints each candidate's measured
+   quality next to the profile predictor's prediction.
 
 Targets (issue 11): quality-loss MAE at least halved by profile + calibration vs priors (compared on the
 candidates both are scored on); Spearman >= 0.8 on held-out candidates; a verified recommendation within
@@ -579,6 +581,7 @@ def run_model(name: str, args: argparse.Namespace, work_root: Path, loop_root: P
                 for s, m, p in zip(held_strategies, held_measured, held_points) if p.key not in left_out]
         predictions[label] = rows
         table[label] = {**score([r[0] for r in rows], [r[1] for r in rows]), "left_out": len(left_out)}
+    by_profile = {key: f.quality_retained_pct for f, _, key in predictions["profile"]}
     final_keys = {key for _, _, key in predictions["profile + 2 rounds"]}
     paired = [r for r in predictions["priors only"] if r[2] in final_keys]
     priors_paired = score([r[0] for r in paired], [r[1] for r in paired])
@@ -591,7 +594,7 @@ def run_model(name: str, args: argparse.Namespace, work_root: Path, loop_root: P
             "measurement_cache": str(cache.directory), "from_cache": from_cache,
             "held_out": [{"summary": c["summary"], "technique": c["technique"], "band": c["loss_band"],
                           "status": m.status, "retained_pct": m.quality_retained_pct,
-                          "loop_round": loop_rounds.get(p.executed)}
+                          "profile_predicted_pct": by_profile.get(p.key), "loop_round": loop_rounds.get(p.executed)}
                          for c, m, p in zip(candidates, held_measured, held_points)],
             "predictors": table, "priors_on_final_subset": priors_paired}
 
@@ -618,11 +621,12 @@ def report(outcome: dict) -> list[tuple[str, bool | None, str]]:
               f"({'verified' if r['recommendation_verified'] else 'not verified'})")
     print(f"held-out set ({len(outcome['held_out'])}, {outcome['heldout_file']}, drawn {outcome['heldout_created']}, "
           f"model {outcome['model_fingerprint']}):")
-    print(f"  {'technique':<19} {'band':>6} {'measured':>9}  strategy")
+    print(f"  {'technique':<19} {'band':>6} {'measured':>9} {'profile':>8}  strategy")
     for h in outcome["held_out"]:
         measured = f"{h['retained_pct']:.2f}%" if h["status"] == "ok" and h["retained_pct"] is not None else "failed"
+        predicted = _fmt(h.get("profile_predicted_pct"), "{:.2f}%")
         loop = f"  (loop measured it in round {h['loop_round']})" if h["loop_round"] else ""
-        print(f"  {h['technique']:<19} {h['band']:>6} {measured:>9}  {h['summary']}{loop}")
+        print(f"  {h['technique']:<19} {h['band']:>6} {measured:>9} {predicted:>8}  {h['summary']}{loop}")
     print(f"  {'predictor':<20} {'n':>3} {'MAE':>6} {'rho':>5} {'cover':>5} {'mem%':>5} {'lat%':>5}")
     for label, s in outcome["predictors"].items():
         print(f"  {label:<20} {s['n']:>3} {_fmt(s['mae']):>6} {_fmt(s['spearman']):>5} "
