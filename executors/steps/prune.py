@@ -89,6 +89,7 @@ def prune(model: nn.Module, spec: SparsitySpec, context: StepContext,
     if result.stopped:
         rec.notes.append(result.stopped)
     if spec.structured:
+        pruner.settle(result.level)  # a level the stop rule rejected was undone: its kept units too
         rec.structure.update(pruner.structure())
         if spec.pattern == "layers":
             earlier = context.kept_layers  # a derived student's blocks, numbered in the original model
@@ -222,6 +223,7 @@ class _StructuredPruner:
         self.kept_layers = list(range(self.original.num_layers))
         self.kept_groups = [list(range(self.original.num_kv_heads)) for _ in range(self.original.num_layers)]
         self.calibration = context.calibration("whole-layer pruning") if spec.pattern == "layers" else None
+        self._kept_at = {0.0: (self.kept_layers, self.kept_groups)}
         if self.alignment > 1 and spec.pattern == "ffn":
             rec.notes.append(f"FFN width rounded to a multiple of {self.alignment} for the later 4-bit step")
 
@@ -243,7 +245,12 @@ class _StructuredPruner:
                 keep = kept_by_influence(influence.tolist(), count)
                 keep_blocks(model, layout, keep)
                 self.kept_layers = [self.kept_layers[i] for i in keep]
+        self._kept_at[level] = (self.kept_layers, self.kept_groups)
         return model
+
+    def settle(self, level: float) -> None:
+        """Kept layers / head groups as they were at ``level`` (the level the schedule accepted)."""
+        self.kept_layers, self.kept_groups = self._kept_at[level]
 
     def structure(self) -> dict[str, Any]:
         if self.spec.pattern == "layers":

@@ -213,3 +213,15 @@ def test_gradual_layer_pruning_tracks_the_original_indices(byte_ids):
     assert [h["level"] for h in report.history] == [0.25, 0.5]
     assert count_params(model) == derive_spec(before, CompressionStrategy(sparsity=spec), kept_layers=kept).params.total
     assert [layer.self_attn.layer_idx for layer in model.model.layers] == [0, 1]
+
+
+def test_a_level_the_stop_rule_rejects_leaves_the_kept_layers_of_the_accepted_one(byte_ids):
+    """Quality = number of blocks: the second step (2 of 4 blocks, a 50% drop) breaks max_quality_drop 0.3 and
+    is undone; the report and the later steps see the 3 blocks the model has."""
+    model = llama()
+    spec = SparsitySpec(level=0.5, pattern="layers", gradual_steps=2, max_quality_drop=0.3)
+    context = _context(byte_ids[0], evaluator=lambda m: float(len(m.model.layers)))
+    model, report = apply_step(model, spec, context)
+    assert [h["accepted"] for h in report.history] == [True, False]
+    assert len(model.model.layers) == 3
+    assert len(report.structure["kept_layers"]) == 3 and context.kept_layers == report.structure["kept_layers"]
