@@ -213,6 +213,9 @@ class SparsitySpec(_Part):
             _unique_blocks(self.block_levels, "block_levels")
             if self.pattern in ("2:4", "4:8") and any(b.level not in (0.0, 0.5) for b in self.block_levels):
                 raise ValueError(f"pattern {self.pattern}: a block's level is 0 (dense) or 0.5.")
+            if self.scope == "global":
+                raise ValueError("block_levels set each block's own level; scope 'global' ranks weights over the "
+                                 "whole model at one level. Use scope='per-layer'.")
         return self
 
     def block_level(self, block: int, group: str) -> float:

@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from planner.errors import InvalidRequestError
 from search.lab_records import Check, ExportRecord, LabSummary, MeasuredRun, Validation
+from search.results import reference_mask
 
 STEPS: tuple[str, ...] = ("analysis", "strategy", "implementation", "validation")
 EXEC_HINT = 'pip install ".[exec]"'
@@ -374,6 +375,7 @@ class _Lab:
         result = self._search(profile, execute=True, baseline=baseline)
         table = result.table
         measured = table[table["measured_status"].notna()] if "measured_status" in table else table.iloc[0:0]
+        measured = measured[~reference_mask(measured)]  # the reference is step 1's baseline run, not a candidate
         rounds = [r.model_dump(mode="json") if hasattr(r, "model_dump") else r for r in result.rounds]
         self.steps["implementation"] = "done"
         self.save("implementation", {"search": {"storage": self.storage, "study": result.study_name,
@@ -383,7 +385,8 @@ class _Lab:
                                      "failed": int(measured["measured_status"].astype(str).str.startswith(
                                          "failed").sum()) if len(measured) else 0},
                   complete=True)
-        self.echo(f"[3/4] implementation: {len(measured)} candidates measured over {len(rounds)} rounds")
+        self.echo(f"[3/4] implementation: {len(measured)} candidate{'' if len(measured) == 1 else 's'} measured "
+                  f"over {len(rounds)} round{'' if len(rounds) == 1 else 's'}")
         return result
 
     def _stored_result(self, study_name: str) -> Any:

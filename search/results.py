@@ -81,7 +81,7 @@ class SearchResult(BaseModel):
     def _feasible(self) -> "tuple[pd.DataFrame, pd.DataFrame]":
         """(feasible compressed candidates, the reference row when it is feasible), in rank order."""
         feasible = self.table[self.table["feasible"].astype(bool)]
-        reference = _reference_mask(feasible)
+        reference = reference_mask(feasible)
         return feasible[~reference], feasible[reference]
 
     @property
@@ -178,7 +178,7 @@ class SearchResult(BaseModel):
         return paths
 
 
-def _reference_mask(frame: "pd.DataFrame") -> "pd.Series":
+def reference_mask(frame: "pd.DataFrame") -> "pd.Series":
     """True on the reference row (the uncompressed model)."""
     if "reference" not in frame:
         import pandas as pd

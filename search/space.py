@@ -6,7 +6,9 @@ A :class:`SearchSpace` lists the choices of every global knob. One point of the 
 - ``weight_formats``: the format of the transformer blocks' Linear layers ("none" = keep the model's
   own dtype);
 - ``kv_dtypes``: KV-cache dtype ("auto" = the compute dtype);
-- ``keep_layers``: first and last k blocks kept at the compute dtype (only asked when a format is chosen);
+- ``keep_layers``: first and last k blocks kept at the compute dtype (only asked when a format other than
+  the compute dtype is chosen: keeping bf16 blocks at bf16 changes nothing, and would list one strategy
+  under several names);
 - ``sparsity``: "none" or a pattern; a level is asked only for patterns that take one (2:4 and 4:8
   remove exactly half), from ``sparsity_levels``; unstructured and N:M use ``sparsity_method``;
 - ``distill_depths`` / ``distill_widths``: student depth / MLP width ratios (1.0 = no distillation);
@@ -186,7 +188,7 @@ class SearchSpace(BaseModel):
             params["allocator"] = allocator
         else:
             params["weights"] = trial.suggest_categorical("weights", self.weight_formats)
-        if params.get("weights", "") != "none" and len(self.keep_layers) > 1 and allocator is None:
+        if self.keeps(params.get("weights", "none")) and len(self.keep_layers) > 1 and allocator is None:
             params["keep_layers"] = trial.suggest_categorical("keep_layers", self.keep_layers)
         if len(self.kv_dtypes) > 1:
             params["kv_dtype"] = trial.suggest_categorical("kv_dtype", self.kv_dtypes)
@@ -199,6 +201,11 @@ class SearchSpace(BaseModel):
             if len(choices) > 1:
                 params[name] = trial.suggest_categorical(name, choices)
         return self.strategy(**params)
+
+    def keeps(self, weights: str) -> bool:
+        """Whether ``keep_layers`` means something with this weight format (not 'none', not the compute dtype
+        the kept blocks would be stored in anyway)."""
+        return weights not in ("none", self.compute_dtype)
 
     def strategy(self, *, weights: str = "none", keep_layers: int | None = None, kv_dtype: str | None = None,
                  sparsity: str = "none", sparsity_level: float | None = None, distill_depth: float | None = None,
@@ -214,7 +221,7 @@ class SearchSpace(BaseModel):
                                                            keep_format=self.compute_dtype, kv_cache=kv)
         elif weights != "none" or kv is not None:
             quant_format = weights if weights != "none" else self.compute_dtype
-            kept = keep if weights != "none" else 0
+            kept = keep if self.keeps(weights) else 0
             parts["quantization"] = QuantizationSpec(weights=quant_format, compute_dtype=self.compute_dtype,
                                                      keep_first_layers=kept, keep_last_layers=kept,
                                                      keep_format=self.compute_dtype, kv_cache=kv)
@@ -244,7 +251,7 @@ class SearchSpace(BaseModel):
             else:
                 sparsity_options.extend((pattern, level) for level in self.levels_for(pattern))
         for weights in self.weight_formats:
-            keeps = self.keep_layers if weights != "none" else (self.keep_layers[0],)
+            keeps = self.keep_layers if self.keeps(weights) else (self.keep_layers[0],)
             for keep, kv, (pattern, level), depth, width, rank in itertools.product(
                     keeps, self.kv_dtypes, sparsity_options, self.distill_depths, self.distill_widths,
                     self.low_rank_ratios):
@@ -257,7 +264,7 @@ class SearchSpace(BaseModel):
         levels = sum(1 if p in ("none", *FIXED_LEVEL_PATTERNS) else len(self.levels_for(p)) for p in self.sparsity)
         per_format = (len(self.kv_dtypes) * levels * len(self.distill_depths) * len(self.distill_widths)
                       * len(self.low_rank_ratios))
-        quantized = sum(len(self.keep_layers) if f != "none" else 1 for f in self.weight_formats)
+        quantized = sum(len(self.keep_layers) if self.keeps(f) else 1 for f in self.weight_formats)
         return quantized * per_format
 
     def canonical(self) -> str:

@@ -79,3 +79,15 @@ def test_structural_requests_a_model_cannot_take_are_refused_before_any_work(tmp
         execute(_model_dir(tmp_path_factory, kind), CompressionStrategy(sparsity=sparsity), isolate=False,
                 out_dir=tmp_path, device="cpu", speed=False)
     assert not any(tmp_path.iterdir())  # nothing was written: no run directory, no results.jsonl
+
+
+def test_a_kv_cache_format_is_refused_before_any_work_not_skipped(tmp_path_factory, tmp_path):
+    """The executors cannot apply (or measure) a KV-cache dtype: a run must not report it as done."""
+    from executors import execute
+    from planner.strategy import QuantizationSpec
+
+    strategy = CompressionStrategy(quantization=QuantizationSpec(weights="int8", kv_cache="fp8"))
+    with pytest.raises(UnsupportedError, match="kv_cache 'fp8': the executors do not quantize the KV cache"):
+        execute(_model_dir(tmp_path_factory, "gpt2"), strategy, isolate=False, out_dir=tmp_path, device="cpu",
+                speed=False)
+    assert not any(tmp_path.iterdir())  # refused before any work

@@ -511,6 +511,45 @@ def test_the_quantize_step_applies_per_block_formats(tiny):
     assert {m.name: m.action for m in report.modules}["model.layers.0.mlp.down_proj"] == "hqq-int4"
 
 
+def test_the_pruning_step_applies_per_block_levels(tiny):
+    """block_levels reach the modules: block 1's MLP at 0.25, block 0's attention dense, the rest at 0.5; the
+    step's target is the size-weighted mean; after whole-layer pruning they address the original blocks."""
+    import torch
+
+    from executors.loading import load_model
+    from executors.steps.context import StepContext
+    from executors.steps.prune import prune
+    from planner.strategy import CompressionStrategy
+
+    strategy = CompressionStrategy.model_validate({"sparsity": {"level": 0.5, "block_levels": [
+        {"block": 1, "group": "mlp", "level": 0.25}, {"block": 0, "group": "attention", "level": 0.0}]}})
+    model = load_model(tiny).model
+    _, report = prune(model, strategy.sparsity, StepContext(), strategy)
+    share = {n: float((m.weight == 0).float().mean()) for n, m in model.named_modules()
+             if isinstance(m, torch.nn.Linear) and ".layers." in n}
+    for name, zeros in share.items():
+        want = 0.0 if "layers.0.self_attn" in name else 0.25 if "layers.1.mlp" in name else 0.5
+        assert zeros == pytest.approx(want, abs=1e-3), name
+    assert {s.name for s in report.skipped if "block_levels" in s.reason} == {
+        f"model.layers.0.self_attn.{p}_proj" for p in "qkvo"}
+    sizes = {n: m.weight.numel() for n, m in model.named_modules() if n in share and "layers.0.self_attn" not in n}
+    expected = sum(sizes[n] * (0.25 if "layers.1.mlp" in n else 0.5) for n in sizes) / sum(sizes.values())
+    assert report.metrics["sparsity_achieved"] == pytest.approx(expected, abs=1e-3)
+    model = load_model(tiny).model
+    del model.model.layers[0]  # block 1 is now the first block of the model
+    model.config.num_hidden_layers = 1
+    prune(model, strategy.sparsity, StepContext(kept_layers=[1]), strategy)
+    assert float((model.model.layers[0].mlp.down_proj.weight == 0).float().mean()) == pytest.approx(0.25, abs=1e-3)
+    assert float((model.model.layers[0].self_attn.q_proj.weight == 0).float().mean()) == pytest.approx(0.5, abs=1e-3)
+
+
+def test_block_levels_refuse_a_global_ranking():
+    from planner.strategy import SparsitySpec
+
+    with pytest.raises(ValueError, match="scope='per-layer'"):
+        SparsitySpec(level=0.5, scope="global", block_levels=[{"block": 0, "group": "mlp", "level": 0.25}])
+
+
 def test_load_time_quantization_and_the_memory_model_see_per_block_formats():
     from planner.execution import group_format, load_time_format
     from planner.strategy import QuantizationSpec

@@ -143,6 +143,9 @@ def test_the_lab_runs_every_step_and_verifies_and_exports_the_recommendation(ful
     assert steps["strategy"]["profile"]["entries"] > 0
     implementation = steps["implementation"]
     assert implementation["executions"] >= 1 and len(implementation["rounds"]) == 1
+    # the uncompressed reference is step 1's baseline run, not one of the candidates the loop executed
+    assert implementation["executions"] == len(implementation["measured"])
+    assert not any(row.get("reference") for row in implementation["measured"])
     validation = steps["validation"]["validation"]
     checks = {c["constraint"]: c for c in validation["checks"]}
     assert set(checks) == {"max_memory_gb", "max_accuracy_loss"}

@@ -32,6 +32,17 @@ def test_space_size_counts_every_point_once():
     assert len(keys) == SMALL.size  # distinct points are distinct strategies
 
 
+def test_keep_layers_only_with_a_format_other_than_the_compute_dtype():
+    """bf16 blocks kept at bf16 are the same strategy as plain bf16: one point, never two names."""
+    space = SearchSpace(weight_formats=("none", "bf16", "nf4"), keep_layers=(0, 1), sparsity=("none",),
+                        compute_dtype="bf16")
+    strategies = [space.strategy(**p) for p in space.points()]
+    assert space.size == len(strategies) == 1 + 1 + 2
+    assert sorted(s.summary() for s in strategies) == ["baseline", "bf16", "nf4", "nf4 keep 1+1 at bf16"]
+    trial = optuna.trial.FixedTrial({"weights": "bf16"})
+    assert space.suggest(trial).quantization.keep_first_layers == 0 and "keep_layers" not in trial.params
+
+
 def test_space_asks_a_level_only_where_the_pattern_takes_one():
     trial = optuna.trial.FixedTrial({"weights": "nf4", "kv_dtype": "auto", "sparsity": "2:4",
                                      "distill_depth": 1.0})

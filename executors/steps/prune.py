@@ -121,8 +121,10 @@ class _WeightPruner:
         self.nm = tuple(int(x) for x in spec.pattern.split(":")) if ":" in spec.pattern else None
         self.names = []
         self.blocks = layout.num_layers
+        self.ratios: dict[str, float] = {}
+        """module or expert path -> its block's level over ``spec.level`` (``block_levels``; absent: 1)"""
         for site in layout.linear_sites():
-            reason = self._skip_reason(site)
+            reason = self._skip_reason(site) or self._dense_block(site.name, site.layer, site.component)
             if reason:
                 rec.skip(site.name, reason)
             else:
@@ -134,6 +136,8 @@ class _WeightPruner:
                                "kept dense (use magnitude pruning)")
             elif self.nm and layout.expert_matrices(path)[0].shape[1] % self.nm[1]:
                 rec.skip(path, f"expert input width is not a multiple of {self.nm[1]} ({spec.pattern})")
+            elif reason := self._dense_block(path, layout.locate(path.rpartition(".")[0])[1], "experts"):
+                rec.skip(path, reason)
             else:
                 self.experts.append(path)
         rec.skip(layout.module_name(layout.input_embeddings), "token embeddings are looked up, not multiplied: "
@@ -152,6 +156,35 @@ class _WeightPruner:
             return f"in_features {site.in_features} is not a multiple of {self.nm[1]} ({self.spec.pattern})"
         return None
 
+    def _dense_block(self, name: str, layer: int | None, component: str) -> str | None:
+        """Record the level ratio of a block Linear under ``block_levels`` (addressed by the block's index in
+        the original model, as ``block_formats`` are: ``StepContext.kept_layers`` after a depth change);
+        the reason it stays dense when its block's level is 0."""
+        if not self.spec.block_levels or layer is None:
+            return None
+        kept = self.context.kept_layers
+        original = kept[layer] if kept and layer < len(kept) else layer
+        group = "attention" if component == "attention" else "mlp"
+        block_level = self.spec.block_level(original, group)
+        if block_level == 0:
+            return f"block_levels: block {original} {group} at level 0 (kept dense)"
+        self.ratios[name] = block_level / self.spec.level
+        return None
+
+    def level_of(self, name: str, level: float) -> float:
+        """The level one targeted tensor is pruned to when the step's schedule is at ``level`` (an expert
+        matrix ``path[e]`` follows its tensor's block)."""
+        return min(level * self.ratios.get(name.partition("[")[0], 1.0), 1.0)
+
+    def target(self, model: nn.Module, level: float) -> float:
+        """Share of the targeted weights that must be zero at ``level`` (per-block levels weighted by size)."""
+        if self.nm:
+            return 0.5
+        sizes = [(n, model.get_submodule(n).weight.numel()) for n in self.names]
+        sizes += [(p, model.get_parameter(p).numel()) for p in self.experts]
+        total = sum(size for _, size in sizes)
+        return sum(self.level_of(n, level) * size for n, size in sizes) / total if total else level
+
     def __call__(self, model: nn.Module, level: float) -> nn.Module:
         modules = {name: model.get_submodule(name) for name in self.names}
         weights = {name: weight_matrix(module) for name, module in modules.items()}
@@ -167,9 +200,9 @@ class _WeightPruner:
         elif self.spec.scope == "global":
             masks = dict(zip(scores, global_prune_masks(list(scores.values()), level)))
         elif self.spec.method == "wanda":
-            masks = {name: row_prune_mask(score, level) for name, score in scores.items()}
+            masks = {name: row_prune_mask(score, self.level_of(name, level)) for name, score in scores.items()}
         else:
-            masks = {name: layer_prune_mask(score, level) for name, score in scores.items()}
+            masks = {name: layer_prune_mask(score, self.level_of(name, level)) for name, score in scores.items()}
         with torch.no_grad():
             for name, mask in masks.items():
                 weights[name].masked_fill_(mask, 0)  # views: Conv1D's (in, out) weight and expert slices too
@@ -326,7 +359,7 @@ def _check_effect(rec: Recorder, spec: SparsitySpec, pruner, model: nn.Module, r
         return
     achieved = pruner.achieved(model)
     rec.metrics["sparsity_achieved"] = achieved
-    target = 0.5 if pruner.nm else result.level
+    target = pruner.target(model, result.level)
     # per-layer counts round half up; a global mask or N:M hits the count exactly
     if achieved + 0.5 / max(1, min(t.numel() for t in pruner._tensors(model))) < target:
         raise NoEffectError(f"{spec.summary()}: only {achieved:.4f} of the targeted weights are zero, "
