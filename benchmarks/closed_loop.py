@@ -471,7 +471,10 @@ def measure_heldout(candidates: list[dict], cache: MeasurementCache, request: An
         cache.directory.mkdir(parents=True, exist_ok=True)
         runner = request.model_copy(update={"out_dir": str(cache.directory)})
         jobs = [{"key": c["key"], "strategy_json": c["key"], "round": 0, "trial": None} for c in todo]
-        for m in execute(f"sqlite:///{cache.directory / 'queue.db'}", "heldout", jobs, runner, progress=True):
+        # the queue keeps every job's outcome: one queue per executors code, or it would hand back the
+        # measurements of other executor code that the cache files refuse
+        queue = f"heldout-{cache.identity['executors_code']}"
+        for m in execute(f"sqlite:///{cache.directory / 'queue.db'}", queue, jobs, runner, progress=True):
             if m.measured:  # a job whose workers kept dying has no outcome yet: run it again next time
                 cache.put(m.key, m)
                 found[m.key] = m

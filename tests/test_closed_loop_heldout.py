@@ -155,6 +155,31 @@ def test_measurement_cache_never_mixes_models_strategies_or_evaluators(bench, tm
     assert other.get("K") is None
 
 
+def test_held_out_jobs_are_queued_per_executors_code(bench, tmp_path, monkeypatch):
+    """The execution queue hands back a job's stored outcome: the queue is per executors code, so other code's
+    measurements are executed again rather than read from the queue."""
+    import search.loop
+    from search.execution import Measurement
+
+    queues = []
+
+    def execute(storage, study, jobs, request, progress):  # noqa: ARG001
+        queues.append(study)
+        return [Measurement(key=j["key"], status="ok", quality_retained_pct=90.0, worker="w", seconds=1.0)
+                for j in jobs]
+
+    class Request:
+        def model_copy(self, update):
+            return self
+
+    monkeypatch.setattr(search.loop, "execute", execute)
+    cache = bench.MeasurementCache(tmp_path, model_fp="m1", evaluator_key="e", device="cpu")
+    bench.measure_heldout([{"key": "K", "summary": "k"}], cache, Request())
+    monkeypatch.setitem(cache.identity, "executors_code", "other-code")
+    bench.measure_heldout([{"key": "K2", "summary": "k2"}], cache, Request())
+    assert queues[0] != queues[1] and queues[1].endswith("other-code")
+
+
 def test_content_fingerprint_follows_the_weights_not_the_path(bench, tmp_path):
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
