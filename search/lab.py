@@ -559,7 +559,7 @@ def validate(result: Any, constraints: Any, baseline: MeasuredRun | None) -> Val
     from search.report import deployment_note
 
     best = result.best  # a compressed candidate whenever one is feasible (search.results)
-    note = deployment_note(best, constraints)
+    note = deployment_note(best, constraints, result.nearest_misses())
     if best is None:
         return Validation(strategy=None, verified=False, deployment_note=note,
                           reason="no strategy meets every constraint, even as predicted; see the nearest misses")
