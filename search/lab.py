@@ -40,14 +40,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from planner.errors import InvalidRequestError
+from planner.models.directory import check_model_dir
 from search.lab_records import Check, ExportRecord, LabSummary, MeasuredRun, Validation
 from search.results import reference_mask
 
 STEPS: tuple[str, ...] = ("analysis", "strategy", "implementation", "validation")
 EXEC_HINT = 'pip install ".[exec]"'
 EXEC_PACKAGES = ("torch", "transformers", "bitsandbytes")
-WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.bin", "*.safetensors.index.json",
-                   "pytorch_model.bin.index.json")
 DEFAULT_OUT = "fitplan-lab"
 # Why distilled students are left out unless asked for: executing one trains it (200 steps by default,
 # planner.strategy.DistillationSpec), measured at over 10 minutes for a MiniLM student on this 2-core CPU
@@ -94,25 +93,6 @@ class LabOutcome(BaseModel):
 
 
 # -- input checks ----------------------------------------------------------------------------------------
-def check_model_dir(model_dir: str | os.PathLike) -> Path:
-    """The model directory, resolved; one clear InvalidRequestError when it is not a Hugging Face model
-    directory with a config and weights."""
-    path = Path(model_dir).expanduser()
-    if not path.exists():
-        raise InvalidRequestError(f"MODEL_DIR {str(model_dir)!r} does not exist; pass a local Hugging Face model "
-                                  f"directory (config.json + weights).")
-    if not path.is_dir():
-        raise InvalidRequestError(f"MODEL_DIR {str(model_dir)!r} is a file; pass the model's directory (it holds "
-                                  f"config.json and the weights).")
-    if not (path / "config.json").is_file():
-        raise InvalidRequestError(f"MODEL_DIR {str(model_dir)!r} has no config.json; it is not a Hugging Face model "
-                                  f"directory.")
-    if not any(any(path.glob(pattern)) for pattern in WEIGHT_PATTERNS):
-        raise InvalidRequestError(f"MODEL_DIR {str(model_dir)!r} has a config.json but no weights (*.safetensors or "
-                                  f"pytorch_model*.bin); save the model with save_pretrained first.")
-    return path.resolve()
-
-
 def missing_exec_packages() -> list[str]:
     """The exec extra's packages that cannot be imported (found without importing them)."""
     import importlib.util
@@ -615,7 +595,7 @@ def run_lab(model_dir: str | os.PathLike, constraints: Any, *, out_dir: str | os
     from search.candidates import coerce_constraints
 
     started = time.monotonic()
-    model = check_model_dir(model_dir)
+    model = check_model_dir(model_dir, "MODEL_DIR")
     if isinstance(constraints, dict) and not constraints.get("deployment_target") and not constraints.get("gpu"):
         constraints = {**constraints, "deployment_target": "local"}
     constraints = coerce_constraints(constraints)
