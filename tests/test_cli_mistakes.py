@@ -31,6 +31,8 @@ def _error(capsys, argv: list[str]) -> str:
     (["fits", "--gpuu", "16GB"],
      "fitplan fits: error: the following arguments are required: --gpu (you typed --gpuu: did you mean --gpu?)"),
     (["fits", "--gpu", "16GB", "--xyzzy"], "fitplan fits: error: --xyzzy is not a flag of this command."),
+    (["fixtures", "--xyzzy"], "fitplan fixtures: error: the following arguments are required: ACTION (--xyzzy: not "
+                              "a flag of this command)."),
 ])
 def test_a_misspelt_flag_or_choice_gets_one_line_with_the_closest_match(capsys, argv, expected):
     line = _error(capsys, argv)

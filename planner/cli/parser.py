@@ -81,6 +81,8 @@ class FitplanParser(argparse.ArgumentParser):
                 match = close_match(word, self._required_missing())
                 if match:
                     return f"{message} (you typed {word}: did you mean {match}?)"
+            if unknown:
+                return f"{message} ({', '.join(unknown)}: not a flag of this command)"
         return message
 
     def error(self, message: str):  # noqa: ANN201 - argparse's signature (NoReturn)
