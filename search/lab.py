@@ -377,7 +377,8 @@ class _Lab:
         return result_from_study(load_existing(open_storage(self.storage), study_name))
 
     # step 4 -------------------------------------------------------------------------------------
-    def validation(self, result: Any, baseline: MeasuredRun) -> tuple[Validation, bool]:
+    def validation(self, result: Any, baseline: MeasuredRun,
+                   plan: dict[str, Any] | None = None) -> tuple[Validation, bool]:
         """The verdict (and the export with save_best); returns it and whether it changed on disk."""
         found = self.done("validation")
         if found is not None:
@@ -388,7 +389,7 @@ class _Lab:
                 return validation, False
             validation = validation.model_copy(update={"export": self._export(result, baseline, validation)})
         else:
-            validation = validate(result, self.constraints, baseline)
+            validation = validate(result, self.constraints, baseline, plan)
             self.echo(f"[4/4] validation: {'verified' if validation.verified else 'NOT verified'}: "
                       f"{validation.reason}")
             if self.save_best:
@@ -517,6 +518,19 @@ def _verified_rows(result: Any, constraints: Any, baseline: MeasuredRun | None) 
     return [r for r in rows if all(c.ok for c in checks(r, constraints, baseline))]
 
 
+def _unverifiable_plan(plan: dict[str, Any] | None) -> tuple[str, str, str] | None:
+    """(summary, why it cannot be executed here, the plan's reason) of the plan's recommendation, or None."""
+    if not plan or not plan.get("recommended"):
+        return None
+    from planner.execution import unexecutable_reason
+    from planner.strategy import CompressionStrategy
+
+    recommended = plan["recommended"]
+    strategy = CompressionStrategy.model_validate(recommended["strategy"])
+    why = unexecutable_reason(strategy) or "the executable search did not reach it"
+    return recommended["summary"], why, recommended.get("reason", "predicted")
+
+
 def _measured_outcomes(result: Any, constraints: Any, baseline: MeasuredRun | None) -> str:
     """'; of the N executed: X: max_accuracy_loss 4.1 > 3; Y: failed: ...' (empty when none was executed)."""
     rows = [r for r in result.table.to_dict(orient="records") if r.get("measured_status") is not None]
@@ -533,14 +547,29 @@ def _measured_outcomes(result: Any, constraints: Any, baseline: MeasuredRun | No
     return f"; of the {len(rows)} executed: " + "; ".join(parts)
 
 
-def validate(result: Any, constraints: Any, baseline: MeasuredRun | None) -> Validation:
+def validate(result: Any, constraints: Any, baseline: MeasuredRun | None,
+             plan: dict[str, Any] | None = None) -> Validation:
     """Step 4's verdict on ``result.best``: verified when it was measured and every check holds on the
-    measurement; otherwise the reason (not measured, failed, a limit exceeded, not measurable here)."""
+    measurement; otherwise the reason (not measured, failed, a limit exceeded, not measurable here).
+
+    ``plan``: step 2's plan record (``planner.plan(...).as_dict()``). Its recommendation is drawn from every
+    strategy the deployment target runs, the search's only from those the executors run here: when the
+    search has nothing feasible but the plan has, the verdict names it as a prediction that cannot be
+    verified on this machine, and why (e.g. AWQ for a vLLM GPU target on a CPU-only machine)."""
     from search.report import deployment_note
 
     best = result.best  # a compressed candidate whenever one is feasible (search.results)
     note = deployment_note(best, constraints, result.nearest_misses())
     if best is None:
+        planned = _unverifiable_plan(plan)
+        if planned is not None:
+            summary, why, reason = planned
+            return Validation(strategy=None, verified=False, predicted_only=summary,
+                              deployment_note=f"Predicted only: the plan recommends `{summary}` ({reason}). It cannot "
+                                              f"be executed on this machine ({why}); run fitplan there where its "
+                                              f"format executes to verify it. {note}",
+                              reason=f"no strategy the executors run here meets every constraint; the plan's "
+                                     f"`{summary}` does as predicted, but cannot be verified here ({why})")
         return Validation(strategy=None, verified=False, deployment_note=note,
                           reason="no strategy meets every constraint, even as predicted; see the nearest misses")
     found = checks(best, constraints, baseline)
@@ -630,7 +659,7 @@ def run_lab(model_dir: str | os.PathLike, constraints: Any, *, out_dir: str | os
         return LabOutcome(out_dir=out, steps=lab.steps, checkpoints=checkpoints, reports=reports, stopped=stopped,
                           seconds=time.monotonic() - started)
     result = lab.implementation(profile, baseline)
-    validation, changed = lab.validation(result, baseline)
+    validation, changed = lab.validation(result, baseline, strategy.get("plan"))
     checkpoints = {step: lab.path(step) for step in STEPS}
     reports = {"html": out / "report.html", "md": out / "report.md"}
     if changed or not all(p.is_file() for p in reports.values()):
