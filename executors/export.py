@@ -145,6 +145,9 @@ def find_result(path: str | os.PathLike) -> Path:
     given = Path(path).expanduser()
     if given.is_file() and given.name == "result.json":
         return given
+    if given.is_file():
+        raise InvalidRequestError(f"result {str(path)!r} is a file but not a run's result.json; pass a fitplan run's "
+                                  f"candidate directory (it holds result.json) or its result.json.")
     if not given.is_dir():
         raise InvalidRequestError(f"result {str(path)!r} does not exist; pass a fitplan run's candidate directory "
                                   f"(it holds result.json) or its result.json.")

@@ -29,17 +29,15 @@ def needs_model_spec(strategy: CompressionStrategy) -> str | None:
     return None
 
 
-KV_CACHE_REFUSAL = ("the executors do not quantize the KV cache: their evaluators score whole forward passes, which "
-                    "use no cache, so a run could not measure its effect. Remove kv_cache from the strategy (the "
-                    "planner still predicts it for a serving engine).")
-
-
 def check_strategy(model_dir: str | os.PathLike, strategy: CompressionStrategy) -> None:
     """Raise a FitplanError when ``strategy`` cannot be applied to the model in ``model_dir`` (a part the
     executors cannot apply is refused, never skipped: a run must not report what it did not do)."""
     q = strategy.quantization
     if q is not None and q.kv_cache is not None:
-        raise UnsupportedError(f"kv_cache {q.kv_cache!r}: {KV_CACHE_REFUSAL}")
+        from planner.execution import KV_CACHE_REASON
+
+        raise UnsupportedError(f"kv_cache {q.kv_cache!r}: {KV_CACHE_REASON}. Remove kv_cache from the strategy (the "
+                               f"planner still predicts it for a serving engine).")
     what = needs_model_spec(strategy)
     if what is None:
         return

@@ -136,6 +136,9 @@ def run_profile(model_dir: str | os.PathLike, *, evaluator: Any = None, data: st
     from executors.loading import model_kind, read_config
     from executors.paths import cache_root, model_fingerprint as directory_fingerprint
 
+    from planner.models.directory import check_model_dir
+
+    check_model_dir(model_dir)
     root = Path(model_dir).expanduser()
     kind = model_kind(root)
     config = read_config(root)

@@ -98,6 +98,9 @@ def execute(model: str | os.PathLike, strategy: StrategyLike = None, *, evaluato
     from executors.loading import check_device
     from executors.paths import new_run_dir, writable_directory
 
+    from planner.models.directory import check_model_dir
+
+    check_model_dir(model, "model")
     model_dir = Path(model).expanduser()
     kind = model_kind(model_dir)
     plan = as_strategy(strategy)

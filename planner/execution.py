@@ -36,6 +36,8 @@ UNSUPPORTED_FORMATS: dict[str, str] = {
 }
 # The executors never quantize the KV cache: no step applies QuantizationSpec.kv_cache.
 QUANTIZES_KV_CACHE = False
+KV_CACHE_REASON = ("the executors do not quantize the KV cache: their evaluators score whole forward passes, which "
+                   "use no cache, so a run could not measure its effect")
 
 
 def executor_formats(device: str = "cpu") -> tuple[str, ...]:
@@ -43,6 +45,26 @@ def executor_formats(device: str = "cpu") -> tuple[str, ...]:
     if device == "cpu":
         return EXECUTOR_FORMATS
     return tuple(f for f in EXECUTOR_FORMATS if f not in CPU_ONLY_FORMATS)
+
+
+def unexecutable_reason(strategy: CompressionStrategy, device: str = "cpu") -> str | None:
+    """Why the executors cannot run ``strategy`` on ``device`` ('cpu' or 'cuda'), one phrase; None when
+    nothing in it is out of their reach (whether the model can take it is ``executors.preflight``'s check)."""
+    q = strategy.quantization
+    if q is None:
+        return None
+    if q.kv_cache is not None:
+        return f"kv_cache {q.kv_cache!r}: {KV_CACHE_REASON}"
+    used = {q.weights, q.attention, q.mlp, *(o.format for o in q.block_formats)}
+    if q.keep_first_layers or q.keep_last_layers:
+        used.add(q.keep_format)
+    runnable = executor_formats(device)
+    for fmt in sorted(f for f in used if f):
+        if fmt in UNSUPPORTED_FORMATS:
+            return f"{fmt}: {UNSUPPORTED_FORMATS[fmt]}"
+        if fmt not in runnable:
+            return f"the executors do not apply {fmt} on {device}"
+    return None
 
 
 def load_time_format(spec: QuantizationSpec | None) -> str | None:

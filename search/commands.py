@@ -264,8 +264,8 @@ def _print(result, args: argparse.Namespace, paths: dict) -> None:  # noqa: ANN0
         print(f"failed for real (excluded): {row.strategy}: {row.measured_status.removeprefix('failed: ')}")
     best = result.best
     if best is None:
-        misses = result.table.head(3)
-        print("no feasible strategy; closest: " + "; ".join(f"{r.strategy}: {r.why_not}" for r in misses.itertuples()))
+        print("no feasible strategy; closest: " + "; ".join(f"{strategy}: {why}"
+                                                             for strategy, why in result.nearest_misses()))
     elif result.no_compression_needed:
         figures = (f"{best['measured_quality_retained_pct']:.1f}% quality, {best['measured_memory_gib']:.3f} GiB measured"
                    if best.get("verified") else f"{best['memory_gib']:.2f} GiB predicted")

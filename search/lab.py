@@ -40,14 +40,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from planner.errors import InvalidRequestError
+from planner.models.directory import check_model_dir
 from search.lab_records import Check, ExportRecord, LabSummary, MeasuredRun, Validation
 from search.results import reference_mask
 
 STEPS: tuple[str, ...] = ("analysis", "strategy", "implementation", "validation")
 EXEC_HINT = 'pip install ".[exec]"'
 EXEC_PACKAGES = ("torch", "transformers", "bitsandbytes")
-WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.bin", "*.safetensors.index.json",
-                   "pytorch_model.bin.index.json")
 DEFAULT_OUT = "fitplan-lab"
 # Why distilled students are left out unless asked for: executing one trains it (200 steps by default,
 # planner.strategy.DistillationSpec), measured at over 10 minutes for a MiniLM student on this 2-core CPU
@@ -94,25 +93,6 @@ class LabOutcome(BaseModel):
 
 
 # -- input checks ----------------------------------------------------------------------------------------
-def check_model_dir(model_dir: str | os.PathLike) -> Path:
-    """The model directory, resolved; one clear InvalidRequestError when it is not a Hugging Face model
-    directory with a config and weights."""
-    path = Path(model_dir).expanduser()
-    if not path.exists():
-        raise InvalidRequestError(f"MODEL_DIR {str(model_dir)!r} does not exist; pass a local Hugging Face model "
-                                  f"directory (config.json + weights).")
-    if not path.is_dir():
-        raise InvalidRequestError(f"MODEL_DIR {str(model_dir)!r} is a file; pass the model's directory (it holds "
-                                  f"config.json and the weights).")
-    if not (path / "config.json").is_file():
-        raise InvalidRequestError(f"MODEL_DIR {str(model_dir)!r} has no config.json; it is not a Hugging Face model "
-                                  f"directory.")
-    if not any(any(path.glob(pattern)) for pattern in WEIGHT_PATTERNS):
-        raise InvalidRequestError(f"MODEL_DIR {str(model_dir)!r} has a config.json but no weights (*.safetensors or "
-                                  f"pytorch_model*.bin); save the model with save_pretrained first.")
-    return path.resolve()
-
-
 def missing_exec_packages() -> list[str]:
     """The exec extra's packages that cannot be imported (found without importing them)."""
     import importlib.util
@@ -397,7 +377,8 @@ class _Lab:
         return result_from_study(load_existing(open_storage(self.storage), study_name))
 
     # step 4 -------------------------------------------------------------------------------------
-    def validation(self, result: Any, baseline: MeasuredRun) -> tuple[Validation, bool]:
+    def validation(self, result: Any, baseline: MeasuredRun,
+                   plan: dict[str, Any] | None = None) -> tuple[Validation, bool]:
         """The verdict (and the export with save_best); returns it and whether it changed on disk."""
         found = self.done("validation")
         if found is not None:
@@ -408,7 +389,7 @@ class _Lab:
                 return validation, False
             validation = validation.model_copy(update={"export": self._export(result, baseline, validation)})
         else:
-            validation = validate(result, self.constraints, baseline)
+            validation = validate(result, self.constraints, baseline, plan)
             self.echo(f"[4/4] validation: {'verified' if validation.verified else 'NOT verified'}: "
                       f"{validation.reason}")
             if self.save_best:
@@ -537,6 +518,19 @@ def _verified_rows(result: Any, constraints: Any, baseline: MeasuredRun | None) 
     return [r for r in rows if all(c.ok for c in checks(r, constraints, baseline))]
 
 
+def _unverifiable_plan(plan: dict[str, Any] | None) -> tuple[str, str, str] | None:
+    """(summary, why it cannot be executed here, the plan's reason) of the plan's recommendation, or None."""
+    if not plan or not plan.get("recommended"):
+        return None
+    from planner.execution import unexecutable_reason
+    from planner.strategy import CompressionStrategy
+
+    recommended = plan["recommended"]
+    strategy = CompressionStrategy.model_validate(recommended["strategy"])
+    why = unexecutable_reason(strategy) or "the executable search did not reach it"
+    return recommended["summary"], why, recommended.get("reason", "predicted")
+
+
 def _measured_outcomes(result: Any, constraints: Any, baseline: MeasuredRun | None) -> str:
     """'; of the N executed: X: max_accuracy_loss 4.1 > 3; Y: failed: ...' (empty when none was executed)."""
     rows = [r for r in result.table.to_dict(orient="records") if r.get("measured_status") is not None]
@@ -553,14 +547,29 @@ def _measured_outcomes(result: Any, constraints: Any, baseline: MeasuredRun | No
     return f"; of the {len(rows)} executed: " + "; ".join(parts)
 
 
-def validate(result: Any, constraints: Any, baseline: MeasuredRun | None) -> Validation:
+def validate(result: Any, constraints: Any, baseline: MeasuredRun | None,
+             plan: dict[str, Any] | None = None) -> Validation:
     """Step 4's verdict on ``result.best``: verified when it was measured and every check holds on the
-    measurement; otherwise the reason (not measured, failed, a limit exceeded, not measurable here)."""
+    measurement; otherwise the reason (not measured, failed, a limit exceeded, not measurable here).
+
+    ``plan``: step 2's plan record (``planner.plan(...).as_dict()``). Its recommendation is drawn from every
+    strategy the deployment target runs, the search's only from those the executors run here: when the
+    search has nothing feasible but the plan has, the verdict names it as a prediction that cannot be
+    verified on this machine, and why (e.g. AWQ for a vLLM GPU target on a CPU-only machine)."""
     from search.report import deployment_note
 
     best = result.best  # a compressed candidate whenever one is feasible (search.results)
-    note = deployment_note(best, constraints)
+    note = deployment_note(best, constraints, result.nearest_misses())
     if best is None:
+        planned = _unverifiable_plan(plan)
+        if planned is not None:
+            summary, why, reason = planned
+            return Validation(strategy=None, verified=False, predicted_only=summary,
+                              deployment_note=f"Predicted only: the plan recommends `{summary}` ({reason}). It cannot "
+                                              f"be executed on this machine ({why}); run fitplan there where its "
+                                              f"format executes to verify it. {note}",
+                              reason=f"no strategy the executors run here meets every constraint; the plan's "
+                                     f"`{summary}` does as predicted, but cannot be verified here ({why})")
         return Validation(strategy=None, verified=False, deployment_note=note,
                           reason="no strategy meets every constraint, even as predicted; see the nearest misses")
     found = checks(best, constraints, baseline)
@@ -615,7 +624,7 @@ def run_lab(model_dir: str | os.PathLike, constraints: Any, *, out_dir: str | os
     from search.candidates import coerce_constraints
 
     started = time.monotonic()
-    model = check_model_dir(model_dir)
+    model = check_model_dir(model_dir, "MODEL_DIR")
     if isinstance(constraints, dict) and not constraints.get("deployment_target") and not constraints.get("gpu"):
         constraints = {**constraints, "deployment_target": "local"}
     constraints = coerce_constraints(constraints)
@@ -650,7 +659,7 @@ def run_lab(model_dir: str | os.PathLike, constraints: Any, *, out_dir: str | os
         return LabOutcome(out_dir=out, steps=lab.steps, checkpoints=checkpoints, reports=reports, stopped=stopped,
                           seconds=time.monotonic() - started)
     result = lab.implementation(profile, baseline)
-    validation, changed = lab.validation(result, baseline)
+    validation, changed = lab.validation(result, baseline, strategy.get("plan"))
     checkpoints = {step: lab.path(step) for step in STEPS}
     reports = {"html": out / "report.html", "md": out / "report.md"}
     if changed or not all(p.is_file() for p in reports.values()):

@@ -70,9 +70,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_lab_command(args: argparse.Namespace) -> int:
     from planner.planning.flags import CONSTRAINT_FLAGS, constraints_from_args
-    from search.lab import check_model_dir, run_lab
+    from planner.models.directory import check_model_dir
+    from search.lab import run_lab
 
-    check_model_dir(args.model_dir)  # before anything else: the most common mistake gets its line first
+    check_model_dir(args.model_dir, "MODEL_DIR")  # before anything else: the most common mistake gets its line first
     if args.deployment_target is None and args.gpu is None:
         args.deployment_target = "local"
     constraints = constraints_from_args(args)

@@ -90,6 +90,8 @@ class Validation(_Record):
     measured: MeasuredRun | None = None
     deployment_note: str = ""
     export: ExportRecord | None = None
+    predicted_only: str | None = Field(None, description="when nothing the executors run here is feasible: the "
+                                       "plan's predicted recommendation, which cannot be executed on this machine")
 
 
 class LabSummary(_Record):

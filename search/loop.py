@@ -130,14 +130,9 @@ class LoopRequest(BaseModel):
             else:
                 raise InvalidRequestError("execute_top needs model_dir: the model directory the executors run (the "
                                           f"model {model!r} is not a directory).")
-        directory = Path(model_dir).expanduser()
-        if not directory.is_dir():
-            raise InvalidRequestError(f"model_dir {str(model_dir)!r} is not a directory.")
-        if not (directory / "config.json").is_file():
-            raise InvalidRequestError(f"model_dir {str(model_dir)!r} has no config.json; give a model directory "
-                                      "saved by save_pretrained (config.json + weights).")
-        if not any(directory.glob("*.safetensors")) and not any(directory.glob("*.bin")):
-            raise InvalidRequestError(f"model_dir {str(model_dir)!r} has no weights (*.safetensors or *.bin).")
+        from planner.models.directory import check_model_dir
+
+        directory = check_model_dir(model_dir)
         if evaluator is not None and not isinstance(evaluator, str):
             raise InvalidRequestError("evaluator must be a name for a search (perplexity, fidelity, accuracy); a "
                                       "function or object runs through executors.execute directly.")

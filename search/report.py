@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from planner.errors import InvalidRequestError
+from search.results import reference_mask
 from search.table_markdown import ROUND_HEADERS, ROUND_TABLE
 
 FORMATS = ("html", "md")
@@ -202,12 +203,16 @@ def _number(row: dict[str, Any], key: str) -> float | None:
     return number(row.get(key))
 
 
-def deployment_note(best: dict[str, Any] | None, constraints) -> str:  # noqa: ANN001 - Constraints
+def deployment_note(best: dict[str, Any] | None, constraints,  # noqa: ANN001 - Constraints
+                    misses: list[tuple[str, str]] = ()) -> str:
     """One paragraph: how to deploy the recommended row ``best`` of a trade-off table (engine, device,
-    memory, expected speed, cost), with its measured figures next to the predicted ones when it was run."""
+    memory, expected speed, cost), with its measured figures next to the predicted ones when it was run;
+    without one, the nearest misses (``SearchResult.nearest_misses``) and what each violates."""
     if best is None:
-        return ("No strategy met every constraint; the table lists the closest candidates and what each "
-                "violates.")
+        if not misses:
+            return "No strategy met every constraint."
+        listed = "; ".join(f"`{strategy}` ({why})" for strategy, why in misses)
+        return f"No strategy met every constraint. Nearest misses: {listed}."
     engine = constraints.resolved_engine
     where = f"{best.get('gpus') or constraints.gpus} x {constraints.gpu}" if constraints.gpu else "the memory budget"
     local = constraints.is_local  # measured memory and latency are the target's own only on the local device
@@ -249,7 +254,10 @@ def _predictor_text(data) -> str:  # noqa: ANN001
     if not data["measured"]:
         return "No measurements yet: the predictor's error cannot be reported (run candidates for real first)."
     table = data["table"]
-    both = table[table["measured_quality_retained_pct"].notna()]
+    both = table[table["measured_quality_retained_pct"].notna() & ~reference_mask(table)]
+    if both.empty:
+        return ("Only the uncompressed reference was measured: the predictor's error cannot be reported yet "
+                "(no compressed candidate was executed).")
     errors = (both["quality_retained_pct"] - both["measured_quality_retained_pct"]).abs()
     inside = ((both["measured_quality_retained_pct"] >= both["quality_low_pct"]) &
               (both["measured_quality_retained_pct"] <= both["quality_high_pct"])).sum()
@@ -308,7 +316,8 @@ def _blocks(result, data) -> list[tuple]:  # noqa: ANN001
         blocks.append(("p", "No per-round report in this study."))
     validation = lab.validation if lab is not None else None
     blocks += [("h2", "Recommendation"), ("rec", validation.deployment_note if validation is not None else
-                                          deployment_note(data["best"], data["constraints"]))]
+                                          deployment_note(data["best"], data["constraints"],
+                                                          result.nearest_misses()))]
     if validation is not None:
         blocks += [("h2", "Validation"), ("note" if not validation.verified else "rec",
                                           ("Verified: " if validation.verified else "Not verified: ") + validation.reason)]

@@ -96,6 +96,16 @@ class SearchResult(BaseModel):
         verified = candidates[candidates["verified"].fillna(False).astype(bool)]
         return (verified if not verified.empty else candidates).iloc[0].to_dict()
 
+    def nearest_misses(self, count: int = 3) -> list[tuple[str, str]]:
+        """(strategy, what it violates) of the ``count`` least-violating infeasible compressed candidates, in
+        rank order: what to relax when nothing is feasible (a run that failed for real is not a near miss)."""
+        table = self.table
+        infeasible = table[~table["feasible"].astype(bool) & ~reference_mask(table)]
+        if "measured_status" in infeasible:
+            status = infeasible["measured_status"].astype(str)
+            infeasible = infeasible[~status.str.startswith("failed")]
+        return [(str(row["strategy"]), str(row["why_not"])) for _, row in infeasible.head(count).iterrows()]
+
     @property
     def no_compression_needed(self) -> bool:
         """The recommendation is the uncompressed model: it meets every constraint, no compressed candidate does."""

@@ -112,6 +112,10 @@ def test_refused_formats_and_mistakes(tiny, cache, tmp_path, capsys):
     assert main(["export", str(tmp_path / "hqq"), "--out", str(tmp_path / "x")]) == 2
     assert "HQQ" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "notes.txt").write_text("not a result")
+    assert main(["export", str(tmp_path / "notes.txt")]) == 2
+    assert "is a file but not a run's result.json" in capsys.readouterr().err
     _run(tiny, _strategies()["pruned-fp32"], tmp_path / "hqq")  # two candidates in one directory: ambiguous
     assert main(["export", str(tmp_path / "hqq")]) == 2
     assert "2 runs" in capsys.readouterr().err

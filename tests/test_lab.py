@@ -256,3 +256,53 @@ def test_fitplan_report_rebuilds_the_lab_report_from_its_study(full_lab, tmp_pat
     assert main(["report", "--storage", str(out / "lab.db"), "--study", "lab", "--out", str(tmp_path)]) == 0
     page = (tmp_path / "report.html").read_text()
     assert "(predicted and measured)" in page and 'id="rounds"' in page and 'class="measured"' in page
+
+
+def test_a_plan_recommendation_the_executors_cannot_run_is_named_as_predicted_only():
+    """A vLLM GPU target on a CPU-only machine: the executable search has nothing feasible, the plan has a
+    GPTQ/AWQ strategy; the verdict names it, says it is a prediction and why it cannot be verified here."""
+    import planner
+    from planner.execution import unexecutable_reason
+    from planner.planning.constraints import Constraints
+    from search.lab import validate
+
+    class NothingFeasible:  # what validate reads of a SearchResult whose executable search found nothing
+        best = None
+
+        @staticmethod
+        def nearest_misses():
+            return [("bf16 | 0.5 ffn magnitude", "speedup 1.00x < 1.50x")]
+
+    constraints = Constraints(max_memory_gb=16, max_accuracy_loss=5, min_speedup=1.5,
+                              deployment_target="cloud_inference")
+    plan = planner.plan("meta-llama/Llama-3.1-8B", constraints).as_dict()
+    summary = plan["recommended"]["summary"]
+    from planner.strategy import CompressionStrategy
+
+    why = unexecutable_reason(CompressionStrategy.model_validate(plan["recommended"]["strategy"]))
+    assert why is not None
+    verdict = validate(NothingFeasible(), constraints, None, plan)
+    assert not verdict.verified and verdict.strategy is None and verdict.predicted_only == summary
+    assert f"the plan's `{summary}` does as predicted, but cannot be verified here ({why})" in verdict.reason
+    assert verdict.deployment_note.startswith(f"Predicted only: the plan recommends `{summary}`")
+    assert "Nearest misses: `bf16 | 0.5 ffn magnitude` (speedup 1.00x < 1.50x)" in verdict.deployment_note
+    # without a plan recommendation: nothing is feasible, even as predicted
+    assert validate(NothingFeasible(), constraints, None, {"recommended": None}).reason.startswith(
+        "no strategy meets every constraint, even as predicted")
+
+
+def test_unexecutable_reason_names_the_part_the_executors_cannot_apply():
+    from planner.execution import unexecutable_reason
+    from planner.strategy import CompressionStrategy, QuantizationSpec, SparsitySpec
+
+    def q(**kw):
+        return CompressionStrategy(quantization=QuantizationSpec(**kw))
+
+    assert unexecutable_reason(q(weights="nf4")) is None
+    assert unexecutable_reason(CompressionStrategy(sparsity=SparsitySpec(level=0.5))) is None
+    assert unexecutable_reason(q(weights="awq-int4")).startswith("awq-int4: AWQ needs the autoawq package")
+    assert unexecutable_reason(q(weights="nf4", kv_cache="fp8")).startswith("kv_cache 'fp8': the executors do not")
+    assert unexecutable_reason(q(weights="dynamic-int8", compute_dtype="fp32"), "cuda") == (
+        "the executors do not apply dynamic-int8 on cuda")
+    assert unexecutable_reason(q(weights="int8", block_formats=[{"block": 0, "group": "mlp",
+                                                                 "format": "gptq-int4"}])).startswith("gptq-int4")

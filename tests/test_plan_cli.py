@@ -104,7 +104,7 @@ def test_plan_json_and_csv(capsys):
     ("--gpus", "0", "--gpus must be at least 1"),
     ("--batch", "two", "--batch needs a whole number"),
     ("--min-speedup", "inf", "--min-speedup needs a finite number"),
-    ("--deployment-target", "moon", "invalid choice"),
+    ("--deployment-target", "moon", "--deployment-target 'moon' is not one of cloud_inference, edge"),
 ])
 def test_plan_bad_flags_exit_2_naming_the_flag(capsys, flag, value, message):
     with pytest.raises(SystemExit) as stop:

@@ -359,7 +359,7 @@ def test_model_dir_without_weights_or_config(tmp_path, monkeypatch):
     with pytest.raises(InvalidRequestError, match="has no config.json"):
         _search(empty, tmp_path, monkeypatch, FakeExecution())
     (empty / "config.json").write_text("{}")
-    with pytest.raises(InvalidRequestError, match="has no weights"):
+    with pytest.raises(InvalidRequestError, match="has a config.json but no weights"):
         _search(empty, tmp_path, monkeypatch, FakeExecution())
 
 

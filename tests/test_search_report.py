@@ -245,3 +245,44 @@ def test_every_markdown_table_of_a_measured_report_fits_80_columns_and_keeps_the
     hardware = text.split("## Hardware requirements", 1)[1].split("\n## ", 1)[0]
     assert "| format " in hardware and "qual%" in hardware and "GiB" in hardware
     assert hardware.count("| NVIDIA") >= 8 and "GiB/GPU" in hardware and "$/h" in hardware
+
+
+def test_a_search_with_nothing_feasible_names_its_nearest_misses_and_what_each_violates(tmp_path):
+    from planner.planning.constraints import Constraints
+    from search.lab import validate
+    from search.results import result_from_study
+    from search.storage import open_storage
+    from search.study import load_existing
+
+    storage = f"sqlite:///{tmp_path / 'none.db'}"
+    tight = [*SEARCH[:2], "--max-memory-gb", "1", *SEARCH[4:]]  # no 8B strategy fits 1 GB
+    assert main([*tight, "--trials", "12", "--storage", storage, "--study", "none"]) == 0
+    result = result_from_study(load_existing(open_storage(storage), "none"))
+    assert result.best is None
+    misses = result.nearest_misses()
+    assert len(misses) == 3 and all("GiB > 1.0 GiB per GPU" in why for _, why in misses)
+    assert misses[0][0] == result.table[~result.table["feasible"].astype(bool)].iloc[0]["strategy"]
+    text = write_report(result, tmp_path / "md", fmt="md").read_text()
+    assert f"Nearest misses: `{misses[0][0]}` ({misses[0][1]})" in text
+    note = validate(result, Constraints(**result.request["constraints"]), None).deployment_note
+    assert note.startswith("No strategy met every constraint. Nearest misses:") and misses[2][1] in note
+
+
+def test_predictor_error_is_not_reported_on_the_reference_alone():
+    """The uncompressed reference is predicted and measured at 100% by definition: it is no evidence."""
+    import pandas as pd
+
+    from search.report import _predictor_text
+
+    table = pd.DataFrame([{"strategy": "baseline (reference)", "reference": True, "quality_retained_pct": 100.0,
+                           "quality_low_pct": 100.0, "quality_high_pct": 100.0,
+                           "measured_quality_retained_pct": 100.0},
+                          {"strategy": "nf4", "reference": False, "quality_retained_pct": 98.0,
+                           "quality_low_pct": 97.0, "quality_high_pct": 99.0,
+                           "measured_quality_retained_pct": None}])
+    text = _predictor_text({"measured": True, "table": table})
+    assert text.startswith("Only the uncompressed reference was measured")
+    table.loc[1, "measured_quality_retained_pct"] = 96.0
+    assert _predictor_text({"measured": True, "table": table}).startswith(
+        "1 measured candidates; mean absolute error of predicted quality (final predictions, fitted on these "
+        "measurements): 2.00 points; 0 of 1")

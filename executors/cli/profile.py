@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from planner.errors import InvalidRequestError
 from planner.render import add_format_flags, print_frame, print_json, print_mapping
 
 EVAL_CHOICES = ("perplexity", "fidelity", "accuracy")
@@ -65,10 +63,9 @@ def _list(text: str | None) -> list[str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    model_dir = Path(args.model_dir).expanduser()
-    if not model_dir.is_dir():
-        raise InvalidRequestError(f"model directory {args.model_dir!r} does not exist; pass a local Hugging Face "
-                                  f"model directory (config.json + weights).")
+    from planner.models.directory import check_model_dir
+
+    model_dir = check_model_dir(args.model_dir, "MODEL_DIR")
     from executors.profiling import parse_sparsity, run_profile
 
     sparsity = _list(args.sparsity)

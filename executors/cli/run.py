@@ -128,12 +128,11 @@ def limits_from_args(args: argparse.Namespace) -> tuple[float | None, int | None
 
 
 def run(args: argparse.Namespace) -> int:
-    model_dir = Path(args.model_dir).expanduser()
-    if not model_dir.is_dir():
-        raise InvalidRequestError(f"model directory {args.model_dir!r} does not exist; pass a local Hugging Face "
-                                  f"model directory (config.json + weights).")
-    strategy = strategy_from_args(args)
+    from planner.models.directory import check_model_dir
+
+    strategy = strategy_from_args(args)  # the flags' own mistakes first: they need no model
     timeout, cap = limits_from_args(args)
+    model_dir = check_model_dir(args.model_dir, "MODEL_DIR")
     from executors import execute
     from executors.isolation import Interrupted
     from executors.loading import check_device

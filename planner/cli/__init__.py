@@ -24,6 +24,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from planner.cli import compare as _compare
+from planner.cli.parser import FitplanParser
 from planner.cli import estimate as _estimate
 from planner.cli import fits as _fits
 from planner.cli import hardware as _hardware
@@ -78,7 +79,7 @@ def _needs_plugins(argv: Sequence[str]) -> bool:
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The ``fitplan`` parser; registered plugin commands are added unless ``argv`` names a built-in one."""
-    parser = argparse.ArgumentParser(
+    parser = FitplanParser(
         prog="fitplan",
         description="Will it fit, what will it cost, and how should I compress it?",
     )
