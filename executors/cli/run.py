@@ -132,7 +132,6 @@ def run(args: argparse.Namespace) -> int:
 
     strategy = strategy_from_args(args)  # the flags' own mistakes first: they need no model
     timeout, cap = limits_from_args(args)
-    model_dir = check_model_dir(args.model_dir, "MODEL_DIR")
     from executors import execute
     from executors.isolation import Interrupted
     from executors.loading import check_device
@@ -143,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
     except InvalidRequestError as error:
         raise InvalidRequestError(f"--device: {error}") from None
     out = writable_directory(args.out, "--out")  # before any work: results are never lost for want of a place
+    model_dir = check_model_dir(args.model_dir, "MODEL_DIR")
     progress = args.progress if args.progress is not None else sys.stderr.isatty()
     try:
         result = execute(model_dir, strategy, evaluator=_evaluator(args), device=args.device, out_dir=out,
