@@ -256,7 +256,7 @@ def test_a_search_with_nothing_feasible_names_its_nearest_misses_and_what_each_v
 
     storage = f"sqlite:///{tmp_path / 'none.db'}"
     tight = [*SEARCH[:2], "--max-memory-gb", "1", *SEARCH[4:]]  # no 8B strategy fits 1 GB
-    assert main([*tight, "--trials", "12", "--storage", storage, "--study", "none"]) == 0
+    assert main([*tight, "--trials", "12", "--storage", storage, "--study", "none", "--out", str(tmp_path / "s")]) == 0
     result = result_from_study(load_existing(open_storage(storage), "none"))
     assert result.best is None
     misses = result.nearest_misses()
