@@ -100,7 +100,7 @@ def executed_form(strategy: Any, num_blocks: int, influence: Any = None) -> str:
     """Canonical JSON of what the executors actually run for ``strategy`` on a model of ``num_blocks``.
 
     Quantization: each remaining block's attention and MLP format as ``executors/steps/quantize.py``
-    applies it (``planner.execution.block_group_format``: the per-block override by original block index,
+    applies it (``planner.strategy.QuantizationSpec.block_format``: the per-block override by original block index,
     else ``keep_format`` for kept blocks, else the group's format; the blocks a depth change leaves are
     ``planner.models.derive.original_blocks``, whole-layer pruning by the profile's ``influence`` when
     given), the embeddings' and lm_head's formats and the compute dtype (the
@@ -108,13 +108,12 @@ def executed_form(strategy: Any, num_blocks: int, influence: Any = None) -> str:
     and low rank as given. Two strategies with equal forms run the same model and measure the same.
     """
     data: dict[str, Any] = {}
-    from planner.execution import block_group_format
     from planner.models.derive import original_blocks
 
     quant = strategy.quantization
     if quant is not None:
         original = original_blocks(num_blocks, strategy, influence) or list(range(num_blocks))
-        blocks = [[block_group_format(quant, position, group, len(original), block) for group in ("attention", "mlp")]
+        blocks = [[quant.block_format(position, group, len(original), block) for group in ("attention", "mlp")]
                   for position, block in enumerate(original)]
         data["quantization"] = {"blocks": blocks, "embeddings": quant.embeddings, "lm_head": quant.lm_head,
                                 "compute_dtype": quant.compute_dtype}

@@ -110,22 +110,6 @@ def uses_bitsandbytes(strategy: CompressionStrategy) -> bool:
     return bool(formats & set(BNB_FORMATS))
 
 
-def block_group_format(spec: QuantizationSpec, block: int, group: str, num_blocks: int,
-                       original_block: int | None = None) -> str:
-    """The format of one block's ``group`` ('attention' or 'mlp') Linears under ``spec``, as
-    ``executors.steps.quantize`` applies it: the per-block override (``block_formats``, addressed by the
-    block's index in the original model: ``original_block`` after whole-layer pruning or a derived
-    student), else ``keep_format`` for the first/last ``keep_*_layers`` of the ``num_blocks`` present,
-    else the group's format."""
-    original = block if original_block is None else original_block
-    for override in spec.block_formats:
-        if override.block == original and override.group == group:
-            return override.format
-    if block < spec.keep_first_layers or block >= num_blocks - spec.keep_last_layers:
-        return spec.keep_format
-    return spec.format_for(group)
-
-
 def group_format(spec: QuantizationSpec | None, component: str, kind: str, layer: int | None,
                  num_layers: int, original_layer: int | None = None) -> str:
     """The format a module group ends up in under ``spec`` (what ``executors.steps.quantize`` does):
@@ -139,7 +123,7 @@ def group_format(spec: QuantizationSpec | None, component: str, kind: str, layer
         group = "attention" if component == "attention" else "mlp" if component in (
             "mlp", "experts", "shared_experts", "router") else None
         if group is not None:
-            return block_group_format(spec, layer, group, num_layers, original_layer)
+            return spec.block_format(layer, group, num_layers, original_layer)
         if layer < spec.keep_first_layers or layer >= num_layers - spec.keep_last_layers:
             return spec.keep_format
     if component == "embeddings" and kind == "embedding":

@@ -139,11 +139,15 @@ class QuantizationSpec(_Part):
         _unique_blocks(self.block_formats, "block_formats")
         return self
 
-    def block_format(self, block: int, group: str, num_blocks: int) -> str:
-        """Format of one block's 'attention' or 'mlp' Linear layers: its override, else the kept-layer
-        format for the first/last kept blocks, else the group's format."""
+    def block_format(self, block: int, group: str, num_blocks: int, original_block: int | None = None) -> str:
+        """The format of one block's ``group`` ('attention' or 'mlp') Linears, as ``executors.steps.quantize``
+        applies it: the per-block override (``block_formats``, addressed by the block's index in the original
+        model: ``original_block`` after whole-layer pruning or a derived student), else ``keep_format`` for the
+        first/last ``keep_*_layers`` of the ``num_blocks`` present, else the group's format. The one rule
+        for it: the executors, the memory models, the accuracy model and the benchmarks all call this."""
+        original = block if original_block is None else original_block
         for override in self.block_formats:
-            if override.block == block and override.group == group:
+            if override.block == original and override.group == group:
                 return override.format
         if block < self.keep_first_layers or block >= num_blocks - self.keep_last_layers:
             return self.keep_format

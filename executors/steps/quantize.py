@@ -36,7 +36,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from executors._imports import import_bitsandbytes
-from planner.execution import UNSUPPORTED_FORMATS, block_group_format, executor_formats
+from planner.execution import UNSUPPORTED_FORMATS, executor_formats
 from planner.errors import InvalidRequestError, UnsupportedError
 from planner.strategy import CompressionStrategy, QuantizationSpec
 from executors.steps import register_step
@@ -144,7 +144,7 @@ def _plan(layout: ModelLayout, spec: QuantizationSpec, rec: Recorder,
                 continue
             num_layers = len(layout.model.get_submodule(site.stack))
             original = kept_layers[site.layer] if kept_layers and site.layer < len(kept_layers) else site.layer
-            plan.append((site, block_group_format(spec, site.layer, group, num_layers, original)))
+            plan.append((site, spec.block_format(site.layer, group, num_layers, original)))
         elif site.component == "lm_head":
             fmt = spec.format_for("lm_head")
             if fmt is None:

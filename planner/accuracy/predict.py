@@ -33,7 +33,6 @@ from planner.accuracy.profile import (PROFILE_SIGMA, STRUCTURED_GROUP, Sensitivi
                                       option_gain, sparsity_option)
 from planner.accuracy.result import QualityPart, QualityPrediction
 from planner.errors import InvalidRequestError
-from planner.execution import block_group_format
 from planner.strategy import CompressionStrategy
 
 if TYPE_CHECKING:
@@ -193,7 +192,7 @@ def profile_parts(strategy: CompressionStrategy, profile: SensitivityProfile, sc
         effects, missing = [], set()
         for position, block in enumerate(blocks):
             for group in ("attention", "mlp"):
-                fmt = block_group_format(q, position, group, len(blocks), block)
+                fmt = q.block_format(position, group, len(blocks), block)
                 if fmt in ("fp32", "fp16", "bf16"):
                     continue
                 effect = profile.effect(block, group, fmt)

@@ -39,7 +39,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from planner.errors import FitplanError
 from planner.formats import get_format
 from planner.formats.storage import group_storage
-from planner.execution import block_group_format
 from planner.models.derive import derive_spec, ffn_alignment, original_blocks
 from planner.models.spec import ModelSpec
 from planner.planning.constraints import Constraints
@@ -165,7 +164,7 @@ class Evaluator:
                      original: list[int] | None = None) -> tuple[float, float]:
         """Weight and read-byte changes of per-group and per-block formats (kept blocks, block overrides)
         against storing every block Linear in ``quant.weights``: each tensor in its own format
-        (:func:`planner.execution.block_group_format`; ``original``: each block's index in the original
+        (:func:`planner.strategy.QuantizationSpec.block_format`; ``original``: each block's index in the original
         model after a depth change, by which per-block formats are addressed)."""
         key = (arch, quant.model_dump_json(exclude={"kv_cache", "compute_dtype"}))
         if key in self._mixed:
@@ -179,7 +178,7 @@ class Evaluator:
                 per_layer: dict[str, float] = {}
                 stored = 0.0
                 for layer in group.layers:
-                    name = block_group_format(quant, layer, component, spec.num_layers,
+                    name = quant.block_format(layer, component, spec.num_layers,
                                               None if original is None else original[layer])
                     if name not in per_layer:
                         per_layer[name] = group_storage(spec, get_format(name), group).bytes / len(group.layers)
