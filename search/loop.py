@@ -337,8 +337,9 @@ def select_candidates(table: "pd.DataFrame", k: int, limits: dict[str, float], *
 
     ``cost(row)``: the relative cost of executing a row (1 = a typical run; :func:`run_cost`); the
     value is divided by it, so a candidate that trains a student must be worth that much more. A pick worth
-    less than MIN_PICK_VALUE is not made (the recommendation excepted): fewer than ``k`` rows come back.
-    Ties go to the better rank. ``limits``: ``Constraints.active_limits()``.
+    less than MIN_PICK_VALUE is not made (the recommendation excepted): fewer than ``k`` rows come back,
+    and the frame's ``attrs["shortfall"]`` says why. Ties go to the better rank. ``limits``:
+    ``Constraints.active_limits()``.
     """
     import pandas as pd
 
@@ -350,7 +351,11 @@ def select_candidates(table: "pd.DataFrame", k: int, limits: dict[str, float], *
             if not measured_mask.iloc[i] and row.get("strategy_json") not in exclude and not row.get("reference")
             and plausibly_feasible(row, limits)]
     if not pool:
-        return table.head(0).assign(selection=[])
+        empty = table.head(0).assign(selection=[])
+        empty.attrs["shortfall"] = (f"no unmeasured candidate is plausibly feasible ({int(measured_mask.sum())} "
+                                    "measured; every other one is predicted to miss a limit by more than the "
+                                    "prediction's error there)")
+        return empty
     coords = _coordinates(table)
     widths = {i: max(0.0, (number(rows[i].get("quality_high_pct")) or 0.0) - (number(rows[i].get("quality_low_pct"))
                                                                              or 0.0)) for i in pool}
@@ -394,6 +399,12 @@ def select_candidates(table: "pd.DataFrame", k: int, limits: dict[str, float], *
         anchors.append(coords[pick])
     frame = table.iloc[[i for i, _ in chosen]].copy()
     frame["selection"] = [why for _, why in chosen]
+    if len(chosen) < k:
+        rest = len(pool) - len(chosen)
+        frame.attrs["shortfall"] = (
+            f"the other {rest} plausibly feasible candidate{'s are' if rest != 1 else ' is'} each worth less than "
+            "a run (likely to miss a limit, or a costly run)" if rest else
+            f"every plausibly feasible candidate ({len(pool)} unmeasured) is picked")
     return frame
 
 
@@ -749,6 +760,9 @@ class Loop:
         table = self.result().table
         picks = select_candidates(table, self.request.execute_top, self.limits,
                                   cost=run_cost(list(measured.values())))
+        if "shortfall" in picks.attrs:
+            self.say(f"round {r}: {len(picks)} of {self.request.execute_top} candidates to execute: "
+                     f"{picks.attrs['shortfall']}")
         out = []
         baseline = strategy_key(CompressionStrategy())
         if "min_speedup" in self.limits and digest(baseline) not in measured:

@@ -77,8 +77,14 @@ def test_selection_skips_candidates_that_cannot_meet_the_limits():
         # memory 5% over: inside the band
         _row(5, "near-memory", 99.8, 99.6, 99.9, 16.8, feasible=False),
     ])
-    picks = set(select_candidates(table, 5, LIMITS)["strategy"])
-    assert picks == {"ok", "near", "near-memory"}
+    chosen = select_candidates(table, 5, LIMITS)
+    assert set(chosen["strategy"]) == {"ok", "near", "near-memory"}
+    assert chosen.attrs["shortfall"] == "every plausibly feasible candidate (3 unmeasured) is picked"
+    assert "shortfall" not in select_candidates(table, 2, LIMITS).attrs
+    measured = table.assign(measured_status=["ok", None, None, "ok", "ok"])
+    none = select_candidates(measured, 2, LIMITS)
+    assert none.empty and none.attrs["shortfall"].startswith("no unmeasured candidate is plausibly feasible (3 "
+                                                             "measured")
     rows = table.to_dict(orient="records")
     assert [plausibly_feasible(r, LIMITS) for r in rows] == [True, False, False, True, True]
 
