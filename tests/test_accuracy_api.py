@@ -149,6 +149,25 @@ def test_groups_that_measured_a_gain_lift_the_intervals_upper_end_only(llama8b):
     assert math.log(with_gain / without) == pytest.approx(8 * math.log(1.001) * (1 - share), rel=1e-9)
 
 
+def test_a_lossless_profile_part_does_not_erase_another_parts_damage(llama8b):
+    """A near-zero profile part stacked on a damaging one: the total keeps the damage (a run's resolution
+    widens the interval additively, not the lossless part's log-spread, which made the combination's
+    moment matching return ~100%: the tiny LM's hqq-int8 + 0.5 FFN, measured 95.5%, was predicted 99.85%)."""
+    n = llama8b.num_layers
+    entries = [{"block": b, "group": g, "option": o, "retained_pct": r} for b in range(n)
+               for g, o, r in (("attention", "nf4", 100.0), ("mlp", "nf4", 100.0), ("mlp", "sparsity:ffn:0.25", 99.9))]
+    profile = SensitivityProfile.model_validate({**_profile(llama8b, 99.9).model_dump(), "entries": entries})
+    ffn = SparsitySpec(level=0.25, pattern="ffn")
+    alone = predict_quality(llama8b, CompressionStrategy(sparsity=ffn), profile=profile, metric="perplexity")
+    both = predict_quality(llama8b, CompressionStrategy(sparsity=ffn, quantization=QuantizationSpec(weights="nf4")),
+                           profile=profile, metric="perplexity")
+    assert alone.retained_pct == pytest.approx(100 * 0.999 ** n, rel=1e-6)
+    assert both.retained_pct == pytest.approx(alone.retained_pct, abs=0.05)
+    assert both.low_pct < alone.retained_pct < both.high_pct
+    nf4 = next(p for p in both.parts if p.technique == "quantization")
+    assert nf4.retained_pct > 99.99 and nf4.low_pct < 99.9  # lossless, within a run's resolution
+
+
 def test_profile_of_other_model_is_not_applied(llama8b):
     p = predict_quality(llama8b, quant("nf4"), profile=_profile(llama8b, 50.0, name="other/model"))
     assert p.basis == "prior" and any("not applied" in n for n in p.notes)

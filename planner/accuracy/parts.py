@@ -53,6 +53,9 @@ class PartDamage:
     notes: list[str] = field(default_factory=list)
     shown: dict = field(default_factory=dict, repr=False, compare=False)
     """QualityPart views of this damage per (metric scale, basis, n), filled by predict_quality"""
+    resolution: float = 0.0
+    """latent damage a measured retained % cannot resolve (profile parts): added to the upper end of the
+    damage interval, outside the lognormal (``predict._profile_part``)"""
     gain: float = 0.0
     """latent gain its profile entries measured (:func:`planner.accuracy.profile.option_gain`): the interval's
     upper end reaches ``damage.quantile(-Z80) - gain``, above 100% retained when it exceeds that damage"""

@@ -124,17 +124,20 @@ def _outside_blocks(q, facts: ModelFacts | None, priors: Priors | None) -> Damag
     return part.damage if part is not None else None
 
 
-def _measured(mu: float, scale: float) -> Damage:
-    """A profile part's damage ``exp(mu)`` with its spread: ``PROFILE_SIGMA`` and, in quadrature, the
-    resolution ``r`` of a measured retained % (``residual.MEASUREMENT_NOISE_PP`` points, additive on the
-    damage: the 80% upper bound reaches at least ``D + r``). A near-lossless profile sum says "damage about
-    zero, within a run's resolution", not "exactly 99.99%": a MiniLM candidate predicted at 99.99%
-    [99.99, 99.99] measured 99.98%."""
+def _profile_part(technique: str, setting: str, mu: float, scale: float, n: int, source: str,
+                  gain: float = 0.0) -> PartDamage:
+    """A profile part: damage ``exp(mu)`` with log-spread ``PROFILE_SIGMA``, and the resolution ``r`` of a
+    measured retained % (``residual.MEASUREMENT_NOISE_PP`` points) added to the upper end of its damage:
+    the 80% interval reaches at least ``D + r``. A near-lossless profile sum says "damage about zero,
+    within a run's resolution", not "exactly 99.99%" (a MiniLM candidate predicted at 99.99% [99.99, 99.99]
+    measured 99.98%). The resolution is additive, not part of the lognormal: folded into the log-spread of
+    a near-zero damage it made that spread huge, and the combination rule (matching the stacked parts'
+    mean and variance) then let a lossless part erase another part's damage (hqq-int8 with 0.5 of the FFN
+    pruned, 95.5% measured, was predicted 99.85% on the tiny LM)."""
     from planner.accuracy.residual import MEASUREMENT_NOISE_PP
 
-    resolution = MEASUREMENT_NOISE_PP / 100.0 / scale
-    floor = math.log1p(resolution / math.exp(mu)) / Z80
-    return Damage(mu, math.sqrt(PROFILE_SIGMA ** 2 + floor ** 2))
+    return PartDamage(technique, setting, Damage(mu, PROFILE_SIGMA), n, source, gain=gain,
+                      resolution=MEASUREMENT_NOISE_PP / 100.0 / scale)
 
 
 def _one_shot(damage: float, what: str, strategy: CompressionStrategy, facts: ModelFacts | None,
@@ -168,8 +171,8 @@ def profile_parts(strategy: CompressionStrategy, profile: SensitivityProfile, sc
         effects = [profile.drop_effect(b) for b in range(n_blocks) if b not in set(kept)]
         if effects and all(e is not None for e in effects):
             mu = _one_shot(damage_sum(effects, scale), "block-drop", strategy, facts, priors, notes)
-            covered["structure"] = PartDamage("structure", f"drop {len(effects)} of {n_blocks} blocks",
-                                              _measured(mu, scale), len(effects), "profile:block_drop")
+            covered["structure"] = _profile_part("structure", f"drop {len(effects)} of {n_blocks} blocks", mu,
+                                                 scale, len(effects), "profile:block_drop")
             used += len(effects)
         elif effects:
             notes.append("profile lacks block-drop effects for some removed blocks: depth from the priors.")
@@ -181,9 +184,9 @@ def profile_parts(strategy: CompressionStrategy, profile: SensitivityProfile, sc
         if effects and all(e is not None for e in effects):
             damage = option_damage(profile, [(option, e) for e in effects], scale)
             mu = _one_shot(damage, f"{sp.pattern} pruning", strategy, facts, priors, notes)
-            covered["structure"] = PartDamage("structure", sp.summary(), _measured(mu, scale), len(effects),
-                                              f"profile:entries:{sp.pattern}",
-                                              gain=option_gain(profile, [(option, e) for e in effects], scale))
+            covered["structure"] = _profile_part("structure", sp.summary(), mu, scale, len(effects),
+                                                 f"profile:entries:{sp.pattern}",
+                                                 gain=option_gain(profile, [(option, e) for e in effects], scale))
             used += len(effects)
         else:
             notes.append(f"profile has no complete {option} entries: structured pruning from the priors.")
@@ -208,9 +211,9 @@ def profile_parts(strategy: CompressionStrategy, profile: SensitivityProfile, sc
             if rest is not None:
                 total += rest.median
                 notes.append("profile covers the blocks; embeddings / lm_head / KV-cache formats come from the priors.")
-            covered["quantization"] = PartDamage("quantization", q.summary(), _measured(math.log(total), scale),
-                                                 len(effects), "profile:entries",
-                                                 gain=option_gain(profile, effects, scale))
+            covered["quantization"] = _profile_part("quantization", q.summary(), math.log(total), scale,
+                                                    len(effects), "profile:entries",
+                                                    gain=option_gain(profile, effects, scale))
             used += len(effects)
     sp = strategy.sparsity
     if sp is not None and not sp.structured:
@@ -221,9 +224,9 @@ def profile_parts(strategy: CompressionStrategy, profile: SensitivityProfile, sc
         if effects and all(e is not None for _, e in effects):
             if sp.method != profile.settings.sparsity_method:
                 notes.append(f"profile measured {profile.settings.sparsity_method} sparsity, strategy uses {sp.method}.")
-            covered["sparsity"] = PartDamage("sparsity", sp.summary(),
-                                             _measured(math.log(option_damage(profile, effects, scale)), scale),
-                                             len(effects), "profile:entries", gain=option_gain(profile, effects, scale))
+            covered["sparsity"] = _profile_part("sparsity", sp.summary(),
+                                                math.log(option_damage(profile, effects, scale)), scale,
+                                                len(effects), "profile:entries", gain=option_gain(profile, effects, scale))
             used += len(effects)
         else:
             notes.append(f"profile has no complete {option} entries: sparsity from the priors.")
@@ -303,7 +306,7 @@ def _calibrate(spec, strategy: CompressionStrategy, facts: ModelFacts, priors: P
                 corrected = model.cache[key] = result and (PartDamage(
                     p.technique, p.setting, result[0], result[1],
                     f"calibration:{facts.family}:{p.technique}{':profile' if bases[i] == 'profile' else ''}",
-                    gain=p.gain), result[2])
+                    gain=p.gain, resolution=p.resolution), result[2])
             if not corrected:
                 continue
             parts[i], shared_only = corrected
@@ -338,7 +341,7 @@ def _to_part(p: PartDamage, scale: float, basis: str, n: int) -> QualityPart:
         # trusted values computed here: model_construct skips validation (this runs per candidate)
         shown = p.shown[key] = QualityPart.model_construct(
             technique=p.technique, setting=p.setting, retained_pct=retained_from_damage(p.damage.median, scale),
-            low_pct=retained_from_damage(p.damage.quantile(Z80), scale),
+            low_pct=retained_from_damage(p.damage.quantile(Z80) + p.resolution, scale),
             high_pct=retained_from_damage(p.damage.quantile(-Z80) - p.gain, scale),
             basis=basis, n_measurements=n, source=p.source)
     return shown
@@ -387,7 +390,8 @@ def predict_quality(spec: "ModelSpec | str", strategy: CompressionStrategy, *, p
     basis = "calibrated" if "calibrated" in bases else "profile" if "profile" in bases else "prior"
     no_interaction = retained_from_damage(total.median - total.interaction, scale)
     return QualityPrediction.model_construct(
-        retained_pct=retained, low_pct=retained_from_damage(total.high, scale),
+        retained_pct=retained, low_pct=retained_from_damage(total.high + max((p.resolution for p in parts), default=0.0),
+                                                            scale),
         high_pct=retained_from_damage(total.low - sum(p.gain for p in parts), scale), basis=basis,
         n_measurements=records if basis == "calibrated" else sum(n for n, b in zip(ns, bases) if b == basis),
         metric=metric, parts=quality_parts, interaction_pct=no_interaction - retained,

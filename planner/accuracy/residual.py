@@ -259,7 +259,7 @@ def rescale_parts(parts: list[PartDamage], total: float, priors: Priors) -> list
     the combined damage is homogeneous of degree 1 in the parts' damages)."""
     shift = math.log(total) - _log_total([p.damage for p in parts], priors)
     return [PartDamage(p.technique, p.setting, Damage(p.damage.mu + shift, p.damage.s), p.n_rows, p.source,
-                        gain=p.gain) for p in parts]
+                        gain=p.gain, resolution=p.resolution) for p in parts]
 
 
 @dataclass
