@@ -874,9 +874,15 @@ class Loop:
         last = reports[-1]
         first = reports[0]
         mae = "n/a" if first.quality_loss_mae is None else f"{first.quality_loss_mae:.2f} pts"
+        if last.recommendation_verified:
+            status = "verified"
+        elif best is not None and best.get("verified"):
+            status = "verified; an unmeasured candidate ranks above it"
+        else:
+            status = "not verified: predicted only"
         self.say(f"round {r} done: {last.executed} executed ({last.failed} failed), {last.evaluations} in all; "
                  f"round-1 predictor MAE {mae} on {first.held_out} held out; recommendation "
-                 f"{last.recommendation or 'none'} ({'verified' if last.recommendation_verified else 'not verified'})")
+                 f"{last.recommendation or 'none'}" + (f" ({status})" if last.recommendation else ""))
 
     def result(self, **kwargs: Any) -> "SearchResult":
         from search.results import result_from_study

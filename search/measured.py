@@ -152,7 +152,8 @@ class RoundReport(BaseModel):
     failed: int = Field(0, description="of which failed for real")
     evaluations: int = Field(0, description="real evaluations so far (all rounds up to this one)")
     recommendation: str | None = Field(None, description="the recommended strategy after this round")
-    recommendation_verified: bool = Field(False, description="it was measured and satisfies every constraint")
+    recommendation_verified: bool = Field(False, description="it was measured and satisfies every constraint, and "
+                                          "no unmeasured candidate ranks above it (SearchResult.best_is_verified)")
     seconds: float | None = Field(None, description="wall time of the round")
 
 

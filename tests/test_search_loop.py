@@ -200,9 +200,15 @@ def _search(model_dir, tmp_path, monkeypatch, fake, **options):
     return run_search(MODEL, LOOP_LIMITS, **settings)
 
 
-def test_loop_measures_refines_rescores_and_reports(model_dir, tmp_path, monkeypatch):
+def test_loop_measures_refines_rescores_and_reports(model_dir, tmp_path, monkeypatch, capsys):
     fake = FakeExecution()
-    result = _search(model_dir, tmp_path, monkeypatch, fake)
+    result = _search(model_dir, tmp_path, monkeypatch, fake, progress=True)
+    said = capsys.readouterr()
+    last = [line for line in (said.out + said.err).splitlines() if "round 2 done" in line][-1]
+    best = result.best
+    status = ("verified" if result.best_is_verified else "verified; an unmeasured candidate ranks above it"
+              if best is not None and best.get("verified") else "not verified: predicted only")
+    assert last.endswith(f"recommendation {best['strategy']} ({status})"), last
     assert len(fake.calls) == 6 and len(set(fake.calls)) == 6  # K=3 per round, never the same twice
     assert fake.calls[0] != strategy_key(CompressionStrategy())  # no min_speedup: no baseline run
     assert result.n_trials == 36
